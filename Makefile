@@ -1,0 +1,26 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   create .venv if missing, install, run the default job on config.yaml
+#   make test   create .venv if missing, install, run the test suite
+# TORCH_SPEC picks the PyTorch build (default: the CPU wheel torch==2.13.0), e.g.
+#   make demo TORCH_SPEC="torch==2.5.1"
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+STAMP := $(VENV)/.explainnn-installed
+
+.PHONY: demo test setup clean-venv
+
+demo: $(STAMP)
+	$(VENV)/bin/python src/explainnn/main.py --config config.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup_venv.sh
+	PYTHON="$(PYTHON)" TORCH_SPEC="$(TORCH_SPEC)" bash scripts/setup_venv.sh
+	touch $(STAMP)
+
+clean-venv:
+	rm -rf $(VENV)

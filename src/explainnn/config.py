@@ -1,0 +1,336 @@
+"""The run configuration: schema, loading, command-line overrides, one-line errors.
+
+``config.yaml`` is the user's main interface, so every mistake in it must come
+back as a single line naming the key, the bad value and what is valid. The
+schema is a tree of pydantic models with ``extra="forbid"``; pydantic's
+structured errors are translated into those lines by :func:`format_error`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from explainnn.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which dataset to load and where its files live."""
+
+    name: str = "mnist"
+    root: str = "data"
+    download: bool = False
+    image_size: int | None = Field(default=32, ge=1, le=1024)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        from explainnn.data import available_datasets
+
+        return _check_choice(value, available_datasets())
+
+
+class ModelConfig(_Section):
+    """Which architecture to build, and where its checkpoint lives."""
+
+    name: str = "lenet"
+    checkpoint: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from explainnn.models import MODELS
+
+        return _check_choice(value, sorted(MODELS))
+
+
+class TrainingConfig(_Section):
+    """Train-or-load policy and optimiser settings (Adam)."""
+
+    train: Literal["auto", "always", "never"] = "auto"
+    epochs: int = Field(default=12, ge=1, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=1_000_000)
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    weight_decay: float = Field(default=0.0, ge=0)
+    augment: bool = True
+    grad_clip: float | None = Field(default=None, gt=0)
+
+
+class StabilityConfig(_Section):
+    """Re-learning the graph under soft interventions for a grid of beta."""
+
+    enabled: bool = True
+    betas: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    repeats: int = Field(default=5, ge=1, le=10_000)
+    bootstrap: bool = True
+    layer: str | None = None
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("must list at least one beta")
+        bad = [b for b in value if not 0.0 <= b <= 1.0]
+        if bad:
+            raise ValueError(f"every beta must be in [0, 1], got {bad[0]}")
+        return value
+
+
+class DiscoveryConfig(_Section):
+    """Causal-graph discovery (see README, 'The statistics of discovery')."""
+
+    enabled: bool = True
+    target_class: Union[int, Literal["all"]] = 3
+    layers: list[str] | None = None
+    on: Literal["edges", "nodes"] = "edges"
+    intervention: Literal["hard", "soft"] = "hard"
+    beta: float = Field(default=0.0, ge=0.0, le=1.0)
+    delta: float = Field(default=0.1, ge=0.0, le=1.0)
+    n_samples: int = Field(default=100, ge=2, le=100_000)
+    test: Literal["paired", "ztest"] = "paired"
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    min_effect: float = Field(default=0.0, ge=0.0)
+    check_circuit: bool = True
+    stability: StabilityConfig = Field(default_factory=StabilityConfig)
+
+    @field_validator("target_class", mode="before")
+    @classmethod
+    def _target(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, int) and value < 0):
+            raise ValueError(f"must be a class index >= 0 or 'all', got {value!r}")
+        if isinstance(value, str) and value != "all":
+            raise ValueError(f"must be a class index >= 0 or 'all', got {value!r}")
+        return value
+
+
+class AttributionConfig(_Section):
+    """Input attributions: the causal method beside the standard baselines."""
+
+    enabled: bool = True
+    methods: list[str] = Field(
+        default_factory=lambda: [
+            "causal",
+            "integrated_gradients",
+            "saliency",
+            "smoothgrad",
+            "lime",
+            "kernel_shap",
+        ]
+    )
+    n_samples: int = Field(default=6, ge=1, le=100_000)
+    causal_paths_layer: str | None = "conv2"
+
+
+class EvaluationConfig(_Section):
+    """Quantus metrics comparing every attribution method on the same samples."""
+
+    enabled: bool = True
+    metrics: list[str] = Field(
+        default_factory=lambda: [
+            "FaithfulnessCorrelation",
+            "IROF",
+            "LocalLipschitzEstimate",
+            "Sparseness",
+            "Complexity",
+            "RandomLogit",
+        ]
+    )
+    methods: list[str] | None = None
+    n_samples: int = Field(default=20, ge=1, le=100_000)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class PlotsConfig(_Section):
+    """Pictures written under the run's output folder."""
+
+    enabled: bool = True
+    dpi: int = Field(default=120, ge=30, le=600)
+
+
+class Config(_Section):
+    """The whole run. Field order is the order of ``config.yaml``."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    output_dir: str = "output"
+    progress: bool = True
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    attribution: AttributionConfig = Field(default_factory=AttributionConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    plots: PlotsConfig = Field(default_factory=PlotsConfig)
+
+    def run_dir(self) -> Path:
+        """Where this run writes its results: ``<output_dir>/<dataset>/<model>``."""
+        return Path(self.output_dir) / self.data.name / self.model.name
+
+    def checkpoint_path(self) -> Path:
+        """``model.checkpoint`` or, when unset, ``model.pt`` in the run folder."""
+        if self.model.checkpoint:
+            return Path(self.model.checkpoint)
+        return self.run_dir() / "model.pt"
+
+    def training_hash(self) -> str:
+        """A short hash of everything that determines the trained weights."""
+        keys = {
+            "seed": self.seed,
+            "data": self.data.model_dump(exclude={"root", "download"}),
+            "model": self.model.model_dump(exclude={"checkpoint"}),
+            "training": self.training.model_dump(exclude={"train"}),
+        }
+        text = json.dumps(keys, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_choice(value: str, choices: list[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{value!r} is not a valid choice{_suggest(value, choices)}; valid: {', '.join(choices)}")
+    return value
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    """The schema section that a location in the config points into."""
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return None
+    return model
+
+
+_TYPE_WORDS = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping of keys to values",
+    "model_type": "a section (a mapping of keys to values)",
+    "model_attributes_type": "a section (a mapping of keys to values)",
+}
+
+
+def format_error(error: dict) -> str:
+    """Turn one pydantic error into the one-line message the user sees."""
+    loc = tuple(p for p in error["loc"] if not str(p).startswith(("literal[", "int", "function-")))
+    key = ".".join(str(p) for p in loc) or "<top level>"
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        section = _model_at(loc[:-1])
+        valid = list(section.model_fields) if section else []
+        where = ".".join(str(p) for p in loc[:-1])
+        hint = _suggest(loc[-1], valid)
+        scope = f" in section '{where}'" if where else ""
+        return f"unknown key '{key}'{scope}{hint}; valid keys: {', '.join(valid)}"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
+        return f"{key}: {value!r} is not a valid choice{_suggest(value, choices)}; valid: {', '.join(choices)}"
+    if kind in _TYPE_WORDS:
+        return f"{key}: expected {_TYPE_WORDS[kind]}, got {value!r}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        ctx = error.get("ctx", {})
+        bound = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
+        return f"{key}: must be {bound[kind].format(**ctx)}, got {value!r}"
+    if kind == "value_error":
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+        return f"{key}: {message}"
+    return f"{key}: {error['msg']} (got {value!r})"
+
+
+def _raise_first(exc: ValidationError) -> None:
+    errors = exc.errors()
+    # A union (int | 'all') reports one error per branch; the first is enough.
+    raise ConfigError(format_error(errors[0])) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``discovery.target_class=7`` into (['discovery', 'target_class'], 7)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. discovery.target_class=7")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key; write it like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def _set_nested(tree: dict, parts: list[str], value: Any) -> None:
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"override {'.'.join(parts)}: '{where}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def build_config(raw: dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Validate a raw mapping (plus ``key.path=value`` overrides) into a :class:`Config`."""
+    tree: dict = json.loads(json.dumps(raw or {}, default=str)) if raw else {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"the config must be a mapping of sections to values, got {type(raw).__name__}")
+    for text in overrides:
+        parts, value = parse_override(text)
+        _set_nested(tree, parts, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        _raise_first(exc)
+        raise  # unreachable; keeps type checkers happy
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read ``config.yaml`` (or defaults when ``path`` is None) and apply overrides."""
+    raw: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found; pass --config PATH to a YAML file")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{path}: {problem}{where}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (device, seed, data, ...)")
+    return build_config(raw, overrides)
+
+
+def dump_config(config: Config) -> str:
+    """The fully resolved config as YAML, saved with every run."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

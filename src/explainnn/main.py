@@ -1,0 +1,142 @@
+"""Command-line entry point: read the config, then wire the pipeline's steps.
+
+    python src/explainnn/main.py [--config config.yaml] [section.key=value ...]
+
+Each step lives in its own module; this file only decides, from the config,
+which steps run and where their results go. A :class:`~explainnn.errors.UserError`
+anywhere becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and __package__ in (None, ""):
+    # Run as a script: the package folder itself must not shadow top-level modules.
+    _here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _here]
+
+import argparse
+import time
+
+from explainnn.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="explainnn",
+        description="Learn which hidden units cause a class prediction, explain inputs with them, "
+        "and compare the explanations with the standard methods.",
+        epilog="Example: python src/explainnn/main.py discovery.target_class=7 discovery.on=nodes",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="YAML config file (default: ./config.yaml when present, else the built-in defaults)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="override any config key, e.g. discovery.target_class=7 training.epochs=3",
+    )
+    return parser.parse_args(argv)
+
+
+def _config_path(given: str | None) -> Path | None:
+    if given is not None:
+        return Path(given)
+    default = Path("config.yaml")
+    return default if default.is_file() else None
+
+
+def run(config) -> dict:
+    """Run every enabled step of ``config``; return a summary of what was produced."""
+    from explainnn.config import dump_config
+    from explainnn.data import load_dataset
+    from explainnn.errors import ConfigError
+    from explainnn.files import write_json, write_text
+    from explainnn.models import build_model
+    from explainnn.runtime import resolve_device, seed_everything
+    from explainnn.training import train_or_load
+
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    run_dir = config.run_dir()
+    summary: dict = {"run_dir": str(run_dir), "device": str(device)}
+
+    dataset = load_dataset(
+        config.data.name,
+        config.data.root,
+        download=config.data.download,
+        image_size=config.data.image_size if _is_image(config.data.name) else None,
+        seed=config.seed,
+        **config.data.options,
+    )
+    info = dataset.info
+    target = config.discovery.target_class
+    if target != "all" and target >= info.n_classes:
+        raise ConfigError(
+            f"discovery.target_class: {target} is out of range; {info.name} has classes 0-{info.n_classes - 1} or 'all'"
+        )
+    print(f"data     {info.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test, {info.source}")
+
+    model = build_model(config.model.name, info, **config.model.params)
+    metadata = {"config_hash": config.training_hash()}
+    train_kwargs = config.training.model_dump(exclude={"train"})
+    train_kwargs.update(seed=config.seed, progress=config.progress)
+    model, train_info = train_or_load(
+        model,
+        dataset,
+        checkpoint=config.checkpoint_path(),
+        mode=config.training.train,
+        metadata=metadata,
+        train_kwargs=train_kwargs,
+        device=device,
+    )
+    print(
+        f"model    {config.model.name}: {train_info.get('action', 'ready')} "
+        f"(train accuracy {train_info.get('train_accuracy', float('nan')):.4f}, "
+        f"test accuracy {train_info.get('test_accuracy', float('nan')):.4f})"
+    )
+    write_text(run_dir / "config.yaml", dump_config(config))
+    write_json(run_dir / "training.json", train_info)
+    summary["training"] = train_info
+
+    for step in ("discovery", "attribution", "evaluation"):
+        if getattr(config, step).enabled:
+            print(f"{step:<9}not built yet in this version; skipped (set {step}.enabled: false to silence)")
+    return summary
+
+
+def _is_image(name: str) -> bool:
+    from explainnn.data import DATASETS
+
+    loader = DATASETS[name]
+    return getattr(loader, "modality", "image") == "image"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run, and map user mistakes to one line and exit code 2."""
+    args = _parse_args(argv)
+    started = time.perf_counter()
+    try:
+        from explainnn.config import load_config
+
+        config = load_config(_config_path(args.config), args.overrides)
+        summary = run(config)
+    except UserError as exc:
+        print(f"explainnn: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("explainnn: interrupted", file=sys.stderr)
+        return 130
+    print(f"done in {time.perf_counter() - started:.1f} s; results in {summary['run_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Config validation: every class of bad input gives one line naming key, value and valid options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from explainnn.config import Config, build_config, dump_config, load_config, parse_override
+from explainnn.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _error(raw=None, overrides=()):
+    with pytest.raises(ConfigError) as info:
+        build_config(raw, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_config_yaml_equals_the_schema_defaults():
+    assert load_config(ROOT / "config.yaml") == Config()
+
+
+def test_every_schema_key_is_commented_in_config_yaml():
+    text = (ROOT / "config.yaml").read_text()
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and ":" in stripped:
+            key, rest = stripped.split(":", 1)
+            if rest.strip():  # leaf keys carry a value and a comment
+                assert "#" in rest, f"config.yaml key {key!r} has no comment"
+
+
+def test_unknown_key_suggests_the_closest():
+    message = _error({"discovery": {"targt_class": 3}})
+    assert "discovery.targt_class" in message
+    assert "did you mean 'target_class'" in message
+    assert "valid keys:" in message
+
+
+def test_unknown_top_level_section():
+    message = _error({"trainig": {}})
+    assert "'trainig'" in message and "did you mean 'training'" in message
+
+
+def test_wrong_type():
+    message = _error({"training": {"epochs": "ten"}})
+    assert message == "training.epochs: expected an integer, got 'ten'"
+
+
+def test_out_of_range():
+    message = _error({"training": {"lr": -1}})
+    assert message == "training.lr: must be > 0, got -1"
+    assert "discovery.alpha" in _error({"discovery": {"alpha": 1.5}})
+
+
+def test_invalid_choice_lists_valid_options():
+    message = _error({"discovery": {"on": "edge"}})
+    assert "discovery.on: 'edge' is not a valid choice" in message
+    assert "did you mean 'edges'" in message and "edges, nodes" in message
+
+
+def test_unknown_dataset_and_model_list_the_registry():
+    message = _error({"data": {"name": "mnsit"}})
+    assert "data.name" in message and "did you mean 'mnist'" in message and "sst2" in message
+    message = _error({"model": {"name": "transformer"}})
+    assert "model.name" in message and "lenet" in message and "lstm" in message
+
+
+@pytest.mark.parametrize("bad", ["seven", -1, True, 2.5])
+def test_target_class_must_be_index_or_all(bad):
+    message = _error({"discovery": {"target_class": bad}})
+    assert message.startswith("discovery.target_class")
+
+
+def test_target_class_all_and_int():
+    assert build_config({"discovery": {"target_class": "all"}}).discovery.target_class == "all"
+    assert build_config(overrides=["discovery.target_class=7"]).discovery.target_class == 7
+
+
+def test_stability_betas_range():
+    message = _error({"discovery": {"stability": {"betas": [0.1, 2.0]}}})
+    assert message == "discovery.stability.betas: every beta must be in [0, 1], got 2.0"
+
+
+def test_section_given_as_scalar():
+    message = _error({"training": 5})
+    assert message.startswith("training: expected a section")
+
+
+def test_overrides_are_typed_and_validated():
+    config = build_config(overrides=["training.epochs=3", "discovery.layers=[fc2, fc1]", "device=cpu"])
+    assert config.training.epochs == 3
+    assert config.discovery.layers == ["fc2", "fc1"]
+    assert "did you mean 'epochs'" in _error(overrides=["training.epoch=3"])
+    assert "expected an integer" in _error(overrides=["training.epochs=many"])
+
+
+def test_override_syntax_errors():
+    assert "section.key=value" in _error(overrides=["training.epochs"])
+    assert "empty key" in _error(overrides=["training..epochs=3"])
+    assert "is a value, not a section" in _error(overrides=["seed.x=1"])
+    assert parse_override("data.options.max_len=20") == (["data", "options", "max_len"], 20)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  name: [unclosed\n")
+    with pytest.raises(ConfigError, match="line"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(scalar)
+
+
+def test_dump_round_trips():
+    config = build_config({"seed": 5, "discovery": {"target_class": "all", "on": "nodes"}})
+    assert build_config(yaml.safe_load(dump_config(config))) == config
+
+
+def test_training_hash_tracks_what_shapes_the_weights():
+    base = Config()
+    assert base.training_hash() == Config().training_hash()
+    assert base.training_hash() != build_config({"training": {"epochs": 2}}).training_hash()
+    assert base.training_hash() == build_config({"discovery": {"target_class": 5}}).training_hash()
+    assert base.training_hash() == build_config({"data": {"root": "elsewhere"}}).training_hash()
+
+
+def test_paths():
+    config = build_config({"output_dir": "out", "data": {"name": "digits"}})
+    assert config.run_dir() == Path("out/digits/lenet")
+    assert config.checkpoint_path() == Path("out/digits/lenet/model.pt")
