@@ -1,0 +1,251 @@
+"""Training, evaluation and the train-or-load step of every experiment.
+
+Training is reproducible: the model is trained with Adam on mini-batches drawn by
+a ``torch.Generator`` seeded with ``seed`` (which also drives augmentation), and
+the global RNGs are seeded for dropout, so the same seed gives bit-identical
+weights on CPU. Nothing is printed except the tqdm progress bar; numbers are
+returned for the caller to report.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from explainnn.checkpoint import load_checkpoint, save_checkpoint, to_jsonable
+from explainnn.data.base import Dataset
+from explainnn.errors import CheckpointError, ConfigError, DataError
+from explainnn.runtime import resolve_device, seed_everything
+
+TRAIN_MODES = ("auto", "always", "never")
+MAX_SHIFT = 2
+"""Largest translation (pixels) applied by ``augment=True``."""
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_model`; ``history`` has one ``{epoch, loss, train_acc}`` per epoch."""
+
+    train_accuracy: float
+    test_accuracy: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def random_translate(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ``max_shift`` pixels in x and y, filling with zeros."""
+    n, _, height, width = images.shape
+    padded = F.pad(images, (max_shift,) * 4).permute(0, 2, 3, 1)
+    dy = torch.randint(0, 2 * max_shift + 1, (n, 1), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (n, 1), generator=generator)
+    rows = (dy + torch.arange(height)).unsqueeze(2)
+    cols = (dx + torch.arange(width)).unsqueeze(1)
+    shifted = padded[torch.arange(n).view(n, 1, 1), rows, cols]
+    return shifted.permute(0, 3, 1, 2).contiguous()
+
+
+def _check_number(label: str, value: object, *, integer: bool = False, minimum: float = 0.0,
+                  inclusive: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{label} must be {kind}; got {value!r}")
+    if value < minimum or (value == minimum and not inclusive):
+        bound = ">=" if inclusive else ">"
+        raise ConfigError(f"{label} must be {bound} {minimum:g}; got {value!r}")
+
+
+def train_model(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    augment: bool = False,
+    grad_clip: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``dataset`` with Adam and cross-entropy; leave it in eval mode.
+
+    ``augment`` applies random translations of up to 2 pixels (image datasets
+    only); ``grad_clip`` clips the global gradient norm.
+    """
+    _check_number("epochs", epochs, integer=True, minimum=1, inclusive=True)
+    _check_number("batch_size", batch_size, integer=True, minimum=1, inclusive=True)
+    _check_number("lr", lr)
+    _check_number("weight_decay", weight_decay, inclusive=True)
+    if grad_clip is not None:
+        _check_number("grad_clip", grad_clip)
+    if augment and dataset.info.modality != "image":
+        raise ConfigError(
+            f"augment only applies to image datasets; dataset '{dataset.info.name}' holds "
+            f"{dataset.info.modality}; set training.augment: false"
+        )
+    n_train = len(dataset.x_train)
+    if n_train == 0:
+        raise DataError(f"dataset '{dataset.info.name}' has no training samples")
+
+    started = time.perf_counter()
+    device = resolve_device(device)
+    seed_everything(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    n_batches = math.ceil(n_train / batch_size)
+    history: list[dict[str, float]] = []
+    bar = tqdm(
+        total=epochs * n_batches,
+        desc=f"train {getattr(model, 'explainnn_spec', {}).get('name', type(model).__name__)}",
+        unit="batch",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with bar:
+        for epoch in range(1, epochs + 1):
+            model.train()
+            order = torch.randperm(n_train, generator=generator)
+            loss_sum, correct = 0.0, 0
+            for start in range(0, n_train, batch_size):
+                index = order[start : start + batch_size]
+                inputs, targets = dataset.x_train[index], dataset.y_train[index]
+                if augment:
+                    inputs = random_translate(inputs, MAX_SHIFT, generator)
+                inputs, targets = inputs.to(device), targets.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, targets)
+                loss.backward()
+                if grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+                loss_sum += loss.item() * len(index)
+                correct += int((logits.detach().argmax(dim=1) == targets).sum())
+                seen = min(start + batch_size, n_train)
+                bar.update(1)
+                bar.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{loss_sum / seen:.4f}",
+                                acc=f"{correct / seen:.3f}", refresh=False)
+            history.append({"epoch": epoch, "loss": loss_sum / n_train, "train_acc": correct / n_train})
+    train_accuracy = evaluate_accuracy(model, dataset.x_train, dataset.y_train, device=device)
+    test_accuracy = evaluate_accuracy(model, dataset.x_test, dataset.y_test, device=device)
+    return TrainResult(train_accuracy, test_accuracy, history, time.perf_counter() - started)
+
+
+def predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    batch_size: int = 1024,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Predicted classes (CPU ``LongTensor``) in eval mode, in batches, without autograd."""
+    _check_number("batch_size", batch_size, integer=True, minimum=1, inclusive=True)
+    device = resolve_device(device)
+    model.to(device).eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            chunks.append(model(x[start : start + batch_size].to(device)).argmax(dim=1).cpu())
+    if not chunks:
+        return torch.empty(0, dtype=torch.long)
+    return torch.cat(chunks).clone()
+
+
+def evaluate_accuracy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int = 1024,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Fraction of ``x`` classified as ``y``."""
+    if len(x) == 0:
+        raise DataError("cannot compute accuracy on an empty set of samples")
+    if len(x) != len(y):
+        raise DataError(f"{len(x)} samples but {len(y)} labels")
+    predictions = predict(model, x, batch_size=batch_size, device=device)
+    return float((predictions == y.cpu()).float().mean())
+
+
+_TRAIN_OPTIONS = tuple(
+    name
+    for name, parameter in inspect.signature(train_model).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "device"
+)
+
+
+def train_or_load(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    checkpoint: str | Path,
+    mode: str = "auto",
+    metadata: Mapping | None = None,
+    train_kwargs: Mapping | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict]:
+    """Load ``model`` from ``checkpoint`` or train it and save it there.
+
+    ``mode``: ``auto`` loads when the file exists and otherwise trains and saves;
+    ``always`` trains and overwrites; ``never`` only loads. ``metadata`` holds at
+    least ``config_hash`` (and may override ``model``/``dataset``, which default to
+    ``model.explainnn_spec`` and ``dataset.info.name``). Returns the model (on
+    ``device``, eval mode) and a JSON-able dict: ``action`` ("loaded"/"trained"),
+    ``checkpoint``, ``config_hash_matches`` and the checkpoint ``metadata``.
+    """
+    if mode not in TRAIN_MODES:
+        raise ConfigError(f"unknown training.train '{mode}'; valid values: {', '.join(TRAIN_MODES)}")
+    train_kwargs = dict(train_kwargs or {})
+    unknown = sorted(set(train_kwargs) - set(_TRAIN_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown training option '{unknown[0]}'; valid options: {', '.join(_TRAIN_OPTIONS)}"
+        )
+    path = Path(checkpoint)
+    device = resolve_device(device)
+    identity = {
+        "model": getattr(model, "explainnn_spec", None) or {"name": type(model).__name__, "params": {}},
+        "dataset": dataset.info.name,
+        "config_hash": None,
+        **dict(metadata or {}),
+    }
+    if mode == "never" or (mode == "auto" and path.exists()):
+        if not path.exists():
+            raise CheckpointError(
+                f"checkpoint {path} not found and training.train is 'never'; set "
+                "training.train: auto or point model.checkpoint at an existing file"
+            )
+        stored = load_checkpoint(path, model, expected=identity, map_location=device)
+        matches = stored.pop("config_hash_matches")
+        model.to(device).eval()
+        return model, {"action": "loaded", "checkpoint": str(path),
+                       "config_hash_matches": matches, "metadata": stored}
+
+    result = train_model(model, dataset, device=device, **train_kwargs)
+    options = {key: value for key, value in train_kwargs.items() if key != "progress"}
+    record = {
+        **identity,
+        "train_accuracy": result.train_accuracy,
+        "test_accuracy": result.test_accuracy,
+        "training": {**to_jsonable(options), "seconds": round(result.seconds, 3),
+                     "history": result.history},
+    }
+    stored = save_checkpoint(path, model, record)
+    return model, {"action": "trained", "checkpoint": str(path),
+                   "config_hash_matches": True, "metadata": stored}
