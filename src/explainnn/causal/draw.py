@@ -1,0 +1,160 @@
+"""A layered picture of a causal graph: layers left to right, input to output.
+
+Units of a layer are stacked vertically and labelled with their index. An edge's
+width grows with the size of its effect on the target logit, and its colour
+gives the sign: blue when the intervention lowered the target (the cause
+supports the prediction), red when it raised it. Figures are built without
+pyplot, so drawing never touches the global backend or opens a window.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import networkx as nx
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from explainnn.errors import UserError
+from explainnn.files import atomic_path
+
+if TYPE_CHECKING:
+    from explainnn.causal.graph import CausalGraph
+
+LOWERS_COLOUR = "tab:blue"
+RAISES_COLOUR = "tab:red"
+UNKNOWN_COLOUR = "0.6"
+KIND_COLOURS = {"input": "#d9d9d9", "hidden": "#fdd49e", "output": "#a1d99b"}
+MIN_WIDTH, MAX_WIDTH = 0.4, 4.0
+MAX_ARROWS = 400  # beyond this, plain lines: arrow patches get slow and the layout already shows direction
+
+
+def draw_graph(
+    graph: CausalGraph,
+    path: str | Path | None = None,
+    ax: Axes | None = None,
+    *,
+    max_units_per_layer: int | None = None,
+    title: str | None = None,
+    effect_key: str = "effect",
+    dpi: int = 150,
+) -> Figure:
+    """Draw ``graph`` as layered columns and return the Figure; save a PNG when ``path`` is given.
+
+    ``max_units_per_layer`` keeps, per layer, the units with the largest total
+    |effect| over their edges (an input layer of 784 pixels is unreadable
+    otherwise) and notes how many were left out. ``effect_key`` names the edge
+    attribute that sets width and colour; edges without a finite value are thin
+    and grey. Pass ``ax`` to draw into an existing figure.
+    """
+    if max_units_per_layer is not None and (isinstance(max_units_per_layer, bool) or max_units_per_layer < 1):
+        raise UserError(f"max_units_per_layer must be a positive integer or None; got {max_units_per_layer!r}")
+    if ax is None:
+        fig = Figure(figsize=_figure_size(graph, max_units_per_layer))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+
+    layers = graph.layers()
+    if not layers:
+        ax.text(0.5, 0.5, "empty causal graph", ha="center", va="center", transform=ax.transAxes)
+    else:
+        _draw_layers(graph, ax, layers, max_units_per_layer, effect_key)
+
+    if path is not None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return fig
+
+
+def _draw_layers(
+    graph: CausalGraph, ax: Axes, layers: list[str], max_units: int | None, effect_key: str
+) -> None:
+    source = graph.graph
+    strength = {n: 0.0 for n in source}
+    for u, v, value in source.edges(data=effect_key):
+        strength[u] += _finite_abs(value)
+        strength[v] += _finite_abs(value)
+
+    columns: list[list[str]] = []
+    left_out = {}
+    for layer in layers:
+        units = graph.units(layer)
+        if max_units is not None and len(units) > max_units:
+            strongest = set(sorted(units, key=lambda n: (-strength[n], source.nodes[n]["index"]))[:max_units])
+            left_out[layer] = len(units) - max_units
+            units = [n for n in units if n in strongest]
+        columns.append(units)
+
+    # One column per layer, units evenly spaced and centred, index 0 on top.
+    tallest = max(len(units) for units in columns)
+    pos = {
+        n: (float(x), (len(units) - 1) / 2.0 - row)
+        for x, units in enumerate(columns)
+        for row, n in enumerate(units)
+    }
+    shown = source.subgraph(pos)
+    axes_height_pt = ax.get_position().height * ax.figure.get_size_inches()[1] * 72.0
+    spacing_pt = axes_height_pt / (tallest + 2.0)  # room per unit, leaving space for the layer names
+    node_size = min(500.0, max(20.0, (0.8 * spacing_pt) ** 2))
+    font_size = min(8.0, max(4.0, 0.45 * spacing_pt))
+
+    edges = list(shown.edges(data=effect_key))
+    largest = max((_finite_abs(value) for _, _, value in edges), default=0.0) or 1.0
+    nx.draw_networkx_edges(
+        shown, pos, ax=ax, edgelist=[(u, v) for u, v, _ in edges],
+        width=[MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * _finite_abs(value) / largest for _, _, value in edges],
+        edge_color=[_edge_colour(value) for _, _, value in edges],
+        alpha=0.75, node_size=node_size,
+        **({"arrows": True, "arrowsize": 8} if len(edges) <= MAX_ARROWS else {"arrows": False}),
+    )
+    nodes = list(pos)
+    nx.draw_networkx_nodes(
+        shown, pos, ax=ax, nodelist=nodes, node_size=node_size, edgecolors="0.3", linewidths=0.6,
+        node_color=[KIND_COLOURS[source.nodes[n]["kind"]] for n in nodes],
+    )
+    nx.draw_networkx_labels(
+        shown, pos, ax=ax, font_size=font_size, labels={n: str(source.nodes[n]["index"]) for n in nodes}
+    )
+
+    top = (tallest - 1) / 2.0
+    for x, layer in enumerate(layers):
+        note = f"\n(+{left_out[layer]} more)" if layer in left_out else ""
+        ax.text(x, top + 0.7, layer + note, ha="center", va="bottom", fontsize=9)
+    ax.set_xlim(-0.5, len(layers) - 0.5)
+    ax.set_ylim(-top - 0.6, top + 1.6)
+    ax.legend(
+        handles=[
+            Line2D([], [], color=LOWERS_COLOUR, lw=2, label="intervention lowers target"),
+            Line2D([], [], color=RAISES_COLOUR, lw=2, label="intervention raises target"),
+        ],
+        loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False, fontsize=8,
+    )
+
+
+def _figure_size(graph: CausalGraph, max_units: int | None) -> tuple[float, float]:
+    layers = graph.layers()
+    tallest = max((len(graph.units(layer)) for layer in layers), default=1)
+    if max_units is not None:
+        tallest = min(tallest, max_units)
+    return (max(4.0, 2.2 * len(layers)), min(40.0, max(3.0, 0.35 * tallest + 1.5)))
+
+
+def _is_finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _finite_abs(value: object) -> float:
+    return abs(float(value)) if _is_finite(value) else 0.0
+
+
+def _edge_colour(value: object) -> str:
+    if not _is_finite(value) or value == 0:
+        return UNKNOWN_COLOUR
+    return LOWERS_COLOUR if value < 0 else RAISES_COLOUR
