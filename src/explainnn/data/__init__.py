@@ -21,6 +21,7 @@ from explainnn.data.base import (
     dataset_options,
     load_dataset,
     register_dataset,
+    supports_image_size,
 )
 from explainnn.data.download import download_file
 from explainnn.data.idx import read_idx
@@ -43,5 +44,6 @@ __all__ = [
     "read_idx",
     "register_dataset",
     "stratified_split",
+    "supports_image_size",
     "tokenize",
 ]

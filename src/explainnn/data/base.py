@@ -91,6 +91,12 @@ def dataset_options(name: str) -> list[str]:
     return sorted(p for p in _keyword_parameters(_loader(name)) if p not in COMMON_PARAMETERS)
 
 
+def supports_image_size(name: str) -> bool:
+    """Whether dataset ``name`` accepts ``image_size`` (square image datasets do)."""
+    loader = _loader(name)
+    return "image_size" in _keyword_parameters(loader) or _takes_any(loader)
+
+
 def load_dataset(
     name: str,
     root: str | Path = "data",
@@ -108,14 +114,14 @@ def load_dataset(
     """
     loader = _loader(name)
     parameters = _keyword_parameters(loader)
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(loader).parameters.values())
+    takes_any = _takes_any(loader)
     if not takes_any:
         unknown = sorted(set(options) - set(parameters))
         if unknown:
             valid = ", ".join(dataset_options(name)) or "none"
             raise DataError(f"unknown option '{unknown[0]}' for dataset '{name}'; valid options: {valid}")
-    if image_size is not None and "image_size" not in parameters and not takes_any:
-        padded = ", ".join(n for n in available_datasets() if "image_size" in _keyword_parameters(DATASETS[n]))
+    if image_size is not None and not supports_image_size(name):
+        padded = ", ".join(n for n in available_datasets() if supports_image_size(n))
         raise DataError(
             f"image_size applies to square image datasets only ({padded}), not to '{name}'; remove it"
         )
@@ -164,3 +170,7 @@ def _keyword_parameters(loader: DatasetLoader) -> list[str]:
     kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     parameters = list(inspect.signature(loader).parameters.values())[1:]
     return [p.name for p in parameters if p.kind in kinds]
+
+
+def _takes_any(loader: DatasetLoader) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(loader).parameters.values())

@@ -34,6 +34,8 @@ def pad_images(x: torch.Tensor, size: int | None, name: str) -> torch.Tensor:
     if size is None:
         return x
     height, width = x.shape[-2:]
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise DataError(f"image_size must be an integer, got {size!r}")
     if size < max(height, width):
         raise DataError(f"image_size {size} is smaller than the native {height}x{width} images of '{name}'")
     top, left = (size - height) // 2, (size - width) // 2
@@ -102,11 +104,12 @@ def read_idx_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     """``prefix`` ("train" or "t10k") images as uint8 (N, 1, H, W) and their labels."""
     images = read_idx(find_idx(folder, f"{prefix}-images-idx3-ubyte") or folder / f"{prefix}-images-idx3-ubyte.gz")
     labels = read_idx(find_idx(folder, f"{prefix}-labels-idx1-ubyte") or folder / f"{prefix}-labels-idx1-ubyte.gz")
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+    if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(
-            f"{prefix} IDX files in {folder} do not match: images {images.shape}, labels {labels.shape}"
+            f"{prefix} IDX files in {folder} do not match: images {images.dtype} {images.shape}, "
+            f"labels {labels.shape} (expected uint8 (N, H, W) images and N labels)"
         )
-    return images[:, None].astype(np.uint8), labels.astype(np.int64)
+    return images[:, None], labels.astype(np.int64)
 
 
 def _missing_idx(folder: Path) -> list[str]:
