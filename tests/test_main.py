@@ -62,6 +62,7 @@ def test_end_to_end_train_then_load(tmp_path):
     assert (run_dir / "config.yaml").is_file()
     trained = json.loads((run_dir / "training.json").read_text())
     assert 0.0 <= trained["test_accuracy"] <= 1.0
+    assert "Traceback" not in first.stderr
     second = _run(args, tmp_path)
     assert second.returncode == 0, second.stderr
     loaded = json.loads((run_dir / "training.json").read_text())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -18,6 +19,23 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from explainnn.errors import ConfigError
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML with 1.2 booleans: only true/false are booleans, so a key named ``on`` stays a string."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class _Section(BaseModel):
@@ -258,7 +276,8 @@ def format_error(error: dict) -> str:
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         ctx = error.get("ctx", {})
         bound = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
-        return f"{key}: must be {bound[kind].format(**ctx)}, got {value!r}"
+        plain = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in ctx.items()}
+        return f"{key}: must be {bound[kind].format(**plain)}, got {value!r}"
     if kind == "value_error":
         message = str(error.get("ctx", {}).get("error", error["msg"]))
         return f"{key}: {message}"
@@ -280,13 +299,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"override {text!r} has an empty key; write it like section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return parts, value
 
 
+def _check_override_path(parts: list[str]) -> None:
+    """Refuse ``seed.x=1``: a prefix of the key that names a plain value, not a section."""
+    model: type[BaseModel] = Config
+    for i, part in enumerate(parts[:-1]):
+        field = model.model_fields.get(part)
+        if field is None:
+            return  # unknown keys get the schema's "did you mean" error
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            continue
+        if getattr(annotation, "__origin__", None) is dict:
+            return  # free-form options: any nested key is allowed
+        where = ".".join(parts[: i + 1])
+        raise ConfigError(f"override {'.'.join(parts)}: '{where}' is a value, not a section")
+
+
 def _set_nested(tree: dict, parts: list[str], value: Any) -> None:
+    _check_override_path(parts)
     node = tree
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
@@ -320,7 +357,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} not found; pass --config PATH to a YAML file")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = _yaml_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -56,7 +56,7 @@ def _config_path(given: str | None) -> Path | None:
 def run(config) -> dict:
     """Run every enabled step of ``config``; return a summary of what was produced."""
     from explainnn.config import dump_config
-    from explainnn.data import load_dataset
+    from explainnn.data import load_dataset, supports_image_size
     from explainnn.errors import ConfigError
     from explainnn.files import write_json, write_text
     from explainnn.models import build_model
@@ -72,7 +72,7 @@ def run(config) -> dict:
         config.data.name,
         config.data.root,
         download=config.data.download,
-        image_size=config.data.image_size if _is_image(config.data.name) else None,
+        image_size=config.data.image_size if supports_image_size(config.data.name) else None,
         seed=config.seed,
         **config.data.options,
     )
@@ -97,26 +97,24 @@ def run(config) -> dict:
         train_kwargs=train_kwargs,
         device=device,
     )
+    record = train_info["metadata"]
     print(
-        f"model    {config.model.name}: {train_info.get('action', 'ready')} "
-        f"(train accuracy {train_info.get('train_accuracy', float('nan')):.4f}, "
-        f"test accuracy {train_info.get('test_accuracy', float('nan')):.4f})"
+        f"model    {config.model.name}: {train_info['action']} {train_info['checkpoint']} "
+        f"(train accuracy {record['train_accuracy']:.4f}, test accuracy {record['test_accuracy']:.4f})"
     )
+    if not train_info["config_hash_matches"]:
+        print(
+            "warning  the checkpoint was trained with other data/model/training settings than this config; "
+            "set training.train: always to retrain"
+        )
     write_text(run_dir / "config.yaml", dump_config(config))
-    write_json(run_dir / "training.json", train_info)
+    write_json(run_dir / "training.json", record)
     summary["training"] = train_info
 
     for step in ("discovery", "attribution", "evaluation"):
         if getattr(config, step).enabled:
             print(f"{step:<9}not built yet in this version; skipped (set {step}.enabled: false to silence)")
     return summary
-
-
-def _is_image(name: str) -> bool:
-    from explainnn.data import DATASETS
-
-    loader = DATASETS[name]
-    return getattr(loader, "modality", "image") == "image"
 
 
 def main(argv: list[str] | None = None) -> int:
