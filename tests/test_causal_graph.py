@@ -70,7 +70,7 @@ def test_building_mistakes_are_refused(lenet_graph):
         g.add_unit("fc2", 1, depth=2)
     with pytest.raises(UserError, match="kind"):
         g.add_unit("fc2", 1, kind="hiden", depth=4)
-    with pytest.raises(UserError, match="already a output unit"):
+    with pytest.raises(UserError, match="already of kind output"):
         g.add_unit("fc3", 3, kind="hidden", depth=5)
     with pytest.raises(UserError, match="lower to a higher depth"):
         g.add_edge("fc3:3", "fc2:7")
@@ -82,8 +82,10 @@ def test_building_mistakes_are_refused(lenet_graph):
         g.add_unit("fc2", 1, depth=4, note=object())
     with pytest.raises(UserError, match="non-string key"):
         g.add_result("per_class", {3: 0.5})
-    with pytest.raises(UserError, match="integer"):
+    with pytest.raises(UserError, match="integer >= 0"):
         g.add_unit("fc2", 1.5, depth=4)
+    with pytest.raises(UserError, match="integer >= 0"):
+        g.add_unit("fc2", -1, depth=4)
 
 
 def test_re_adding_a_unit_merges_its_statistics(lenet_graph):

@@ -69,6 +69,7 @@ class CausalGraph:
 
     def __init__(self, metadata: dict[str, Any] | None = None) -> None:
         self.graph = nx.DiGraph()
+        self._layer_unit: dict[str, str] = {}
         self.metadata: dict[str, Any] = _json_value(dict(metadata or {}), "metadata")
         self.metadata.setdefault("versions", library_versions())
         if not isinstance(self.metadata.setdefault("results", {}), dict):
@@ -90,12 +91,12 @@ class CausalGraph:
         reserved = _RESERVED_NODE_KEYS.intersection(attrs)
         if reserved:
             raise UserError(f"unit attributes may not be named {', '.join(sorted(reserved))}")
-        depths = self._layer_depths()
-        if layer in depths and depths[layer] != depth:
-            raise UserError(f"layer {layer!r} is at depth {depths[layer]}; cannot add a unit at depth {depth}")
+        layer_depth = self._layer_depth(layer)
+        if layer_depth is not None and layer_depth != depth:
+            raise UserError(f"layer {layer!r} is at depth {layer_depth}; cannot add a unit at depth {depth}")
         nid = node_id(layer, index)
         if nid in self.graph and self.graph.nodes[nid]["kind"] != kind:
-            raise UserError(f"unit {nid!r} is already a {self.graph.nodes[nid]['kind']} unit, not {kind}")
+            raise UserError(f"unit {nid!r} is already of kind {self.graph.nodes[nid]['kind']}, not {kind}")
         values = {key: _json_value(value, f"unit attribute {key!r}") for key, value in attrs.items()}
         self.graph.add_node(nid, layer=layer, index=index, kind=kind, depth=depth, **values)
         return nid
@@ -285,7 +286,7 @@ class CausalGraph:
                 _int(attrs["depth"], "depth")
         except (KeyError, TypeError, ValueError, UserError, nx.NetworkXError) as error:
             raise DataError(f"'{path}' is a malformed causal graph ({error})") from None
-        loaded = cls.__new__(cls)
+        loaded = cls()
         loaded.graph = graph
         loaded.metadata = metadata
         return loaded
@@ -318,6 +319,16 @@ class CausalGraph:
         return draw_graph(self, path, **options)
 
     # ----------------------------------------------------------------- helpers
+    def _layer_depth(self, layer: str) -> int | None:
+        """Depth of an existing layer; a remembered unit of it saves a scan of the graph per added unit."""
+        nid = self._layer_unit.get(layer)
+        if nid is None or nid not in self.graph:
+            nid = next((n for n, name in self.graph.nodes(data="layer") if name == layer), None)
+            if nid is None:
+                return None
+            self._layer_unit[layer] = nid
+        return self.graph.nodes[nid]["depth"]
+
     def _layer_depths(self) -> dict[str, int]:
         return {attrs["layer"]: attrs["depth"] for _, attrs in self.graph.nodes(data=True)}
 
@@ -332,9 +343,9 @@ class CausalGraph:
 
 
 def _int(value: Any, what: str) -> int:
-    """Accept Python and NumPy/torch integers (not bools) as a plain int."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise UserError(f"{what} must be an integer; got {value!r}")
+    """Accept Python and NumPy/torch integers >= 0 (not bools) as a plain int."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or value.__index__() < 0:
+        raise UserError(f"{what} must be an integer >= 0; got {value!r}")
     return int(value.__index__())
 
 

@@ -174,7 +174,8 @@ def paired_test(
       amount, which the t-test treats as certain: ``p = 0`` when the change lies
       in the tested direction (strictly negative for ``"less"``), else ``p = 1``,
       and the statistic is ±inf. The Wilcoxon test needs no such rule for
-      nonzero differences and gives its exact p-value there.
+      nonzero differences: its p-value there is small but positive (2**-N
+      when exact).
 
     NaN or infinite inputs are refused. Pass ``intervened_prob`` (K, N) and
     ``clean_prob`` (N,) to also get ``prob_effect``, the mean change of the target
