@@ -113,7 +113,7 @@ def run(config) -> dict:
 
     for step in ("discovery", "attribution", "evaluation"):
         if getattr(config, step).enabled:
-            print(f"{step:<9}not built yet in this version; skipped (set {step}.enabled: false to silence)")
+            print(f"{step:<12}not built yet in this version; skipped (set {step}.enabled: false to silence)")
     return summary
 
 
