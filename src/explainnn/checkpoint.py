@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -32,6 +33,7 @@ from explainnn.errors import CheckpointError
 FORMAT = "explainnn-checkpoint"
 VERSION = 1
 RETRAIN_HINT = "delete it or set training.train: always"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def to_jsonable(value: object) -> object:
@@ -40,10 +42,14 @@ def to_jsonable(value: object) -> object:
     Tuples become lists, NumPy and 0-d torch scalars become Python numbers, paths
     become strings; anything else is a bug in the caller and raises ``TypeError``.
     """
-    if isinstance(value, (str, bool, int, type(None))):
+    if isinstance(value, (bool, type(None))):
         return value
+    if isinstance(value, str):
+        return str(value)  # plain str: subclasses such as torch's TorchVersion would pickle as objects
+    if isinstance(value, int):
+        return int(value)
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return float(value) if math.isfinite(value) else None
     if isinstance(value, Mapping):
         return {str(key): to_jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -115,8 +121,10 @@ def write_metadata_json(path: str | Path, metadata: Mapping) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0].strip() if lines else ""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    # weights-only refusals put the useful line ("Unsupported global: ...") deep in the message
+    detail = [line for line in lines if line.startswith("WeightsUnpickler error:")]
+    text = detail[0].removeprefix("WeightsUnpickler error:").strip() if detail else (lines[0] if lines else "")
     text = text if len(text) <= 160 else text[:157] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -81,3 +81,13 @@ class LeNet(nn.Sequential):
         self.in_channels = in_channels
         self.input_size = (height, width)
         self.n_classes = n_classes
+
+    def __getitem__(self, index: int | slice | str) -> nn.Module:
+        """``model[i]``, ``model["fc2"]`` or ``model[a:b]`` (a plain ``nn.Sequential`` sharing the layers)."""
+        if isinstance(index, str):
+            if index not in self._modules:
+                raise ConfigError(f"unknown layer '{index}'; valid layers: {', '.join(self._modules)}")
+            return self._modules[index]
+        if isinstance(index, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[index]))
+        return super().__getitem__(index)
