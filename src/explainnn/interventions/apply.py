@@ -1,0 +1,149 @@
+"""Installing compiled edits on a model, and the ``intervene`` context manager.
+
+Linear/Conv/Embedding layers get a forward hook that edits their output (edge
+edits as activation deltas computed from the layer's actual input); recurrent
+modules get their forward replaced by the exact unrolled re-execution. The same
+installer serves the context manager (one block: every row gets the same
+interventions) and the batched runner (``K`` blocks of rows).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from explainnn.errors import InterventionError
+from explainnn.interventions.clean import clean_pass
+from explainnn.interventions.edits import LayerEdits, apply_layer, compile_edits, rest_shape
+from explainnn.interventions.hooks import ModelPatch
+from explainnn.interventions.layers import LayerInfo, find_layers, resolve_layer
+from explainnn.interventions.recurrent import LayerCache, run_module, split_args
+from explainnn.interventions.spec import Intervention, InterventionSet, as_rows
+
+Means = Callable[[LayerInfo], torch.Tensor]
+
+
+class EditPlan:
+    """Which specs act on which layer, for ``K`` blocks of rows."""
+
+    def __init__(self, model: nn.Module, layers: list[LayerInfo], rows: list[tuple[Intervention, ...]],
+                 means: Means | None = None) -> None:
+        self.n_blocks = len(rows)
+        self.means = means
+        self.layers: dict[str, LayerInfo] = {}
+        self.blocks: dict[str, list[list[Intervention]]] = {}
+        for k, specs in enumerate(rows):
+            for spec in specs:
+                layer = resolve_layer(layers, model, spec.layer)
+                self.layers[layer.name] = layer
+                self.blocks.setdefault(layer.name, [[] for _ in rows])[k].append(spec)
+        self._compiled: dict[tuple, LayerEdits] = {}
+
+    def modules(self) -> dict[str, list[LayerInfo]]:
+        grouped: dict[str, list[LayerInfo]] = {}
+        for layer in sorted(self.layers.values(), key=lambda info: info.order):
+            grouped.setdefault(layer.module_name, []).append(layer)
+        return grouped
+
+    def start(self) -> LayerInfo:
+        return min(self.layers.values(), key=lambda info: info.order)
+
+    def compiled(self, layer: LayerInfo, rest: tuple[int, ...], like: torch.Tensor) -> LayerEdits:
+        key = (layer.name, rest, like.device, like.dtype)
+        if key not in self._compiled:
+            blocks = self.blocks[layer.name]
+            needs_mean = any(getattr(s, "mode", None) == "mean" for specs in blocks for s in specs)
+            means = None
+            if needs_mean and self.means is not None:
+                means = self.means(layer)
+                if tuple(means.shape[1:]) != rest:
+                    raise_shape(layer, tuple(means.shape[1:]), rest)
+            self._compiled[key] = compile_edits(layer, blocks, rest, means, like.device, like.dtype)
+        return self._compiled[key]
+
+    def install(self, patch: ModelPatch, start_cache: "StartCache | None" = None) -> None:
+        """Hook every intervened module; ``start_cache`` serves the first one from clean activations."""
+        for module_name, layers in self.modules().items():
+            module = layers[0].module
+            cached = start_cache if start_cache is not None and start_cache.module is module else None
+            if layers[0].recurrent:
+                patch.replace_forward(module, self._recurrent_forward(module, layers, cached))
+            elif cached is not None:
+                patch.replace_forward(module, self._cached_forward(layers[0], cached))
+            else:
+                patch.forward_hook(module, self._hook(layers[0]))
+
+    def _hook(self, layer: LayerInfo):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            y = output.clone()
+            apply_layer(y, args[0], self.compiled(layer, rest_shape(layer, tuple(y.shape[1:])), y), shared=False)
+            return y
+
+        return hook
+
+    def _cached_forward(self, layer: LayerInfo, cached: "StartCache"):
+        def forward(*args: object, **kwargs: object) -> torch.Tensor:
+            clean_out = cached.output
+            y = clean_out.unsqueeze(0).expand(self.n_blocks, *clean_out.shape).reshape(-1, *clean_out.shape[1:])
+            edits = self.compiled(layer, rest_shape(layer, tuple(clean_out.shape[1:])), y)
+            apply_layer(y, cached.inputs, edits, shared=True)
+            return y
+
+        return forward
+
+    def _recurrent_forward(self, module: nn.Module, layers: list[LayerInfo], cached: "StartCache | None"):
+        def forward(*args: object, **kwargs: object):
+            if cached is not None:
+                length, like = cached.rnn[0].x.shape[1], cached.rnn[0].x
+            else:
+                x = split_args(module, args, kwargs)[0]
+                length, like = x.shape[1], x
+            edits = {layer.sublayer or 0: self.compiled(layer, (length,), like) for layer in layers}
+            return run_module(module, args, kwargs, edits, self.n_blocks, None if cached is None else cached.rnn)
+
+        return forward
+
+
+class StartCache:
+    """Clean activations of the first intervened module: its input/output, or its RNN states."""
+
+    def __init__(self, module: nn.Module, inputs: torch.Tensor | None = None, output: torch.Tensor | None = None,
+                 rnn: list[LayerCache] | None = None) -> None:
+        self.module, self.inputs, self.output, self.rnn = module, inputs, output, rnn
+
+
+def raise_shape(layer: LayerInfo, got: tuple, want: tuple) -> None:
+    raise InterventionError(
+        f"reference data gives layer '{layer.name}' activations of shape {got} per unit but the inputs give "
+        f"{want}; use reference data of the same shape"
+    )
+
+
+@contextmanager
+def intervene(
+    model: nn.Module,
+    interventions: InterventionSet,
+    example_input: torch.Tensor,
+    reference: torch.Tensor | None = None,
+) -> Iterator[nn.Module]:
+    """Apply interventions to ``model`` for the duration of a ``with`` block.
+
+    Every forward pass inside the block sees the interventions on every row;
+    autograd works through them. Afterwards the model's parameters, buffers,
+    hooks and attributes are exactly as before, also when the block raises.
+    ``reference`` (a batch of inputs) is needed for ``mode="mean"``.
+    """
+    layers = find_layers(model, example_input)
+    means = None
+    if reference is not None:
+        with ModelPatch() as patch, torch.no_grad():
+            patch.eval_mode(model)
+            clean = clean_pass(model, reference.to(example_input.device))
+        means = clean.mean
+    plan = EditPlan(model, layers, as_rows([interventions]), means)
+    with ModelPatch() as patch:
+        plan.install(patch)
+        yield model

@@ -1,0 +1,241 @@
+"""Exact re-execution of ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` with edits inside the recurrence.
+
+An edit at step ``t`` must reach every later step exactly as if the model had
+computed it, so the intervened layers are unrolled with the same arithmetic as
+PyTorch's cells (gate order, bias placement, ``h' = (h - n) z + n`` for GRUs).
+With a clean cache (per layer: inputs, input projections and ``h``/``c`` at every
+step) a run resumes at the first edited step from the cached state instead of
+recomputing the prefix, and reuses the cached input projections of the first
+edited layer, whose inputs are unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from explainnn.errors import InterventionError
+from explainnn.interventions.edits import GATES, LayerEdits, apply_nodes_step, linear_delta
+from explainnn.interventions.layers import RECURRENT_TYPES
+
+
+@dataclass
+class LayerCache:
+    """Clean activations of one internal layer, batch-first ``(N, T, ...)``."""
+
+    x: torch.Tensor
+    xproj: torch.Tensor
+    h: torch.Tensor
+    c: torch.Tensor | None
+    h0: torch.Tensor
+    c0: torch.Tensor | None
+
+
+def kind_of(module: nn.Module) -> str:
+    for cls, kind in RECURRENT_TYPES.items():
+        if isinstance(module, cls):
+            return kind
+    raise InterventionError(f"{type(module).__name__} is not a recurrent layer")
+
+
+def weights(module: nn.Module, index: int) -> tuple[torch.Tensor, ...]:
+    w_ih = getattr(module, f"weight_ih_l{index}")
+    w_hh = getattr(module, f"weight_hh_l{index}")
+    b_ih = getattr(module, f"bias_ih_l{index}") if module.bias else None
+    b_hh = getattr(module, f"bias_hh_l{index}") if module.bias else None
+    return w_ih, w_hh, b_ih, b_hh
+
+
+def split_args(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(x (B, T, F), h0 (L, B, H), c0 or None)`` from a recurrent module's call arguments."""
+    x = args[0]
+    hx = args[1] if len(args) > 1 else kwargs.get("hx")
+    if isinstance(x, PackedSequence):
+        raise InterventionError("packed sequences are not supported; pass padded (N, T, F) tensors")
+    if x.dim() != 3:
+        raise InterventionError(f"recurrent layers need batched (N, T, F) input; got shape {tuple(x.shape)}")
+    if not module.batch_first:
+        x = x.transpose(0, 1)
+    shape = (module.num_layers, x.shape[0], module.hidden_size)
+    lstm = kind_of(module) == "lstm"
+    if hx is None:
+        zeros = torch.zeros(shape, dtype=x.dtype, device=x.device)
+        return x, zeros, (zeros if lstm else None)
+    if lstm:
+        return x, hx[0], hx[1]
+    return x, hx, None
+
+
+def format_output(module: nn.Module, out: torch.Tensor, h_n: list, c_n: list | None) -> Any:
+    if not module.batch_first:
+        out = out.transpose(0, 1)
+    h_n = torch.stack(h_n)
+    if c_n is None:
+        return out, h_n
+    return out, (h_n, torch.stack(c_n))
+
+
+def _cell(kind: str, nonlinearity: str, xp: torch.Tensor, hp: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None):
+    """One step in ``(K, N, ...)`` layout; ``xp`` may broadcast over ``K``."""
+    if kind == "lstm":
+        i, f, g, o = (hp + xp).unsafe_chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    if kind == "gru":
+        i_r, i_z, i_n = xp.unsafe_chunk(3, -1)
+        h_r, h_z, h_n = hp.unsafe_chunk(3, -1)
+        r = torch.sigmoid(h_r + i_r)
+        z = torch.sigmoid(h_z + i_z)
+        n = torch.tanh(i_n + h_n * r)
+        return (h - n) * z + n, None
+    pre = hp + xp
+    return (torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)), None
+
+
+def _active(edge, length: int) -> list[bool]:
+    if edge is None:
+        return [False] * length
+    if edge.steps is None:
+        return [True] * length
+    return edge.steps.ne(0).any(0).tolist()
+
+
+def run_layer(
+    module: nn.Module,
+    index: int,
+    xproj: torch.Tensor,
+    x: torch.Tensor,
+    shared: bool,
+    h: torch.Tensor,
+    c: torch.Tensor | None,
+    start: int,
+    n_blocks: int,
+    edits: LayerEdits | None,
+    keep_c: bool = False,
+):
+    """Steps ``start..T-1`` of internal layer ``index``.
+
+    ``xproj``/``x`` are the layer's input projections and inputs: shared clean
+    ``(N, T, ...)`` indexed by absolute step, or per-row ``(K * N, T - start, ...)``.
+    ``h``/``c`` are the states before ``start``, ``(K, N, H)``. Returns outputs
+    ``(K * N, T - start, H)``, the final ``h``, ``c`` and (with ``keep_c``) every ``c``.
+    """
+    kind = kind_of(module)
+    nonlinearity = getattr(module, "nonlinearity", "tanh")
+    _, w_hh, _, b_hh = weights(module, index)
+    length = xproj.shape[1] + (0 if shared else start)
+    k_rows = 1 if shared else n_blocks
+    edge_in = edits.edge_in if edits else None
+    edge_rec = edits.edge_rec if edits else None
+    node = edits.node if edits else None
+    in_active, rec_active = _active(edge_in, length), _active(edge_rec, length)
+    node_steps = set(node.steps) if node else set()
+    outs, cells = [], []
+    for t in range(start, length):
+        offset = t if shared else t - start
+        xp = xproj[:, offset].view(k_rows, -1, xproj.shape[-1])
+        if in_active[t]:
+            delta = linear_delta(x[:, offset], edge_in, n_blocks, shared)
+            if edge_in.steps is not None:
+                delta = delta * edge_in.steps[:, t, None, None]
+            xp = xp.expand(n_blocks, -1, -1).index_add(0, edge_in.blocks, delta)
+        hp = F.linear(h, w_hh, b_hh)
+        if rec_active[t]:
+            delta = linear_delta(h.flatten(0, 1), edge_rec, n_blocks, False)
+            if edge_rec.steps is not None:
+                delta = delta * edge_rec.steps[:, t, None, None]
+            hp = hp.index_add(0, edge_rec.blocks, delta)
+        h, c = _cell(kind, nonlinearity, xp, hp, h, c)
+        if t in node_steps:
+            h = h.clone()
+            apply_nodes_step(h.view(-1, h.shape[-1]), node, t, n_blocks)
+        outs.append(h)
+        if keep_c:
+            cells.append(c)
+    out = torch.stack(outs, 2).flatten(0, 1)
+    return out, h, c, (torch.stack(cells, 2).flatten(0, 1) if keep_c else None)
+
+
+def _tile(t: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    return t.unsqueeze(0).expand(n_blocks, *t.shape).reshape(n_blocks * t.shape[0], *t.shape[1:])
+
+
+def clean_cache(module: nn.Module, args: tuple, kwargs: dict) -> list[LayerCache]:
+    """Unroll the module once on clean inputs and keep every layer's states."""
+    x, h0, c0 = split_args(module, args, kwargs)
+    caches = []
+    for index in range(module.num_layers):
+        w_ih, _, b_ih, _ = weights(module, index)
+        xproj = F.linear(x, w_ih, b_ih)
+        c_init = None if c0 is None else c0[index]
+        h, _, _, cells = run_layer(module, index, xproj, x, False, h0[index].unsqueeze(0),
+                                   None if c_init is None else c_init.unsqueeze(0), 0, 1, None,
+                                   keep_c=c_init is not None)
+        caches.append(LayerCache(x, xproj, h, None if c0 is None else cells, h0[index], c_init))
+        x = h
+    return caches
+
+
+def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, LayerEdits], n_blocks: int,
+               cache: list[LayerCache] | None = None) -> Any:
+    """The module's output on ``K * N`` rows with each block's edits.
+
+    Without ``cache`` every layer is unrolled from step 0 on the given inputs.
+    With it (clean activations of the N samples) the call arguments are ignored:
+    layers below the first edited one are reused, and the rest resume at the first
+    step where anything changes.
+    """
+    if module.training and module.dropout and module.num_layers > 1:
+        raise InterventionError("recurrent dropout is random in training mode; call model.eval() first")
+    lstm = kind_of(module) == "lstm"
+    if cache is None:
+        x, h0, c0 = split_args(module, args, kwargs)
+        if x.shape[0] % n_blocks:
+            raise InterventionError(f"{x.shape[0]} rows do not split into {n_blocks} intervention blocks")
+        length = x.shape[1]
+    else:
+        length = cache[0].x.shape[1]
+    finals_h, finals_c = [], []
+    prev_out, prev_start = None, length
+    for index in range(module.num_layers):
+        edit = edits.get(index)
+        w_ih, _, b_ih, _ = weights(module, index)
+        if cache is None:
+            start = 0
+            source = x if index == 0 else prev_out
+            xproj, inputs, shared = F.linear(source, w_ih, b_ih), source, False
+            h = h0[index].view(n_blocks, -1, h0.shape[-1])
+            c = None if c0 is None else c0[index].view(n_blocks, -1, c0.shape[-1])
+        else:
+            layer = cache[index]
+            start = min(prev_start, edit.first_step if edit else length)
+            if start == length:
+                finals_h.append(_tile(layer.h[:, -1], n_blocks))
+                if lstm:
+                    finals_c.append(_tile(layer.c[:, -1], n_blocks))
+                continue
+            h = (layer.h[:, start - 1] if start else layer.h0).expand(n_blocks, -1, -1)
+            c = None
+            if lstm:
+                c = (layer.c[:, start - 1] if start else layer.c0).expand(n_blocks, -1, -1)
+            if prev_out is None:
+                xproj, inputs, shared = layer.xproj, layer.x, True
+            else:
+                head = _tile(layer.x[:, start:prev_start], n_blocks)
+                inputs = torch.cat([head, prev_out], 1) if start < prev_start else prev_out
+                xproj, shared = F.linear(inputs, w_ih, b_ih), False
+        out, h, c, _ = run_layer(module, index, xproj, inputs, shared, h, c, start, n_blocks, edit)
+        finals_h.append(h.flatten(0, 1))
+        if lstm:
+            finals_c.append(c.flatten(0, 1))
+        prev_out, prev_start = out, start
+    if prev_out is None:
+        prev_out, prev_start = _tile(cache[-1].h, n_blocks), 0
+    if cache is not None and prev_start > 0:
+        prev_out = torch.cat([_tile(cache[-1].h[:, :prev_start], n_blocks), prev_out], 1)
+    return format_output(module, prev_out, finals_h, finals_c if lstm else None)

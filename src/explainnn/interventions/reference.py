@@ -1,0 +1,257 @@
+"""Naive reference implementations, deliberately simple and independent of the engine.
+
+For every intervention: deep-copy the model, edit the copy's weights (edges) or
+hook the unit (nodes), and run one sample at a time. Recurrent layers that need
+per-step edits are replaced by a step-by-step unroll built from PyTorch's own
+``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell``. This is the research code's
+method; tests and benchmarks check the batched engine against it, and users can
+too.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from explainnn.interventions.layers import LayerInfo, find_layers, resolve_layer
+from explainnn.interventions.runner import InterventionResult, InterventionRunner
+from explainnn.interventions.spec import EdgeIntervention, Intervention, InterventionSet, NodeIntervention, as_rows
+
+CELLS = {nn.LSTM: nn.LSTMCell, nn.GRU: nn.GRUCell, nn.RNN: nn.RNNCell}
+
+
+def _edit_weight(weight: torch.Tensor, rows: Sequence[int], cols: Sequence[int], spec: EdgeIntervention) -> None:
+    for r in rows:
+        for c in cols:
+            if spec.mode == "set":
+                weight[r, c] = spec.value
+            else:
+                weight[r, c] *= spec.value
+
+
+def _edge_weight_rows(layer: LayerInfo, spec: EdgeIntervention) -> tuple[list[int], list[int]]:
+    """Weight rows (children, all gates) and columns (parent features) of an edge spec."""
+    children = list(range(layer.n_units)) if spec.children is None else list(spec.children)
+    if spec.recurrent:
+        cols = list(spec.parents)
+    else:
+        cols = [f for p in spec.parents for f in layer.parent_map[p]]
+    if layer.recurrent:
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[layer.kind]
+        return [g * layer.n_units + j for g in range(gates) for j in children], cols
+    return children, cols
+
+
+def _edit_plain_layer(module: nn.Module, layer: LayerInfo, spec: EdgeIntervention) -> None:
+    rows, cols = _edge_weight_rows(layer, spec)
+    groups = getattr(module, "groups", 1)
+    per_in, per_out = layer.in_features // groups, module.weight.shape[0] // groups
+    with torch.no_grad():
+        for r in rows:
+            for c in cols:
+                if c // per_in == r // per_out:
+                    _edit_weight(module.weight, [r], [c - (r // per_out) * per_in], spec)
+
+
+def _unit_view(out: torch.Tensor, layer: LayerInfo, unit: int) -> torch.Tensor:
+    return out[:, unit] if layer.kind.startswith("conv") else out[..., unit]
+
+
+def _set_unit(view: torch.Tensor, spec: NodeIntervention, mean: torch.Tensor | None) -> None:
+    if spec.mode == "zero":
+        view.zero_()
+    elif spec.mode == "constant":
+        view.fill_(spec.value)
+    elif spec.mode == "scale":
+        view.mul_(spec.value)
+    else:
+        view.copy_(mean.expand_as(view))
+
+
+def _node_hook(layer: LayerInfo, specs: list[NodeIntervention], means: dict):
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        out = output.clone()
+        for spec in specs:
+            for unit in spec.units:
+                mean = means[layer.name][unit] if spec.mode == "mean" else None
+                view = _unit_view(out, layer, unit)
+                if spec.steps is None:
+                    _set_unit(view, spec, mean)
+                else:
+                    for step in spec.steps:
+                        _set_unit(view[:, step], spec, None if mean is None else mean[step])
+        return out
+
+    return hook
+
+
+class UnrolledRNN(nn.Module):
+    """A recurrent module unrolled step by step with PyTorch cells, with per-step edits.
+
+    ``edges[l]`` and ``nodes[l]`` hold the specs for internal layer ``l``; an edge
+    spec edits that step's cell weights, a node spec overwrites ``h_t`` after the
+    step. ``record`` keeps every layer's ``h`` (used for reference means).
+    """
+
+    def __init__(self, module: nn.Module, layers: list[LayerInfo], edges: dict, nodes: dict, means: dict) -> None:
+        super().__init__()
+        self.source, self.layers = module, layers
+        self.edges, self.nodes, self.means = edges, nodes, means
+        self.recorded: list[torch.Tensor] = []
+
+    def _cell(self, index: int, step: int, length: int) -> nn.Module:
+        module = self.source
+        width = module.input_size if index == 0 else module.hidden_size
+        kwargs = {"nonlinearity": module.nonlinearity} if isinstance(module, nn.RNN) else {}
+        cell = CELLS[type(module)](width, module.hidden_size, bias=module.bias, **kwargs)
+        with torch.no_grad():
+            cell.weight_ih.copy_(getattr(module, f"weight_ih_l{index}"))
+            cell.weight_hh.copy_(getattr(module, f"weight_hh_l{index}"))
+            if module.bias:
+                cell.bias_ih.copy_(getattr(module, f"bias_ih_l{index}"))
+                cell.bias_hh.copy_(getattr(module, f"bias_hh_l{index}"))
+            for spec in self.edges.get(index, []):
+                if spec.steps is None or step in [s % length for s in spec.steps]:
+                    rows, cols = _edge_weight_rows(self.layers[index], spec)
+                    _edit_weight(cell.weight_hh if spec.recurrent else cell.weight_ih, rows, cols, spec)
+        return cell.to(getattr(module, "weight_ih_l0").device)
+
+    def forward(self, x: torch.Tensor, hx=None):
+        module = self.source
+        x = x if module.batch_first else x.transpose(0, 1)
+        lstm = isinstance(module, nn.LSTM)
+        shape = (module.num_layers, x.shape[0], module.hidden_size)
+        if hx is None:
+            hx = (x.new_zeros(shape), x.new_zeros(shape)) if lstm else x.new_zeros(shape)
+        h0, c0 = hx if lstm else (hx, None)
+        finals_h, finals_c, length = [], [], x.shape[1]
+        self.recorded = []
+        for index in range(module.num_layers):
+            h, c, outs = h0[index], None if c0 is None else c0[index], []
+            for step in range(length):
+                cell = self._cell(index, step, length)
+                if lstm:
+                    h, c = cell(x[:, step], (h, c))
+                else:
+                    h = cell(x[:, step], h)
+                h = self._edit_nodes(index, step, length, h)
+                outs.append(h)
+            x = torch.stack(outs, 1)
+            self.recorded.append(x)
+            finals_h.append(h)
+            finals_c.append(c)
+        out = x if module.batch_first else x.transpose(0, 1)
+        if lstm:
+            return out, (torch.stack(finals_h), torch.stack(finals_c))
+        return out, torch.stack(finals_h)
+
+    def _edit_nodes(self, index: int, step: int, length: int, h: torch.Tensor) -> torch.Tensor:
+        h = h.clone()
+        for spec in self.nodes.get(index, []):
+            if spec.steps is not None and step not in [s % length for s in spec.steps]:
+                continue
+            for unit in spec.units:
+                mean = None
+                if spec.mode == "mean":
+                    mean = self.means[self.layers[index].name][unit][step]
+                _set_unit(h[:, unit], spec, mean)
+        return h
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _module_layers(layers: list[LayerInfo], module_name: str) -> list[LayerInfo]:
+    return sorted((info for info in layers if info.module_name == module_name), key=lambda info: info.sublayer or 0)
+
+
+def intervened_copy(model: nn.Module, layers: list[LayerInfo], specs: Sequence[Intervention], means: dict) -> nn.Module:
+    """A deep copy of ``model`` with ``specs`` applied by weight edits, hooks and unrolling."""
+    copied = copy.deepcopy(model).eval()
+    modules = dict(copied.named_modules())
+    by_module: dict[str, list[Intervention]] = {}
+    for spec in specs:
+        by_module.setdefault(resolve_layer(layers, model, spec.layer).module_name, []).append(spec)
+    for module_name, group in by_module.items():
+        module = modules[module_name]
+        infos = _module_layers(layers, module_name)
+        named = {info.name: info for info in infos}
+        if infos[0].recurrent:
+            edges: dict[int, list] = {}
+            nodes: dict[int, list] = {}
+            for spec in group:
+                target = nodes if isinstance(spec, NodeIntervention) else edges
+                target.setdefault(named[spec.layer].sublayer or 0, []).append(spec)
+            if nodes or any(s.steps is not None for specs_ in edges.values() for s in specs_):
+                _set_module(copied, module_name, UnrolledRNN(module, infos, edges, nodes, means))
+            else:
+                with torch.no_grad():
+                    for index, specs_ in edges.items():
+                        for spec in specs_:
+                            rows, cols = _edge_weight_rows(infos[index], spec)
+                            kind = "hh" if spec.recurrent else "ih"
+                            _edit_weight(getattr(module, f"weight_{kind}_l{index}"), rows, cols, spec)
+            continue
+        layer = infos[0]
+        node_specs = [s for s in group if isinstance(s, NodeIntervention)]
+        for spec in group:
+            if isinstance(spec, EdgeIntervention):
+                _edit_plain_layer(module, layer, spec)
+        if node_specs:
+            module.register_forward_hook(_node_hook(layer, node_specs, means))
+    return copied
+
+
+def reference_means(model: nn.Module, layers: list[LayerInfo], names: set[str], reference: torch.Tensor) -> dict:
+    """Per-unit means ``(n_units, *rest)`` over ``reference``, one sample at a time."""
+    means = {}
+    for name in names:
+        layer = resolve_layer(layers, model, name)
+        copied = copy.deepcopy(model).eval()
+        samples = []
+        if layer.recurrent:
+            module = copied.get_submodule(layer.module_name)
+            unrolled = UnrolledRNN(module, _module_layers(layers, layer.module_name), {}, {}, {})
+            _set_module(copied, layer.module_name, unrolled)
+            for i in range(len(reference)):
+                copied(reference[i : i + 1])
+                samples.append(unrolled.recorded[layer.sublayer or 0][0])
+            means[name] = torch.stack(samples).mean(0).T
+            continue
+        copied.get_submodule(layer.module_name).register_forward_hook(lambda m, a, o: samples.append(o[0]))
+        for i in range(len(reference)):
+            copied(reference[i : i + 1])
+        means[name] = torch.stack(samples).mean(0).movedim(layer.unit_axis - 1, 0)
+    return means
+
+
+@torch.no_grad()
+def reference_run(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    interventions: Sequence[InterventionSet],
+    target: int | torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
+) -> InterventionResult:
+    """What :meth:`InterventionRunner.run` computes, the slow and obvious way.
+
+    ``reference`` defines ``mode="mean"`` (default: ``inputs``), as in the runner.
+    """
+    layers = find_layers(model, inputs[:1])
+    rows = as_rows(interventions)
+    clean_model = copy.deepcopy(model).eval()
+    clean = torch.cat([clean_model(inputs[i : i + 1]) for i in range(len(inputs))])
+    names = {s.layer for specs in rows for s in specs if isinstance(s, NodeIntervention) and s.mode == "mean"}
+    means = reference_means(model, layers, names, inputs if reference is None else reference) if names else {}
+    logits = []
+    for specs in rows:
+        copied = intervened_copy(model, layers, specs, means)
+        logits.append(torch.cat([copied(inputs[i : i + 1]) for i in range(len(inputs))]))
+    targets = InterventionRunner._targets(target, clean)
+    return InterventionResult.from_logits(torch.stack(logits), clean, targets)

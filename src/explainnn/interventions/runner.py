@@ -1,0 +1,293 @@
+"""Batched evaluation of many interventions on many samples.
+
+Rows are ``K`` blocks of the ``N`` samples, block ``k`` carrying intervention
+``k``. Everything that runs before the first intervened layer is identical to the
+clean pass, so those module calls return cached clean outputs (tiled over the
+blocks) instead of being recomputed; the intervened layer itself is served from
+its cached output plus per-block edits, and only the rest of the forward runs on
+``K * N`` rows. Blocks are chunked to a memory budget.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from explainnn.errors import InterventionError
+from explainnn.interventions.apply import EditPlan, StartCache
+from explainnn.interventions.clean import CleanPass, clean_pass
+from explainnn.interventions.hooks import ModelPatch
+from explainnn.interventions.layers import LayerInfo, ModuleCall, find_layers, resolve_layer
+from explainnn.interventions.spec import Intervention, InterventionSet, as_rows
+
+
+@dataclass(frozen=True)
+class InterventionResult:
+    """Outputs of a run: ``K`` interventions x ``N`` samples x ``C`` classes."""
+
+    logits: torch.Tensor
+    target_logit: torch.Tensor
+    prob: torch.Tensor
+    clean_logits: torch.Tensor
+    clean_target_logit: torch.Tensor
+    clean_prob: torch.Tensor
+    target: torch.Tensor
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, clean_logits: torch.Tensor, target: torch.Tensor) -> "InterventionResult":
+        index = target.view(1, -1, 1).expand(logits.shape[0], -1, 1)
+        return cls(
+            logits,
+            logits.gather(2, index).squeeze(2),
+            torch.softmax(logits, -1).gather(2, index).squeeze(2),
+            clean_logits,
+            clean_logits.gather(1, target[:, None]).squeeze(1),
+            torch.softmax(clean_logits, -1).gather(1, target[:, None]).squeeze(1),
+            target,
+        )
+
+    def logit_effect(self) -> torch.Tensor:
+        """``(K, N)``: intervened minus clean target logit."""
+        return self.target_logit - self.clean_target_logit
+
+    def prob_effect(self) -> torch.Tensor:
+        """``(K, N)``: intervened minus clean target probability."""
+        return self.prob - self.clean_prob
+
+    def kl_divergence(self) -> torch.Tensor:
+        """``(K, N)``: ``KL(p_clean || p_intervened)`` over the classes."""
+        clean = torch.log_softmax(self.clean_logits, -1)
+        inter = torch.log_softmax(self.logits, -1)
+        return (clean.exp() * (clean - inter)).sum(-1)
+
+    def accuracy(self, labels: torch.Tensor) -> torch.Tensor:
+        """``(K,)``: fraction of samples whose intervened prediction equals ``labels``."""
+        labels = torch.as_tensor(labels, device=self.logits.device)
+        return (self.logits.argmax(-1) == labels).float().mean(-1)
+
+
+def _tile(t: torch.Tensor, n_blocks: int, axis: int = 0) -> torch.Tensor:
+    t = t.movedim(axis, 0)
+    tiled = t.unsqueeze(0).expand(n_blocks, *t.shape).reshape(n_blocks * t.shape[0], *t.shape[1:])
+    return tiled.movedim(0, axis)
+
+
+def _tile_output(call: ModuleCall, n_blocks: int) -> Any:
+    """Tile a cached module output over the blocks (recurrent outputs keep their batch axes)."""
+    out = call.output
+    if isinstance(out, torch.Tensor):
+        return _tile(out, n_blocks)
+    module = call.module
+    axis = 0 if module.batch_first else 1
+    seq, state = out
+    if isinstance(state, tuple):
+        return _tile(seq, n_blocks, axis), tuple(_tile(s, n_blocks, 1) for s in state)
+    return _tile(seq, n_blocks, axis), _tile(state, n_blocks, 1)
+
+
+def _tileable(call: ModuleCall, n: int) -> bool:
+    out = call.output
+    if isinstance(out, torch.Tensor):
+        return out.dim() > 0 and out.shape[0] == n
+    return isinstance(call.module, (nn.LSTM, nn.GRU, nn.RNN)) and isinstance(out, tuple)
+
+
+class InterventionRunner:
+    """Evaluate ``K`` interventions x ``N`` samples in a few batched forward passes.
+
+    ``memory_budget_mb`` bounds the activations of one chunk of rows. ``reference``
+    (a batch of inputs) defines ``mode="mean"``; without it the mean is taken
+    over the inputs of each run. The model is evaluated in eval mode and left
+    exactly as it was.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[LayerInfo] | None = None,
+        memory_budget_mb: float = 256.0,
+        reference: torch.Tensor | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise InterventionError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, (int, float)) or memory_budget_mb <= 0:
+            raise InterventionError(f"memory_budget_mb must be a positive number; got {memory_budget_mb!r}")
+        self.model = model
+        self._layers = None if layers is None else list(layers)
+        self.memory_budget_mb = float(memory_budget_mb)
+        self._reference = reference
+        self._reference_pass: CleanPass | None = None
+        self._clean: CleanPass | None = None
+        self._fast: dict[str, bool] = {}
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.model.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    def layers(self, example_input: torch.Tensor) -> list[LayerInfo]:
+        if self._layers is None:
+            self._layers = find_layers(self.model, example_input.to(self.device))
+        return self._layers
+
+    def run(
+        self,
+        inputs: torch.Tensor,
+        interventions: Sequence[InterventionSet],
+        target: int | torch.Tensor | None = None,
+    ) -> InterventionResult:
+        """Logits, target logit and probability for every intervention and sample.
+
+        ``target``: a class index, one per sample ``(N,)``, or ``None`` for the
+        clean prediction of each sample.
+        """
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() == 0 or not len(inputs):
+            raise InterventionError("inputs must be a non-empty batch tensor (N, ...)")
+        rows = as_rows(interventions)
+        inputs = inputs.to(self.device)
+        layers = self.layers(inputs[:1])
+        with ModelPatch() as patch, torch.inference_mode():
+            patch.eval_mode(self.model)
+            clean = self._clean_pass(inputs)
+            if not isinstance(clean.output, torch.Tensor) or clean.output.dim() != 2:
+                raise InterventionError("the model must return (N, C) logits to be evaluated by the runner")
+            targets = self._targets(target, clean.output)
+            logits = self._all_logits(clean, layers, rows)
+        return InterventionResult.from_logits(logits, clean.output, targets)
+
+    def _clean_pass(self, inputs: torch.Tensor) -> CleanPass:
+        cached = self._clean
+        if (
+            cached is None
+            or cached.inputs.shape != inputs.shape
+            or cached.inputs.dtype != inputs.dtype
+            or not torch.equal(cached.inputs, inputs)
+        ):
+            self._clean = clean_pass(self.model, inputs.clone())
+        return self._clean
+
+    def _means(self, clean: CleanPass):
+        if self._reference is None:
+            return clean.mean
+        if self._reference_pass is None:
+            self._reference_pass = clean_pass(self.model, self._reference.to(self.device))
+        return self._reference_pass.mean
+
+    @staticmethod
+    def _targets(target: int | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+        n, classes = logits.shape
+        if target is None:
+            return logits.argmax(-1)
+        if isinstance(target, int) and not isinstance(target, bool):
+            target = torch.full((n,), target, dtype=torch.long, device=logits.device)
+        target = torch.as_tensor(target, device=logits.device)
+        if target.dim() == 0:
+            target = target.expand(n)
+        if target.shape != (n,) or target.is_floating_point():
+            raise InterventionError(f"target must be a class index or {n} class indices; got shape {tuple(target.shape)}")
+        if target.min() < 0 or target.max() >= classes:
+            raise InterventionError(f"target classes must be in 0..{classes - 1}; got {target.tolist()}")
+        return target.long()
+
+    def _all_logits(self, clean: CleanPass, layers: list[LayerInfo], rows: list[tuple[Intervention, ...]]) -> torch.Tensor:
+        n = clean.inputs.shape[0]
+        groups: dict[str, list[int]] = {}
+        for index, specs in enumerate(rows):
+            start = min((resolve_layer(layers, self.model, s.layer) for s in specs), key=lambda info: info.order)
+            groups.setdefault(start.module_name, []).append(index)
+        logits = torch.empty(len(rows), n, clean.output.shape[1], dtype=clean.output.dtype, device=clean.output.device)
+        means = self._means(clean)
+        for module_name, indices in groups.items():
+            per_chunk = self._blocks_per_chunk(clean, module_name)
+            for first in range(0, len(indices), per_chunk):
+                chunk = indices[first : first + per_chunk]
+                logits[chunk] = self._chunk(clean, layers, [rows[i] for i in chunk], means)
+        return logits
+
+    def _blocks_per_chunk(self, clean: CleanPass, module_name: str) -> int:
+        n = clean.inputs.shape[0]
+        start = clean.call(module_name)
+        per_row = clean.inputs[0].numel() * clean.inputs.element_size()
+        for call in clean.calls:
+            if call.end > start.start:
+                per_row += _nbytes(call.output) // n
+        if isinstance(start.module, (nn.LSTM, nn.GRU, nn.RNN)):
+            x = clean.rnn(module_name)[0].xproj
+            per_row += 2 * x[0].numel() * x.element_size()
+        budget = self.memory_budget_mb * 2**20
+        return max(1, int(budget // (3 * per_row * n)))
+
+    def _substitutes(self, clean: CleanPass, start: ModuleCall) -> list[ModuleCall]:
+        counts = Counter(call.name for call in clean.calls)
+        n = clean.inputs.shape[0]
+        chosen, covered_until = [], -1
+        for call in clean.calls:
+            if call.start < covered_until or call.end >= start.start:
+                continue
+            if counts[call.name] == 1 and _tileable(call, n):
+                chosen.append(call)
+                covered_until = call.end
+        return chosen
+
+    def _forward(self, clean: CleanPass, plan: EditPlan | None, n_blocks: int, fast: bool, start: ModuleCall) -> torch.Tensor:
+        with ModelPatch() as patch:
+            if fast:
+                for call in self._substitutes(clean, start):
+                    patch.replace_forward(call.module, _cached(call, n_blocks))
+            if plan is None:
+                patch.replace_forward(start.module, _cached(start, n_blocks))
+            else:
+                cache = None
+                if fast:
+                    if isinstance(start.module, (nn.LSTM, nn.GRU, nn.RNN)):
+                        cache = StartCache(start.module, rnn=clean.rnn(start.name))
+                    else:
+                        cache = StartCache(start.module, start.args[0], start.output)
+                plan.install(patch, cache)
+            out = self.model(_tile(clean.inputs, n_blocks))
+        if not isinstance(out, torch.Tensor) or out.shape != (n_blocks * clean.inputs.shape[0], clean.output.shape[1]):
+            raise InterventionError("the model's output under interventions is not (rows, C) logits")
+        return out.view(n_blocks, -1, out.shape[-1])
+
+    def _fast_path(self, clean: CleanPass, start: ModuleCall) -> bool:
+        """Check once per start module that serving the prefix from the cache reproduces the model."""
+        if start.name not in self._fast:
+            out = self._forward(clean, None, 2, True, start)
+            expected = clean.output.unsqueeze(0).expand_as(out)
+            scale = float(expected.abs().max()) if expected.numel() else 1.0
+            ok = bool(torch.allclose(out, expected, rtol=1e-4, atol=1e-5 * max(1.0, scale)))
+            if not ok:
+                warnings.warn(
+                    f"reusing cached activations before '{start.name}' does not reproduce the model's "
+                    "output; running full forward passes for interventions there (exact, slower)",
+                    stacklevel=3,
+                )
+            self._fast[start.name] = ok
+        return self._fast[start.name]
+
+    def _chunk(self, clean: CleanPass, layers: list[LayerInfo], rows: list[tuple[Intervention, ...]], means) -> torch.Tensor:
+        plan = EditPlan(self.model, layers, rows, means)
+        start = clean.call(plan.start().module_name)
+        fast = self._fast_path(clean, start)
+        return self._forward(clean, plan, len(rows), fast, start)
+
+
+def _cached(call: ModuleCall, n_blocks: int):
+    def forward(*args: object, **kwargs: object) -> Any:
+        return _tile_output(call, n_blocks)
+
+    return forward
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(item) for item in value)
+    return 0

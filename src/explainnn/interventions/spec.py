@@ -1,0 +1,192 @@
+"""What an intervention is: frozen, hashable specs that the engine compiles.
+
+Specs only name things (layer, unit indices, steps, value); checking them against a
+model happens when they are compiled for a traced layer, so one spec list can be
+reused across models and runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence, Union
+
+import torch
+
+from explainnn.errors import InterventionError
+
+NODE_MODES = ("zero", "mean", "constant", "scale")
+EDGE_MODES = ("set", "scale")
+
+Indices = Union[int, Iterable[int]]
+
+
+def _indices(label: str, value: Indices, allow_negative: bool = False) -> tuple[int, ...]:
+    if isinstance(value, torch.Tensor):
+        value = value.flatten().tolist()
+    items = [value] if isinstance(value, int) else list(value)
+    if not items:
+        raise InterventionError(f"{label} must name at least one index; got an empty list")
+    out = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise InterventionError(f"{label} must be integers; got {item!r}")
+        if item < 0 and not allow_negative:
+            raise InterventionError(f"{label} must be non-negative integers; got {item}")
+        out.append(int(item))
+    if len(set(out)) != len(out):
+        raise InterventionError(f"{label} lists an index twice: {out}")
+    return tuple(out)
+
+
+def _number(label: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InterventionError(f"{label} must be a number; got {value!r}")
+    return float(value)
+
+
+def _layer_name(layer: object) -> str:
+    if not isinstance(layer, str) or not layer:
+        raise InterventionError(f"layer must be a non-empty layer name; got {layer!r}")
+    return layer
+
+
+@dataclass(frozen=True)
+class NodeIntervention:
+    """``do(unit := value)`` on units of one layer.
+
+    ``mode``: ``zero``; ``mean`` (the unit's mean activation over reference data,
+    per position/step); ``constant`` (``value``); ``scale`` (multiply by ``value``,
+    the soft intervention). ``steps`` restricts recurrent, embedding and sequence
+    layers to some time steps (negative steps count from the end); ``None`` = all.
+    For LSTMs the unit is the hidden output ``h``; the cell state is left as computed.
+    """
+
+    layer: str
+    units: tuple[int, ...]
+    mode: str = "zero"
+    value: float | None = None
+    steps: tuple[int, ...] | None = None
+
+    def __init__(
+        self,
+        layer: str,
+        units: Indices,
+        mode: str = "zero",
+        value: float | None = None,
+        steps: Indices | None = None,
+    ) -> None:
+        if mode not in NODE_MODES:
+            raise InterventionError(f"unknown node mode '{mode}'; valid modes: {', '.join(NODE_MODES)}")
+        if mode in ("constant", "scale"):
+            if value is None:
+                raise InterventionError(f"node mode '{mode}' needs a value")
+            value = _number("value", value)
+        elif value is not None:
+            raise InterventionError(f"node mode '{mode}' takes no value; got {value!r}")
+        object.__setattr__(self, "layer", _layer_name(layer))
+        object.__setattr__(self, "units", _indices("units", units))
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "value", value)
+        object.__setattr__(self, "steps", None if steps is None else _indices("steps", steps, True))
+
+
+@dataclass(frozen=True)
+class EdgeIntervention:
+    """Path-specific intervention on the weights from ``parents`` into ``children``.
+
+    Every edge ``parent i -> child j`` of ``layer`` is edited together: its weights
+    are set to ``value`` (``mode="set"``, 0 cuts the edge) or multiplied by it
+    (``mode="scale"``). Parents are units of the layer feeding ``layer`` (see
+    ``LayerInfo.parent``); with ``recurrent=True`` they are the layer's own units
+    one step earlier (hidden-to-hidden weights). ``children=None`` means all units.
+    For recurrent layers all gates of a child are edited, optionally only at
+    ``steps``. Other paths from the parent stay intact.
+    """
+
+    layer: str
+    parents: tuple[int, ...]
+    children: tuple[int, ...] | None = None
+    value: float = 0.0
+    mode: str = "set"
+    steps: tuple[int, ...] | None = None
+    recurrent: bool = False
+
+    def __init__(
+        self,
+        layer: str,
+        parents: Indices,
+        children: Indices | None = None,
+        value: float = 0.0,
+        mode: str = "set",
+        steps: Indices | None = None,
+        recurrent: bool = False,
+    ) -> None:
+        if mode not in EDGE_MODES:
+            raise InterventionError(f"unknown edge mode '{mode}'; valid modes: {', '.join(EDGE_MODES)}")
+        if not isinstance(recurrent, bool):
+            raise InterventionError(f"recurrent must be True or False; got {recurrent!r}")
+        object.__setattr__(self, "layer", _layer_name(layer))
+        object.__setattr__(self, "parents", _indices("parents", parents))
+        object.__setattr__(self, "children", None if children is None else _indices("children", children))
+        object.__setattr__(self, "value", _number("value", value))
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "steps", None if steps is None else _indices("steps", steps, True))
+        object.__setattr__(self, "recurrent", recurrent)
+
+
+Intervention = Union[NodeIntervention, EdgeIntervention]
+InterventionSet = Union[Intervention, Sequence[Intervention]]
+"""One row of a run: a single spec, or several applied jointly."""
+
+
+def soft_value(beta: float, delta: float, generator: torch.Generator | None = None) -> float:
+    """Draw ``u ~ U(beta, beta + delta)``; an explicit generator makes runs reproducible."""
+    beta, delta = _number("beta", beta), _number("delta", delta)
+    if delta < 0:
+        raise InterventionError(f"delta must be >= 0; got {delta}")
+    return beta + delta * float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+def soft_node(
+    layer: str,
+    units: Indices,
+    beta: float,
+    delta: float,
+    generator: torch.Generator | None = None,
+    steps: Indices | None = None,
+) -> NodeIntervention:
+    """Scale units by ``u ~ U(beta, beta + delta)`` (``beta = delta = 0`` is the hard zero)."""
+    return NodeIntervention(layer, units, "scale", soft_value(beta, delta, generator), steps)
+
+
+def soft_edge(
+    layer: str,
+    parents: Indices,
+    children: Indices | None,
+    beta: float,
+    delta: float,
+    generator: torch.Generator | None = None,
+    steps: Indices | None = None,
+    recurrent: bool = False,
+    mode: str = "set",
+) -> EdgeIntervention:
+    """Set (or with ``mode="scale"`` scale) edge weights to ``u ~ U(beta, beta + delta)``."""
+    value = soft_value(beta, delta, generator)
+    return EdgeIntervention(layer, parents, children, value, mode, steps, recurrent)
+
+
+def as_rows(interventions: Iterable[InterventionSet]) -> list[tuple[Intervention, ...]]:
+    """Normalise a list of specs or spec groups into one tuple of specs per row."""
+    rows = []
+    for index, item in enumerate(interventions):
+        group = (item,) if isinstance(item, (NodeIntervention, EdgeIntervention)) else tuple(item)
+        if not group:
+            raise InterventionError(f"intervention {index} is an empty group")
+        for spec in group:
+            if not isinstance(spec, (NodeIntervention, EdgeIntervention)):
+                raise InterventionError(
+                    f"intervention {index} holds a {type(spec).__name__}; expected "
+                    "NodeIntervention or EdgeIntervention"
+                )
+        rows.append(group)
+    return rows
