@@ -122,9 +122,9 @@ def test_refuses_weights_that_do_not_fit(tmp_path) -> None:
     save_checkpoint(path, lstm(hidden_size=8), {"dataset": "mnist1d"})
     message = one_line_error(path, lstm(hidden_size=16))
     assert "does not fit the model" in message
-    assert "lstm.l0.weight_ih_l0 has shape (32, 1) in the checkpoint but (64, 1) in the model" in message
+    assert "lstm.weight_ih_l0 has shape (32, 1) in the checkpoint but (64, 1) in the model" in message
     message = one_line_error(path, lstm(hidden_size=8, num_layers=2))
-    assert "missing lstm.l1.weight_ih_l0" in message
+    assert "missing lstm.weight_ih_l1" in message
 
 
 @pytest.mark.parametrize(

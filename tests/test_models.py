@@ -132,7 +132,7 @@ def test_mean_pooling_ignores_padding() -> None:
     model = build_model("gru", token_info(), hidden_size=8, pooling="mean")
     tokens = left_padded_tokens()
     embedded = model.embedding(tokens)
-    outputs = model.gru(embedded)
+    outputs = model.gru(embedded)[0]
     keep = tokens != PAD
     expected = torch.stack([outputs[i][keep[i]].mean(dim=0) for i in range(len(tokens))])
     assert torch.allclose(model(tokens), model.fc(expected), atol=1e-6)
@@ -147,19 +147,20 @@ def test_forward_embedded_equals_forward(pooling: str) -> None:
     assert torch.equal(direct, embedded)
 
 
-def test_stacked_layers_are_named_modules() -> None:
-    model = build_model("lstm", sequence_info(), hidden_size=8, num_layers=2)
-    names = dict(model.named_modules())
+def test_stacked_layers_are_named_after_the_cell() -> None:
+    model = build_model("lstm", sequence_info(), hidden_size=8, num_layers=2, dropout=0.2)
     assert model.layer_names() == ["lstm.l0", "lstm.l1"]
-    assert isinstance(names["lstm.l0"], nn.LSTM) and isinstance(names["lstm.l1"], nn.LSTM)
-    assert names["lstm.l0"].input_size == 1 and names["lstm.l1"].input_size == 8
+    assert isinstance(model.lstm, nn.LSTM) and model.lstm.batch_first
+    assert model.lstm.num_layers == 2 and model.lstm.dropout == 0.2
+    assert model.lstm.weight_ih_l1.shape == (4 * 8, 8)
     assert model.recurrent is model.lstm
     gru = build_model("gru", sequence_info(), hidden_size=8)
-    assert gru.layer_names() == ["gru.l0"] and isinstance(gru.gru.l0, nn.GRU)
-    assert isinstance(build_model("rnn", sequence_info(), hidden_size=8).rnn.l0, nn.RNN)
+    assert gru.layer_names() == ["gru"] and isinstance(gru.gru, nn.GRU)
+    assert gru.gru.dropout == 0.0
+    assert isinstance(build_model("rnn", sequence_info(), hidden_size=8).rnn, nn.RNN)
 
 
-def test_hook_on_a_stacked_layer_changes_the_output() -> None:
+def test_hook_on_the_recurrent_module_changes_the_output() -> None:
     model = build_model("gru", sequence_info(), hidden_size=8, num_layers=2).eval()
     x = torch.rand(3, 40, 1)
     before = model(x)
@@ -170,7 +171,7 @@ def test_hook_on_a_stacked_layer_changes_the_output() -> None:
         sequence[..., 0] = 0.0
         return sequence, state
 
-    handle = model.gru.l0.register_forward_hook(silence_unit)
+    handle = model.gru.register_forward_hook(silence_unit)
     after = model(x)
     handle.remove()
     assert not torch.allclose(before, after)

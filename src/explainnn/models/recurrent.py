@@ -11,11 +11,10 @@ Input conventions (the same for every cell):
   ``self.embedding`` first; ``forward_embedded`` runs the rest of the model from
   embedding space, which attribution methods need for text.
 
-The recurrent stack is stored under the cell's name (``self.lstm``, ``self.gru``
-or ``self.rnn``) and holds one single-layer ``torch.nn`` cell per layer named
-``l0, l1, ...``. Layers are therefore addressable as ``lstm.l0``, ``lstm.l1``: a
-forward hook on ``model.lstm.l1`` sees (and may replace) that layer's
-``(output, state)``, and its weights are ``weight_ih_l0``, ``weight_hh_l0``, ...
+The recurrent layers are one ``torch.nn.LSTM``/``GRU``/``RNN`` (``batch_first``)
+stored under the cell's name (``self.lstm``, ``self.gru`` or ``self.rnn``); the
+layers of a stack are reported as ``lstm.l0``, ``lstm.l1``, ... after PyTorch's
+``weight_ih_l0``, ``weight_hh_l1`` naming (see :meth:`RecurrentClassifier.layer_names`).
 The forward is a plain chain of modules without packed sequences, so it traces.
 """
 
@@ -42,35 +41,6 @@ def _positive_int(label: str, value: object) -> int:
     return value
 
 
-class StackedRecurrent(nn.Module):
-    """Single-layer recurrent cells ``l0, l1, ...`` applied in turn.
-
-    Returns the last layer's outputs ``(N, T, hidden_size)``; the final states are
-    not used by the classifier, so interventions on a layer's output sequence are
-    all that matter downstream.
-    """
-
-    def __init__(
-        self, cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float
-    ) -> None:
-        super().__init__()
-        self.num_layers = num_layers
-        self.dropout = nn.Dropout(dropout)
-        for index in range(num_layers):
-            width = input_size if index == 0 else hidden_size
-            self.add_module(f"l{index}", CELLS[cell](width, hidden_size, batch_first=True))
-
-    def layers(self) -> list[nn.Module]:
-        return [getattr(self, f"l{index}") for index in range(self.num_layers)]
-
-    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
-        for index, layer in enumerate(self.layers()):
-            if index:
-                sequence = self.dropout(sequence)
-            sequence = layer(sequence)[0]
-        return sequence
-
-
 class RecurrentClassifier(nn.Module):
     """A recurrent classifier with ``last``, masked ``mean`` or ``attention`` pooling.
 
@@ -78,7 +48,8 @@ class RecurrentClassifier(nn.Module):
     the embedding width and may be left ``None``. Padding positions are excluded
     from mean and attention pooling; with left padding ``last`` is the real last
     token. After a forward pass with attention pooling, ``last_attention`` holds
-    the detached ``(N, T)`` weights.
+    the detached ``(N, T)`` weights. ``dropout`` acts between stacked layers and
+    before the classifier head.
     """
 
     def __init__(
@@ -130,19 +101,25 @@ class RecurrentClassifier(nn.Module):
         self.num_layers = num_layers
         self.pooling = pooling
         self.n_classes = n_classes
-        self.add_module(cell, StackedRecurrent(cell, input_size, hidden_size, num_layers, dropout))
+        self.add_module(
+            cell,
+            CELLS[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True,
+                        dropout=dropout if num_layers > 1 else 0.0),
+        )
         self.attention = nn.Linear(hidden_size, 1) if pooling == "attention" else None
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden_size, n_classes)
         self.last_attention: torch.Tensor | None = None
 
     @property
-    def recurrent(self) -> StackedRecurrent:
-        """The recurrent stack (the module stored as ``self.<cell>``)."""
+    def recurrent(self) -> nn.LSTM | nn.GRU | nn.RNN:
+        """The recurrent module (the one stored as ``self.<cell>``)."""
         return getattr(self, self.cell_type)
 
     def layer_names(self) -> list[str]:
-        """Module names of the recurrent layers, e.g. ``["lstm.l0", "lstm.l1"]``."""
+        """Names of the recurrent layers: ``["lstm"]``, or ``["lstm.l0", "lstm.l1"]`` when stacked."""
+        if self.num_layers == 1:
+            return [self.cell_type]
         return [f"{self.cell_type}.l{index}" for index in range(self.num_layers)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +147,7 @@ class RecurrentClassifier(nn.Module):
         ``pad_mask`` (bool ``(N, T)``, True at padding) keeps padding out of mean
         and attention pooling.
         """
-        outputs = self.recurrent(embeddings)
+        outputs = self.recurrent(embeddings)[0]
         keep = None if pad_mask is None else ~pad_mask.to(device=outputs.device, dtype=torch.bool)
         if self.pooling == "last":
             pooled = outputs[:, -1]
