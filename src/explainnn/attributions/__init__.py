@@ -1,0 +1,70 @@
+"""Input attributions: the standard methods and the causal ones under one interface.
+
+``attribute(method, model, inputs, target, graph=None, **options)`` returns float32
+numpy attributions: the shape of ``inputs`` for images ``(N, C, H, W)`` and
+sequences ``(N, T, F)``, one score per token ``(N, L)`` for int64 token ids. The
+same method name picks the implementation that suits the inputs' modality
+(:func:`modality_of`). Built in (captum underneath):
+
+========================  =====================  ===================================
+method                    modalities             notes
+========================  =====================  ===================================
+integrated_gradients      image, sequence,       zero baseline; tokens: layer IG on
+                          tokens                 the embedding from all-<pad>
+saliency, smoothgrad      image, sequence,       abs gradient; tokens: L2 norm per
+                          tokens                 token; smoothgrad noise 0.15 x range
+gradient_x_input          image, sequence, tok.
+gradient_shap             image, sequence, tok.  zero + 4 seeded noisy baselines
+lime, kernel_shap         image, sequence, tok.  patches (or SLIC) / time steps /
+                                                 tokens; ridge surrogate for LIME
+occlusion                 image, sequence, tok.  4x4 stride 2 on 32x32; 1 step; 1 token
+feature_permutation       image, sequence, tok.  permutes across the batch (N >= 2)
+deeplift, guided_backprop image                  feed-forward models (lenet)
+leave_one_out,            tokens                 token replaced by <pad> / removed
+likelihood_importance                            and moved (see text.py)
+attention                 image, sequence, tok.  models with pooling="attention"
+========================  =====================  ===================================
+
+Add methods with ``@register_method(name, needs_graph=..., modalities=...)``; the
+causal methods receive ``graph=`` (an :class:`explainnn.causal.CausalGraph`).
+:func:`explain_func` adapts any method to Quantus; :class:`EmbeddingSpaceModel`
+lets Quantus explain token models in embedding space and
+:class:`ChannelFirstSequenceModel` one-feature sequences as ``(N, F, T)`` signals.
+"""
+
+from explainnn.attributions import baselines, text  # noqa: F401  (register the methods)
+from explainnn.attributions.masks import feature_mask, image_mask, occlusion_window
+from explainnn.attributions.plots import plot_attribution_grid, plot_sequence_attributions, plot_text_attributions, text_html
+from explainnn.attributions.quantus_adapter import ChannelFirstSequenceModel, explain_func
+from explainnn.attributions.registry import (
+    METHODS,
+    MODALITIES,
+    MethodInfo,
+    attribute,
+    available_methods,
+    method_info,
+    modality_of,
+    register_method,
+)
+from explainnn.attributions.text import EmbeddingSpaceModel
+
+__all__ = [
+    "METHODS",
+    "MODALITIES",
+    "ChannelFirstSequenceModel",
+    "EmbeddingSpaceModel",
+    "MethodInfo",
+    "attribute",
+    "available_methods",
+    "explain_func",
+    "feature_mask",
+    "image_mask",
+    "method_info",
+    "modality_of",
+    "occlusion_window",
+    "plot_attribution_grid",
+    "plot_sequence_attributions",
+    "plot_text_attributions",
+    "register_method",
+    "text_html",
+]

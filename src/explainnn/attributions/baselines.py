@@ -1,0 +1,313 @@
+"""The standard attribution methods for images and sequences, all from captum.
+
+Every method attributes the target logit (not a probability, so scores are not
+squashed by the softmax) with respect to the input elements. The reference input
+("absent" signal) is zeros, which is black for MNIST-style images and silence for
+sequences; a model may define ``reference(inputs)`` to say otherwise
+(:class:`~explainnn.attributions.text.EmbeddingSpaceModel` answers with the pad
+embedding). Recurrent models over image rows are explained as images: the
+attributions are the time-step x feature picture.
+
+The ``run_*`` helpers take any forward function plus extra forward arguments, so
+the token methods in :mod:`explainnn.attributions.text` reuse them in embedding
+space.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from captum._utils.models.linear_model import SkLearnRidge
+from captum.attr import (
+    DeepLift,
+    FeaturePermutation,
+    GradientShap,
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    KernelShap,
+    Lime,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
+from torch import Tensor, nn
+
+from explainnn.attributions.masks import feature_mask, occlusion_window, patch_mask, time_step_mask
+from explainnn.attributions.registry import register_method
+from explainnn.errors import UserError
+
+Forward = Callable[..., Tensor]
+IMAGE_AND_SEQUENCE = ("image", "sequence")
+
+
+def reference(model: nn.Module, inputs: Tensor) -> Tensor:
+    """The model's "absent input": ``model.reference(inputs)`` if it defines one, else zeros."""
+    custom = getattr(model, "reference", None)
+    return custom(inputs) if callable(custom) else torch.zeros_like(inputs)
+
+
+def value_range(inputs: Tensor) -> Tensor:
+    """Per-sample ``max - min`` (shape ``(N,)``), the scale for noise levels."""
+    flat = inputs.detach().reshape(len(inputs), -1)
+    return flat.max(dim=1).values - flat.min(dim=1).values
+
+
+def positive_int(label: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{label} must be a positive integer; got {value!r}")
+    return value
+
+
+def non_negative(label: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise UserError(f"{label} must be a non-negative number; got {value!r}")
+    return float(value)
+
+
+# Gradient methods -------------------------------------------------------------------
+
+
+def run_integrated_gradients(forward: Forward, inputs: Tensor, target: Tensor, baselines: Tensor, *,
+                             n_steps: int, internal_batch_size: int, extra: tuple = ()) -> Tensor:
+    positive_int("n_steps", n_steps)
+    positive_int("internal_batch_size", internal_batch_size)
+    return IntegratedGradients(forward).attribute(
+        inputs, baselines=baselines, target=target, additional_forward_args=extra or None,
+        n_steps=n_steps, internal_batch_size=max(internal_batch_size, len(inputs)),
+    )
+
+
+def run_smoothgrad(forward: Forward, inputs: Tensor, target: Tensor, *, nt_samples: int,
+                   noise_level: float, extra: tuple = ()) -> Tensor:
+    """Mean |gradient| over noisy copies, noise std = ``noise_level`` x the sample's range.
+
+    Captum's ``stdevs`` is one number per call, so samples go one at a time to get
+    each its own noise scale.
+    """
+    positive_int("nt_samples", nt_samples)
+    non_negative("noise_level", noise_level)
+    tunnel = NoiseTunnel(Saliency(forward))
+    scales = value_range(inputs).mul(noise_level).tolist()
+    parts = []
+    for index, scale in enumerate(scales):
+        parts.append(tunnel.attribute(
+            inputs[index : index + 1], nt_type="smoothgrad", nt_samples=nt_samples, stdevs=scale,
+            target=target[index : index + 1], abs=True,
+            additional_forward_args=tuple(arg[index : index + 1] for arg in extra) or None,
+        ))
+    return torch.cat(parts)
+
+
+def noisy_baselines(references: Tensor, inputs: Tensor, n_baselines: int, noise_level: float) -> Tensor:
+    """The reference of the first sample plus ``n_baselines - 1`` seeded noisy copies of it."""
+    positive_int("n_baselines", n_baselines)
+    non_negative("baseline_noise", noise_level)
+    base = references[:1]
+    scale = float(value_range(inputs).max()) * noise_level
+    noise = torch.randn((n_baselines - 1, *base.shape[1:]), device=base.device, dtype=base.dtype) * scale
+    return torch.cat([base, base + noise])
+
+
+def run_gradient_shap(forward: Forward, inputs: Tensor, target: Tensor, baselines: Tensor, *,
+                      n_samples: int, extra: tuple = ()) -> Tensor:
+    positive_int("n_samples", n_samples)
+    return GradientShap(forward).attribute(
+        inputs, baselines=baselines, target=target, n_samples=n_samples,
+        additional_forward_args=extra or None,
+    )
+
+
+@register_method("integrated_gradients", modalities=IMAGE_AND_SEQUENCE)
+def integrated_gradients(model: nn.Module, inputs: Tensor, target: Tensor, *, n_steps: int = 64,
+                         internal_batch_size: int = 1024) -> Tensor:
+    """Integrated Gradients from the reference (zeros) to the input (captum)."""
+    return run_integrated_gradients(model, inputs, target, reference(model, inputs),
+                                    n_steps=n_steps, internal_batch_size=internal_batch_size)
+
+
+@register_method("saliency", modalities=IMAGE_AND_SEQUENCE)
+def saliency(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
+    """Absolute gradient of the target logit (captum Saliency)."""
+    return Saliency(model).attribute(inputs, target=target, abs=True)
+
+
+@register_method("smoothgrad", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
+def smoothgrad(model: nn.Module, inputs: Tensor, target: Tensor, *, nt_samples: int = 25,
+               noise_level: float = 0.15) -> Tensor:
+    """SmoothGrad: Saliency averaged over Gaussian noise of 0.15 x the input range (captum NoiseTunnel)."""
+    return run_smoothgrad(model, inputs, target, nt_samples=nt_samples, noise_level=noise_level)
+
+
+@register_method("gradient_x_input", modalities=IMAGE_AND_SEQUENCE)
+def gradient_x_input(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
+    """Gradient times input (captum InputXGradient)."""
+    return InputXGradient(model).attribute(inputs, target=target)
+
+
+@register_method("gradient_shap", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
+def gradient_shap(model: nn.Module, inputs: Tensor, target: Tensor, *, n_samples: int = 20,
+                  n_baselines: int = 5, baseline_noise: float = 0.15) -> Tensor:
+    """GradientSHAP over the reference and noisy copies of it (captum GradientShap)."""
+    baselines = noisy_baselines(reference(model, inputs), inputs, n_baselines, baseline_noise)
+    return run_gradient_shap(model, inputs, target, baselines, n_samples=n_samples)
+
+
+def _supported_by_propagation_rules(method: str, model: nn.Module) -> None:
+    recurrent = [type(m).__name__ for m in model.modules() if isinstance(m, nn.RNNBase)]
+    if recurrent:
+        raise UserError(
+            f"{method} cannot explain {type(model).__name__}: captum cannot look inside "
+            f"nn.{recurrent[0]}; it supports feed-forward models such as lenet (conv/linear layers "
+            "with nn.ReLU modules)"
+        )
+
+
+@register_method("deeplift", modalities=("image",))
+def deeplift(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
+    """DeepLIFT (rescale rule) against the reference (captum DeepLift); feed-forward models only."""
+    _supported_by_propagation_rules("deeplift", model)
+    return DeepLift(model).attribute(inputs, baselines=reference(model, inputs), target=target)
+
+
+@register_method("guided_backprop", modalities=("image",))
+def guided_backprop(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
+    """Guided Backpropagation (captum GuidedBackprop); needs nn.ReLU modules."""
+    _supported_by_propagation_rules("guided_backprop", model)
+    if not any(isinstance(module, nn.ReLU) for module in model.modules()):
+        raise UserError(
+            f"guided_backprop needs nn.ReLU modules to guide; {type(model).__name__} has none "
+            "(use a model such as lenet)"
+        )
+    return GuidedBackprop(model).attribute(inputs, target=target)
+
+
+# Perturbation methods ---------------------------------------------------------------
+
+
+def run_surrogate(explainer: Lime | KernelShap, inputs: Tensor, target: Tensor, masks: Tensor,
+                  baselines: Tensor, *, n_samples: int, perturbations_per_eval: int) -> Tensor:
+    """LIME or KernelSHAP one sample at a time, each with its own feature mask.
+
+    Captum would size every sample's surrogate model by the largest group count of
+    the batch; one call per sample keeps per-sample masks (SLIC, tokens) exact.
+    """
+    positive_int("n_samples", n_samples)
+    positive_int("perturbations_per_eval", perturbations_per_eval)
+    parts = []
+    for index in range(len(inputs)):
+        one = slice(index, index + 1)
+        parts.append(explainer.attribute(
+            inputs[one], target=target[one], baselines=baselines[one],
+            feature_mask=torch.unique(masks[one], return_inverse=True)[1],
+            n_samples=n_samples, perturbations_per_eval=perturbations_per_eval,
+        ))
+    return torch.cat(parts)
+
+
+def binary_cosine_kernel(kernel_width: float) -> Callable[..., float]:
+    """LIME's sample weight: ``sqrt(exp(-d**2 / width**2))`` with ``d`` the cosine distance
+    between the perturbation's on/off vector and all-on (the original LIME rule).
+
+    Measuring distance between on/off vectors rather than raw inputs makes the
+    weight mean the same for pixels, time steps and token ids.
+    """
+
+    def similarity(original: Tensor, perturbed: Tensor, interpretable: Tensor, **_: object) -> float:
+        switched_on = float(interpretable.float().sum())
+        total = interpretable.numel()
+        distance = 1.0 - math.sqrt(switched_on / total) if switched_on else 1.0
+        return math.sqrt(math.exp(-(distance**2) / kernel_width**2))
+
+    return similarity
+
+
+def lime_explainer(forward: Forward, alpha: float, kernel_width: float) -> Lime:
+    """Captum Lime with a ridge surrogate and LIME's kernel on the on/off vectors.
+
+    Ridge keeps every group's coefficient; captum's default Lasso (alpha 0.01) zeroes
+    all of them on small logit changes, which is why Quantus' built-in LIME often
+    returns all-zero maps.
+    """
+    non_negative("alpha", alpha)
+    if non_negative("kernel_width", kernel_width) == 0:
+        raise UserError("kernel_width must be positive; got 0")
+    return Lime(forward, interpretable_model=SkLearnRidge(alpha=alpha),
+                similarity_func=binary_cosine_kernel(kernel_width))
+
+
+def _masks(model: nn.Module, inputs: Tensor, mask: str, patch: int | None, n_segments: int) -> Tensor:
+    if inputs.dim() == 4:
+        options = {"patch": patch} if mask == "patches" else {"n_segments": n_segments}
+        return feature_mask(inputs, "image", mask, **options)
+    if (mask, patch, n_segments) != ("patches", None, 64):
+        raise UserError("options mask, patch and n_segments apply to images only; sequences are grouped by time step")
+    return time_step_mask(inputs)
+
+
+@register_method("lime", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
+def lime(model: nn.Module, inputs: Tensor, target: Tensor, *, n_samples: int = 500, mask: str = "patches",
+         patch: int | None = None, n_segments: int = 64, alpha: float = 1.0, kernel_width: float = 0.25,
+         perturbations_per_eval: int = 100) -> Tensor:
+    """LIME over patches/superpixels or time steps, ridge surrogate (captum Lime)."""
+    masks = _masks(model, inputs, mask, patch, n_segments)
+    return run_surrogate(lime_explainer(model, alpha, kernel_width), inputs, target, masks,
+                         reference(model, inputs), n_samples=n_samples,
+                         perturbations_per_eval=perturbations_per_eval)
+
+
+@register_method("kernel_shap", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
+def kernel_shap(model: nn.Module, inputs: Tensor, target: Tensor, *, n_samples: int = 500,
+                mask: str = "patches", patch: int | None = None, n_segments: int = 64,
+                perturbations_per_eval: int = 100) -> Tensor:
+    """Kernel SHAP over patches/superpixels or time steps (captum KernelShap)."""
+    masks = _masks(model, inputs, mask, patch, n_segments)
+    return run_surrogate(KernelShap(model), inputs, target, masks, reference(model, inputs),
+                         n_samples=n_samples, perturbations_per_eval=perturbations_per_eval)
+
+
+@register_method("occlusion", modalities=IMAGE_AND_SEQUENCE)
+def occlusion(model: nn.Module, inputs: Tensor, target: Tensor, *, window: int | None = None,
+              stride: int | None = None, perturbations_per_eval: int = 64) -> Tensor:
+    """Occlusion with the reference: 4x4 patches, stride 2 on 32x32 images; one time step (captum)."""
+    modality = "image" if inputs.dim() == 4 else "sequence"
+    shape, strides = occlusion_window(inputs, modality, window, stride)
+    return Occlusion(model).attribute(
+        inputs, sliding_window_shapes=shape, strides=strides, baselines=reference(model, inputs),
+        target=target, perturbations_per_eval=positive_int("perturbations_per_eval", perturbations_per_eval),
+    )
+
+
+def run_feature_permutation(forward: Forward, inputs: Tensor, target: Tensor, groups: Tensor,
+                            perturbations_per_eval: int) -> Tensor:
+    """Permutation importance of each group across the batch (so it needs >= 2 samples).
+
+    A sample's score for a group is the drop of its target logit when that group
+    is swapped in from other samples of the same batch: the result depends on
+    the batch it is computed in.
+    """
+    if len(inputs) < 2:
+        raise UserError(
+            "feature_permutation permutes features across the batch; pass at least 2 samples "
+            f"(got {len(inputs)})"
+        )
+    return FeaturePermutation(forward).attribute(
+        inputs, target=target, feature_mask=groups,
+        perturbations_per_eval=positive_int("perturbations_per_eval", perturbations_per_eval),
+    )
+
+
+@register_method("feature_permutation", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
+def feature_permutation(model: nn.Module, inputs: Tensor, target: Tensor, *, patch: int | None = None,
+                        perturbations_per_eval: int = 16) -> Tensor:
+    """Permutation importance of patches or time steps across the batch (captum FeaturePermutation)."""
+    if inputs.dim() == 4:
+        groups = patch_mask(inputs[:1], patch)
+    elif patch is not None:
+        raise UserError("option patch applies to images only; sequences are grouped by time step")
+    else:
+        groups = time_step_mask(inputs[:1])
+    return run_feature_permutation(model, inputs, target, groups, perturbations_per_eval)
+

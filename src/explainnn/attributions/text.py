@@ -1,0 +1,343 @@
+"""Attribution methods for token models, and the embedding-space view of such a model.
+
+A token model (``RecurrentClassifier`` built for a token dataset) has an
+``embedding`` layer and ``forward_embedded(embeddings, pad_mask)``. Its token
+methods return one score per token, ``(N, L)``:
+
+* gradient methods work in embedding space with the pad mask of the real tokens:
+  ``integrated_gradients`` is captum's ``LayerIntegratedGradients`` on the
+  embedding from an all-``<pad>`` baseline, and like ``gradient_x_input`` and
+  ``gradient_shap`` it sums the embedding dimension (so scores add up to the logit
+  change); ``saliency`` and ``smoothgrad`` take the L2 norm of the (mean absolute)
+  gradient over the embedding dimension;
+* perturbation methods replace token ids: ``lime``, ``kernel_shap``, ``occlusion``,
+  ``feature_permutation``, ``leave_one_out`` and ``likelihood_importance`` put
+  ``replacement`` (default the pad id; ``info.unk_index`` gives ``<unk>``) where a
+  token is switched off, so a removed token also leaves mean/attention pooling;
+* ``attention`` reads the weights of a model with ``pooling="attention"``.
+
+Padding is not text: every token method scores pad positions 0.
+
+:class:`EmbeddingSpaceModel` is the same model as a function of its embeddings,
+for Quantus, which perturbs float inputs and cannot handle token ids.
+"""
+
+from __future__ import annotations
+
+import torch
+from captum.attr import (
+    FeaturePermutation,
+    InputXGradient,
+    KernelShap,
+    LayerIntegratedGradients,
+    Occlusion,
+    Saliency,
+)
+from torch import Tensor, nn
+
+from explainnn.attributions.baselines import (
+    lime_explainer,
+    noisy_baselines,
+    positive_int,
+    run_feature_permutation,
+    run_gradient_shap,
+    run_smoothgrad,
+    run_surrogate,
+)
+from explainnn.attributions.masks import occlusion_window, token_mask
+from explainnn.attributions.registry import register_method
+from explainnn.errors import DataError, UserError
+
+TOKENS = ("tokens",)
+COMPONENTS = ("total", "removal", "position")
+
+
+def pad_index_of(model: nn.Module) -> int:
+    """The pad id of a token model (UserError if it is not one)."""
+    pad = getattr(model, "pad_index", None)
+    if not isinstance(getattr(model, "embedding", None), nn.Embedding) or not isinstance(pad, int):
+        raise UserError(
+            f"{type(model).__name__} is not a token model: it needs an nn.Embedding 'embedding', "
+            "an int 'pad_index' and 'forward_embedded' (a recurrent model built for a token dataset)"
+        )
+    return pad
+
+
+class EmbeddingSpaceModel(nn.Module):
+    """A token model as a function of its embeddings ``(N, 1, L, E)``, for Quantus.
+
+    Quantus perturbs and re-feeds float arrays with a channel axis, so it explains
+    this wrapper on ``embed(tokens)`` (the fake channel axis makes the arrays look
+    like ``(N, C, H, W)`` to it). A position counts as padding exactly when its
+    vector equals the pad embedding, so replacing a token's vector by the pad
+    embedding removes it as ``<pad>`` would. ``reference`` (the "absent" input of
+    every method) is the pad embedding; attributions come back as ``(N, 1, L, E)``.
+    """
+
+    input_modality = "sequence"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        pad_index_of(model)
+        self.model = model
+
+    @property
+    def pad_embedding(self) -> Tensor:
+        return self.model.embedding.weight[self.model.pad_index].detach()
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """``(N, L)`` token ids -> ``(N, 1, L, E)`` float embeddings (detached)."""
+        weight = self.model.embedding.weight
+        with torch.no_grad():
+            return self.model.embedding(torch.as_tensor(tokens, device=weight.device))[:, None].clone()
+
+    def reference(self, embeddings: Tensor) -> Tensor:
+        """The pad embedding at every position."""
+        return self.pad_embedding.to(embeddings.dtype).expand_as(embeddings).clone()
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        if embeddings.dim() == 4 and embeddings.shape[1] == 1:
+            embeddings = embeddings[:, 0]
+        width = self.model.embedding.embedding_dim
+        if embeddings.dim() != 3 or embeddings.shape[-1] != width:
+            raise DataError(
+                f"EmbeddingSpaceModel reads (N, 1, L, {width}) or (N, L, {width}) embeddings; "
+                f"got shape {tuple(embeddings.shape)}"
+            )
+        pad_mask = (embeddings == self.pad_embedding.to(embeddings.dtype)).all(dim=-1)
+        return self.model.forward_embedded(embeddings, pad_mask=pad_mask)
+
+
+def _embedded(model: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    with torch.no_grad():
+        return model.embedding(tokens).detach(), tokens == pad_index_of(model)
+
+
+def _without_pads(scores: Tensor, tokens: Tensor, pad: int) -> Tensor:
+    return scores.masked_fill(tokens == pad, 0.0)
+
+
+def _replacement(model: nn.Module, replacement: int | None) -> int:
+    pad = pad_index_of(model)
+    if replacement is None:
+        return pad
+    size = model.embedding.num_embeddings
+    if isinstance(replacement, bool) or not isinstance(replacement, int) or not 0 <= replacement < size:
+        raise UserError(f"replacement must be a token id in 0..{size - 1}; got {replacement!r}")
+    return replacement
+
+
+def _target_logits(model: nn.Module, tokens: Tensor, target: Tensor, batch_size: int) -> Tensor:
+    """``model(tokens)[i, target[i]]`` in chunks, without autograd."""
+    positive_int("batch_size", batch_size)
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(tokens), batch_size):
+            chunk = slice(start, start + batch_size)
+            parts.append(model(tokens[chunk]).gather(1, target[chunk, None])[:, 0])
+    return torch.cat(parts)
+
+
+# Gradient methods in embedding space ------------------------------------------------
+
+
+@register_method("integrated_gradients", modalities=TOKENS)
+def integrated_gradients(model: nn.Module, tokens: Tensor, target: Tensor, *, n_steps: int = 64,
+                         internal_batch_size: int = 1024) -> Tensor:
+    """LayerIntegratedGradients on the embedding from all-<pad>, summed over the embedding."""
+    pad = pad_index_of(model)
+    positive_int("n_steps", n_steps)
+    positive_int("internal_batch_size", internal_batch_size)
+    scores = LayerIntegratedGradients(model, model.embedding).attribute(
+        tokens, baselines=torch.full_like(tokens, pad), target=target, n_steps=n_steps,
+        internal_batch_size=max(internal_batch_size, len(tokens)),
+    )
+    return _without_pads(scores.sum(dim=-1), tokens, pad)
+
+
+@register_method("saliency", modalities=TOKENS)
+def saliency(model: nn.Module, tokens: Tensor, target: Tensor) -> Tensor:
+    """L2 norm of the target logit's gradient w.r.t. each token's embedding."""
+    embeddings, pad_mask = _embedded(model, tokens)
+    gradients = Saliency(model.forward_embedded).attribute(
+        embeddings, target=target, abs=False, additional_forward_args=(pad_mask,)
+    )
+    return _without_pads(gradients.norm(dim=-1), tokens, model.pad_index)
+
+
+@register_method("smoothgrad", modalities=TOKENS, stochastic=True)
+def smoothgrad(model: nn.Module, tokens: Tensor, target: Tensor, *, nt_samples: int = 25,
+               noise_level: float = 0.15) -> Tensor:
+    """SmoothGrad on the embeddings (noise 0.15 x their range), L2 norm per token."""
+    embeddings, pad_mask = _embedded(model, tokens)
+    gradients = run_smoothgrad(model.forward_embedded, embeddings, target, nt_samples=nt_samples,
+                               noise_level=noise_level, extra=(pad_mask,))
+    return _without_pads(gradients.norm(dim=-1), tokens, model.pad_index)
+
+
+@register_method("gradient_x_input", modalities=TOKENS)
+def gradient_x_input(model: nn.Module, tokens: Tensor, target: Tensor) -> Tensor:
+    """Gradient times embedding, summed over the embedding dimension."""
+    embeddings, pad_mask = _embedded(model, tokens)
+    scores = InputXGradient(model.forward_embedded).attribute(
+        embeddings, target=target, additional_forward_args=(pad_mask,)
+    )
+    return _without_pads(scores.sum(dim=-1), tokens, model.pad_index)
+
+
+@register_method("gradient_shap", modalities=TOKENS, stochastic=True)
+def gradient_shap(model: nn.Module, tokens: Tensor, target: Tensor, *, n_samples: int = 20,
+                  n_baselines: int = 5, baseline_noise: float = 0.15) -> Tensor:
+    """GradientSHAP in embedding space from the pad embedding and noisy copies, summed per token."""
+    embeddings, pad_mask = _embedded(model, tokens)
+    references = EmbeddingSpaceModel(model).reference(embeddings)
+    baselines = noisy_baselines(references, embeddings, n_baselines, baseline_noise)
+    scores = run_gradient_shap(model.forward_embedded, embeddings, target, baselines,
+                               n_samples=n_samples, extra=(pad_mask,))
+    return _without_pads(scores.sum(dim=-1), tokens, model.pad_index)
+
+
+# Perturbation methods on token ids --------------------------------------------------
+
+
+def _token_groups(tokens: Tensor, pad: int) -> Tensor:
+    """One group per real token; all padding shares one group (switching it does nothing)."""
+    return token_mask(tokens).masked_fill(tokens == pad, -1)
+
+
+@register_method("lime", modalities=TOKENS, stochastic=True)
+def lime(model: nn.Module, tokens: Tensor, target: Tensor, *, n_samples: int = 500, alpha: float = 1.0,
+         kernel_width: float = 0.25, replacement: int | None = None, perturbations_per_eval: int = 100) -> Tensor:
+    """LIME over tokens (switched-off tokens become <pad>), ridge surrogate (captum Lime)."""
+    pad, value = pad_index_of(model), _replacement(model, replacement)
+    scores = run_surrogate(lime_explainer(model, alpha, kernel_width), tokens, target,
+                           _token_groups(tokens, pad), torch.full_like(tokens, value),
+                           n_samples=n_samples, perturbations_per_eval=perturbations_per_eval)
+    return _without_pads(scores.float(), tokens, pad)
+
+
+@register_method("kernel_shap", modalities=TOKENS, stochastic=True)
+def kernel_shap(model: nn.Module, tokens: Tensor, target: Tensor, *, n_samples: int = 500,
+                replacement: int | None = None, perturbations_per_eval: int = 100) -> Tensor:
+    """Kernel SHAP over tokens (switched-off tokens become <pad>; captum KernelShap)."""
+    pad, value = pad_index_of(model), _replacement(model, replacement)
+    scores = run_surrogate(KernelShap(model), tokens, target, _token_groups(tokens, pad),
+                           torch.full_like(tokens, value), n_samples=n_samples,
+                           perturbations_per_eval=perturbations_per_eval)
+    return _without_pads(scores.float(), tokens, pad)
+
+
+@register_method("occlusion", modalities=TOKENS)
+def occlusion(model: nn.Module, tokens: Tensor, target: Tensor, *, window: int | None = None,
+              stride: int | None = None, replacement: int | None = None,
+              perturbations_per_eval: int = 64) -> Tensor:
+    """Occlusion of ``window`` tokens at a time (default 1) by <pad> (captum Occlusion)."""
+    pad, value = pad_index_of(model), _replacement(model, replacement)
+    shape, strides = occlusion_window(tokens, "tokens", window, stride)
+    scores = Occlusion(model).attribute(
+        tokens, sliding_window_shapes=shape, strides=strides, baselines=value, target=target,
+        perturbations_per_eval=positive_int("perturbations_per_eval", perturbations_per_eval),
+    )
+    return _without_pads(scores.float(), tokens, pad)
+
+
+@register_method("feature_permutation", modalities=TOKENS, stochastic=True)
+def feature_permutation(model: nn.Module, tokens: Tensor, target: Tensor, *,
+                        perturbations_per_eval: int = 16) -> Tensor:
+    """Permutation importance of each token position across the batch (captum FeaturePermutation)."""
+    scores = run_feature_permutation(model, tokens, target, token_mask(tokens[:1]), perturbations_per_eval)
+    return _without_pads(scores.float(), tokens, pad_index_of(model))
+
+
+@register_method("leave_one_out", modalities=TOKENS)
+def leave_one_out(model: nn.Module, tokens: Tensor, target: Tensor, *, replacement: int | None = None,
+                  batch_size: int = 512) -> Tensor:
+    """Drop of the target logit when each token alone is replaced by <pad>."""
+    pad, value = pad_index_of(model), _replacement(model, replacement)
+    n, length = tokens.shape
+    variants = tokens[:, None, :].repeat(1, length, 1)
+    positions = torch.arange(length, device=tokens.device)
+    variants[:, positions, positions] = value
+    original = _target_logits(model, tokens, target, batch_size)
+    changed = _target_logits(model, variants.reshape(n * length, length),
+                             target.repeat_interleave(length), batch_size).reshape(n, length)
+    return _without_pads(original[:, None] - changed, tokens, pad)
+
+
+def _rearranged(words: Tensor, length: int, pad: int) -> tuple[Tensor, int]:
+    """All removals and moves of the real tokens ``words`` (n of them), left-padded to ``length``.
+
+    Rows ``0..n-1`` remove token ``i``; then for each ``i`` come ``n - 1`` rows that
+    move it to each other slot ``j != i`` (in increasing ``j``).
+    """
+    n = len(words)
+    rows = []
+    for i in range(n):
+        rest = torch.cat([words[:i], words[i + 1 :]])
+        rows.append(torch.cat([words.new_full((length - n + 1,), pad), rest]))
+    for i in range(n):
+        rest = torch.cat([words[:i], words[i + 1 :]])
+        for j in range(n):
+            if j != i:
+                moved = torch.cat([rest[:j], words[i : i + 1], rest[j:]])
+                rows.append(torch.cat([words.new_full((length - n,), pad), moved]))
+    return torch.stack(rows) if rows else words.new_empty((0, length)), n
+
+
+@register_method("likelihood_importance", modalities=TOKENS)
+def likelihood_importance(model: nn.Module, tokens: Tensor, target: Tensor, *, component: str = "total",
+                          batch_size: int = 512) -> Tensor:
+    """Target-logit change when a token is removed, plus the mean change when it is moved.
+
+    For the real tokens ``w_1..w_n`` of a sample (pads dropped, order kept) and the
+    target logit ``z``:
+
+    * ``removal_i = z(w) - z(w without w_i)``, the sequence left-padded again;
+    * ``position_i = mean over j != i of z(w) - z(w with w_i moved to slot j)``,
+      where moving takes ``w_i`` out and reinserts it so that it becomes the j-th
+      real token, the others keeping their order;
+    * ``component="total"`` (default) gives ``removal_i + position_i``: how much the
+      logit relies on the token being there *and* being where it is;
+      ``"removal"`` or ``"position"`` give one part. Costs ``n**2`` forward passes.
+    """
+    if component not in COMPONENTS:
+        raise UserError(f"unknown component '{component}'; valid components: {', '.join(COMPONENTS)}")
+    pad = pad_index_of(model)
+    length = tokens.shape[1]
+    original = _target_logits(model, tokens, target, batch_size)
+    scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+    for index in range(len(tokens)):
+        real = (tokens[index] != pad).nonzero()[:, 0]
+        variants, n = _rearranged(tokens[index, real], length, pad)
+        if n == 0:
+            continue
+        drops = original[index] - _target_logits(model, variants, target[index].expand(len(variants)), batch_size)
+        removal = drops[:n]
+        position = drops[n:].reshape(n, n - 1).mean(dim=1) if n > 1 else torch.zeros_like(removal)
+        parts = {"total": removal + position, "removal": removal, "position": position}
+        scores[index, real] = parts[component].float()
+    return scores
+
+
+# Attention --------------------------------------------------------------------------
+
+
+@register_method("attention")
+def attention(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
+    """Attention-pooling weights per time step/token (class-independent; needs pooling='attention')."""
+    inner = model.model if isinstance(model, EmbeddingSpaceModel) else model
+    if getattr(inner, "attention", None) is None or getattr(inner, "pooling", None) != "attention":
+        pooling = getattr(inner, "pooling", None)
+        described = f"pools with '{pooling}'" if pooling else "has no attention pooling"
+        raise UserError(
+            f"attention needs a recurrent model built with pooling='attention'; this "
+            f"{type(inner).__name__} {described}"
+        )
+    with torch.no_grad():
+        model(inputs)
+    weights = inner.last_attention
+    if inputs.dim() == 2:
+        return weights
+    if inputs.dim() == 3:
+        return weights[:, :, None].expand_as(inputs)
+    return weights[:, None, :, None].expand_as(inputs)
