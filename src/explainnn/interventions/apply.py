@@ -87,7 +87,7 @@ class EditPlan:
     def _cached_forward(self, layer: LayerInfo, cached: "StartCache"):
         def forward(*args: object, **kwargs: object) -> torch.Tensor:
             clean_out = cached.output
-            y = clean_out.unsqueeze(0).expand(self.n_blocks, *clean_out.shape).reshape(-1, *clean_out.shape[1:])
+            y = clean_out.repeat(self.n_blocks, *([1] * (clean_out.dim() - 1)))
             edits = self.compiled(layer, rest_shape(layer, tuple(clean_out.shape[1:])), y)
             apply_layer(y, cached.inputs, edits, shared=True)
             return y

@@ -162,7 +162,8 @@ def run_layer(
 
 
 def _tile(t: torch.Tensor, n_blocks: int) -> torch.Tensor:
-    return t.unsqueeze(0).expand(n_blocks, *t.shape).reshape(n_blocks * t.shape[0], *t.shape[1:])
+    """A fresh copy of ``t`` repeated ``n_blocks`` times along the batch axis."""
+    return t.repeat(n_blocks, *([1] * (t.dim() - 1)))
 
 
 def clean_cache(module: nn.Module, args: tuple, kwargs: dict) -> list[LayerCache]:

@@ -72,9 +72,10 @@ class InterventionResult:
 
 
 def _tile(t: torch.Tensor, n_blocks: int, axis: int = 0) -> torch.Tensor:
-    t = t.movedim(axis, 0)
-    tiled = t.unsqueeze(0).expand(n_blocks, *t.shape).reshape(n_blocks * t.shape[0], *t.shape[1:])
-    return tiled.movedim(0, axis)
+    """A fresh copy of ``t`` repeated ``n_blocks`` times along ``axis`` (never a view of the cache)."""
+    repeats = [1] * t.dim()
+    repeats[axis] = n_blocks
+    return t.repeat(repeats)
 
 
 def _tile_output(call: ModuleCall, n_blocks: int) -> Any:
