@@ -38,27 +38,27 @@ class Benchmark:
 BENCHMARKS = (
     Benchmark(
         "lenet-mnist", "lenet", "mnist", 0.96,
-        train={"epochs": 30, "batch_size": 64, "lr": 1e-3, "augment": True},
+        train={"epochs": 20, "batch_size": 64, "lr": 1e-3, "augment": True},
         dataset_options={"image_size": 32},
     ),
     Benchmark(
         "lstm-mnist", "lstm", "mnist", 0.90,
-        train={"epochs": 20, "batch_size": 64, "lr": 2e-3, "grad_clip": 1.0},
+        train={"epochs": 15, "batch_size": 64, "lr": 2e-3, "grad_clip": 1.0},
         model_params={"hidden_size": 128},
     ),
     Benchmark(
         "lstm-mnist1d", "lstm", "mnist1d", 0.80,
-        train={"epochs": 60, "batch_size": 64, "lr": 2e-3, "grad_clip": 1.0},
+        train={"epochs": 30, "batch_size": 64, "lr": 2e-3, "grad_clip": 1.0},
         model_params={"hidden_size": 128},
     ),
     Benchmark(
         "gru-mnist1d", "gru", "mnist1d", 0.80,
-        train={"epochs": 60, "batch_size": 64, "lr": 2e-3, "grad_clip": 1.0},
+        train={"epochs": 20, "batch_size": 64, "lr": 2e-3, "grad_clip": 1.0},
         model_params={"hidden_size": 128},
     ),
     Benchmark(
         "gru-sst2", "gru", "sst2", 0.75,
-        train={"epochs": 3, "batch_size": 128, "lr": 2e-3, "grad_clip": 1.0},
+        train={"epochs": 2, "batch_size": 128, "lr": 2e-3, "grad_clip": 1.0},
         model_params={"hidden_size": 128, "embedding_dim": 64},
     ),
 )
