@@ -115,11 +115,15 @@ def test_progress_bar_reports_epoch_loss_and_accuracy(capsys: pytest.CaptureFixt
     assert "epoch=1/1" in err and "loss=" in err and "acc=" in err
 
 
-def test_augment_is_for_images_only() -> None:
+def test_augment_leaves_non_image_data_alone() -> None:
     dataset = sign_dataset()
-    model = build_model("gru", dataset.info, hidden_size=4)
-    with pytest.raises(ConfigError, match="augment only applies to image datasets; dataset 'drift'"):
-        train_model(model, dataset, augment=True, **FAST)
+    states = []
+    for augment in (False, True):
+        seed_everything(0)
+        model = build_model("gru", dataset.info, hidden_size=4)
+        train_model(model, dataset, augment=augment, **FAST)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
 
 
 def test_random_translate_shifts_by_at_most_two_pixels() -> None:
