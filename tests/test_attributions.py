@@ -208,6 +208,8 @@ def test_custom_and_graph_methods_plug_in(cases) -> None:
             register_method("test_graph_method", modalities=("tokens",))(graph_method)
         with pytest.raises(UserError, match="is not a keyword-only option with a default"):
             register_method("test_bad_method")(lambda model, inputs, target, steps: inputs)
+        with pytest.raises(UserError, match=r"must take \(model, inputs, target, \*, option=default"):
+            register_method("test_bad_method")(lambda model, inputs: inputs)
         assert "test_bad_method" not in METHODS
 
         @register_method("test_wrong_shape", modalities=("image",))

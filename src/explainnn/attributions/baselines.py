@@ -231,9 +231,10 @@ def binary_cosine_kernel(kernel_width: float) -> Callable[..., float]:
 def lime_explainer(forward: Forward, alpha: float, kernel_width: float) -> Lime:
     """Captum Lime with a ridge surrogate and LIME's kernel on the on/off vectors.
 
-    Ridge keeps every group's coefficient; captum's default Lasso (alpha 0.01) zeroes
-    all of them on small logit changes, which is why Quantus' built-in LIME often
-    returns all-zero maps.
+    Ridge gives every group a coefficient. Captum's default Lasso (alpha 0.01) keeps
+    only some: on a trained LeNet it kept 13-38 of the 64 patches of an MNIST digit,
+    and Quantus' built-in LIME, which runs it on single pixels without a mask, left
+    2-4% of the pixels non-zero.
     """
     non_negative("alpha", alpha)
     if non_negative("kernel_width", kernel_width) == 0:

@@ -252,17 +252,19 @@ def attribute(
 def frozen(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Eval mode and frozen parameters for the duration; restores both exactly.
 
-    Freezing keeps parameter ``.grad`` untouched and skips their gradients. cuDNN's
-    RNN kernels refuse backward passes in eval mode, so cuDNN is off for models with
-    recurrent layers on CUDA.
+    Freezing keeps parameter ``.grad`` untouched and skips their gradients. On
+    CUDA, cuDNN runs deterministic full-precision kernels (no TF32), so a seed
+    gives identical arrays and small logit differences are not rounded away; its
+    RNN kernels refuse backward passes in eval mode, so it is off for models with
+    recurrent layers.
     """
     modes = [(module, module.training) for module in model.modules()]
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
     recurrent = any(isinstance(module, nn.RNNBase) for module in model.modules())
     try:
         with ExitStack() as stack:
-            if recurrent and device.type == "cuda":
-                stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+            if device.type == "cuda":
+                stack.enter_context(_exact_cudnn(enabled=not recurrent))
             model.eval()
             for parameter, _ in flags:
                 parameter.requires_grad_(False)
@@ -272,6 +274,17 @@ def frozen(model: nn.Module, device: torch.device) -> Iterator[None]:
             module.training = training
         for parameter, requires_grad in flags:
             parameter.requires_grad_(requires_grad)
+
+
+@contextmanager
+def _exact_cudnn(enabled: bool) -> Iterator[None]:
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32)
+    try:
+        cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = enabled, False, True, False
+        yield
+    finally:
+        cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved
 
 
 @contextmanager
@@ -291,6 +304,12 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 def _declared_options(function: Implementation) -> dict[str, Any]:
     options = {}
     parameters = list(inspect.signature(function).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(parameters) < 3 or any(p.kind not in positional for p in parameters[:3]):
+        raise UserError(
+            f"attribution implementation {function.__qualname__} must take (model, inputs, target, *, "
+            "option=default, ...)"
+        )
     for parameter in parameters[3:]:
         if parameter.name in ("graph", "seed"):
             continue

@@ -6,14 +6,16 @@ methods return one score per token, ``(N, L)``:
 
 * gradient methods work in embedding space with the pad mask of the real tokens:
   ``integrated_gradients`` is captum's ``LayerIntegratedGradients`` on the
-  embedding from an all-``<pad>`` baseline, and like ``gradient_x_input`` and
-  ``gradient_shap`` it sums the embedding dimension (so scores add up to the logit
-  change); ``saliency`` and ``smoothgrad`` take the L2 norm of the (mean absolute)
-  gradient over the embedding dimension;
-* perturbation methods replace token ids: ``lime``, ``kernel_shap``, ``occlusion``,
-  ``feature_permutation``, ``leave_one_out`` and ``likelihood_importance`` put
-  ``replacement`` (default the pad id; ``info.unk_index`` gives ``<unk>``) where a
-  token is switched off, so a removed token also leaves mean/attention pooling;
+  embedding from an all-``<pad>`` baseline, summed over the embedding dimension,
+  so a sentence's scores add up to its logit change from all-``<pad>``;
+  ``gradient_x_input`` and ``gradient_shap`` sum the same way; ``saliency`` and
+  ``smoothgrad`` take the L2 norm of the (mean absolute) gradient per token;
+* perturbation methods change token ids: ``lime``, ``kernel_shap``, ``occlusion``
+  and ``leave_one_out`` put ``replacement`` (default the pad id, which also takes
+  the token out of mean/attention pooling; ``info.unk_index`` gives ``<unk>``)
+  where a token is switched off; ``feature_permutation`` swaps tokens between
+  sentences of the batch;
+  ``likelihood_importance`` deletes and moves tokens;
 * ``attention`` reads the weights of a model with ``pooling="attention"``.
 
 Padding is not text: every token method scores pad positions 0.
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import torch
 from captum.attr import (
-    FeaturePermutation,
     InputXGradient,
     KernelShap,
     LayerIntegratedGradients,
