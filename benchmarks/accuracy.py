@@ -6,6 +6,7 @@ shipped configs; each reaches its target on 2 CPU cores in a few minutes.
     python benchmarks/accuracy.py                  # all models
     python benchmarks/accuracy.py --only gru-sst2  # one model
     python benchmarks/accuracy.py --epochs 2       # quick smoke run
+    python benchmarks/accuracy.py --device cuda    # on a GPU
 
 Exits with status 1 when a model misses its target accuracy.
 """
@@ -73,12 +74,12 @@ def _describe(settings: dict) -> str:
     return ", ".join(f"{key}={value}" for key, value in settings.items()) or "-"
 
 
-def run(benchmark: Benchmark, root: Path, epochs: int | None, seed: int) -> dict:
+def run(benchmark: Benchmark, root: Path, epochs: int | None, seed: int, device: str) -> dict:
     dataset = load_dataset(benchmark.dataset, root=root, seed=seed, **benchmark.dataset_options)
     seed_everything(seed)
     model = build_model(benchmark.model, dataset.info, **benchmark.model_params)
     train = dict(benchmark.train, **({"epochs": epochs} if epochs is not None else {}))
-    result = train_model(model, dataset, seed=seed, device="cpu", **train)
+    result = train_model(model, dataset, seed=seed, device=device, **train)
     return {
         "benchmark": benchmark,
         "train": train,
@@ -111,10 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=keys, action="append", help="run only this benchmark (repeatable)")
     parser.add_argument("--epochs", type=int, help="override the number of epochs of every model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                        help="cpu (default) measures the reference 2-core timings")
     args = parser.parse_args(argv)
     selected = [bench for bench in BENCHMARKS if not args.only or bench.key in args.only]
     try:
-        rows = [run(bench, args.root, args.epochs, args.seed) for bench in selected]
+        rows = [run(bench, args.root, args.epochs, args.seed, args.device) for bench in selected]
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
