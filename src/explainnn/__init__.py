@@ -1,3 +1,35 @@
-"""explainnn: interventional, causal explanations of neural networks."""
+"""explainnn: interventional, causal explanations of neural networks.
+
+The main entry points::
+
+    from explainnn import discover, attribute
+    graph = discover(model, inputs, target=3)            # which hidden units cause class 3
+    maps = attribute("causal", model, x, 3, graph=graph)  # input attributions through them
+
+Submodules: :mod:`explainnn.data`, :mod:`explainnn.models`,
+:mod:`explainnn.interventions`, :mod:`explainnn.causal`,
+:mod:`explainnn.attributions`. The names above load lazily, so the command
+line answers a config mistake without importing captum or matplotlib.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "attribute": "explainnn.attributions",
+    "CausalGraph": "explainnn.causal",
+    "discover": "explainnn.causal",
+    "discover_all": "explainnn.causal",
+}
+
+__all__ = ["CausalGraph", "__version__", "attribute", "discover", "discover_all"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'explainnn' has no attribute {name!r}")

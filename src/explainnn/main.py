@@ -111,7 +111,28 @@ def run(config) -> dict:
     write_json(run_dir / "training.json", record)
     summary["training"] = train_info
 
-    for step in ("discovery", "attribution", "evaluation"):
+    if config.discovery.enabled:
+        from explainnn.steps import discovery_step
+
+        options = config.discovery
+        targets = list(range(info.n_classes)) if options.target_class == "all" else [options.target_class]
+        summary["graphs"] = discovery_step(
+            model,
+            dataset,
+            targets,
+            run_dir / "discovery",
+            discovery=options.model_dump(include={"layers", "on", "intervention", "beta", "delta", "n_samples",
+                                                  "test", "alpha", "min_effect"}),
+            check_circuit=options.check_circuit,
+            stability_options=options.stability.model_dump() if options.stability.enabled else None,
+            plots=config.plots.enabled,
+            dpi=config.plots.dpi,
+            seed=config.seed,
+            progress=config.progress,
+            model_name=config.model.name,
+        )
+
+    for step in ("attribution", "evaluation"):
         if getattr(config, step).enabled:
             print(f"{step:<12}not built yet in this version; skipped (set {step}.enabled: false to silence)")
     return summary

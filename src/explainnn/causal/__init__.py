@@ -5,12 +5,24 @@ target logit with :mod:`explainnn.causal.stats`, and records the causes in a
 :class:`CausalGraph`, which saves to JSON, GraphML and CSV and draws itself.
 """
 
+from explainnn.causal.circuit import circuit_faithfulness, plot_circuit
+from explainnn.causal.discovery import causal_chain, discover, discover_all, select_samples
 from explainnn.causal.draw import draw_graph
 from explainnn.causal.graph import SCHEMA, SCHEMA_VERSION, CausalGraph, library_versions, node_id
+from explainnn.causal.stability import StabilityResult, plot_stability, stability
 from explainnn.causal.stats import TestResult, fdr_qvalues, paired_test, ztest_research
 
 __all__ = [
     "SCHEMA",
+    "StabilityResult",
+    "causal_chain",
+    "circuit_faithfulness",
+    "discover",
+    "discover_all",
+    "plot_circuit",
+    "plot_stability",
+    "select_samples",
+    "stability",
     "SCHEMA_VERSION",
     "CausalGraph",
     "TestResult",
