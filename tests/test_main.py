@@ -68,3 +68,22 @@ def test_end_to_end_train_then_load(tmp_path):
     loaded = json.loads((run_dir / "training.json").read_text())
     assert loaded["test_accuracy"] == pytest.approx(trained["test_accuracy"])
     assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_discovery_step_writes_graph_checks_and_pictures(tmp_path):
+    args = ["progress=false", "attribution.enabled=false", "evaluation.enabled=false", "data.name=digits",
+            "training.epochs=3", "device=cpu", f"output_dir={tmp_path / 'out'}", "discovery.n_samples=20",
+            "discovery.stability.betas=[0.0, 0.5]", "discovery.stability.repeats=2"]
+    result = _run(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "out" / "digits" / "lenet" / "discovery" / "class_3"
+    for name in ("graph.json", "graph.graphml", "edges.csv", "units.csv", "tests.csv", "graph.png",
+                 "circuit.png", "stability.csv", "appearance.csv", "stability.png"):
+        assert (folder / name).stat().st_size > 0, name
+    from explainnn.causal import CausalGraph
+
+    graph = CausalGraph.from_json(folder / "graph.json")
+    assert graph.metadata["target"] == 3 and graph.metadata["dataset"] == "digits"
+    assert {"circuit", "stability", "tests"} <= set(graph.results)
+    assert "discovery   class 3:" in result.stdout
