@@ -73,7 +73,8 @@ def test_end_to_end_train_then_load(tmp_path):
 @pytest.mark.slow
 def test_discovery_step_writes_graph_checks_and_pictures(tmp_path):
     args = ["progress=false", "attribution.enabled=false", "evaluation.enabled=false", "data.name=digits",
-            "training.epochs=3", "device=cpu", f"output_dir={tmp_path / 'out'}", "discovery.n_samples=20",
+            "training.epochs=10", "training.lr=0.003", "device=cpu", f"output_dir={tmp_path / 'out'}",
+            "discovery.n_samples=20",
             "discovery.stability.betas=[0.0, 0.5]", "discovery.stability.repeats=2"]
     result = _run(args, tmp_path)
     assert result.returncode == 0, result.stderr
