@@ -209,6 +209,26 @@ def test_falls_back_to_full_forward_when_the_cache_is_not_equivalent():
         check(model, torch.randn(4, 3), [Edge("fc2", 1), Node("fc2", 0)])
 
 
+class GatedNet(nn.Module):
+    """Reads an early activation only where a later one turns negative (never in the clean pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(3, 2), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.fc1(x)
+        b = self.fc2(torch.relu(a))
+        return torch.where(b > 0, b, a)
+
+
+def test_prefix_read_only_under_intervention_is_still_exact():
+    model = seeded(GatedNet())
+    with torch.no_grad():
+        model.fc2.bias.fill_(5.0)
+    check(model, torch.randn(4, 3), [Node("fc2", 0, "constant", -1.0), Node("fc2", 1)], min_effect_share=0.5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 def test_cuda_matches_cpu():
     model = seeded(RecurrentClassifier("lstm", 7, 4, hidden_size=8), scale=2.0)

@@ -41,6 +41,8 @@ class EdgeEdits:
     features: torch.Tensor
     coef: torch.Tensor
     steps: torch.Tensor | None = None
+    full: bool = False
+    """Whether the entries are exactly blocks ``0..K-1`` in order (plain adds suffice)."""
 
 
 @dataclass
@@ -114,15 +116,15 @@ def compile_edits(
     if node_rows:
         edits.node = _compile_nodes(layer, node_rows, rest, length, means, device, dtype)
     if edge_in:
-        edits.edge_in = _compile_edges(layer, edge_in, length, False, device, dtype)
+        edits.edge_in = _compile_edges(layer, edge_in, length, False, len(blocks), device, dtype)
     if edge_rec:
-        edits.edge_rec = _compile_edges(layer, edge_rec, length, True, device, dtype)
+        edits.edge_rec = _compile_edges(layer, edge_rec, length, True, len(blocks), device, dtype)
     edits.first_step = min((s[0] if s else 0 for _, _, s in node_rows + edge_in + edge_rec), default=0)
     return edits
 
 
 def _compile_nodes(layer, rows, rest, length, means, device, dtype) -> NodeEdits:
-    blocks, units, scales, shifts = [], [], [], []
+    blocks, units, scale_values, shift_values, from_mean, masks = [], [], [], [], [], []
     active: set[int] = set()
     for k, spec, steps in rows:
         if spec.mode == "mean" and means is None:
@@ -130,31 +132,35 @@ def _compile_nodes(layer, rows, rest, length, means, device, dtype) -> NodeEdits
                 f"mode='mean' on layer '{layer.name}' needs reference data to take the mean over"
             )
         for unit in spec.units:
-            scale = torch.full(rest, spec.value if spec.mode == "scale" else 0.0, dtype=dtype)
-            if spec.mode == "constant":
-                shift = torch.full(rest, spec.value, dtype=dtype)
-            elif spec.mode == "mean":
-                shift = means[unit].to(dtype=dtype, device="cpu").clone()
-            else:
-                shift = torch.zeros(rest, dtype=dtype)
-            if steps is not None:
-                mask = torch.zeros(length, dtype=torch.bool)
-                mask[steps] = True
-                mask = mask.view(length, *([1] * (len(rest) - 1)))
-                scale = torch.where(mask, scale, torch.ones_like(scale))
-                shift = torch.where(mask, shift, torch.zeros_like(shift))
-                active.update(steps)
-            elif length is not None:
-                active.update(range(length))
             blocks.append(k)
             units.append(unit)
-            scales.append(scale)
-            shifts.append(shift)
+            scale_values.append(spec.value if spec.mode == "scale" else 0.0)
+            shift_values.append(spec.value if spec.mode == "constant" else 0.0)
+            from_mean.append(spec.mode == "mean")
+            masks.append(steps)
+        if length is not None:
+            active.update(range(length) if steps is None else steps)
+    count, shape = len(blocks), (len(blocks),) + (1,) * len(rest)
+    unit_index = torch.tensor(units, device=device)
+    scale = torch.tensor(scale_values, dtype=dtype, device=device).view(shape).expand(count, *rest)
+    shift = torch.tensor(shift_values, dtype=dtype, device=device).view(shape).expand(count, *rest)
+    if any(from_mean):
+        picked = means.to(device=device, dtype=dtype)[unit_index]
+        shift = torch.where(torch.tensor(from_mean, device=device).view(shape), picked, shift)
+    if any(m is not None for m in masks):
+        mask = torch.ones(count, length, dtype=torch.bool)
+        for row, steps in enumerate(masks):
+            if steps is not None:
+                mask[row] = False
+                mask[row, steps] = True
+        mask = mask.to(device).view(count, length, *([1] * (len(rest) - 1)))
+        scale = torch.where(mask, scale, torch.ones((), dtype=dtype, device=device))
+        shift = torch.where(mask, shift, torch.zeros((), dtype=dtype, device=device))
     return NodeEdits(
         torch.tensor(blocks, device=device),
-        torch.tensor(units, device=device),
-        torch.stack(scales).to(device),
-        torch.stack(shifts).to(device),
+        unit_index,
+        scale.contiguous(),
+        shift.contiguous(),
         sorted(active) if length is not None else None,
     )
 
@@ -167,7 +173,8 @@ def _weight(layer: LayerInfo, recurrent: bool) -> torch.Tensor:
     return module.weight.detach()
 
 
-def _compile_edges(layer, rows, length, recurrent, device, dtype) -> EdgeEdits:
+def _compile_edges(layer, rows, length, recurrent, n_blocks, device, dtype) -> EdgeEdits:
+    """Coefficients ``(E, F, C_out, *kernel)``: the weight change of each parent feature into each child."""
     if layer.kind == "embedding":
         raise InterventionError(
             f"layer '{layer.name}' is an embedding and has no incoming edges; intervene on its units instead"
@@ -176,90 +183,91 @@ def _compile_edges(layer, rows, length, recurrent, device, dtype) -> EdgeEdits:
         raise InterventionError(f"recurrent=True needs a recurrent layer; '{layer.name}' is a {layer.kind}")
     if not recurrent and layer.parent_map is None:
         raise InterventionError(f"layer '{layer.name}' has no traced parent ({layer.note})")
-    weight = _weight(layer, recurrent).to(dtype)
-    gates = GATES.get(layer.kind, 1)
-    hidden = layer.n_units
-    entries = []
-    for k, spec, steps in rows:
+    n_parents = layer.n_units if recurrent else layer.parent_units
+    label = "recurrent parent" if recurrent else f"parent unit (of {layer.parent})"
+    features, children, explicit = [], [], []
+    for _, spec, steps in rows:
         if steps is not None and not layer.recurrent:
-            raise InterventionError(
-                f"edge steps apply to recurrent layers only; '{layer.name}' is a {layer.kind}"
-            )
-        n_parents = layer.n_units if recurrent else layer.parent_units
-        label = "recurrent parent" if recurrent else f"parent unit (of {layer.parent})"
+            raise InterventionError(f"edge steps apply to recurrent layers only; '{layer.name}' is a {layer.kind}")
         _check_units(layer, spec.parents, label, n_parents)
-        children = tuple(range(layer.n_units)) if spec.children is None else spec.children
-        _check_units(layer, children, "child unit", layer.n_units)
-        features = [f for p in spec.parents for f in ((p,) if recurrent else layer.parent_map[p])]
-        feat = torch.tensor(features, dtype=torch.long)
-        if layer.recurrent:
-            rows_w = torch.tensor([g * hidden + j for g in range(gates) for j in children])
-            coef = torch.zeros(len(features), gates * hidden, dtype=dtype)
-            block = weight[rows_w][:, feat].T
-            coef[:, rows_w] = _delta(block, spec)
-        else:
-            coef = _plain_coef(layer, weight, feat, children, spec, explicit=spec.children is not None)
-        mask = None
-        if steps is not None:
-            mask = torch.zeros(length, dtype=dtype)
-            mask[steps] = 1.0
-        entries.append((k, feat, coef, mask, spec))
-    _check_overlap(layer, entries)
-    width = max(len(e[1]) for e in entries)
-    blocks = torch.tensor([e[0] for e in entries])
-    features = torch.zeros(len(entries), width, dtype=torch.long)
-    coefs = torch.zeros(len(entries), width, *entries[0][2].shape[1:], dtype=dtype)
-    for row, (_, feat, coef, _, _) in enumerate(entries):
-        features[row, : len(feat)] = feat
-        coefs[row, : len(feat)] = coef
-    steps_mask = None
-    if any(e[3] is not None for e in entries):
-        steps_mask = torch.stack([torch.ones(length, dtype=dtype) if e[3] is None else e[3] for e in entries])
-        steps_mask = steps_mask.to(device)
-    return EdgeEdits(blocks.to(device), features.to(device), coefs.to(device), steps_mask)
-
-
-def _delta(weights: torch.Tensor, spec: EdgeIntervention) -> torch.Tensor:
-    if spec.mode == "set":
-        return spec.value - weights
-    return (spec.value - 1.0) * weights
-
-
-def _plain_coef(layer, weight, feat, children, spec, explicit) -> torch.Tensor:
-    """``(F, C_out, *kernel)`` coefficient of each parent feature into each child."""
-    out_channels = weight.shape[0]
+        kids = tuple(range(layer.n_units)) if spec.children is None else spec.children
+        _check_units(layer, kids, "child unit", layer.n_units)
+        features.append([f for p in spec.parents for f in ((p,) if recurrent else layer.parent_map[p])])
+        children.append(kids)
+        explicit.append(spec.children is not None)
+    _check_overlap(layer, rows, features, children)
+    count, width = len(rows), max(len(f) for f in features)
+    feats = torch.zeros(count, width, dtype=torch.long)
+    feat_mask = torch.zeros(count, width, dtype=torch.bool)
+    child_mask = torch.zeros(count, layer.n_units, dtype=torch.bool)
+    for row, (feat, kids) in enumerate(zip(features, children)):
+        feats[row, : len(feat)] = torch.tensor(feat)
+        feat_mask[row, : len(feat)] = True
+        child_mask[row, list(kids)] = True
+    weight = _weight(layer, recurrent).to(dtype)
+    if layer.recurrent:
+        child_mask = child_mask.repeat(1, GATES[layer.kind])
+    mask = feat_mask[:, :, None] & child_mask[:, None, :]
     groups = getattr(layer.module, "groups", 1)
+    if groups > 1:
+        mask = mask & _same_group(layer, feats, explicit, children, groups, weight.shape[0])
+        weight = _ungrouped(weight, groups, layer.in_features)
+    per_feature = weight.movedim(1, 0)[feats]
+    kernel = (1,) * (weight.dim() - 2)
+    values = torch.tensor([spec.value for _, spec, _ in rows], dtype=dtype).view(count, 1, 1, *kernel)
+    scaled = torch.tensor([spec.mode == "scale" for _, spec, _ in rows]).view(count, 1, 1, *kernel)
+    delta = torch.where(scaled, (values - 1.0) * per_feature, values - per_feature)
+    coef = torch.where(mask.view(*mask.shape, *kernel), delta, torch.zeros((), dtype=dtype))
+    steps_mask = None
+    if any(steps is not None for _, _, steps in rows):
+        steps_mask = torch.ones(count, length, dtype=dtype)
+        for row, (_, _, steps) in enumerate(rows):
+            if steps is not None:
+                steps_mask[row] = 0.0
+                steps_mask[row, steps] = 1.0
+        steps_mask = steps_mask.to(device)
+    block_list = [k for k, _, _ in rows]
+    full = block_list == list(range(n_blocks))
+    return EdgeEdits(torch.tensor(block_list, device=device), feats.to(device), coef.to(device), steps_mask, full)
+
+
+def _ungrouped(weight: torch.Tensor, groups: int, in_channels: int) -> torch.Tensor:
+    """A grouped conv weight as a dense ``(C_out, C_in, *kernel)`` one, zero across groups."""
+    out_channels = weight.shape[0]
+    per_in, per_out = in_channels // groups, out_channels // groups
+    dense = weight.new_zeros(out_channels, in_channels, *weight.shape[2:])
+    for g in range(groups):
+        dense[g * per_out : (g + 1) * per_out, g * per_in : (g + 1) * per_in] = weight[g * per_out : (g + 1) * per_out]
+    return dense
+
+
+def _same_group(layer, feats, explicit, children, groups, out_channels) -> torch.Tensor:
+    """``(E, F, C_out)``: whether a grouped conv has an edge from each feature to each child."""
     per_in, per_out = layer.in_features // groups, out_channels // groups
-    coef = torch.zeros(len(feat), out_channels, *weight.shape[2:], dtype=weight.dtype)
-    if groups == 1:
-        index = torch.tensor(children)
-        coef[:, index] = _delta(weight[index][:, feat], spec).movedim(0, 1)
-        return coef
-    for row, f in enumerate(feat.tolist()):
-        group = f // per_in
-        allowed = [c for c in children if c // per_out == group]
-        if explicit and len(allowed) != len(children):
-            bad = next(c for c in children if c // per_out != group)
-            raise InterventionError(
-                f"layer '{layer.name}' has no edge from input channel {f} to unit {bad} (groups={groups})"
-            )
-        if allowed:
-            index = torch.tensor(allowed)
-            coef[row, index] = _delta(weight[index, f - group * per_in], spec)
-    return coef
+    same = (feats // per_in)[:, :, None] == (torch.arange(out_channels) // per_out)[None, None, :]
+    for row, kids in enumerate(children):
+        if explicit[row]:
+            index = torch.tensor(kids)
+            bad = ~same[row][:, index]
+            if bad.any():
+                f, c = torch.nonzero(bad)[0].tolist()
+                raise InterventionError(
+                    f"layer '{layer.name}' has no edge from input channel {int(feats[row, f])} to unit "
+                    f"{kids[c]} (groups={groups})"
+                )
+    return same
 
 
-def _check_overlap(layer: LayerInfo, entries: list) -> None:
-    by_block: dict[int, list] = {}
-    for entry in entries:
-        by_block.setdefault(entry[0], []).append(entry)
-    for block in by_block.values():
-        if len(block) < 2:
+def _check_overlap(layer: LayerInfo, rows: list, features: list, children: list) -> None:
+    by_block: dict[int, list[int]] = {}
+    for row, (k, _, _) in enumerate(rows):
+        by_block.setdefault(k, []).append(row)
+    for members in by_block.values():
+        if len(members) < 2:
             continue
         seen: set[tuple[int, int]] = set()
-        for _, feat, _, _, spec in block:
-            children = range(layer.n_units) if spec.children is None else spec.children
-            pairs = {(f, c) for f in feat.tolist() for c in children}
+        for row in members:
+            pairs = {(f, c) for f in features[row] for c in children[row]}
             if seen & pairs:
                 raise InterventionError(f"one row edits the same edge of layer '{layer.name}' twice")
             seen |= pairs
@@ -319,9 +327,13 @@ def conv_delta(x: torch.Tensor, module: torch.nn.Module, edge: EdgeEdits, n_bloc
     return out.unflatten(1, (entries, out_channels)).movedim(1, 0)
 
 
-def add_deltas(y: torch.Tensor, blocks: torch.Tensor, delta: torch.Tensor, n_blocks: int) -> None:
+def add_deltas(y: torch.Tensor, edge: EdgeEdits, delta: torch.Tensor, n_blocks: int) -> None:
     """In place: add per-entry deltas ``(E, N, ...)`` to the blocks of ``y`` ``(K * N, ...)``."""
-    y.unflatten(0, (n_blocks, -1)).index_add_(0, blocks, delta.to(y.dtype))
+    view = y.unflatten(0, (n_blocks, -1))
+    if edge.full:
+        view.add_(delta.to(y.dtype))
+    else:
+        view.index_add_(0, edge.blocks, delta.to(y.dtype))
 
 
 def rest_shape(layer: LayerInfo, per_sample: tuple[int, ...]) -> tuple[int, ...]:
@@ -344,6 +356,6 @@ def apply_layer(y: torch.Tensor, x: torch.Tensor, edits: LayerEdits, shared: boo
             delta = conv_delta(x, layer.module, edits.edge_in, n_blocks, shared)
         else:
             delta = linear_delta(x, edits.edge_in, n_blocks, shared)
-        add_deltas(y, edits.edge_in.blocks, delta, n_blocks)
+        add_deltas(y, edits.edge_in, delta, n_blocks)
     if edits.node is not None:
         apply_nodes(y, layer, edits.node, n_blocks)

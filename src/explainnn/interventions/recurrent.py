@@ -81,18 +81,35 @@ def format_output(module: nn.Module, out: torch.Tensor, h_n: list, c_n: list | N
 
 
 def _cell(kind: str, nonlinearity: str, xp: torch.Tensor, hp: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None):
-    """One step in ``(K, N, ...)`` layout; ``xp`` may broadcast over ``K``."""
+    """One step in ``(K, N, ...)`` layout; ``xp`` may broadcast over ``K``.
+
+    ``hp`` (the hidden projection) is a fresh tensor owned by the step. Without
+    autograd the gate math runs in place in it, as PyTorch's own cells do.
+    """
+    inplace = not torch.is_grad_enabled()
     if kind == "lstm":
+        if inplace:
+            i, f, g, o = hp.add_(xp).unsafe_chunk(4, -1)
+            c = f.sigmoid_().mul_(c).addcmul_(i.sigmoid_(), g.tanh_())
+            return torch.tanh(c).mul_(o.sigmoid_()), c
         i, f, g, o = (hp + xp).unsafe_chunk(4, -1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
     if kind == "gru":
         i_r, i_z, i_n = xp.unsafe_chunk(3, -1)
         h_r, h_z, h_n = hp.unsafe_chunk(3, -1)
+        if inplace:
+            r = h_r.add_(i_r).sigmoid_()
+            z = h_z.add_(i_z).sigmoid_()
+            n = h_n.mul_(r).add_(i_n).tanh_()
+            return (h - n).mul_(z).add_(n), None
         r = torch.sigmoid(h_r + i_r)
         z = torch.sigmoid(h_z + i_z)
         n = torch.tanh(i_n + h_n * r)
         return (h - n) * z + n, None
+    if inplace:
+        pre = hp.add_(xp)
+        return (pre.tanh_() if nonlinearity == "tanh" else pre.relu_()), None
     pre = hp + xp
     return (torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)), None
 
@@ -103,6 +120,13 @@ def _active(edge, length: int) -> list[bool]:
     if edge.steps is None:
         return [True] * length
     return edge.steps.ne(0).any(0).tolist()
+
+
+def _with_delta(base: torch.Tensor, edge, delta: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """``base`` ``(K or 1, N, G)`` plus per-entry deltas ``(E, N, G)`` on their blocks (a new tensor)."""
+    if edge.full:
+        return base + delta
+    return base.expand(n_blocks, -1, -1).index_add(0, edge.blocks, delta)
 
 
 def run_layer(
@@ -116,49 +140,55 @@ def run_layer(
     start: int,
     n_blocks: int,
     edits: LayerEdits | None,
+    prefix: torch.Tensor | None = None,
     keep_c: bool = False,
 ):
     """Steps ``start..T-1`` of internal layer ``index``.
 
-    ``xproj``/``x`` are the layer's input projections and inputs: shared clean
-    ``(N, T, ...)`` indexed by absolute step, or per-row ``(K * N, T - start, ...)``.
-    ``h``/``c`` are the states before ``start``, ``(K, N, H)``. Returns outputs
-    ``(K * N, T - start, H)``, the final ``h``, ``c`` and (with ``keep_c``) every ``c``.
+    ``x`` holds the layer's inputs for all steps: shared clean ``(N, T, F)`` or
+    per-row ``(K * N, T, F)``. ``xproj`` is their input projection: shared for
+    all steps, or per-row for steps ``start..``. ``h``/``c`` are the states before
+    ``start``, ``(K, N, H)``; ``prefix`` ``(N, T, H)`` gives the clean outputs
+    before ``start``. Returns all outputs ``(K * N, T, H)``, the final ``h``, ``c``
+    and (with ``keep_c``) every ``c``.
     """
     kind = kind_of(module)
     nonlinearity = getattr(module, "nonlinearity", "tanh")
     _, w_hh, _, b_hh = weights(module, index)
-    length = xproj.shape[1] + (0 if shared else start)
+    length = x.shape[1]
+    rows = x.shape[0] if not shared else x.shape[0] * n_blocks
     k_rows = 1 if shared else n_blocks
     edge_in = edits.edge_in if edits else None
     edge_rec = edits.edge_rec if edits else None
     node = edits.node if edits else None
     in_active, rec_active = _active(edge_in, length), _active(edge_rec, length)
     node_steps = set(node.steps) if node else set()
-    outs, cells = [], []
+    out = xproj.new_empty(n_blocks, rows // n_blocks, length, module.hidden_size)
+    if start:
+        out[:, :, :start] = prefix[:, :start]
+    cells = []
     for t in range(start, length):
-        offset = t if shared else t - start
-        xp = xproj[:, offset].view(k_rows, -1, xproj.shape[-1])
+        xp = xproj[:, t if shared else t - start].view(k_rows, -1, xproj.shape[-1])
         if in_active[t]:
-            delta = linear_delta(x[:, offset], edge_in, n_blocks, shared)
+            delta = linear_delta(x[:, t], edge_in, n_blocks, shared)
             if edge_in.steps is not None:
                 delta = delta * edge_in.steps[:, t, None, None]
-            xp = xp.expand(n_blocks, -1, -1).index_add(0, edge_in.blocks, delta)
+            xp = _with_delta(xp, edge_in, delta, n_blocks)
         hp = F.linear(h, w_hh, b_hh)
         if rec_active[t]:
-            delta = linear_delta(h.flatten(0, 1), edge_rec, n_blocks, False)
+            delta = linear_delta(h.reshape(-1, h.shape[-1]), edge_rec, n_blocks, False)
             if edge_rec.steps is not None:
                 delta = delta * edge_rec.steps[:, t, None, None]
-            hp = hp.index_add(0, edge_rec.blocks, delta)
+            hp = _with_delta(hp, edge_rec, delta, n_blocks)
         h, c = _cell(kind, nonlinearity, xp, hp, h, c)
         if t in node_steps:
             h = h.clone()
             apply_nodes_step(h.view(-1, h.shape[-1]), node, t, n_blocks)
-        outs.append(h)
+        out[:, :, t] = h
         if keep_c:
             cells.append(c)
-    out = torch.stack(outs, 2).flatten(0, 1)
-    return out, h, c, (torch.stack(cells, 2).flatten(0, 1) if keep_c else None)
+    cells_out = torch.stack(cells, 2).flatten(0, 1) if keep_c else None
+    return out.flatten(0, 1), h, c, cells_out
 
 
 def _tile(t: torch.Tensor, n_blocks: int) -> torch.Tensor:
@@ -177,7 +207,7 @@ def clean_cache(module: nn.Module, args: tuple, kwargs: dict) -> list[LayerCache
         h, _, _, cells = run_layer(module, index, xproj, x, False, h0[index].unsqueeze(0),
                                    None if c_init is None else c_init.unsqueeze(0), 0, 1, None,
                                    keep_c=c_init is not None)
-        caches.append(LayerCache(x, xproj, h, None if c0 is None else cells, h0[index], c_init))
+        caches.append(LayerCache(x, xproj, h, cells, h0[index], c_init))
         x = h
     return caches
 
@@ -206,10 +236,11 @@ def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, La
     for index in range(module.num_layers):
         edit = edits.get(index)
         w_ih, _, b_ih, _ = weights(module, index)
+        prefix = None
         if cache is None:
             start = 0
-            source = x if index == 0 else prev_out
-            xproj, inputs, shared = F.linear(source, w_ih, b_ih), source, False
+            inputs = x if index == 0 else prev_out
+            xproj, shared = F.linear(inputs, w_ih, b_ih), False
             h = h0[index].view(n_blocks, -1, h0.shape[-1])
             c = None if c0 is None else c0[index].view(n_blocks, -1, c0.shape[-1])
         else:
@@ -220,6 +251,7 @@ def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, La
                 if lstm:
                     finals_c.append(_tile(layer.c[:, -1], n_blocks))
                 continue
+            prefix = layer.h
             h = (layer.h[:, start - 1] if start else layer.h0).expand(n_blocks, -1, -1)
             c = None
             if lstm:
@@ -227,16 +259,13 @@ def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, La
             if prev_out is None:
                 xproj, inputs, shared = layer.xproj, layer.x, True
             else:
-                head = _tile(layer.x[:, start:prev_start], n_blocks)
-                inputs = torch.cat([head, prev_out], 1) if start < prev_start else prev_out
-                xproj, shared = F.linear(inputs, w_ih, b_ih), False
-        out, h, c, _ = run_layer(module, index, xproj, inputs, shared, h, c, start, n_blocks, edit)
-        finals_h.append(h.flatten(0, 1))
+                inputs, shared = prev_out, False
+                xproj = F.linear(inputs[:, start:], w_ih, b_ih)
+        prev_out, h, c, _ = run_layer(module, index, xproj, inputs, shared, h, c, start, n_blocks, edit, prefix)
+        prev_start = start
+        finals_h.append(h.reshape(-1, h.shape[-1]))
         if lstm:
-            finals_c.append(c.flatten(0, 1))
-        prev_out, prev_start = out, start
+            finals_c.append(c.reshape(-1, c.shape[-1]))
     if prev_out is None:
-        prev_out, prev_start = _tile(cache[-1].h, n_blocks), 0
-    if cache is not None and prev_start > 0:
-        prev_out = torch.cat([_tile(cache[-1].h[:, :prev_start], n_blocks), prev_out], 1)
+        prev_out = _tile(cache[-1].h, n_blocks)
     return format_output(module, prev_out, finals_h, finals_c if lstm else None)

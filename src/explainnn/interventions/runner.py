@@ -111,7 +111,7 @@ class InterventionRunner:
         self,
         model: nn.Module,
         layers: Sequence[LayerInfo] | None = None,
-        memory_budget_mb: float = 256.0,
+        memory_budget_mb: float = 512.0,
         reference: torch.Tensor | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -124,7 +124,7 @@ class InterventionRunner:
         self._reference = reference
         self._reference_pass: CleanPass | None = None
         self._clean: CleanPass | None = None
-        self._fast: dict[str, bool] = {}
+        self._fast: dict[str, _Prefix | None] = {}
 
     @property
     def device(self) -> torch.device:
@@ -219,12 +219,13 @@ class InterventionRunner:
             if call.end > start.start:
                 per_row += _nbytes(call.output) // n
         if isinstance(start.module, (nn.LSTM, nn.GRU, nn.RNN)):
-            x = clean.rnn(module_name)[0].xproj
-            per_row += 2 * x[0].numel() * x.element_size()
+            for layer in clean.rnn(module_name):
+                per_row += (layer.h[0].numel() + layer.xproj[0].numel()) * layer.h.element_size()
         budget = self.memory_budget_mb * 2**20
-        return max(1, int(budget // (3 * per_row * n)))
+        return max(1, int(budget // (2 * per_row * n)))
 
     def _substitutes(self, clean: CleanPass, start: ModuleCall) -> list[ModuleCall]:
+        """The outermost module calls that finish before ``start`` and can be served from the cache."""
         counts = Counter(call.name for call in clean.calls)
         n = clean.inputs.shape[0]
         chosen, covered_until = [], -1
@@ -236,47 +237,108 @@ class InterventionRunner:
                 covered_until = call.end
         return chosen
 
-    def _forward(self, clean: CleanPass, plan: EditPlan | None, n_blocks: int, fast: bool, start: ModuleCall) -> torch.Tensor:
+    def _forward(self, clean: CleanPass, plan: EditPlan | None, n_blocks: int, prefix: "_Prefix | None",
+                 start: ModuleCall) -> torch.Tensor:
+        """One forward over ``n_blocks * N`` rows; ``plan=None`` serves ``start`` clean (for checks)."""
         with ModelPatch() as patch:
-            if fast:
-                for call in self._substitutes(clean, start):
-                    patch.replace_forward(call.module, _cached(call, n_blocks))
+            if prefix is None or prefix.input_live:
+                inputs = _tile(clean.inputs, n_blocks)
+            else:
+                inputs = _nan_like(clean.inputs, n_blocks)
+            if prefix is not None:
+                for index, call in enumerate(prefix.calls):
+                    live = index in prefix.live
+                    patch.replace_forward(call.module, _cached(call, n_blocks) if live else _placeholder(call, n_blocks))
             if plan is None:
                 patch.replace_forward(start.module, _cached(start, n_blocks))
             else:
                 cache = None
-                if fast:
+                if prefix is not None:
                     if isinstance(start.module, (nn.LSTM, nn.GRU, nn.RNN)):
                         cache = StartCache(start.module, rnn=clean.rnn(start.name))
                     else:
                         cache = StartCache(start.module, start.args[0], start.output)
                 plan.install(patch, cache)
-            out = self.model(_tile(clean.inputs, n_blocks))
+            out = self.model(inputs)
         if not isinstance(out, torch.Tensor) or out.shape != (n_blocks * clean.inputs.shape[0], clean.output.shape[1]):
             raise InterventionError("the model's output under interventions is not (rows, C) logits")
         return out.view(n_blocks, -1, out.shape[-1])
 
-    def _fast_path(self, clean: CleanPass, start: ModuleCall) -> bool:
-        """Check once per start module that serving the prefix from the cache reproduces the model."""
-        if start.name not in self._fast:
-            out = self._forward(clean, None, 2, True, start)
-            expected = clean.output.unsqueeze(0).expand_as(out)
-            scale = float(expected.abs().max()) if expected.numel() else 1.0
-            ok = bool(torch.allclose(out, expected, rtol=1e-4, atol=1e-5 * max(1.0, scale)))
-            if not ok:
-                warnings.warn(
-                    f"reusing cached activations before '{start.name}' does not reproduce the model's "
-                    "output; running full forward passes for interventions there (exact, slower)",
-                    stacklevel=3,
-                )
-            self._fast[start.name] = ok
-        return self._fast[start.name]
+    def _reproduces(self, clean: CleanPass, start: ModuleCall, prefix: "_Prefix") -> bool:
+        try:
+            out = self._forward(clean, None, 2, prefix, start)
+        except Exception:  # noqa: BLE001 - a placeholder the forward cannot take means "not this way"
+            return False
+        expected = clean.output.unsqueeze(0).expand_as(out)
+        scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+        return bool(torch.allclose(out, expected, rtol=1e-4, atol=1e-5 * scale))
+
+    def _prefix(self, clean: CleanPass, start: ModuleCall) -> "_Prefix | None":
+        """How to serve everything before ``start``, checked once per start module.
+
+        Cached outputs that nothing after ``start`` reads become free NaN
+        placeholders (so a wrong guess shows up as NaN); the rest are tiled copies.
+        Tried in order: only the last call live; live calls found by probing each
+        one; everything live; no reuse at all (full forward passes).
+        """
+        if start.name in self._fast:
+            return self._fast[start.name]
+        calls = self._substitutes(clean, start)
+        everything = set(range(len(calls)))
+
+        def candidates():
+            if calls:
+                yield _Prefix(calls, {len(calls) - 1}, False)
+            probed = {i for i in everything if not self._reproduces(clean, start, _Prefix(calls, everything - {i}, True))}
+            yield _Prefix(calls, probed, not self._reproduces(clean, start, _Prefix(calls, everything, False)))
+            yield _Prefix(calls, everything, True)
+
+        chosen = next((p for p in candidates() if self._reproduces(clean, start, p)), None)
+        if chosen is None:
+            warnings.warn(
+                f"reusing cached activations before '{start.name}' does not reproduce the model's "
+                "output; running full forward passes for interventions there (exact, slower)",
+                stacklevel=4,
+            )
+        self._fast[start.name] = chosen
+        return chosen
 
     def _chunk(self, clean: CleanPass, layers: list[LayerInfo], rows: list[tuple[Intervention, ...]], means) -> torch.Tensor:
         plan = EditPlan(self.model, layers, rows, means)
         start = clean.call(plan.start().module_name)
-        fast = self._fast_path(clean, start)
-        return self._forward(clean, plan, len(rows), fast, start)
+        prefix = self._prefix(clean, start)
+        out = self._forward(clean, plan, len(rows), prefix, start)
+        if prefix is not None and torch.isnan(out).any() and not torch.isnan(clean.output).any():
+            everything = _Prefix(prefix.calls, set(range(len(prefix.calls))), True)
+            self._fast[start.name] = everything
+            out = self._forward(clean, plan, len(rows), everything, start)
+        return out
+
+
+@dataclass
+class _Prefix:
+    """Module calls before the first intervened one, and which of them must be real (tiled) copies."""
+
+    calls: list[ModuleCall]
+    live: set[int]
+    input_live: bool
+
+
+def _nan_like(t: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """A free stride-0 stand-in of ``t`` tiled ``n_blocks`` times; NaN where possible, so misuse shows."""
+    if not t.is_floating_point():
+        return _tile(t, n_blocks)
+    return torch.full((), float("nan"), dtype=t.dtype, device=t.device).expand(n_blocks * t.shape[0], *t.shape[1:])
+
+
+def _placeholder(call: ModuleCall, n_blocks: int):
+    def forward(*args: object, **kwargs: object) -> Any:
+        out = call.output
+        if isinstance(out, torch.Tensor):
+            return _nan_like(out, n_blocks)
+        return _tile_output(call, n_blocks)
+
+    return forward
 
 
 def _cached(call: ModuleCall, n_blocks: int):
