@@ -23,6 +23,9 @@ deeplift, guided_backprop image                  feed-forward models (lenet)
 leave_one_out,            tokens                 token replaced by <pad> / removed
 likelihood_importance                            and moved (see text.py)
 attention                 image, sequence, tok.  models with pooling="attention"
+causal                    image, sequence, tok.  base method (IG) on the model with
+                                                 non-causal units held (causal.py)
+causal_paths              image                  research per-node maps of a layer
 ========================  =====================  ===================================
 
 Add methods with ``@register_method(name, needs_graph=..., modalities=...)``; the
@@ -32,7 +35,8 @@ lets Quantus explain token models in embedding space and
 :class:`ChannelFirstSequenceModel` one-feature sequences as ``(N, F, T)`` signals.
 """
 
-from explainnn.attributions import baselines, text  # noqa: F401  (register the methods)
+from explainnn.attributions import baselines, causal, text  # noqa: F401  (register the methods)
+from explainnn.attributions.causal import causal_path_maps, restriction
 from explainnn.attributions.masks import feature_mask, image_mask, occlusion_window
 from explainnn.attributions.plots import plot_attribution_grid, plot_sequence_attributions, plot_text_attributions, text_html
 from explainnn.attributions.quantus_adapter import ChannelFirstSequenceModel, explain_func
@@ -51,6 +55,8 @@ from explainnn.attributions.text import EmbeddingSpaceModel
 __all__ = [
     "METHODS",
     "MODALITIES",
+    "causal_path_maps",
+    "restriction",
     "ChannelFirstSequenceModel",
     "EmbeddingSpaceModel",
     "MethodInfo",
