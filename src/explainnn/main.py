@@ -132,7 +132,28 @@ def run(config) -> dict:
             model_name=config.model.name,
         )
 
-    for step in ("attribution", "evaluation"):
+    graphs = summary.get("graphs", {})
+    explained = sorted(graphs) or ([] if target == "all" else [target])
+    if config.attribution.enabled:
+        from explainnn.steps import attribution_step
+
+        for k in explained:
+            attribution_step(
+                model,
+                dataset,
+                k,
+                graphs.get(k),
+                run_dir / "attributions" / f"class_{k}",
+                methods=config.attribution.methods,
+                n_samples=config.attribution.n_samples,
+                causal_paths_layer=config.attribution.causal_paths_layer,
+                plots=config.plots.enabled,
+                dpi=config.plots.dpi,
+                seed=config.seed,
+                progress=config.progress,
+            )
+
+    for step in ("evaluation",):
         if getattr(config, step).enabled:
             print(f"{step:<12}not built yet in this version; skipped (set {step}.enabled: false to silence)")
     return summary

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from explainnn.causal import (
     CausalGraph,
@@ -22,7 +24,7 @@ from explainnn.causal import (
 )
 from explainnn.data import Dataset
 from explainnn.errors import UserError
-from explainnn.files import atomic_path
+from explainnn.files import atomic_path, write_text
 
 
 def discovery_step(
@@ -135,3 +137,95 @@ def _save_figure(figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format=path.suffix.lstrip(".") or "png")
 
+
+
+def attribution_step(
+    model: nn.Module,
+    dataset: Dataset,
+    target: int,
+    graph: CausalGraph | None,
+    out_dir: Path,
+    *,
+    methods: Sequence[str],
+    n_samples: int = 6,
+    causal_paths_layer: str | None = "conv2",
+    plots: bool = True,
+    dpi: int = 120,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Attributions of every method for the first ``n_samples`` test inputs of class ``target``.
+
+    Writes ``<out_dir>/attributions.npz`` (one array per method, plus the inputs;
+    plain arrays, loaded with ``np.load(..., allow_pickle=False)``) and pictures:
+    ``grid.png`` (samples x methods) for images, ``sequences.png`` (time x feature)
+    for sequences and image rows read by a recurrent model, ``text.png`` and
+    ``text.html`` for token models, and ``causal_maps_<layer>.png`` (the per-node
+    causal maps). A method that cannot run here (no graph, wrong modality) is
+    skipped with the reason printed.
+    """
+    from explainnn.attributions import (
+        attribute,
+        causal_path_maps,
+        method_info,
+        modality_of,
+        plot_attribution_grid,
+        plot_causal_maps,
+        plot_sequence_attributions,
+        plot_text_attributions,
+        text_html,
+    )
+
+    index = torch.nonzero(dataset.y_test == target).flatten()[:n_samples]
+    if len(index) == 0:
+        raise UserError(f"the test split has no samples of class {target} to explain")
+    inputs = dataset.x_test[index]
+    modality = modality_of(model, inputs)
+    results: dict[str, np.ndarray] = {}
+    for method in tqdm(methods, desc="attributions", unit="method", disable=not progress, leave=False):
+        info = method_info(method)
+        if info.needs_graph and graph is None:
+            print(f"attribution {method}: skipped (needs the causal graph; enable discovery)")
+            continue
+        if modality not in info.modalities:
+            print(f"attribution {method}: skipped ({modality} inputs; it supports {', '.join(info.modalities)})")
+            continue
+        try:
+            results[method] = attribute(method, model, inputs, target, graph=graph, seed=seed)
+        except UserError as exc:
+            print(f"attribution {method}: skipped ({exc})")
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "attributions.npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, inputs=inputs.numpy(), labels=dataset.y_test[index].numpy(), **results)
+    if plots and results:
+        labels = [f"#{int(i)} ({dataset.info.class_names[target]})" for i in index]
+        if modality == "image":
+            plot_attribution_grid(inputs, results, out_dir / "grid.png", labels=labels)
+        if modality == "sequence" or (modality == "image" and not _convolutional(model)):
+            plot_sequence_attributions(inputs, results, out_dir / "sequences.png")
+        if modality == "tokens":
+            tokens = [_tokens(dataset, row) for row in inputs]
+            plot_text_attributions(tokens, results, out_dir / "text.png")
+            blocks = [f"<h3>{method}</h3>" + "".join(text_html(t, results[method][k]) for k, t in enumerate(tokens))
+                      for method in results]
+            write_text(out_dir / "text.html", "<!doctype html><meta charset='utf-8'><body>" + "".join(blocks))
+        if graph is not None and causal_paths_layer and modality == "image":
+            try:
+                maps, total = causal_path_maps(model, inputs, graph, causal_paths_layer)
+            except UserError as exc:
+                print(f"attribution causal maps: skipped ({exc})")
+            else:
+                plot_causal_maps(inputs, {u: m.numpy() for u, m in maps.items()}, total.numpy(),
+                                 out_dir / f"causal_maps_{causal_paths_layer}.png", layer=causal_paths_layer)
+    print(f"attribution class {target}: {', '.join(results) or 'no method ran'} on {len(inputs)} samples")
+    return results
+
+
+def _convolutional(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.modules())
+
+
+def _tokens(dataset: Dataset, row: torch.Tensor) -> list[str]:
+    vocab, pad = dataset.info.vocab or (), dataset.info.pad_index
+    return [vocab[int(t)] for t in row if int(t) != pad]

@@ -38,7 +38,13 @@ lets Quantus explain token models in embedding space and
 from explainnn.attributions import baselines, causal, text  # noqa: F401  (register the methods)
 from explainnn.attributions.causal import causal_path_maps, restriction
 from explainnn.attributions.masks import feature_mask, image_mask, occlusion_window
-from explainnn.attributions.plots import plot_attribution_grid, plot_sequence_attributions, plot_text_attributions, text_html
+from explainnn.attributions.plots import (
+    plot_attribution_grid,
+    plot_causal_maps,
+    plot_sequence_attributions,
+    plot_text_attributions,
+    text_html,
+)
 from explainnn.attributions.quantus_adapter import ChannelFirstSequenceModel, explain_func
 from explainnn.attributions.registry import (
     METHODS,
@@ -56,6 +62,7 @@ __all__ = [
     "METHODS",
     "MODALITIES",
     "causal_path_maps",
+    "plot_causal_maps",
     "restriction",
     "ChannelFirstSequenceModel",
     "EmbeddingSpaceModel",

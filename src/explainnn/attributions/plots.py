@@ -268,3 +268,45 @@ def plot_text_attributions(
     if shown is not None:
         figure.colorbar(shown, ax=list(axes), shrink=0.6, label="attribution / max |attribution|")
     return _save(figure, path)
+
+
+def plot_causal_maps(
+    inputs: object,
+    maps: Mapping[int, object],
+    total: object,
+    path: str | Path | None = None,
+    *,
+    layer: str = "",
+    max_units: int = 16,
+) -> Figure:
+    """The research code's per-node causal maps of one layer, one row per sample.
+
+    Each row: the input, the sum of the maps, then one map per causal unit (up
+    to ``max_units``), all on the same diverging scale [-1, 1] as
+    :func:`explainnn.attributions.causal_path_maps` normalises them.
+    """
+    images = _array(inputs, "inputs")
+    units = sorted(maps)[:max_units]
+    arrays = {unit: _array(maps[unit], f"map of unit {unit}") for unit in units}
+    summed = _array(total, "sum of the maps")
+    rows, columns = len(images), 2 + len(units)
+    figure = Figure(figsize=(1.3 * columns, 1.4 * rows + 0.4))
+    axes = np.atleast_2d(figure.subplots(rows, columns, squeeze=False))
+    for r in range(rows):
+        picture, cmap = _as_picture(images[r])
+        panels = [(picture, cmap, "input"), (_as_map(summed[r]), "RdBu_r", "sum")]
+        panels += [(arrays[unit][r], "RdBu_r", f"{layer}:{unit}") for unit in units]
+        for c, (image, colours, title) in enumerate(panels):
+            ax = axes[r, c]
+            if colours == "RdBu_r":
+                ax.imshow(image, cmap=colours, vmin=-1, vmax=1)
+            else:
+                ax.imshow(image, cmap=colours)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+    if len(maps) > max_units:
+        figure.suptitle(f"{len(maps)} causal units in {layer}; the first {max_units} shown", fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path)
