@@ -39,7 +39,9 @@ class EditPlan:
             for spec in specs:
                 layer = resolve_layer(layers, model, spec.layer)
                 self.layers[layer.name] = layer
-                self.blocks.setdefault(layer.name, [[] for _ in rows])[k].append(spec)
+                if layer.name not in self.blocks:
+                    self.blocks[layer.name] = [[] for _ in rows]
+                self.blocks[layer.name][k].append(spec)
         self._compiled: dict[tuple, LayerEdits] = {}
 
     def modules(self) -> dict[str, list[LayerInfo]]:

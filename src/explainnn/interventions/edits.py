@@ -185,39 +185,40 @@ def _compile_edges(layer, rows, length, recurrent, n_blocks, device, dtype) -> E
         raise InterventionError(f"layer '{layer.name}' has no traced parent ({layer.note})")
     n_parents = layer.n_units if recurrent else layer.parent_units
     label = "recurrent parent" if recurrent else f"parent unit (of {layer.parent})"
-    features, children, explicit = [], [], []
+    features, children = [], []
     for _, spec, steps in rows:
         if steps is not None and not layer.recurrent:
             raise InterventionError(f"edge steps apply to recurrent layers only; '{layer.name}' is a {layer.kind}")
         _check_units(layer, spec.parents, label, n_parents)
-        kids = tuple(range(layer.n_units)) if spec.children is None else spec.children
-        _check_units(layer, kids, "child unit", layer.n_units)
+        kids = spec.children
+        if kids is not None:
+            _check_units(layer, kids, "child unit", layer.n_units)
         features.append([f for p in spec.parents for f in ((p,) if recurrent else layer.parent_map[p])])
         children.append(kids)
-        explicit.append(spec.children is not None)
     _check_overlap(layer, rows, features, children)
     count, width = len(rows), max(len(f) for f in features)
-    feats = torch.zeros(count, width, dtype=torch.long)
-    feat_mask = torch.zeros(count, width, dtype=torch.bool)
+    feats = torch.tensor([f + [0] * (width - len(f)) for f in features], dtype=torch.long)
+    feat_mask = torch.arange(width)[None, :] < torch.tensor([len(f) for f in features])[:, None]
     child_mask = torch.zeros(count, layer.n_units, dtype=torch.bool)
-    for row, (feat, kids) in enumerate(zip(features, children)):
-        feats[row, : len(feat)] = torch.tensor(feat)
-        feat_mask[row, : len(feat)] = True
-        child_mask[row, list(kids)] = True
+    child_mask[[row for row, kids in enumerate(children) if kids is None]] = True
+    child_rows = [row for row, kids in enumerate(children) if kids is not None for _ in kids]
+    child_mask[child_rows, [c for kids in children if kids is not None for c in kids]] = True
     weight = _weight(layer, recurrent).to(dtype)
     if layer.recurrent:
         child_mask = child_mask.repeat(1, GATES[layer.kind])
     mask = feat_mask[:, :, None] & child_mask[:, None, :]
     groups = getattr(layer.module, "groups", 1)
     if groups > 1:
-        mask = mask & _same_group(layer, feats, explicit, children, groups, weight.shape[0])
+        mask = mask & _same_group(layer, feats, feat_mask, children, groups, weight.shape[0])
         weight = _ungrouped(weight, groups, layer.in_features)
-    per_feature = weight.movedim(1, 0)[feats]
+    on = weight.device
+    per_feature = weight.movedim(1, 0)[feats.to(on)]
     kernel = (1,) * (weight.dim() - 2)
-    values = torch.tensor([spec.value for _, spec, _ in rows], dtype=dtype).view(count, 1, 1, *kernel)
-    scaled = torch.tensor([spec.mode == "scale" for _, spec, _ in rows]).view(count, 1, 1, *kernel)
+    values = torch.tensor([spec.value for _, spec, _ in rows], dtype=dtype, device=on).view(count, 1, 1, *kernel)
+    scaled = torch.tensor([spec.mode == "scale" for _, spec, _ in rows], device=on).view(count, 1, 1, *kernel)
     delta = torch.where(scaled, (values - 1.0) * per_feature, values - per_feature)
-    coef = torch.where(mask.view(*mask.shape, *kernel), delta, torch.zeros((), dtype=dtype))
+    keep = mask.to(on).view(*mask.shape, *kernel)
+    coef = torch.where(keep, delta, torch.zeros((), dtype=dtype, device=on))
     steps_mask = None
     if any(steps is not None for _, _, steps in rows):
         steps_mask = torch.ones(count, length, dtype=dtype)
@@ -241,18 +242,18 @@ def _ungrouped(weight: torch.Tensor, groups: int, in_channels: int) -> torch.Ten
     return dense
 
 
-def _same_group(layer, feats, explicit, children, groups, out_channels) -> torch.Tensor:
+def _same_group(layer, feats, feat_mask, children, groups, out_channels) -> torch.Tensor:
     """``(E, F, C_out)``: whether a grouped conv has an edge from each feature to each child."""
     per_in, per_out = layer.in_features // groups, out_channels // groups
     same = (feats // per_in)[:, :, None] == (torch.arange(out_channels) // per_out)[None, None, :]
     for row, kids in enumerate(children):
-        if explicit[row]:
+        if kids is not None:
             index = torch.tensor(kids)
-            bad = ~same[row][:, index]
+            bad = ~same[row][feat_mask[row]][:, index]
             if bad.any():
                 f, c = torch.nonzero(bad)[0].tolist()
                 raise InterventionError(
-                    f"layer '{layer.name}' has no edge from input channel {int(feats[row, f])} to unit "
+                    f"layer '{layer.name}' has no edge from input channel {int(feats[row][feat_mask[row]][f])} to unit "
                     f"{kids[c]} (groups={groups})"
                 )
     return same
@@ -267,7 +268,8 @@ def _check_overlap(layer: LayerInfo, rows: list, features: list, children: list)
             continue
         seen: set[tuple[int, int]] = set()
         for row in members:
-            pairs = {(f, c) for f in features[row] for c in children[row]}
+            kids = range(layer.n_units) if children[row] is None else children[row]
+            pairs = {(f, c) for f in features[row] for c in kids}
             if seen & pairs:
                 raise InterventionError(f"one row edits the same edge of layer '{layer.name}' twice")
             seen |= pairs

@@ -174,6 +174,9 @@ def _module_layers(layers: list[LayerInfo], module_name: str) -> list[LayerInfo]
 def intervened_copy(model: nn.Module, layers: list[LayerInfo], specs: Sequence[Intervention], means: dict) -> nn.Module:
     """A deep copy of ``model`` with ``specs`` applied by weight edits, hooks and unrolling."""
     copied = copy.deepcopy(model).eval()
+    for module in copied.modules():
+        if isinstance(module, tuple(CELLS)):
+            module.flatten_parameters()
     modules = dict(copied.named_modules())
     by_module: dict[str, list[Intervention]] = {}
     for spec in specs:
