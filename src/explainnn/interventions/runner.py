@@ -10,6 +10,7 @@ its cached output plus per-block edits, and only the rest of the forward runs on
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -294,8 +295,9 @@ class InterventionRunner:
 
         Cached outputs that nothing after ``start`` reads become free NaN
         placeholders (so a wrong guess shows up as NaN); the rest are tiled copies.
-        Tried in order: only the last call live; live calls found by probing each
-        one; everything live; no reuse at all (full forward passes).
+        Tried in order: nothing live (the start layer reads only its own cache);
+        only the last call live; live calls found by probing each one; everything
+        live; no reuse at all (full forward passes).
         """
         if start.name in self._fast:
             return self._fast[start.name]
@@ -303,6 +305,7 @@ class InterventionRunner:
         everything = set(range(len(calls)))
 
         def candidates():
+            yield _Prefix(calls, set(), False)
             if calls:
                 yield _Prefix(calls, {len(calls) - 1}, False)
             probed = {i for i in everything if not self._reproduces(clean, start, _Prefix(calls, everything - {i}, True))}
@@ -344,7 +347,13 @@ def _nan_like(t: torch.Tensor, n_blocks: int) -> torch.Tensor:
     """A free stride-0 stand-in of ``t`` tiled ``n_blocks`` times; NaN where possible, so misuse shows."""
     if not t.is_floating_point():
         return _tile(t, n_blocks)
-    return torch.full((), float("nan"), dtype=t.dtype, device=t.device).expand(n_blocks * t.shape[0], *t.shape[1:])
+    return _nan(t.dtype, t.device).expand(n_blocks * t.shape[0], *t.shape[1:])
+
+
+@functools.lru_cache(maxsize=16)
+def _nan(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.full((), float("nan"), dtype=dtype, device=device)
 
 
 def _placeholder(call: ModuleCall, n_blocks: int):
