@@ -213,14 +213,40 @@ class InterventionRunner:
             groups.setdefault(start.module_name, []).append(index)
         logits = torch.empty(len(rows), n, clean.output.shape[1], dtype=clean.output.dtype, device=clean.output.device)
         means = self._means(clean)
+        budget = self._budget_bytes()
+        chunks = []
         for module_name, indices in groups.items():
-            per_chunk = self._blocks_per_chunk(clean, module_name)
+            per_chunk = self._blocks_per_chunk(clean, module_name, budget)
             for first in range(0, len(indices), per_chunk):
                 chunk = indices[first : first + per_chunk]
-                logits[chunk] = self._chunk(clean, layers, [rows[i] for i in chunk], means)
+                plan = EditPlan(self.model, layers, [rows[i] for i in chunk], means)
+                start = clean.call(plan.start().module_name)
+                prefix = self._prefix(clean, start)
+                out = self._forward(clean, plan, len(chunk), prefix, start)
+                _put(logits, chunk, out)
+                if prefix is not None:
+                    chunks.append((chunk, plan, start, prefix, torch.isnan(out).any()))
+        self._redo_leaks(clean, logits, chunks)
         return logits
 
-    def _blocks_per_chunk(self, clean: CleanPass, module_name: str) -> int:
+    def _redo_leaks(self, clean: CleanPass, logits: torch.Tensor, chunks: list) -> None:
+        """Recompute, with every cached output real, chunks where a placeholder leaked NaN.
+
+        A placeholder can only be read under an intervention that changes control
+        or data flow after the first intervened layer; checking once at the end
+        keeps the device from waiting after every chunk.
+        """
+        if not chunks or bool(torch.isnan(clean.output).any()):
+            return
+        if not bool(torch.stack([leak for *_, leak in chunks]).any()):
+            return
+        for chunk, plan, start, prefix, leak in chunks:
+            if bool(leak):
+                everything = _Prefix(prefix.calls, set(range(len(prefix.calls))), True)
+                self._fast[start.name] = everything
+                _put(logits, chunk, self._forward(clean, plan, len(chunk), everything, start))
+
+    def _blocks_per_chunk(self, clean: CleanPass, module_name: str, budget: float) -> int:
         n = clean.inputs.shape[0]
         start = clean.call(module_name)
         per_row = clean.inputs[0].numel() * clean.inputs.element_size()
@@ -230,7 +256,7 @@ class InterventionRunner:
         if isinstance(start.module, (nn.LSTM, nn.GRU, nn.RNN)):
             for layer in clean.rnn(module_name):
                 per_row += (layer.h[0].numel() + layer.xproj[0].numel()) * layer.h.element_size()
-        return max(1, int(self._budget_bytes() // (2 * per_row * n)))
+        return max(1, int(budget // (2 * per_row * n)))
 
     def _budget_bytes(self) -> float:
         if self.memory_budget_mb is not None:
@@ -322,18 +348,6 @@ class InterventionRunner:
         self._fast[start.name] = chosen
         return chosen
 
-    def _chunk(self, clean: CleanPass, layers: list[LayerInfo], rows: list[tuple[Intervention, ...]], means) -> torch.Tensor:
-        plan = EditPlan(self.model, layers, rows, means)
-        start = clean.call(plan.start().module_name)
-        prefix = self._prefix(clean, start)
-        out = self._forward(clean, plan, len(rows), prefix, start)
-        if prefix is not None and torch.isnan(out).any() and not torch.isnan(clean.output).any():
-            everything = _Prefix(prefix.calls, set(range(len(prefix.calls))), True)
-            self._fast[start.name] = everything
-            out = self._forward(clean, plan, len(rows), everything, start)
-        return out
-
-
 @dataclass
 class _Prefix:
     """Module calls before the first intervened one, and which of them must be real (tiled) copies."""
@@ -364,6 +378,13 @@ def _placeholder(call: ModuleCall, n_blocks: int):
         return _tile_output(call, n_blocks)
 
     return forward
+
+
+def _put(logits: torch.Tensor, rows: list[int], out: torch.Tensor) -> None:
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        logits[rows[0] : rows[0] + len(rows)] = out
+    else:
+        logits[rows] = out
 
 
 def _cached(call: ModuleCall, n_blocks: int):
