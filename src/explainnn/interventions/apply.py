@@ -10,6 +10,7 @@ interventions) and the batched runner (``K`` blocks of rows).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -62,7 +63,10 @@ class EditPlan:
             if needs_mean and self.means is not None:
                 means = self.means(layer)
                 if tuple(means.shape[1:]) != rest:
-                    raise_shape(layer, tuple(means.shape[1:]), rest)
+                    raise InterventionError(
+                        f"reference data gives layer '{layer.name}' activations of shape {tuple(means.shape[1:])} "
+                        f"per unit but the inputs give {rest}; use reference data of the same shape"
+                    )
             self._compiled[key] = compile_edits(layer, blocks, rest, means, like.device, like.dtype)
         return self._compiled[key]
 
@@ -109,19 +113,14 @@ class EditPlan:
         return forward
 
 
+@dataclass
 class StartCache:
     """Clean activations of the first intervened module: its input/output, or its RNN states."""
 
-    def __init__(self, module: nn.Module, inputs: torch.Tensor | None = None, output: torch.Tensor | None = None,
-                 rnn: list[LayerCache] | None = None) -> None:
-        self.module, self.inputs, self.output, self.rnn = module, inputs, output, rnn
-
-
-def raise_shape(layer: LayerInfo, got: tuple, want: tuple) -> None:
-    raise InterventionError(
-        f"reference data gives layer '{layer.name}' activations of shape {got} per unit but the inputs give "
-        f"{want}; use reference data of the same shape"
-    )
+    module: nn.Module
+    inputs: torch.Tensor | None = None
+    output: torch.Tensor | None = None
+    rnn: list[LayerCache] | None = None
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from explainnn.errors import InterventionError
 from explainnn.interventions.layers import LayerInfo
-from explainnn.interventions.spec import EdgeIntervention, Intervention, NodeIntervention
+from explainnn.interventions.spec import Intervention, NodeIntervention
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 

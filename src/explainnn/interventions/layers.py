@@ -10,6 +10,7 @@ map across flattens, pooling and reshapes (e.g. conv channel i -> fc features
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,21 +218,16 @@ def _find_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
                 label = name if module.num_layers == 1 else f"{name}.l{index}"
                 width = module.input_size if index == 0 else module.hidden_size
                 layers.append(
-                    _info(label, name, module, kind, module.hidden_size, width, (steps, module.hidden_size),
-                          len(layers), index, len(calls))
+                    LayerInfo(label, name, module, kind, module.hidden_size, width, (steps, module.hidden_size),
+                              len(layers), None, None, sublayer=index, calls=len(calls))
                 )
         else:
             n_units, width = _units(module)
             layers.append(
-                _info(name, name, module, kind, n_units, width, tuple(calls[0].output[1:]), len(layers),
-                      None, len(calls))
+                LayerInfo(name, name, module, kind, n_units, width, tuple(calls[0].output[1:]), len(layers),
+                          None, None, calls=len(calls))
             )
     return _link_parents(model, example, layers)
-
-
-def _info(name, module_name, module, kind, n_units, width, shape, order, sublayer, calls) -> LayerInfo:
-    return LayerInfo(name, module_name, module, kind, n_units, width, tuple(shape), order, None, None,
-                     sublayer, calls)
 
 
 def _units(module: nn.Module) -> tuple[int, int]:
@@ -267,11 +263,7 @@ def _link_parents(model: nn.Module, example: torch.Tensor, layers: list[LayerInf
             parent, mapping, note = "input", tuple((i,) for i in range(layer.in_features)), ""
         else:
             parent, mapping, note = _search_parent(model, example, layers[:index], layer)
-        linked.append(
-            LayerInfo(layer.name, layer.module_name, layer.module, layer.kind, layer.n_units,
-                      layer.in_features, layer.output_shape, layer.order, parent, mapping,
-                      layer.sublayer, layer.calls, note)
-        )
+        linked.append(dataclasses.replace(layer, parent=parent, parent_map=mapping, note=note))
     return linked
 
 

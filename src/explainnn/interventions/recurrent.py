@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from explainnn.errors import InterventionError
-from explainnn.interventions.edits import GATES, LayerEdits, apply_nodes_step, linear_delta
+from explainnn.interventions.edits import LayerEdits, apply_nodes_step, linear_delta
 from explainnn.interventions.layers import RECURRENT_TYPES
 
 
