@@ -185,6 +185,7 @@ def discover(
     include_input: bool = True,
     metadata: dict[str, Any] | None = None,
     progress: bool = False,
+    runner: InterventionRunner | None = None,
 ) -> CausalGraph:
     """Learn the causal graph of the hidden units that make ``model`` predict ``target``.
 
@@ -204,7 +205,9 @@ def discover(
     code's rule (see :func:`explainnn.causal.stats.ztest_research`).
     ``include_input`` also tests the input features/channels feeding the first
     layer. The model is left exactly as it was. Same inputs and seed give the
-    same graph.
+    same graph. ``runner`` is an :class:`InterventionRunner` for ``model`` set up
+    differently (e.g. another ``memory_budget_mb``); anything with its ``layers``
+    and ``run`` methods works, which is how the benchmark times the naive loop.
     """
     options = DiscoveryOptions(on, intervention, beta, delta, n_samples, test, alpha, min_effect, seed)
     if device is not None:
@@ -216,7 +219,7 @@ def discover(
     samples = inputs[index].to(_device(model))
     test_samples = samples[: len(samples) - extra] if extra and len(samples) > 2 else samples
 
-    runner = InterventionRunner(model)
+    runner = runner or InterventionRunner(model)
     all_layers = runner.layers(samples[:1])
     chain = causal_chain(all_layers, layers)
     generator = torch.Generator().manual_seed(seed)
