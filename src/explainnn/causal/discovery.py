@@ -103,27 +103,31 @@ def select_samples(
     classified), as in the research code. Fewer matches than asked is an error
     only when fewer than two are found.
     """
-    predictions = _predict(model, inputs, batch_size)
-    hit = predictions == target
-    if labels is not None:
-        hit &= torch.as_tensor(labels, device=hit.device) == target
-    index = torch.nonzero(hit).flatten()[:n_samples]
+    found: list[torch.Tensor] = []
+    count = 0
+    for start in range(0, len(inputs), batch_size):
+        hit = _predict(model, inputs[start : start + batch_size]) == target
+        if labels is not None:
+            hit &= torch.as_tensor(labels[start : start + batch_size]).cpu() == target
+        found.append(torch.nonzero(hit).flatten() + start)
+        count += len(found[-1])
+        if count >= n_samples:  # the first n in order are known: stop predicting
+            break
+    index = torch.cat(found)[:n_samples] if found else torch.zeros(0, dtype=torch.long)
     if len(index) < 2:
         raise UserError(
             f"only {len(index)} of {len(inputs)} inputs are classified as class {target}; "
             "discovery needs at least 2 (pass more inputs or another target)"
         )
-    return index.cpu()
+    return index
 
 
-def _predict(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-    device = _device(model)
+def _predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            return torch.cat([model(inputs[i : i + batch_size].to(device)).argmax(-1).cpu()
-                              for i in range(0, len(inputs), batch_size)])
+            return model(inputs.to(_device(model))).argmax(-1).cpu()
     finally:
         model.train(was_training)
 
