@@ -78,7 +78,7 @@ class TrainingConfig(_Section):
     """Train-or-load policy and optimiser settings (Adam)."""
 
     train: Literal["auto", "always", "never"] = "auto"
-    epochs: int = Field(default=12, ge=1, le=10_000)
+    epochs: int = Field(default=20, ge=1, le=10_000)
     batch_size: int = Field(default=64, ge=1, le=1_000_000)
     lr: float = Field(default=1e-3, gt=0, le=10)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -170,6 +170,47 @@ class EvaluationConfig(_Section):
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
+class ViewsConfig(_Section):
+    """Views of what a network learned: filters, activation maps, activation maximisation, 2-D embeddings."""
+
+    enabled: bool = True
+    filters: bool = True
+    activation_maps: bool = True
+    maximize: bool = True
+    layer: str | None = None
+    projection: Literal["pca", "tsne", "none"] = "pca"
+    n_samples: int = Field(default=500, ge=10, le=100_000)
+
+
+class TextAnalysisConfig(_Section):
+    """Dataset-level token explanations for text models (skipped for other data)."""
+
+    enabled: bool = True
+    methods: list[str] = Field(
+        default_factory=lambda: ["integrated_gradients", "leave_one_out", "likelihood_importance", "attention"]
+    )
+    n_samples: int = Field(default=200, ge=1, le=100_000)
+    top_k: int = Field(default=15, ge=1, le=1000)
+
+
+class ClusteringConfig(_Section):
+    """Clustering of explanation vectors, and its agreement across training seeds."""
+
+    enabled: bool = True
+    method: str = "integrated_gradients"
+    n_samples: int = Field(default=300, ge=10, le=100_000)
+    max_clusters: int = Field(default=8, ge=2, le=100)
+    seeds: list[int] = Field(default_factory=list)
+
+
+class AnalysesConfig(_Section):
+    """Further analyses from the project's seed research (see README, 'Methods')."""
+
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+    text: TextAnalysisConfig = Field(default_factory=TextAnalysisConfig)
+    clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
+
+
 class PlotsConfig(_Section):
     """Pictures written under the run's output folder."""
 
@@ -190,6 +231,7 @@ class Config(_Section):
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    analyses: AnalysesConfig = Field(default_factory=AnalysesConfig)
     plots: PlotsConfig = Field(default_factory=PlotsConfig)
 
     def run_dir(self) -> Path:
