@@ -1,0 +1,143 @@
+"""Evaluate attribution methods with Quantus metrics, fairly, and summarise the results.
+
+``evaluation_step`` is the pipeline step: it selects correctly classified test
+samples of the target class, scores every method with every metric on them
+(:func:`evaluate`), writes the tables, settings and pictures, and prints what
+was skipped and why. The pieces are usable on their own: the metric registry
+(:mod:`.metrics`), the statistics (:mod:`.summary`) and the plots (:mod:`.plots`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from explainnn.evaluation.evaluate import (
+    EvaluationInputs,
+    EvaluationResults,
+    evaluate,
+    prepare_inputs,
+    quantus_view,
+    select_samples,
+)
+from explainnn.evaluation.io import load_tables, read_csv, save_results, write_csv
+from explainnn.evaluation.metrics import (
+    FAMILIES,
+    LOCALISATION_METRICS,
+    METRICS,
+    MetricContext,
+    MetricSpec,
+    RelevanceShareCosine,
+    available_metrics,
+    directions,
+    metric_spec,
+    normalise_per_sample,
+)
+from explainnn.evaluation.plots import plot_evaluation, plot_family, plot_ranks
+from explainnn.evaluation.summary import adjust, compare, confidence_interval, holm, markdown_table, paired_test, summarise
+
+
+def evaluation_step(
+    model: nn.Module,
+    dataset: Any,
+    target: int,
+    graph: Any,
+    out_dir: str | Path,
+    *,
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    n_samples: int = 20,
+    options: dict[str, dict[str, Any]] | None = None,
+    method_options: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    plots: bool = True,
+    dpi: int = 120,
+    reference: str = "causal",
+) -> EvaluationResults:
+    """Evaluate ``methods`` with ``metrics`` on ``n_samples`` test samples of class ``target``; save to ``out_dir``.
+
+    ``graph`` (a :class:`~explainnn.causal.CausalGraph` or None) goes to the
+    methods that need one, and the samples it was learned from are used only
+    when too few others exist. ``options`` are per-metric settings
+    (``evaluation.options``), ``method_options`` per-method attribution options.
+    Writes the files listed in :mod:`explainnn.evaluation.io` and, with
+    ``plots``, ``metrics_<family>.png`` and ``ranks.png``.
+    """
+    started = time.perf_counter()
+    exclude = list(getattr(graph, "metadata", {}).get("samples", [])) if graph is not None else []
+    inputs = prepare_inputs(model, dataset, int(target), n_samples, exclude=exclude)
+    if len(inputs.samples) < n_samples:
+        print(f"evaluation  only {len(inputs.samples)} correctly classified test samples of class {target}; "
+              f"evaluating on those (asked for {n_samples})")
+    results = evaluate(
+        model, inputs, methods, metrics, graph=graph, method_options=method_options, metric_options=options,
+        seed=seed, progress=progress, reference=reference,
+    )
+    out_dir = Path(out_dir)
+    save_results(results, out_dir)
+    if plots and results.summary:
+        plot_evaluation(results.summary, out_dir, reference=reference, dpi=dpi)
+    for row in results.skipped:
+        print(f"evaluation  skipped {_what(row)}: {row['reason']}")
+    print(_describe(results, time.perf_counter() - started))
+    return results
+
+
+def _what(row: dict) -> str:
+    if row["method"] == "*":
+        return f"metric {row['metric']}"
+    if row["metric"] == "*":
+        return f"method {row['method']}"
+    return f"{row['metric']} for {row['method']}"
+
+
+def _describe(results: EvaluationResults, seconds: float) -> str:
+    best = {}
+    for row in results.summary:
+        if row["rank"] == 1:
+            best.setdefault(row["metric"], []).append(row["method"])
+    winners = "; ".join(f"{metric}: {', '.join(names)}" for metric, names in best.items())
+    used = results.settings.get("samples_used_by_discovery", 0)
+    note = f", {used} of them used by discovery" if used else ""
+    line = (f"evaluation  {len(results.methods)} methods x {len(results.metrics)} metrics on "
+            f"{len(results.samples)} samples{note} in {seconds:.0f} s")
+    return f"{line}; best: {winners}" if winners else line
+
+
+__all__ = [
+    "FAMILIES",
+    "LOCALISATION_METRICS",
+    "METRICS",
+    "EvaluationInputs",
+    "EvaluationResults",
+    "MetricContext",
+    "MetricSpec",
+    "RelevanceShareCosine",
+    "adjust",
+    "available_metrics",
+    "compare",
+    "confidence_interval",
+    "directions",
+    "evaluate",
+    "evaluation_step",
+    "holm",
+    "load_tables",
+    "markdown_table",
+    "metric_spec",
+    "normalise_per_sample",
+    "paired_test",
+    "plot_evaluation",
+    "plot_family",
+    "plot_ranks",
+    "prepare_inputs",
+    "quantus_view",
+    "read_csv",
+    "save_results",
+    "select_samples",
+    "summarise",
+    "write_csv",
+]

@@ -1,0 +1,385 @@
+"""Run every metric on every attribution method, on the same samples, into one tidy table.
+
+Fairness is built in rather than left to the caller:
+
+* every method explains the same samples (correctly classified test samples
+  of the target class, those the causal graph was *not* learned from first);
+* each method's attributions are computed once and handed to every metric as
+  ``a_batch``; metrics that must explain again (robustness, randomisation) call
+  the same method with the same options (and the same ``graph``);
+* every metric has one set of settings (normalisation, ``abs``, softmax, ...)
+  for all methods (:mod:`explainnn.evaluation.metrics`);
+* before each (metric, method) run the random generators are reset to the same
+  seed, so every method meets the same perturbed inputs, random subsets and
+  off-target classes; the caller's random state is restored afterwards;
+* the model is never modified (Quantus' randomisation tests re-initialise
+  layers of a deep copy); this is checked after every run.
+
+Inputs are handed to Quantus in the layout it accepts, channel first:
+images ``(N, C, H, W)`` as they are; sequences with one feature as signals
+``(N, 1, T)`` through :class:`~explainnn.attributions.ChannelFirstSequenceModel`,
+wider ones as ``(N, 1, T, F)``; token models in embedding space ``(N, 1, L, E)``
+through :class:`~explainnn.attributions.EmbeddingSpaceModel`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from explainnn.attributions import (
+    ChannelFirstSequenceModel,
+    EmbeddingSpaceModel,
+    explain_func,
+    method_info,
+)
+from explainnn.errors import ConfigError, UserError
+from explainnn.evaluation.metrics import MetricContext, MetricSpec, metric_spec
+from explainnn.evaluation.summary import compare, summarise
+
+
+@dataclass
+class EvaluationInputs:
+    """The evaluated samples, as Quantus receives them, and where they came from."""
+
+    model: nn.Module
+    x: np.ndarray
+    y: np.ndarray
+    samples: np.ndarray
+    modality: str
+    explain_options: dict[str, Any] = field(default_factory=dict)
+    masks: np.ndarray | None = None
+    in_discovery: np.ndarray | None = None
+    dataset: str = ""
+
+    @property
+    def method_modality(self) -> str:
+        """The modality the attribution methods see: token models are explained in embedding space."""
+        return "image" if self.modality == "image" else "sequence"
+
+
+def quantus_view(model: nn.Module, x: torch.Tensor, modality: str, masks: torch.Tensor | None = None,
+                 pad_index: int | None = None) -> tuple[nn.Module, np.ndarray, np.ndarray | None, dict]:
+    """``(model, x, masks, explain_options)`` in the channel-first layout Quantus accepts.
+
+    Token ids lose the padding columns shared by every sample (left padding), so
+    perturbations in embedding space do not turn padding into words.
+    """
+    x = torch.as_tensor(x)
+    plain = masks.cpu().numpy() if masks is not None else None
+    if modality == "image":
+        return model, x.cpu().numpy(), plain, {}
+    if modality == "sequence":
+        if x.shape[-1] == 1:
+            signals = x.transpose(1, 2)
+            mask = None if plain is None else np.ascontiguousarray(plain.transpose(0, 2, 1))
+            return ChannelFirstSequenceModel(model), signals.cpu().numpy(), mask, {}
+        mask = None if plain is None else plain[:, None]
+        return model, x[:, None].cpu().numpy(), mask, {"modality": "sequence"}
+    if modality == "tokens":
+        pad = getattr(model, "pad_index", pad_index)
+        words = (x != pad).any(dim=0)
+        first = int(torch.nonzero(words).flatten()[0]) if bool(words.any()) else 0
+        wrapper = EmbeddingSpaceModel(model)
+        embedded = wrapper.embed(x[:, first:]).cpu().numpy()
+        return wrapper, embedded, None, {}
+    raise UserError(f"unknown modality '{modality}'; valid modalities: image, sequence, tokens")
+
+
+def select_samples(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: int,
+    n_samples: int,
+    *,
+    exclude: Sequence[int] = (),
+    batch_size: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of up to ``n_samples`` correctly classified samples of ``target``, and which are in ``exclude``.
+
+    Samples outside ``exclude`` (those the causal graph was learned from) come
+    first, in order; excluded ones fill up only when too few others exist.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ConfigError(f"evaluation.n_samples must be a positive integer; got {n_samples!r}")
+    device = _device(model)
+    predictions = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            predictions.append(model(x[start:start + batch_size].to(device)).argmax(dim=1).cpu())
+    predicted = torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
+    hits = torch.nonzero((predicted == target) & (torch.as_tensor(y).cpu() == target)).flatten().tolist()
+    if not hits:
+        raise UserError(f"no test sample of class {target} is classified correctly; evaluation needs at least one "
+                        "(train the model longer or choose another discovery.target_class)")
+    used = set(int(i) for i in exclude)
+    ordered = [i for i in hits if i not in used] + [i for i in hits if i in used]
+    chosen = np.asarray(ordered[:n_samples], dtype=np.int64)
+    return chosen, np.isin(chosen, list(used))
+
+
+def prepare_inputs(model: nn.Module, dataset: Any, target: int, n_samples: int, *,
+                   exclude: Sequence[int] = ()) -> EvaluationInputs:
+    """Select the evaluation samples of ``dataset``'s test split and lay them out for Quantus."""
+    with _eval_mode(model):
+        index, in_discovery = select_samples(model, dataset.x_test, dataset.y_test, target, n_samples, exclude=exclude)
+    chosen = torch.as_tensor(index)
+    masks = dataset.mask_test[chosen] if dataset.mask_test is not None else None
+    view_model, x, s, options = quantus_view(model, dataset.x_test[chosen], dataset.info.modality, masks,
+                                             dataset.info.pad_index)
+    return EvaluationInputs(
+        model=view_model, x=x, y=np.full(len(index), int(target), dtype=np.int64), samples=index,
+        modality=dataset.info.modality, explain_options=options, masks=s, in_discovery=in_discovery,
+        dataset=dataset.info.name,
+    )
+
+
+@dataclass
+class EvaluationResults:
+    """Everything one evaluation produced; :meth:`save` writes it in open formats."""
+
+    scores: list[dict]
+    summary: list[dict]
+    comparisons: list[dict]
+    skipped: list[dict]
+    timings: list[dict]
+    settings: dict[str, Any]
+    samples: np.ndarray
+    attributions: dict[str, np.ndarray]
+    x: np.ndarray
+    y: np.ndarray
+    reference: str = "causal"
+
+    @property
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(row["method"] for row in self.summary))
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(dict.fromkeys(row["metric"] for row in self.summary))
+
+    def markdown(self) -> str:
+        """The summary table (mean +- 95% CI, rank, paired p-value against the reference) in Markdown."""
+        from explainnn.evaluation.summary import markdown_table
+
+        return markdown_table(self.summary, self.comparisons, reference=self.reference)
+
+
+def evaluate(
+    model: nn.Module,
+    inputs: EvaluationInputs,
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    *,
+    graph: Any = None,
+    method_options: dict[str, dict[str, Any]] | None = None,
+    metric_options: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    reference: str = "causal",
+    correction: str = "holm",
+) -> EvaluationResults:
+    """Score every method with every metric on ``inputs``; see the module docstring for the rules.
+
+    ``model`` is the model itself (``inputs.model`` may wrap it); it is checked
+    to be bit-identical afterwards. A method that does not support the inputs,
+    needs a graph that is missing, or refuses the inputs with a
+    :class:`~explainnn.errors.UserError` is skipped for every metric; a metric
+    that cannot apply to the inputs is skipped for every method; each skip is
+    listed with its reason in ``results.skipped``.
+    """
+    methods, metrics = _unique(methods, "methods"), _unique(metrics, "metrics")
+    specs = [metric_spec(name) for name in metrics]
+    method_options = {name: dict(values or {}) for name, values in (method_options or {}).items()}
+    metric_options = dict(metric_options or {})
+    for name in metric_options:
+        if name not in metrics:
+            raise ConfigError(f"evaluation.options has settings for '{name}', which is not among the evaluated "
+                              f"metrics; evaluated: {', '.join(metrics)}")
+    for name in method_options:
+        if name not in methods:
+            raise ConfigError(f"options are given for method '{name}', which is not evaluated; evaluated: "
+                              f"{', '.join(methods)}")
+    infos = {name: method_info(name) for name in methods}
+    device = _device(model)
+    context = MetricContext(
+        modality=inputs.modality, sample_shape=tuple(inputs.x.shape[1:]), n_classes=_n_classes(inputs),
+        seed=seed, dataset=inputs.dataset, has_masks=inputs.masks is not None,
+    )
+    settings = {spec.name: spec.settings(context, metric_options.get(spec.name)) for spec in specs}
+
+    skipped: list[dict] = []
+    runnable = []
+    for spec in specs:
+        reason = spec.skip_reason(context)
+        if reason:
+            skipped.append({"metric": spec.name, "method": "*", "reason": reason})
+        else:
+            runnable.append(spec)
+
+    explainers: dict[str, Any] = {}
+    for name, info in infos.items():
+        if inputs.method_modality not in info.modalities:
+            where = "token embeddings" if inputs.modality == "tokens" else f"{inputs.method_modality} inputs"
+            skipped.append({"metric": "*", "method": name,
+                            "reason": f"{name} has no implementation for {where} "
+                                      f"(it supports: {', '.join(info.modalities)})"})
+            continue
+        if info.needs_graph and graph is None:
+            skipped.append({"metric": "*", "method": name,
+                            "reason": f"{name} needs a causal graph and there is none (is discovery enabled?)"})
+            continue
+        options = {**inputs.explain_options, **method_options.get(name, {})}
+        if info.needs_graph:
+            options["graph"] = graph
+        explainers[name] = explain_func(name, **options)
+
+    total = len(explainers) * (1 + len(runnable))
+    bar = tqdm(total=total, desc="evaluation", unit="run", disable=not progress, dynamic_ncols=True)
+    snapshot = _state(model)
+    attributions: dict[str, np.ndarray] = {}
+    timings: list[dict] = []
+    scores: list[dict] = []
+    try:
+        with _eval_mode(model):
+            for name, explain in list(explainers.items()):
+                bar.set_postfix_str(f"attributions / {name}", refresh=False)
+                started = time.perf_counter()
+                try:
+                    with _isolated_random_state(seed, device):
+                        attributions[name] = np.asarray(explain(inputs.model, inputs.x, inputs.y), dtype=np.float32)
+                except UserError as error:
+                    skipped.append({"metric": "*", "method": name, "reason": str(error)})
+                    del explainers[name]
+                    bar.update(1 + len(runnable))
+                    continue
+                timings.append({"metric": "attributions", "method": name,
+                                "seconds": round(time.perf_counter() - started, 4)})
+                bar.update(1)
+            for spec in runnable:
+                init, calls = settings[spec.name]
+                for name, explain in explainers.items():
+                    bar.set_postfix_str(f"{spec.name} / {name}", refresh=False)
+                    started = time.perf_counter()
+                    try:
+                        values = _run(spec, init, calls, inputs, attributions[name], explain, seed, device)
+                    except UserError as error:
+                        skipped.append({"metric": spec.name, "method": name, "reason": str(error)})
+                        bar.update(1)
+                        continue
+                    timings.append({"metric": spec.name, "method": name,
+                                    "seconds": round(time.perf_counter() - started, 4)})
+                    scores.extend({"method": name, "metric": spec.name, "sample": int(sample), "value": float(value)}
+                                  for sample, value in zip(inputs.samples, values))
+                    bar.update(1)
+    finally:
+        bar.close()
+    _check_unchanged(model, snapshot)
+
+    directions = {spec.name: spec.direction for spec in specs}
+    families = {spec.name: spec.family for spec in specs}
+    summary = summarise(scores, directions, families=families)
+    comparisons = compare(scores, directions, reference=reference, correction=correction)
+    record = {
+        "dataset": inputs.dataset,
+        "modality": inputs.modality,
+        "quantus_layout": list(inputs.x.shape),
+        "target": int(inputs.y[0]) if len(inputs.y) else None,
+        "seed": seed,
+        "reference": reference,
+        "correction": correction,
+        "normalisation": "each sample divided by its largest |attribution| (normalise=True for every metric)",
+        "samples": [int(i) for i in inputs.samples],
+        "samples_used_by_discovery": int(inputs.in_discovery.sum()) if inputs.in_discovery is not None else 0,
+        "methods": {name: {**inputs.explain_options, **method_options.get(name, {})} if name in explainers
+                    else "skipped" for name in methods},
+        "metrics": {spec.name: {"family": spec.family, "direction": spec.direction, "note": spec.note,
+                                "init": settings[spec.name][0], "call": settings[spec.name][1]} for spec in specs},
+    }
+    return EvaluationResults(
+        scores=scores, summary=summary, comparisons=comparisons, skipped=skipped, timings=timings,
+        settings=record, samples=inputs.samples, attributions=attributions, x=inputs.x, y=inputs.y,
+        reference=reference,
+    )
+
+
+def _run(spec: MetricSpec, init: dict, calls: dict, inputs: EvaluationInputs, a_batch: np.ndarray,
+         explain: Any, seed: int, device: torch.device) -> np.ndarray:
+    metric = spec.create(init)
+    with _isolated_random_state(seed, device):
+        raw = metric(
+            model=inputs.model, x_batch=inputs.x, y_batch=inputs.y, a_batch=a_batch.copy(), s_batch=inputs.masks,
+            channel_first=True, explain_func=explain, explain_func_kwargs={}, model_predict_kwargs=None,
+            device=str(device), **calls,
+        )
+    return spec.scores(raw, len(inputs.x))
+
+
+def _unique(names: Sequence[str], what: str) -> list[str]:
+    names = list(names)
+    if not names:
+        raise ConfigError(f"evaluation needs at least one entry in {what}")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"evaluation {what} lists '{duplicates[0]}' twice")
+    return names
+
+
+def _device(model: nn.Module) -> torch.device:
+    for tensor in [*model.parameters(), *model.buffers()]:
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _n_classes(inputs: EvaluationInputs) -> int:
+    with torch.inference_mode(), _eval_mode(inputs.model):
+        sample = torch.as_tensor(inputs.x[:1]).to(_device(inputs.model))
+        return int(inputs.model(sample).shape[-1])
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (Quantus refuses models in training mode), restored exactly afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextmanager
+def _isolated_random_state(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed Python, NumPy and torch identically for each run; give the caller its state back."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def _check_unchanged(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+    current = model.state_dict()
+    changed = [key for key, value in snapshot.items() if key not in current or not torch.equal(current[key], value)]
+    if changed or set(current) != set(snapshot):
+        raise RuntimeError(f"the evaluation modified the model ({', '.join(changed) or 'its parameter set'}); "
+                           "this is a bug in explainnn or a metric")
