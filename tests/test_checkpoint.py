@@ -10,7 +10,7 @@ import torch
 
 import explainnn
 import explainnn.checkpoint as checkpoint_module
-from explainnn.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, to_jsonable, write_metadata_json
+from explainnn.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, to_jsonable
 from explainnn.data.base import DatasetInfo
 from explainnn.errors import CheckpointError
 from explainnn.models import build_model
@@ -213,11 +213,3 @@ def test_metadata_must_be_json_values(tmp_path) -> None:
 def test_to_jsonable_converts_common_scalars(tmp_path) -> None:
     value = {"a": (1, np.float32(0.5)), "b": torch.tensor(3), "c": float("nan"), "d": tmp_path}
     assert to_jsonable(value) == {"a": [1, 0.5], "b": 3, "c": None, "d": str(tmp_path)}
-
-
-def test_write_metadata_json(tmp_path) -> None:
-    path, model = saved(tmp_path)
-    metadata = load_checkpoint(path, lenet())
-    target = tmp_path / "outputs" / "model.json"
-    write_metadata_json(target, metadata)
-    assert json.loads(target.read_text()) == metadata

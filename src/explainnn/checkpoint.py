@@ -13,15 +13,11 @@ Metadata written by ``training.train_or_load``: ``model`` (``{"name", "params"}`
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Callable
 
 import numpy as np
 import torch
@@ -29,6 +25,7 @@ from torch import nn
 
 import explainnn
 from explainnn.errors import CheckpointError
+from explainnn.files import atomic_path
 
 FORMAT = "explainnn-checkpoint"
 VERSION = 1
@@ -72,28 +69,6 @@ def _stamped(metadata: Mapping) -> dict:
     }
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write via a temp file in the same folder, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, metadata: Mapping) -> dict:
     """Atomically save ``model``'s weights with ``metadata``; return the metadata written.
 
@@ -110,14 +85,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, metadata: Mapping) -> di
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
         "metadata": to_jsonable(_stamped(metadata)),
     }
-    _atomic_write(Path(path), lambda handle: torch.save(payload, handle))
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        torch.save(payload, handle)
     return payload["metadata"]
-
-
-def write_metadata_json(path: str | Path, metadata: Mapping) -> None:
-    """Atomically write metadata as indented JSON (e.g. ``model.json`` beside the outputs)."""
-    text = json.dumps(to_jsonable(metadata), indent=2) + "\n"
-    _atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _one_line(exc: BaseException) -> str:
