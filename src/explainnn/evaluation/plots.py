@@ -95,8 +95,10 @@ def plot_ranks(summary: Sequence[Mapping], path: str | Path | None = None, *, dp
                         aspect="auto")
     for i in range(len(methods)):
         for j in range(len(metrics)):
-            text = "-" if not math.isfinite(ranks[i, j]) else f"{ranks[i, j]:g}"
-            axis.text(j, i, text, ha="center", va="center", fontsize=8, color="white")
+            value = ranks[i, j]
+            text = "-" if not math.isfinite(value) else f"{value:g}"
+            light = math.isfinite(value) and value <= (1 + len(methods)) / 2
+            axis.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if light else "white")
     labels = [f"{name} (mean {value:.2g})" if math.isfinite(value) else name
               for name, value in zip(methods, mean_rank)]
     axis.set_yticks(range(len(methods)), labels, fontsize=8)

@@ -206,7 +206,8 @@ def compare(
     return rows
 
 
-def _number(value: float, digits: int = 3) -> str:
+def format_number(value: float | None, digits: int = 3) -> str:
+    """A number for a table: 3 significant digits, scientific notation when very small or large."""
     if value is None or not math.isfinite(value):
         return "n/a"
     magnitude = abs(value)
@@ -242,12 +243,12 @@ def markdown_table(summary: Sequence[Mapping], comparisons: Sequence[Mapping] = 
     for row in summary:
         low, high = row["ci_low"], row["ci_high"]
         half = (high - low) / 2 if math.isfinite(low) and math.isfinite(high) else float("nan")
-        spread = f" ± {_number(half)}" if math.isfinite(half) else ""
+        spread = f" ± {format_number(half)}" if math.isfinite(half) else ""
         test = tests.get((row["metric"], row["method"]))
         p = f"{format_p(test['p_value'])} ({format_p(test['p_adjusted'])})" if test else "-"
         rank = "n/a" if row["rank"] is None else f"{row['rank']:g}"
         lines.append(
-            f"| {row['metric']} | {row['direction']} | {row['method']} | {_number(row['mean'])}{spread} | "
+            f"| {row['metric']} | {row['direction']} | {row['method']} | {format_number(row['mean'])}{spread} | "
             f"{row['n']} | {rank} | {p} | {verdict(test) if test else '-'} |"
         )
     return "\n".join(lines)

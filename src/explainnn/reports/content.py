@@ -1,0 +1,223 @@
+"""What a run report shows, gathered from memory or from the run folder.
+
+:func:`collect` builds a :class:`Report` from whatever the run produced. The
+config, the training record and the graphs may be passed in (the pipeline has
+them in memory) or are read from the run folder (``config.yaml``,
+``training.json``, ``discovery/class_<k>/graph.json``); the evaluation tables
+are always read from ``evaluation/`` (``summary.csv`` and its neighbours, in
+that folder or in one sub-folder per class). Pictures are found by looking: every PNG under
+``discovery/class_<k>/``, ``attributions/`` and ``evaluation/``. A step that was
+disabled simply leaves its section empty, so a report can be written after any
+subset of the steps, and rebuilt later from the folder alone.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from explainnn.errors import UserError
+
+DISCOVERY_PICTURES = {
+    "graph.png": "Causal graph",
+    "circuit.png": "Circuit sufficiency and necessity against random unit sets",
+    "stability.png": "Stability of the graph under soft interventions",
+}
+TABLE_SUFFIXES = (".csv", ".json", ".graphml", ".yaml", ".npz")
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A PNG of the run: a caption and its path relative to the run folder."""
+
+    caption: str
+    path: Path
+    relative: str
+
+
+@dataclass
+class ClassSection:
+    """One target class: its causal graph, circuit check, stability and pictures."""
+
+    target: int
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    n_edges: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    circuit: dict[str, Any] | None = None
+    stability: dict[str, Any] | None = None
+    pictures: list[Picture] = field(default_factory=list)
+
+
+@dataclass
+class EvaluationSection:
+    """The metrics tables and pictures of one evaluation folder."""
+
+    name: str
+    summary: list[dict] = field(default_factory=list)
+    comparisons: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    pictures: list[Picture] = field(default_factory=list)
+
+    @property
+    def reference(self) -> str:
+        return str(self.settings.get("reference", "causal"))
+
+
+@dataclass
+class Report:
+    """Everything a report shows; rendered by :mod:`.html` and :mod:`.markdown`."""
+
+    title: str
+    run_dir: Path
+    created: str
+    config_yaml: str | None = None
+    training: dict[str, Any] | None = None
+    classes: list[ClassSection] = field(default_factory=list)
+    attributions: list[Picture] = field(default_factory=list)
+    evaluations: list[EvaluationSection] = field(default_factory=list)
+    extra: list[Picture] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+def collect(
+    run_dir: str | Path,
+    *,
+    config_yaml: str | None = None,
+    training: Mapping[str, Any] | None = None,
+    graphs: Mapping[int, Any] | None = None,
+    artifacts: Mapping[str, str | Path] | None = None,
+    title: str | None = None,
+) -> Report:
+    """Gather the report of the run in ``run_dir`` (see the module docstring for the sources)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {str(run_dir)!r} not found; run the pipeline first or pass the folder it wrote")
+    config_yaml = config_yaml if config_yaml is not None else _read_text(run_dir / "config.yaml")
+    training = dict(training) if training is not None else _read_json(run_dir / "training.json")
+    report = Report(
+        title=title or _title(run_dir, training),
+        run_dir=run_dir,
+        created=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        config_yaml=config_yaml,
+        training=training,
+    )
+    report.classes = _classes(run_dir, graphs)
+    report.attributions = _pictures(run_dir, run_dir / "attributions")
+    report.evaluations = _evaluations(run_dir)
+    shown = {picture.path.resolve() for section in report.classes for picture in section.pictures}
+    shown |= {picture.path.resolve() for picture in report.attributions}
+    shown |= {picture.path.resolve() for section in report.evaluations for picture in section.pictures}
+    for caption, path in (artifacts or {}).items():
+        path = Path(path)
+        if path.suffix.lower() == ".png" and path.is_file() and path.resolve() not in shown:
+            report.extra.append(Picture(str(caption), path, _relative(path, run_dir)))
+    report.files = sorted(
+        _relative(path, run_dir) for path in run_dir.rglob("*")
+        if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES and not path.name.startswith(".")
+    )
+    return report
+
+
+def _read_text(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def _title(run_dir: Path, training: Mapping[str, Any] | None) -> str:
+    if training:
+        model = training.get("model", {})
+        name = model.get("name", "") if isinstance(model, Mapping) else str(model)
+        return f"explainnn report: {name} on {training.get('dataset', '')}"
+    return f"explainnn report: {run_dir.parent.name}/{run_dir.name}"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def _caption(path: Path, folder: Path) -> str:
+    name = path.stem.replace("_", " ")
+    where = path.parent.resolve().relative_to(folder.resolve()).as_posix() if path.parent != folder else ""
+    return f"{where}: {name}" if where and where != "." else name
+
+
+def _pictures(run_dir: Path, folder: Path, captions: Mapping[str, str] | None = None) -> list[Picture]:
+    if not folder.is_dir():
+        return []
+    found = sorted(folder.rglob("*.png"), key=lambda p: (_order(p.name, captions), p.as_posix()))
+    return [Picture((captions or {}).get(p.name, _caption(p, folder)), p, _relative(p, run_dir)) for p in found]
+
+
+def _order(name: str, captions: Mapping[str, str] | None) -> int:
+    names = list(captions or {})
+    return names.index(name) if name in names else len(names)
+
+
+def _class_number(folder: Path) -> int | None:
+    match = re.fullmatch(r"class_(\d+)", folder.name)
+    return int(match.group(1)) if match else None
+
+
+def _classes(run_dir: Path, graphs: Mapping[int, Any] | None) -> list[ClassSection]:
+    discovery = run_dir / "discovery"
+    folders = {}
+    if discovery.is_dir():
+        folders = {_class_number(p): p for p in discovery.iterdir() if p.is_dir() and _class_number(p) is not None}
+    targets = sorted(set(folders) | set(graphs or {}))
+    sections = []
+    for target in targets:
+        folder = folders.get(target, discovery / f"class_{target}")
+        graph = (graphs or {}).get(target)
+        if graph is None and (folder / "graph.json").is_file():
+            from explainnn.causal import CausalGraph
+
+            graph = CausalGraph.from_json(folder / "graph.json")
+        section = ClassSection(target=int(target), pictures=_pictures(run_dir, folder, DISCOVERY_PICTURES))
+        if graph is not None:
+            section.metadata = dict(graph.metadata)
+            section.n_edges = graph.graph.number_of_edges()
+            for layer in graph.layers():
+                units = graph.units(layer)
+                kind = graph.graph.nodes[units[0]]["kind"] if units else ""
+                section.layers.append({"layer": layer, "kind": kind, "units": len(units),
+                                       "causes": len(graph.causes(layer))})
+            section.circuit = graph.results.get("circuit")
+            section.stability = graph.results.get("stability")
+        sections.append(section)
+    return sections
+
+
+def _evaluations(run_dir: Path) -> list[EvaluationSection]:
+    """Every folder under ``evaluation/`` that holds a ``summary.csv`` (one per target class or one in all)."""
+    from explainnn.evaluation.io import load_tables
+
+    root = run_dir / "evaluation"
+    if not root.is_dir():
+        return []
+    sections = []
+    for folder in [root] + sorted(p for p in root.rglob("*") if p.is_dir()):
+        tables = load_tables(folder)
+        if "summary" not in tables:
+            continue
+        name = "Evaluation" if folder == root else f"Evaluation: {_relative(folder, root)}"
+        section = EvaluationSection(name, summary=tables["summary"], comparisons=tables.get("comparisons", []),
+                                    skipped=tables.get("skipped", []), settings=tables.get("settings", {}))
+        section.pictures = [p for p in _pictures(run_dir, folder) if p.path.parent == folder]
+        sections.append(section)
+    return sections

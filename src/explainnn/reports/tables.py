@@ -1,0 +1,126 @@
+"""The report's tables as plain ``(headers, rows)`` of strings, shared by the HTML and Markdown renderers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+from explainnn.evaluation.summary import format_number, format_p, verdict
+from explainnn.reports.content import ClassSection, EvaluationSection
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def training_table(training: Mapping[str, Any]) -> Table:
+    """Model, data, accuracy and optimiser settings of the checkpoint."""
+    model = training.get("model", {})
+    name = model.get("name", "") if isinstance(model, Mapping) else str(model)
+    params = model.get("params", {}) if isinstance(model, Mapping) else {}
+    settings = dict(training.get("training", {}))
+    history = settings.pop("history", None)
+    rows = [
+        ["model", name + (f" ({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")],
+        ["dataset", str(training.get("dataset", ""))],
+        ["train accuracy", _percent(training.get("train_accuracy"))],
+        ["test accuracy", _percent(training.get("test_accuracy"))],
+    ]
+    rows += [["training seconds" if key == "seconds" else key.replace("_", " "), str(value)]
+             for key, value in settings.items()]
+    if history:
+        rows.append(["final training loss", format_number(history[-1].get("loss"))])
+    return ["", "value"], rows
+
+
+def layers_table(section: ClassSection) -> Table:
+    """Units of every layer in the graph and how many of them cause the target."""
+    rows = [[row["layer"], row["kind"], str(row["units"]), str(row["causes"])] for row in section.layers]
+    return ["layer", "kind", "units in graph", "causes of the target"], rows
+
+
+def circuit_table(circuit: Mapping[str, Any]) -> Table:
+    """Sufficiency (keep only the causal units) and necessity (ablate them) against random unit sets."""
+    sufficiency, necessity = circuit["sufficiency"], circuit["necessity"]
+    clean = circuit.get("clean_logit")
+    random_drop = (1 - necessity["random_logit_mean"] / clean) if clean else float("nan")
+    rows = [
+        ["sufficiency: normalised target logit kept", format_number(sufficiency.get("normalized")),
+         format_number(sufficiency.get("random_normalized_mean")), format_p(sufficiency.get("p_value_vs_random"))],
+        ["sufficiency: accuracy on the class", _percent(sufficiency.get("accuracy")),
+         _percent(sufficiency.get("random_accuracy_mean")), ""],
+        ["necessity: fraction of the target logit lost", format_number(necessity.get("logit_drop_fraction")),
+         format_number(random_drop), format_p(necessity.get("p_value_vs_random"))],
+        ["necessity: accuracy on the class", _percent(necessity.get("accuracy")),
+         _percent(necessity.get("random_accuracy_mean")), ""],
+    ]
+    sizes = ", ".join(f"{layer} {size}/{circuit.get('layer_size', {}).get(layer, '?')}"
+                      for layer, size in circuit.get("circuit_size", {}).items())
+    headers = ["", "causal circuit", f"random sets of the same size (mean of {circuit.get('n_random', '?')})",
+               "p vs random"]
+    rows.append([f"circuit size ({circuit.get('ablation', 'mean')} ablation, {circuit.get('n_eval', '?')} inputs)",
+                 sizes, "", ""])
+    return headers, rows
+
+
+def stability_table(stability: Mapping[str, Any]) -> Table:
+    """Jaccard similarity of the re-learned causes with the hard-intervention causes, per beta."""
+    rows = [[f"{beta:g}", f"{mean:.3f} ± {std:.3f}", f"{kept:.1f}"]
+            for beta, mean, std, kept in zip(stability["betas"], stability["jaccard_mean"], stability["jaccard_std"],
+                                             stability["n_kept_mean"])]
+    return ["beta", "Jaccard (mean ± sd)", "causes kept (mean)"], rows
+
+
+def metrics_table(section: EvaluationSection) -> Table:
+    """Mean ± 95% CI, rank and paired test against the reference, per metric and method."""
+    reference = section.reference
+    tests = {(row["metric"], row["baseline"]): row for row in section.comparisons}
+    rows = []
+    for row in section.summary:
+        low, high = row["ci_low"], row["ci_high"]
+        ci = f"[{format_number(low)}, {format_number(high)}]" if math.isfinite(low) and math.isfinite(high) else "n/a"
+        test = tests.get((row["metric"], row["method"]))
+        rows.append([
+            row["metric"], row.get("family", ""), "↑ higher" if row["direction"] == "higher" else "↓ lower",
+            row["method"], format_number(row["mean"]), ci, str(row["n"]),
+            "n/a" if row["rank"] is None else f"{row['rank']:g}",
+            format_p(test["p_adjusted"]) if test else "",
+            verdict(test) if test else ("reference" if row["method"] == reference else ""),
+        ])
+    headers = ["metric", "family", "better", "method", "mean", "95% CI", "n", "rank",
+               f"p vs {reference} (Holm)", f"{reference} is"]
+    if section.comparisons:
+        correction = section.comparisons[0].get("correction", "holm")
+        headers[8] = f"p vs {reference} ({correction})"
+    return headers, rows
+
+
+def skipped_table(section: EvaluationSection) -> Table:
+    rows = [["all" if row["metric"] == "*" else row["metric"], "all" if row["method"] == "*" else row["method"],
+             row["reason"]] for row in section.skipped]
+    return ["metric", "method", "reason"], rows
+
+
+def settings_table(section: EvaluationSection) -> Table:
+    """Every metric's settings (the same for every method)."""
+    rows = []
+    for name, record in section.settings.get("metrics", {}).items():
+        options = {**record.get("init", {}), **record.get("call", {})}
+        rows.append([name, record.get("family", ""), ", ".join(f"{k}={v}" for k, v in options.items()),
+                     record.get("note", "")])
+    return ["metric", "family", "settings", "note"], rows
+
+
+def samples_line(section: EvaluationSection) -> str:
+    """Which samples the metrics ran on."""
+    settings = section.settings
+    samples: Sequence[int] = settings.get("samples", [])
+    if not samples:
+        return ""
+    used = settings.get("samples_used_by_discovery", 0)
+    held = f"{len(samples) - used} not used by discovery" + (f", {used} used by it" if used else "")
+    return (f"{len(samples)} correctly classified test samples of class {settings.get('target')} "
+            f"({held}); {settings.get('normalisation', '')}; seed {settings.get('seed')}; "
+            f"inputs as Quantus saw them: {settings.get('modality')} {tuple(settings.get('quantus_layout', []))}.")
