@@ -151,7 +151,7 @@ class TokenImportance:
         paths = []
         for method, stats in self.words.items():
             path = Path(folder) / f"words_{method}.csv"
-            _write_csv(path, stats.rows(), ["word", "token_id", "count", "mean", "std", "consistency", "score"])
+            write_csv(path, stats.rows(), ["word", "token_id", "count", "mean", "std", "consistency", "score"])
             paths.append(path)
         return paths
 
@@ -187,11 +187,11 @@ def token_importance(
     """
     tokens, vocab = _texts(model, data, vocab)
     if n_samples is not None:
-        tokens = tokens[_subset(len(tokens), n_samples, seed)]
+        tokens = tokens[sample_indices(len(tokens), n_samples, seed)]
     methods = _method_list(methods)
-    targets = _resolve_targets(model, tokens, target)
+    targets = resolve_targets(model, tokens, target)
     options = dict(options or {})
-    scores = {method: _attribute_batched(method, model, tokens, targets, seed, options.get(method, {}), progress)
+    scores = {method: attribute_in_batches(method, model, tokens, targets, seed, options.get(method, {}), progress)
               for method in tqdm(methods, desc="token importance", unit="method", disable=not progress,
                                  leave=False)}
     exclude = [model.pad_index, *([vocab.index(UNK)] if UNK in vocab else [])]
@@ -226,7 +226,7 @@ def plot_top_words(importance: TokenImportance, method: str, *, top_k: int = 15,
         axis.set_xlabel("score (mean x |sign consistency|)")
     n = len(importance.tokens)
     figure.suptitle(f"{method}: words over {n} texts (count in brackets, seen >= {min_count}x)")
-    return _save_figure(figure, path, dpi)
+    return save_figure(figure, path, dpi)
 
 
 # Word order ---------------------------------------------------------------------------
@@ -269,8 +269,8 @@ class PermutationImportance:
         positions = [{"column": c, "from_end": length - 1 - c, "texts": int(self.position_count[c]),
                       "accuracy_drop": float(self.position_accuracy_drop[c]),
                       "logit_drop": float(self.position_logit_drop[c])} for c in range(length)]
-        _write_csv(folder / "permutation.csv", repeats, ["repeat", "accuracy", "permuted_accuracy", "logit_drop"])
-        _write_csv(folder / "permutation_positions.csv", positions,
+        write_csv(folder / "permutation.csv", repeats, ["repeat", "accuracy", "permuted_accuracy", "logit_drop"])
+        write_csv(folder / "permutation_positions.csv", positions,
                    ["column", "from_end", "texts", "accuracy_drop", "logit_drop"])
         return [folder / "permutation.csv", folder / "permutation_positions.csv"]
 
@@ -360,7 +360,7 @@ def plot_permutation(result: PermutationImportance, *, path: str | Path | None =
     summary = result.summary()
     figure.suptitle(f"shuffling each text's words: accuracy {summary['accuracy']:.3f} -> "
                     f"{summary['permuted_accuracy']:.3f}, logit drop {summary['logit_drop']:.3f}")
-    return _save_figure(figure, path, dpi)
+    return save_figure(figure, path, dpi)
 
 
 # Attention vs gradients ---------------------------------------------------------------
@@ -406,9 +406,9 @@ class AttentionAgreement:
     def to_csv(self, folder: str | Path) -> list[Path]:
         """``attention_agreement.csv`` (per sample) and ``attention_agreement_summary.csv``."""
         folder = Path(folder)
-        _write_csv(folder / "attention_agreement.csv", self.rows(), ["sample", "method", "steps", *self.STATISTICS])
+        write_csv(folder / "attention_agreement.csv", self.rows(), ["sample", "method", "steps", *self.STATISTICS])
         summary = self.summary()
-        _write_csv(folder / "attention_agreement_summary.csv", summary, list(summary[0]) if summary else ["method"])
+        write_csv(folder / "attention_agreement_summary.csv", summary, list(summary[0]) if summary else ["method"])
         return [folder / "attention_agreement.csv", folder / "attention_agreement_summary.csv"]
 
 
@@ -462,7 +462,7 @@ def attention_vs_gradients(
     """
     batch = torch.as_tensor(_numpy(inputs))
     modality = modality_of(model, batch)
-    targets = _resolve_targets(model, batch, target)
+    targets = resolve_targets(model, batch, target)
     weights = _per_step(attribute("attention", model, batch, targets, seed=seed), modality, magnitude=False)
     known = dict(attributions or {})
     options = dict(options or {})
@@ -470,7 +470,7 @@ def attention_vs_gradients(
     for method in _method_list(methods):
         values = known.get(method)
         if values is None:
-            values = _attribute_batched(method, model, batch, targets, seed, options.get(method, {}), False)
+            values = attribute_in_batches(method, model, batch, targets, seed, options.get(method, {}), False)
         per_step[method] = _per_step(values, modality, magnitude=True)
     pad = getattr(model, "pad_index", None)
     mask = (batch != pad).numpy() if modality == "tokens" else None
@@ -494,7 +494,7 @@ def plot_attention_agreement(agreement: AttentionAgreement, *, path: str | Path 
         axis.set_xlabel(titles[name])
         axis.legend(fontsize="small")
     axes[0].set_ylabel("samples")
-    return _save_figure(figure, path, dpi)
+    return save_figure(figure, path, dpi)
 
 
 # The step -----------------------------------------------------------------------------
@@ -534,7 +534,7 @@ def text_step(
         print(f"text        skipped ({dataset.info.name} holds {dataset.info.modality}, not token ids)")
         return {}
     out_dir = Path(out_dir)
-    index = _subset(len(dataset.x_test), n_samples, seed)
+    index = sample_indices(len(dataset.x_test), n_samples, seed)
     tokens, labels = dataset.x_test[index], dataset.y_test[index]
     vocab = list(dataset.info.vocab or ())
     attention_model = getattr(model, "pooling", None) == "attention"
@@ -613,7 +613,7 @@ def _describe(summary: dict[str, Any]) -> str:
     return line
 
 
-# Helpers ------------------------------------------------------------------------------
+# Helpers (clustering uses them too) ---------------------------------------------------
 
 
 def _numpy(values: Any) -> np.ndarray:
@@ -628,7 +628,7 @@ def _check_positive(label: str, value: object) -> int:
     return int(value)
 
 
-def _subset(total: int, n: int, seed: int) -> np.ndarray:
+def sample_indices(total: int, n: int, seed: int) -> np.ndarray:
     """A seeded random choice of ``min(n, total)`` indices, in increasing order."""
     _check_positive("n_samples", n)
     if total == 0:
@@ -682,7 +682,7 @@ def _logits(model: nn.Module, inputs: np.ndarray | torch.Tensor, batch_size: int
     return torch.cat(parts).numpy()
 
 
-def _resolve_targets(model: nn.Module, inputs: torch.Tensor, target: Any) -> torch.Tensor:
+def resolve_targets(model: nn.Module, inputs: torch.Tensor, target: Any) -> torch.Tensor:
     """``"predicted"`` -> the model's classes; an int -> that class for all; else one class per sample."""
     if isinstance(target, str):
         if target != "predicted":
@@ -696,7 +696,7 @@ def _resolve_targets(model: nn.Module, inputs: torch.Tensor, target: Any) -> tor
     return targets
 
 
-def _attribute_batched(method: str, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, seed: int,
+def attribute_in_batches(method: str, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, seed: int,
                        options: Mapping[str, Any], progress: bool) -> np.ndarray:
     """:func:`attribute` over ``inputs`` in chunks; the chunk's seed is ``seed + chunk index``.
 
@@ -721,14 +721,14 @@ def _per_step(values: np.ndarray, modality: str, *, magnitude: bool) -> np.ndarr
     return values.sum(axis=(1, 3)) if magnitude else values[:, 0, :, 0]
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
+def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
 
 
-def _save_figure(figure: Figure, path: str | Path | None, dpi: int) -> Figure:
+def save_figure(figure: Figure, path: str | Path | None, dpi: int) -> Figure:
     FigureCanvasAgg(figure)
     if path is not None:
         with atomic_path(path) as tmp:

@@ -1,0 +1,389 @@
+"""Clusters of explanations: which distinct strategies a model uses, and whether they are stable.
+
+Explanations of many inputs, flattened to vectors, fall into groups when the model
+decides in a few distinct ways (spectral relevance analysis clusters heatmaps the
+same way). :func:`cluster_explanations` runs seeded k-means for a range of k and
+picks k by silhouette; :func:`plot_clusters` draws them in 2-D (PCA or t-SNE)
+coloured by cluster and marked by class. Whether such clusters are a property of
+the task or an accident of one training run is what :func:`seed_agreement` asks:
+the adjusted Rand index between the clusterings of the same inputs' explanations
+from models trained with different seeds. :func:`clustering_step` does it all and
+writes CSV, PNG and JSON.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.manifold import TSNE
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
+from torch import nn
+from tqdm.auto import tqdm
+
+from explainnn.analyses.text_importance import (
+    attribute_in_batches,
+    resolve_targets,
+    sample_indices,
+    save_figure,
+    write_csv,
+)
+from explainnn.attributions import method_info, modality_of
+from explainnn.data import Dataset
+from explainnn.errors import UserError
+from explainnn.files import atomic_path, write_json
+
+N_INIT = 10
+"""k-means restarts per k (fixed, so a seed fixes the result)."""
+PROJECTIONS = ("pca", "tsne")
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
+
+
+@dataclass(frozen=True)
+class ClusteringResult:
+    """k-means of explanation vectors for every k tried; ``best_k`` has the highest silhouette.
+
+    ``labels[k]`` are the cluster of each sample for ``k``; ``silhouette`` is NaN
+    for a k where k-means found fewer than two distinct clusters. ``normalize``
+    records whether vectors were scaled to unit length before clustering.
+    """
+
+    ks: tuple[int, ...]
+    silhouette: np.ndarray
+    inertia: np.ndarray
+    labels: dict[int, np.ndarray]
+    best_k: int
+    normalize: bool
+    seed: int
+
+    @property
+    def best_labels(self) -> np.ndarray:
+        return self.labels[self.best_k]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"k": k, "silhouette": float(s), "inertia": float(i), "best": k == self.best_k}
+                for k, s, i in zip(self.ks, self.silhouette, self.inertia)]
+
+
+def prepare(explanations: np.ndarray | torch.Tensor, *, normalize: bool = True) -> np.ndarray:
+    """``(N, ...)`` explanations as float64 ``(N, D)`` rows, scaled to unit L2 norm when ``normalize``.
+
+    Normalising makes clusters follow *where* a model looks rather than how large
+    its attributions are (which varies with each input's logit); zero rows stay zero.
+    """
+    array = explanations.detach().cpu().numpy() if isinstance(explanations, torch.Tensor) else np.asarray(explanations)
+    if array.ndim < 2 or len(array) == 0:
+        raise UserError(f"explanations must be (N, ...) with N >= 1; got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise UserError(f"explanations must be numbers; got dtype {array.dtype}")
+    rows = array.reshape(len(array), -1).astype(np.float64)
+    if not np.all(np.isfinite(rows)):
+        raise UserError("explanations contain NaN or infinite values")
+    if normalize:
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        rows = rows / np.where(norms > 0, norms, 1.0)
+    return rows
+
+
+def cluster_explanations(
+    explanations: np.ndarray | torch.Tensor,
+    *,
+    k_range: Sequence[int] | None = None,
+    max_clusters: int = 8,
+    seed: int = 0,
+    normalize: bool = True,
+) -> ClusteringResult:
+    """Seeded k-means (``n_init`` fixed) of flattened explanations for each k, scored by silhouette.
+
+    ``k_range`` defaults to ``range(2, max_clusters + 1)``; ks above the number of
+    distinct vectors minus one (where silhouette is undefined) are dropped.
+    """
+    rows = prepare(explanations, normalize=normalize)
+    ks = list(range(2, _positive("max_clusters", max_clusters) + 1) if k_range is None else k_range)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2 for k in ks):
+        raise UserError(f"k_range must hold cluster counts >= 2; got {list(ks)}")
+    distinct = len(np.unique(rows, axis=0))
+    usable = sorted({int(k) for k in ks if k <= min(distinct, len(rows) - 1)})
+    if not usable:
+        raise UserError(
+            f"cannot cluster {len(rows)} explanations ({distinct} distinct) into {min(ks)}+ clusters; "
+            "explain more samples or lower the number of clusters"
+        )
+    silhouettes, inertias, labels = [], [], {}
+    for k in usable:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = KMeans(n_clusters=k, n_init=N_INIT, random_state=seed).fit(rows)
+        labels[k] = model.labels_.astype(np.int64)
+        found = len(np.unique(labels[k]))
+        silhouettes.append(silhouette_score(rows, labels[k], random_state=seed) if 1 < found < len(rows)
+                           else np.nan)
+        inertias.append(model.inertia_)
+    silhouette = np.asarray(silhouettes, dtype=np.float64)
+    if np.all(np.isnan(silhouette)):
+        raise UserError("k-means found fewer than two distinct clusters for every k; the explanations barely differ")
+    best = usable[int(np.nanargmax(silhouette))]
+    return ClusteringResult(tuple(usable), silhouette, np.asarray(inertias), labels, best, normalize, seed)
+
+
+def project(explanations: np.ndarray | torch.Tensor, *, projection: str = "pca", seed: int = 0,
+            normalize: bool = True) -> np.ndarray:
+    """2-D coordinates of the (normalised) explanation vectors by PCA or t-SNE."""
+    if projection not in PROJECTIONS:
+        raise UserError(f"unknown projection '{projection}'; valid projections: {', '.join(PROJECTIONS)}")
+    rows = prepare(explanations, normalize=normalize)
+    if len(rows) < 3:
+        raise UserError(f"a 2-D projection needs at least 3 explanations; got {len(rows)}")
+    if projection == "pca":
+        coords = PCA(n_components=min(2, rows.shape[1]), random_state=seed).fit_transform(rows)
+        return np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
+    perplexity = float(min(30.0, (len(rows) - 1) / 3))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(rows)
+
+
+def plot_clusters(
+    explanations: np.ndarray | torch.Tensor,
+    result: ClusteringResult,
+    *,
+    classes: np.ndarray | torch.Tensor | Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    k: int | None = None,
+    projection: str = "pca",
+    title: str = "",
+    path: str | Path | None = None,
+    dpi: int = 120,
+) -> Figure:
+    """Left: 2-D projection coloured by cluster (``k``, default the best) and marked by class.
+    Right: silhouette against k."""
+    k = result.best_k if k is None else k
+    if k not in result.labels:
+        raise UserError(f"no clustering for k={k}; computed: {', '.join(map(str, result.ks))}")
+    labels = result.labels[k]
+    coords = project(explanations, projection=projection, seed=result.seed, normalize=result.normalize)
+    if len(coords) != len(labels):
+        raise UserError(f"{len(coords)} explanations but the clustering has {len(labels)} samples")
+    groups = np.zeros(len(labels), dtype=np.int64) if classes is None else _as_int(classes)
+    if groups.shape != labels.shape:
+        raise UserError(f"classes must be one per explanation ({len(labels)}); got shape {groups.shape}")
+    figure = Figure(figsize=(11, 4.6), layout="constrained")
+    scatter_axis, k_axis = figure.subplots(1, 2, width_ratios=(1.6, 1))
+    colours = [f"C{i % 10}" for i in labels]
+    for group in np.unique(groups):
+        chosen = groups == group
+        name = None if classes is None else (class_names[group] if class_names is not None
+                                             and 0 <= group < len(class_names) else str(group))
+        scatter_axis.scatter(coords[chosen, 0], coords[chosen, 1], c=[colours[i] for i in np.nonzero(chosen)[0]],
+                             marker=MARKERS[group % len(MARKERS)], s=22, alpha=0.8, edgecolors="none",
+                             label=name)
+    if classes is not None:
+        legend = scatter_axis.legend(title="class (marker)", fontsize="small", loc="best", markerscale=1.2)
+        for handle in legend.legend_handles:
+            handle.set_color("#555555")
+    scatter_axis.set_title(f"explanations ({projection.upper() if projection == 'pca' else 't-SNE'}), "
+                           f"colour = cluster of {k}")
+    scatter_axis.set_xticks([])
+    scatter_axis.set_yticks([])
+    k_axis.plot(result.ks, result.silhouette, marker="o", color="#333333")
+    k_axis.axvline(result.best_k, color="#b2182b", linestyle="--", linewidth=1, label=f"best k = {result.best_k}")
+    k_axis.set_xlabel("k (clusters)")
+    k_axis.set_ylabel("silhouette")
+    k_axis.set_xticks(result.ks)
+    k_axis.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    return save_figure(figure, path, dpi)
+
+
+def explanation_vectors(
+    model: nn.Module,
+    inputs: torch.Tensor | np.ndarray,
+    *,
+    method: str = "integrated_gradients",
+    target: str | int | Sequence[int] | np.ndarray | torch.Tensor = "predicted",
+    seed: int = 0,
+    options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """``method``'s explanations of ``inputs``, one float32 row per sample.
+
+    Images and sequences are flattened; token models give one score per position,
+    zero at padding (left padding aligns every text's end).
+    """
+    batch = torch.as_tensor(inputs.detach().cpu() if isinstance(inputs, torch.Tensor) else np.asarray(inputs))
+    modality = modality_of(model, batch)
+    info = method_info(method)
+    if info.needs_graph:
+        raise UserError(f"attribution method '{method}' needs a causal graph, which explanation clustering "
+                        "does not have; choose a method such as integrated_gradients or saliency")
+    info.implementation(modality)
+    targets = resolve_targets(model, batch, target)
+    values = attribute_in_batches(method, model, batch, targets, seed, dict(options or {}), progress)
+    if modality == "tokens":
+        values = np.where(batch.numpy() == model.pad_index, 0.0, values)
+    return values.reshape(len(values), -1).astype(np.float32)
+
+
+def seed_agreement(
+    models: Sequence[nn.Module],
+    inputs: torch.Tensor | np.ndarray,
+    *,
+    method: str = "integrated_gradients",
+    k: int,
+    seed: int = 0,
+    target: str | int | Sequence[int] | np.ndarray | torch.Tensor = "predicted",
+    options: Mapping[str, Any] | None = None,
+    normalize: bool = True,
+    progress: bool = False,
+) -> np.ndarray:
+    """Pairwise adjusted Rand index ``(M, M)`` of k-means clusterings (``k`` clusters, seeded
+    identically) of each model's explanations of the same ``inputs``.
+
+    1 means the models group the inputs the same way; ~0 is chance. Pass the true
+    labels as ``target`` to explain the same class with every model (the default
+    ``"predicted"`` lets each model explain its own decision).
+    """
+    if len(models) < 2:
+        raise UserError(f"seed agreement compares at least 2 models; got {len(models)}")
+    _positive("k", k)
+    clusterings = []
+    for model in tqdm(models, desc="seed agreement", unit="model", disable=not progress, leave=False):
+        vectors = explanation_vectors(model, inputs, method=method, target=target, seed=seed, options=options)
+        clusterings.append(cluster_explanations(vectors, k_range=[k], seed=seed, normalize=normalize).labels[k])
+    size = len(clusterings)
+    matrix = np.eye(size)
+    for i in range(size):
+        for j in range(i + 1, size):
+            matrix[i, j] = matrix[j, i] = adjusted_rand_score(clusterings[i], clusterings[j])
+    return matrix
+
+
+def plot_seed_agreement(matrix: np.ndarray, names: Sequence[str], *, title: str = "",
+                        path: str | Path | None = None, dpi: int = 120) -> Figure:
+    """Heatmap of pairwise adjusted Rand indices, values written in the cells."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape != (len(names), len(names)):
+        raise UserError(f"the agreement matrix must be ({len(names)}, {len(names)}); got {matrix.shape}")
+    side = 1.0 + 0.7 * len(names)
+    figure = Figure(figsize=(side + 1.2, side), layout="constrained")
+    axis = figure.subplots()
+    image = axis.imshow(matrix, vmin=-0.5, vmax=1.0, cmap="viridis")
+    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axis.set_yticks(range(len(names)), names)
+    for (i, j), value in np.ndenumerate(matrix):
+        axis.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black",
+                  fontsize="small")
+    figure.colorbar(image, ax=axis, label="adjusted Rand index")
+    axis.set_title(title or "agreement of explanation clusters across training seeds")
+    return save_figure(figure, path, dpi)
+
+
+def clustering_step(
+    model: nn.Module,
+    dataset: Dataset,
+    out_dir: str | Path,
+    *,
+    method: str = "integrated_gradients",
+    n_samples: int = 300,
+    max_clusters: int = 8,
+    seeds: Sequence[int] = (),
+    retrain: Callable[[int], nn.Module] | None = None,
+    seed: int = 0,
+    plots: bool = True,
+    dpi: int = 120,
+    progress: bool = True,
+    projection: str = "pca",
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Cluster ``method``'s explanations of a seeded random subset of test samples.
+
+    Explanations are of each sample's true class (the same target for every model).
+    Writes to ``out_dir``: ``explanations.npz``, ``clusters.csv`` (sample, class,
+    prediction, cluster for the best k), ``silhouette.csv``, ``summary.json`` and,
+    with ``plots``, ``clusters.png``. When ``seeds`` lists training seeds,
+    ``retrain(seed)`` supplies a model trained with each, and
+    ``seed_agreement.csv``/``.png`` hold the pairwise adjusted Rand index of their
+    clusterings (best k) with this model's. Returns ``{"explanations",
+    "clustering", "agreement", "summary"}``.
+    """
+    out_dir = Path(out_dir)
+    seeds = [int(s) for s in seeds]
+    if seeds and retrain is None:
+        raise UserError("clustering seeds were given but no retrain(seed) function to train those models; "
+                        "pass retrain= or leave seeds empty")
+    index = sample_indices(len(dataset.x_test), n_samples, seed)
+    inputs, classes = dataset.x_test[index], dataset.y_test[index].numpy()
+    vectors = explanation_vectors(model, inputs, method=method, target=classes, seed=seed, options=options,
+                                  progress=progress)
+    result = cluster_explanations(vectors, max_clusters=max_clusters, seed=seed)
+    predicted = resolve_targets(model, inputs, "predicted").numpy()
+    with atomic_path(out_dir / "explanations.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, explanations=vectors, index=index, classes=classes, predicted=predicted,
+                            clusters=result.best_labels)
+    write_csv(out_dir / "clusters.csv",
+               [{"sample": int(i), "class": int(c), "predicted": int(p), "cluster": int(k)}
+                for i, c, p, k in zip(index, classes, predicted, result.best_labels)],
+               ["sample", "class", "predicted", "cluster"])
+    write_csv(out_dir / "silhouette.csv", result.rows(), ["k", "silhouette", "inertia", "best"])
+    if plots:
+        plot_clusters(vectors, result, classes=classes, class_names=dataset.info.class_names, projection=projection,
+                      title=f"{method} explanations of {len(index)} {dataset.info.name} test samples",
+                      path=out_dir / "clusters.png", dpi=dpi)
+
+    agreement = None
+    if not seeds:
+        print("clustering  seed agreement: skipped (no training seeds listed in analyses.clustering.seeds)")
+    else:
+        models = [model]
+        for other in tqdm(seeds, desc="retrain", unit="model", disable=not progress, leave=False):
+            models.append(retrain(other))
+        agreement = seed_agreement(models, inputs, method=method, k=result.best_k, seed=seed, target=classes,
+                                   options=options, progress=progress)
+        names = ["this model", *(f"seed {s}" for s in seeds)]
+        write_csv(out_dir / "seed_agreement.csv",
+                   [{"model": name, **{other: float(v) for other, v in zip(names, row)}}
+                    for name, row in zip(names, agreement)], ["model", *names])
+        if plots:
+            plot_seed_agreement(agreement, names, title=f"{method} clusters (k={result.best_k}) across seeds",
+                                path=out_dir / "seed_agreement.png", dpi=dpi)
+
+    summary = {
+        "dataset": dataset.info.name,
+        "method": method,
+        "n_samples": len(index),
+        "best_k": result.best_k,
+        "silhouette": dict(zip(map(str, result.ks), map(float, result.silhouette))),
+        "cluster_sizes": np.bincount(result.best_labels, minlength=result.best_k).tolist(),
+        "class_ari": float(adjusted_rand_score(classes, result.best_labels)),
+        "class_nmi": float(normalized_mutual_info_score(classes, result.best_labels)),
+        "seeds": seeds,
+        "seed_ari_mean": None if agreement is None else float(agreement[np.triu_indices(len(agreement), 1)].mean()),
+    }
+    write_json(out_dir / "summary.json", summary)
+    line = (f"clustering  {method} on {len(index)} samples: best k {result.best_k} "
+            f"(silhouette {result.silhouette[result.ks.index(result.best_k)]:.2f}), "
+            f"ARI with classes {summary['class_ari']:.2f}")
+    if agreement is not None:
+        line += f"; ARI across {len(seeds) + 1} training seeds {summary['seed_ari_mean']:.2f}"
+    print(line)
+    return {"explanations": vectors, "clustering": result, "agreement": agreement, "summary": summary}
+
+
+def _positive(label: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UserError(f"{label} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def _as_int(values: Any) -> np.ndarray:
+    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    return array.astype(np.int64)
+
