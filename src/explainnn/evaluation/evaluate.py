@@ -250,7 +250,7 @@ def evaluate(
     timings: list[dict] = []
     scores: list[dict] = []
     try:
-        with _eval_mode(model):
+        with _eval_mode(model), _eval_mode(inputs.model):
             for name, explain in list(explainers.items()):
                 bar.set_postfix_str(f"attributions / {name}", refresh=False)
                 started = time.perf_counter()
