@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from scipy.spatial.distance import jensenshannon
+from scipy.special import rel_entr
 from scipy.stats import kendalltau, spearmanr
 from torch import nn
 from tqdm.auto import tqdm
@@ -439,8 +439,14 @@ def agreement_statistics(attention: np.ndarray | torch.Tensor, attributions: Map
                 tau[method][i] = kendalltau(a, g).statistic
                 rho[method][i] = spearmanr(a, g).statistic
             if a.sum() > 0 and g.sum() > 0:
-                js[method][i] = jensenshannon(a / a.sum(), g / g.sum(), base=2) ** 2
+                js[method][i] = js_divergence(a / a.sum(), g / g.sum())
     return AttentionAgreement(tuple(attributions), tau, rho, js, keep.sum(axis=1))
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence in bits (0 for equal distributions, at most 1)."""
+    middle = (p + q) / 2
+    return float(max(0.0, (rel_entr(p, middle).sum() + rel_entr(q, middle).sum()) / (2 * np.log(2))))
 
 
 def attention_vs_gradients(
