@@ -258,10 +258,17 @@ def seed_agreement(
     for model in tqdm(models, desc="seed agreement", unit="model", disable=not progress, leave=False):
         vectors = explanation_vectors(model, inputs, method=method, target=target, seed=seed, options=options)
         clusterings.append(cluster_explanations(vectors, k_range=[k], seed=seed, normalize=normalize).labels[k])
-    size = len(clusterings)
-    matrix = np.eye(size)
-    for i in range(size):
-        for j in range(i + 1, size):
+    return rand_index_matrix(clusterings)
+
+
+def rand_index_matrix(clusterings: Sequence[np.ndarray]) -> np.ndarray:
+    """Pairwise adjusted Rand index of clusterings of the same samples (1 on the diagonal)."""
+    sizes = {len(labels) for labels in clusterings}
+    if len(sizes) > 1:
+        raise UserError(f"clusterings must label the same samples; got lengths {sorted(sizes)}")
+    matrix = np.eye(len(clusterings))
+    for i in range(len(clusterings)):
+        for j in range(i + 1, len(clusterings)):
             matrix[i, j] = matrix[j, i] = adjusted_rand_score(clusterings[i], clusterings[j])
     return matrix
 
@@ -342,11 +349,12 @@ def clustering_step(
     if not seeds:
         print("clustering  seed agreement: skipped (no training seeds listed in analyses.clustering.seeds)")
     else:
-        models = [model]
-        for other in tqdm(seeds, desc="retrain", unit="model", disable=not progress, leave=False):
-            models.append(retrain(other))
-        agreement = seed_agreement(models, inputs, method=method, k=result.best_k, seed=seed, target=classes,
-                                   options=options, progress=progress)
+        clusterings = [result.best_labels]
+        for other in tqdm(seeds, desc="seed agreement", unit="model", disable=not progress, leave=False):
+            others = explanation_vectors(retrain(other), inputs, method=method, target=classes, seed=seed,
+                                         options=options)
+            clusterings.append(cluster_explanations(others, k_range=[result.best_k], seed=seed).labels[result.best_k])
+        agreement = rand_index_matrix(clusterings)
         names = ["this model", *(f"seed {s}" for s in seeds)]
         write_csv(out_dir / "seed_agreement.csv",
                    [{"model": name, **{other: float(v) for other, v in zip(names, row)}}

@@ -728,6 +728,7 @@ def _per_step(values: np.ndarray, modality: str, *, magnitude: bool) -> np.ndarr
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    """Rows as CSV with a header, written atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -735,6 +736,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None
 
 
 def save_figure(figure: Figure, path: str | Path | None, dpi: int) -> Figure:
+    """Attach the Agg canvas (no pyplot) and write a PNG atomically when given a path."""
     FigureCanvasAgg(figure)
     if path is not None:
         with atomic_path(path) as tmp:
