@@ -245,3 +245,9 @@ def test_text_step_skips_non_token_data(tmp_path, capsys):
     assert text_step(model, dataset, tmp_path, methods=["saliency"]) == {}
     assert "text        skipped (toy holds sequence" in capsys.readouterr().out
     assert not any(tmp_path.iterdir())
+
+
+def test_text_step_rejects_unknown_methods(sst2_gru, tmp_path):
+    model, dataset = sst2_gru
+    with pytest.raises(UserError, match="unknown attribution method 'integrated_gradient'"):
+        text_step(model, dataset, tmp_path, methods=["integrated_gradient"], n_samples=4, progress=False)

@@ -594,11 +594,9 @@ def text_step(
 
 
 def _unrunnable(method: str) -> str:
-    """Why ``method`` cannot explain a token model without a causal graph ('' when it can)."""
-    try:
-        info = method_info(method)
-    except UserError as exc:
-        return str(exc)
+    """Why ``method`` cannot explain a token model without a causal graph ('' when it can);
+    an unknown name is a UserError (a typo in the config should not pass as a skip)."""
+    info = method_info(method)
     if info.needs_graph:
         return "needs a causal graph"
     if "tokens" not in info.modalities:
