@@ -53,22 +53,11 @@ def _config_path(given: str | None) -> Path | None:
     return default if default.is_file() else None
 
 
-def run(config) -> dict:
-    """Run every enabled step of ``config``; return a summary of what was produced."""
-    from explainnn.config import dump_config
+def load_data(config):
+    """The dataset named by ``config.data`` (image padding only where it applies)."""
     from explainnn.data import load_dataset, supports_image_size
-    from explainnn.errors import ConfigError
-    from explainnn.files import write_json, write_text
-    from explainnn.models import build_model
-    from explainnn.runtime import resolve_device, seed_everything
-    from explainnn.training import train_or_load
 
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    run_dir = config.run_dir()
-    summary: dict = {"run_dir": str(run_dir), "device": str(device)}
-
-    dataset = load_dataset(
+    return load_dataset(
         config.data.name,
         config.data.root,
         download=config.data.download,
@@ -76,47 +65,75 @@ def run(config) -> dict:
         seed=config.seed,
         **config.data.options,
     )
+
+
+def train(config, dataset, device, *, seed: int | None = None):
+    """Build ``config.model`` and train it or load its checkpoint (another ``seed``: its own checkpoint)."""
+    from explainnn.models import build_model
+    from explainnn.training import train_or_load
+
+    seed = config.seed if seed is None else seed
+    checkpoint = config.checkpoint_path()
+    if seed != config.seed:
+        checkpoint = checkpoint.with_name(f"{checkpoint.stem}_seed{seed}{checkpoint.suffix}")
+    model = build_model(config.model.name, dataset.info, **config.model.params)
+    train_kwargs = config.training.model_dump(exclude={"train"})
+    train_kwargs.update(seed=seed, progress=config.progress)
+    return train_or_load(
+        model,
+        dataset,
+        checkpoint=checkpoint,
+        mode=config.training.train,
+        metadata={"config_hash": config.training_hash() if seed == config.seed else f"seed {seed}"},
+        train_kwargs=train_kwargs,
+        device=device,
+    )
+
+
+def run(config) -> dict:
+    """Run every enabled step of ``config``; return a summary of what was produced."""
+    from explainnn.config import dump_config
+    from explainnn.errors import ConfigError
+    from explainnn.files import write_json, write_text
+    from explainnn.runtime import resolve_device, seed_everything
+
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    run_dir = config.run_dir()
+    plots = {"plots": config.plots.enabled, "dpi": config.plots.dpi, "progress": config.progress}
+    summary: dict = {"run_dir": str(run_dir), "device": str(device)}
+
+    dataset = load_data(config)
     info = dataset.info
     target = config.discovery.target_class
     if target != "all" and target >= info.n_classes:
         raise ConfigError(
             f"discovery.target_class: {target} is out of range; {info.name} has classes 0-{info.n_classes - 1} or 'all'"
         )
-    print(f"data     {info.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test, {info.source}")
+    print(f"data        {info.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test, {info.source}")
 
-    model = build_model(config.model.name, info, **config.model.params)
-    metadata = {"config_hash": config.training_hash()}
-    train_kwargs = config.training.model_dump(exclude={"train"})
-    train_kwargs.update(seed=config.seed, progress=config.progress)
-    model, train_info = train_or_load(
-        model,
-        dataset,
-        checkpoint=config.checkpoint_path(),
-        mode=config.training.train,
-        metadata=metadata,
-        train_kwargs=train_kwargs,
-        device=device,
-    )
+    model, train_info = train(config, dataset, device)
     record = train_info["metadata"]
     print(
-        f"model    {config.model.name}: {train_info['action']} {train_info['checkpoint']} "
+        f"model       {config.model.name}: {train_info['action']} {train_info['checkpoint']} "
         f"(train accuracy {record['train_accuracy']:.4f}, test accuracy {record['test_accuracy']:.4f})"
     )
     if not train_info["config_hash_matches"]:
         print(
-            "warning  the checkpoint was trained with other data/model/training settings than this config; "
+            "warning     the checkpoint was trained with other data/model/training settings than this config; "
             "set training.train: always to retrain"
         )
     write_text(run_dir / "config.yaml", dump_config(config))
     write_json(run_dir / "training.json", record)
-    summary["training"] = train_info
+    summary["training"] = record
 
+    graphs: dict = {}
     if config.discovery.enabled:
         from explainnn.steps import discovery_step
 
         options = config.discovery
         targets = list(range(info.n_classes)) if options.target_class == "all" else [options.target_class]
-        summary["graphs"] = discovery_step(
+        graphs = discovery_step(
             model,
             dataset,
             targets,
@@ -125,15 +142,13 @@ def run(config) -> dict:
                                                   "test", "alpha", "min_effect"}),
             check_circuit=options.check_circuit,
             stability_options=options.stability.model_dump() if options.stability.enabled else None,
-            plots=config.plots.enabled,
-            dpi=config.plots.dpi,
             seed=config.seed,
-            progress=config.progress,
             model_name=config.model.name,
+            **plots,
         )
-
-    graphs = summary.get("graphs", {})
+    summary["graphs"] = graphs
     explained = sorted(graphs) or ([] if target == "all" else [target])
+
     if config.attribution.enabled:
         from explainnn.steps import attribution_step
 
@@ -147,15 +162,34 @@ def run(config) -> dict:
                 methods=config.attribution.methods,
                 n_samples=config.attribution.n_samples,
                 causal_paths_layer=config.attribution.causal_paths_layer,
-                plots=config.plots.enabled,
-                dpi=config.plots.dpi,
                 seed=config.seed,
-                progress=config.progress,
+                **plots,
             )
 
-    for step in ("evaluation",):
-        if getattr(config, step).enabled:
-            print(f"{step:<12}not built yet in this version; skipped (set {step}.enabled: false to silence)")
+    if config.evaluation.enabled:
+        print("evaluation  not built yet in this version; skipped (set evaluation.enabled: false to silence)")
+
+    analyses = config.analyses
+    if analyses.text.enabled and info.modality == "tokens":
+        from explainnn.analyses.text_importance import text_step
+
+        text_step(model, dataset, run_dir / "text", methods=analyses.text.methods, n_samples=analyses.text.n_samples,
+                  top_k=analyses.text.top_k, seed=config.seed, **plots)
+    if analyses.clustering.enabled:
+        from explainnn.analyses.clustering import clustering_step
+
+        clustering_step(
+            model,
+            dataset,
+            run_dir / "clustering",
+            method=analyses.clustering.method,
+            n_samples=analyses.clustering.n_samples,
+            max_clusters=analyses.clustering.max_clusters,
+            seeds=analyses.clustering.seeds,
+            retrain=lambda seed: train(config, dataset, device, seed=seed)[0],
+            seed=config.seed,
+            **plots,
+        )
     return summary
 
 
