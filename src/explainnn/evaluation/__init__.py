@@ -57,18 +57,20 @@ def evaluation_step(
     plots: bool = True,
     dpi: int = 120,
     reference: str = "causal",
+    held_out: bool = True,
 ) -> EvaluationResults:
     """Evaluate ``methods`` with ``metrics`` on ``n_samples`` test samples of class ``target``; save to ``out_dir``.
 
     ``graph`` (a :class:`~explainnn.causal.CausalGraph` or None) goes to the
-    methods that need one, and the samples it was learned from are used only
-    when too few others exist. ``options`` are per-metric settings
+    methods that need one; with ``held_out`` the samples it was learned from
+    are used only when too few others exist (without, the samples are simply
+    the first correctly classified ones, as discovery picks them). ``options`` are per-metric settings
     (``evaluation.options``), ``method_options`` per-method attribution options.
     Writes the files listed in :mod:`explainnn.evaluation.io` and, with
     ``plots``, ``metrics_<family>.png`` and ``ranks.png``.
     """
     started = time.perf_counter()
-    exclude = list(getattr(graph, "metadata", {}).get("samples", [])) if graph is not None else []
+    exclude = list(getattr(graph, "metadata", {}).get("samples", [])) if graph is not None and held_out else []
     inputs = prepare_inputs(model, dataset, int(target), n_samples, exclude=exclude)
     if len(inputs.samples) < n_samples:
         print(f"evaluation  only {len(inputs.samples)} correctly classified test samples of class {target}; "
