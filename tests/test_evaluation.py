@@ -91,7 +91,7 @@ def cases(lenet, tmp_path_factory) -> dict:
     maj = subset(load_dataset("mnist_maj", tmp_path_factory.mktemp("maj"), n_train=300, n_test=48), 300)
     lstm = trained("lstm", maj, hidden_size=16)
     found["image+masks"] = (lstm, maj, common_class(lstm, maj))
-    signals = subset(load_dataset("mnist1d", tmp_path_factory.mktemp("m1d"), num_samples=500), 400)
+    signals = subset(load_dataset("mnist1d", tmp_path_factory.mktemp("m1d"), num_samples=600), 400, n_test=120)
     gru = trained("gru", signals, epochs=3, hidden_size=16)
     found["sequence"] = (gru, signals, common_class(gru, signals))
     if (SHARED / "sst2" / "train.tsv").is_file():
@@ -134,7 +134,8 @@ def test_every_metric_runs_on_every_modality_it_claims(cases, case) -> None:
 def test_inputs_reach_quantus_in_the_layout_it_accepts(cases) -> None:
     model, dataset, target = cases["sequence"]
     inputs = prepare_inputs(model, dataset, target, N)
-    assert inputs.x.shape == (N, 1, 40) and type(inputs.model).__name__ == "ChannelFirstSequenceModel"
+    assert inputs.x.shape == (len(inputs.samples), 1, 40) and len(inputs.samples) >= 2
+    assert type(inputs.model).__name__ == "ChannelFirstSequenceModel"
     wide = RecurrentClassifier("lstm", 3, 2, hidden_size=4)
     view_model, x, masks, options = quantus_view(wide, torch.rand(2, 7, 3), "sequence", torch.ones(2, 7, 3) > 0)
     assert view_model is wide and x.shape == (2, 1, 7, 3) and masks.shape == x.shape
