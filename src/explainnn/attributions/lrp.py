@@ -102,11 +102,11 @@ class _Ledger:
 
 
 class _Rule:
-    """The epsilon rule with the bias/stabiliser share either absorbed or handed on (``delta``)."""
+    """The epsilon rule; the bias and stabiliser share is handed on to the inputs or absorbed."""
 
     def __init__(self, epsilon: float, bias_relevance: bool, ledger: _Ledger) -> None:
         self.epsilon = epsilon
-        self.delta = 0.0 if bias_relevance else 1.0
+        self.hand_on = not bias_relevance
         self.ledger = ledger
 
     def stabilised(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,40 +114,38 @@ class _Rule:
         shift = torch.where(z >= 0, self.epsilon, -self.epsilon).to(z.dtype)
         return z + shift, shift
 
-    def linear(self, relevance: Tensor, z: Tensor, bias: Tensor | None, n_inputs: int) -> tuple[Tensor, Tensor]:
-        """Scale ``s = R / (z + eps s)`` per output unit, and the equal share every input gets.
+    def linear(self, relevance: Tensor, z: Tensor, bias: Tensor, n_inputs: int) -> tuple[Tensor, Tensor]:
+        """Scale ``s = R / (z + eps sign(z))`` per output unit, and the equal share every input gets.
 
         An input ``a_j`` of the map then receives ``a_j * (s @ W)_j + share``; the
         caller does the product since the weights differ (gated, split x/h parts).
         """
         denominator, shift = self.stabilised(z)
         scale = relevance / denominator
-        rest = shift if bias is None else shift + bias
-        absorbed = (rest * scale).sum(dim=-1)
-        if self.delta:
-            return scale, absorbed[..., None] / n_inputs
-        if bias is not None:
-            self.ledger.bias += (bias * scale).sum(dim=-1)
+        if self.hand_on:
+            return scale, ((bias + shift) * scale).sum(dim=-1, keepdim=True) / n_inputs
+        self.ledger.bias += (bias * scale).sum(dim=-1)
         self.ledger.stabiliser += (shift * scale).sum(dim=-1)
-        return scale, torch.zeros_like(absorbed)[..., None]
+        return scale, scale.new_zeros(*scale.shape[:-1], 1)
 
-    def split(self, relevance: Tensor, terms: tuple[Tensor, ...], total: Tensor) -> list[Tensor]:
-        """Epsilon rule for an elementwise sum ``total = sum(terms)`` (no bias)."""
+    def _sum(self, relevance: Tensor, total: Tensor, n_terms: int) -> tuple[Tensor, Tensor]:
+        """Scale and per-term share for a sum of ``n_terms`` terms without bias."""
         denominator, shift = self.stabilised(total)
         scale = relevance / denominator
-        if not self.delta:
-            self.ledger.stabiliser += (shift * scale).sum(dim=-1)
-        share = self.delta * shift / len(terms)
+        if self.hand_on:
+            return scale, shift / n_terms
+        self.ledger.stabiliser += (shift * scale).sum(dim=-1)
+        return scale, torch.zeros_like(shift)
+
+    def split(self, relevance: Tensor, terms: tuple[Tensor, ...], total: Tensor) -> list[Tensor]:
+        """Epsilon rule for an elementwise sum ``total = sum(terms)``."""
+        scale, share = self._sum(relevance, total, len(terms))
         return [(term + share) * scale for term in terms]
 
     def pooled(self, relevance: Tensor, weights: Tensor, outputs: Tensor) -> Tensor:
         """Epsilon rule for ``pooled = sum_t weights_t * outputs_t`` -> relevance ``(N, T, H)``."""
         terms = weights[..., None] * outputs
-        denominator, shift = self.stabilised(terms.sum(dim=1))
-        scale = relevance / denominator
-        if not self.delta:
-            self.ledger.stabiliser += (shift * scale).sum(dim=-1)
-        share = self.delta * shift / outputs.shape[1]
+        scale, share = self._sum(relevance, terms.sum(dim=1), outputs.shape[1])
         return (terms + share[:, None]) * scale[:, None]
 
 
