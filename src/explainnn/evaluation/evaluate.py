@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -43,7 +44,14 @@ from explainnn.attributions import (
 )
 from explainnn.errors import ConfigError, UserError
 from explainnn.evaluation.metrics import MetricContext, MetricSpec, metric_spec
-from explainnn.evaluation.summary import compare, summarise
+from explainnn.evaluation.summary import compare, markdown_table, summarise
+
+QUANTUS_NOTICES = (
+    r"The settings for perturbing input e\.g\., 'perturb_func' didn't cause change in input",
+    r"`trapz` is deprecated",
+)
+"""Quantus' notices that say nothing about the results (removing black pixels of a digit with a black
+baseline changes nothing, by design); silenced around each metric run."""
 
 
 @dataclass
@@ -169,8 +177,6 @@ class EvaluationResults:
 
     def markdown(self) -> str:
         """The summary table (mean +- 95% CI, rank, paired p-value against the reference) in Markdown."""
-        from explainnn.evaluation.summary import markdown_table
-
         return markdown_table(self.summary, self.comparisons, reference=self.reference)
 
 
@@ -315,7 +321,9 @@ def evaluate(
 def _run(spec: MetricSpec, init: dict, calls: dict, inputs: EvaluationInputs, a_batch: np.ndarray,
          explain: Any, seed: int, device: torch.device) -> np.ndarray:
     metric = spec.create(init)
-    with _isolated_random_state(seed, device):
+    with _isolated_random_state(seed, device), warnings.catch_warnings():
+        for message in QUANTUS_NOTICES:
+            warnings.filterwarnings("ignore", message=message)
         raw = metric(
             model=inputs.model, x_batch=inputs.x, y_batch=inputs.y, a_batch=a_batch.copy(), s_batch=inputs.masks,
             channel_first=True, explain_func=explain, explain_func_kwargs={}, model_predict_kwargs=None,

@@ -237,9 +237,8 @@ class RelevanceShareCosine(Metric[list[float]]):
     inside it, and the mask the fraction of its elements marked relevant; the
     score is the cosine of the two block vectors: 1 when relevance falls on the
     relevant blocks in proportion to them, 0 when it falls only elsewhere. This is
-    the block-level localisation measure of the RNN-explainability work on the
-    majority task (Arras et al., 2019, "Evaluating recurrent neural network
-    explanations").
+    the block-level localisation measure that the RNN-explainability thesis this
+    project builds on used for its majority-of-digits task.
     """
 
     name = "Relevance Share Cosine"
