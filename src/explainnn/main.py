@@ -170,6 +170,14 @@ def run(config) -> dict:
         print("evaluation  not built yet in this version; skipped (set evaluation.enabled: false to silence)")
 
     analyses = config.analyses
+    if analyses.views.enabled:
+        from explainnn.analyses.views import views_step
+
+        views = analyses.views
+        views_step(model, dataset, run_dir / "views", graph=graphs.get(explained[0]) if explained else None,
+                   filters=views.filters, activation_maps=views.activation_maps, maximize=views.maximize,
+                   layer=views.layer, projection=views.projection, n_samples=views.n_samples, seed=config.seed,
+                   **plots)
     if analyses.text.enabled and info.modality == "tokens":
         from explainnn.analyses.text_importance import text_step
 
