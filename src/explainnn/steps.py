@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from explainnn.causal import (
     CausalGraph,

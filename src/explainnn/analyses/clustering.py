@@ -28,7 +28,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.manifold import TSNE
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from explainnn.analyses.text_importance import (
     attribute_in_batches,

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from scipy.special import rel_entr
 from scipy.stats import kendalltau, spearmanr
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from explainnn.attributions import attribute, method_info, modality_of
 from explainnn.data import Dataset

@@ -20,7 +20,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from explainnn.causal.graph import CausalGraph, node_id
 from explainnn.causal.stats import TestResult, paired_test, ztest_research
