@@ -232,6 +232,7 @@ class Config(_Section):
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     analyses: AnalysesConfig = Field(default_factory=AnalysesConfig)
+    report: bool = True
     plots: PlotsConfig = Field(default_factory=PlotsConfig)
 
     def run_dir(self) -> Path:

@@ -167,7 +167,23 @@ def run(config) -> dict:
             )
 
     if config.evaluation.enabled:
-        print("evaluation  not built yet in this version; skipped (set evaluation.enabled: false to silence)")
+        from explainnn.evaluation import evaluation_step
+
+        evaluation = config.evaluation
+        for k in explained:
+            evaluation_step(
+                model,
+                dataset,
+                k,
+                graphs.get(k),
+                run_dir / "evaluation" / (f"class_{k}" if len(explained) > 1 else ""),
+                methods=evaluation.methods or config.attribution.methods,
+                metrics=evaluation.metrics,
+                n_samples=evaluation.n_samples,
+                options=evaluation.options,
+                seed=config.seed,
+                **plots,
+            )
 
     analyses = config.analyses
     if analyses.views.enabled:
@@ -198,6 +214,11 @@ def run(config) -> dict:
             seed=config.seed,
             **plots,
         )
+    if config.report:
+        from explainnn.reports import write_report
+
+        written = write_report(run_dir, config_yaml=dump_config(config), training=record, graphs=graphs)
+        print(f"report      {written['html']} and {written['markdown'].name}")
     return summary
 
 

@@ -26,6 +26,8 @@ attention                 image, sequence, tok.  models with pooling="attention"
 causal                    image, sequence, tok.  base method (IG) on the model with
                                                  non-causal units held (causal.py)
 causal_paths              image                  research per-node maps of a layer
+lrp                       image, sequence, tok.  recurrent models; Arras et al. 2017 (lrp.py)
+sensitivity               image, sequence, tok.  squared gradient (sensitivity analysis)
 ========================  =====================  ===================================
 
 Add methods with ``@register_method(name, needs_graph=..., modalities=...)``; the
@@ -35,7 +37,7 @@ lets Quantus explain token models in embedding space and
 :class:`ChannelFirstSequenceModel` one-feature sequences as ``(N, F, T)`` signals.
 """
 
-from explainnn.attributions import baselines, causal, text  # noqa: F401  (register the methods)
+from explainnn.attributions import baselines, causal, lrp, text  # noqa: F401  (register the methods)
 from explainnn.attributions.causal import causal_path_maps, restriction
 from explainnn.attributions.masks import feature_mask, image_mask, occlusion_window
 from explainnn.attributions.plots import (
