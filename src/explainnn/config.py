@@ -149,6 +149,9 @@ class AttributionConfig(_Section):
     )
     n_samples: int = Field(default=6, ge=1, le=100_000)
     causal_paths_layer: str | None = "conv2"
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"lime": {"n_samples": 200}, "kernel_shap": {"n_samples": 200}}
+    )
 
 
 class EvaluationConfig(_Section):
@@ -166,8 +169,10 @@ class EvaluationConfig(_Section):
         ]
     )
     methods: list[str] | None = None
-    n_samples: int = Field(default=20, ge=1, le=100_000)
-    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    n_samples: int = Field(default=12, ge=1, le=100_000)
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"LocalLipschitzEstimate": {"nr_samples": 5}, "FaithfulnessCorrelation": {"nr_runs": 50}}
+    )
 
 
 class ViewsConfig(_Section):

@@ -162,6 +162,7 @@ def run(config) -> dict:
                 methods=config.attribution.methods,
                 n_samples=config.attribution.n_samples,
                 causal_paths_layer=config.attribution.causal_paths_layer,
+                options=config.attribution.options,
                 seed=config.seed,
                 **plots,
             )
@@ -181,6 +182,7 @@ def run(config) -> dict:
                 metrics=evaluation.metrics,
                 n_samples=evaluation.n_samples,
                 options=evaluation.options,
+                method_options=config.attribution.options,
                 seed=config.seed,
                 **plots,
             )

@@ -149,6 +149,7 @@ def attribution_step(
     methods: Sequence[str],
     n_samples: int = 6,
     causal_paths_layer: str | None = "conv2",
+    options: dict[str, dict[str, Any]] | None = None,
     plots: bool = True,
     dpi: int = 120,
     seed: int = 0,
@@ -161,8 +162,8 @@ def attribution_step(
     ``grid.png`` (samples x methods) for images, ``sequences.png`` (time x feature)
     for sequences and image rows read by a recurrent model, ``text.png`` and
     ``text.html`` for token models, and ``causal_maps_<layer>.png`` (the per-node
-    causal maps). A method that cannot run here (no graph, wrong modality) is
-    skipped with the reason printed.
+    causal maps). ``options`` maps a method name to its options. A method that
+    cannot run here (no graph, wrong modality) is skipped with the reason printed.
     """
     from explainnn.attributions import (
         attribute,
@@ -191,7 +192,8 @@ def attribution_step(
             print(f"attribution {method}: skipped ({modality} inputs; it supports {', '.join(info.modalities)})")
             continue
         try:
-            results[method] = attribute(method, model, inputs, target, graph=graph, seed=seed)
+            results[method] = attribute(method, model, inputs, target, graph=graph, seed=seed,
+                                        **(options or {}).get(method, {}))
         except UserError as exc:
             print(f"attribution {method}: skipped ({exc})")
     out_dir = Path(out_dir)
