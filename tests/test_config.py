@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from explainnn.config import Config, build_config, dump_config, load_config, parse_override
 from explainnn.errors import ConfigError
@@ -137,3 +138,18 @@ def test_paths():
     config = build_config({"output_dir": "out", "data": {"name": "digits"}})
     assert config.run_dir() == Path("out/digits/lenet")
     assert config.checkpoint_path() == Path("out/digits/lenet/model.pt")
+
+
+def test_readme_config_reference_names_every_key():
+    readme = (ROOT / "README.md").read_text()
+
+    def keys(model, prefix=""):
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                yield from keys(annotation, f"{prefix}{name}.")
+            else:
+                yield prefix, name
+
+    for prefix, name in keys(Config):
+        assert f"`{prefix}{name}" in readme or (f"`{prefix}" in readme and name in readme), f"{prefix}{name}"
