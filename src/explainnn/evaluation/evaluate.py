@@ -201,7 +201,9 @@ def evaluate(
     needs a graph that is missing, or refuses the inputs with a
     :class:`~explainnn.errors.UserError` is skipped for every metric; a metric
     that cannot apply to the inputs is skipped for every method; each skip is
-    listed with its reason in ``results.skipped``.
+    listed with its reason in ``results.skipped``. ``method_options`` may hold
+    options of methods that are not evaluated (the attribution step's); they are
+    ignored.
     """
     methods, metrics = _unique(methods, "methods"), _unique(metrics, "metrics")
     specs = [metric_spec(name) for name in metrics]
@@ -211,10 +213,6 @@ def evaluate(
         if name not in metrics:
             raise ConfigError(f"evaluation.options has settings for '{name}', which is not among the evaluated "
                               f"metrics; evaluated: {', '.join(metrics)}")
-    for name in method_options:
-        if name not in methods:
-            raise ConfigError(f"options are given for method '{name}', which is not evaluated; evaluated: "
-                              f"{', '.join(methods)}")
     infos = {name: method_info(name) for name in methods}
     device = _device(model)
     context = MetricContext(
