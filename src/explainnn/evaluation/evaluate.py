@@ -230,22 +230,7 @@ def evaluate(
         else:
             runnable.append(spec)
 
-    explainers: dict[str, Any] = {}
-    for name, info in infos.items():
-        if inputs.method_modality not in info.modalities:
-            where = "token embeddings" if inputs.modality == "tokens" else f"{inputs.method_modality} inputs"
-            skipped.append({"metric": "*", "method": name,
-                            "reason": f"{name} has no implementation for {where} "
-                                      f"(it supports: {', '.join(info.modalities)})"})
-            continue
-        if info.needs_graph and graph is None:
-            skipped.append({"metric": "*", "method": name,
-                            "reason": f"{name} needs a causal graph and there is none (is discovery enabled?)"})
-            continue
-        options = {**inputs.explain_options, **method_options.get(name, {})}
-        if info.needs_graph:
-            options["graph"] = graph
-        explainers[name] = explain_func(name, **options)
+    explainers = _explainers(infos, inputs, graph, method_options, skipped)
 
     total = len(explainers) * (1 + len(runnable))
     bar = tqdm(total=total, desc="evaluation", unit="run", disable=not progress, dynamic_ncols=True)
@@ -293,7 +278,41 @@ def evaluate(
     families = {spec.name: spec.family for spec in specs}
     summary = summarise(scores, directions, families=families)
     comparisons = compare(scores, directions, reference=reference, correction=correction)
-    record = {
+    record = _record(inputs, seed, reference, correction, method_options, explainers, methods, specs, settings)
+    return EvaluationResults(
+        scores=scores, summary=summary, comparisons=comparisons, skipped=skipped, timings=timings,
+        settings=record, samples=inputs.samples, attributions=attributions, x=inputs.x, y=inputs.y,
+        reference=reference,
+    )
+
+
+def _explainers(infos: dict[str, Any], inputs: EvaluationInputs, graph: Any,
+                method_options: dict[str, dict[str, Any]], skipped: list[dict]) -> dict[str, Any]:
+    """A Quantus ``explain_func`` per method that can explain ``inputs``; the others go to ``skipped``."""
+    explainers: dict[str, Any] = {}
+    for name, info in infos.items():
+        if inputs.method_modality not in info.modalities:
+            where = "token embeddings" if inputs.modality == "tokens" else f"{inputs.method_modality} inputs"
+            skipped.append({"metric": "*", "method": name,
+                            "reason": f"{name} has no implementation for {where} "
+                                      f"(it supports: {', '.join(info.modalities)})"})
+            continue
+        if info.needs_graph and graph is None:
+            skipped.append({"metric": "*", "method": name,
+                            "reason": f"{name} needs a causal graph and there is none (is discovery enabled?)"})
+            continue
+        options = {**inputs.explain_options, **method_options.get(name, {})}
+        if info.needs_graph:
+            options["graph"] = graph
+        explainers[name] = explain_func(name, **options)
+    return explainers
+
+
+def _record(inputs: EvaluationInputs, seed: int, reference: str, correction: str,
+            method_options: dict[str, dict[str, Any]], explainers: dict[str, Any], methods: list[str],
+            specs: list[MetricSpec], settings: dict[str, tuple[dict, dict]]) -> dict[str, Any]:
+    """The JSON-able settings of an evaluation (the graph itself is saved by the discovery step)."""
+    return {
         "dataset": inputs.dataset,
         "modality": inputs.modality,
         "quantus_layout": list(inputs.x.shape),
@@ -309,11 +328,6 @@ def evaluate(
         "metrics": {spec.name: {"family": spec.family, "direction": spec.direction, "note": spec.note,
                                 "init": settings[spec.name][0], "call": settings[spec.name][1]} for spec in specs},
     }
-    return EvaluationResults(
-        scores=scores, summary=summary, comparisons=comparisons, skipped=skipped, timings=timings,
-        settings=record, samples=inputs.samples, attributions=attributions, x=inputs.x, y=inputs.y,
-        reference=reference,
-    )
 
 
 def _run(spec: MetricSpec, init: dict, calls: dict, inputs: EvaluationInputs, a_batch: np.ndarray,
