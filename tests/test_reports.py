@@ -143,10 +143,13 @@ def test_evaluations_per_class_get_one_section_each(run) -> None:
     assert all(len(section.pictures) == 1 for section in report.evaluations)
 
 
-def test_extra_pictures_and_a_missing_folder(run, tmp_path) -> None:
+def test_pictures_of_other_steps_and_a_missing_folder(run, tmp_path) -> None:
     extra = picture(tmp_path / "elsewhere.png")
+    picture(run / "views" / "filters_conv1.png")
     report = collect(run, artifacts={"an extra view": extra, "a table": run / "evaluation" / "summary.csv"})
-    assert [p.caption for p in report.extra] == ["an extra view"]
+    assert [p.caption for p in report.others["Other pictures"]] == ["an extra view"]
+    assert [p.relative for p in report.others["Views"]] == ["views/filters_conv1.png"]
+    assert "<h2>Views</h2>" in write_report(run)["html"].read_text()
     with pytest.raises(UserError, match="run folder .* not found"):
         write_report(tmp_path / "nowhere")
 

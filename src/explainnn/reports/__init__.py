@@ -31,9 +31,10 @@ def write_report(
 
     ``config_yaml`` (the resolved config text), ``training`` (the checkpoint's
     training record) and ``graphs`` (target class -> ``CausalGraph``) are read
-    from the run folder when not given; the evaluation tables and every PNG
-    under ``discovery/``, ``attributions/`` and ``evaluation/`` always are.
-    ``artifacts`` adds more pictures (caption -> PNG path) under "Other pictures".
+    from the run folder when not given; the evaluation tables and every PNG of
+    the run folder always are (``views/*.png`` gets a section "Views", and so
+    on). ``artifacts`` adds pictures from elsewhere (caption -> PNG path) under
+    "Other pictures".
     """
     report = collect(run_dir, config_yaml=config_yaml, training=training, graphs=graphs, artifacts=artifacts,
                      title=title)

@@ -28,6 +28,8 @@ DISCOVERY_PICTURES = {
     "stability.png": "Stability of the graph under soft interventions",
 }
 TABLE_SUFFIXES = (".csv", ".json", ".graphml", ".yaml", ".npz")
+OWN_FOLDERS = ("discovery", "attributions", "evaluation")
+"""Run sub-folders with a section of their own; PNGs elsewhere are shown by folder."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class Report:
     classes: list[ClassSection] = field(default_factory=list)
     attributions: list[Picture] = field(default_factory=list)
     evaluations: list[EvaluationSection] = field(default_factory=list)
-    extra: list[Picture] = field(default_factory=list)
+    others: dict[str, list[Picture]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
 
 
@@ -112,10 +114,14 @@ def collect(
     shown = {picture.path.resolve() for section in report.classes for picture in section.pictures}
     shown |= {picture.path.resolve() for picture in report.attributions}
     shown |= {picture.path.resolve() for section in report.evaluations for picture in section.pictures}
+    for folder in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name not in OWN_FOLDERS):
+        found = [picture for picture in _pictures(run_dir, folder) if picture.path.resolve() not in shown]
+        if found:
+            report.others[folder.name.replace("_", " ").capitalize()] = found
     for caption, path in (artifacts or {}).items():
         path = Path(path)
         if path.suffix.lower() == ".png" and path.is_file() and path.resolve() not in shown:
-            report.extra.append(Picture(str(caption), path, _relative(path, run_dir)))
+            report.others.setdefault("Other pictures", []).append(Picture(str(caption), path, _relative(path, run_dir)))
     report.files = sorted(
         _relative(path, run_dir) for path in run_dir.rglob("*")
         if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES and not path.name.startswith(".")
@@ -154,7 +160,7 @@ def _relative(path: Path, root: Path) -> str:
 def _caption(path: Path, folder: Path) -> str:
     name = path.stem.replace("_", " ")
     where = path.parent.resolve().relative_to(folder.resolve()).as_posix() if path.parent != folder else ""
-    return f"{where}: {name}" if where and where != "." else name
+    return f"{where.replace('_', ' ')}: {name}" if where and where != "." else name
 
 
 def _pictures(run_dir: Path, folder: Path, captions: Mapping[str, str] | None = None) -> list[Picture]:
@@ -203,6 +209,17 @@ def _classes(run_dir: Path, graphs: Mapping[int, Any] | None) -> list[ClassSecti
     return sections
 
 
+def _evaluation_order(picture: Picture) -> tuple[int, str]:
+    """The rank heatmap first, then one chart per metric family in the usual order."""
+    from explainnn.evaluation.metrics import FAMILIES
+
+    stem = picture.path.stem
+    if stem == "ranks":
+        return 0, stem
+    family = stem.removeprefix("metrics_")
+    return (1 + FAMILIES.index(family), stem) if family in FAMILIES else (len(FAMILIES) + 1, stem)
+
+
 def _evaluations(run_dir: Path) -> list[EvaluationSection]:
     """Every folder under ``evaluation/`` that holds a ``summary.csv`` (one per target class or one in all)."""
     from explainnn.evaluation.io import load_tables
@@ -218,6 +235,7 @@ def _evaluations(run_dir: Path) -> list[EvaluationSection]:
         name = "Evaluation" if folder == root else f"Evaluation: {_relative(folder, root)}"
         section = EvaluationSection(name, summary=tables["summary"], comparisons=tables.get("comparisons", []),
                                     skipped=tables.get("skipped", []), settings=tables.get("settings", {}))
-        section.pictures = [p for p in _pictures(run_dir, folder) if p.path.parent == folder]
+        pictures = [p for p in _pictures(run_dir, folder) if p.path.parent == folder]
+        section.pictures = sorted(pictures, key=_evaluation_order)
         sections.append(section)
     return sections

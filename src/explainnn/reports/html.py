@@ -117,9 +117,9 @@ def render_html(report: Report) -> str:
             parts.append("<details><summary>Metric settings (identical for every method)</summary>")
             parts.append(_table(tables.settings_table(section)))
             parts.append("</details>")
-    if report.extra:
-        parts.append("<h2>Other pictures</h2>")
-        parts.extend(_picture(picture) for picture in report.extra)
+    for title, pictures in report.others.items():
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.extend(_picture(picture) for picture in pictures)
     parts.append("<h2>Configuration</h2>")
     parts.append(f"<pre>{html.escape(report.config_yaml)}</pre>" if report.config_yaml else _missing(
         "no config.yaml in the run folder"))

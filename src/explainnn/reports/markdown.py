@@ -73,9 +73,9 @@ def render_markdown(report: Report) -> str:
         if section.settings.get("metrics"):
             parts.append("#### Metric settings (identical for every method)\n")
             parts.append(_table(tables.settings_table(section)))
-    if report.extra:
-        parts.append("## Other pictures\n")
-        parts.extend(_picture(picture) for picture in report.extra)
+    for title, pictures in report.others.items():
+        parts.append(f"## {title}\n")
+        parts.extend(_picture(picture) for picture in pictures)
     parts.append("## Configuration\n")
     parts.append(f"```yaml\n{report.config_yaml.rstrip()}\n```\n" if report.config_yaml else "_no config.yaml_\n")
     if report.files:
