@@ -120,7 +120,12 @@ def samples_line(section: EvaluationSection) -> str:
     if not samples:
         return ""
     used = settings.get("samples_used_by_discovery", 0)
-    held = f"{len(samples) - used} not used by discovery" + (f", {used} used by it" if used else "")
+    if not used:
+        held = "none of them used to learn the graph"
+    elif used == len(samples):
+        held = "all of them used to learn the graph: no other correctly classified one was left"
+    else:
+        held = f"{used} of them used to learn the graph, too few others were left"
     return (f"{len(samples)} correctly classified test samples of class {settings.get('target')} "
             f"({held}); {settings.get('normalisation', '')}; seed {settings.get('seed')}; "
             f"inputs as Quantus saw them: {settings.get('modality')} {tuple(settings.get('quantus_layout', []))}.")
