@@ -176,6 +176,9 @@ def test_settings_are_common_scaled_and_checked() -> None:
         metric_spec("LocalLipschitzEstimate").settings(image, {"nr_sample": 3})
     with pytest.raises(ConfigError, match="is set by explainnn"):
         metric_spec("IROF").settings(image, {"return_aggregate": True})
+    with pytest.raises(ConfigError, match="PixelFlipping.return_auc_per_sample is set by explainnn"):
+        metric_spec("PixelFlipping").settings(image, {"return_auc_per_sample": False})
+    assert "return_last_correlation" not in metric_spec("MPRT").valid_options()
     with pytest.raises(ConfigError, match="did you mean 'IROF'"):
         metric_spec("IRFO")
 

@@ -102,6 +102,8 @@ class MetricSpec:
     direction_override: str | None = None
     per_sample: Callable[[Any], np.ndarray] = _as_list
     note: str = ""
+    fixed: tuple[str, ...] = ()
+    """Options whose default makes the metric return one value per sample; they cannot be changed."""
 
     @property
     def direction(self) -> str:
@@ -130,7 +132,7 @@ class MetricSpec:
     def valid_options(self) -> list[str]:
         """Keys ``evaluation.options.<metric>`` may set."""
         parameters = inspect.signature(self.cls.__init__).parameters
-        names = [p for p in parameters if p not in ("self", "kwargs", "args", *OWNED_OPTIONS)]
+        names = [p for p in parameters if p not in ("self", "kwargs", "args", *OWNED_OPTIONS, *self.fixed)]
         return sorted({*names, *CALL_OPTIONS})
 
     def settings(self, context: MetricContext, overrides: dict[str, Any] | None = None) -> tuple[dict, dict]:
@@ -138,8 +140,9 @@ class MetricSpec:
         overrides = dict(overrides or {})
         valid = self.valid_options()
         for key in overrides:
-            if key in OWNED_OPTIONS:
-                raise ConfigError(f"evaluation.options.{self.name}.{key} is set by explainnn and cannot be changed; "
+            if key in OWNED_OPTIONS or key in self.fixed:
+                raise ConfigError(f"evaluation.options.{self.name}.{key} is set by explainnn (one value per sample, "
+                                  f"explainnn's normalisation and progress bar) and cannot be changed; "
                                   f"valid options: {', '.join(valid)}")
             if key not in valid:
                 raise ConfigError(f"unknown option '{key}' for metric {self.name}; valid options: {', '.join(valid)}")
@@ -313,6 +316,7 @@ METRICS: dict[str, MetricSpec] = {
                    defaults=lambda c: {"segmentation_method": "slic", "perturb_baseline": "mean"},
                    note="SLIC superpixels (scikit-image defaults; one-channel images work); needs pictures"),
         MetricSpec("PixelFlipping", "faithfulness", quantus.PixelFlipping, defaults=_pixel_steps,
+                   fixed=("return_auc_per_sample",),
                    note="area under the target-probability curve, at most 64 removal steps"),
         MetricSpec("RegionPerturbation", "faithfulness", quantus.RegionPerturbation, IMAGE_ONLY, defaults=_regions,
                    direction_override="higher", per_sample=_region_curves,
@@ -333,6 +337,7 @@ METRICS: dict[str, MetricSpec] = {
                    note="relative rise of explanation entropy when every layer of a copy of the model is "
                         "re-initialised"),
         MetricSpec("MPRT", "randomisation", quantus.MPRT, defaults=_mprt,
+                   fixed=("return_last_correlation", "return_average_correlation", "return_sample_correlation"),
                    note="Spearman correlation with the explanation of the fully re-initialised copy"),
         MetricSpec("PointingGame", "localisation", quantus.PointingGame, needs_masks=True),
         MetricSpec("AttributionLocalisation", "localisation", quantus.AttributionLocalisation, needs_masks=True),
