@@ -311,24 +311,24 @@ METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
         MetricSpec("FaithfulnessCorrelation", "faithfulness", quantus.FaithfulnessCorrelation, defaults=_subset_size,
-                   note="subset_size = min(224, features / 4)"),
+                   note="subset_size defaults to min(224, features / 4)"),
         MetricSpec("IROF", "faithfulness", quantus.IROF, IMAGE_ONLY,
                    defaults=lambda c: {"segmentation_method": "slic", "perturb_baseline": "mean"},
                    note="SLIC superpixels (scikit-image defaults; one-channel images work); needs pictures"),
         MetricSpec("PixelFlipping", "faithfulness", quantus.PixelFlipping, defaults=_pixel_steps,
                    fixed=("return_auc_per_sample",),
-                   note="area under the target-probability curve, at most 64 removal steps"),
+                   note="area under the target-probability curve; features_in_step defaults to at most 64 steps"),
         MetricSpec("RegionPerturbation", "faithfulness", quantus.RegionPerturbation, IMAGE_ONLY, defaults=_regions,
                    direction_override="higher", per_sample=_region_curves,
                    note="AOPC (mean drop of the target probability) with the most relevant patches removed "
                         "first, so higher is better; Quantus 0.6 labels it 'lower', which fits its random/LeRF "
                         "orders, not MoRF"),
         MetricSpec("LocalLipschitzEstimate", "robustness", quantus.LocalLipschitzEstimate, defaults=_lipschitz,
-                   note="10 Gaussian perturbations (std 0.1) instead of Quantus' 200"),
+                   note="Gaussian perturbations (std 0.1); nr_samples defaults to 10 (Quantus: 200)"),
         MetricSpec("MaxSensitivity", "robustness", quantus.MaxSensitivity, defaults=_robustness,
-                   note="10 uniform perturbations (radius 0.2) instead of 200"),
+                   note="uniform perturbations (radius 0.2); nr_samples defaults to 10 (Quantus: 200)"),
         MetricSpec("AvgSensitivity", "robustness", quantus.AvgSensitivity, defaults=_robustness,
-                   note="10 uniform perturbations (radius 0.2) instead of 200"),
+                   note="uniform perturbations (radius 0.2); nr_samples defaults to 10 (Quantus: 200)"),
         MetricSpec("Sparseness", "complexity", quantus.Sparseness, note="Gini index of |attribution|"),
         MetricSpec("Complexity", "complexity", quantus.Complexity, note="entropy of the |attribution| shares"),
         MetricSpec("RandomLogit", "randomisation", quantus.RandomLogit, defaults=_random_logit,
@@ -342,10 +342,11 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("PointingGame", "localisation", quantus.PointingGame, needs_masks=True),
         MetricSpec("AttributionLocalisation", "localisation", quantus.AttributionLocalisation, needs_masks=True),
         MetricSpec("TopKIntersection", "localisation", quantus.TopKIntersection, defaults=_top_k,
-                   needs_masks=True, note="k = 10% of the features"),
+                   needs_masks=True, note="k defaults to 10% of the features"),
         MetricSpec("RelevanceRankAccuracy", "localisation", quantus.RelevanceRankAccuracy, needs_masks=True),
         MetricSpec("RelevanceShareCosine", "localisation", RelevanceShareCosine, needs_masks=True,
-                   note="cosine of the mask and the positive relevance per digit block (3 blocks)"),
+                   note="cosine of the mask and the positive relevance per block (n_blocks, default 3, along "
+                        "the last axis)"),
     )
 }
 """Metric name (the Quantus class name) -> :class:`MetricSpec`, in report order."""
