@@ -37,7 +37,15 @@ from explainnn.evaluation.metrics import (
     normalise_per_sample,
 )
 from explainnn.evaluation.plots import plot_evaluation, plot_family, plot_ranks
-from explainnn.evaluation.summary import adjust, compare, confidence_interval, holm, markdown_table, paired_test, summarise
+from explainnn.evaluation.summary import (
+    adjust,
+    compare,
+    confidence_interval,
+    holm,
+    markdown_table,
+    paired_test,
+    summarise,
+)
 
 
 def evaluation_step(

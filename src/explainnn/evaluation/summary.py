@@ -39,7 +39,8 @@ def _grouped(scores: Iterable[ScoreRow]) -> dict[str, dict[str, dict[object, flo
 def _check_directions(metrics: Iterable[str], directions: Mapping[str, str]) -> None:
     for metric in metrics:
         if directions.get(metric) not in ("higher", "lower"):
-            raise ConfigError(f"metric '{metric}' needs a direction 'higher' or 'lower'; got {directions.get(metric)!r}")
+            given = directions.get(metric)
+            raise ConfigError(f"metric '{metric}' needs a direction 'higher' or 'lower'; got {given!r}")
 
 
 def confidence_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
