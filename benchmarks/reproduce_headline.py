@@ -15,11 +15,13 @@ with identical settings for every method:
    classified test digits of class 3 (``--on-discovery-samples`` uses the
    discovery digits instead), with the same normalisation, ``abs`` and
    perturbations for every method, and the same ``graph`` in every re-explanation;
+   each method runs with its own defaults (LIME and KernelSHAP: 500 samples);
 4. prints a Markdown table: mean ± 95% CI, direction, rank and the Wilcoxon
    signed-rank p-value of causal against each method (Holm-corrected), and the
    seconds each part took. Results, pictures and a report go to ``--output``.
 
-    python benchmarks/reproduce_headline.py                   # the full run (CPU, about 10-20 minutes)
+    python benchmarks/reproduce_headline.py                   # the full run (2 CPU threads: ~30 minutes,
+                                                              # mostly LocalLipschitzEstimate of LIME/KernelSHAP)
     python benchmarks/reproduce_headline.py --samples 20      # a quicker look
     python benchmarks/reproduce_headline.py --device cuda
 """
