@@ -165,6 +165,11 @@ def test_samples_are_correct_predictions_and_discovery_samples_come_last(lenet) 
     chosen, used = select_samples(model, dataset.x_test, dataset.y_test, target, len(everything),
                                   exclude=everything[:2].tolist())
     assert chosen[-2:].tolist() == everything[:2].tolist() and used.tolist() == [False] * (len(chosen) - 2) + [True] * 2
+    inputs = prepare_inputs(model, dataset, target, 3, discovery_samples=everything[:2].tolist(), held_out=False)
+    assert inputs.samples.tolist() == everything[:3].tolist() and inputs.in_discovery.tolist() == [True, True, False]
+    held = prepare_inputs(model, dataset, target, 2, discovery_samples=everything[:2].tolist())
+    assert len(everything) >= 4 and held.samples.tolist() == everything[2:4].tolist()
+    assert not held.in_discovery.any()
     with pytest.raises(UserError, match="no test sample of class"):
         select_samples(model, dataset.x_test[:0], dataset.y_test[:0], target, 3)
 

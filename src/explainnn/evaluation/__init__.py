@@ -78,8 +78,9 @@ def evaluation_step(
     ``plots``, ``metrics_<family>.png`` and ``ranks.png``.
     """
     started = time.perf_counter()
-    exclude = list(getattr(graph, "metadata", {}).get("samples", [])) if graph is not None and held_out else []
-    inputs = prepare_inputs(model, dataset, int(target), n_samples, exclude=exclude)
+    learned_from = list(getattr(graph, "metadata", {}).get("samples", [])) if graph is not None else []
+    inputs = prepare_inputs(model, dataset, int(target), n_samples, discovery_samples=learned_from,
+                            held_out=held_out)
     if len(inputs.samples) < n_samples:
         print(f"evaluation  only {len(inputs.samples)} correctly classified test samples of class {target}; "
               f"evaluating on those (asked for {n_samples})")

@@ -136,10 +136,16 @@ def select_samples(
 
 
 def prepare_inputs(model: nn.Module, dataset: Any, target: int, n_samples: int, *,
-                   exclude: Sequence[int] = ()) -> EvaluationInputs:
-    """Select the evaluation samples of ``dataset``'s test split and lay them out for Quantus."""
+                   discovery_samples: Sequence[int] = (), held_out: bool = True) -> EvaluationInputs:
+    """Select the evaluation samples of ``dataset``'s test split and lay them out for Quantus.
+
+    ``discovery_samples`` (test indices the causal graph was learned from) come
+    last when ``held_out``; either way ``in_discovery`` marks them.
+    """
     with _eval_mode(model):
-        index, in_discovery = select_samples(model, dataset.x_test, dataset.y_test, target, n_samples, exclude=exclude)
+        index, _ = select_samples(model, dataset.x_test, dataset.y_test, target, n_samples,
+                                  exclude=discovery_samples if held_out else ())
+    in_discovery = np.isin(index, np.asarray(list(discovery_samples), dtype=np.int64))
     chosen = torch.as_tensor(index)
     masks = dataset.mask_test[chosen] if dataset.mask_test is not None else None
     view_model, x, s, options = quantus_view(model, dataset.x_test[chosen], dataset.info.modality, masks,
