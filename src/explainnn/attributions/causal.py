@@ -49,13 +49,19 @@ def restriction(model: nn.Module, graph: Any, example: Tensor) -> list[NodeInter
         units = graph.units(name)
         if not units or graph.graph.nodes[units[0]]["kind"] != "hidden":
             continue
-        if name not in layers:
+        # A wrapper (e.g. EmbeddingSpaceModel) prefixes the graph's names: match on the suffix.
+        found = layers.get(name) or next((v for k, v in layers.items() if k.endswith("." + name)), None)
+        if found is None:
+            modules = dict(model.named_modules())
+            wrapped = modules.get(name) or next((m for k, m in modules.items() if k.endswith("." + name)), None)
+            if isinstance(wrapped, nn.Embedding):
+                continue  # embeddings are the input representation here; never held
             raise UserError(f"the graph's layer '{name}' is not a layer of this model; valid: {', '.join(layers)}")
-        if layers[name].kind == "embedding":
+        if found.kind == "embedding":
             continue
-        held = sorted(set(range(layers[name].n_units)) - set(graph.causes(name)))
+        held = sorted(set(range(found.n_units)) - set(graph.causes(name)))
         if held:
-            specs.append(NodeIntervention(name, held, "zero"))
+            specs.append(NodeIntervention(found.name, held, "zero"))
     return specs
 
 
