@@ -273,9 +273,9 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _model_at(path: tuple) -> type[BaseModel] | None:
-    """The schema section that a location in the config points into."""
-    model: type[BaseModel] = Config
+def _model_at(path: tuple, schema: type[BaseModel] | None = None) -> type[BaseModel] | None:
+    """The schema section that a location in the config (or another ``schema``) points into."""
+    model: type[BaseModel] = schema or Config
     for part in path:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
@@ -302,14 +302,18 @@ _TYPE_WORDS = {
 }
 
 
-def format_error(error: dict) -> str:
-    """Turn one pydantic error into the one-line message the user sees."""
+def format_error(error: dict, schema: type[BaseModel] | None = None) -> str:
+    """Turn one pydantic error into the one-line message the user sees.
+
+    ``schema`` is the model that was validated (default :class:`Config`); it names
+    the valid keys of the section holding an unknown key.
+    """
     loc = tuple(p for p in error["loc"] if not str(p).startswith(("literal[", "int", "function-")))
     key = ".".join(str(p) for p in loc) or "<top level>"
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":
-        section = _model_at(loc[:-1])
+        section = _model_at(loc[:-1], schema)
         valid = list(section.model_fields) if section else []
         where = ".".join(str(p) for p in loc[:-1])
         hint = _suggest(loc[-1], valid)
@@ -397,22 +401,27 @@ def build_config(raw: dict | None = None, overrides: list[str] | tuple[str, ...]
         raise  # unreachable; keeps type checkers happy
 
 
+def read_yaml(path: str | Path, *, what: str = "config", option: str = "--config",
+              sections: str = "device, seed, data, ...") -> dict:
+    """The mapping in a YAML file (YAML 1.2 booleans); a missing file or bad YAML is one-line :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} file {str(path)!r} not found; pass {option} PATH to a YAML file")
+    try:
+        raw = _yaml_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: {problem}{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections ({sections})")
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read ``config.yaml`` (or defaults when ``path`` is None) and apply overrides."""
-    raw: Any = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found; pass --config PATH to a YAML file")
-        try:
-            raw = _yaml_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "invalid YAML"
-            raise ConfigError(f"{path}: {problem}{where}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections (device, seed, data, ...)")
+    raw = read_yaml(path) if path is not None else {}
     return build_config(raw, overrides)
 
 
