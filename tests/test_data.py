@@ -330,7 +330,7 @@ def test_sst2_errors(tmp_path):
 def test_registry_lists_the_built_in_datasets():
     assert available_datasets() == sorted(DATASETS)
     assert {"mnist", "fashion_mnist", "cifar10", "digits", "mnist_maj", "mnist1d", "sst2"} <= set(DATASETS)
-    assert [n for n in available_datasets() if supports_image_size(n)] == ["cifar10", "digits", "fashion_mnist", "mnist"]
+    assert [n for n in available_datasets() if supports_image_size(n)] == ["cifar10", "digits", "fashion_mnist", "image_folder", "mnist"]
 
 
 def test_unknown_dataset_and_option_errors_list_valid_names(tmp_path):

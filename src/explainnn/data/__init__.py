@@ -4,13 +4,14 @@
 ``(N, C, H, W)`` in [0, 1], sequences float32 ``(N, T, F)``, tokens int64 ``(N, L)``
 left-padded, labels int64 ``(N,)``. Built in: ``mnist`` (works offline),
 ``fashion_mnist``, ``cifar10``, ``digits``, ``mnist_maj`` (with ground-truth
-masks), ``mnist1d`` and ``sst2``. Add your own with ``@register_dataset("name")``.
+masks), ``mnist1d``, ``sst2`` and ``image_folder`` (any folder of class
+sub-folders of image files). Add your own with ``@register_dataset("name")``.
 
 Image datasets also serve recurrent models: the RNN/LSTM/GRU classifiers accept
 ``(N, C, H, W)`` and read the rows as time steps, so no sequence copy is needed.
 """
 
-from explainnn.data import images, mnist_maj, sequences, text  # noqa: F401  (register the loaders)
+from explainnn.data import image_folder, images, mnist_maj, sequences, text  # noqa: F401  (register the loaders)
 from explainnn.data.base import (
     DATASETS,
     Dataset,
