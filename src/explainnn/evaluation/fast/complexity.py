@@ -1,0 +1,28 @@
+"""Complexity, batched: Sparseness (Gini index) and Complexity (entropy), computed in float64 on the model's device."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from explainnn.evaluation.fast.common import Batch
+
+
+def _flat(batch: Batch, a: np.ndarray) -> torch.Tensor:
+    a = np.broadcast_to(a, batch.x.shape).reshape(len(batch), -1)
+    return torch.as_tensor(np.ascontiguousarray(a)).to(batch.device, torch.float64)
+
+
+def sparseness(batch: Batch, a: np.ndarray) -> np.ndarray:
+    """Gini index of the attributions (+1e-7, as Quantus) of each sample (Chalasani et al. 2020): 1 = one feature."""
+    values = torch.sort(_flat(batch, a) + 1e-7, dim=1).values
+    n = values.shape[1]
+    rank = torch.arange(1, n + 1, device=values.device, dtype=values.dtype)
+    return (((2 * rank - n - 1) * values).sum(dim=1) / (n * values.sum(dim=1))).cpu().numpy()
+
+
+def complexity(batch: Batch, a: np.ndarray) -> np.ndarray:
+    """Entropy of each sample's shares ``|a_i| / sum |a|`` (Bhatt et al. 2020): low = few features carry it."""
+    values = _flat(batch, a)
+    shares = values / values.abs().sum(dim=1, keepdim=True)
+    return (-(shares * torch.log(shares + 1e-12)).sum(dim=1)).cpu().numpy()

@@ -1,0 +1,183 @@
+"""The batched engine gives Quantus' scores: same inputs, attributions, options and seed -> equal values.
+
+Tolerance: ``rtol=1e-4, atol=1e-5`` (both engines compute in float32; they
+differ only in how many rows share a forward pass). Where the engine follows a
+metric's paper instead of Quantus 0.6, Quantus is given the paper's choice
+through its own options (a similarity or norm function, a baseline on which
+both agree) and the paper's definition is checked on a hand-computed example.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+from torch import nn
+
+from explainnn.attributions import explain_func
+from explainnn.evaluation import MetricContext, metric_spec
+from explainnn.evaluation.fast import FAST_METRICS, Batch, map_ssim, run_metric
+from explainnn.evaluation.fast.faithfulness import irof
+
+TOL = {"rtol": 1e-4, "atol": 1e-5}
+N, SIZE, CLASSES = 5, 16, 4
+
+
+@pytest.fixture(scope="module")
+def case() -> dict:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(3 * SIZE * SIZE, CLASSES)).eval()
+    rng = np.random.RandomState(0)
+    x = rng.uniform(size=(N, 1, SIZE, SIZE)).astype(np.float32)
+    x[:, :, 0, 0] = 0.0  # every image's minimum is 0, so Quantus' batch-wide "black" equals the per-image one
+    with torch.no_grad():
+        y = model(torch.as_tensor(x)).argmax(1).numpy()
+    a = rng.normal(size=x.shape).astype(np.float32)  # signed, continuous: no ties in any ranking
+    masks = np.zeros_like(x, dtype=bool)
+    masks[:, :, 4:10, 2:12] = True
+    masks[1] = False
+    masks[1, :, :3, :3] = True
+    context = MetricContext(modality="image", sample_shape=x.shape[1:], n_classes=CLASSES, seed=3, has_masks=True)
+    return {"model": model, "x": x, "y": y, "a": a, "masks": masks, "context": context}
+
+
+def both(case: dict, name: str, options: dict | None = None, *, quantus_only: dict | None = None,
+         batch_size: int = 3, method: str = "saliency", seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of ``name`` from Quantus and from the batched engine, with the same settings and seed."""
+    spec = metric_spec(name)
+    init, calls = spec.settings(case["context"], {**(options or {}), "batch_size": batch_size})
+    explain = explain_func(method)
+    np.random.seed(seed)
+    raw = spec.create({**init, **(quantus_only or {})})(
+        model=case["model"], x_batch=case["x"], y_batch=case["y"], a_batch=case["a"].copy(), s_batch=case["masks"],
+        channel_first=True, explain_func=explain, explain_func_kwargs={}, device="cpu", **calls)
+    batch = Batch(case["model"], case["x"], case["y"], masks=case["masks"], rows=64)
+    fast = run_metric(spec, init, calls, batch, case["a"], explain, seed)
+    return spec.scores(raw, N), spec.scores(fast, N)
+
+
+@pytest.mark.parametrize("baseline", ["black", "mean", "uniform"])
+def test_faithfulness_correlation(case, baseline) -> None:
+    quantus, fast = both(case, "FaithfulnessCorrelation", {"nr_runs": 7, "subset_size": 20,
+                                                           "perturb_baseline": baseline})
+    np.testing.assert_allclose(fast, quantus, **TOL)
+
+
+@pytest.mark.parametrize("baseline", ["black", "mean", "uniform"])
+def test_pixel_flipping(case, baseline) -> None:
+    quantus, fast = both(case, "PixelFlipping", {"features_in_step": 16, "perturb_baseline": baseline})
+    np.testing.assert_allclose(fast, quantus, **TOL)
+
+
+@pytest.mark.parametrize("order", ["morf", "lerf", "random"])
+def test_region_perturbation(case, order) -> None:
+    quantus, fast = both(case, "RegionPerturbation", {"patch_size": 3, "order": order, "regions_evaluation": 20,
+                                                      "perturb_baseline": "mean"})
+    np.testing.assert_allclose(fast, quantus, **TOL)
+
+
+def test_irof_equals_quantus_where_quantus_follows_the_paper(case) -> None:
+    """One image per Quantus batch and a baseline every image shares: Quantus' batch quirks vanish."""
+    quantus, fast = both(case, "IROF", {"perturb_baseline": "black"}, batch_size=1)
+    np.testing.assert_allclose(fast, quantus, **TOL)
+
+
+def test_irof_follows_the_paper_by_hand() -> None:
+    """Two superpixels, a linear model: replace the more relevant one by the image mean, then both."""
+    model = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]]))
+    x = np.array([[[[1.0, 3.0, 0.0, 4.0]]]], dtype=np.float32)  # (1, 1, 1, 4); mean 2
+    flat = nn.Sequential(nn.Flatten(), model)
+    batch = Batch(flat, x, np.array([0]))
+    batch.cache[("superpixels", "slic")] = np.array([[[0, 0, 1, 1]]])
+    a = np.array([[[[0.1, 0.1, 0.5, 0.9]]]], dtype=np.float32)  # segment 1 first
+    clean = 1 + 6 + 0 + 16  # 23
+    after_one = 1 + 6 + 2 * 3 + 2 * 4  # 21: segment 1 set to the mean 2
+    after_two = 2 * (1 + 2 + 3 + 4)  # 20
+    curve = np.array([after_one, after_two]) / clean
+    expected = 2 - (curve[0] + curve[1]) / 2
+    np.testing.assert_allclose(irof(batch, a, softmax=False), [expected], rtol=1e-6)
+
+
+def test_local_lipschitz_estimate(case) -> None:
+    quantus, fast = both(case, "LocalLipschitzEstimate", {"nr_samples": 4}, method="gradient_x_input")
+    np.testing.assert_allclose(fast, quantus, **TOL)
+
+
+@pytest.mark.parametrize("name", ["MaxSensitivity", "AvgSensitivity"])
+def test_sensitivity_is_the_papers_unnormalised_difference(case, name) -> None:
+    ones = {"norm_denominator": lambda a: np.ones(len(a))}
+    quantus, fast = both(case, name, {"nr_samples": 3}, quantus_only=ones, method="gradient_x_input")
+    np.testing.assert_allclose(fast, quantus, **TOL)
+
+
+def test_random_logit_draws_quantus_classes_and_compares_maps_as_pictures(case) -> None:
+    shape = case["x"].shape[1:]
+    pictures = {"similarity_func": lambda a, b, batched=True, **_: map_ssim(a, b, shape)}
+    quantus, fast = both(case, "RandomLogit", quantus_only=pictures, batch_size=2)
+    np.testing.assert_allclose(fast, quantus, **TOL)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16), (2, 9, 12), (1, 40)])
+def test_ssim_is_skimages(shape) -> None:
+    rng = np.random.RandomState(1)
+    a, b = rng.normal(size=(3, *shape)), rng.normal(size=(3, *shape))
+    ours = map_ssim(a.reshape(3, -1), b.reshape(3, -1), shape)
+    for i in range(3):
+        both_maps = np.concatenate([a[i].ravel(), b[i].ravel()])
+        kwargs = {"channel_axis": 0} if len(shape) == 3 else {}
+        reference = structural_similarity(a[i] if len(shape) == 3 else a[i][0], b[i] if len(shape) == 3 else b[i][0],
+                                          data_range=float(both_maps.max() - both_maps.min()), **kwargs)
+        np.testing.assert_allclose(ours[i], reference, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["Sparseness", "Complexity", "TopKIntersection", "RelevanceRankAccuracy",
+                                  "PointingGame", "AttributionLocalisation"])
+def test_attribution_only_metrics(case, name) -> None:
+    options = {"k": 30} if name == "TopKIntersection" else {}
+    quantus, fast = both(case, name, options)
+    np.testing.assert_allclose(fast, quantus, **TOL)
+
+
+def test_relevance_share_cosine(case) -> None:
+    quantus, fast = both(case, "RelevanceShareCosine", {"n_blocks": 4})
+    np.testing.assert_allclose(fast, quantus, **TOL)
+
+
+def test_localisation_follows_the_papers_where_quantus_slips(case) -> None:
+    """Empty masks are NaN (Quantus: a hit); the weighted ratio uses the input's size (Quantus: the batch's)."""
+    masks = case["masks"].copy()
+    masks[2] = False
+    batch = Batch(case["model"], case["x"], case["y"], masks=masks)
+    a = np.abs(case["a"])
+    assert np.isnan(FAST_METRICS["PointingGame"](batch, a)[2])
+    share = masks.reshape(N, -1).mean(axis=1)
+    plain = FAST_METRICS["AttributionLocalisation"](batch, a)
+    weighted = FAST_METRICS["AttributionLocalisation"](batch, a, weighted=True)
+    np.testing.assert_allclose(weighted[[0, 1, 3, 4]], (plain * share)[[0, 1, 3, 4]], rtol=1e-12)
+    inside = (a * masks).reshape(N, -1).sum(1) / a.reshape(N, -1).sum(1)
+    np.testing.assert_allclose(plain[[0, 1, 3, 4]], inside[[0, 1, 3, 4]], rtol=1e-6)
+
+
+def test_defaults_are_quantus_defaults() -> None:
+    """Every option the batched engine shares with the Quantus metric has Quantus' default (softmax included)."""
+    fixed = {("PixelFlipping", "return_auc_per_sample")}
+    for name, function in FAST_METRICS.items():
+        cls = metric_spec(name).cls
+        quantus = {**inspect.signature(cls.__init__).parameters, **inspect.signature(cls.__call__).parameters}
+        for option, parameter in inspect.signature(function).parameters.items():
+            if option in quantus and parameter.default is not inspect.Parameter.empty and (name, option) not in fixed:
+                assert parameter.default == quantus[option].default, (name, option)
+
+
+def test_options_only_quantus_has_are_refused(case) -> None:
+    spec = metric_spec("LocalLipschitzEstimate")
+    init, calls = spec.settings(case["context"], {"similarity_func": lambda *a, **k: 0.0})
+    batch = Batch(case["model"], case["x"], case["y"])
+    with pytest.raises(Exception, match="not supported by the fast engine"):
+        run_metric(spec, init, calls, batch, case["a"], explain_func("saliency"), 0)
