@@ -1,0 +1,142 @@
+"""Run a sweep: plan and validate every run, skip finished ones, execute the rest, merge and report.
+
+    from explainnn import run_sweep
+    result = run_sweep("sweeps/lenet_seeds.yaml")       # or a mapping with the same keys
+    print(result.folder / "runs.csv")
+
+The sweep folder (``sweep.output_dir``, default ``<output_dir>/sweeps/<name>``)
+holds ``runs/<hash>/`` (each completed run's own folder and report),
+``runs.csv``, ``classes.csv``, ``evaluation.csv``, ``overlap.csv``,
+``agreement.csv``, ``sweep_report.html``/``.md`` and ``failed/<hash>.log``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from explainnn.files import write_text
+from explainnn.sweep.agreement import agreement, seed_groups, write_agreement
+from explainnn.sweep.backends import Task, choose_backend, run_on_ray, run_sequential
+from explainnn.sweep.execute import PARTIAL, finished_record, run_folder
+from explainnn.sweep.overlap import overlap_groups, write_overlap
+from explainnn.sweep.report import build_sections, write_sweep_report
+from explainnn.sweep.results import RunResult, read_run, write_tables
+from explainnn.sweep.spec import Sweep, flat_settings, load_sweep
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: its folder, every run's result, and how they were executed."""
+
+    folder: Path
+    runs: list[RunResult]
+    backend: str
+    ran: int
+    resumed: int
+    failed: int
+    seconds: float
+
+    @property
+    def table(self) -> Path:
+        return self.folder / "runs.csv"
+
+
+def note(text: str) -> None:
+    """One line on stderr, beside the progress bar."""
+    tqdm.write(f"sweep: {text}", file=sys.stderr)
+
+
+def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str, ...] = (), *,
+              backend: str | None = None, progress: bool = True) -> SweepResult:
+    """Execute every run of ``sweep`` (a sweep file, its mapping, or a loaded :class:`Sweep`).
+
+    ``overrides`` (``key=value``) apply to every run; ``backend`` (``auto``, ``ray``,
+    ``sequential``) replaces ``sweep.backend``. Every run's config is validated
+    before anything runs; finished runs (same resolved-config hash) are reused;
+    a failing run is recorded with its one-line error and the others go on.
+    """
+    plan = sweep if isinstance(sweep, Sweep) else load_sweep(sweep, overrides)
+    settings = plan.settings if backend is None else plan.settings.model_copy(update={"backend": backend})
+    chosen = choose_backend(settings)
+    folder = plan.output_dir
+    shutil.rmtree(folder / PARTIAL, ignore_errors=True)  # scratch of an interrupted earlier sweep
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / "sweep.yaml", _describe_plan(plan))
+    started = time.perf_counter()
+    results: dict[str, RunResult] = {}
+    tasks = []
+    for run in plan.runs:
+        record = finished_record(folder, run.key)
+        result = RunResult(run.index, run.label, run.key, run.values, flat_settings(run.config), record or {})
+        if record:
+            result.resumed = True
+            results[run.key] = read_run(result, run_folder(folder, run.key))
+        else:
+            results[run.key] = result
+            tasks.append(Task(run.key, run.config.model_dump(mode="json"), str(folder)))
+    resumed = len(plan.runs) - len(tasks)
+    if resumed:
+        note(f"{resumed} of {len(plan.runs)} runs already finished in {folder}; skipping them")
+    if chosen == "sequential" and settings.backend == "auto":
+        note("Ray is not installed; running the runs one after another (pip install 'explainnn[ray]' to run "
+             "them in parallel or on a cluster)")
+    bar = tqdm(total=len(plan.runs), initial=resumed, desc="sweep", unit="run", disable=not progress,
+               file=sys.stderr)
+
+    def on_record(task: Task, record: dict[str, Any]) -> None:
+        result = results[task.key]
+        result.record = record
+        if record.get("status") == "ok":
+            read_run(result, run_folder(folder, task.key))
+        else:
+            note(f"run {result.index + 1} ({result.label}) failed: {record.get('error')}")
+        bar.update(1)
+        write_tables(list(results.values()), plan.varied, folder)
+
+    where = "sequential"
+    try:
+        if tasks and chosen == "ray":
+            where = run_on_ray(tasks, settings, on_record)
+        elif tasks:
+            run_sequential(tasks, settings.resources, on_record)
+    finally:
+        bar.close()
+        shutil.rmtree(folder / PARTIAL, ignore_errors=True)
+    ordered = sorted(results.values(), key=lambda result: result.index)
+    write_tables(ordered, plan.varied, folder)
+    seconds = time.perf_counter() - started
+    failed = sum(not result.ok for result in ordered)
+    _analyse_and_report(plan, ordered, where, seconds)
+    return SweepResult(folder, ordered, where, len(tasks), resumed, failed, seconds)
+
+
+def _analyse_and_report(plan: Sweep, runs: list[RunResult], where: str, seconds: float) -> None:
+    done = [run for run in runs if run.ok]
+    overlaps = overlap_groups(done)
+    write_overlap(overlaps, plan.output_dir)
+    configs = {run.key: run.config for run in plan.runs}
+    agreements = [agreement(members, configs) for members in seed_groups(done)]
+    write_agreement(agreements, plan.output_dir)
+    failed = len(runs) - len(done)
+    lines = [f"{len(runs)} runs from {plan.source}: {len(done)} complete, {failed} failed, "
+             f"{sum(run.resumed for run in runs)} reused from an earlier sweep",
+             f"executed on {where} in {seconds:.1f} s; varied: {', '.join(plan.varied) or '-'}"]
+    write_sweep_report(f"Sweep {plan.name}", lines, build_sections(runs, overlaps, agreements, plan.output_dir),
+                       plan.output_dir)
+
+
+def _describe_plan(plan: Sweep) -> str:
+    """``sweep.yaml``: the sweep's settings and every run's overrides and hash (the plan, for the record)."""
+    import yaml
+
+    document = {"name": plan.name, "source": plan.source, "sweep": plan.settings.model_dump(mode="json"),
+                "runs": [{"run": run.index + 1, "key": run.key, "overrides": list(run.overrides)}
+                         for run in plan.runs]}
+    return yaml.safe_dump(document, sort_keys=False)
