@@ -169,7 +169,11 @@ def test_recurrent_classifier_layers_tokens_and_attention():
     layers = {l.name: l for l in find_layers(model, torch.randint(1, 20, (1, 7)))}
     assert list(layers) == ["embedding", "gru.l0", "gru.l1", "attention", "fc"]
     assert layers["embedding"].parent is None and layers["gru.l0"].parent == "embedding"
-    assert layers["fc"].parent == "gru.l1" and "mix" in layers["fc"].note
+    # attention pooling: fc reads the GRU's units weighted by the attention scores, so both are parents and
+    # the features are shared (edges run along the weight-free path); each GRU unit reaches one feature
+    fc = layers["fc"]
+    assert fc.parent == "gru.l1" and [(p.name, p.via) for p in fc.parents] == [("gru.l1", "path"), ("attention", "path")]
+    assert fc.parents[0].unit_map == tuple((i,) for i in range(8)) and fc.parents[1].unit_map == (tuple(range(8)),)
     assert layers["attention"].parent == "gru.l1"
 
 

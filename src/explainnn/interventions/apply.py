@@ -22,28 +22,45 @@ from explainnn.interventions.edits import LayerEdits, apply_layer, compile_edits
 from explainnn.interventions.hooks import ModelPatch
 from explainnn.interventions.layers import LayerInfo, find_layers, resolve_layer
 from explainnn.interventions.recurrent import LayerCache, run_module, split_args
-from explainnn.interventions.spec import Intervention, InterventionSet, as_rows
+from explainnn.interventions.spec import EdgeIntervention, Intervention, InterventionSet, as_rows
 
 Means = Callable[[LayerInfo], torch.Tensor]
 
 
+def is_path_edge(layer: LayerInfo, spec: Intervention) -> bool:
+    """Whether ``spec`` is an edge from a parent that reaches ``layer`` along a shared weight-free path."""
+    return (isinstance(spec, EdgeIntervention) and not spec.recurrent and layer.kind != "embedding"
+            and layer.link(spec.parent_layer).via == "path")
+
+
 class EditPlan:
-    """Which specs act on which layer, for ``K`` blocks of rows."""
+    """Which specs act on which layer, for ``K`` blocks of rows.
+
+    ``path_changes[layer]`` holds, for layers with path edges, the change of the
+    layer's input under each block's path edges (set by the runner).
+    """
 
     def __init__(self, model: nn.Module, layers: list[LayerInfo], rows: list[tuple[Intervention, ...]],
-                 means: Means | None = None) -> None:
+                 means: Means | None = None, allow_path: bool = True) -> None:
         self.n_blocks = len(rows)
         self.means = means
         self.layers: dict[str, LayerInfo] = {}
         self.blocks: dict[str, list[list[Intervention]]] = {}
+        self.path_changes: dict[str, torch.Tensor] = {}
         for k, specs in enumerate(rows):
-            for spec in specs:
-                layer = resolve_layer(layers, model, spec.layer)
+            resolved = [(resolve_layer(layers, model, spec.layer), spec) for spec in specs]
+            for layer, spec in resolved:
                 self.layers[layer.name] = layer
                 if layer.name not in self.blocks:
                     self.blocks[layer.name] = [[] for _ in rows]
                 self.blocks[layer.name][k].append(spec)
+            _check_path_row(resolved, allow_path)
         self._compiled: dict[tuple, LayerEdits] = {}
+
+    def path_rows(self, layer: LayerInfo) -> list[tuple[int, Intervention, None]]:
+        """``(block, spec, None)`` for every path edge into ``layer``."""
+        return [(k, spec, None) for k, specs in enumerate(self.blocks.get(layer.name, []))
+                for spec in specs if is_path_edge(layer, spec)]
 
     def modules(self) -> dict[str, list[LayerInfo]]:
         grouped: dict[str, list[LayerInfo]] = {}
@@ -85,7 +102,8 @@ class EditPlan:
     def _hook(self, layer: LayerInfo):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             y = output.clone()
-            apply_layer(y, args[0], self.compiled(layer, rest_shape(layer, tuple(y.shape[1:])), y), shared=False)
+            apply_layer(y, args[0], self.compiled(layer, rest_shape(layer, tuple(y.shape[1:])), y), shared=False,
+                        path_change=self.path_changes.get(layer.name))
             return y
 
         return hook
@@ -95,7 +113,7 @@ class EditPlan:
             clean_out = cached.output
             y = clean_out.repeat(self.n_blocks, *([1] * (clean_out.dim() - 1)))
             edits = self.compiled(layer, rest_shape(layer, tuple(clean_out.shape[1:])), y)
-            apply_layer(y, cached.inputs, edits, shared=True)
+            apply_layer(y, cached.inputs, edits, shared=True, path_change=self.path_changes.get(layer.name))
             return y
 
         return forward
@@ -111,6 +129,24 @@ class EditPlan:
             return run_module(module, args, kwargs, edits, self.n_blocks, None if cached is None else cached.rnn)
 
         return forward
+
+
+def _check_path_row(resolved: list[tuple[LayerInfo, Intervention]], allow_path: bool) -> None:
+    """A row's path edges into a layer combine only with specs on that layer or later ones."""
+    for layer, spec in resolved:
+        if not is_path_edge(layer, spec):
+            continue
+        if not allow_path:
+            raise InterventionError(
+                f"the edge {spec.parent_layer or layer.parent} -> {layer.name} runs along a path shared with other "
+                "parents; evaluate it with InterventionRunner, not intervene()"
+            )
+        earlier = [other.name for other, _ in resolved if other.order < layer.order]
+        if earlier:
+            raise InterventionError(
+                f"a path edge into layer '{layer.name}' cannot be combined in one row with interventions on the "
+                f"earlier layer '{earlier[0]}'"
+            )
 
 
 @dataclass
@@ -144,7 +180,7 @@ def intervene(
             patch.eval_mode(model)
             clean = clean_pass(model, reference.to(example_input.device))
         means = clean.mean
-    plan = EditPlan(model, layers, as_rows([interventions]), means)
+    plan = EditPlan(model, layers, as_rows([interventions]), means, allow_path=False)
     with ModelPatch() as patch:
         plan.install(patch)
         yield model

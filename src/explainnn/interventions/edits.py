@@ -4,8 +4,12 @@ Rows are laid out in ``K`` blocks of ``N`` samples (block ``k`` carries the ``k`
 intervention). Node edits become one affine map ``y * a + b`` per (block, unit);
 edge edits become activation deltas instead of weight copies: setting
 ``W[j, f] = u`` adds ``(u - W[j, f]) * x_f`` to unit ``j``'s pre-activation (for a
-conv, input channel ``f`` convolved with the kernel difference). All blocks of a
-layer are applied with a handful of tensor ops, whatever ``K`` is.
+conv, input channel ``f`` convolved with the kernel difference). Edges of a
+parent linked ``via="path"`` (features shared with other parents, e.g. through a
+residual add) are path deltas: the child's weights applied to the change of its
+input features when the parent unit's signal on the weight-free path is scaled
+by the edge value (the runner computes that change). All blocks of a layer are
+applied with a handful of tensor ops, whatever ``K`` is.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from explainnn.errors import InterventionError
-from explainnn.interventions.layers import LayerInfo
+from explainnn.interventions.layers import LayerInfo, ParentLink
 from explainnn.interventions.spec import Intervention, NodeIntervention
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -52,7 +56,18 @@ class LayerEdits:
     node: NodeEdits | None = None
     edge_in: EdgeEdits | None = None
     edge_rec: EdgeEdits | None = None
+    edge_path: EdgeEdits | None = None
     first_step: int = 0
+
+
+@dataclass
+class PathEntry:
+    """One block's path edges into a layer: per parent layer, the unit -> factor its signal is scaled by."""
+
+    block: int
+    factors: dict[str, dict[int, float]]
+    features: list[int]
+    children: tuple[int, ...] | None
 
 
 def _steps(spec: Intervention, layer: LayerInfo, length: int | None) -> list[int] | None:
@@ -96,7 +111,7 @@ def compile_edits(
     """
     length = rest[0] if layer.time_axis else None
     edits = LayerEdits(layer, len(blocks))
-    node_rows, edge_in, edge_rec = [], [], []
+    node_rows, edge_in, edge_rec, edge_path = [], [], [], []
     for k, specs in enumerate(blocks):
         seen_units: set[int] = set()
         for spec in specs:
@@ -110,17 +125,67 @@ def compile_edits(
                     )
                 seen_units.update(spec.units)
                 node_rows.append((k, spec, steps))
+            elif spec.recurrent:
+                edge_rec.append((k, spec, steps))
+            elif _link(layer, spec).via == "path":
+                edge_path.append((k, spec, steps))
             else:
-                target = edge_rec if spec.recurrent else edge_in
-                target.append((k, spec, steps))
+                edge_in.append((k, spec, steps))
     if node_rows:
         edits.node = _compile_nodes(layer, node_rows, rest, length, means, device, dtype)
     if edge_in:
         edits.edge_in = _compile_edges(layer, edge_in, length, False, len(blocks), device, dtype)
     if edge_rec:
         edits.edge_rec = _compile_edges(layer, edge_rec, length, True, len(blocks), device, dtype)
+    if edge_path:
+        entries = path_entries(layer, edge_path)
+        rows = [(entry.block, entry, None) for entry in entries]
+        edits.edge_path = _compile_edges(layer, rows, length, False, len(blocks), device, dtype, path=True)
     edits.first_step = min((s[0] if s else 0 for _, _, s in node_rows + edge_in + edge_rec), default=0)
     return edits
+
+
+def _link(layer: LayerInfo, spec) -> ParentLink:
+    if layer.kind == "embedding":
+        raise InterventionError(
+            f"layer '{layer.name}' is an embedding and has no incoming edges; intervene on its units instead"
+        )
+    return layer.link(spec.parent_layer)
+
+
+def path_entries(layer: LayerInfo, rows: list) -> list[PathEntry]:
+    """Group a layer's path edges by block: a block's path edges act jointly and must share their children."""
+    if layer.recurrent:
+        raise InterventionError(
+            f"layer '{layer.name}' is recurrent and its inputs are shared by several parents; "
+            "path edges into recurrent layers are not supported"
+        )
+    entries: dict[int, PathEntry] = {}
+    for k, spec, steps in rows:
+        if steps is not None:
+            raise InterventionError(f"edge steps apply to recurrent layers only; '{layer.name}' is a {layer.kind}")
+        link = _link(layer, spec)
+        if link.name == "input":
+            raise InterventionError(
+                f"the input reaches layer '{layer.name}' together with other parents; edges from the input "
+                "along a shared path are not supported"
+            )
+        _check_units(layer, spec.parents, f"parent unit (of {link.name})", link.n_units)
+        if spec.children is not None:
+            _check_units(layer, spec.children, "child unit", layer.n_units)
+        entry = entries.setdefault(k, PathEntry(k, {}, [], spec.children))
+        if entry.children != spec.children:
+            raise InterventionError(
+                f"one row holds path edges into layer '{layer.name}' with different children; "
+                "put them in separate rows"
+            )
+        units = entry.factors.setdefault(link.name, {})
+        for p in spec.parents:
+            if p in units:
+                raise InterventionError(f"one row edits the same edge of layer '{layer.name}' twice")
+            units[p] = spec.value
+            entry.features.extend(f for f in link.unit_map[p] if f not in entry.features)
+    return sorted(entries.values(), key=lambda entry: entry.block)
 
 
 def _compile_nodes(layer, rows, rest, length, means, device, dtype) -> NodeEdits:
@@ -166,36 +231,84 @@ def _compile_nodes(layer, rows, rest, length, means, device, dtype) -> NodeEdits
 
 
 def _weight(layer: LayerInfo, recurrent: bool) -> torch.Tensor:
+    """The weight the edges edit: ``(C_out, C_in, *kernel)``; recurrent: ``(D * G * H, F)``, directions stacked.
+
+    A bidirectional layer's recurrent weights are block-diagonal over the
+    directions (``(D * G * H, D * H)``), so unit ``i`` of one direction has no
+    recurrent edge into the other.
+    """
     module = layer.module
     if layer.recurrent:
         kind = "hh" if recurrent else "ih"
-        return getattr(module, f"weight_{kind}_l{layer.sublayer or 0}").detach()
+        index = layer.sublayer or 0
+        parts = [getattr(module, f"weight_{kind}_l{index}{suffix}").detach() for suffix in directions(layer)]
+        if recurrent and len(parts) > 1:
+            return torch.block_diag(*parts)
+        return torch.cat(parts)
     return module.weight.detach()
 
 
-def _compile_edges(layer, rows, length, recurrent, n_blocks, device, dtype) -> EdgeEdits:
-    """Coefficients ``(E, F, C_out, *kernel)``: the weight change of each parent feature into each child."""
-    if layer.kind == "embedding":
+def directions(layer: LayerInfo) -> tuple[str, ...]:
+    """Parameter-name suffixes of a recurrent layer's directions."""
+    return ("", "_reverse") if layer.directions == 2 else ("",)
+
+
+def recurrent_rows(layer: LayerInfo, child_mask: torch.Tensor) -> torch.Tensor:
+    """Units ``(E, D * H)`` -> rows of the stacked gate weights ``(E, D * G * H)`` (every gate of a unit)."""
+    hidden = layer.module.hidden_size
+    per_direction = child_mask.unflatten(1, (layer.directions, hidden))
+    return per_direction.repeat(1, 1, GATES[layer.kind]).flatten(1)
+
+
+def _check_recurrent_direction(layer: LayerInfo, spec) -> None:
+    if layer.directions == 1:
+        return
+    hidden = layer.module.hidden_size
+    sides = {p // hidden for p in spec.parents}
+    kids = range(layer.n_units) if spec.children is None else spec.children
+    if spec.children is not None and len(sides | {c // hidden for c in kids}) > 1:
         raise InterventionError(
-            f"layer '{layer.name}' is an embedding and has no incoming edges; intervene on its units instead"
+            f"layer '{layer.name}' is bidirectional: recurrent edges run within one direction "
+            f"(units 0..{hidden - 1} forward, {hidden}..{2 * hidden - 1} backward)"
         )
+
+
+def _compile_edges(layer, rows, length, recurrent, n_blocks, device, dtype, path: bool = False) -> EdgeEdits:
+    """Coefficients ``(E, F, C_out, *kernel)``: the weight change of each parent feature into each child.
+
+    With ``path`` the rows are :class:`PathEntry` blocks and the coefficients are
+    the weights themselves (applied to the change of the input features).
+    """
     if recurrent and not layer.recurrent:
         raise InterventionError(f"recurrent=True needs a recurrent layer; '{layer.name}' is a {layer.kind}")
-    if not recurrent and layer.parent_map is None:
-        raise InterventionError(f"layer '{layer.name}' has no traced parent ({layer.note})")
-    n_parents = layer.n_units if recurrent else layer.parent_units
-    label = "recurrent parent" if recurrent else f"parent unit (of {layer.parent})"
     features, children = [], []
     for _, spec, steps in rows:
+        if path:
+            features.append(spec.features)
+            children.append(spec.children)
+            continue
         if steps is not None and not layer.recurrent:
             raise InterventionError(f"edge steps apply to recurrent layers only; '{layer.name}' is a {layer.kind}")
-        _check_units(layer, spec.parents, label, n_parents)
+        if recurrent:
+            _check_units(layer, spec.parents, "recurrent parent", layer.n_units)
+            _check_recurrent_direction(layer, spec)
+            feats = list(spec.parents)
+        else:
+            link = _link(layer, spec)
+            _check_units(layer, spec.parents, f"parent unit (of {link.name})", link.n_units)
+            feats = [f for p in spec.parents for f in link.unit_map[p]]
+            empty = [p for p in spec.parents if not link.unit_map[p]]
+            if empty:
+                raise InterventionError(
+                    f"unit {empty[0]} of {link.name} does not reach layer '{layer.name}'; it has no edge to it"
+                )
         kids = spec.children
         if kids is not None:
             _check_units(layer, kids, "child unit", layer.n_units)
-        features.append([f for p in spec.parents for f in ((p,) if recurrent else layer.parent_map[p])])
+        features.append(feats)
         children.append(kids)
-    _check_overlap(layer, rows, features, children)
+    if not path:
+        _check_overlap(layer, rows, features, children)
     count, width = len(rows), max(len(f) for f in features)
     feats = torch.tensor([f + [0] * (width - len(f)) for f in features], dtype=torch.long)
     feat_mask = torch.arange(width)[None, :] < torch.tensor([len(f) for f in features])[:, None]
@@ -205,7 +318,7 @@ def _compile_edges(layer, rows, length, recurrent, n_blocks, device, dtype) -> E
     child_mask[child_rows, [c for kids in children if kids is not None for c in kids]] = True
     weight = _weight(layer, recurrent).to(dtype)
     if layer.recurrent:
-        child_mask = child_mask.repeat(1, GATES[layer.kind])
+        child_mask = recurrent_rows(layer, child_mask)
     mask = feat_mask[:, :, None] & child_mask[:, None, :]
     groups = getattr(layer.module, "groups", 1)
     if groups > 1:
@@ -214,9 +327,12 @@ def _compile_edges(layer, rows, length, recurrent, n_blocks, device, dtype) -> E
     on = weight.device
     per_feature = weight.movedim(1, 0)[feats.to(on)]
     kernel = (1,) * (weight.dim() - 2)
-    values = torch.tensor([spec.value for _, spec, _ in rows], dtype=dtype, device=on).view(count, 1, 1, *kernel)
-    scaled = torch.tensor([spec.mode == "scale" for _, spec, _ in rows], device=on).view(count, 1, 1, *kernel)
-    delta = torch.where(scaled, (values - 1.0) * per_feature, values - per_feature)
+    if path:
+        delta = per_feature
+    else:
+        values = torch.tensor([spec.value for _, spec, _ in rows], dtype=dtype, device=on).view(count, 1, 1, *kernel)
+        scaled = torch.tensor([spec.mode == "scale" for _, spec, _ in rows], device=on).view(count, 1, 1, *kernel)
+        delta = torch.where(scaled, (values - 1.0) * per_feature, values - per_feature)
     keep = mask.to(on).view(*mask.shape, *kernel)
     coef = torch.where(keep, delta, torch.zeros((), dtype=dtype, device=on))
     steps_mask = None
@@ -347,17 +463,29 @@ def rest_shape(layer: LayerInfo, per_sample: tuple[int, ...]) -> tuple[int, ...]
     return tuple(per_sample[:-1])
 
 
-def apply_layer(y: torch.Tensor, x: torch.Tensor, edits: LayerEdits, shared: bool) -> None:
+def _input_delta(layer: LayerInfo, x: torch.Tensor, edge: EdgeEdits, n_blocks: int, shared: bool) -> torch.Tensor:
+    if layer.kind.startswith("conv"):
+        return conv_delta(x, layer.module, edge, n_blocks, shared)
+    return linear_delta(x, edge, n_blocks, shared)
+
+
+def apply_layer(y: torch.Tensor, x: torch.Tensor, edits: LayerEdits, shared: bool,
+                path_change: torch.Tensor | None = None) -> None:
     """In place on a Linear/Conv/Embedding output ``y`` ``(K * N, ...)`` with input ``x``.
 
-    Edge deltas come first (they change pre-activations); node edits then override.
+    ``path_change`` ``(E * N, ...)`` is the change of the input under each path
+    entry (one per block with path edges, in block order). Edge deltas come first
+    (they change pre-activations); node edits then override.
     """
     layer, n_blocks = edits.layer, edits.n_blocks
     if edits.edge_in is not None:
-        if layer.kind.startswith("conv"):
-            delta = conv_delta(x, layer.module, edits.edge_in, n_blocks, shared)
-        else:
-            delta = linear_delta(x, edits.edge_in, n_blocks, shared)
-        add_deltas(y, edits.edge_in, delta, n_blocks)
+        add_deltas(y, edits.edge_in, _input_delta(layer, x, edits.edge_in, n_blocks, shared), n_blocks)
+    if edits.edge_path is not None:
+        if path_change is None:
+            raise InterventionError(f"path edges into layer '{layer.name}' need the batched InterventionRunner")
+        edge = edits.edge_path
+        entries = len(edge.blocks)
+        local = EdgeEdits(torch.arange(entries, device=edge.blocks.device), edge.features, edge.coef, None, True)
+        add_deltas(y, edge, _input_delta(layer, path_change, local, entries, False), n_blocks)
     if edits.node is not None:
         apply_nodes(y, layer, edits.node, n_blocks)

@@ -1,11 +1,22 @@
 """Which layers a model has, in which order they run, and how they are wired.
 
 Layers come from the module tree (by type, never by name) plus traced forward
-passes. A layer's *parent* is found by walking back through the layers that ran
-before it and probing with NaN: setting one parent unit to NaN marks exactly the
-input features of the child that the unit reaches, which gives the unit -> feature
-map across flattens, pooling and reshapes (e.g. conv channel i -> fc features
-[25 i, 25 i + 25)) without assuming anything about the forward code.
+passes. The wiring is a DAG: a layer's *parents* are the nearest weight layers
+(or the input) on every path into it, found with a NaN probe. One parent unit per
+row is set to NaN while the outputs of all other weight layers are held at their
+clean values, so the NaN reaches exactly the input features of the layers that
+read the unit through parameter-free operations only (activations, BatchNorm,
+pooling, add, cat, flatten, slicing, ...). That gives each parent's
+unit -> feature map across skip connections, concatenations, flattens and
+reshapes without assuming anything about the forward code (e.g. conv channel i
+-> fc features [25 i, 25 i + 25)).
+
+A link is intervened on through the child's weights (``via="weights"``) when the
+features it feeds are fed by that parent unit alone; when they are shared with
+other units (a residual add, an identity shortcut, attention pooling) the link is
+``via="path"``: an edge is then intervened on along the weight-free path itself.
+Bidirectional recurrent layers have ``2 H`` units: ``0..H-1`` forward, ``H..2H-1``
+backward (PyTorch's output layout).
 """
 
 from __future__ import annotations
@@ -25,15 +36,35 @@ RECURRENT_TYPES = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}
 PROBE_ROWS = 256
 
 
+@dataclass(frozen=True)
+class ParentLink:
+    """One parent of a layer: ``unit_map[i]`` lists the child's input features that parent unit ``i`` reaches.
+
+    ``via`` is ``"weights"`` when every one of those features is reached by this
+    unit alone (an edge is the child's weights on them), ``"path"`` when features
+    are shared with other parent units, e.g. through a residual add (an edge is
+    then an intervention on the weight-free path from the unit into the child).
+    """
+
+    name: str
+    unit_map: tuple[tuple[int, ...], ...] = field(repr=False)
+    via: str = "weights"
+
+    @property
+    def n_units(self) -> int:
+        return len(self.unit_map)
+
+
 @dataclass(frozen=True, eq=False)
 class LayerInfo:
     """One analysable layer: a module (or one internal layer of a stacked RNN).
 
     ``output_shape`` is per sample and batch-first; recurrent layers report
-    ``(T, hidden)``. ``parent_map[i]`` lists the input features of this layer (the
-    columns of its weight, channels for convs) that parent unit ``i`` feeds;
-    ``parent`` is a layer name, ``"input"`` for the first layer, or ``None`` with
-    the reason in ``note``.
+    ``(T, hidden)`` (bidirectional: ``(T, 2 hidden)``). ``parents`` lists every
+    parent link, nearest first; ``parent`` and ``parent_map`` are those of the first
+    (the primary parent): a layer name, ``"input"``, or ``None`` with the reason in
+    ``note``. ``parent_map[i]`` lists the input features of this layer (the columns
+    of its weight, channels for convs) that parent unit ``i`` feeds.
     """
 
     name: str
@@ -49,10 +80,28 @@ class LayerInfo:
     sublayer: int | None = None
     calls: int = 1
     note: str = ""
+    parents: tuple[ParentLink, ...] = ()
 
     @property
     def recurrent(self) -> bool:
         return self.kind in RECURRENT_TYPES.values()
+
+    @property
+    def directions(self) -> int:
+        """2 for a bidirectional recurrent layer, else 1."""
+        return 2 if self.recurrent and self.module.bidirectional else 1
+
+    def link(self, parent: str | None = None) -> ParentLink:
+        """The link to ``parent`` (``None``: the primary parent), or a one-line error naming the valid ones."""
+        if not self.parents:
+            raise InterventionError(f"layer '{self.name}' has no traced parent ({self.note})")
+        if parent is None:
+            return self.parents[0]
+        for link in self.parents:
+            if link.name == parent:
+                return link
+        valid = ", ".join(link.name for link in self.parents)
+        raise InterventionError(f"'{parent}' is not a parent of layer '{self.name}'; its parents: {valid}")
 
     @property
     def parent_units(self) -> int:
@@ -214,11 +263,12 @@ def _find_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
         if kind in RECURRENT_TYPES.values():
             out_shape = calls[0].output[0]
             steps = out_shape[1] if module.batch_first else out_shape[0]
+            units = module.hidden_size * (2 if module.bidirectional else 1)
             for index in range(module.num_layers):
                 label = name if module.num_layers == 1 else f"{name}.l{index}"
-                width = module.input_size if index == 0 else module.hidden_size
+                width = module.input_size if index == 0 else units
                 layers.append(
-                    LayerInfo(label, name, module, kind, module.hidden_size, width, (steps, module.hidden_size),
+                    LayerInfo(label, name, module, kind, units, width, (steps, units),
                               len(layers), None, None, sublayer=index, calls=len(calls))
                 )
         else:
@@ -251,65 +301,175 @@ def _batch_on_axis(module: nn.Module, traces: list[dict], name: str) -> bool:
     return True
 
 
+def tile_output(output: Any, module: nn.Module, n_blocks: int) -> Any:
+    """A fresh copy of a module output repeated ``n_blocks`` times along its batch axis.
+
+    Recurrent outputs ``(seq, state)`` keep their batch axes (``seq``: 0 when
+    batch-first, else 1; states: 1).
+    """
+    if isinstance(output, torch.Tensor):
+        return _repeat(output, n_blocks, 0)
+    axis = 0 if module.batch_first else 1
+    seq, state = output
+    if isinstance(state, tuple):
+        return _repeat(seq, n_blocks, axis), tuple(_repeat(s, n_blocks, 1) for s in state)
+    return _repeat(seq, n_blocks, axis), _repeat(state, n_blocks, 1)
+
+
+def _repeat(t: torch.Tensor, n_blocks: int, axis: int) -> torch.Tensor:
+    repeats = [1] * t.dim()
+    repeats[axis] = n_blocks
+    return t.repeat(repeats)
+
+
+class HeldClean:
+    """Replaces every layer module's forward with its clean output, tiled to ``n`` blocks.
+
+    ``edit[module_name]`` (optional) changes that output before it is returned.
+    Modules called several times return the clean output of the matching call.
+    """
+
+    def __init__(self, by_name: dict[str, list[ModuleCall]], layers: list[LayerInfo]) -> None:
+        self.by_name = by_name
+        self.modules = {layer.module_name: layer.module for layer in layers}
+
+    def install(self, patch: ModelPatch, n_blocks: int, edit: dict[str, Any] | None = None) -> None:
+        for name, module in self.modules.items():
+            patch.replace_forward(module, self._forward(name, module, n_blocks, (edit or {}).get(name)))
+
+    def _forward(self, name: str, module: nn.Module, n_blocks: int, edit: Any):
+        counter = [0]
+        calls = self.by_name[name]
+
+        def forward(*args: object, **kwargs: object) -> Any:
+            call = calls[min(counter[0], len(calls) - 1)]
+            counter[0] += 1
+            out = tile_output(call.output, module, n_blocks)
+            return out if edit is None else edit(out)
+
+        return forward
+
+
 def _link_parents(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo]) -> list[LayerInfo]:
+    children = [layer for layer in layers if layer.kind != "embedding" and not layer.sublayer]
+    try:
+        reach = _probe_all(model, example, layers, children)
+    except Exception:  # noqa: BLE001 - a model that cannot take NaN falls back to the chain by dims
+        reach = None
     linked: list[LayerInfo] = []
     for index, layer in enumerate(layers):
+        note, links = "", ()
         if layer.kind == "embedding":
-            parent, mapping, note = None, None, "reads token ids; it has no incoming edges"
+            note = "reads token ids; it has no incoming edges"
         elif layer.sublayer:
-            below = layers[index - 1]
-            parent, mapping, note = below.name, tuple((i,) for i in range(layer.in_features)), ""
-        elif index == 0:
-            parent, mapping, note = "input", tuple((i,) for i in range(layer.in_features)), ""
+            links = (ParentLink(layers[index - 1].name, tuple((i,) for i in range(layer.in_features))),)
+        elif reach is None:
+            links, note = _dims_link(layers[:index], layer)
         else:
-            parent, mapping, note = _search_parent(model, example, layers[:index], layer)
-        linked.append(dataclasses.replace(layer, parent=parent, parent_map=mapping, note=note))
+            links = _links(reach, layer)
+            if not links:
+                note = "no earlier layer's units and no input feature reach its inputs; edges are unavailable"
+        primary = links[0] if links else None
+        linked.append(dataclasses.replace(
+            layer, parent=primary.name if primary else None, parent_map=primary.unit_map if primary else None,
+            note=note, parents=links,
+        ))
     return linked
 
 
-def _search_parent(model, example, earlier: list[LayerInfo], child: LayerInfo):
-    for candidate in reversed(earlier):
-        if candidate.recurrent and candidate.sublayer is not None:
-            if candidate.sublayer != candidate.module.num_layers - 1:
-                continue
-        affected = _probe(model, example, candidate, child)
-        mapping, note = _mapping(candidate, child, affected)
-        if mapping is not None:
-            return candidate.name, mapping, note
-    return None, None, "no earlier layer's units map onto its inputs; edges are unavailable"
+def _dims_link(earlier: list[LayerInfo], child: LayerInfo) -> tuple[tuple[ParentLink, ...], str]:
+    """The fallback when the probe cannot run: the previous layer (or the input), one-to-one by dims."""
+    source = earlier[-1] if earlier else None
+    units = source.n_units if source is not None else child.in_features
+    if units != child.in_features:
+        return (), "the NaN probe could not run and the previous layer's units do not match its inputs"
+    name = source.name if source is not None else INPUT
+    return (ParentLink(name, tuple((i,) for i in range(units))),), "one-to-one by dims (the NaN probe could not run)"
 
 
-def _mapping(parent: LayerInfo, child: LayerInfo, affected: list[set[int]] | None):
-    units, width = parent.n_units, child.in_features
-    if affected is None:
-        if units == width:
-            return tuple((i,) for i in range(units)), "one-to-one by dims (the NaN probe could not run)"
-        return None, ""
-    disjoint = sum(len(a) for a in affected) == len(set().union(*affected))
-    if all(affected) and disjoint and (units > 1 or width == 1):
-        return tuple(tuple(sorted(a)) for a in affected), ""
-    if units == width and all(i in a for i, a in enumerate(affected)):
-        return tuple((i,) for i in range(units)), f"units of {parent.name} also mix before reaching {child.name}"
-    return None, ""
+INPUT = "input"
+
+
+def _sources(layers: list[LayerInfo]) -> list[LayerInfo]:
+    """Layers whose units can feed later layers: all but the lower layers of a recurrent stack."""
+    return [
+        layer for layer in layers
+        if not (layer.recurrent and layer.sublayer is not None and layer.sublayer != layer.module.num_layers - 1)
+    ]
+
+
+def _probe_all(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo],
+               children: list[LayerInfo]) -> dict[str, dict[str, list[set[int]]]]:
+    """``reach[child][source]``: per source unit, the child's input features its NaN reaches."""
+    clean = trace_forward(model, example, keep=True).by_name()
+    held = HeldClean(clean, layers)
+    reach: dict[str, dict[str, list[set[int]]]] = {child.name: {} for child in children}
+    if example.is_floating_point():
+        seen = _probe_pass(model, torch.full_like(example, float("nan")), held, children, None)
+        for child in children:
+            if seen[child.name] is not None and bool(seen[child.name].any()):
+                reach[child.name][INPUT] = [{f} for f in range(child.in_features)]
+    for source in _sources(layers):
+        for first in range(0, source.n_units, PROBE_ROWS):
+            units = torch.arange(first, min(first + PROBE_ROWS, source.n_units), device=example.device)
+            mark = {source.module_name: lambda out, units=units: _mark_nan(source, out, units)}
+            seen = _probe_pass(model, _rows(example, len(units)), held, children, mark)
+            for child in children:
+                if child.order <= source.order or seen[child.name] is None:
+                    continue
+                rows = reach[child.name].setdefault(source.name, [])
+                rows.extend(set(torch.nonzero(row).flatten().tolist()) for row in seen[child.name])
+    return reach
+
+
+def _probe_pass(model, inputs, held: HeldClean, children: list[LayerInfo], mark) -> dict[str, torch.Tensor | None]:
+    """One forward with every layer held clean (and ``mark`` applied): which child features got NaN."""
+    seen: dict[str, torch.Tensor | None] = {child.name: None for child in children}
+
+    def capture(child: LayerInfo):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if seen[child.name] is None and args and isinstance(args[0], torch.Tensor):
+                seen[child.name] = _feature_nan(child, args[0])
+
+        return hook
+
+    with ModelPatch() as patch:
+        held.install(patch, len(inputs), mark)
+        for child in children:
+            patch.forward_pre_hook(child.module, capture(child))
+        model(inputs)
+    return seen
+
+
+def _links(reach: dict[str, dict[str, list[set[int]]]], child: LayerInfo) -> tuple[ParentLink, ...]:
+    found = {name: rows for name, rows in reach[child.name].items() if any(rows)}
+    count = [0] * child.in_features
+    for rows in found.values():
+        for features in rows:
+            for f in features:
+                count[f] += 1
+    links = []
+    for name, rows in found.items():
+        exclusive = all(count[f] == 1 for features in rows for f in features)
+        links.append(ParentLink(name, tuple(tuple(sorted(a)) for a in rows), "weights" if exclusive else "path"))
+    # primary parent first: through the weights before along a path, then the widest, then the nearest
+    order = {name: i for i, name in enumerate(reach[child.name])}
+    return tuple(sorted(links, key=lambda link: (link.name == INPUT, link.via != "weights", -link.n_units,
+                                                 -order[link.name])))
 
 
 def _mark_nan(parent: LayerInfo, output: Any, rows: torch.Tensor) -> Any:
     """Set unit ``rows[r]`` of row ``r`` of a layer's output to NaN."""
     r = torch.arange(len(rows), device=rows.device)
     if parent.recurrent:
-        module = parent.module
         out, state = output
         out = out.clone()
-        if module.batch_first:
+        if parent.module.batch_first:
             out[r, :, rows] = float("nan")
         else:
             out[:, r, rows] = float("nan")
         states = state if isinstance(state, tuple) else (state,)
-        marked = []
-        for s in states:
-            s = s.clone()
-            s[-1, r, rows] = float("nan")
-            marked.append(s)
+        marked = [mark_final_state(parent, s.clone(), r, rows, float("nan")) for s in states]
         return out, (tuple(marked) if isinstance(state, tuple) else marked[0])
     out = output.clone()
     if parent.kind.startswith("conv"):
@@ -319,24 +479,22 @@ def _mark_nan(parent: LayerInfo, output: Any, rows: torch.Tensor) -> Any:
     return out
 
 
-def _probe(model: nn.Module, example: torch.Tensor, parent: LayerInfo, child: LayerInfo) -> list[set[int]] | None:
-    """For each parent unit, the child's input features it reaches (``None`` if the probe fails)."""
-    affected: list[set[int]] = []
-    try:
-        for first in range(0, parent.n_units, PROBE_ROWS):
-            units = torch.arange(first, min(first + PROBE_ROWS, parent.n_units), device=example.device)
-            seen: list[torch.Tensor] = []
-            with ModelPatch() as patch:
-                patch.forward_hook(parent.module, lambda m, a, o: _mark_nan(parent, o, units))
-                patch.forward_pre_hook(child.module, lambda m, a: seen.append(a[0]) if not seen else None)
-                model(_rows(example, len(units)))
-            if not seen:
-                return None
-            features = _feature_nan(child, seen[0])
-            affected.extend(set(torch.nonzero(row).flatten().tolist()) for row in features)
-    except Exception:  # noqa: BLE001 - any model that cannot take NaN falls back to dims
-        return None
-    return affected
+def mark_final_state(layer: LayerInfo, state: torch.Tensor, rows: torch.Tensor, units: torch.Tensor,
+                     value: float | torch.Tensor, scale: bool = False) -> torch.Tensor:
+    """In place on a recurrent final state ``(L * D, N, H)``: unit ``units[r]`` of row ``rows[r]`` of the top layer.
+
+    Units ``>= H`` of a bidirectional layer are the backward direction's. With
+    ``scale`` the entries are multiplied by ``value`` instead of set to it.
+    """
+    hidden = layer.module.hidden_size
+    directions = layer.directions
+    index = (layer.module.num_layers - 1) * directions + torch.div(units, hidden, rounding_mode="floor")
+    col = units % hidden
+    if scale:
+        state[index, rows, col] = state[index, rows, col] * value
+    else:
+        state[index, rows, col] = value
+    return state
 
 
 def _feature_nan(child: LayerInfo, inp: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,11 @@
 """Naive reference implementations, deliberately simple and independent of the engine.
 
 For every intervention: deep-copy the model, edit the copy's weights (edges) or
-hook the unit (nodes), and run one sample at a time. Recurrent layers that need
+hook the unit (nodes), and run one sample at a time. An edge along a weight-free
+path shared with other parents (``ParentLink.via == "path"``) is evaluated per
+sample by running the model with every layer's output replaced by its clean value
+except the parent unit, which is scaled, and feeding the child input that results
+to an unedited copy of the child for the edge's children. Recurrent layers that need
 per-step edits are replaced by a step-by-step unroll built from PyTorch's own
 ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell``. This is the research code's
 method; tests and benchmarks check the batched engine against it, and users can
@@ -38,7 +42,7 @@ def _edge_weight_rows(layer: LayerInfo, spec: EdgeIntervention) -> tuple[list[in
     if spec.recurrent:
         cols = list(spec.parents)
     else:
-        cols = [f for p in spec.parents for f in layer.parent_map[p]]
+        cols = [f for p in spec.parents for f in layer.link(spec.parent_layer).unit_map[p]]
     if layer.recurrent:
         gates = {"lstm": 4, "gru": 3, "rnn": 1}[layer.kind]
         return [g * layer.n_units + j for g in range(gates) for j in children], cols
@@ -172,7 +176,11 @@ def _module_layers(layers: list[LayerInfo], module_name: str) -> list[LayerInfo]
 
 
 def intervened_copy(model: nn.Module, layers: list[LayerInfo], specs: Sequence[Intervention], means: dict) -> nn.Module:
-    """A deep copy of ``model`` with ``specs`` applied by weight edits, hooks and unrolling."""
+    """A deep copy of ``model`` with ``specs`` applied by weight edits, hooks and unrolling.
+
+    Path edges recompute their child's input from the sample the copy is called on.
+    """
+    sample_box = [None]
     copied = copy.deepcopy(model).eval()
     for module in copied.modules():
         if isinstance(module, tuple(CELLS)):
@@ -203,12 +211,100 @@ def intervened_copy(model: nn.Module, layers: list[LayerInfo], specs: Sequence[I
             continue
         layer = infos[0]
         node_specs = [s for s in group if isinstance(s, NodeIntervention)]
+        path_specs = [s for s in group if _is_path(layer, s)]
         for spec in group:
-            if isinstance(spec, EdgeIntervention):
+            if isinstance(spec, EdgeIntervention) and spec not in path_specs:
                 _edit_plain_layer(module, layer, spec)
+        if path_specs:
+            module.register_forward_hook(_path_hook(layers, layer, path_specs, model, sample_box))
         if node_specs:
             module.register_forward_hook(_node_hook(layer, node_specs, means))
+    copied.register_forward_pre_hook(lambda m, a: sample_box.__setitem__(0, a[0]))
     return copied
+
+
+def _is_path(layer: LayerInfo, spec: Intervention) -> bool:
+    return (isinstance(spec, EdgeIntervention) and not spec.recurrent and layer.kind != "embedding"
+            and layer.link(spec.parent_layer).via == "path")
+
+
+def _scale_unit(layer: LayerInfo, out, unit: int, factor: float):
+    """A copy of a layer module's output with one unit multiplied by ``factor`` (recurrent: outputs and final states)."""
+    if layer.recurrent:
+        seq, state = out
+        seq = seq.clone()
+        seq[..., unit] *= factor
+        hidden, directions = layer.module.hidden_size, (2 if layer.module.bidirectional else 1)
+        top = (layer.module.num_layers - 1) * directions + unit // hidden
+        states = state if isinstance(state, tuple) else (state,)
+        scaled = []
+        for st in states:
+            st = st.clone()
+            st[top, :, unit % hidden] *= factor
+            scaled.append(st)
+        return seq, (tuple(scaled) if isinstance(state, tuple) else scaled[0])
+    out = out.clone()
+    if layer.kind.startswith("conv"):
+        out[:, unit] *= factor
+    else:
+        out[..., unit] *= factor
+    return out
+
+
+def path_input(model: nn.Module, layers: list[LayerInfo], sample: torch.Tensor, child: LayerInfo,
+               specs: Sequence[EdgeIntervention]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The child's clean input and its input with the path edges' parent units scaled, for one sample."""
+    copied = copy.deepcopy(model).eval()
+    names = {layer.module_name for layer in layers}
+    recorded: dict[str, list] = {name: [] for name in names}
+    seen: list[torch.Tensor] = []
+    handles = [copied.get_submodule(name).register_forward_hook(
+        lambda m, a, o, name=name: recorded[name].append(o)) for name in names]
+    handles.append(copied.get_submodule(child.module_name).register_forward_pre_hook(lambda m, a: seen.append(a[0])))
+    copied(sample)
+    for handle in handles:
+        handle.remove()
+    by_name = {layer.name: layer for layer in layers}
+    scaled: dict[str, list[tuple[LayerInfo, int, float]]] = {}
+    for spec in specs:
+        parent = by_name[child.link(spec.parent_layer).name]
+        for unit in spec.parents:
+            scaled.setdefault(parent.module_name, []).append((parent, unit, spec.value))
+
+    def held(name: str):
+        count = [0]
+
+        def hook(module: nn.Module, args: tuple, output):
+            out = recorded[name][min(count[0], len(recorded[name]) - 1)]
+            count[0] += 1
+            for parent, unit, factor in scaled.get(name, []):
+                out = _scale_unit(parent, out, unit, factor)
+            return out
+
+        return hook
+
+    for name in names:
+        copied.get_submodule(name).register_forward_hook(held(name))
+    copied.get_submodule(child.module_name).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    copied(sample)
+    return seen[0], seen[1]
+
+
+def _path_hook(layers: list[LayerInfo], child: LayerInfo, specs: list[EdgeIntervention], model: nn.Module,
+               sample_box: list):
+    """Adds ``C(x') - C(x)`` of an unedited copy of the child to the path edges' children."""
+    plain = copy.deepcopy(child.module).eval()
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        clean_x, path_x = path_input(model, layers, sample_box[0], child, specs)
+        change = plain(path_x) - plain(clean_x)
+        out = output.clone()
+        children = range(child.n_units) if specs[0].children is None else specs[0].children
+        for j in children:
+            _unit_view(out, child, j).add_(_unit_view(change, child, j))
+        return out
+
+    return hook
 
 
 def reference_means(model: nn.Module, layers: list[LayerInfo], names: set[str], reference: torch.Tensor) -> dict:

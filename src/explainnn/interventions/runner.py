@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from explainnn.errors import InterventionError
-from explainnn.interventions.apply import EditPlan, StartCache
+from explainnn.interventions.apply import EditPlan, StartCache, is_path_edge
 from explainnn.interventions.clean import CleanPass, clean_pass
+from explainnn.interventions.edits import path_entries
 from explainnn.interventions.hooks import ModelPatch
-from explainnn.interventions.layers import LayerInfo, ModuleCall, find_layers, resolve_layer
+from explainnn.interventions.layers import HeldClean, LayerInfo, ModuleCall, find_layers, resolve_layer, tile_output
 from explainnn.interventions.spec import Intervention, InterventionSet, as_rows
 
 
@@ -86,15 +87,44 @@ def _tile(t: torch.Tensor, n_blocks: int, axis: int = 0) -> torch.Tensor:
 
 def _tile_output(call: ModuleCall, n_blocks: int) -> Any:
     """Tile a cached module output over the blocks (recurrent outputs keep their batch axes)."""
-    out = call.output
-    if isinstance(out, torch.Tensor):
-        return _tile(out, n_blocks)
-    module = call.module
-    axis = 0 if module.batch_first else 1
-    seq, state = out
-    if isinstance(state, tuple):
-        return _tile(seq, n_blocks, axis), tuple(_tile(s, n_blocks, 1) for s in state)
-    return _tile(seq, n_blocks, axis), _tile(state, n_blocks, 1)
+    return tile_output(call.output, call.module, n_blocks)
+
+
+class _Stop(Exception):
+    """Ends a path pass once the child's input is known."""
+
+
+def scale_units(layer: LayerInfo, out: Any, factors: torch.Tensor) -> Any:
+    """A layer's module output ``(E * N, ...)`` with unit ``u`` of block ``e`` scaled by ``factors[e, u]``."""
+    blocks = factors.shape[0]
+    factors = factors.to(device=_first(out).device, dtype=_first(out).dtype)
+    if layer.recurrent:
+        seq, state = out
+        module = layer.module
+        if module.batch_first:
+            seq = (seq.unflatten(0, (blocks, -1)) * factors[:, None, None, :]).flatten(0, 1)
+        else:
+            seq = (seq.unflatten(1, (blocks, -1)) * factors[None, :, None, :]).flatten(1, 2)
+        states = state if isinstance(state, tuple) else (state,)
+        scaled = []
+        top = (module.num_layers - 1) * layer.directions
+        for s in states:
+            s = s.clone()
+            for d in range(layer.directions):
+                part = factors[:, d * module.hidden_size : (d + 1) * module.hidden_size]
+                s[top + d] = (s[top + d].unflatten(0, (blocks, -1)) * part[:, None, :]).flatten(0, 1)
+            scaled.append(s)
+        return seq, (tuple(scaled) if isinstance(state, tuple) else scaled[0])
+    view = out.unflatten(0, (blocks, -1))
+    if layer.kind.startswith("conv"):
+        shape = (blocks, 1, factors.shape[1]) + (1,) * (out.dim() - 2)
+    else:
+        shape = (blocks,) + (1,) * (out.dim() - 1) + (factors.shape[1],)
+    return (view * factors.view(shape)).flatten(0, 1)
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out[0]
 
 
 def _tileable(call: ModuleCall, n: int) -> bool:
@@ -216,10 +246,15 @@ class InterventionRunner:
         budget = self._budget_bytes()
         chunks = []
         for module_name, indices in groups.items():
-            per_chunk = self._blocks_per_chunk(clean, module_name, budget)
+            path = any(is_path_edge(resolve_layer(layers, self.model, s.layer), s) for i in indices for s in rows[i])
+            per_chunk = self._blocks_per_chunk(clean, module_name, budget, path)
             for first in range(0, len(indices), per_chunk):
                 chunk = indices[first : first + per_chunk]
                 plan = EditPlan(self.model, layers, [rows[i] for i in chunk], means)
+                for layer in list(plan.layers.values()):
+                    path_rows = plan.path_rows(layer)
+                    if path_rows:
+                        plan.path_changes[layer.name] = self._path_change(clean, layers, layer, path_rows)
                 start = clean.call(plan.start().module_name)
                 prefix = self._prefix(clean, start)
                 out = self._forward(clean, plan, len(chunk), prefix, start)
@@ -246,12 +281,48 @@ class InterventionRunner:
                 self._fast[start.name] = everything
                 _put(logits, chunk, self._forward(clean, plan, len(chunk), everything, start))
 
-    def _blocks_per_chunk(self, clean: CleanPass, module_name: str, budget: float) -> int:
+    def _path_change(self, clean: CleanPass, layers: list[LayerInfo], child: LayerInfo, rows: list) -> torch.Tensor:
+        """``(E * N, ...)``: how the child's input changes under each block's path edges.
+
+        One forward over ``E * N`` rows in which every layer returns its clean
+        output, except that the parent units of each entry are scaled by the edge
+        values: only the weight-free paths from them into the child carry the
+        change. The pass stops at the child.
+        """
+        entries = path_entries(child, rows)
+        by_name = {layer.name: layer for layer in layers}
+        edits = {}
+        for parent_name in {name for entry in entries for name in entry.factors}:
+            parent = by_name[parent_name]
+            factors = torch.ones(len(entries), parent.n_units, dtype=torch.float64)
+            for e, entry in enumerate(entries):
+                for unit, value in entry.factors.get(parent_name, {}).items():
+                    factors[e, unit] = value
+            edits[parent.module_name] = lambda out, parent=parent, factors=factors: scale_units(parent, out, factors)
+        seen: list[torch.Tensor] = []
+
+        def stop(module: nn.Module, args: tuple) -> None:
+            seen.append(args[0])
+            raise _Stop
+
+        with ModelPatch() as patch:
+            HeldClean(clean.by_name, layers).install(patch, len(entries), edits)
+            patch.forward_pre_hook(child.module, stop)
+            try:
+                self.model(_tile(clean.inputs, len(entries)))
+            except _Stop:
+                pass
+        if not seen:
+            raise InterventionError(f"layer '{child.name}' did not run in the path pass")
+        clean_input = clean.call(child.module_name).args[0]
+        return seen[0] - _tile(clean_input, len(entries))
+
+    def _blocks_per_chunk(self, clean: CleanPass, module_name: str, budget: float, path: bool = False) -> int:
         n = clean.inputs.shape[0]
         start = clean.call(module_name)
         per_row = clean.inputs[0].numel() * clean.inputs.element_size()
         for call in clean.calls:
-            if call.end > start.start:
+            if call.end > start.start or path:
                 per_row += _nbytes(call.output) // n
         if isinstance(start.module, (nn.LSTM, nn.GRU, nn.RNN)):
             for layer in clean.rnn(module_name):

@@ -1,0 +1,120 @@
+"""Real architectures (tests/architectures.py): the traced DAG, exact interventions, discovery over every branch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from architectures import ARCHITECTURES, build
+from explainnn.causal import discover
+from explainnn.errors import InterventionError
+from explainnn.interventions import (
+    EdgeIntervention as Edge,
+    InterventionRunner,
+    NodeIntervention as Node,
+    find_layers,
+    intervene,
+    reference_run,
+)
+
+NAMES = list(ARCHITECTURES)
+
+
+def _state(model: nn.Module) -> dict:
+    return {
+        "tensors": {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()},
+        "training": [m.training for m in model.modules()],
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), "forward" in m.__dict__) for m in model.modules()],
+    }
+
+
+def _assert_same(model: nn.Module, before: dict) -> None:
+    after = _state(model)
+    assert after["training"] == before["training"] and after["hooks"] == before["hooks"]
+    for key, value in before["tensors"].items():
+        assert torch.equal(value, after["tensors"][key]), key
+
+
+def _reaching_output(layers) -> set[str]:
+    by_name = {layer.name: layer for layer in layers}
+    todo, seen = [layers[-1].name], set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name == "input":
+            continue
+        seen.add(name)
+        todo.extend(link.name for link in by_name[name].parents)
+    return seen
+
+
+def _specs(layers) -> list:
+    """A node and, per parent link, a hard and a soft edge into two children, on every layer."""
+    specs = []
+    for layer in layers:
+        specs.append(Node(layer.name, [layer.n_units - 1]))
+        for link in layer.parents:
+            unit = next(i for i, features in enumerate(link.unit_map) if features)
+            children = [c for c in range(layer.n_units) if _edge_exists(layer, link, unit, c)][:2]
+            specs.append(Edge(layer.name, unit, children, parent_layer=link.name))
+            specs.append(Edge(layer.name, unit, children[:1], 0.4, "scale", parent_layer=link.name))
+    return specs
+
+
+def _edge_exists(layer, link, unit: int, child: int) -> bool:
+    groups = getattr(layer.module, "groups", 1)
+    if groups == 1:
+        return True
+    per_in, per_out = layer.in_features // groups, layer.n_units // groups
+    return any(f // per_in == child // per_out for f in link.unit_map[unit])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_weight_layer_on_a_path_to_the_output_is_linked(name):
+    model, inputs = build(name)
+    layers = find_layers(model, inputs(1))
+    modules = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.LSTM,
+                                                                      nn.GRU, nn.RNN, nn.Embedding))}
+    assert {layer.module_name for layer in layers} == modules
+    assert _reaching_output(layers) == {layer.name for layer in layers}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_interventions_on_every_layer_equal_the_naive_oracle_and_leave_the_model_as_it_was(name):
+    model, inputs = build(name)
+    x = inputs(3)
+    layers = find_layers(model, x[:1])
+    specs = _specs(layers)
+    before = _state(model)
+    ours = InterventionRunner(model).run(x, specs)
+    naive = reference_run(model, x, specs)
+    _assert_same(model, before)
+    torch.testing.assert_close(ours.clean_logits, naive.clean_logits, atol=1e-5, rtol=1e-4)
+    for k, spec in enumerate(specs):
+        torch.testing.assert_close(ours.logits[k], naive.logits[k], atol=1e-5, rtol=1e-4, msg=lambda m: f"{spec}: {m}")
+    changed = (ours.logits - ours.clean_logits).abs().amax((1, 2)) > 1e-6
+    assert changed.float().mean() > 0.5, [s for s, c in zip(specs, changed) if not c]
+
+
+def test_skip_path_edges_are_marked_and_use_no_weights():
+    model, inputs = build("resnet")
+    layers = {layer.name: layer for layer in find_layers(model, inputs(1))}
+    block = layers["layers.1.0.conv1"]
+    assert [(link.name, link.via) for link in block.parents] == [("layers.0.0.conv2", "path"), ("conv1", "path")]
+    assert layers["layers.0.0.conv2"].parents[0].via == "weights"
+    with pytest.raises(InterventionError, match="evaluate it with InterventionRunner"):
+        with intervene(model, [Edge("layers.1.0.conv1", 0, parent_layer="conv1")], inputs(1)):
+            pass
+    with pytest.raises(InterventionError, match="'stem' is not a parent of layer 'layers.1.0.conv1'"):
+        InterventionRunner(model).run(inputs(2), [Edge("layers.1.0.conv1", 0, parent_layer="stem")])
+
+
+def test_depthwise_conv_offers_only_the_edges_that_exist():
+    model, inputs = build("mobilenetv2")
+    runner = InterventionRunner(model)
+    with pytest.raises(InterventionError, match="has no edge from input channel 0 to unit 2"):
+        runner.run(inputs(2), [Edge("layers.0.conv2", 0, [2])])
+    graph = discover(model, inputs(40), int(runner.run(inputs(40), []).clean_logits.argmax(-1)[0]), n_samples=8)
+    for cause, effect in graph.graph.edges:
+        if effect.startswith("layers.0.conv2:"):
+            assert cause.split(":")[1] == effect.split(":")[1]
