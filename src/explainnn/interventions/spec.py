@@ -101,6 +101,14 @@ class EdgeIntervention:
     one step earlier (hidden-to-hidden weights). ``children=None`` means all units.
     For recurrent layers all gates of a child are edited, optionally only at
     ``steps``. Other paths from the parent stay intact.
+
+    ``parent_layer`` names which parent of ``layer`` the ``parents`` belong to
+    (``LayerInfo.parents``; ``None``: the primary parent ``LayerInfo.parent``).
+    A parent whose features are shared with other parents (a residual add, an
+    identity shortcut: ``ParentLink.via == "path"``) has no weight of its own
+    into the child; its edge scales the parent unit's signal on the weight-free
+    path into ``children`` by ``value`` (``set``: the implicit weight 1 becomes
+    ``value``; ``scale``: it is multiplied by ``value``), which cuts it at 0.
     """
 
     layer: str
@@ -110,6 +118,7 @@ class EdgeIntervention:
     mode: str = "set"
     steps: tuple[int, ...] | None = None
     recurrent: bool = False
+    parent_layer: str | None = None
 
     def __init__(
         self,
@@ -120,6 +129,7 @@ class EdgeIntervention:
         mode: str = "set",
         steps: Indices | None = None,
         recurrent: bool = False,
+        parent_layer: str | None = None,
     ) -> None:
         if mode not in EDGE_MODES:
             raise InterventionError(f"unknown edge mode '{mode}'; valid modes: {', '.join(EDGE_MODES)}")
@@ -132,11 +142,21 @@ class EdgeIntervention:
         object.__setattr__(self, "mode", mode)
         object.__setattr__(self, "steps", None if steps is None else _indices("steps", steps, True))
         object.__setattr__(self, "recurrent", recurrent)
+        if parent_layer is not None and recurrent:
+            raise InterventionError("a recurrent edge's parents are the layer's own units; drop parent_layer")
+        object.__setattr__(self, "parent_layer", None if parent_layer is None else _layer_name(parent_layer))
 
 
 Intervention = Union[NodeIntervention, EdgeIntervention]
 InterventionSet = Union[Intervention, Sequence[Intervention]]
 """One row of a run: a single spec, or several applied jointly."""
+
+
+SOFT_RULES = ("scale", "set")
+"""How a soft intervention uses its draw ``u ~ U(beta, beta + delta)``: ``scale``
+multiplies the weight or unit by ``u`` (beta walks from a cut at 0 towards no
+change at 1; the default); ``set`` replaces it by ``u`` (the research code's
+``alpha[neuron_idx] = u``, which for beta >= 0.1 exceeds most trained weights)."""
 
 
 def soft_value(beta: float, delta: float, generator: torch.Generator | None = None) -> float:
@@ -147,6 +167,12 @@ def soft_value(beta: float, delta: float, generator: torch.Generator | None = No
     return beta + delta * float(torch.rand((), generator=generator, dtype=torch.float64))
 
 
+def _soft_rule(rule: str) -> str:
+    if rule not in SOFT_RULES:
+        raise InterventionError(f"unknown soft rule '{rule}'; valid rules: {', '.join(SOFT_RULES)}")
+    return rule
+
+
 def soft_node(
     layer: str,
     units: Indices,
@@ -154,9 +180,14 @@ def soft_node(
     delta: float,
     generator: torch.Generator | None = None,
     steps: Indices | None = None,
+    rule: str = "scale",
 ) -> NodeIntervention:
-    """Scale units by ``u ~ U(beta, beta + delta)`` (``beta = delta = 0`` is the hard zero)."""
-    return NodeIntervention(layer, units, "scale", soft_value(beta, delta, generator), steps)
+    """Scale units by ``u ~ U(beta, beta + delta)`` (``rule="set"``: set them to ``u``).
+
+    With ``rule="scale"``, ``beta = delta = 0`` is the hard zero and beta -> 1 leaves the units unchanged.
+    """
+    mode = "scale" if _soft_rule(rule) == "scale" else "constant"
+    return NodeIntervention(layer, units, mode, soft_value(beta, delta, generator), steps)
 
 
 def soft_edge(
@@ -168,11 +199,11 @@ def soft_edge(
     generator: torch.Generator | None = None,
     steps: Indices | None = None,
     recurrent: bool = False,
-    mode: str = "set",
+    rule: str = "scale",
 ) -> EdgeIntervention:
-    """Set (or with ``mode="scale"`` scale) edge weights to ``u ~ U(beta, beta + delta)``."""
+    """Scale edge weights by ``u ~ U(beta, beta + delta)``, ``w -> w u`` (``rule="set"``: ``w -> u``)."""
     value = soft_value(beta, delta, generator)
-    return EdgeIntervention(layer, parents, children, value, mode, steps, recurrent)
+    return EdgeIntervention(layer, parents, children, value, _soft_rule(rule), steps, recurrent)
 
 
 def as_rows(interventions: Iterable[InterventionSet]) -> list[tuple[Intervention, ...]]:
