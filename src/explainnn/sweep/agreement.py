@@ -90,7 +90,7 @@ def write_agreement(groups: Sequence[AgreementGroup], sweep_dir: Path, *, plots:
 
     rows = []
     for number, group in enumerate(groups, 1):
-        rows += [{"group": group.fixed, "a": group.names[i], "b": group.names[j], "ari": group.matrix[i, j],
+        rows += [{"group": group.fixed, "a": group.names[i], "b": group.names[j], "ari": float(group.matrix[i, j]),
                   "method": group.method, "k": group.k, "n_samples": group.n_samples}
                  for i in range(len(group.runs)) for j in range(i + 1, len(group.runs))]
         if plots:

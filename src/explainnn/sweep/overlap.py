@@ -128,7 +128,7 @@ def write_overlap(groups: Sequence[OverlapGroup], sweep_dir: Path, *, plots: boo
     for number, group in enumerate(groups, 1):
         members = group.members
         rows += [{"comparison": group.comparison, "group": group.fixed, "a": members[i].name, "b": members[j].name,
-                  "jaccard": group.jaccard[i, j], "chance": group.chance[i, j],
+                  "jaccard": float(group.jaccard[i, j]), "chance": float(group.chance[i, j]),
                   "units_a": len(members[i].result.units), "units_b": len(members[j].result.units)}
                  for i in range(len(members)) for j in range(i + 1, len(members))]
         if plots and len(members) >= 3:
