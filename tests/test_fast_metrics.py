@@ -17,7 +17,8 @@ import torch
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from explainnn.attributions import explain_func
+from explainnn.attributions import attribute, explain_func
+from explainnn.attributions.baselines import fit_surrogates
 from explainnn.evaluation import MetricContext, metric_spec
 from explainnn.evaluation.fast import FAST_METRICS, Batch, map_ssim, run_metric
 from explainnn.evaluation.fast.faithfulness import irof
@@ -181,3 +182,41 @@ def test_options_only_quantus_has_are_refused(case) -> None:
     batch = Batch(case["model"], case["x"], case["y"])
     with pytest.raises(Exception, match="not supported by the fast engine"):
         run_metric(spec, init, calls, batch, case["a"], explain_func("saliency"), 0)
+
+
+# Batched LIME and KernelSHAP: captum's estimator, all samples at once -----------------------------
+
+
+def test_surrogate_fits_are_scikit_learns() -> None:
+    from sklearn.linear_model import LinearRegression, Ridge
+
+    rng = np.random.RandomState(0)
+    z, out, w = rng.randint(0, 2, (3, 40, 6)).astype(float), rng.normal(size=(3, 40)), rng.uniform(0.1, 1, (3, 40))
+    for alpha, reference in ((1.0, Ridge(alpha=1.0)), (0.0, LinearRegression())):
+        ours = fit_surrogates(torch.tensor(z), torch.tensor(out), torch.tensor(w), alpha).numpy()
+        expected = np.stack([reference.fit(z[i], out[i], sample_weight=w[i]).coef_ for i in range(3)])
+        np.testing.assert_allclose(ours, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_kernel_shap_is_exact_on_a_linear_model() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    contributions = (model[1].weight.detach()[y].reshape(4, 1, 8, 8) * x).reshape(4, 1, 2, 4, 2, 4).sum((3, 5))
+    for batched in (True, False):
+        scores = attribute("kernel_shap", model, x, y, n_samples=120, patch=4, batched=batched)
+        np.testing.assert_allclose(scores.reshape(4, 1, 2, 4, 2, 4)[..., 0, :, 0], contributions.numpy(), atol=1e-4)
+
+
+def test_batched_lime_draws_from_captums_distribution() -> None:
+    """Per patch, 30 seeds of batched LIME and of captum's Lime: Welch's t-test, Bonferroni over the 16 patches
+    at a family-wise level of 0.001 (the draws differ, the estimator and its distribution must not)."""
+    from scipy.stats import ttest_ind
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 64, 2))
+    x, y = torch.rand(1, 1, 8, 8), torch.tensor([1])
+    runs = {flag: np.stack([attribute("lime", model, x, y, n_samples=60, patch=2, seed=s, batched=flag)[0, 0, ::2, ::2]
+                            for s in range(30)]).reshape(30, -1) for flag in (True, False)}
+    p_values = ttest_ind(runs[True], runs[False], equal_var=False).pvalue
+    assert p_values.min() > 0.001 / 16, p_values.min()

@@ -15,7 +15,6 @@ space.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -211,21 +210,114 @@ def run_surrogate(explainer: Lime | KernelShap, inputs: Tensor, target: Tensor, 
     return torch.cat(parts)
 
 
-def binary_cosine_kernel(kernel_width: float) -> Callable[..., float]:
-    """LIME's sample weight: ``sqrt(exp(-d**2 / width**2))`` with ``d`` the cosine distance
-    between the perturbation's on/off vector and all-on (the original LIME rule).
+def cosine_kernel_weights(switches: Tensor, kernel_width: float) -> Tensor:
+    """LIME's sample weights for on/off vectors ``(..., groups)``: ``sqrt(exp(-d**2 / width**2))``
+    with ``d`` the cosine distance to all-on (1 when all are off), the original LIME rule.
 
     Measuring distance between on/off vectors rather than raw inputs makes the
     weight mean the same for pixels, time steps and token ids.
     """
+    share = switches.double().mean(dim=-1)
+    distance = torch.where(share > 0, 1.0 - share.sqrt(), torch.ones_like(share))
+    return torch.exp(-(distance**2) / kernel_width**2).sqrt()
+
+
+def binary_cosine_kernel(kernel_width: float) -> Callable[..., float]:
+    """:func:`cosine_kernel_weights` as a captum ``similarity_func`` (one perturbation at a time)."""
 
     def similarity(original: Tensor, perturbed: Tensor, interpretable: Tensor, **_: object) -> float:
-        switched_on = float(interpretable.float().sum())
-        total = interpretable.numel()
-        distance = 1.0 - math.sqrt(switched_on / total) if switched_on else 1.0
-        return math.sqrt(math.exp(-(distance**2) / kernel_width**2))
+        return float(cosine_kernel_weights(interpretable.reshape(-1), kernel_width))
 
     return similarity
+
+
+def fit_surrogates(switches: Tensor, outputs: Tensor, weights: Tensor, alpha: float) -> Tensor:
+    """Per sample, the weighted linear fit of ``outputs`` ``(n, S)`` on ``switches`` ``(n, S, groups)``.
+
+    The estimator of captum's surrogates, batched: scikit-learn's ``Ridge(alpha)``
+    (``alpha > 0``, LIME) or ``LinearRegression`` (``alpha == 0``, KernelSHAP;
+    the minimum-norm least-squares solution) with ``sample_weight=weights`` and
+    an unpenalised intercept. Returns the coefficients ``(n, groups)`` in float64.
+    """
+    z, y, w = switches.double().cpu(), outputs.double().cpu(), weights.double().cpu()
+    total = w.sum(dim=1, keepdim=True)
+    z_mean = (w[..., None] * z).sum(dim=1, keepdim=True) / total[..., None]
+    y_mean = (w * y).sum(dim=1, keepdim=True) / total
+    root = w.sqrt()
+    zc, yc = (z - z_mean) * root[..., None], ((y - y_mean) * root)[..., None]
+    if alpha > 0:
+        gram = zc.transpose(1, 2) @ zc + alpha * torch.eye(z.shape[-1], dtype=z.dtype)
+        return torch.linalg.solve(gram, zc.transpose(1, 2) @ yc)[..., 0]
+    return torch.linalg.lstsq(zc, yc, driver="gelsd").solution[..., 0]
+
+
+def _shap_switches(n: int, n_samples: int, groups: int) -> Tensor:
+    """KernelSHAP's coalitions as captum draws them: all on, all off, then random subsets whose size ``k``
+    follows ``(M - 1) / (k (M - k))``; ``(n, n_samples, groups)``."""
+    if groups < 2:
+        raise UserError("kernel_shap needs at least 2 feature groups (patches, superpixels or time steps)")
+    sizes = torch.arange(groups, dtype=torch.float64)
+    probs = (groups - 1) / (sizes * (groups - sizes))
+    probs[0] = 0.0
+    k = torch.multinomial(probs.expand(n * n_samples, -1).float(), 1).reshape(n, n_samples)
+    ranks = torch.rand(n, n_samples, groups).argsort(dim=-1).argsort(dim=-1)
+    switches = (ranks < k[..., None]).double()
+    switches[:, 0] = 1.0
+    if n_samples > 1:
+        switches[:, 1] = 0.0
+    return switches
+
+
+def run_batched_surrogate(forward: Forward, inputs: Tensor, target: Tensor, masks: Tensor, baselines: Tensor, *,
+                          kind: str, n_samples: int, perturbations_per_eval: int, alpha: float = 1.0,
+                          kernel_width: float = 0.25) -> Tensor:
+    """LIME (``kind="lime"``) or KernelSHAP (``"kernel_shap"``) for a whole batch at once.
+
+    The same estimator as captum's ``Lime``/``KernelShap`` (see
+    :func:`fit_surrogates`, :func:`cosine_kernel_weights`, :func:`_shap_switches`),
+    but the perturbations of all samples go through ``forward`` together,
+    ``perturbations_per_eval`` inputs per pass, and the fits are solved together.
+    Each sample keeps its own feature groups (``masks``: patches, SLIC
+    superpixels or time steps). Draws come from torch's global generator on
+    the CPU, so a seed gives the same result on CPU and CUDA.
+    """
+    positive_int("n_samples", n_samples)
+    rows = positive_int("perturbations_per_eval", perturbations_per_eval)
+    n = len(inputs)
+    groups = [torch.unique(masks[i], return_inverse=True)[1].reshape(-1) for i in range(n)]
+    counts = [int(g.max()) + 1 for g in groups]
+    switches = [torch.zeros(0)] * n
+    for count in sorted(set(counts)):
+        members = [i for i in range(n) if counts[i] == count]
+        drawn = (torch.bernoulli(torch.full((len(members), n_samples, count), 0.5, dtype=torch.float64))
+                 if kind == "lime" else _shap_switches(len(members), n_samples, count))
+        for position, i in enumerate(members):
+            switches[i] = drawn[position]
+    outputs = torch.empty(n, n_samples, dtype=torch.float64)
+    per_pass = max(1, rows // n_samples)
+    with torch.no_grad():
+        for start in range(0, n, per_pass):
+            part = range(start, min(n, start + per_pass))
+            on = torch.stack([switches[i].float()[:, groups[i]] for i in part]).to(inputs.device, inputs.dtype)
+            x = inputs[start:part.stop].reshape(len(part), 1, -1)
+            base = baselines[start:part.stop].reshape(len(part), 1, -1)
+            perturbed = (base + (x - base) * on).reshape(-1, *inputs.shape[1:])
+            logits = torch.cat([forward(chunk) for chunk in perturbed.split(rows)])
+            picked = logits.gather(1, target[start:part.stop].repeat_interleave(n_samples)[:, None])[:, 0]
+            outputs[start:part.stop] = picked.reshape(len(part), n_samples).double().cpu()
+    result = torch.empty(n, inputs[0].numel(), dtype=torch.float64)
+    for count in sorted(set(counts)):
+        members = [i for i in range(n) if counts[i] == count]
+        z = torch.stack([switches[i] for i in members])
+        if kind == "lime":
+            weights, penalty = cosine_kernel_weights(z, kernel_width), alpha
+        else:
+            weights = torch.where((z.sum(-1) == 0) | (z.sum(-1) == count), 1e6, 1.0).double()
+            penalty = 0.0
+        coefficients = fit_surrogates(z, outputs[members], weights, penalty)
+        for position, i in enumerate(members):
+            result[i] = coefficients[position][groups[i]]
+    return result.reshape(inputs.shape).to(inputs.device, inputs.dtype)
 
 
 def lime_explainer(forward: Forward, alpha: float, kernel_width: float) -> Lime:
@@ -255,22 +347,40 @@ def _masks(model: nn.Module, inputs: Tensor, mask: str, patch: int | None, n_seg
 @register_method("lime", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
 def lime(model: nn.Module, inputs: Tensor, target: Tensor, *, n_samples: int = 500, mask: str = "patches",
          patch: int | None = None, n_segments: int = 64, alpha: float = 1.0, kernel_width: float = 0.25,
-         perturbations_per_eval: int = 100) -> Tensor:
-    """LIME over patches/superpixels or time steps, ridge surrogate (captum Lime)."""
+         perturbations_per_eval: int = 4096, batched: bool = True) -> Tensor:
+    """LIME over patches/superpixels or time steps, ridge surrogate (captum Lime's estimator, batched).
+
+    ``batched=False`` runs captum's ``Lime`` itself, one sample at a time (the
+    reference implementation, ``perturbations_per_eval`` capped at 100 inputs per pass).
+    """
     masks = _masks(model, inputs, mask, patch, n_segments)
-    return run_surrogate(lime_explainer(model, alpha, kernel_width), inputs, target, masks,
-                         reference(model, inputs), n_samples=n_samples,
-                         perturbations_per_eval=perturbations_per_eval)
+    if not batched:
+        return run_surrogate(lime_explainer(model, alpha, kernel_width), inputs, target, masks,
+                             reference(model, inputs), n_samples=n_samples,
+                             perturbations_per_eval=min(perturbations_per_eval, 100))
+    non_negative("alpha", alpha)
+    if non_negative("kernel_width", kernel_width) == 0:
+        raise UserError("kernel_width must be positive; got 0")
+    return run_batched_surrogate(model, inputs, target, masks, reference(model, inputs), kind="lime",
+                                 n_samples=n_samples, perturbations_per_eval=perturbations_per_eval,
+                                 alpha=alpha, kernel_width=kernel_width)
 
 
 @register_method("kernel_shap", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
 def kernel_shap(model: nn.Module, inputs: Tensor, target: Tensor, *, n_samples: int = 500,
                 mask: str = "patches", patch: int | None = None, n_segments: int = 64,
-                perturbations_per_eval: int = 100) -> Tensor:
-    """Kernel SHAP over patches/superpixels or time steps (captum KernelShap)."""
+                perturbations_per_eval: int = 4096, batched: bool = True) -> Tensor:
+    """Kernel SHAP over patches/superpixels or time steps (captum KernelShap's estimator, batched).
+
+    ``batched=False`` runs captum's ``KernelShap`` itself, one sample at a time (the
+    reference implementation, ``perturbations_per_eval`` capped at 100 inputs per pass).
+    """
     masks = _masks(model, inputs, mask, patch, n_segments)
-    return run_surrogate(KernelShap(model), inputs, target, masks, reference(model, inputs),
-                         n_samples=n_samples, perturbations_per_eval=perturbations_per_eval)
+    if not batched:
+        return run_surrogate(KernelShap(model), inputs, target, masks, reference(model, inputs),
+                             n_samples=n_samples, perturbations_per_eval=min(perturbations_per_eval, 100))
+    return run_batched_surrogate(model, inputs, target, masks, reference(model, inputs), kind="kernel_shap",
+                                 n_samples=n_samples, perturbations_per_eval=perturbations_per_eval)
 
 
 @register_method("occlusion", modalities=IMAGE_AND_SEQUENCE)

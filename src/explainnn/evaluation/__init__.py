@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from explainnn.evaluation.evaluate import (
+    ENGINES,
     EvaluationInputs,
     EvaluationResults,
     evaluate,
@@ -66,6 +67,7 @@ def evaluation_step(
     dpi: int = 120,
     reference: str = "causal",
     held_out: bool = True,
+    engine: str = "fast",
 ) -> EvaluationResults:
     """Evaluate ``methods`` with ``metrics`` on ``n_samples`` test samples of class ``target``; save to ``out_dir``.
 
@@ -73,7 +75,8 @@ def evaluation_step(
     methods that need one; with ``held_out`` the samples it was learned from
     are used only when too few others exist (without, the samples are simply
     the first correctly classified ones, as discovery picks them). ``options`` are per-metric settings
-    (``evaluation.options``), ``method_options`` per-method attribution options.
+    (``evaluation.options``), ``method_options`` per-method attribution options;
+    ``engine`` is ``fast`` (batched, :mod:`explainnn.evaluation.fast`) or ``quantus``.
     Writes the files listed in :mod:`explainnn.evaluation.io` and, with
     ``plots``, ``metrics_<family>.png`` and ``ranks.png``.
     """
@@ -86,7 +89,7 @@ def evaluation_step(
               f"evaluating on those (asked for {n_samples})")
     results = evaluate(
         model, inputs, methods, metrics, graph=graph, method_options=method_options, metric_options=options,
-        seed=seed, progress=progress, reference=reference,
+        seed=seed, progress=progress, reference=reference, engine=engine,
     )
     out_dir = Path(out_dir)
     save_results(results, out_dir)
@@ -115,11 +118,12 @@ def _describe(results: EvaluationResults, seconds: float) -> str:
     used = results.settings.get("samples_used_by_discovery", 0)
     note = f", {used} of them used by discovery" if used else ""
     line = (f"evaluation  {len(results.methods)} methods x {len(results.metrics)} metrics on "
-            f"{len(results.samples)} samples{note} in {seconds:.0f} s")
+            f"{len(results.samples)} samples{note} in {seconds:.0f} s ({results.settings.get('engine', 'quantus')} engine)")
     return f"{line}; best: {winners}" if winners else line
 
 
 __all__ = [
+    "ENGINES",
     "FAMILIES",
     "LOCALISATION_METRICS",
     "METRICS",

@@ -15,6 +15,13 @@ Fairness is built in rather than left to the caller:
 * the model is never modified (Quantus' randomisation tests re-initialise
   layers of a deep copy); this is checked after every run.
 
+Two engines compute the metrics (``engine``): ``fast``, the batched
+re-implementation in :mod:`explainnn.evaluation.fast` (the default; metrics it
+does not implement run with Quantus), and ``quantus``, Quantus itself. With the
+same seed both draw the same perturbations, and their scores are equal
+(``tests/test_fast_metrics.py``) except where the fast engine follows a
+metric's paper instead of Quantus (listed in :mod:`explainnn.evaluation.fast`).
+
 Inputs are handed to Quantus in the layout it accepts, channel first:
 images ``(N, C, H, W)`` as they are; sequences with one feature as signals
 ``(N, 1, T)`` through :class:`~explainnn.attributions.ChannelFirstSequenceModel`,
@@ -43,8 +50,12 @@ from explainnn.attributions import (
     method_info,
 )
 from explainnn.errors import ConfigError, UserError
+from explainnn.evaluation.fast import FAST_METRICS, Batch, run_metric
 from explainnn.evaluation.metrics import MetricContext, MetricSpec, metric_spec
 from explainnn.evaluation.summary import compare, markdown_table, summarise
+
+ENGINES = ("fast", "quantus")
+"""``evaluation.engine`` choices: the batched re-implementation or Quantus itself."""
 
 QUANTUS_NOTICES = (
     r"The settings for perturbing input e\.g\., 'perturb_func' didn't cause change in input",
@@ -199,6 +210,7 @@ def evaluate(
     progress: bool = True,
     reference: str = "causal",
     correction: str = "holm",
+    engine: str = "fast",
 ) -> EvaluationResults:
     """Score every method with every metric on ``inputs``; see the module docstring for the rules.
 
@@ -209,8 +221,11 @@ def evaluate(
     that cannot apply to the inputs is skipped for every method; each skip is
     listed with its reason in ``results.skipped``. ``method_options`` may hold
     options of methods that are not evaluated (the attribution step's); they are
-    ignored.
+    ignored. ``engine`` is ``fast`` (batched; metrics it lacks run with Quantus)
+    or ``quantus``; ``results.timings`` says which engine ran each metric.
     """
+    if engine not in ENGINES:
+        raise ConfigError(f"evaluation.engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     methods, metrics = _unique(methods, "methods"), _unique(metrics, "metrics")
     specs = [metric_spec(name) for name in metrics]
     method_options = {name: dict(values or {}) for name, values in (method_options or {}).items()}
@@ -236,10 +251,15 @@ def evaluate(
         else:
             runnable.append(spec)
 
+    if engine == "quantus":
+        method_options = _reference_methods(infos, method_options)
     explainers = _explainers(infos, inputs, graph, method_options, skipped)
 
-    total = len(explainers) * (1 + len(runnable))
-    bar = tqdm(total=total, desc="evaluation", unit="run", disable=not progress, dynamic_ncols=True)
+    n = len(inputs.x)
+    total = len(explainers) * (1 + len(runnable)) * n
+    bar = tqdm(total=total, desc="evaluation", unit="sample", disable=not progress, dynamic_ncols=True)
+    batch = Batch(inputs.model, inputs.x, inputs.y, masks=inputs.masks)
+    engines = {spec.name: engine if spec.name in FAST_METRICS else "quantus" for spec in runnable}
     snapshot = _state(model)
     attributions: dict[str, np.ndarray] = {}
     timings: list[dict] = []
@@ -255,27 +275,30 @@ def evaluate(
                 except UserError as error:
                     skipped.append({"metric": "*", "method": name, "reason": str(error)})
                     del explainers[name]
-                    bar.update(1 + len(runnable))
+                    bar.update((1 + len(runnable)) * n)
                     continue
-                timings.append({"metric": "attributions", "method": name,
+                timings.append({"metric": "attributions", "method": name, "engine": "",
                                 "seconds": round(time.perf_counter() - started, 4)})
-                bar.update(1)
+                bar.update(n)
             for spec in runnable:
                 init, calls = settings[spec.name]
                 for name, explain in explainers.items():
                     bar.set_postfix_str(f"{spec.name} / {name}", refresh=False)
                     started = time.perf_counter()
                     try:
-                        values = _run(spec, init, calls, inputs, attributions[name], explain, seed, device)
+                        if engines[spec.name] == "fast":
+                            values = _run_fast(spec, init, calls, batch, attributions[name], explain, seed, device)
+                        else:
+                            values = _run(spec, init, calls, inputs, attributions[name], explain, seed, device)
                     except UserError as error:
                         skipped.append({"metric": spec.name, "method": name, "reason": str(error)})
-                        bar.update(1)
+                        bar.update(n)
                         continue
-                    timings.append({"metric": spec.name, "method": name,
+                    timings.append({"metric": spec.name, "method": name, "engine": engines[spec.name],
                                     "seconds": round(time.perf_counter() - started, 4)})
                     scores.extend({"method": name, "metric": spec.name, "sample": int(sample), "value": float(value)}
                                   for sample, value in zip(inputs.samples, values))
-                    bar.update(1)
+                    bar.update(n)
     finally:
         bar.close()
     _check_unchanged(model, snapshot)
@@ -285,11 +308,24 @@ def evaluate(
     summary = summarise(scores, directions, families=families)
     comparisons = compare(scores, directions, reference=reference, correction=correction)
     record = _record(inputs, seed, reference, correction, method_options, explainers, methods, specs, settings)
+    record["engine"] = engine
+    for name, used in engines.items():
+        record["metrics"][name]["engine"] = used
     return EvaluationResults(
         scores=scores, summary=summary, comparisons=comparisons, skipped=skipped, timings=timings,
         settings=record, samples=inputs.samples, attributions=attributions, x=inputs.x, y=inputs.y,
         reference=reference,
     )
+
+
+def _reference_methods(infos: dict[str, Any], method_options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Quantus engine runs the reference implementations throughout: methods with a batched and a
+    reference implementation (LIME, KernelSHAP: ``batched``) use the reference one unless told otherwise."""
+    chosen = {name: dict(values) for name, values in method_options.items()}
+    for name, info in infos.items():
+        if "batched" in info.options():
+            chosen.setdefault(name, {}).setdefault("batched", False)
+    return chosen
 
 
 def _explainers(infos: dict[str, Any], inputs: EvaluationInputs, graph: Any,
@@ -348,6 +384,13 @@ def _run(spec: MetricSpec, init: dict, calls: dict, inputs: EvaluationInputs, a_
             device=str(device), **calls,
         )
     return spec.scores(raw, len(inputs.x))
+
+
+def _run_fast(spec: MetricSpec, init: dict, calls: dict, batch: Batch, a_batch: np.ndarray, explain: Any, seed: int,
+              device: torch.device) -> np.ndarray:
+    with _isolated_random_state(seed, device):
+        raw = run_metric(spec, init, calls, batch, a_batch, explain, seed)
+    return spec.scores(raw, len(batch))
 
 
 def _unique(names: Sequence[str], what: str) -> list[str]:
