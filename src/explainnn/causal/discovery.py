@@ -1,19 +1,25 @@
 """Top-down discovery of the hidden units and edges that cause a class prediction.
 
-Starting from the target output unit, each step takes the layer feeding the
-current causal units, intervenes on every candidate unit of that layer (on its
-edges into the current causal units, or on the unit itself), measures the change
-of the target logit on the same samples, and keeps the candidates that a test
-declares causes. The kept units become the causal units of the next step down,
-until the input (or a layer without a parent) is reached.
+The walk follows the model's traced computational graph, a DAG of weight layers
+(:attr:`LayerInfo.parents <explainnn.interventions.LayerInfo>`): starting from
+the target output unit, layers are visited from the output down (reverse
+execution order). At each parent layer the candidates are its units that feed
+the current causal units of any of its children, on every branch (residual
+blocks, skip connections, concatenations, parallel branches); each candidate is
+intervened on (its edges into a child's causal units, or the unit itself), the
+change of the target logit is measured on the same samples, and a test decides
+which candidates are causes. Kept units become causal units of their layer, so
+their own parents are tested in turn, down to the input.
 
-All candidates of a layer are evaluated in one batched
+All candidates of a parent layer are evaluated in one batched
 :class:`~explainnn.interventions.InterventionRunner` call, which reuses the clean
-activations below the intervened layer.
+activations below the intervened layers. Anything the engine cannot intervene
+on stops the run before any work with a one-line error naming the layer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -24,14 +30,18 @@ from tqdm import tqdm
 
 from explainnn.causal.graph import CausalGraph, node_id
 from explainnn.causal.stats import TestResult, paired_test, ztest_research
-from explainnn.errors import ConfigError, UserError
+from explainnn.errors import ConfigError, InterventionError, UserError
 from explainnn.interventions import (
     EdgeIntervention,
     InterventionRunner,
     LayerInfo,
     NodeIntervention,
-    soft_value,
+    soft_edge,
+    soft_node,
 )
+from explainnn.interventions.edits import connected_units
+from explainnn.interventions.layers import ParentLink, unsupported_layers
+from explainnn.interventions.spec import SOFT_RULES
 
 On = Literal["edges", "nodes"]
 Kind = Literal["hard", "soft"]
@@ -56,10 +66,12 @@ class DiscoveryOptions:
     alpha: float = 0.05
     min_effect: float = 0.0
     seed: int = 0
+    soft_rule: str = "scale"
 
     def __post_init__(self) -> None:
         _choice("on", self.on, ONS)
         _choice("intervention", self.intervention, KINDS)
+        _choice("soft_rule", self.soft_rule, SOFT_RULES)
         _choice("test", self.test, TESTS)
         if not 0.0 <= self.beta <= 1.0 or not 0.0 <= self.delta <= 1.0:
             raise ConfigError(f"beta and delta must be in [0, 1]; got beta={self.beta}, delta={self.delta}")
@@ -77,7 +89,8 @@ class DiscoveryOptions:
 
     def describe(self, value: float | None = None) -> str:
         """A short label of the intervention used, stored on every unit and edge."""
-        what = "edge weights set to" if self.on == "edges" else "unit scaled by"
+        verb = "scaled by" if self.soft_rule == "scale" else "set to"
+        what = f"edge weights {verb}" if self.on == "edges" else f"unit {verb}"
         if self.intervention == "hard":
             return "edges cut (weights set to 0)" if self.on == "edges" else "unit set to 0"
         return f"{what} u~U({self.beta:g}, {self.beta + self.delta:g})" + ("" if value is None else f" = {value:.4g}")
@@ -185,6 +198,7 @@ def discover(
     alpha: float = 0.05,
     min_effect: float = 0.0,
     seed: int = 0,
+    soft_rule: str = "scale",
     device: str | torch.device | None = None,
     include_input: bool = True,
     metadata: dict[str, Any] | None = None,
@@ -198,9 +212,11 @@ def discover(
     given). From the output unit down, every unit of the layer below is tested:
 
     * ``on="edges"``: its edges into the current causal units are set to 0
-      (``intervention="hard"``) or to ``u ~ U(beta, beta + delta)`` (``"soft"``),
-      all together, leaving its other paths intact - the research code's rule;
-    * ``on="nodes"``: the unit itself is set to 0 or scaled by ``u``.
+      (``intervention="hard"``, the research code's rule) or, ``"soft"``, scaled
+      by ``u ~ U(beta, beta + delta)`` (``soft_rule="scale"``, so beta walks from
+      a cut at 0 to no change at 1) or set to ``u`` (``soft_rule="set"``, the
+      research code's soft rule), all together, leaving its other paths intact;
+    * ``on="nodes"``: the unit itself is set to 0, or scaled by (set to) ``u``.
 
     ``test="paired"`` keeps a candidate when a one-sided paired t-test on the
     per-sample change of the target logit is significant after
@@ -213,7 +229,7 @@ def discover(
     differently (e.g. another ``memory_budget_mb``); anything with its ``layers``
     and ``run`` methods works, which is how the benchmark times the naive loop.
     """
-    options = DiscoveryOptions(on, intervention, beta, delta, n_samples, test, alpha, min_effect, seed)
+    options = DiscoveryOptions(on, intervention, beta, delta, n_samples, test, alpha, min_effect, seed, soft_rule)
     if device is not None:
         model = model.to(device)
     inputs = torch.as_tensor(inputs)
@@ -225,8 +241,10 @@ def discover(
 
     runner = runner or InterventionRunner(model)
     all_layers = runner.layers(samples[:1])
-    chain = causal_chain(all_layers, layers)
+    walk = walk_layers(all_layers, layers)
+    _preflight(model, samples[:1], walk, include_input)
     generator = torch.Generator().manual_seed(seed)
+    depth_of = _depths(walk)
 
     graph = CausalGraph(
         {
@@ -236,46 +254,199 @@ def discover(
             "n_samples": len(test_samples),
             "options": {**options.__dict__, "layers": list(layers) if layers else None},
             "seed": seed,
-            "layers": [layer.name for layer in reversed(chain)],
+            "layers": [layer.name for layer in sorted(walk, key=lambda info: info.order)],
             **(metadata or {}),
         }
     )
-    depth_of = {layer.name: depth for depth, layer in enumerate(reversed(chain), start=1)}
-    output = chain[0]
+    output = walk[0]
     graph.add_unit(output.name, target, kind="output", depth=depth_of[output.name])
     clean_all = runner.run(samples, [], target) if extra else None
-    effects = [target]
+    causes: dict[str, list[int]] = {output.name: [target]}
     tests: dict[str, list[dict]] = {}
-    steps = list(zip(chain[:-1], chain[1:]))
-    if include_input and chain[-1].parent == INPUT and chain[-1].kind != "embedding":
-        steps.append((chain[-1], None))
+    steps = _parent_steps(walk, include_input)
 
     bar = _progress(len(steps), progress, f"discovery class {target}")
-    for child, parent in steps:
-        parent_name = parent.name if parent is not None else INPUT
-        n_candidates = parent.n_units if parent is not None else child.parent_units
-        specs, values = _interventions(options, child, parent, effects, n_candidates, generator)
-        result = runner.run(test_samples, specs, target)
-        decision = _test(options, result, clean_all, candidates=range(n_candidates))
-        records = decision.to_records()
-        for record, value in zip(records, values):
-            record["intervention"] = options.describe(value)
-        tests[parent_name] = records
-        kept = decision.kept_candidates()
-        depth = depth_of[parent_name] if parent is not None else 0
-        kind = "hidden" if parent is not None else "input"
-        for k in kept:
-            stats = _edge_stats(records[k])
-            cause = graph.add_unit(parent_name, k, kind=kind, depth=depth, **stats)
-            for j in effects:
-                graph.add_edge(cause, node_id(child.name, j), **stats)
+    for parent, links in steps:
+        kids = [(child, link) for child, link in links if causes.get(child.name)]
+        candidates = _candidates(options, kids, causes)
         bar.update(1)
-        if not kept:
-            break
-        effects = kept
+        if not candidates:
+            continue
+        specs, values = _interventions(options, parent, candidates, generator)
+        result = runner.run(test_samples, specs, target)
+        decision = _test(options, result, clean_all, candidates=[c.unit for c in candidates])
+        records = decision.to_records()
+        for record, candidate, value in zip(records, candidates, values):
+            record["intervention"] = options.describe(value)
+            if candidate.child is not None:
+                record["child"] = candidate.child.name
+                record["via"] = candidate.link.via
+        tests[parent] = records
+        kind = "input" if parent == INPUT else "hidden"
+        depth = 0 if parent == INPUT else depth_of[parent]
+        kept_units: set[int] = set()
+        for candidate, record, kept in zip(candidates, records, decision.kept):
+            if not kept:
+                continue
+            stats = _edge_stats(record)
+            cause = graph.add_unit(parent, candidate.unit, kind=kind, depth=depth, **stats)
+            kept_units.add(candidate.unit)
+            for child, link, effects in candidate.targets(kids, causes):
+                for j in effects:
+                    graph.add_edge(cause, node_id(child.name, j), **stats, via=link.via)
+        if parent != INPUT:
+            causes[parent] = sorted(kept_units)
     bar.close()
     graph.add_result("tests", tests)
     return graph
+
+
+def walk_layers(layers: Sequence[LayerInfo], names: Sequence[str] | None = None) -> list[LayerInfo]:
+    """The layers discovery visits: the output layer, then every layer on a path to it, in reverse execution order.
+
+    ``names`` restricts the walk to a top part of the DAG: only the named layers
+    are tested (every layer between a named one and the output must be named too).
+    """
+    if not layers:
+        raise UserError("the model has no analysable layers (Linear, Conv1d/2d, LSTM, GRU, RNN, Embedding)")
+    by_name = {layer.name: layer for layer in layers}
+    output = layers[-1]
+    above: dict[str, set[str]] = {output.name: set()}  # layer -> the layers it feeds on paths to the output
+    for layer in sorted(layers, key=lambda info: -info.order):
+        if layer.name not in above:
+            continue
+        for link in layer.parents:
+            if link.name in by_name:
+                above.setdefault(link.name, set()).add(layer.name)
+    reachable = [layer for layer in sorted(layers, key=lambda info: -info.order) if layer.name in above]
+    if names is None:
+        return reachable
+    valid = [layer.name for layer in reachable[1:]]
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        raise ConfigError(
+            f"discovery.layers: {unknown[0]!r} is not on the path from the output; valid: {', '.join(valid)}"
+        )
+    wanted = set(names) | {output.name}
+    missing = sorted({child for name in names for child in _descendants(name, above)} - wanted,
+                     key=lambda name: -by_name[name].order)
+    if missing:
+        raise ConfigError(
+            f"discovery.layers must be a contiguous run from the output down; add {', '.join(missing)} "
+            f"(layers: {', '.join(valid)})"
+        )
+    return [layer for layer in reachable if layer.name in wanted]
+
+
+def _descendants(name: str, above: dict[str, set[str]]) -> set[str]:
+    found, todo = set(), list(above[name])
+    while todo:
+        child = todo.pop()
+        if child not in found:
+            found.add(child)
+            todo.extend(above[child])
+    return found
+
+
+def _depths(walk: list[LayerInfo]) -> dict[str, int]:
+    """Depth 0 is the input; a layer sits one above the deepest of its parents in the walk."""
+    depth: dict[str, int] = {}
+    for layer in sorted(walk, key=lambda info: info.order):
+        below = [depth[link.name] for link in layer.parents if link.name in depth]
+        depth[layer.name] = 1 + max(below, default=0)
+    return depth
+
+
+def _parent_steps(walk: list[LayerInfo], include_input: bool) -> list[tuple[str, list[tuple[LayerInfo, ParentLink]]]]:
+    """Per parent layer (reverse execution order, the input last): its children in the walk and their links."""
+    names = {layer.name for layer in walk}
+    steps: list[tuple[str, list]] = []
+    for parent in [layer.name for layer in walk[1:]] + [INPUT]:
+        if parent == INPUT and not include_input:
+            continue
+        links = [(child, link) for child in walk for link in child.parents
+                 if link.name == parent and (parent == INPUT or parent in names)]
+        if links:
+            steps.append((parent, links))
+    return steps
+
+
+def _preflight(model: nn.Module, example: torch.Tensor, walk: list[LayerInfo], include_input: bool) -> None:
+    """Everything the walk will intervene on is supported, or a one-line error before any work."""
+    for name, reason in unsupported_layers(model, example):
+        raise InterventionError(f"cannot discover through module '{name}': {reason}")
+    names = {layer.name for layer in walk}
+    for layer in walk:
+        if layer.calls != 1:
+            raise InterventionError(
+                f"layer '{layer.name}' runs {layer.calls} times per forward pass; interventions need a layer that runs once"
+            )
+        tested = [link for link in layer.parents if link.name in names or (link.name == INPUT and include_input)]
+        if layer is not walk[0] and not layer.parents and layer.kind != "embedding":
+            raise InterventionError(f"layer '{layer.name}' has no traced parent: {layer.note}")
+        for link in tested:
+            if link.via == "path" and link.name == INPUT:
+                raise InterventionError(
+                    f"layer '{layer.name}': the input reaches it together with other parents; edges from the "
+                    "input along a shared path are not supported (pass include_input=False)"
+                )
+            if link.via == "path" and layer.recurrent:
+                raise InterventionError(
+                    f"layer '{layer.name}': its inputs are shared by several parents ({link.name}, ...); path "
+                    "edges into recurrent layers are not supported"
+                )
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A unit of a parent layer; for edges, with the child whose causal units its edges reach."""
+
+    unit: int
+    child: LayerInfo | None = None
+    link: ParentLink | None = None
+    effects: tuple[int, ...] = ()
+
+    def targets(self, kids, causes) -> list[tuple[LayerInfo, ParentLink, list[int]]]:
+        """The causal units this candidate's kept intervention connects to."""
+        if self.child is not None:
+            return [(self.child, self.link, _drawn(self.child, self.link, self.unit, self.effects))]
+        return [(child, link, _drawn(child, link, self.unit, _reached(child, link, self.unit, causes[child.name])))
+                for child, link in kids]
+
+
+def _reached(child: LayerInfo, link: ParentLink, unit: int, effects: Sequence[int]) -> list[int]:
+    """The units of ``effects`` that parent ``unit`` has an edge to (grouped convs: within its group)."""
+    features = link.unit_map[unit]
+    if not features:
+        return []
+    groups = getattr(child.module, "groups", 1)
+    if groups == 1:
+        return list(effects)
+    per_in, per_out = child.in_features // groups, child.n_units // groups
+    own = {f // per_in for f in features}
+    return [j for j in effects if j // per_out in own]
+
+
+def _drawn(child: LayerInfo, link: ParentLink, unit: int, effects: Sequence[int]) -> list[int]:
+    """The edges a kept candidate gets: to the effects it has a non-zero weight into (all, in a trained dense layer)."""
+    connected = set(connected_units(child, link.unit_map[unit]))
+    return [j for j in effects if j in connected]
+
+
+def _candidates(options: DiscoveryOptions, kids, causes) -> list[_Candidate]:
+    if not kids:
+        return []
+    if options.on == "edges" or kids[0][1].name == INPUT:
+        found = []
+        for child, link in kids:
+            for unit in range(link.n_units):
+                effects = _reached(child, link, unit, causes[child.name])
+                if effects:
+                    found.append(_Candidate(unit, child, link, tuple(effects)))
+        return found
+    units = sorted({unit for child, link in kids for unit in range(link.n_units)
+                    if _reached(child, link, unit, causes[child.name])})
+    return [_Candidate(unit) for unit in units]
 
 
 def discover_all(model: nn.Module, inputs: torch.Tensor, **options: Any) -> dict[int, CausalGraph]:
@@ -313,25 +484,25 @@ def _target(model: nn.Module, inputs: torch.Tensor, target: Any) -> int:
 
 def _interventions(
     options: DiscoveryOptions,
-    child: LayerInfo,
-    parent: LayerInfo | None,
-    effects: list[int],
-    n_candidates: int,
+    parent: str,
+    candidates: list[_Candidate],
     generator: torch.Generator,
 ) -> tuple[list, list[float]]:
-    soft = options.intervention == "soft"
-    values = [soft_value(options.beta, options.delta, generator) if soft else 0.0 for _ in range(n_candidates)]
-    if options.on == "edges" or parent is None:
-        specs = [EdgeIntervention(child.name, i, effects, value=u) for i, u in enumerate(values)]
-    else:
-        specs = [
-            NodeIntervention(parent.name, i, "scale", u) if soft else NodeIntervention(parent.name, i, "zero")
-            for i, u in enumerate(values)
-        ]
-    return specs, values
+    """One spec per candidate: its edges into the child's causal units, or the unit itself."""
+    soft, beta, delta, rule = options.intervention == "soft", options.beta, options.delta, options.soft_rule
+    specs = []
+    for c in candidates:
+        if c.child is not None:
+            spec = (soft_edge(c.child.name, c.unit, list(c.effects), beta, delta, generator, rule=rule) if soft
+                    else EdgeIntervention(c.child.name, c.unit, list(c.effects), value=0.0))
+            specs.append(dataclasses.replace(spec, parent_layer=c.link.name))
+        else:
+            specs.append(soft_node(parent, c.unit, beta, delta, generator, rule=rule) if soft
+                         else NodeIntervention(parent, c.unit, "zero"))
+    return specs, [getattr(spec, "value", None) or 0.0 for spec in specs]
 
 
-def _test(options: DiscoveryOptions, result, clean_all, candidates: range) -> TestResult:
+def _test(options: DiscoveryOptions, result, clean_all, candidates: Sequence[int]) -> TestResult:
     intervened = result.target_logit.cpu().numpy().astype(np.float64)
     prob = result.prob.cpu().numpy().astype(np.float64)
     if options.test == "ztest":

@@ -248,6 +248,20 @@ def _weight(layer: LayerInfo, recurrent: bool) -> torch.Tensor:
     return module.weight.detach()
 
 
+def connected_units(layer: LayerInfo, features: list[int] | tuple[int, ...]) -> list[int]:
+    """The units of ``layer`` with a non-zero weight from any of its input ``features`` (groups respected)."""
+    if not features or layer.kind == "embedding":
+        return []
+    weight = _weight(layer, False)
+    groups = getattr(layer.module, "groups", 1)
+    if groups > 1:
+        weight = _ungrouped(weight, groups, layer.in_features)
+    rows = weight[:, list(features)].flatten(1).ne(0).any(1)
+    if layer.recurrent:
+        rows = rows.view(layer.directions, GATES[layer.kind], layer.module.hidden_size).any(1).flatten()
+    return torch.nonzero(rows.cpu()).flatten().tolist()
+
+
 def directions(layer: LayerInfo) -> tuple[str, ...]:
     """Parameter-name suffixes of a recurrent layer's directions."""
     return ("", "_reverse") if layer.directions == 2 else ("",)

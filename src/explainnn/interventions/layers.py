@@ -238,6 +238,15 @@ def find_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo
     ``example_input`` is a batch (one sample is enough) in the form the model's
     forward takes. The result is cached per model and input shape.
     """
+    return list(_traced(model, example_input)[0])
+
+
+def unsupported_layers(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
+    """``(module name, reason)`` for layer-typed modules that run in the forward but cannot be intervened on."""
+    return list(_traced(model, example_input)[1])
+
+
+def _traced(model: nn.Module, example_input: torch.Tensor) -> tuple[list[LayerInfo], list[tuple[str, str]]]:
     if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0 or not len(example_input):
         raise InterventionError("example_input must be a non-empty batch tensor (N, ...)")
     key = (tuple(example_input.shape[1:]), example_input.dtype, str(example_input.device))
@@ -246,19 +255,24 @@ def find_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo
         with ModelPatch() as patch, torch.no_grad():
             patch.eval_mode(model)
             cached[key] = _find_layers(model, example_input[:1])
-    return list(cached[key])
+    return cached[key]
 
 
-def _find_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
+def _find_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[LayerInfo], list[tuple[str, str]]]:
     traces = [trace_forward(model, _rows(example, n)).by_name() for n in (2, 3)]
     first_calls = sorted(
         (calls[0].start, name, calls) for name, calls in traces[0].items() if layer_kind(calls[0].module)
     )
     layers: list[LayerInfo] = []
+    skipped: list[tuple[str, str]] = []
     for _, name, calls in first_calls:
         module = calls[0].module
         kind = layer_kind(module)
-        if unsupported_reason(module) or not _batch_on_axis(module, traces, name):
+        reason = unsupported_reason(module)
+        if reason is None and not _batch_on_axis(module, traces, name):
+            reason = "its output does not keep the batch on the axis the engine edits"
+        if reason:
+            skipped.append((name, reason))
             continue
         if kind in RECURRENT_TYPES.values():
             out_shape = calls[0].output[0]
@@ -277,7 +291,7 @@ def _find_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
                 LayerInfo(name, name, module, kind, n_units, width, tuple(calls[0].output[1:]), len(layers),
                           None, None, calls=len(calls))
             )
-    return _link_parents(model, example, layers)
+    return _link_parents(model, example, layers), skipped
 
 
 def _units(module: nn.Module) -> tuple[int, int]:
