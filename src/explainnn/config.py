@@ -132,6 +132,10 @@ class DiscoveryConfig(_Section):
             raise ValueError(f"must be a class index >= 0 or 'all', got {value!r}")
         return value
 
+    def discover_options(self) -> dict[str, Any]:
+        """The keywords of :func:`explainnn.causal.discover` this section sets: every key but the step's own."""
+        return self.model_dump(exclude={"enabled", "target_class", "check_circuit", "stability"})
+
 
 class AttributionConfig(_Section):
     """Input attributions: the causal method beside the standard baselines."""
@@ -169,7 +173,8 @@ class EvaluationConfig(_Section):
         ]
     )
     methods: list[str] | None = None
-    n_samples: int = Field(default=12, ge=1, le=100_000)
+    n_samples: int = Field(default=100, ge=1, le=100_000)
+    engine: Literal["fast", "quantus"] = "fast"
     options: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"LocalLipschitzEstimate": {"nr_samples": 5}, "FaithfulnessCorrelation": {"nr_runs": 50}}
     )

@@ -1,13 +1,23 @@
-"""Atomic file writes, so a crash or Ctrl-C never leaves a half-written result."""
+"""Atomic file writes, so a crash or Ctrl-C never leaves a half-written result.
+
+Every result of a run goes through here: text and JSON (:func:`write_text`,
+:func:`write_json`), tables (:func:`write_csv`), pictures (:func:`save_figure`,
+at the run's ``plots.dpi``) and anything else through :func:`atomic_path`.
+Arguments follow one order: the path first, then what goes into it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @contextlib.contextmanager
@@ -55,3 +65,31 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fields: Sequence[str] | None = None) -> Path:
+    """Write ``rows`` (mappings) as a CSV table with a header, atomically.
+
+    ``fields`` picks and orders the columns (keys a row lacks stay empty, keys
+    not listed are left out); by default the first row's keys.
+    """
+    rows = list(rows)
+    columns = list(fields) if fields is not None else list(rows[0]) if rows else []
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def save_figure(figure: Figure, path: str | Path, *, dpi: int | None = None, tight: bool = False) -> Path:
+    """Save a matplotlib ``figure`` atomically; the format comes from the suffix (PNG by default).
+
+    ``dpi`` is the run's ``plots.dpi`` (None: the figure's own); ``tight`` trims
+    the white margin (``bbox_inches="tight"``).
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi if dpi is not None else "figure",
+                       bbox_inches="tight" if tight else None)
+    return path

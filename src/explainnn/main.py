@@ -1,10 +1,10 @@
-"""Command-line entry point: read the config, then wire the pipeline's steps.
+"""Command-line entry point: parse the arguments, load the config, run the pipeline.
 
     python src/explainnn/main.py [--config config.yaml] [section.key=value ...]
 
-Each step lives in its own module; this file only decides, from the config,
-which steps run and where their results go. A :class:`~explainnn.errors.UserError`
-anywhere becomes one line on stderr and exit code 2.
+The steps and their order live in :mod:`explainnn.pipeline`. A
+:class:`~explainnn.errors.UserError` anywhere becomes one line on stderr and
+exit code 2; the config is validated completely before any step starts.
 """
 
 from __future__ import annotations
@@ -30,19 +30,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="explainnn",
         description="Learn which hidden units cause a class prediction, explain inputs with them, "
         "and compare the explanations with the standard methods.",
-        epilog="Example: python src/explainnn/main.py discovery.target_class=7 discovery.on=nodes",
+        epilog="Example: python src/explainnn/main.py discovery.target_class=7 discovery.intervention=soft",
     )
-    parser.add_argument(
-        "--config",
-        default=None,
-        help="YAML config file (default: ./config.yaml when present, else the built-in defaults)",
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="section.key=value",
-        help="override any config key, e.g. discovery.target_class=7 training.epochs=3",
-    )
+    parser.add_argument("--config", default=None,
+                        help="YAML config file (default: ./config.yaml when present, else the built-in defaults)")
+    parser.add_argument("--sweep", default=None, metavar="FILE",
+                        help="run a sweep file (many runs, on Ray when installed); overrides apply to every run")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="override any config key, e.g. discovery.target_class=7 training.epochs=3")
     return parser.parse_args(argv)
 
 
@@ -53,194 +48,39 @@ def _config_path(given: str | None) -> Path | None:
     return default if default.is_file() else None
 
 
-def load_data(config):
-    """The dataset named by ``config.data`` (image padding only where it applies)."""
-    from explainnn.data import load_dataset, supports_image_size
-
-    return load_dataset(
-        config.data.name,
-        config.data.root,
-        download=config.data.download,
-        image_size=config.data.image_size if supports_image_size(config.data.name) else None,
-        seed=config.seed,
-        **config.data.options,
-    )
-
-
-def train(config, dataset, device, *, seed: int | None = None):
-    """Build ``config.model`` and train it or load its checkpoint (another ``seed``: its own checkpoint)."""
-    from explainnn.models import build_model
-    from explainnn.training import train_or_load
-
-    seed = config.seed if seed is None else seed
-    checkpoint = config.checkpoint_path()
-    if seed != config.seed:
-        checkpoint = checkpoint.with_name(f"{checkpoint.stem}_seed{seed}{checkpoint.suffix}")
-    model = build_model(config.model.name, dataset.info, **config.model.params)
-    train_kwargs = config.training.model_dump(exclude={"train"})
-    train_kwargs.update(seed=seed, progress=config.progress)
-    return train_or_load(
-        model,
-        dataset,
-        checkpoint=checkpoint,
-        mode=config.training.train,
-        metadata={"config_hash": config.training_hash() if seed == config.seed else f"seed {seed}"},
-        train_kwargs=train_kwargs,
-        device=device,
-    )
-
-
-def run(config) -> dict:
-    """Run every enabled step of ``config``; return a summary of what was produced."""
-    from explainnn.config import dump_config
-    from explainnn.errors import ConfigError
-    from explainnn.files import write_json, write_text
-    from explainnn.runtime import resolve_device, seed_everything
-
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    run_dir = config.run_dir()
-    plots = {"plots": config.plots.enabled, "dpi": config.plots.dpi, "progress": config.progress}
-    summary: dict = {"run_dir": str(run_dir), "device": str(device)}
-
-    dataset = load_data(config)
-    info = dataset.info
-    target = config.discovery.target_class
-    if target != "all" and target >= info.n_classes:
-        raise ConfigError(
-            f"discovery.target_class: {target} is out of range; {info.name} has classes 0-{info.n_classes - 1} or 'all'"
-        )
-    print(f"data        {info.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test, {info.source}")
-
-    model, train_info = train(config, dataset, device)
-    record = train_info["metadata"]
-    print(
-        f"model       {config.model.name}: {train_info['action']} {train_info['checkpoint']} "
-        f"(train accuracy {record['train_accuracy']:.4f}, test accuracy {record['test_accuracy']:.4f})"
-    )
-    if not train_info["config_hash_matches"]:
-        print(
-            "warning     the checkpoint was trained with other data/model/training settings than this config; "
-            "set training.train: always to retrain"
-        )
-    write_text(run_dir / "config.yaml", dump_config(config))
-    write_json(run_dir / "training.json", record)
-    summary["training"] = record
-
-    graphs: dict = {}
-    if config.discovery.enabled:
-        from explainnn.steps import discovery_step
-
-        options = config.discovery
-        targets = list(range(info.n_classes)) if options.target_class == "all" else [options.target_class]
-        graphs = discovery_step(
-            model,
-            dataset,
-            targets,
-            run_dir / "discovery",
-            discovery=options.model_dump(include={"layers", "on", "intervention", "beta", "delta", "n_samples",
-                                                  "test", "alpha", "min_effect"}),
-            check_circuit=options.check_circuit,
-            stability_options=options.stability.model_dump() if options.stability.enabled else None,
-            seed=config.seed,
-            model_name=config.model.name,
-            **plots,
-        )
-    summary["graphs"] = graphs
-    explained = sorted(graphs) or ([] if target == "all" else [target])
-
-    if config.attribution.enabled:
-        from explainnn.steps import attribution_step
-
-        for k in explained:
-            attribution_step(
-                model,
-                dataset,
-                k,
-                graphs.get(k),
-                run_dir / "attributions" / f"class_{k}",
-                methods=config.attribution.methods,
-                n_samples=config.attribution.n_samples,
-                causal_paths_layer=config.attribution.causal_paths_layer,
-                options=config.attribution.options,
-                seed=config.seed,
-                **plots,
-            )
-
-    if config.evaluation.enabled:
-        from explainnn.evaluation import evaluation_step
-
-        evaluation = config.evaluation
-        for k in explained:
-            evaluation_step(
-                model,
-                dataset,
-                k,
-                graphs.get(k),
-                run_dir / "evaluation" / (f"class_{k}" if len(explained) > 1 else ""),
-                methods=evaluation.methods or config.attribution.methods,
-                metrics=evaluation.metrics,
-                n_samples=evaluation.n_samples,
-                options=evaluation.options,
-                method_options=config.attribution.options,
-                seed=config.seed,
-                **plots,
-            )
-
-    analyses = config.analyses
-    if analyses.views.enabled:
-        from explainnn.analyses.views import views_step
-
-        views = analyses.views
-        views_step(model, dataset, run_dir / "views", graph=graphs.get(explained[0]) if explained else None,
-                   filters=views.filters, activation_maps=views.activation_maps, maximize=views.maximize,
-                   layer=views.layer, projection=views.projection, n_samples=views.n_samples, seed=config.seed,
-                   **plots)
-    if analyses.text.enabled and info.modality == "tokens":
-        from explainnn.analyses.text_importance import text_step
-
-        text_step(model, dataset, run_dir / "text", methods=analyses.text.methods, n_samples=analyses.text.n_samples,
-                  top_k=analyses.text.top_k, seed=config.seed, **plots)
-    if analyses.clustering.enabled:
-        from explainnn.analyses.clustering import clustering_step
-
-        clustering_step(
-            model,
-            dataset,
-            run_dir / "clustering",
-            method=analyses.clustering.method,
-            n_samples=analyses.clustering.n_samples,
-            max_clusters=analyses.clustering.max_clusters,
-            seeds=analyses.clustering.seeds,
-            retrain=lambda seed: train(config, dataset, device, seed=seed)[0],
-            seed=config.seed,
-            **plots,
-        )
-    if config.report:
-        from explainnn.reports import write_report
-
-        written = write_report(run_dir, config_yaml=dump_config(config), training=record, graphs=graphs)
-        print(f"report      {written['html']} and {written['markdown'].name}")
-    return summary
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, run, and map user mistakes to one line and exit code 2."""
+    """Parse arguments, run every enabled step, and map user mistakes to one line and exit code 2."""
     args = _parse_args(argv)
     started = time.perf_counter()
     try:
+        if args.sweep is not None:
+            return _sweep(args)
         from explainnn.config import load_config
+        from explainnn.pipeline import run
 
-        config = load_config(_config_path(args.config), args.overrides)
-        summary = run(config)
+        context = run(load_config(_config_path(args.config), args.overrides))
     except UserError as exc:
         print(f"explainnn: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("explainnn: interrupted", file=sys.stderr)
         return 130
-    print(f"done in {time.perf_counter() - started:.1f} s; results in {summary['run_dir']}")
+    print(f"done in {time.perf_counter() - started:.1f} s; results in {context.run_dir}")
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """Run a sweep file; print its summary, and its folder last. Exit code 1 when a run failed."""
+    from explainnn.errors import ConfigError
+    from explainnn.sweep import run_sweep
+
+    if args.config is not None:
+        raise ConfigError("--config and --sweep do not mix; name the base config in the sweep file (base: FILE)")
+    result = run_sweep(args.sweep, args.overrides)
+    print(f"sweep       {len(result.runs)} runs on {result.backend}: {result.ran} ran, {result.resumed} reused, "
+          f"{result.failed} failed, {result.seconds:.1f} s; merged table runs.csv, report sweep_report.html")
+    print(result.folder)
+    return 1 if result.failed else 0
 
 
 if __name__ == "__main__":

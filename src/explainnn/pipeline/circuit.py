@@ -1,0 +1,55 @@
+"""Step 4, circuit: check each causal graph as a circuit (sufficiency, necessity) and its stability.
+
+This is the slot for circuit work: a step that extracts a minimal faithful
+circuit from the graph belongs here, beside the checks.
+"""
+
+from __future__ import annotations
+
+from explainnn.causal import CausalGraph, circuit_faithfulness, plot_circuit, plot_stability, stability
+from explainnn.config import DiscoveryConfig
+from explainnn.files import save_figure
+from explainnn.pipeline.context import RunContext
+
+
+def check_graphs(ctx: RunContext, options: DiscoveryConfig) -> None:
+    """Sufficiency and necessity against random unit sets (``check_circuit``) and the stability sweep.
+
+    For every graph in ``ctx.graphs`` writes ``discovery/class_<k>/``:
+    ``circuit.png``, ``stability.csv``, ``appearance.csv``, ``stability.png``;
+    the results are stored with the graph (``graph.json`` is written again
+    with them) and in ``ctx.circuits``/``ctx.stability``.
+    """
+    dataset = ctx.dataset
+    reference = dataset.x_train[:500]
+    sweep = options.stability.model_dump(exclude={"enabled"})
+    for target, graph in ctx.graphs.items():
+        folder = ctx.run_dir / "discovery" / f"class_{target}"
+        if options.check_circuit and any(graph.units(layer) for layer in graph.layers()[1:-1]):
+            ctx.circuits[target] = circuit_faithfulness(ctx.model, graph, dataset.x_test, labels=dataset.y_test,
+                                                        reference=reference, seed=ctx.seed)
+            if ctx.plots:
+                save_figure(plot_circuit(ctx.circuits[target], dpi=ctx.dpi), folder / "circuit.png")
+        if options.stability.enabled and len(graph.layers()) > 2:
+            result = stability(ctx.model, dataset.x_test, graph, seed=ctx.seed, **sweep)
+            graph.add_result("stability", result.summary())
+            result.to_csv(folder)
+            ctx.stability[target] = result
+            if ctx.plots:
+                save_figure(plot_stability(result, dpi=ctx.dpi), folder / "stability.png")
+        graph.to_json(folder / "graph.json")
+        graph.to_graphml(folder / "graph.graphml")
+        print(describe_checks(graph))
+
+
+def describe_checks(graph: CausalGraph) -> str:
+    """One line: the circuit's sufficiency beside random sets, and the stability at the first beta."""
+    parts = []
+    circuit = graph.results.get("circuit")
+    if circuit:
+        parts.append(f"sufficiency {circuit['sufficiency']['normalized']:.2f} "
+                     f"(random {circuit['sufficiency']['random_normalized_mean']:.2f})")
+    stable = graph.results.get("stability")
+    if stable:
+        parts.append(f"Jaccard at beta={stable['betas'][0]:g}: {stable['jaccard_mean'][0]:.2f}")
+    return f"circuit     class {graph.metadata['target']}: {'; '.join(parts) or 'no check applies'}"

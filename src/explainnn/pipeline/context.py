@@ -1,0 +1,102 @@
+"""The run context: what every step reads, and what each step leaves for the next."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from explainnn.causal import CausalGraph
+from explainnn.config import Config
+from explainnn.data import Dataset
+from explainnn.errors import UserError
+
+
+class RunContext:
+    """One run's shared state: the resolved config, its folder and device, and each step's result.
+
+    Steps fill it in pipeline order: ``dataset`` (data), ``model`` and
+    ``training`` (model), ``graphs`` (discovery, one :class:`CausalGraph` per
+    class), ``circuits`` and ``stability`` (circuit), ``attributions``,
+    ``evaluations``, and ``analyses`` (views, text, clustering: what each
+    wrote). Reading ``dataset`` or ``model`` before their step ran is a
+    one-line error naming the step.
+    """
+
+    def __init__(self, config: Config, run_dir: str | Path | None = None, device: torch.device | None = None):
+        from explainnn.torch_utils import resolve_device
+
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
+        self.device = device if device is not None else resolve_device(config.device)
+        self.training: dict[str, Any] = {}
+        self.graphs: dict[int, CausalGraph] = {}
+        self.circuits: dict[int, dict[str, Any]] = {}
+        self.stability: dict[int, Any] = {}
+        self.attributions: dict[int, dict[str, np.ndarray]] = {}
+        self.evaluations: dict[int, Any] = {}
+        self.analyses: dict[str, Any] = {}
+        self.report: dict[str, Path] = {}
+        self._dataset: Dataset | None = None
+        self._model: nn.Module | None = None
+
+    # ------------------------------------------------------------- step results
+    @property
+    def dataset(self) -> Dataset:
+        """The loaded dataset (the data step's result)."""
+        if self._dataset is None:
+            raise UserError("no dataset yet: the data step has not run")
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, value: Dataset) -> None:
+        self._dataset = value
+
+    @property
+    def model(self) -> nn.Module:
+        """The trained or loaded model, in eval mode on :attr:`device` (the model step's result)."""
+        if self._model is None:
+            raise UserError("no model yet: the model step has not run")
+        return self._model
+
+    @model.setter
+    def model(self, value: nn.Module) -> None:
+        self._model = value
+
+    # ------------------------------------------------------------ settings
+    @property
+    def checkpoint(self) -> Path:
+        """``model.checkpoint`` or, when unset, ``model.pt`` in the run folder."""
+        return Path(self.config.model.checkpoint) if self.config.model.checkpoint else self.run_dir / "model.pt"
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def plots(self) -> bool:
+        """Whether steps draw pictures (``plots.enabled``)."""
+        return self.config.plots.enabled
+
+    @property
+    def dpi(self) -> int:
+        """The resolution of every picture (``plots.dpi``)."""
+        return self.config.plots.dpi
+
+    @property
+    def progress(self) -> bool:
+        """Progress bars: asked for (``progress``) and drawn on a terminal; elsewhere steps print a line each."""
+        return self.config.progress and sys.stderr.isatty()
+
+    def explained_classes(self) -> list[int]:
+        """The classes later steps explain: those with a graph, else ``discovery.target_class`` unless ``all``."""
+        target = self.config.discovery.target_class
+        return sorted(self.graphs) or ([] if target == "all" else [int(target)])
+
+    def step_options(self) -> dict[str, Any]:
+        """The keywords every step function shares: ``seed``, ``plots``, ``dpi``, ``progress``."""
+        return {"seed": self.seed, "plots": self.plots, "dpi": self.dpi, "progress": self.progress}

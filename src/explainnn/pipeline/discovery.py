@@ -1,0 +1,68 @@
+"""Step 3, discovery: learn the causal graph of each target class; save it in open formats and draw it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from explainnn.causal import CausalGraph, discover
+from explainnn.config import DiscoveryConfig
+from explainnn.errors import UserError
+from explainnn.files import save_figure, write_csv
+from explainnn.pipeline.context import RunContext
+
+
+def discover_graphs(ctx: RunContext, options: DiscoveryConfig) -> dict[int, CausalGraph]:
+    """Learn the graph of ``options.target_class`` (every class for ``all``) from the test split.
+
+    Writes ``discovery/class_<k>/``: ``graph.json`` (load with
+    ``CausalGraph.from_json``), ``graph.graphml``, ``edges.csv``, ``units.csv``,
+    ``tests.csv`` (every candidate's statistics) and ``graph.png``; fills
+    ``ctx.graphs``. With ``all``, a class with fewer than two correctly
+    classified test samples is skipped with the reason printed.
+    """
+    dataset = ctx.dataset
+    n_classes = dataset.info.n_classes
+    targets = list(range(n_classes)) if options.target_class == "all" else [int(options.target_class)]
+    metadata = {"model": ctx.config.model.name, "dataset": dataset.info.name, "inputs": "test split"}
+    for target in targets:
+        try:
+            graph = discover(ctx.model, dataset.x_test, target, labels=dataset.y_test, seed=ctx.seed,
+                             progress=ctx.progress, metadata=metadata, **options.discover_options())
+        except UserError as exc:
+            if len(targets) > 1 and "discovery needs at least 2" in str(exc):
+                print(f"discovery   class {target}: skipped ({exc})")
+                continue
+            raise
+        save_graph(graph, ctx.run_dir / "discovery" / f"class_{target}", plots=ctx.plots, dpi=ctx.dpi)
+        ctx.graphs[target] = graph
+        print(describe_graph(graph))
+    return ctx.graphs
+
+
+def save_graph(graph: CausalGraph, folder: Path, *, plots: bool = True, dpi: int = 120) -> None:
+    """Write the graph files of one class into ``folder`` (the picture only with ``plots``)."""
+    graph.to_json(folder / "graph.json")
+    graph.to_graphml(folder / "graph.graphml")
+    graph.to_csv(folder / "edges.csv", table="edges")
+    graph.to_csv(folder / "units.csv", table="units")
+    tests = graph.results.get("tests", {})
+    rows = [{"layer": layer, **record} for layer, records in tests.items() for record in records]
+    if rows:
+        write_csv(folder / "tests.csv", rows)
+    if plots:
+        save_figure(graph.draw(max_units_per_layer=24, title=_title(graph), dpi=dpi), folder / "graph.png")
+
+
+def _title(graph: CausalGraph) -> str:
+    meta = graph.metadata
+    options = meta.get("options", {})
+    return (f"{meta.get('model', '')} on {meta.get('dataset', '')}: causes of class {meta['target']} "
+            f"({options.get('on')}, {options.get('intervention')}, {options.get('test')} test, n={meta['n_samples']})")
+
+
+def describe_graph(graph: CausalGraph) -> str:
+    """One line: the number of causal units per layer."""
+    meta = graph.metadata
+    layers = [name for name in graph.layers() if graph.units(name)]
+    sizes = ", ".join(f"{name} {len(graph.causes(name)) if name != layers[-1] else 1}" for name in layers)
+    return f"discovery   class {meta['target']}: {sizes} causal units (n={meta['n_samples']})"
