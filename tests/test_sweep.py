@@ -52,11 +52,12 @@ def test_a_2x2_sweep_on_ray_merges_every_run(grid_sweep):
         ("0", "3", "ok"), ("0", "7", "ok"), ("1", "3", "ok"), ("1", "7", "ok")]
     for row in rows:
         folder = result.folder / row["folder"]
-        assert (folder / RECORD).is_file() and (folder / "model.pt").is_file()
+        assert (folder / RECORD).is_file() and (folder / "training.json").is_file()
         assert row["classes"] == row["discovery.target_class"]
         assert 0 < float(row["circuit_units"]) and 0 < float(row["test_accuracy"]) <= 1
         assert row["sufficiency"] != "" and (result.folder / row["report"]).is_file()
     assert not (result.folder / PARTIAL).exists()
+    assert len(list((result.folder / "models").glob("*.pt"))) == 2  # one model per seed, shared by its classes
     assert len(_rows(result.folder / "classes.csv")) == 4
     overlap = _rows(result.folder / "overlap.csv")
     assert sorted((row["comparison"], row["group"]) for row in overlap) == [
@@ -65,7 +66,8 @@ def test_a_2x2_sweep_on_ray_merges_every_run(grid_sweep):
         ("across training seeds", "discovery.target_class=7, class=7")]
     assert all(0 <= float(row["jaccard"]) <= 1 for row in overlap)
     agreement = _rows(result.folder / "agreement.csv")
-    assert len(agreement) == 2 and all(-1 <= float(row["ari"]) <= 1 for row in agreement)
+    assert [(row["a"], row["b"]) for row in agreement] == [("seed 0", "seed 1")]  # one pair of models
+    assert -1 <= float(agreement[0]["ari"]) <= 1
     report = (result.folder / "sweep_report.html").read_text()
     assert "Circuit overlap across classes" in report and f'href="{rows[0]["report"]}"' in report
     assert (result.folder / "sweep_report.md").is_file()

@@ -17,10 +17,11 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from explainnn.config import Config
+from explainnn.config import Config, read_yaml
 from explainnn.evaluation.io import write_csv
 from explainnn.sweep.results import RunResult
 
@@ -44,14 +45,16 @@ class AgreementGroup:
 
 
 def seed_groups(runs: Sequence[RunResult]) -> list[list[RunResult]]:
-    """Completed runs with a clustering summary, grouped by every setting but ``seed`` (groups of 2 or more)."""
-    buckets: dict[str, list[RunResult]] = {}
+    """Completed runs with a clustering summary, one per seed, grouped by every setting but ``seed`` and the
+    discovery options (which the clustering does not use); groups of 2 or more."""
+    buckets: dict[str, dict[Any, RunResult]] = {}
     for run in runs:
         if run.folder is None or not (run.folder / "clustering" / "summary.json").is_file():
             continue
-        setting = {key: value for key, value in run.settings.items() if key != "seed"}
-        buckets.setdefault(json.dumps(setting, sort_keys=True), []).append(run)
-    return [members for members in buckets.values() if len(members) >= 2]
+        setting = {key: value for key, value in run.settings.items()
+                   if key != "seed" and not key.startswith("discovery.")}
+        buckets.setdefault(json.dumps(setting, sort_keys=True), {}).setdefault(run.settings["seed"], run)
+    return [list(members.values()) for members in buckets.values() if len(members) >= 2]
 
 
 def agreement(members: Sequence[RunResult], configs: Mapping[str, Config]) -> AgreementGroup:
@@ -71,12 +74,13 @@ def agreement(members: Sequence[RunResult], configs: Mapping[str, Config]) -> Ag
     for run in members:
         config = configs[run.key]
         model = build_model(config.model.name, dataset.info, **config.model.params)
-        checkpoint = Path(config.model.checkpoint) if config.model.checkpoint else run.folder / "model.pt"
+        used = read_yaml(run.folder / "config.yaml").get("model", {}).get("checkpoint")  # maybe a shared model
+        checkpoint = Path(used) if used else run.folder / "model.pt"
         load_checkpoint(checkpoint, model)
         models.append(model.eval())
     matrix = seed_agreement(models, dataset.x_test[index], method=summary["method"], k=int(summary["best_k"]),
                             seed=first.seed, target=dataset.y_test[index])
-    shared = {k: v for k, v in members[0].values.items() if k != "seed"
+    shared = {k: v for k, v in members[0].values.items() if k != "seed" and not k.startswith("discovery.")
               and all(m.values.get(k) == v for m in members)}
     return AgreementGroup(", ".join(f"{k}={v}" for k, v in shared.items()), list(members),
                           [f"seed {configs[run.key].seed}" for run in members], matrix, summary["method"],

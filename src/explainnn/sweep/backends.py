@@ -25,6 +25,7 @@ class Task:
     key: str
     tree: dict[str, Any]
     sweep_dir: str
+    until: str | None = None
 
 
 OnRecord = Callable[[Task, dict[str, Any]], None]
@@ -51,14 +52,14 @@ def choose_backend(settings: SweepSettings) -> str:
     return "sequential"
 
 
-def run_sequential(tasks: Sequence[Task], resources: Resources, on_record: OnRecord) -> None:
-    """Execute the runs one after another in this process, each with ``resources.num_cpus`` torch threads."""
-    for task in tasks:
-        on_record(task, execute_run(task.tree, task.key, task.sweep_dir, _threads(resources)))
+def run_sequential(phases: Sequence[Sequence[Task]], resources: Resources, on_record: OnRecord) -> None:
+    """Execute the tasks one after another in this process, each with ``resources.num_cpus`` torch threads."""
+    for task in (task for phase in phases for task in phase):
+        on_record(task, execute_run(task.tree, task.key, task.sweep_dir, _threads(resources), task.until))
 
 
-def run_on_ray(tasks: Sequence[Task], settings: SweepSettings, on_record: OnRecord) -> str:
-    """Execute every run as a Ray task with the sweep's resources; return where Ray ran.
+def run_on_ray(phases: Sequence[Sequence[Task]], settings: SweepSettings, on_record: OnRecord) -> str:
+    """Execute every task as a Ray task with the sweep's resources, phase after phase; return where Ray ran.
 
     Uses the Ray instance this process is already connected to; else connects to
     ``settings.ray_address`` or ``RAY_ADDRESS`` (shipping the explainnn package to
@@ -82,16 +83,19 @@ def run_on_ray(tasks: Sequence[Task], settings: SweepSettings, on_record: OnReco
     resources = settings.resources
     remote = ray.remote(execute_run).options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
                                              max_retries=0)
-    pending = {remote.remote(task.tree, task.key, task.sweep_dir, _threads(resources)): task for task in tasks}
+    pending: dict[Any, Task] = {}
     try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            task = pending.pop(done[0])
-            try:
-                record = ray.get(done[0])
-            except Exception as exc:  # noqa: BLE001 - a crashed worker fails its run, not the sweep
-                record = {"key": task.key, "status": "failed", "error": one_line(_cause(exc)), "seconds": None}
-            on_record(task, record)
+        for tasks in phases:
+            pending = {remote.remote(task.tree, task.key, task.sweep_dir, _threads(resources), task.until): task
+                       for task in tasks}
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                task = pending.pop(done[0])
+                try:
+                    record = ray.get(done[0])
+                except Exception as exc:  # noqa: BLE001 - a crashed worker fails its run, not the sweep
+                    record = {"key": task.key, "status": "failed", "error": one_line(_cause(exc)), "seconds": None}
+                on_record(task, record)
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)

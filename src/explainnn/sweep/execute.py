@@ -54,18 +54,21 @@ def one_line(exc: BaseException) -> str:
     return line[:500]
 
 
-def execute_run(tree: dict[str, Any], key: str, sweep_dir: str, threads: int | None = None) -> dict[str, Any]:
+def execute_run(tree: dict[str, Any], key: str, sweep_dir: str, threads: int | None = None,
+                until: str | None = None) -> dict[str, Any]:
     """Run the resolved config ``tree`` (a ``Config.model_dump``) into ``<sweep_dir>/runs/<key>``.
 
     Returns the run's record: ``key``, ``status`` (``ok``/``failed``), ``error``
     (one line), ``seconds``, ``started``, ``host``. ``threads`` sets torch's CPU
-    threads for the run (restored afterwards). Ctrl-C removes the scratch folder
-    and propagates.
+    threads for the run (restored afterwards). ``until`` stops after that
+    pipeline step and keeps no run folder (``"model"`` trains a model shared by
+    several runs into its ``model.checkpoint``). Ctrl-C removes the scratch
+    folder and propagates.
     """
     import torch
 
     from explainnn.config import build_config
-    from explainnn.pipeline import run
+    from explainnn.pipeline import Run, run
 
     sweep_dir = Path(sweep_dir)
     folder = sweep_dir / PARTIAL / f"{key}-{uuid.uuid4().hex[:8]}"
@@ -81,17 +84,20 @@ def execute_run(tree: dict[str, Any], key: str, sweep_dir: str, threads: int | N
         with open(folder / LOG, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
                 contextlib.redirect_stderr(log):
             try:
-                run(config, run_dir=folder)
+                if until is None:
+                    run(config, run_dir=folder)
+                else:
+                    Run(config, run_dir=folder).run(until)
             except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the sweep
                 traceback.print_exc()
                 record.update(status="failed", error=one_line(exc))
         record["seconds"] = round(time.perf_counter() - clock, 3)
-        if record["status"] == "ok":
+        if record["status"] == "ok" and until is None:
             write_json(folder / RECORD, record)
             final = run_folder(sweep_dir, key)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(folder, final)
-        else:
+        elif record["status"] != "ok":
             (sweep_dir / FAILED).mkdir(parents=True, exist_ok=True)
             os.replace(folder / LOG, sweep_dir / FAILED / f"{key}.log")
         return record

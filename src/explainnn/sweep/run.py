@@ -28,7 +28,7 @@ from explainnn.sweep.execute import PARTIAL, finished_record, run_folder
 from explainnn.sweep.overlap import overlap_groups, write_overlap
 from explainnn.sweep.report import build_sections, write_sweep_report
 from explainnn.sweep.results import RunResult, read_run, write_tables
-from explainnn.sweep.spec import Sweep, flat_settings, load_sweep
+from explainnn.sweep.spec import PlannedRun, Sweep, flat_settings, load_sweep
 
 
 @dataclass
@@ -71,7 +71,7 @@ def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str
     write_text(folder / "sweep.yaml", _describe_plan(plan))
     started = time.perf_counter()
     results: dict[str, RunResult] = {}
-    tasks = []
+    pending: list[PlannedRun] = []
     for run in plan.runs:
         record = finished_record(folder, run.key)
         result = RunResult(run.index, run.label, run.key, run.values, flat_settings(run.config), record or {})
@@ -80,7 +80,8 @@ def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str
             results[run.key] = read_run(result, run_folder(folder, run.key))
         else:
             results[run.key] = result
-            tasks.append(Task(run.key, run.config.model_dump(mode="json"), str(folder)))
+            pending.append(run)
+    training, tasks = _tasks(pending, folder, share_models=settings.share_models)
     resumed = len(plan.runs) - len(tasks)
     if resumed:
         note(f"{resumed} of {len(plan.runs)} runs already finished in {folder}; skipping them")
@@ -91,6 +92,11 @@ def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str
                file=sys.stderr)
 
     def on_record(task: Task, record: dict[str, Any]) -> None:
+        if task.until is not None:
+            if record.get("status") != "ok":
+                note(f"training the model shared by several runs failed ({record.get('error')}); "
+                     "each of its runs will train its own")
+            return
         result = results[task.key]
         result.record = record
         if record.get("status") == "ok":
@@ -100,12 +106,12 @@ def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str
         bar.update(1)
         write_tables(list(results.values()), plan.varied, folder)
 
-    where = "sequential"
+    where = "sequential" if tasks else "nothing new (every run reused)"
     try:
         if tasks and chosen == "ray":
-            where = run_on_ray(tasks, settings, on_record)
+            where = run_on_ray([training, tasks], settings, on_record)
         elif tasks:
-            run_sequential(tasks, settings.resources, on_record)
+            run_sequential([training, tasks], settings.resources, on_record)
     finally:
         bar.close()
         shutil.rmtree(folder / PARTIAL, ignore_errors=True)
@@ -115,6 +121,27 @@ def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str
     failed = sum(not result.ok for result in ordered)
     _analyse_and_report(plan, ordered, where, seconds)
     return SweepResult(folder, ordered, where, len(tasks), resumed, failed, seconds)
+
+
+def _tasks(pending: list[PlannedRun], folder: Path, *, share_models: bool) -> tuple[list[Task], list[Task]]:
+    """The tasks that train models shared by several runs, and the runs' tasks.
+
+    With ``share_models``, runs that would train the same model (same
+    ``Config.training_hash``, no ``model.checkpoint`` of their own,
+    ``training.train: auto``) load it from ``<sweep>/models/``, trained once by
+    a first phase of tasks; a run alone with its model trains it itself there.
+    """
+    trees = {run.key: run.config.model_dump(mode="json") for run in pending}
+    shared: dict[str, list[PlannedRun]] = {}
+    for run in pending:
+        config = run.config
+        if share_models and config.model.checkpoint is None and config.training.train == "auto":
+            path = folder / "models" / f"{config.data.name}-{config.model.name}-{config.training_hash()}.pt"
+            trees[run.key]["model"]["checkpoint"] = str(path)
+            shared.setdefault(str(path), []).append(run)
+    training = [Task(f"model-{Path(path).stem}", trees[runs[0].key], str(folder), until="model")
+                for path, runs in shared.items() if len(runs) > 1 and not Path(path).exists()]
+    return training, [Task(run.key, trees[run.key], str(folder)) for run in pending]
 
 
 def _analyse_and_report(plan: Sweep, runs: list[RunResult], where: str, seconds: float) -> None:

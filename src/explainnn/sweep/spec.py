@@ -51,6 +51,7 @@ class SweepSettings(_Section):
     backend: Literal["auto", "ray", "sequential"] = "auto"
     ray_address: str | None = None
     local_cpus: int | None = Field(default=None, ge=1, le=100_000)
+    share_models: bool = True
     resources: Resources = Field(default_factory=Resources)
 
 
