@@ -24,9 +24,10 @@ _LAZY = {
     "CausalGraph": "explainnn.causal",
     "discover": "explainnn.causal",
     "discover_all": "explainnn.causal",
+    "run_sweep": "explainnn.sweep",
 }
 
-__all__ = ["CausalGraph", "__version__", "attribute", "discover", "discover_all"]
+__all__ = ["CausalGraph", "__version__", "attribute", "discover", "discover_all", "run_sweep"]
 
 
 def __getattr__(name: str) -> Any:

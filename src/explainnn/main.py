@@ -71,15 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     """Run a sweep file; print its summary, and its folder last. Exit code 1 when a run failed."""
-    from explainnn.errors import ConfigError
     from explainnn.sweep import run_sweep
 
-    if args.config is not None:
-        raise ConfigError("--config and --sweep do not mix; name the base config in the sweep file (base: FILE)")
-    result = run_sweep(args.sweep, args.overrides)
-    print(f"sweep       {len(result.runs)} runs on {result.backend}: {result.ran} ran, {result.resumed} reused, "
-          f"{result.failed} failed, {result.seconds:.1f} s; merged table runs.csv, report sweep_report.html")
-    print(result.folder)
+    result = run_sweep(args.sweep, args.overrides, config_given=args.config is not None)
+    print(f"{result.summary()}\n{result.folder}")
     return 1 if result.failed else 0
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from explainnn.config import Config, read_yaml
-from explainnn.evaluation.io import write_csv
+from explainnn.files import write_csv
 from explainnn.sweep.results import RunResult
 
 
@@ -102,4 +102,4 @@ def write_agreement(groups: Sequence[AgreementGroup], sweep_dir: Path, *, plots:
             plot_seed_agreement(group.matrix, group.names, path=group.picture, dpi=dpi,
                                 title=f"{group.method} clusters (k={group.k}) across seeds"
                                 + (f"\n{group.fixed}" if group.fixed else ""))
-    return write_csv(rows, sweep_dir / "agreement.csv", ("group", "a", "b", "ari", "method", "k", "n_samples"))
+    return write_csv(sweep_dir / "agreement.csv", rows, ("group", "a", "b", "ari", "method", "k", "n_samples"))

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from explainnn.analyses.text_importance import save_figure
-from explainnn.evaluation.io import write_csv
+from explainnn.files import save_figure, write_csv
 from explainnn.sweep.results import ClassResult, RunResult
 
 COMPARISONS = {"discovery.target_class": "across classes", "seed": "across training seeds"}
@@ -119,7 +118,8 @@ def plot_overlap(group: OverlapGroup, path: Path, *, dpi: int = 120) -> Figure:
     figure.colorbar(image, ax=axis, label="Jaccard similarity of hidden causal units")
     axis.set_title(f"circuit overlap {group.comparison}" + (f"\n{group.fixed}" if group.fixed else ""),
                    fontsize="medium")
-    return save_figure(figure, path, dpi)
+    save_figure(figure, path, dpi=dpi)
+    return figure
 
 
 def write_overlap(groups: Sequence[OverlapGroup], sweep_dir: Path, *, plots: bool = True, dpi: int = 120) -> Path:
@@ -135,7 +135,7 @@ def write_overlap(groups: Sequence[OverlapGroup], sweep_dir: Path, *, plots: boo
             slug = "classes" if group.comparison == COMPARISONS["discovery.target_class"] else "seeds"
             group.picture = sweep_dir / "overlap" / f"{slug}_{number}.png"
             plot_overlap(group, group.picture, dpi=dpi)
-    return write_csv(rows, sweep_dir / "overlap.csv", PAIR_FIELDS)
+    return write_csv(sweep_dir / "overlap.csv", rows, PAIR_FIELDS)
 
 
 def _setting(run: RunResult, target: int) -> dict[str, Any]:

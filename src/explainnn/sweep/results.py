@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from explainnn.causal import CausalGraph
-from explainnn.evaluation.io import read_csv, write_csv
+from explainnn.evaluation.io import read_csv
+from explainnn.files import write_csv
 
 RUN_FIELDS = ("run", "label", "status", "error", "resumed", "test_accuracy", "train_accuracy", "classes",
               "circuit_units", "circuit_fraction", "sufficiency", "necessity", "seconds", "training_seconds",
@@ -150,9 +151,9 @@ def write_tables(results: list[RunResult], varied: list[str], sweep_dir: Path) -
                for r in ordered for c in r.classes]
     evaluation = [{"run": r.index + 1, "label": r.label, **row} for r in ordered for row in r.evaluation]
     fields = [*RUN_FIELDS[:2], *varied, *RUN_FIELDS[2:]]
-    return {"runs": write_csv(runs, sweep_dir / "runs.csv", fields),
-            "classes": write_csv(classes, sweep_dir / "classes.csv", CLASS_FIELDS),
-            "evaluation": write_csv(evaluation, sweep_dir / "evaluation.csv", EVALUATION_FIELDS)}
+    return {"runs": write_csv(sweep_dir / "runs.csv", runs, fields),
+            "classes": write_csv(sweep_dir / "classes.csv", classes, CLASS_FIELDS),
+            "evaluation": write_csv(sweep_dir / "evaluation.csv", evaluation, EVALUATION_FIELDS)}
 
 
 def _mean(values: Any) -> float | None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from explainnn.errors import ConfigError
 from explainnn.files import write_text
 from explainnn.sweep.agreement import agreement, seed_groups, write_agreement
 from explainnn.sweep.backends import Task, choose_backend, run_on_ray, run_sequential
@@ -47,6 +48,11 @@ class SweepResult:
     def table(self) -> Path:
         return self.folder / "runs.csv"
 
+    def summary(self) -> str:
+        """One line: how many runs ran, were reused and failed, where, and how long it took."""
+        return (f"sweep       {len(self.runs)} runs on {self.backend}: {self.ran} ran, {self.resumed} reused, "
+                f"{self.failed} failed, {self.seconds:.1f} s; merged table runs.csv, report sweep_report.html")
+
 
 def note(text: str) -> None:
     """One line on stderr, beside the progress bar."""
@@ -54,14 +60,17 @@ def note(text: str) -> None:
 
 
 def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str, ...] = (), *,
-              backend: str | None = None, progress: bool = True) -> SweepResult:
+              backend: str | None = None, progress: bool = True, config_given: bool = False) -> SweepResult:
     """Execute every run of ``sweep`` (a sweep file, its mapping, or a loaded :class:`Sweep`).
 
     ``overrides`` (``key=value``) apply to every run; ``backend`` (``auto``, ``ray``,
-    ``sequential``) replaces ``sweep.backend``. Every run's config is validated
+    ``sequential``) replaces ``sweep.backend``; ``config_given`` (a ``--config`` beside
+    ``--sweep``) is refused, as the sweep file names its base. Every run's config is validated
     before anything runs; finished runs (same resolved-config hash) are reused;
     a failing run is recorded with its one-line error and the others go on.
     """
+    if config_given:
+        raise ConfigError("--config and --sweep do not mix; name the base config in the sweep file (base: FILE)")
     plan = sweep if isinstance(sweep, Sweep) else load_sweep(sweep, overrides)
     settings = plan.settings if backend is None else plan.settings.model_copy(update={"backend": backend})
     chosen = choose_backend(settings)
