@@ -118,3 +118,31 @@ def test_depthwise_conv_offers_only_the_edges_that_exist():
     for cause, effect in graph.graph.edges:
         if effect.startswith("layers.0.conv2:"):
             assert cause.split(":")[1] == effect.split(":")[1]
+
+
+def test_bidirectional_lstm_in_the_context_manager_matches_the_runner():
+    model, inputs = build("bilstm")
+    x = inputs(4)
+    specs = [Node("lstm", [2, 7], steps=[1]), Edge("lstm", 1, [6], 0.3, "scale")]
+    before = _state(model)
+    with torch.no_grad(), intervene(model, specs, x[:1]):
+        inside = model(x)
+    _assert_same(model, before)
+    torch.testing.assert_close(inside, InterventionRunner(model).run(x, [specs]).logits[0], atol=1e-5, rtol=1e-4)
+
+
+def test_unsupported_layers_stop_discovery_before_any_work():
+    class Projected(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(3, 4, batch_first=True, proj_size=2)
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    model = Projected().eval()
+    x = torch.rand(20, 4, 3)
+    target = int(model(x).argmax(-1).mode().values)
+    with pytest.raises(InterventionError, match=r"^cannot discover through module 'rnn': LSTMs with proj_size"):
+        discover(model, x, target, n_samples=5)

@@ -195,7 +195,7 @@ def test_unsupported_modules_are_named():
         runner.run(torch.rand(2, 2, 8, 8), [NodeIntervention("features.0.bn", 0)])
 
 
-def test_bidirectional_rnn_is_rejected_by_name():
+def test_bidirectional_rnn_has_both_directions_units():
     class Bi(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -205,8 +205,23 @@ def test_bidirectional_rnn_is_rejected_by_name():
         def forward(self, x):
             return self.fc(self.rnn(x)[0][:, -1])
 
-    runner = InterventionRunner(Bi().eval())
-    with pytest.raises(InterventionError, match="cannot intervene on module 'rnn': bidirectional"):
+    layers = find_layers(Bi().eval(), torch.rand(1, 3, 3))
+    assert [(l.name, l.n_units, l.parent) for l in layers] == [("rnn", 8, "input"), ("fc", 2, "rnn")]
+    assert layers[1].parent_map == tuple((i,) for i in range(8))
+
+
+def test_lstm_with_projections_is_rejected_by_name():
+    class Projected(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(3, 4, batch_first=True, proj_size=2)
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    runner = InterventionRunner(Projected().eval())
+    with pytest.raises(InterventionError, match="cannot intervene on module 'rnn': LSTMs with proj_size"):
         runner.run(torch.rand(2, 3, 3), [NodeIntervention("rnn", 0)])
 
 

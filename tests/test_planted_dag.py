@@ -75,3 +75,47 @@ def test_residual_causes_as_nodes():
     assert set(graph.graph.nodes) == {"out:0", "main:1", "stem:0", "stem:2", "input:0", "input:2"}
     # a node intervention on stem:2 acts on every path out of it; the edges follow the traced wiring
     assert ("stem:2", "main:1") in graph.graph.edges and ("stem:0", "out:0") in graph.graph.edges
+
+
+class PlantedBiRNN(nn.Module):
+    """A bidirectional ReLU RNN read at step 0: class 0 = backward unit 0 (unit 2), which carries input
+    feature 0, present only at the last step, back to step 0. Only the backward direction can see it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(2, 2, batch_first=True, bidirectional=True, nonlinearity="relu")
+        self.fc = nn.Linear(4, 2)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.zero_()
+            self.rnn.weight_ih_l0_reverse[0, 0] = 1.0
+            self.rnn.weight_hh_l0_reverse[0, 0] = 1.0
+            self.rnn.weight_ih_l0[0, 1] = 1.0  # distractors: forward unit 0 and backward unit 1 read feature 1
+            self.rnn.weight_ih_l0_reverse[1, 1] = 1.0
+            self.fc.weight[0, 2] = 1.0
+            self.fc.weight[1, 0] = 0.01
+            self.fc.weight[1, 3] = 0.01
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rnn(x)[0][:, 0])
+
+
+def _sequence_inputs(n: int = 40) -> torch.Tensor:
+    g = torch.Generator().manual_seed(4)
+    x = torch.zeros(n, 5, 2)
+    x[:, -1, 0] = 0.5 + torch.rand(n, generator=g)
+    x[:, :, 1] = 0.2 * torch.rand(n, 5, generator=g)
+    return x
+
+
+def test_bidirectional_units_are_named_forward_then_backward():
+    layers = {layer.name: layer for layer in find_layers(PlantedBiRNN(), _sequence_inputs(1))}
+    assert layers["rnn"].n_units == 4 and layers["rnn"].output_shape == (5, 4)
+    assert layers["fc"].parents[0].name == "rnn" and layers["fc"].parents[0].unit_map == ((0,), (1,), (2,), (3,))
+
+
+@pytest.mark.parametrize("on", ["edges", "nodes"])
+def test_cause_only_in_the_backward_direction_is_recovered_exactly(on):
+    graph = discover(PlantedBiRNN(), _sequence_inputs(), 0, n_samples=30, on=on)
+    assert set(graph.graph.nodes) == {"fc:0", "rnn:2", "input:0"}
+    assert set(graph.graph.edges) == {("rnn:2", "fc:0"), ("input:0", "rnn:2")}

@@ -120,13 +120,16 @@ class EditPlan:
 
     def _recurrent_forward(self, module: nn.Module, layers: list[LayerInfo], cached: "StartCache | None"):
         def forward(*args: object, **kwargs: object):
-            if cached is not None:
-                length, like = cached.rnn[0].x.shape[1], cached.rnn[0].x
+            rnn = None if cached is None else cached.rnn
+            if cached is not None and module.bidirectional:
+                args, kwargs, rnn = cached.tiled_args(self.n_blocks), {}, None
+            if rnn is not None:
+                length, like = rnn[0].x.shape[1], rnn[0].x
             else:
                 x = split_args(module, args, kwargs)[0]
                 length, like = x.shape[1], x
             edits = {layer.sublayer or 0: self.compiled(layer, (length,), like) for layer in layers}
-            return run_module(module, args, kwargs, edits, self.n_blocks, None if cached is None else cached.rnn)
+            return run_module(module, args, kwargs, edits, self.n_blocks, rnn)
 
         return forward
 
@@ -157,6 +160,17 @@ class StartCache:
     inputs: torch.Tensor | None = None
     output: torch.Tensor | None = None
     rnn: list[LayerCache] | None = None
+    args: tuple = ()
+    kwargs: dict | None = None
+
+    def tiled_args(self, n_blocks: int) -> tuple:
+        """The clean call's ``(x, hx)`` of a recurrent module repeated over ``n_blocks`` (bidirectional re-runs)."""
+        x, h0, c0 = split_args(self.module, self.args, self.kwargs or {})
+        x = x.repeat(n_blocks, 1, 1)
+        if not self.module.batch_first:
+            x = x.transpose(0, 1)
+        h0 = h0.repeat(1, n_blocks, 1)
+        return (x, h0) if c0 is None else (x, (h0, c0.repeat(1, n_blocks, 1)))
 
 
 @contextmanager

@@ -137,8 +137,6 @@ def layer_kind(module: nn.Module) -> str | None:
 def unsupported_reason(module: nn.Module) -> str | None:
     """Why a layer-typed module cannot be intervened on, or ``None`` when it can."""
     if isinstance(module, tuple(RECURRENT_TYPES)):
-        if module.bidirectional:
-            return "bidirectional recurrent layers are not supported"
         if getattr(module, "proj_size", 0):
             return "LSTMs with proj_size are not supported"
     return None

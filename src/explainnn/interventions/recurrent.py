@@ -6,7 +6,9 @@ PyTorch's cells (gate order, bias placement, ``h' = (h - n) z + n`` for GRUs).
 With a clean cache (per layer: inputs, input projections and ``h``/``c`` at every
 step) a run resumes at the first edited step from the cached state instead of
 recomputing the prefix, and reuses the cached input projections of the first
-edited layer, whose inputs are unchanged.
+edited layer, whose inputs are unchanged. Bidirectional modules run each
+direction exactly (the backward one over reversed time) from the first step, on
+the clean inputs; their units are ``0..H-1`` forward and ``H..2H-1`` backward.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from explainnn.errors import InterventionError
-from explainnn.interventions.edits import LayerEdits, apply_nodes_step, linear_delta
+from explainnn.interventions.edits import EdgeEdits, LayerEdits, NodeEdits, apply_nodes_step, linear_delta
 from explainnn.interventions.layers import RECURRENT_TYPES
 
 
@@ -43,11 +45,12 @@ def kind_of(module: nn.Module) -> str:
     raise InterventionError(f"{type(module).__name__} is not a recurrent layer")
 
 
-def weights(module: nn.Module, index: int) -> tuple[torch.Tensor, ...]:
-    w_ih = getattr(module, f"weight_ih_l{index}")
-    w_hh = getattr(module, f"weight_hh_l{index}")
-    b_ih = getattr(module, f"bias_ih_l{index}") if module.bias else None
-    b_hh = getattr(module, f"bias_hh_l{index}") if module.bias else None
+def weights(module: nn.Module, index: int, direction: int = 0) -> tuple[torch.Tensor, ...]:
+    suffix = "_reverse" if direction else ""
+    w_ih = getattr(module, f"weight_ih_l{index}{suffix}")
+    w_hh = getattr(module, f"weight_hh_l{index}{suffix}")
+    b_ih = getattr(module, f"bias_ih_l{index}{suffix}") if module.bias else None
+    b_hh = getattr(module, f"bias_hh_l{index}{suffix}") if module.bias else None
     return w_ih, w_hh, b_ih, b_hh
 
 
@@ -61,7 +64,7 @@ def split_args(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tens
         raise InterventionError(f"recurrent layers need batched (N, T, F) input; got shape {tuple(x.shape)}")
     if not module.batch_first:
         x = x.transpose(0, 1)
-    shape = (module.num_layers, x.shape[0], module.hidden_size)
+    shape = (module.num_layers * (2 if module.bidirectional else 1), x.shape[0], module.hidden_size)
     lstm = kind_of(module) == "lstm"
     if hx is None:
         zeros = torch.zeros(shape, dtype=x.dtype, device=x.device)
@@ -142,6 +145,7 @@ def run_layer(
     edits: LayerEdits | None,
     prefix: torch.Tensor | None = None,
     keep_c: bool = False,
+    direction: int = 0,
 ):
     """Steps ``start..T-1`` of internal layer ``index``.
 
@@ -154,7 +158,7 @@ def run_layer(
     """
     kind = kind_of(module)
     nonlinearity = getattr(module, "nonlinearity", "tanh")
-    _, w_hh, _, b_hh = weights(module, index)
+    _, w_hh, _, b_hh = weights(module, index, direction)
     length = x.shape[1]
     rows = x.shape[0] if not shared else x.shape[0] * n_blocks
     k_rows = 1 if shared else n_blocks
@@ -197,7 +201,13 @@ def _tile(t: torch.Tensor, n_blocks: int) -> torch.Tensor:
 
 
 def clean_cache(module: nn.Module, args: tuple, kwargs: dict) -> list[LayerCache]:
-    """Unroll the module once on clean inputs and keep every layer's states."""
+    """Unroll the module once on clean inputs and keep every layer's states.
+
+    Bidirectional modules keep each layer's inputs and outputs ``(N, T, 2 H)`` only
+    (they are re-run from the first step).
+    """
+    if module.bidirectional:
+        return _bidirectional_cache(module, args, kwargs)
     x, h0, c0 = split_args(module, args, kwargs)
     caches = []
     for index in range(module.num_layers):
@@ -212,6 +222,42 @@ def clean_cache(module: nn.Module, args: tuple, kwargs: dict) -> list[LayerCache
     return caches
 
 
+def _flip_steps(t: torch.Tensor | None, axis: int) -> torch.Tensor | None:
+    return None if t is None else t.flip(axis)
+
+
+def direction_edits(edits: LayerEdits | None, direction: int, hidden: int, length: int) -> LayerEdits | None:
+    """The edits of one direction of a bidirectional layer, in that direction's own unit and time order."""
+    if edits is None:
+        return None
+    out = LayerEdits(edits.layer, edits.n_blocks)
+    node = edits.node
+    if node is not None:
+        keep = (node.units // hidden) == direction
+        if bool(keep.any()):
+            scale, shift = node.scale[keep], node.shift[keep]
+            steps = node.steps
+            if direction:
+                scale, shift = scale.flip(1), shift.flip(1)
+                steps = sorted(length - 1 - t for t in steps)
+            out.node = NodeEdits(node.blocks[keep], node.units[keep] - direction * hidden, scale.contiguous(),
+                                 shift.contiguous(), steps)
+    for name in ("edge_in", "edge_rec"):
+        edge = getattr(edits, name)
+        if edge is None:
+            continue
+        rows = edge.coef.shape[-1] // 2
+        coef = edge.coef[..., direction * rows : (direction + 1) * rows]
+        features = edge.features
+        if name == "edge_rec":
+            inside = (features // hidden) == direction
+            coef = coef * inside[:, :, None].to(coef.device, coef.dtype)
+            features = torch.where(inside, features - direction * hidden, torch.zeros_like(features))
+        steps = _flip_steps(edge.steps, 1) if direction else edge.steps
+        setattr(out, name, EdgeEdits(edge.blocks, features, coef.contiguous(), steps, edge.full))
+    return out
+
+
 def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, LayerEdits], n_blocks: int,
                cache: list[LayerCache] | None = None) -> Any:
     """The module's output on ``K * N`` rows with each block's edits.
@@ -223,6 +269,8 @@ def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, La
     """
     if module.training and module.dropout and module.num_layers > 1:
         raise InterventionError("recurrent dropout is random in training mode; call model.eval() first")
+    if module.bidirectional:
+        return _run_bidirectional(module, args, kwargs, edits, n_blocks)
     lstm = kind_of(module) == "lstm"
     if cache is None:
         x, h0, c0 = split_args(module, args, kwargs)
@@ -269,3 +317,50 @@ def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, La
     if prev_out is None:
         prev_out = _tile(cache[-1].h, n_blocks)
     return format_output(module, prev_out, finals_h, finals_c if lstm else None)
+
+
+def _run_bidirectional(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, LayerEdits], n_blocks: int) -> Any:
+    """Both directions of every layer from step 0 on ``K * N`` rows (the backward one over reversed time)."""
+    lstm = kind_of(module) == "lstm"
+    x, h0, c0 = split_args(module, args, kwargs)
+    if x.shape[0] % n_blocks:
+        raise InterventionError(f"{x.shape[0]} rows do not split into {n_blocks} intervention blocks")
+    length, hidden = x.shape[1], module.hidden_size
+    finals_h, finals_c = [], []
+    inputs = x
+    for index in range(module.num_layers):
+        outs = []
+        for direction in (0, 1):
+            w_ih, _, b_ih, _ = weights(module, index, direction)
+            seq = inputs.flip(1) if direction else inputs
+            state = index * 2 + direction
+            h = h0[state].view(n_blocks, -1, hidden)
+            c = None if c0 is None else c0[state].view(n_blocks, -1, hidden)
+            edit = direction_edits(edits.get(index), direction, hidden, length)
+            out, h, c, _ = run_layer(module, index, F.linear(seq, w_ih, b_ih), seq, False, h, c, 0, n_blocks, edit,
+                                     direction=direction)
+            outs.append(out.flip(1) if direction else out)
+            finals_h.append(h.reshape(-1, hidden))
+            if lstm:
+                finals_c.append(c.reshape(-1, hidden))
+        inputs = torch.cat(outs, -1)
+    return format_output(module, inputs, finals_h, finals_c if lstm else None)
+
+
+def _bidirectional_cache(module: nn.Module, args: tuple, kwargs: dict) -> list[LayerCache]:
+    x, h0, c0 = split_args(module, args, kwargs)
+    caches = []
+    for index in range(module.num_layers):
+        outs = []
+        for direction in (0, 1):
+            w_ih, _, b_ih, _ = weights(module, index, direction)
+            seq = x.flip(1) if direction else x
+            state = index * 2 + direction
+            c = None if c0 is None else c0[state].unsqueeze(0)
+            out, _, _, _ = run_layer(module, index, F.linear(seq, w_ih, b_ih), seq, False, h0[state].unsqueeze(0), c,
+                                     0, 1, None, direction=direction)
+            outs.append(out.flip(1) if direction else out)
+        h = torch.cat(outs, -1)
+        caches.append(LayerCache(x, None, h, None, h0[2 * index], None))
+        x = h
+    return caches

@@ -44,8 +44,8 @@ def _edge_weight_rows(layer: LayerInfo, spec: EdgeIntervention) -> tuple[list[in
     else:
         cols = [f for p in spec.parents for f in layer.link(spec.parent_layer).unit_map[p]]
     if layer.recurrent:
-        gates = {"lstm": 4, "gru": 3, "rnn": 1}[layer.kind]
-        return [g * layer.n_units + j for g in range(gates) for j in children], cols
+        gates, hidden = GATES_PER_KIND[layer.kind], layer.module.hidden_size
+        return [(j // hidden) * gates * hidden + g * hidden + j % hidden for g in range(gates) for j in children], cols
     return children, cols
 
 
@@ -92,12 +92,38 @@ def _node_hook(layer: LayerInfo, specs: list[NodeIntervention], means: dict):
     return hook
 
 
+def _direction_part(layer: LayerInfo, rows: list[int], cols: list[int], recurrent: bool, direction: int):
+    """Rows and columns of one direction's own weight (bidirectional layers stack forward, then backward)."""
+    per_rows = GATES_PER_KIND[layer.kind] * layer.module.hidden_size
+    hidden = layer.module.hidden_size
+    if layer.directions == 1:
+        return rows, cols
+    own_rows = [r - direction * per_rows for r in rows if direction * per_rows <= r < (direction + 1) * per_rows]
+    own_cols = [c - direction * hidden for c in cols if direction * hidden <= c < (direction + 1) * hidden] \
+        if recurrent else cols
+    return own_rows, own_cols
+
+
+GATES_PER_KIND = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def _edit_recurrent_weights(module: nn.Module, index: int, layer: LayerInfo, spec: EdgeIntervention) -> None:
+    rows, cols = _edge_weight_rows(layer, spec)
+    kind = "hh" if spec.recurrent else "ih"
+    for direction in range(layer.directions):
+        own_rows, own_cols = _direction_part(layer, rows, cols, spec.recurrent, direction)
+        suffix = "_reverse" if direction else ""
+        _edit_weight(getattr(module, f"weight_{kind}_l{index}{suffix}"), own_rows, own_cols, spec)
+
+
 class UnrolledRNN(nn.Module):
     """A recurrent module unrolled step by step with PyTorch cells, with per-step edits.
 
     ``edges[l]`` and ``nodes[l]`` hold the specs for internal layer ``l``; an edge
     spec edits that step's cell weights, a node spec overwrites ``h_t`` after the
-    step. ``record`` keeps every layer's ``h`` (used for reference means).
+    step. The backward direction of a bidirectional module walks the steps from
+    the last to the first. ``record`` keeps every layer's ``h`` (used for
+    reference means).
     """
 
     def __init__(self, module: nn.Module, layers: list[LayerInfo], edges: dict, nodes: dict, means: dict) -> None:
@@ -106,20 +132,24 @@ class UnrolledRNN(nn.Module):
         self.edges, self.nodes, self.means = edges, nodes, means
         self.recorded: list[torch.Tensor] = []
 
-    def _cell(self, index: int, step: int, length: int) -> nn.Module:
+    def _cell(self, index: int, step: int, length: int, direction: int) -> nn.Module:
         module = self.source
-        width = module.input_size if index == 0 else module.hidden_size
+        directions = 2 if module.bidirectional else 1
+        width = module.input_size if index == 0 else module.hidden_size * directions
+        suffix = "_reverse" if direction else ""
         kwargs = {"nonlinearity": module.nonlinearity} if isinstance(module, nn.RNN) else {}
         cell = CELLS[type(module)](width, module.hidden_size, bias=module.bias, **kwargs)
         with torch.no_grad():
-            cell.weight_ih.copy_(getattr(module, f"weight_ih_l{index}"))
-            cell.weight_hh.copy_(getattr(module, f"weight_hh_l{index}"))
+            cell.weight_ih.copy_(getattr(module, f"weight_ih_l{index}{suffix}"))
+            cell.weight_hh.copy_(getattr(module, f"weight_hh_l{index}{suffix}"))
             if module.bias:
-                cell.bias_ih.copy_(getattr(module, f"bias_ih_l{index}"))
-                cell.bias_hh.copy_(getattr(module, f"bias_hh_l{index}"))
+                cell.bias_ih.copy_(getattr(module, f"bias_ih_l{index}{suffix}"))
+                cell.bias_hh.copy_(getattr(module, f"bias_hh_l{index}{suffix}"))
             for spec in self.edges.get(index, []):
                 if spec.steps is None or step in [s % length for s in spec.steps]:
-                    rows, cols = _edge_weight_rows(self.layers[index], spec)
+                    layer = self.layers[index]
+                    rows, cols = _edge_weight_rows(layer, spec)
+                    rows, cols = _direction_part(layer, rows, cols, spec.recurrent, direction)
                     _edit_weight(cell.weight_hh if spec.recurrent else cell.weight_ih, rows, cols, spec)
         return cell.to(getattr(module, "weight_ih_l0").device)
 
@@ -127,41 +157,50 @@ class UnrolledRNN(nn.Module):
         module = self.source
         x = x if module.batch_first else x.transpose(0, 1)
         lstm = isinstance(module, nn.LSTM)
-        shape = (module.num_layers, x.shape[0], module.hidden_size)
+        directions = 2 if module.bidirectional else 1
+        shape = (module.num_layers * directions, x.shape[0], module.hidden_size)
         if hx is None:
             hx = (x.new_zeros(shape), x.new_zeros(shape)) if lstm else x.new_zeros(shape)
         h0, c0 = hx if lstm else (hx, None)
         finals_h, finals_c, length = [], [], x.shape[1]
         self.recorded = []
         for index in range(module.num_layers):
-            h, c, outs = h0[index], None if c0 is None else c0[index], []
-            for step in range(length):
-                cell = self._cell(index, step, length)
-                if lstm:
-                    h, c = cell(x[:, step], (h, c))
-                else:
-                    h = cell(x[:, step], h)
-                h = self._edit_nodes(index, step, length, h)
-                outs.append(h)
-            x = torch.stack(outs, 1)
+            per_direction = []
+            for direction in range(directions):
+                state = index * directions + direction
+                h, c, outs = h0[state], None if c0 is None else c0[state], {}
+                steps = range(length - 1, -1, -1) if direction else range(length)
+                for step in steps:
+                    cell = self._cell(index, step, length, direction)
+                    if lstm:
+                        h, c = cell(x[:, step], (h, c))
+                    else:
+                        h = cell(x[:, step], h)
+                    h = self._edit_nodes(index, step, length, h, direction)
+                    outs[step] = h
+                per_direction.append(torch.stack([outs[t] for t in range(length)], 1))
+                finals_h.append(h)
+                finals_c.append(c)
+            x = torch.cat(per_direction, -1)
             self.recorded.append(x)
-            finals_h.append(h)
-            finals_c.append(c)
         out = x if module.batch_first else x.transpose(0, 1)
         if lstm:
             return out, (torch.stack(finals_h), torch.stack(finals_c))
         return out, torch.stack(finals_h)
 
-    def _edit_nodes(self, index: int, step: int, length: int, h: torch.Tensor) -> torch.Tensor:
+    def _edit_nodes(self, index: int, step: int, length: int, h: torch.Tensor, direction: int) -> torch.Tensor:
         h = h.clone()
+        hidden = self.source.hidden_size
         for spec in self.nodes.get(index, []):
             if spec.steps is not None and step not in [s % length for s in spec.steps]:
                 continue
             for unit in spec.units:
+                if unit // hidden != direction:
+                    continue
                 mean = None
                 if spec.mode == "mean":
                     mean = self.means[self.layers[index].name][unit][step]
-                _set_unit(h[:, unit], spec, mean)
+                _set_unit(h[:, unit - direction * hidden], spec, mean)
         return h
 
 
@@ -205,9 +244,7 @@ def intervened_copy(model: nn.Module, layers: list[LayerInfo], specs: Sequence[I
                 with torch.no_grad():
                     for index, specs_ in edges.items():
                         for spec in specs_:
-                            rows, cols = _edge_weight_rows(infos[index], spec)
-                            kind = "hh" if spec.recurrent else "ih"
-                            _edit_weight(getattr(module, f"weight_{kind}_l{index}"), rows, cols, spec)
+                            _edit_recurrent_weights(module, index, infos[index], spec)
             continue
         layer = infos[0]
         node_specs = [s for s in group if isinstance(s, NodeIntervention)]

@@ -326,7 +326,8 @@ class InterventionRunner:
                 per_row += _nbytes(call.output) // n
         if isinstance(start.module, (nn.LSTM, nn.GRU, nn.RNN)):
             for layer in clean.rnn(module_name):
-                per_row += (layer.h[0].numel() + layer.xproj[0].numel()) * layer.h.element_size()
+                projected = 0 if layer.xproj is None else layer.xproj[0].numel()
+                per_row += (layer.h[0].numel() + projected) * layer.h.element_size()
         return max(1, int(budget // (2 * per_row * n)))
 
     def _budget_bytes(self) -> float:
@@ -369,7 +370,7 @@ class InterventionRunner:
                 cache = None
                 if prefix is not None:
                     if isinstance(start.module, (nn.LSTM, nn.GRU, nn.RNN)):
-                        cache = StartCache(start.module, rnn=clean.rnn(start.name))
+                        cache = StartCache(start.module, rnn=clean.rnn(start.name), args=start.args, kwargs=start.kwargs)
                     else:
                         cache = StartCache(start.module, start.args[0], start.output)
                 plan.install(patch, cache)
