@@ -180,3 +180,21 @@ def test_sequential_sweep_records_failures_and_goes_on(tmp_path, monkeypatch, ca
     again = run_sweep(spec, progress=False)  # finished runs are skipped, the failed one is retried
     assert calls == [0, 1, 2, 1] and again.resumed == 2 and again.ran == 1
     assert not (tmp_path / "s" / PARTIAL).exists()
+
+
+@pytest.mark.parametrize("name", ["lenet_seeds.yaml", "architectures_mnist_maj.yaml"])
+def test_the_shipped_sweep_files_are_valid(name, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # their paths are relative to the project folder
+    sweep = load_sweep(root / "sweeps" / name)
+    assert len(sweep.runs) >= 5 and sweep.output_dir == Path("output") / "sweeps" / Path(name).stem
+
+
+def test_the_command_line_prints_the_sweep_folder_last(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(explainnn.pipeline, "run", lambda config, *o, run_dir=None: None)
+    path = _write(tmp_path, {"grid": {"seed": [0, 1]},
+                             "sweep": {"backend": "sequential", "output_dir": str(tmp_path / "s")}})
+    assert main(["--sweep", str(path), "training.epochs=1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == str(tmp_path / "s") and "2 runs on sequential: 2 ran, 0 reused, 0 failed" in out[-2]
+    assert (tmp_path / "s" / "runs.csv").is_file() and (tmp_path / "s" / "sweep_report.html").is_file()

@@ -34,7 +34,8 @@ from explainnn.sweep.spec import PlannedRun, Sweep, flat_settings, load_sweep
 
 @dataclass
 class SweepResult:
-    """What a sweep did: its folder, every run's result, and how they were executed."""
+    """What a sweep did: its folder, every run's result, how they were executed, and the records of the
+    models trained once for several runs (``models``)."""
 
     folder: Path
     runs: list[RunResult]
@@ -43,6 +44,7 @@ class SweepResult:
     resumed: int
     failed: int
     seconds: float
+    models: list[dict[str, Any]]
 
     @property
     def table(self) -> Path:
@@ -100,8 +102,11 @@ def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str
     bar = tqdm(total=len(plan.runs), initial=resumed, desc="sweep", unit="run", disable=not progress,
                file=sys.stderr)
 
+    models: list[dict[str, Any]] = []
+
     def on_record(task: Task, record: dict[str, Any]) -> None:
         if task.until is not None:
+            models.append(record)
             if record.get("status") != "ok":
                 note(f"training the model shared by several runs failed ({record.get('error')}); "
                      "each of its runs will train its own")
@@ -129,7 +134,7 @@ def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str
     seconds = time.perf_counter() - started
     failed = sum(not result.ok for result in ordered)
     _analyse_and_report(plan, ordered, where, seconds)
-    return SweepResult(folder, ordered, where, len(tasks), resumed, failed, seconds)
+    return SweepResult(folder, ordered, where, len(tasks), resumed, failed, seconds, models)
 
 
 def _tasks(pending: list[PlannedRun], folder: Path, *, share_models: bool) -> tuple[list[Task], list[Task]]:
