@@ -184,6 +184,26 @@ def test_prefix_is_served_from_the_cache():
     assert len(calls) == before
 
 
+def test_functional_ops_and_modules_called_twice_are_not_rerun_before_the_intervened_layer():
+    from architectures import ResearchLeNet, seeded as seeded_zoo
+
+    model = seeded_zoo(ResearchLeNet(), scale=2.0)
+    calls = {"conv1": 0, "pool": 0}
+    for name in calls:
+        module = getattr(model, name)
+        original = module.forward
+        module.forward = lambda x, name=name, original=original: calls.__setitem__(name, calls[name] + 1) or original(x)
+    x = torch.rand(3, 1, 32, 32)
+    runner = InterventionRunner(model)
+    runner.run(x, [Edge("fc2", 1), Edge("conv2", 0)])  # first run per start layer: one clean pass of its prefix
+    before = dict(calls)
+    specs = [Edge("fc2", k) for k in range(5)] + [Edge("conv2", 2, [3])]
+    runner.run(x, specs)
+    assert calls["conv1"] == before["conv1"]  # fc2 and conv2 runs: everything before them comes from the clean pass
+    assert calls["pool"] == before["pool"] + 1  # only the pool after conv2 runs (once, on the batched rows)
+    check(model, x, specs, min_effect_share=0.5)
+
+
 class _BatchCounter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.rows = x.shape[0]
@@ -199,6 +219,8 @@ class StatefulNet(nn.Module):
         self.fc1, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:  # a data-dependent check: torch.fx cannot trace it, so the hook path is used
+            raise ValueError("expected (N, 3) inputs")
         out = self.fc2(torch.relu(self.fc1(self.counter(x))))
         return out * (self.counter.rows / x.shape[0])
 

@@ -2,10 +2,12 @@
 
 Rows are ``K`` blocks of the ``N`` samples, block ``k`` carrying intervention
 ``k``. Everything that runs before the first intervened layer is identical to the
-clean pass, so those module calls return cached clean outputs (tiled over the
-blocks) instead of being recomputed; the intervened layer itself is served from
-its cached output plus per-block edits, and only the rest of the forward runs on
-``K * N`` rows. Blocks are chunked to a memory budget.
+clean pass, so it is not recomputed: when ``torch.fx`` traces the model, only the
+graph nodes downstream of the intervened layer run (:mod:`.fxsplit`); otherwise
+module calls before it return cached clean outputs (tiled over the blocks). The
+intervened layer itself is served from its cached output plus per-block edits,
+and only the rest of the forward runs on ``K * N`` rows. Blocks are chunked to a
+memory budget.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from explainnn.errors import InterventionError
 from explainnn.interventions.apply import EditPlan, StartCache, is_path_edge
 from explainnn.interventions.clean import CleanPass, clean_pass
 from explainnn.interventions.edits import path_entries
+from explainnn.interventions.fxsplit import GraphSplit
 from explainnn.interventions.hooks import ModelPatch
 from explainnn.interventions.layers import HeldClean, LayerInfo, ModuleCall, find_layers, resolve_layer, tile_output
 from explainnn.interventions.spec import Intervention, InterventionSet, as_rows
@@ -164,6 +167,8 @@ class InterventionRunner:
         self._reference_pass: CleanPass | None = None
         self._clean: CleanPass | None = None
         self._fast: dict[str, _Prefix | None] = {}
+        self._graph: GraphSplit | None | bool = None
+        self._graph_ok: dict[str, bool] = {}
 
     @property
     def device(self) -> torch.device:
@@ -210,6 +215,9 @@ class InterventionRunner:
             or not torch.equal(cached.inputs, inputs)
         ):
             self._clean = clean_pass(self.model, inputs.clone())
+            self._graph_ok.clear()
+            if isinstance(self._graph, GraphSplit):
+                self._graph.reset()
         return self._clean
 
     def _means(self, clean: CleanPass):
@@ -256,6 +264,10 @@ class InterventionRunner:
                     if path_rows:
                         plan.path_changes[layer.name] = self._path_change(clean, layers, layer, path_rows)
                 start = clean.call(plan.start().module_name)
+                graph = self._split(clean, start)
+                if graph is not None:
+                    _put(logits, chunk, self._graph_forward(clean, plan, len(chunk), start, graph))
+                    continue
                 prefix = self._prefix(clean, start)
                 out = self._forward(clean, plan, len(chunk), prefix, start)
                 _put(logits, chunk, out)
@@ -367,26 +379,51 @@ class InterventionRunner:
             if plan is None:
                 patch.replace_forward(start.module, _cached(start, n_blocks))
             else:
-                cache = None
-                if prefix is not None:
-                    if isinstance(start.module, (nn.LSTM, nn.GRU, nn.RNN)):
-                        cache = StartCache(start.module, rnn=clean.rnn(start.name), args=start.args, kwargs=start.kwargs)
-                    else:
-                        cache = StartCache(start.module, start.args[0], start.output)
-                plan.install(patch, cache)
+                plan.install(patch, self._start_cache(clean, start) if prefix is not None else None)
             out = self.model(inputs)
         if not isinstance(out, torch.Tensor) or out.shape != (n_blocks * clean.inputs.shape[0], clean.output.shape[1]):
             raise InterventionError("the model's output under interventions is not (rows, C) logits")
         return out.view(n_blocks, -1, out.shape[-1])
+
+    def _split(self, clean: CleanPass, start: ModuleCall) -> GraphSplit | None:
+        """The fx graph split for runs starting at ``start``, when it traces and reproduces the model."""
+        if self._graph is None:
+            self._graph = GraphSplit.trace(self.model) or False
+        if not self._graph or self._graph.start_node(start.name) is None:
+            return None
+        if start.name not in self._graph_ok:
+            try:
+                out = self._graph_forward(clean, None, 2, start, self._graph)
+                self._graph_ok[start.name] = _close(out, clean.output)
+            except Exception:  # noqa: BLE001 - a graph that cannot run this way keeps the hook path
+                self._graph_ok[start.name] = False
+        return self._graph if self._graph_ok[start.name] else None
+
+    def _graph_forward(self, clean: CleanPass, plan: EditPlan | None, n_blocks: int, start: ModuleCall,
+                       graph: GraphSplit) -> torch.Tensor:
+        """One run over ``n_blocks * N`` rows of only the graph downstream of ``start``."""
+        with ModelPatch() as patch:
+            if plan is None:
+                patch.replace_forward(start.module, _cached(start, n_blocks))
+            else:
+                plan.install(patch, self._start_cache(clean, start))
+            out = graph.run(start.name, clean.inputs, n_blocks)
+        if not isinstance(out, torch.Tensor) or out.shape != (n_blocks * clean.inputs.shape[0], clean.output.shape[1]):
+            raise InterventionError("the model's output under interventions is not (rows, C) logits")
+        return out.view(n_blocks, -1, out.shape[-1])
+
+    @staticmethod
+    def _start_cache(clean: CleanPass, start: ModuleCall) -> StartCache:
+        if isinstance(start.module, (nn.LSTM, nn.GRU, nn.RNN)):
+            return StartCache(start.module, rnn=clean.rnn(start.name), args=start.args, kwargs=start.kwargs)
+        return StartCache(start.module, start.args[0], start.output)
 
     def _reproduces(self, clean: CleanPass, start: ModuleCall, prefix: "_Prefix") -> bool:
         try:
             out = self._forward(clean, None, 2, prefix, start)
         except Exception:  # noqa: BLE001 - a placeholder the forward cannot take means "not this way"
             return False
-        expected = clean.output.unsqueeze(0).expand_as(out)
-        scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
-        return bool(torch.allclose(out, expected, rtol=1e-4, atol=1e-5 * scale))
+        return _close(out, clean.output)
 
     def _prefix(self, clean: CleanPass, start: ModuleCall) -> "_Prefix | None":
         """How to serve everything before ``start``, checked once per start module.
@@ -419,6 +456,13 @@ class InterventionRunner:
             )
         self._fast[start.name] = chosen
         return chosen
+
+def _close(out: torch.Tensor, clean_output: torch.Tensor) -> bool:
+    """Whether every block of ``out`` ``(K, N, C)`` reproduces the clean output."""
+    expected = clean_output.unsqueeze(0).expand_as(out)
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    return bool(torch.allclose(out, expected, rtol=1e-4, atol=1e-5 * scale))
+
 
 @dataclass
 class _Prefix:

@@ -1,0 +1,151 @@
+"""Prefix reuse by splitting the model's ``torch.fx`` graph at the first intervened layer.
+
+Hooks can only replace whole module calls, so functional operations (``F.relu``,
+``view``) and modules called more than once (one ``MaxPool2d`` used twice) before
+the intervened layer would otherwise run again on every batched row. With the
+traced graph, only the nodes that depend on the intervened layer's output run on
+the ``K * N`` rows; every other value the run needs (the *frontier*) comes from a
+clean pass over the ``N`` samples, tiled over the blocks. Models that
+``torch.fx.symbolic_trace`` cannot trace keep the hook path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from explainnn.interventions.layers import tile_output
+
+
+class GraphSplit:
+    """The traced graph of a model, able to run only the part downstream of one module call."""
+
+    def __init__(self, model: nn.Module, graph_module: fx.GraphModule) -> None:
+        self.model = model
+        self.graph_module = graph_module
+        self.nodes = list(graph_module.graph.nodes)
+        self._batch = self._downstream([n for n in self.nodes if n.op == "placeholder"])
+        self._frontiers: dict[str, tuple[set[fx.Node], dict[fx.Node, Any]]] = {}
+
+    @classmethod
+    def trace(cls, model: nn.Module) -> "GraphSplit | None":
+        """The split of ``model``, or ``None`` when symbolic tracing fails (the hook path is used then)."""
+        saved = [(module, dict(module.__dict__)) for module in model.modules()]
+        try:
+            traced = fx.symbolic_trace(model)
+        except Exception:  # noqa: BLE001 - any untraceable forward keeps the hook path
+            return None
+        finally:  # a forward that sets attributes must not leave tracing proxies behind
+            for module, attributes in saved:
+                module.__dict__.clear()
+                module.__dict__.update(attributes)
+        if sum(n.op == "placeholder" for n in traced.graph.nodes) != 1:
+            return None
+        return cls(model, traced)
+
+    def start_node(self, module_name: str) -> fx.Node | None:
+        found = [n for n in self.nodes if n.op == "call_module" and n.target == module_name]
+        return found[0] if len(found) == 1 else None
+
+    def _downstream(self, roots: list[fx.Node]) -> set[fx.Node]:
+        live = set(roots)
+        for node in self.nodes:
+            if node not in live and any(arg in live for arg in node.all_input_nodes):
+                live.add(node)
+        return live
+
+    def reset(self) -> None:
+        """Forget the clean frontiers (the clean inputs changed)."""
+        self._frontiers.clear()
+
+    def _frontier(self, module_name: str, inputs: torch.Tensor) -> tuple[set[fx.Node], dict[fx.Node, Any]]:
+        """Nodes to run for a start module, and clean values of the other nodes they read."""
+        if module_name not in self._frontiers:
+            start = self.start_node(module_name)
+            live = self._downstream([start])
+            needed = {arg for n in live if n is not start for arg in n.all_input_nodes if arg not in live}
+            values: dict[fx.Node, Any] = {}
+            env: dict[fx.Node, Any] = {}
+            with torch.inference_mode():
+                for node in self.nodes:
+                    if node in live or node.op == "output":
+                        continue
+                    env[node] = self._run_node(node, env, inputs)
+                    if node in needed:
+                        values[node] = _clone(env[node])
+            self._frontiers[module_name] = (live, values)
+        return self._frontiers[module_name]
+
+    def run(self, module_name: str, inputs: torch.Tensor, n_blocks: int) -> Any:
+        """The model's output on ``n_blocks * N`` rows, running only the nodes from ``module_name`` on.
+
+        The start module is called with placeholder arguments: it must be
+        patched to produce its (edited) output on its own.
+        """
+        live, values = self._frontier(module_name, inputs)
+        n = inputs.shape[0]
+        start = self.start_node(module_name)
+        env: dict[fx.Node, Any] = {}
+        for node in self.nodes:
+            if node.op == "output":
+                return fx.graph.map_arg(node.args[0], lambda a: env[a])
+            if node not in live:
+                continue
+            if node is start:
+                env[node] = self.graph_module.get_submodule(node.target)()
+                continue
+            for arg in node.all_input_nodes:
+                if arg not in env:
+                    env[arg] = self._tiled(arg, values[arg], n, n_blocks)
+            env[node] = self._run_node(node, env, inputs)
+        raise RuntimeError("the traced graph has no output")
+
+    def _tiled(self, node: fx.Node, value: Any, n: int, n_blocks: int) -> Any:
+        if node not in self._batch:
+            return value
+        if node.op == "call_module":
+            module = self.graph_module.get_submodule(node.target)
+            if isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
+                return tile_output(value, module, n_blocks)
+        return _tile_batch(value, n, n_blocks)
+
+    def _run_node(self, node: fx.Node, env: dict, inputs: torch.Tensor) -> Any:
+        if node.op == "placeholder":
+            return inputs
+        args = fx.graph.map_arg(node.args, lambda a: env[a])
+        kwargs = fx.graph.map_arg(node.kwargs, lambda a: env[a])
+        if node.op == "get_attr":
+            return _attr(self.graph_module, node.target)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            self_arg, *rest = args
+            return getattr(self_arg, node.target)(*rest, **kwargs)
+        return self.graph_module.get_submodule(node.target)(*args, **kwargs)
+
+
+def _attr(module: nn.Module, target: str) -> Any:
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_clone(item) for item in value)
+    return value
+
+
+def _tile_batch(value: Any, n: int, n_blocks: int) -> Any:
+    """Repeat batch-first tensors of ``n`` rows ``n_blocks`` times (nested tuples too)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() and value.shape[0] == n:
+            return value.repeat(n_blocks, *([1] * (value.dim() - 1)))
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_tile_batch(item, n, n_blocks) for item in value)
+    return value
