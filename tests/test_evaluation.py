@@ -225,6 +225,26 @@ def test_methods_meet_identical_samples_and_perturbations(lenet, monkeypatch) ->
     assert all(row["p_value"] == 1.0 and row["reference_better"] is None for row in results.comparisons)
 
 
+def test_both_engines_give_the_same_scores(lenet) -> None:
+    """The batched engine and Quantus, through evaluate(): same seed, same draws, equal scores (rtol 1e-4)."""
+    model, dataset, target = lenet
+    metrics = ["FaithfulnessCorrelation", "PixelFlipping", "RegionPerturbation", "LocalLipschitzEstimate",
+               "Sparseness", "Complexity"]
+    runs = {engine: _run(model, dataset, target, metrics=metrics, reference="saliency", engine=engine)[1]
+            for engine in ("fast", "quantus")}
+    values = {engine: {(r["method"], r["metric"], r["sample"]): r["value"] for r in run.scores}
+              for engine, run in runs.items()}
+    assert values["fast"].keys() == values["quantus"].keys()
+    keys = sorted(values["fast"])
+    np.testing.assert_allclose([values["fast"][k] for k in keys], [values["quantus"][k] for k in keys],
+                               rtol=1e-4, atol=1e-5)
+    for engine, run in runs.items():
+        assert run.settings["engine"] == engine
+        assert {row["engine"] for row in run.timings if row["metric"] != "attributions"} == {engine}
+    with pytest.raises(ConfigError, match="evaluation.engine must be one of fast, quantus"):
+        _run(model, dataset, target, metrics=["Sparseness"], engine="numpy")
+
+
 def test_unsupported_methods_and_bad_options_are_stated(cases) -> None:
     model, dataset, target = cases["image+masks"]
     _, results = _run(model, dataset, target, methods=["leave_one_out", "causal", "saliency"],
