@@ -25,7 +25,7 @@ from explainnn.errors import ConfigError
 from explainnn.evaluation.metrics import normalise_per_sample
 
 Explain = Callable[..., np.ndarray]
-"""A Quantus-style ``explain(model, inputs, targets) -> np.ndarray`` (see :func:`explainnn.attributions.explain_func`)."""
+"""A Quantus-style ``explain(model, inputs, targets) -> np.ndarray`` (:func:`explainnn.attributions.explain_func`)."""
 
 ROWS = 2048
 """Inputs per forward pass of the model (perturbed copies of many samples together)."""
@@ -69,7 +69,7 @@ class Batch:
         return np.ascontiguousarray(self.x.reshape(len(self.x), -1), dtype=np.float32)
 
     def scores(self, inputs: torch.Tensor | np.ndarray, targets: np.ndarray, *, softmax: bool) -> np.ndarray:
-        """The target class's logit (or softmax probability) for each row of ``inputs`` (any leading shape ``(M, ...)``).
+        """The target class's logit (or softmax probability) for each row of ``inputs`` ``(M, ...)``.
 
         ``inputs`` may be flat ``(M, features)``; rows go through the model
         ``rows`` at a time, as float32, the way Quantus' ``model.predict`` feeds them.

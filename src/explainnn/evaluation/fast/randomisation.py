@@ -12,7 +12,7 @@ from explainnn.evaluation.fast.common import Batch, Explain, chunks, explain_row
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: torch.Tensor, *, spatial_dims: int,
          win_size: int = 7) -> torch.Tensor:
-    """Mean structural similarity of each pair ``a[i]``, ``b[i]`` of shape ``(M, C, *spatial)``, per channel then averaged.
+    """Mean structural similarity of each pair ``a[i]``, ``b[i]`` ``(M, C, *spatial)``, per channel, then averaged.
 
     The computation of ``skimage.metrics.structural_similarity`` with its
     defaults (uniform ``win_size`` window, sample covariance, K1 = 0.01,

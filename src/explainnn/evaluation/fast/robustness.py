@@ -34,7 +34,7 @@ def _perturbed(batch: Batch, draw: Any, nr_samples: int, batch_size: int) -> tup
 
 
 def _changed(batch: Batch, copies: np.ndarray, owners: np.ndarray) -> np.ndarray:
-    """Whether each copy's predicted class differs from its sample's (Quantus' ``return_nan_when_prediction_changes``)."""
+    """Whether each copy's predicted class differs from its sample's (``return_nan_when_prediction_changes``)."""
 
     def predicted(rows: np.ndarray) -> np.ndarray:
         out = []
@@ -62,8 +62,10 @@ def local_lipschitz_estimate(batch: Batch, a: np.ndarray, *, explain: Explain, r
                              softmax: bool = True, batch_size: int = 64) -> np.ndarray:
     """max over Gaussian perturbations of ``||a(x) - a(x')||_2 / ||x - x'||_2`` (Alvarez-Melis & Jaakkola 2018)."""
     n = len(batch)
-    copies, owners = _perturbed(batch, lambda rows: rng.normal(perturb_mean, perturb_std, size=(rows, batch.n_features)),
-                                nr_samples, batch_size)
+    def draw(rows: int) -> np.ndarray:
+        return rng.normal(perturb_mean, perturb_std, size=(rows, batch.n_features))
+
+    copies, owners = _perturbed(batch, draw, nr_samples, batch_size)
     a_copies = explain_rows(batch, explain, copies.reshape(-1, *batch.x.shape[1:]), batch.y[owners],
                             normalise=normalise, abs=abs)
     a = np.broadcast_to(a, batch.x.shape).reshape(n, -1)
