@@ -26,9 +26,15 @@ attention                 image, sequence, tok.  models with pooling="attention"
 causal                    image, sequence, tok.  base method (IG) on the model with
                                                  non-causal units held (causal.py)
 causal_paths              image                  research per-node maps of a layer
+circuit_ig,               image, sequence, tok.  IG / occlusion counting only what flows
+circuit_occlusion                                through a circuit (through_circuit.py)
 lrp                       image, sequence, tok.  recurrent models; Arras et al. 2017 (lrp.py)
 sensitivity               image, sequence, tok.  squared gradient (sensitivity analysis)
 ========================  =====================  ===================================
+
+Token ids work with any model that reads them through an ``nn.Embedding``: the
+gradient methods and ``causal`` attribute the embedding's output (a forward hook,
+found by :func:`token_model`) and sum per token.
 
 Add methods with ``@register_method(name, needs_graph=..., modalities=...)``; the
 causal methods receive ``graph=`` (an :class:`explainnn.causal.CausalGraph`).
@@ -38,6 +44,7 @@ lets Quantus explain token models in embedding space and
 """
 
 from explainnn.attributions import baselines, causal, lrp, text  # noqa: F401  (register the methods)
+from explainnn.attributions import through_circuit  # noqa: F401  (after the baselines it wraps)
 from explainnn.attributions.causal import causal_path_maps, restriction
 from explainnn.attributions.masks import feature_mask, image_mask, occlusion_window
 from explainnn.attributions.plots import (
@@ -59,6 +66,7 @@ from explainnn.attributions.registry import (
     register_method,
 )
 from explainnn.attributions.text import EmbeddingSpaceModel
+from explainnn.attributions.tokens import TokenModel, token_model
 
 __all__ = [
     "METHODS",
@@ -82,4 +90,6 @@ __all__ = [
     "plot_text_attributions",
     "register_method",
     "text_html",
+    "TokenModel",
+    "token_model",
 ]

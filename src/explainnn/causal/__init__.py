@@ -6,17 +6,35 @@ target logit with :mod:`explainnn.causal.stats`, and records the causes in a
 """
 
 from explainnn.causal.circuit import circuit_faithfulness, plot_circuit
+from explainnn.causal.curves import FaithfulnessCurves, faithfulness_curves, plot_curves
 from explainnn.causal.discovery import causal_chain, discover, discover_all, select_samples
 from explainnn.causal.draw import draw_graph
 from explainnn.causal.graph import SCHEMA, SCHEMA_VERSION, CausalGraph, library_versions, node_id
-from explainnn.causal.stability import StabilityResult, plot_stability, stability
+from explainnn.causal.minimal_circuit import CircuitSearch, circuit, find_circuit
+from explainnn.causal.stability import (
+    SeedStability,
+    StabilityResult,
+    plot_seed_stability,
+    plot_stability,
+    seed_stability,
+    stability,
+)
 from explainnn.causal.stats import TestResult, fdr_qvalues, paired_test, ztest_research
 
 __all__ = [
     "SCHEMA",
+    "CircuitSearch",
+    "FaithfulnessCurves",
+    "SeedStability",
     "StabilityResult",
     "causal_chain",
+    "circuit",
     "circuit_faithfulness",
+    "faithfulness_curves",
+    "find_circuit",
+    "plot_curves",
+    "plot_seed_stability",
+    "seed_stability",
     "discover",
     "discover_all",
     "plot_circuit",

@@ -17,15 +17,16 @@ ablated" (1), the usual faithfulness score of circuit discovery.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from explainnn.causal.graph import CausalGraph
+from explainnn.causal.units import HiddenUnits, normalise
 from explainnn.errors import UserError
-from explainnn.interventions import InterventionRunner, NodeIntervention
+from explainnn.interventions import InterventionRunner
 
 
 def circuit_faithfulness(
@@ -35,46 +36,61 @@ def circuit_faithfulness(
     *,
     labels: torch.Tensor | None = None,
     reference: torch.Tensor | None = None,
+    exclude: Sequence[int] | None = None,
     n_eval: int = 500,
-    n_random: int = 20,
+    n_random: int = 200,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Sufficiency and necessity of ``graph`` against random unit sets; stored in ``graph.results["circuit"]``.
 
     Evaluated on up to ``n_eval`` inputs of the target class (by ``labels`` when
-    given, else by the model's prediction). ``reference`` defines the mean
-    activations used for ablation (default: the evaluation inputs).
+    given, else by the model's prediction), leaving out the indices in
+    ``exclude`` (e.g. the samples the graph was learned from, when ``inputs``
+    are the same tensor). The analysed layers are the graph's
+    (``metadata["layers"]`` but the output layer); every unit of them outside
+    the graph is mean-ablated for sufficiency, every unit in it for necessity.
+    ``reference`` defines the mean activations used for ablation (default: the
+    evaluation inputs). ``n_random`` random sets with the same number of units
+    per layer give the p-values (at least 100 for p < 0.01 to be reachable).
     """
     target = int(graph.metadata["target"])
-    layers = [name for name in graph.layers() if _kind(graph, name) == "hidden"]
-    if not layers:
-        raise UserError("the graph has no hidden causal units; there is no circuit to check")
     inputs = torch.as_tensor(inputs)
     device = next(iter(model.parameters())).device
     if labels is not None:
-        chosen = torch.nonzero(torch.as_tensor(labels) == target).flatten()[:n_eval]
+        candidates = torch.nonzero(torch.as_tensor(labels) == target).flatten()
     else:
-        chosen = torch.arange(min(len(inputs), n_eval))
+        candidates = torch.arange(len(inputs))
+    if exclude is not None:
+        skip = torch.as_tensor(list(exclude), dtype=torch.long)
+        candidates = candidates[~torch.isin(candidates, skip)]
+    chosen = candidates[:n_eval]
     if len(chosen) < 2:
         raise UserError(f"need at least 2 evaluation inputs of class {target}; got {len(chosen)}")
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
+        raise UserError(f"n_random must be a positive integer; got {n_random!r}")
     samples = inputs[chosen].to(device)
+    hidden = HiddenUnits.of(model, samples[:1]).names
+    analysed = [name for name in graph.metadata.get("layers", graph.layers())[:-1] if name in hidden]
+    if not analysed:
+        raise UserError("the graph names none of the model's hidden layers; there is no circuit to check")
+    units = HiddenUnits.of(model, samples[:1], analysed)
+    causal = units.mask({name: graph.causes(name) for name in units.names if name in graph.layers()})
+    if not causal.any():
+        raise UserError("the graph has no hidden causal units; there is no circuit to check")
     runner = InterventionRunner(model, reference=None if reference is None else reference.to(device))
-    n_units = {info.name: info.n_units for info in runner.layers(samples[:1])}
-    causal = {name: graph.causes(name) for name in layers}
 
     rng = np.random.default_rng(seed)
-    random_sets = [
-        {name: sorted(rng.choice(n_units[name], size=len(causal[name]), replace=False).tolist()) for name in layers}
-        for _ in range(n_random)
-    ]
-    rows = [
-        _ablate(n_units, causal, keep=True),
-        _ablate(n_units, causal, keep=False),
-        _ablate(n_units, {name: [] for name in layers}, keep=True),
-    ]
-    for chosen_set in random_sets:
-        rows.append(_ablate(n_units, chosen_set, keep=True))
-        rows.append(_ablate(n_units, chosen_set, keep=False))
+    layer_of = units.layer_of()
+    random_sets = []
+    for _ in range(n_random):
+        mask = np.zeros(units.total, dtype=bool)
+        for layer, start in enumerate(units.offsets):
+            size = int(causal[layer_of == layer].sum())
+            mask[start + rng.choice(units.sizes[layer], size=size, replace=False)] = True
+        random_sets.append(mask)
+    rows = [units.keep(causal), units.ablate(causal), units.keep(np.zeros(units.total, dtype=bool))]
+    for mask in random_sets:
+        rows.extend([units.keep(mask), units.ablate(mask)])
     result = runner.run(samples, rows, target)
 
     logit = result.target_logit.double().mean(1).cpu().numpy()
@@ -97,19 +113,23 @@ def circuit_faithfulness(
     random_keep, random_drop = logit[3::2], logit[4::2]
     sufficiency = summary(random_keep, accuracy[3::2], float(logit[0]), float(accuracy[0]),
                           lambda v: v >= logit[0])
-    span = clean_logit - empty
-    sufficiency["normalized"] = float((logit[0] - empty) / span) if span else float("nan")
-    sufficiency["random_normalized_mean"] = float(((random_keep - empty) / span).mean()) if span else float("nan")
+    sufficiency["normalized"] = float(normalise(logit[0], clean_logit, empty))
+    sufficiency["random_normalized_mean"] = float(normalise(random_keep, clean_logit, empty).mean())
     necessity = summary(random_drop, accuracy[4::2], float(logit[1]), float(accuracy[1]),
                         lambda v: v <= logit[1])
     necessity["logit_drop_fraction"] = 1.0 - necessity["logit_fraction"]
+    necessity["normalized"] = float(1.0 - normalise(logit[1], clean_logit, empty))
+    necessity["random_normalized_mean"] = float((1.0 - normalise(random_drop, clean_logit, empty)).mean())
+    chosen_units = units.split(causal)
     report = {
         "n_eval": int(len(samples)),
         "n_random": n_random,
         "ablation": "mean",
-        "layers": layers,
-        "circuit_size": {name: len(causal[name]) for name in layers},
-        "layer_size": {name: n_units[name] for name in layers},
+        "layers": units.names,
+        "circuit_size": {name: len(chosen_units[name]) for name in units.names},
+        "layer_size": dict(zip(units.names, units.sizes)),
+        "units": int(causal.sum()),
+        "total_units": units.total,
         "clean_logit": clean_logit,
         "clean_accuracy": clean_accuracy,
         "empty_logit": float(empty),
@@ -119,22 +139,6 @@ def circuit_faithfulness(
     }
     graph.add_result("circuit", report)
     return report
-
-
-def _kind(graph: CausalGraph, layer: str) -> str:
-    unit = graph.units(layer)[0]
-    return graph.graph.nodes[unit]["kind"]
-
-
-def _ablate(n_units: dict[str, int], units: dict[str, list[int]], *, keep: bool) -> list[NodeIntervention]:
-    """Mean-ablate the complement of ``units`` (``keep``) or ``units`` themselves, in every layer."""
-    row = []
-    for name, chosen in units.items():
-        targets = sorted(set(range(n_units[name])) - set(chosen)) if keep else list(chosen)
-        if targets:
-            row.append(NodeIntervention(name, targets, "mean"))
-    # Nothing to ablate: an exact no-op keeps the row (the runner needs one spec per row).
-    return row or [NodeIntervention(next(iter(units)), [0], "scale", 1.0)]
 
 
 def plot_circuit(report: dict[str, Any], path=None, *, dpi: int = 120):

@@ -1,14 +1,23 @@
 """Stability of a learned graph under soft interventions and resampled inputs.
 
 The research code asked whether the causes found with hard interventions
-(weights set to 0) survive softer ones (weights set to ``u ~ U(beta, beta +
-delta)``). For one layer, this re-runs the layer's test for every ``beta`` of a
-grid, ``repeats`` times, each time with fresh draws of ``u`` and (with
-``bootstrap``) a resample of the samples with replacement, and compares the
-kept units with the hard graph's causes of that layer:
+(weights set to 0) survive softer ones. For one layer, this re-runs the layer's
+test for every ``beta`` of a grid, ``repeats`` times, each time with fresh draws
+of ``u ~ U(beta, beta + delta)`` and (with ``bootstrap``) a resample of the
+samples with replacement, and compares the kept units with the hard graph's
+causes of that layer:
 
 * the Jaccard similarity ``|A ∩ B| / |A ∪ B|`` per beta and repeat;
 * each unit's appearance rate (share of repeats in which it is kept) per beta.
+
+The soft rule is the graph's own (``soft_rule``, default ``scale``): weights (or
+units) are multiplied by ``u``, so beta walks from a cut (0) towards no change
+(1) and the Jaccard curve falls from 1 to 0 as the intervention fades; ``set``
+replaces them by ``u`` (the research code's rule). :func:`seed_stability` repeats
+the sweep on networks trained with other seeds, so that the shape of the curve
+and the size of the graph are measured across training runs, not assumed (unit
+indices of independently trained networks do not correspond, so units are not
+compared across seeds).
 
 Every intervention of the whole sweep runs in one batched runner call. Because
 the samples are independent, a bootstrap resample of the samples is the same
@@ -21,7 +30,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +40,7 @@ from explainnn.causal.graph import CausalGraph
 from explainnn.causal.stats import paired_test
 from explainnn.errors import UserError
 from explainnn.files import atomic_path
-from explainnn.interventions import EdgeIntervention, InterventionRunner, NodeIntervention
+from explainnn.interventions import InterventionRunner, soft_edge, soft_node
 
 
 @dataclass(frozen=True)
@@ -46,12 +55,14 @@ class StabilityResult:
     appearance: np.ndarray
     hard_causes: tuple[int, ...]
     bootstrap: bool
+    soft_rule: str = "scale"
 
     def summary(self) -> dict:
         """Per-beta mean and standard deviation of the Jaccard similarity (JSON-ready)."""
         return {
             "layer": self.layer,
             "delta": self.delta,
+            "soft_rule": self.soft_rule,
             "bootstrap": self.bootstrap,
             "repeats": int(self.jaccard.shape[1]),
             "hard_causes": list(self.hard_causes),
@@ -92,15 +103,18 @@ def stability(
     repeats: int = 5,
     bootstrap: bool = True,
     seed: int = 0,
+    soft_rule: str | None = None,
 ) -> StabilityResult:
     """Re-learn one layer of ``graph`` under soft interventions for each beta.
 
     ``inputs`` must be the inputs ``graph`` was learned from (its samples are
     taken by index from ``graph.metadata["samples"]``). ``layer`` defaults to the
     hidden layer closest to the output. Uses the graph's own test options
-    (``on``, ``alpha``, ``min_effect``) with the paired test.
+    (``on``, ``alpha``, ``min_effect``, ``soft_rule``) with the paired test;
+    ``soft_rule`` overrides the rule (``scale`` or ``set``).
     """
     options = graph.metadata["options"]
+    rule = soft_rule or options.get("soft_rule", "scale")
     target = int(graph.metadata["target"])
     delta = float(options["delta"] if delta is None else delta)
     hidden = [name for name in graph.layers() if graph.graph.nodes[graph.units(name)[0]]["kind"] == "hidden"]
@@ -125,14 +139,11 @@ def stability(
     n_units = next(info.n_units for info in runner.layers(samples[:1]) if info.name == layer)
     betas = np.asarray(list(betas), dtype=float)
     generator = torch.Generator().manual_seed(seed)
-    u = betas[:, None, None] + delta * torch.rand(
-        (len(betas), repeats, n_units), generator=generator, dtype=torch.float64
-    ).numpy()
     on_edges = options["on"] == "edges"
     specs = [
-        EdgeIntervention(child, int(i), children, value=float(value)) if on_edges
-        else NodeIntervention(layer, int(i), "scale", float(value))
-        for value, i in zip(u.reshape(-1), np.tile(np.arange(n_units), len(betas) * repeats))
+        soft_edge(child, i, children, float(beta), delta, generator, rule=rule) if on_edges
+        else soft_node(layer, i, float(beta), delta, generator, rule=rule)
+        for beta in betas for _ in range(repeats) for i in range(n_units)
     ]
     result = runner.run(samples, specs, target)
     logits = result.target_logit.double().cpu().numpy().reshape(len(betas), repeats, n_units, -1)
@@ -152,7 +163,7 @@ def stability(
             jaccard[b, r] = _jaccard(kept, set(hard))
             n_kept[b, r] = len(kept)
             counts[b, list(kept)] += 1
-    return StabilityResult(layer, betas, delta, jaccard, n_kept, counts / repeats, hard, bootstrap)
+    return StabilityResult(layer, betas, delta, jaccard, n_kept, counts / repeats, hard, bootstrap, rule)
 
 
 def _jaccard(a: set, b: set) -> float:
@@ -171,7 +182,8 @@ def plot_stability(result: StabilityResult, path: str | Path | None = None, *, d
     ax.plot(result.betas, mean, marker="o", color="#d62728")
     ax.fill_between(result.betas, mean - std, mean + std, color="#d62728", alpha=0.2)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("beta (u ~ U(beta, beta + delta))")
+    verb = "w x u" if result.soft_rule == "scale" else "w := u"
+    ax.set_xlabel(f"beta ({verb}, u ~ U(beta, beta + delta))")
     ax.set_ylabel("Jaccard similarity to the hard graph")
     ax.set_title(f"Stability of {result.layer} (delta={result.delta:g})", fontsize=9)
     bins = np.linspace(0, 1, 11)
@@ -182,6 +194,102 @@ def plot_stability(result: StabilityResult, path: str | Path | None = None, *, d
         hist.set_xlabel("appearance rate")
         if column == 1:
             hist.set_ylabel("units")
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path)
+    return figure
+
+
+@dataclass(frozen=True)
+class SeedStability:
+    """The stability sweep repeated on networks trained with different seeds.
+
+    ``jaccard`` is ``(S, B)``: each seed's mean Jaccard similarity per beta (its
+    soft graphs against its own hard graph); ``n_causes`` the hard graph's causes
+    of the swept layer, ``n_units`` that layer's size, per seed.
+    """
+
+    seeds: tuple[int, ...]
+    layers: tuple[str, ...]
+    betas: np.ndarray
+    jaccard: np.ndarray
+    n_causes: np.ndarray
+    n_units: np.ndarray
+
+    def summary(self) -> dict:
+        """Across-seed mean and standard deviation per beta, and the graph sizes (JSON-ready)."""
+        return {
+            "seeds": list(self.seeds),
+            "layers": list(self.layers),
+            "betas": [float(b) for b in self.betas],
+            "jaccard_mean": [float(v) for v in self.jaccard.mean(0)],
+            "jaccard_std": [float(v) for v in self.jaccard.std(0)],
+            "n_causes": [int(v) for v in self.n_causes],
+            "n_units": [int(v) for v in self.n_units],
+        }
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write one row per seed and beta: seed, layer, beta, jaccard_mean, n_causes, n_units."""
+        path = Path(path)
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["seed", "layer", "beta", "jaccard_mean", "n_causes", "n_units"])
+            for s, seed in enumerate(self.seeds):
+                for b, beta in enumerate(self.betas):
+                    writer.writerow([seed, self.layers[s], f"{beta:g}", f"{self.jaccard[s, b]:.6g}",
+                                     int(self.n_causes[s]), int(self.n_units[s])])
+        return path
+
+
+def seed_stability(
+    models: Mapping[int, nn.Module],
+    inputs: torch.Tensor,
+    target: int,
+    *,
+    labels: torch.Tensor | None = None,
+    discovery: Mapping[str, Any] | None = None,
+    betas: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8),
+    delta: float | None = None,
+    repeats: int = 5,
+    bootstrap: bool = True,
+    seed: int = 0,
+) -> SeedStability:
+    """Learn the hard graph and run :func:`stability` on each model of ``models`` (training seed -> model).
+
+    ``discovery`` holds :func:`~explainnn.causal.discover` options (the same for
+    every seed); each sweep studies the hidden layer closest to the output.
+    """
+    from explainnn.causal.discovery import discover
+
+    if len(models) < 2:
+        raise UserError(f"seed stability needs at least 2 trained models; got {len(models)}")
+    rows, layers, causes, sizes = [], [], [], []
+    for model in models.values():
+        graph = discover(model, inputs, target, labels=labels, seed=seed, **dict(discovery or {}))
+        result = stability(model, inputs, graph, betas=betas, delta=delta, repeats=repeats,
+                           bootstrap=bootstrap, seed=seed)
+        rows.append(result.jaccard.mean(1))
+        layers.append(result.layer)
+        causes.append(len(result.hard_causes))
+        sizes.append(result.appearance.shape[1])
+    return SeedStability(tuple(int(s) for s in models), tuple(layers), np.asarray(list(betas), dtype=float),
+                         np.stack(rows), np.asarray(causes), np.asarray(sizes))
+
+
+def plot_seed_stability(result: SeedStability, path: str | Path | None = None, *, dpi: int = 120):
+    """Jaccard similarity vs beta, one line per training seed."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 3.4), dpi=dpi)
+    ax = figure.subplots()
+    for s, seed in enumerate(result.seeds):
+        ax.plot(result.betas, result.jaccard[s], marker="o",
+                label=f"seed {seed} ({result.n_causes[s]}/{result.n_units[s]} causes)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("beta")
+    ax.set_ylabel("Jaccard similarity to the seed's hard graph")
+    ax.set_title("Stability across training seeds", fontsize=9)
+    ax.legend(fontsize=7)
     figure.tight_layout()
     if path is not None:
         figure.savefig(path)

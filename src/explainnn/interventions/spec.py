@@ -24,6 +24,9 @@ def _indices(label: str, value: Indices, allow_negative: bool = False) -> tuple[
     if isinstance(value, torch.Tensor):
         value = value.flatten().tolist()
     items = [value] if isinstance(value, int) else list(value)
+    if items and all(type(item) is int for item in items) and (allow_negative or min(items) >= 0) \
+            and len(set(items)) == len(items):
+        return tuple(items)
     if not items:
         raise InterventionError(f"{label} must name at least one index; got an empty list")
     out = []

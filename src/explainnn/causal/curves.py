@@ -1,0 +1,260 @@
+"""Faithfulness curves: how much of the logit circuits of every size keep, and how much they carry.
+
+For a nested family of unit sets (``top-k`` of an ordering of the hidden units),
+at each size ``k`` two exact, normalised numbers are measured on evaluation
+samples:
+
+* **sufficiency** ``(F(C) - F(empty)) / (F(full) - F(empty))``: everything but
+  ``C`` mean-ablated (1 = the whole model's logit);
+* **necessity** ``(F(full) - F(without C)) / (F(full) - F(empty))``: only ``C``
+  mean-ablated (1 = as much lost as when every unit is ablated).
+
+The orderings compared: explainnn's circuits (:func:`circuit_order`: the
+circuit's units by how late exact pruning would remove them, then the units
+pruned on the way to it, then the rest by learned score), and the usual
+rankings - single-unit interventional effect (mean-ablate one unit, rank by
+the absolute change of the logit), activation magnitude (mean absolute
+activation), gradient x activation (attribution patching: the first-order
+estimate ``grad . (a - mean)`` of each unit's ablation effect, ranked by absolute
+value; Nanda 2023, Syed et al. 2023) - and random orderings (mean curve). The
+area under each curve over the fraction of units (0 to 1) summarises it, as
+MIB's CPR (area under sufficiency, higher is better) and CMD (area under
+``|1 - sufficiency|``, lower is better) do (Mueller et al. 2025).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from explainnn.causal.minimal_circuit import CircuitSearch, UnitGates
+from explainnn.causal.units import HiddenUnits, normalise, target_logits
+from explainnn.errors import UserError
+from explainnn.files import atomic_path
+from explainnn.interventions import InterventionRunner
+from explainnn.interventions.hooks import ModelPatch
+
+BASELINES = ("single_unit_effect", "activation_magnitude", "attribution_patching")
+OURS = "explainnn_circuit"
+RANDOM = "random"
+
+
+def circuit_order(model: nn.Module, search: CircuitSearch, samples: torch.Tensor,
+                  reference: torch.Tensor) -> np.ndarray:
+    """explainnn's nested circuits as one ordering of all units: top-``k`` is the circuit of size ``k``.
+
+    Below the circuit's size, exact pruning continues (on ``samples``, the
+    circuit's own samples) down to nothing; above it, the units pruned on the
+    way to the circuit come back in reverse order, then the rest by learned score.
+    """
+    units, mask = search.units, search.mask.copy()
+    runner = InterventionRunner(model, reference=reference)
+    removal: list[int] = []
+    while mask.any():
+        members = np.flatnonzero(mask)
+        trials = [mask.copy() for _ in members]
+        for trial, unit in zip(trials, members):
+            trial[unit] = False
+        values = target_logits(runner, samples, search.target, [units.keep(t) for t in trials]).mean(1)
+        best = int(np.argmax(values))
+        mask = trials[best]
+        removal.append(int(members[best]))
+    order = removal[::-1] + search.removed[::-1]
+    taken = set(order)
+    return np.asarray(order + [int(u) for u in search.ranking() if int(u) not in taken], dtype=int)
+
+
+def baseline_orders(model: nn.Module, units: HiddenUnits, samples: torch.Tensor, target: int,
+                    reference: torch.Tensor) -> dict[str, np.ndarray]:
+    """The baseline rankings of the units on ``samples`` (highest first): see the module docstring."""
+    runner = InterventionRunner(model, reference=reference)
+    single = [np.eye(units.total, dtype=bool)[u] for u in range(units.total)]
+    ablated = target_logits(runner, samples, target, [units.ablate(m) for m in single]).mean(1)
+    clean = runner.run(samples, [], target).clean_target_logit.double().mean().item()
+    effect = np.abs(clean - ablated)
+    gates = UnitGates(model, units, reference)
+    magnitude = np.zeros(units.total)
+    patching = np.zeros(units.total)
+    with ModelPatch() as patch:
+        patch.eval_mode(model)
+        gates.install(patch, record=True)
+        gates.z = torch.ones(units.total, requires_grad=True)
+        logit = model(samples)[:, target].sum() / len(samples)
+        (grad,) = torch.autograd.grad(logit, [gates.z])
+    for info, start in gates.hooked:
+        magnitude[start : start + info.n_units] = gates.magnitude[info.name]
+    patching[gates.gated] = np.abs(grad.double().numpy()[gates.gated])
+    return {
+        "single_unit_effect": _order(effect),
+        "activation_magnitude": _order(magnitude),
+        "attribution_patching": _order(patching),
+    }
+
+
+def _order(scores: np.ndarray) -> np.ndarray:
+    return np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+
+
+@dataclass(frozen=True)
+class FaithfulnessCurves:
+    """Normalised sufficiency and necessity ``(S,)`` per method at ``sizes`` (numbers of units)."""
+
+    sizes: np.ndarray
+    total: int
+    sufficiency: dict[str, np.ndarray]
+    necessity: dict[str, np.ndarray]
+    n_eval: int
+    n_random: int
+    circuit_size: int | None = None
+
+    @property
+    def fractions(self) -> np.ndarray:
+        return self.sizes / self.total
+
+    def methods(self) -> list[str]:
+        return list(self.sufficiency)
+
+    def areas(self) -> dict[str, dict[str, float]]:
+        """Per method: area under sufficiency (CPR-like), under necessity, and under ``|1 - sufficiency|`` (CMD)."""
+        x = self.fractions
+        return {
+            method: {
+                "sufficiency_area": float(np.trapezoid(self.sufficiency[method], x)),
+                "necessity_area": float(np.trapezoid(self.necessity[method], x)),
+                "cmd": float(np.trapezoid(np.abs(1.0 - self.sufficiency[method]), x)),
+            }
+            for method in self.methods()
+        }
+
+    def dominates(self, method: str = OURS, which: str = "sufficiency", tolerance: float = 0.0) -> bool:
+        """Whether ``method``'s curve is at or above every other method's at every size."""
+        curves = getattr(self, which)
+        return all(bool(np.all(curves[method] >= curves[other] - tolerance)) for other in curves if other != method)
+
+    def summary(self) -> dict:
+        """JSON-ready: sizes, curves and areas."""
+        return {
+            "sizes": [int(k) for k in self.sizes],
+            "total_units": self.total,
+            "n_eval": self.n_eval,
+            "n_random": self.n_random,
+            "circuit_size": self.circuit_size,
+            "sufficiency": {m: [float(v) for v in c] for m, c in self.sufficiency.items()},
+            "necessity": {m: [float(v) for v in c] for m, c in self.necessity.items()},
+            "areas": self.areas(),
+        }
+
+    def to_csv(self, path: str | Path) -> Path:
+        """One row per method and size: method, units, fraction, sufficiency, necessity."""
+        path = Path(path)
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["method", "units", "fraction", "sufficiency", "necessity"])
+            for method in self.methods():
+                for s, k in enumerate(self.sizes):
+                    writer.writerow([method, int(k), f"{k / self.total:.6g}", f"{self.sufficiency[method][s]:.6g}",
+                                     f"{self.necessity[method][s]:.6g}"])
+        return path
+
+    def areas_to_csv(self, path: str | Path) -> Path:
+        """One row per method: the three areas."""
+        path = Path(path)
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["method", "sufficiency_area", "necessity_area", "cmd"])
+            for method, areas in self.areas().items():
+                writer.writerow([method, *(f"{areas[k]:.6g}" for k in ("sufficiency_area", "necessity_area", "cmd"))])
+        return path
+
+
+def faithfulness_curves(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: int,
+    orders: dict[str, np.ndarray],
+    *,
+    units: HiddenUnits,
+    reference: torch.Tensor,
+    sizes: Sequence[int] | None = None,
+    n_random: int = 20,
+    seed: int = 0,
+    circuit_size: int | None = None,
+) -> FaithfulnessCurves:
+    """Exact sufficiency and necessity of the top-``k`` units of each ordering, on ``inputs`` (evaluation samples).
+
+    ``orders`` maps a method name to an ordering of all ``units.total`` units;
+    ``n_random`` random orderings are averaged into the ``random`` curve. ``sizes``
+    defaults to 41 evenly spaced sizes from 0 to all units, plus ``circuit_size``.
+    """
+    total = units.total
+    for name, order in orders.items():
+        if sorted(np.asarray(order).tolist()) != list(range(total)):
+            raise UserError(f"ordering {name!r} is not a permutation of the {total} units")
+    if sizes is None:
+        sizes = np.linspace(0, total, 41).round().astype(int).tolist()
+        if circuit_size is not None:
+            sizes.append(int(circuit_size))
+    sizes = np.unique(np.asarray(sizes, dtype=int))
+    if sizes.min() < 0 or sizes.max() > total:
+        raise UserError(f"curve sizes must be in 0..{total}")
+    rng = np.random.default_rng(seed)
+    all_orders = dict(orders)
+    randoms = [f"{RANDOM}_{r}" for r in range(n_random)]
+    for name in randoms:
+        all_orders[name] = rng.permutation(total)
+    device = next(iter(model.parameters())).device
+    inputs = torch.as_tensor(inputs).to(device)
+    runner = InterventionRunner(model, reference=reference.to(device))
+    rows = []
+    for order in all_orders.values():
+        for k in sizes:
+            mask = np.zeros(total, dtype=bool)
+            mask[np.asarray(order)[:k]] = True
+            rows.extend([units.keep(mask), units.ablate(mask)])
+    logits = target_logits(runner, inputs, target, rows).mean(1).reshape(len(all_orders), len(sizes), 2)
+    full = float(runner.run(inputs, [], target).clean_target_logit.double().mean())
+    empty = float(target_logits(runner, inputs, target, [units.keep(np.zeros(total, dtype=bool))]).mean())
+    sufficiency = {name: normalise(logits[i, :, 0], full, empty) for i, name in enumerate(all_orders)}
+    necessity = {name: 1.0 - normalise(logits[i, :, 1], full, empty) for i, name in enumerate(all_orders)}
+    if randoms:
+        sufficiency[RANDOM] = np.mean([sufficiency.pop(name) for name in randoms], axis=0)
+        necessity[RANDOM] = np.mean([necessity.pop(name) for name in randoms], axis=0)
+    return FaithfulnessCurves(sizes, total, sufficiency, necessity, int(len(inputs)), n_random, circuit_size)
+
+
+COLOURS = {OURS: "#d62728", "single_unit_effect": "#1f77b4", "activation_magnitude": "#2ca02c",
+           "attribution_patching": "#9467bd", RANDOM: "#7f7f7f"}
+
+
+def plot_curves(curves: FaithfulnessCurves, path: str | Path | None = None, *, dpi: int = 120, title: str = ""):
+    """Sufficiency and necessity against the fraction of units, one line per method, areas in the legend."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 3.6), dpi=dpi)
+    axes = figure.subplots(1, 2)
+    areas = curves.areas()
+    for ax, which, key in ((axes[0], "sufficiency", "sufficiency_area"), (axes[1], "necessity", "necessity_area")):
+        for method, values in getattr(curves, which).items():
+            ax.plot(curves.fractions, values, label=f"{method} ({areas[method][key]:.2f})",
+                    color=COLOURS.get(method), linewidth=2.2 if method == OURS else 1.2,
+                    linestyle="--" if method == RANDOM else "-")
+        if curves.circuit_size is not None:
+            ax.axvline(curves.circuit_size / curves.total, color="#d62728", linewidth=0.6, linestyle=":")
+        ax.set_xlabel("fraction of hidden units in the circuit")
+        ax.set_ylabel(f"normalised {which}")
+        ax.set_ylim(-0.1, 1.1)
+        ax.axhline(0, color="black", linewidth=0.4)
+        ax.set_title(f"{which.capitalize()} (area under the curve)", fontsize=9)
+        ax.legend(fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path)
+    return figure

@@ -1,0 +1,440 @@
+"""Minimal faithful circuits: the fewest hidden units that carry a class's logit.
+
+:func:`circuit` finds the smallest set of hidden units ``C`` such that
+mean-ablating every *other* unit of the analysed layers keeps at least
+``faithfulness`` of the normalised target logit,
+``(F(C) - F(empty)) / (F(full) - F(empty))`` (see :mod:`explainnn.causal.units`).
+It combines the two families of circuit-discovery methods:
+
+1. **Learned masks** (subnetwork probing, Cao et al. 2021; edge pruning,
+   Bhaskar et al. 2024): every unit gets a hard-concrete gate (Louizos et al.
+   2018) that blends its activation with its mean, ``mean + z (a - mean)``;
+   the gates' log-odds are trained with Adam to keep the normalised logit above
+   ``faithfulness`` (a hinge with a small margin) while an L0 penalty (the
+   expected number of open gates) closes as many as possible. The trained
+   log-odds rank the units. The gates are forward hooks on each layer's output;
+   for a recurrent layer the blend acts on the output sequence only (not inside
+   the recurrence), a relaxation the exact steps below correct.
+2. **Exact pruning** (ACDC, Conmy et al. 2023): with exact mean-ablation
+   interventions from the batched runner, the shortest prefix of the ranking
+   that reaches ``faithfulness`` is found, and then units are removed one at a
+   time - each round tries every single removal in one batched call and drops
+   the unit whose removal costs least - while the circuit stays faithful. The
+   result is 1-minimal: removing any one unit takes it below ``faithfulness``.
+
+The returned circuit's faithfulness is therefore always an exact number on the
+circuit samples; check it on held-out samples with
+:func:`~explainnn.causal.circuit.circuit_faithfulness`. Same inputs and seed
+give the same circuit; the model is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from explainnn.causal.discovery import select_samples
+from explainnn.causal.graph import CausalGraph
+from explainnn.causal.units import HiddenUnits, normalise, target_logits
+from explainnn.errors import ConfigError, UserError
+from explainnn.interventions import InterventionRunner, LayerInfo, find_layers
+from explainnn.interventions.hooks import ModelPatch
+
+GAMMA, ZETA, TEMPERATURE = -0.1, 1.1, 2.0 / 3.0
+"""Hard-concrete stretch limits and temperature (Louizos et al. 2018)."""
+N_REFERENCE = 1000
+PREFIX_GRID = 48
+
+
+@dataclass
+class CircuitSearch:
+    """Everything :func:`find_circuit` computed: the circuit and how it was reached.
+
+    ``scores`` are the learned gate log-odds per unit (the ranking); ``prefix``
+    the size of the shortest faithful prefix of that ranking; ``removed`` the
+    units pruned from it, in order, with ``trace`` the exact faithfulness after
+    each removal; ``drop[u]`` what removing unit ``u`` alone from the final
+    circuit costs (normalised).
+    """
+
+    units: HiddenUnits
+    target: int
+    samples: np.ndarray
+    scores: np.ndarray
+    mask: np.ndarray
+    faithfulness: float
+    full: float
+    empty: float
+    prefix: int
+    removed: list[int] = field(default_factory=list)
+    trace: list[float] = field(default_factory=list)
+    drop: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.mask.sum())
+
+    def ranking(self) -> np.ndarray:
+        """Units by learned score, highest first (ties by unit number)."""
+        return np.argsort(-self.scores, kind="stable")
+
+
+def circuit(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: int,
+    *,
+    labels: torch.Tensor | None = None,
+    faithfulness: float = 0.8,
+    layers: Sequence[str] | None = None,
+    n_samples: int = 100,
+    reference: torch.Tensor | None = None,
+    steps: int = 400,
+    lr: float = 0.05,
+    sparsity: float = 1.0,
+    margin: float = 0.05,
+    seed: int = 0,
+    metadata: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> CausalGraph:
+    """The smallest set of hidden units that keeps ``faithfulness`` of the normalised target logit.
+
+    Samples are the first ``n_samples`` inputs the model classifies as
+    ``target`` (and that are labelled ``target`` when ``labels`` is given), as in
+    :func:`~explainnn.causal.discover`. Mean ablation uses the mean activation
+    over ``reference`` (default: the first 1,000 ``inputs``, all classes).
+    ``layers`` restricts the circuit to some hidden layers (default: every
+    hidden layer of ``find_layers``, embeddings excluded). ``steps``, ``lr``,
+    ``sparsity`` (weight of the L0 penalty) and ``margin`` (added to
+    ``faithfulness`` in the training hinge) set the mask learning. Returns a
+    :class:`CausalGraph` whose hidden units are the circuit, each with its
+    learned ``score`` and ``drop`` (exact normalised faithfulness lost when it
+    alone is removed); ``graph.results["circuit_search"]`` holds the sizes and
+    the exact faithfulness. The model is left exactly as it was.
+    """
+    search = find_circuit(model, inputs, target, labels=labels, faithfulness=faithfulness, layers=layers,
+                          n_samples=n_samples, reference=reference, steps=steps, lr=lr, sparsity=sparsity,
+                          margin=margin, seed=seed, progress=progress)
+    options = {"faithfulness": faithfulness, "layers": list(layers) if layers else None, "n_samples": n_samples,
+               "steps": steps, "lr": lr, "sparsity": sparsity, "margin": margin, "ablation": "mean",
+               "method": "learned hard-concrete masks + exact 1-minimal pruning"}
+    return circuit_graph(model, search, inputs[:1], options=options, seed=seed, metadata=metadata)
+
+
+def find_circuit(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: int,
+    *,
+    labels: torch.Tensor | None = None,
+    faithfulness: float = 0.8,
+    layers: Sequence[str] | None = None,
+    n_samples: int = 100,
+    reference: torch.Tensor | None = None,
+    steps: int = 400,
+    lr: float = 0.05,
+    sparsity: float = 1.0,
+    margin: float = 0.05,
+    seed: int = 0,
+    progress: bool = False,
+) -> CircuitSearch:
+    """The search behind :func:`circuit` (same arguments), returned with its ranking and pruning trace."""
+    if not 0.0 < faithfulness <= 1.0:
+        raise ConfigError(f"faithfulness must be in (0, 1]; got {faithfulness}")
+    for key, value in (("steps", steps), ("n_samples", n_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "steps" else 2):
+            raise ConfigError(f"{key} must be an integer >= {0 if key == 'steps' else 2}; got {value!r}")
+    if lr <= 0 or sparsity < 0 or margin < 0:
+        raise ConfigError(f"lr must be > 0, sparsity and margin >= 0; got lr={lr}, sparsity={sparsity}, margin={margin}")
+    inputs = torch.as_tensor(inputs)
+    device = _device(model)
+    index = select_samples(model, inputs, target, n_samples, labels=labels)
+    samples = inputs[index].to(device)
+    reference = (inputs[:N_REFERENCE] if reference is None else torch.as_tensor(reference)).to(device)
+    units = HiddenUnits.of(model, samples[:1], layers)
+    runner = InterventionRunner(model, reference=reference)
+    logits = target_logits(runner, samples, target, [units.keep(np.zeros(units.total, dtype=bool))])
+    empty = float(logits.mean())
+    full = _clean_logit(model, samples, target)
+    if full - empty <= 0:
+        raise UserError(f"ablating every analysed unit does not lower the logit of class {target} "
+                        f"({full:.4g} -> {empty:.4g}); there is no circuit to find")
+
+    scores = learn_scores(model, units, samples, target, reference, faithfulness=faithfulness, steps=steps,
+                          lr=lr, sparsity=sparsity, margin=margin, seed=seed, progress=progress)
+    ranking = np.argsort(-scores, kind="stable")
+
+    def faithful(masks: list[np.ndarray]) -> np.ndarray:
+        values = target_logits(runner, samples, target, [units.keep(m) for m in masks]).mean(1)
+        return normalise(values, full, empty)
+
+    prefix = _shortest_prefix(ranking, faithfulness, faithful)
+    mask = np.zeros(units.total, dtype=bool)
+    mask[ranking[:prefix]] = True
+    current = float(faithful([mask])[0])
+    removed, trace = [], []
+    while mask.any():
+        members = np.flatnonzero(mask)
+        trials = [mask.copy() for _ in members]
+        for trial, unit in zip(trials, members):
+            trial[unit] = False
+        values = faithful(trials)
+        best = int(np.argmax(values))
+        if values[best] < faithfulness:
+            drop = {int(u): float(current - v) for u, v in zip(members, values)}
+            break
+        mask, current = trials[best], float(values[best])
+        removed.append(int(members[best]))
+        trace.append(current)
+    else:
+        drop = {}
+    return CircuitSearch(units, int(target), index.numpy(), scores, mask, current, full, empty, prefix,
+                         removed, trace, drop)
+
+
+def _clean_logit(model: nn.Module, samples: torch.Tensor, target: int) -> float:
+    with ModelPatch() as patch, torch.inference_mode():
+        patch.eval_mode(model)
+        return float(model(samples)[:, target].double().mean())
+
+
+def _shortest_prefix(ranking: np.ndarray, faithfulness: float, faithful) -> int:
+    """Smallest ``k`` whose top-``k`` prefix is faithful: a grid of sizes, then every size below the first hit."""
+    total = len(ranking)
+
+    def masks(sizes):
+        out = []
+        for k in sizes:
+            m = np.zeros(total, dtype=bool)
+            m[ranking[:k]] = True
+            out.append(m)
+        return out
+
+    grid = np.unique(np.linspace(1, total, min(total, PREFIX_GRID)).round().astype(int))
+    values = faithful(masks(grid))
+    hits = np.flatnonzero(values >= faithfulness)
+    if not len(hits):
+        return total
+    first = int(hits[0])
+    low = int(grid[first - 1]) + 1 if first > 0 else 1
+    between = list(range(low, int(grid[first])))
+    if between:
+        inner = faithful(masks(between))
+        passing = np.flatnonzero(inner >= faithfulness)
+        if len(passing):
+            return between[int(passing[0])]
+    return int(grid[first])
+
+
+def learn_scores(
+    model: nn.Module,
+    units: HiddenUnits,
+    samples: torch.Tensor,
+    target: int,
+    reference: torch.Tensor,
+    *,
+    faithfulness: float = 0.8,
+    steps: int = 400,
+    lr: float = 0.05,
+    sparsity: float = 1.0,
+    margin: float = 0.05,
+    seed: int = 0,
+    progress: bool = False,
+) -> np.ndarray:
+    """Learned hard-concrete gate log-odds, one per unit (higher = more needed).
+
+    Loss: ``relu(faithfulness + margin - f(z)) + sparsity * E[open gates] / units``,
+    ``f`` the normalised target logit of the gated model (one gate sample per
+    step, shared by the samples). Units of layers a hook cannot gate (inner
+    layers of a stacked RNN) get ``+inf``: the exact pruning decides about them.
+    """
+    gates = UnitGates(model, units, reference)
+    generator = torch.Generator().manual_seed(seed)
+    log_alpha = torch.full((units.total,), 3.0, dtype=torch.float32, requires_grad=True)
+    adam = _Adam(log_alpha, lr)
+    shift = TEMPERATURE * float(np.log(-GAMMA / ZETA))
+    with ModelPatch() as patch:
+        patch.eval_mode(model)
+        gates.install(patch)
+        with torch.no_grad():
+            gates.z = torch.ones(units.total)
+            full = float(model(samples)[:, target].mean())
+            gates.z = torch.zeros(units.total)
+            empty = float(model(samples)[:, target].mean())
+        span = full - empty if full != empty else 1.0
+        for _ in tqdm(range(steps), desc="circuit masks", unit="step", leave=False, disable=not progress):
+            u = torch.rand(units.total, generator=generator).clamp(1e-6, 1 - 1e-6)
+            s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / TEMPERATURE)
+            gates.z = (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0).to(samples.device)
+            f = (model(samples)[:, target].mean() - empty) / span
+            expected_open = torch.sigmoid(log_alpha - shift).sum()
+            loss = torch.relu(faithfulness + margin - f) + sparsity * expected_open / units.total
+            (grad,) = torch.autograd.grad(loss, [log_alpha])
+            adam.step(grad)
+    scores = log_alpha.detach().double().numpy().copy()
+    scores[~gates.gated] = np.inf
+    return scores
+
+
+class _Adam:
+    """Adam (Kingma and Ba 2015) on one tensor, written out: ``torch.optim`` imports the compiler stack (seconds)."""
+
+    def __init__(self, parameter: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.parameter, self.lr, self.betas, self.eps = parameter, lr, betas, eps
+        self.m = torch.zeros_like(parameter)
+        self.v = torch.zeros_like(parameter)
+        self.t = 0
+
+    def step(self, grad: torch.Tensor) -> None:
+        b1, b2 = self.betas
+        self.t += 1
+        self.m.mul_(b1).add_(grad, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        m_hat = self.m / (1 - b1**self.t)
+        v_hat = self.v / (1 - b2**self.t)
+        with torch.no_grad():
+            self.parameter -= self.lr * m_hat / (v_hat.sqrt() + self.eps)
+
+
+class UnitGates:
+    """Forward hooks blending each gated layer's output with its mean over ``reference``: ``mean + z (a - mean)``.
+
+    ``z`` (one gate per unit, set before each forward) may require gradients: at
+    ``z = 1`` the gradient of a logit is the attribution-patching estimate of
+    each unit's mean-ablation effect. ``gated`` marks the units a hook can reach
+    (all but the inner layers of a stacked RNN).
+    """
+
+    def __init__(self, model: nn.Module, units: HiddenUnits, reference: torch.Tensor) -> None:
+        self.units = units
+        self.z = torch.ones(units.total)
+        self.magnitude: dict[str, np.ndarray] = {}
+        self.gated = np.zeros(units.total, dtype=bool)
+        self.hooked: list[tuple[LayerInfo, int]] = []
+        for info, start in zip(units.layers, units.offsets):
+            if not info.recurrent or (info.sublayer or 0) == info.module.num_layers - 1:
+                self.hooked.append((info, start))
+                self.gated[start : start + info.n_units] = True
+        self.means = self._means(model, reference)
+
+    def _means(self, model: nn.Module, reference: torch.Tensor) -> dict[str, torch.Tensor]:
+        seen: dict[str, torch.Tensor] = {}
+        with ModelPatch() as patch, torch.inference_mode():
+            patch.eval_mode(model)
+            for info, _ in self.hooked:
+                patch.forward_hook(info.module, self._recorder(info, seen))
+            model(reference)
+        return {name: value.clone() for name, value in seen.items()}
+
+    @staticmethod
+    def _recorder(info: LayerInfo, seen: dict):
+        def hook(module, args, output):
+            sequence, axis = _sequence(info, output)
+            seen[info.name] = sequence.detach().mean(dim=axis, keepdim=True)
+
+        return hook
+
+    def install(self, patch: ModelPatch, record: bool = False) -> None:
+        """Hook every gated layer; ``record`` also keeps each unit's mean absolute activation in ``magnitude``."""
+        for info, start in self.hooked:
+            patch.forward_hook(info.module, self._gate(info, start, record))
+
+    def _gate(self, info: LayerInfo, start: int, record: bool):
+        def hook(module, args, output):
+            sequence, _ = _sequence(info, output)
+            z = self.z[start : start + info.n_units].to(sequence.device, sequence.dtype)
+            axis = _unit_axis(info, module)
+            if record:
+                other = [d for d in range(sequence.dim()) if d != axis]
+                self.magnitude[info.name] = sequence.detach().abs().mean(dim=other).double().cpu().numpy()
+            shape = [1] * sequence.dim()
+            shape[axis] = info.n_units
+            mean = self.means[info.name]
+            blended = mean + z.view(shape) * (sequence - mean)
+            if not info.recurrent:
+                return blended
+            state = output[1]
+            last = blended[:, -1] if module.batch_first else blended[-1]
+            if isinstance(state, tuple):
+                h, c = state
+                return blended, (torch.cat([h[:-1], last[None]]), c)
+            return blended, torch.cat([state[:-1], last[None]])
+
+        return hook
+
+
+def _sequence(info: LayerInfo, output: Any) -> tuple[torch.Tensor, int]:
+    """The gated tensor of a layer's output, and its batch axis."""
+    if info.recurrent:
+        return output[0], 0 if info.module.batch_first else 1
+    return output, 0
+
+
+def _unit_axis(info: LayerInfo, module: nn.Module) -> int:
+    if info.recurrent:
+        return 2
+    return info.unit_axis
+
+
+def circuit_graph(model: nn.Module, search: CircuitSearch, example: torch.Tensor, *, options: dict[str, Any],
+                  seed: int = 0, metadata: dict[str, Any] | None = None) -> CausalGraph:
+    """The circuit of ``search`` as a :class:`CausalGraph` (hidden units, their layers' wiring, the output)."""
+    all_layers = find_layers(model, example.to(_device(model)))
+    output = all_layers[-1]
+    names = search.units.names
+    meta = {
+        "model": type(model).__name__,
+        "kind": "circuit",
+        "target": search.target,
+        "samples": search.samples.tolist(),
+        "n_samples": int(len(search.samples)),
+        "options": options,
+        "seed": seed,
+        "layers": names + [output.name],
+        **(metadata or {}),
+    }
+    graph = CausalGraph(meta)
+    out = graph.add_unit(output.name, search.target, kind="output", depth=len(names) + 1)
+    chosen = search.units.split(search.mask)
+    added: dict[str, list[str]] = {}
+    for depth, (info, start) in enumerate(zip(search.units.layers, search.units.offsets), start=1):
+        added[info.name] = [
+            graph.add_unit(info.name, i, kind="hidden", depth=depth, score=float(search.scores[start + i]),
+                           drop=search.drop.get(start + i, float("nan")))
+            for i in chosen[info.name]
+        ]
+    by_name = {info.name: info for info in all_layers}
+    for info in search.units.layers:
+        children = [other for other in search.units.layers if other.parent == info.name]
+        targets = [u for child in children for u in added[child.name]]
+        if by_name[output.name].parent == info.name or not children and info is search.units.layers[-1]:
+            targets.append(out)
+        for cause in added[info.name]:
+            for effect in targets:
+                graph.add_edge(cause, effect)
+    graph.add_result("circuit_search", {
+        "faithfulness": search.faithfulness,
+        "target_faithfulness": options.get("faithfulness"),
+        "size": search.size,
+        "total_units": search.units.total,
+        "fraction": search.size / search.units.total,
+        "per_layer": {name: len(chosen[name]) for name in names},
+        "layer_size": dict(zip(names, search.units.sizes)),
+        "prefix": search.prefix,
+        "full_logit": search.full,
+        "empty_logit": search.empty,
+        "pruned": [search.units.label(u) for u in search.removed],
+    })
+    return graph
+
+
+def _device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")

@@ -1,0 +1,219 @@
+"""Minimal faithful circuits on networks whose circuit is planted by hand, so the answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from explainnn.causal import CausalGraph, circuit, circuit_faithfulness
+from explainnn.causal.minimal_circuit import find_circuit
+from explainnn.causal.units import HiddenUnits, normalise, target_logits
+from explainnn.errors import ConfigError, UserError
+from explainnn.interventions import InterventionRunner
+
+
+class PlantedMLP(nn.Module):
+    """Class 0 = h2[0] + h2[2] + h2[4] + h2[5], each fed by one h1 unit reading one input feature.
+
+    Each planted path carries a quarter of the logit, so at faithfulness 0.8 the
+    circuit must hold all four paths (three give 0.75): h1 {1, 3, 4, 6}, h2 {0, 2, 4, 5}.
+    Every other unit is active but feeds classes 1 and 2 only.
+    """
+
+    PLANTED = {"h1": [1, 3, 4, 6], "h2": [0, 2, 4, 5]}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h1 = nn.Linear(6, 8)
+        self.h2 = nn.Linear(8, 6)
+        self.out = nn.Linear(6, 3)
+        with torch.no_grad():
+            for layer in (self.h1, self.h2, self.out):
+                layer.weight.zero_()
+                layer.bias.zero_()
+            for feature, (a, b) in enumerate(zip(self.PLANTED["h1"], self.PLANTED["h2"])):
+                self.h1.weight[a, feature] = 1.0
+                self.h2.weight[b, a] = 1.0
+                self.out.weight[0, b] = 1.0
+            for a in (0, 2, 5, 7):  # distractors read features 4 and 5
+                self.h1.weight[a, 4 + a % 2] = 1.0
+            self.h2.weight[1, 0] = self.h2.weight[1, 2] = 1.0
+            self.h2.weight[3, 5] = self.h2.weight[3, 7] = 1.0
+            self.out.weight[1, 1] = 1.0
+            self.out.weight[2, 3] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.h2(torch.relu(self.h1(x)))))
+
+
+def _mlp_data(n: int = 80, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half class 0 (planted features at 2), half class 1 (planted features at 0.5, distractors high)."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.05 * torch.rand(n, 6, generator=g)
+    x[: n // 2, :4] += 2.0
+    x[n // 2 :, :4] += 0.5
+    x[n // 2 :, 4:] += 3.0
+    y = torch.zeros(n, dtype=torch.long)
+    y[n // 2 :] = 1
+    return x, y
+
+
+class PlantedCNN(nn.Module):
+    """Class 0 = sum of conv channels 1 and 3 (half each); channels 0, 2 and 4 feed class 1 only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 5, 3)
+        self.fc = nn.Linear(5 * 4 * 4, 2)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[1, 0] = 0.1
+            self.conv.weight[3, 0] = 0.1
+            for c in (0, 2, 4):
+                self.conv.weight[c, 1] = 0.1
+            self.fc.weight.zero_()
+            self.fc.bias.zero_()
+            self.fc.weight[0, 16:32] = 1.0
+            self.fc.weight[0, 48:64] = 1.0
+            self.fc.weight[1, 0:16] = 0.5
+            self.fc.weight[1, 32:48] = 0.5
+            self.fc.weight[1, 64:80] = 0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+
+def _cnn_data(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = 0.1 * torch.rand(n, 2, 6, 6, generator=g)
+    x[: n // 2, 0] += 1.0
+    x[n // 2 :, 1] += 1.0
+    y = (torch.arange(n) >= n // 2).long()
+    return x, y
+
+
+class PlantedRNN(nn.Module):
+    """Class 0 reads hidden units 0 and 2 at the last step (ReLU RNN); units 1 and 3 feed class 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(2, 4, batch_first=True, nonlinearity="relu")
+        self.fc = nn.Linear(4, 2)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.zero_()
+            self.rnn.weight_ih_l0[0, 0] = 1.0
+            self.rnn.weight_ih_l0[2, 0] = 1.0
+            self.rnn.weight_hh_l0[0, 0] = 0.5
+            self.rnn.weight_ih_l0[1, 1] = 1.0
+            self.rnn.weight_ih_l0[3, 1] = 1.0
+            self.fc.weight[0, 0] = self.fc.weight[0, 2] = 1.0
+            self.fc.weight[1, 1] = self.fc.weight[1, 3] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.fc(out[:, -1])
+
+
+def _rnn_data(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    x = 0.1 * torch.rand(n, 5, 2, generator=g)
+    x[: n // 2, :, 0] += 1.0
+    x[n // 2 :, :, 1] += 1.0
+    y = (torch.arange(n) >= n // 2).long()
+    return x, y
+
+
+def test_mlp_circuit_is_exactly_the_planted_units():
+    x, y = _mlp_data()
+    graph = circuit(PlantedMLP(), x, 0, labels=y, faithfulness=0.8, n_samples=30, steps=150)
+    assert isinstance(graph, CausalGraph)
+    assert {name: graph.causes(name) for name in ("h1", "h2")} == PlantedMLP.PLANTED
+    search = graph.results["circuit_search"]
+    assert search["size"] == 8 and search["total_units"] == 14
+    assert search["faithfulness"] == pytest.approx(1.0, abs=1e-6)
+    assert all(graph.unit("h2", i)["drop"] == pytest.approx(0.25, abs=0.02) for i in PlantedMLP.PLANTED["h2"])
+
+
+def test_lower_faithfulness_needs_fewer_planted_paths():
+    x, y = _mlp_data()
+    search = find_circuit(PlantedMLP(), x, 0, labels=y, faithfulness=0.7, n_samples=30, steps=150)
+    chosen = search.units.split(search.mask)
+    assert len(chosen["h1"]) == len(chosen["h2"]) == 3  # three quarters >= 0.7
+    assert set(chosen["h1"]) <= set(PlantedMLP.PLANTED["h1"]) and set(chosen["h2"]) <= set(PlantedMLP.PLANTED["h2"])
+    assert search.faithfulness == pytest.approx(0.75, abs=0.02)
+
+
+def test_cnn_circuit_is_the_planted_channels():
+    x, y = _cnn_data()
+    graph = circuit(PlantedCNN(), x, 0, labels=y, faithfulness=0.8, n_samples=20, steps=100)
+    assert graph.causes("conv") == [1, 3]
+
+
+def test_rnn_circuit_is_the_planted_hidden_units():
+    x, y = _rnn_data()
+    graph = circuit(PlantedRNN(), x, 0, labels=y, faithfulness=0.8, n_samples=20, steps=100)
+    assert graph.causes("rnn") == [0, 2]
+
+
+def test_same_inputs_and_seed_give_the_same_circuit_and_the_model_is_unchanged(tmp_path):
+    model = PlantedMLP()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    training = model.training
+    x, y = _mlp_data()
+    a = circuit(model, x, 0, labels=y, n_samples=30, steps=60, seed=4)
+    b = circuit(model, x, 0, labels=y, n_samples=30, steps=60, seed=4)
+    assert a == b
+    a.to_json(tmp_path / "circuit.json")
+    assert CausalGraph.from_json(tmp_path / "circuit.json") == a
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training == training
+    assert not model._forward_hooks and not model.h1._forward_hooks and not model.h2._forward_hooks
+
+
+def test_faithfulness_formula_matches_a_hand_computation():
+    model = PlantedMLP()
+    x, y = _mlp_data()
+    samples, reference = x[y == 0], x
+    units = HiddenUnits.of(model, x[:1])
+    keep = units.mask({"h1": [1, 3], "h2": [0, 2]})  # two planted paths of four
+    runner = InterventionRunner(model, reference=reference)
+    value = target_logits(runner, samples, 0, [units.keep(keep)]).mean()
+    empty = target_logits(runner, samples, 0, [units.keep(np.zeros(units.total, bool))]).mean()
+    full = model(samples)[:, 0].double().mean().item()
+    # By hand: each path adds (its feature's value - the feature's reference mean).
+    means = reference.double().mean(0)
+    by_hand = (samples.double()[:, :4] - means[:4]).mean(0)
+    expected = float(by_hand[:2].sum() / by_hand.sum())
+    assert float(normalise(value, full, empty)) == pytest.approx(expected, abs=1e-6)
+    assert float(normalise(value, full, empty)) == pytest.approx(0.5, abs=0.01)
+
+
+def test_held_out_check_of_a_circuit_and_p_values_with_many_draws():
+    model = PlantedMLP()
+    x, y = _mlp_data(seed=0)
+    held_x, held_y = _mlp_data(seed=1)
+    graph = circuit(model, x, 0, labels=y, n_samples=30, steps=100)
+    report = circuit_faithfulness(model, graph, held_x, labels=held_y, reference=x, n_random=150)
+    assert report["n_random"] == 150
+    assert report["sufficiency"]["normalized"] == pytest.approx(1.0, abs=0.02)
+    assert report["necessity"]["normalized"] == pytest.approx(1.0, abs=0.02)
+    # 1 in 1,050 random sets of 4 + 4 units is the planted one: p is small but not always < 0.01
+    assert report["sufficiency"]["p_value_vs_random"] < 0.05
+    assert report["necessity"]["p_value_vs_random"] < 0.05
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "fragment"),
+    [({"faithfulness": 1.5}, ConfigError, "faithfulness"),
+     ({"layers": ["nope"]}, UserError, "not a hidden layer"),
+     ({"steps": -1}, ConfigError, "steps")],
+)
+def test_bad_options_are_one_line_errors(options, error, fragment):
+    x, y = _mlp_data()
+    with pytest.raises(error, match=fragment) as info:
+        circuit(PlantedMLP(), x, 0, labels=y, **options)
+    assert "\n" not in str(info.value)
