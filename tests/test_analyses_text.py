@@ -221,20 +221,59 @@ def test_text_step_writes_word_tables_permutation_and_attention_files(sst2_gru, 
                        progress=False, n_repeats=2, options={"integrated_gradients": {"n_steps": 8}})
     printed = capsys.readouterr().out
     assert "causal: skipped (needs a causal graph)" in printed
-    assert printed.strip().splitlines()[-1].startswith("text        sst2: 2 methods on 16 texts")
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith("text        sst2: 2 methods on 16 texts")
+    assert "words that raise each class (leave_one_out): negative <- " in last and "; positive <- " in last
     for method in ("leave_one_out", "attention"):
-        assert (tmp_path / f"words_{method}.csv").read_text().startswith("word,token_id,count,mean")
+        table = (tmp_path / f"words_{method}.csv").read_text().splitlines()
+        assert table[0].startswith("target,word,token_id,count,mean")
+        assert {row.split(",")[0] for row in table[1:]} == {"negative", "positive"}
         assert (tmp_path / f"top_words_{method}.png").stat().st_size > 0
     for name in ("token_scores.npz", "permutation.csv", "permutation_positions.csv", "permutation_positions.png",
                  "attention_agreement.csv", "attention_agreement_summary.csv", "attention_agreement.png"):
         assert (tmp_path / name).is_file(), name
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["methods"] == ["leave_one_out", "attention"]
+    assert summary["methods"] == ["leave_one_out", "attention"] and summary["target"] == "each"
+    assert set(summary["top_words"]["leave_one_out"]) == {"min_count", "negative", "positive"}
+    assert set(summary["top_words"]["leave_one_out"]["positive"]) == {"raise", "lower"}
     assert [row["method"] for row in summary["attention_agreement"]] == ["saliency", "integrated_gradients"]
     with np.load(tmp_path / "token_scores.npz", allow_pickle=False) as stored:
-        assert stored["tokens"].shape == (16, 10) and stored["leave_one_out"].shape == (16, 10)
-        assert np.all(stored["attention"][stored["tokens"] == 0] == 0)
-    assert result["importance"].words["attention"].score.min() >= 0
+        assert stored["tokens"].shape == (16, 10) and stored["leave_one_out__positive"].shape == (16, 10)
+        assert np.all(stored["targets__negative"] == 0) and np.all(stored["targets__positive"] == 1)
+        assert np.all(stored["attention__negative"][stored["tokens"] == 0] == 0)
+    assert set(result["importance"]) == {"negative", "positive"}
+    assert result["importance"]["positive"].words["attention"].score.min() >= 0
+    assert result["importance"]["positive"].target_name == "positive"
+
+
+def test_word_scores_say_which_class_a_word_pushes(tmp_path):
+    """A word that raises class 1's logit is listed as raising class 1 and lowering class 0, whatever is predicted."""
+    class Polarity(torch.nn.Module):
+        """Logits (−s, s) with s = sum of word polarities: 'good' (+1) raises class 1, 'bad' (−1) class 0."""
+
+        pad_index = 0
+
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(4, 1, padding_idx=0)
+            with torch.no_grad():
+                self.embedding.weight.copy_(torch.tensor([[0.0], [1.0], [-1.0], [0.0]]))
+
+        def forward(self, tokens):
+            score = self.embedding(tokens).sum(dim=(1, 2))
+            return torch.stack([-score, score], dim=1)
+
+    vocab = ["<pad>", "good", "bad", "film"]
+    info = DatasetInfo("toy", "tokens", (3,), 2, ("negative", "positive"), "hand-made", vocab=tuple(vocab),
+                       pad_index=0)
+    texts = torch.tensor([[1, 3, 3], [2, 3, 3], [1, 1, 3], [2, 2, 3]] * 3)
+    labels = torch.tensor([1, 0, 1, 0] * 3)
+    dataset = Dataset(info, texts, labels, texts, labels)
+    result = text_step(Polarity(), dataset, tmp_path, methods=["leave_one_out"], n_samples=12, top_k=2, min_count=1,
+                       plots=False, progress=False, n_repeats=1)
+    lists = result["summary"]["top_words"]["leave_one_out"]
+    assert lists["positive"]["raise"][0] == "good" and lists["positive"]["lower"][0] == "bad"
+    assert lists["negative"]["raise"][0] == "bad" and lists["negative"]["lower"][0] == "good"
 
 
 def test_text_step_skips_non_token_data(tmp_path, capsys):

@@ -60,9 +60,62 @@ def test_out_of_range():
 
 
 def test_invalid_choice_lists_valid_options():
-    message = _error({"discovery": {"on": "edge"}})
-    assert "discovery.on: 'edge' is not a valid choice" in message
+    message = _error({"discovery": {"intervene_on": "edge"}})
+    assert "discovery.intervene_on: 'edge' is not a valid choice" in message
     assert "did you mean 'edges'" in message and "edges, nodes" in message
+
+
+def test_invalid_choice_names_the_key_not_the_section():
+    assert _error({"discovery": {"intervention": "medium"}}).startswith("discovery.intervention: 'medium'")
+    assert _error(overrides=["training.train=sometimes"]).startswith("training.train: 'sometimes'")
+
+
+def test_on_is_an_alias_of_intervene_on():
+    assert build_config({"discovery": {"on": "nodes"}}).discovery.intervene_on == "nodes"
+    assert build_config(overrides=["discovery.on=nodes"]).discovery.intervene_on == "nodes"
+    assert "intervene_on: edges" in dump_config(Config())
+
+
+def test_a_config_written_by_a_yaml_11_tool_names_the_fix(tmp_path):
+    """PyYAML's safe_load reads the key ``on`` as True; the error says what happened and what to write."""
+    raw = yaml.safe_load("discovery:\n  on: nodes\n")
+    assert True in raw["discovery"]
+    message = _error(raw)
+    assert "YAML 1.1" in message and "intervene_on" in message
+    path = tmp_path / "tool.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="intervene_on"):
+        load_config(path)
+    # The new key name survives a YAML 1.1 round trip.
+    config = build_config(overrides=["discovery.intervene_on=nodes"])
+    assert build_config(yaml.safe_load(yaml.safe_dump(config.model_dump(mode="json")))) == config
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ({"attribution": {"methods": ["integrated_gradient"]}}, "did you mean 'integrated_gradients'"),
+        ({"attribution": {"options": {"limes": {"n_samples": 5}}}}, "attribution.options: 'limes'"),
+        ({"evaluation": {"metrics": ["IROFF"], "options": {}}}, "evaluation.metrics: 'IROFF' is not a valid metric"),
+        ({"evaluation": {"methods": ["salincy"]}}, "evaluation.methods: 'salincy'"),
+        ({"analyses": {"text": {"methods": ["leave_one_ou"]}}}, "analyses.text.methods"),
+        ({"analyses": {"clustering": {"method": "ig"}}}, "analyses.clustering.method: 'ig'"),
+    ],
+)
+def test_unknown_method_and_metric_names(raw, fragment):
+    assert fragment in _error(raw)
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ({"discovery": {"intervene_on": "nodes", "test": "ztest"}}, "needs intervene_on: edges"),
+        ({"discovery": {"intervention": "soft", "test": "ztest"}}, "intervention: hard"),
+        ({"evaluation": {"metrics": ["IROF"]}}, "settings for 'LocalLipschitzEstimate'"),
+    ],
+)
+def test_incompatible_combinations(raw, fragment):
+    assert fragment in _error(raw)
 
 
 def test_unknown_dataset_and_model_list_the_registry():
@@ -104,6 +157,9 @@ def test_overrides_are_typed_and_validated():
 def test_override_syntax_errors():
     assert "section.key=value" in _error(overrides=["training.epochs"])
     assert "empty key" in _error(overrides=["training..epochs=3"])
+    assert "empty key" in _error(overrides=["=3"])
+    assert "expected a list" in _error(overrides=["attribution.methods=[saliency"])
+    assert "expected a section" in _error(overrides=["discovery=7"])
     assert "is a value, not a section" in _error(overrides=["seed.x=1"])
     assert parse_override("data.options.max_len=20") == (["data", "options", "max_len"], 20)
 
@@ -119,6 +175,12 @@ def test_file_errors(tmp_path):
     scalar.write_text("just a string\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(scalar)
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_config(binary)
 
 
 def test_dump_round_trips():
@@ -140,16 +202,41 @@ def test_paths():
     assert config.checkpoint_path() == Path("out/digits/lenet/model.pt")
 
 
-def test_readme_config_reference_names_every_key():
-    readme = (ROOT / "README.md").read_text()
+def _readme_table_keys() -> set[str]:
+    """The keys the README's config reference documents, one per row (``a``, ``b`` in a row share a prefix)."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("### Config reference"):].split("\n\n", 2)[2].split("\n\n")[0]
+    keys: set[str] = set()
+    for row in table.splitlines()[2:]:
+        cell = row.split("|")[1]
+        names = [name.strip().strip("`") for name in cell.split(",")]
+        prefix = names[0].rsplit(".", 1)[0] + "." if "." in names[0] else ""
+        for name in names:
+            key = name if "." in name or not prefix else prefix + name
+            keys.add(key[: -len(".*")] if key.endswith(".*") else key)
+    return keys
 
-    def keys(model, prefix=""):
-        for name, field in model.model_fields.items():
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                yield from keys(annotation, f"{prefix}{name}.")
-            else:
-                yield prefix, name
 
-    for prefix, name in keys(Config):
-        assert f"`{prefix}{name}" in readme or (f"`{prefix}" in readme and name in readme), f"{prefix}{name}"
+def _schema_keys(model: type[BaseModel] = Config, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys |= _schema_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+def test_readme_config_reference_documents_every_key_and_no_other():
+    documented = _readme_table_keys()
+    sections = {key for key in documented if any(k.startswith(key + ".") for k in _schema_keys())}
+    covered = {key for key in _schema_keys() if key in documented or any(key.startswith(s + ".") for s in sections)}
+    assert covered == _schema_keys(), f"undocumented keys: {sorted(_schema_keys() - covered)}"
+    unknown = documented - _schema_keys() - sections
+    assert not unknown, f"the README documents keys the schema lacks: {sorted(unknown)}"
+
+
+def test_readme_table_parser_sees_a_missing_key():
+    assert "discovery.alpha" in _readme_table_keys() and "training.batch_size" in _readme_table_keys()
+    assert "discovery.no_such_key" not in _readme_table_keys()

@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "src" / "explainnn" / "main.py"
-QUIET = ["progress=false", "discovery.enabled=false", "attribution.enabled=false", "evaluation.enabled=false"]
+QUIET = ["progress=false", "discovery.enabled=false", "attribution.enabled=false", "evaluation.enabled=false",
+         "analyses.views.enabled=false", "analyses.clustering.enabled=false", "report=false"]
 
 
 def _run(args, cwd):
@@ -20,36 +21,119 @@ def _run(args, cwd):
     )
 
 
-@pytest.mark.parametrize(
-    "args, fragment",
-    [
-        (["discovery.targt_class=3"], "did you mean 'target_class'"),
-        (["training.epochs=ten"], "training.epochs: expected an integer"),
-        (["data.name=mnsit"], "did you mean 'mnist'"),
-        (["--config", "nowhere.yaml"], "not found"),
-        (["device=gpu"], "valid: auto, cpu, cuda"),
-    ],
-)
-def test_user_mistakes_exit_2_with_one_line(tmp_path, args, fragment):
-    result = _run(args, tmp_path)
+def test_the_script_reports_a_mistake_in_one_line_with_exit_2(tmp_path):
+    """The real command line (a subprocess); the other mistakes below run ``main`` in-process, which is faster."""
+    result = _run(["discovery.targt_class=3", f"output_dir={tmp_path / 'out'}"], tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("explainnn: error: ")
-    assert fragment in lines[0]
-    assert "Traceback" not in result.stderr
+    assert lines[0].startswith("explainnn: error: ") and "did you mean 'target_class'" in lines[0]
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
-def test_target_class_out_of_range_for_the_dataset(tmp_path):
-    result = _run([*QUIET, "data.name=digits", "discovery.target_class=12", "training.epochs=1"], tmp_path)
-    assert result.returncode == 2
-    assert "classes 0-9" in result.stderr and "Traceback" not in result.stderr
+def _main_fails_cleanly(args, tmp_path, monkeypatch, capsys) -> str:
+    """Run ``main`` in-process: exit code 2, one line on stderr, and nothing in the output folder."""
+    from explainnn.main import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    code = main([*args, f"output_dir={out}"])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.out + captured.err
+    assert len(lines) == 1 and lines[0].startswith("explainnn: error: "), captured.err
+    assert not out.exists(), sorted(out.rglob("*"))
+    return lines[0]
 
 
-def test_never_train_without_checkpoint_is_a_user_error(tmp_path):
-    result = _run([*QUIET, "data.name=digits", "training.train=never", f"output_dir={tmp_path}"], tmp_path)
-    assert result.returncode == 2
-    assert "never" in result.stderr and "Traceback" not in result.stderr
+def _write(path: Path, content: bytes | str) -> str:
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "config_file, fragment",
+    [
+        (None, "not found"),
+        ("folder", "is a folder"),
+        (b"\x89PNG\r\n\x1a\n\x00\xff\xfe" * 20, "not a text file"),
+        ("data:\n  name: [unclosed\n", "at line"),
+        ("- a list\n", "top level must be a mapping"),
+        ("discovery:\n  true: nodes\n", "YAML 1.1"),
+    ],
+    ids=["missing", "folder", "binary", "invalid-yaml", "not-a-mapping", "yaml-1.1-on"],
+)
+def test_bad_config_files(tmp_path, monkeypatch, capsys, config_file, fragment):
+    if config_file is None:
+        path = str(tmp_path / "nowhere.yaml")
+    elif config_file == "folder":
+        (tmp_path / "configs").mkdir()
+        path = str(tmp_path / "configs")
+    else:
+        path = _write(tmp_path / "config.yaml", config_file)
+    assert fragment in _main_fails_cleanly(["--config", path], tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["discovery.targt_class=3"], "did you mean 'target_class'"),                     # unknown key
+        (["trainig.epochs=3"], "did you mean 'training'"),
+        (["training.epochs=ten"], "expected an integer"),                                 # wrong type
+        (["training.lr=-1"], "training.lr: must be > 0"),                                  # out of range
+        (["discovery.alpha=2"], "discovery.alpha: must be < 1"),
+        (["data.name=mnsit"], "did you mean 'mnist'"),                                     # unknown names
+        (["model.name=transformer"], "model.name"),
+        (["attribution.methods=[saliency, integrated_gradient]"], "did you mean 'integrated_gradients'"),
+        (["evaluation.metrics=[IROFF]", "evaluation.options={}"], "not a valid metric"),
+        (["discovery.intervention=medium"], "discovery.intervention: 'medium'"),
+        (["discovery.intervene_on=nodes", "discovery.test=ztest"], "needs intervene_on: edges"),  # combinations
+        (["discovery.on=nodes", "discovery.test=ztest"], "needs intervene_on: edges"),
+        (["training.epochs"], "section.key=value"),                                       # malformed overrides
+        (["=3"], "empty key"),
+        (["seed.x=1"], "is a value, not a section"),
+        (["attribution.methods=[saliency"], "expected a list"),
+        (["device=gpu"], "valid: auto, cpu, cuda"),
+    ],
+)
+def test_config_mistakes_stop_before_any_work(tmp_path, monkeypatch, capsys, args, fragment):
+    assert fragment in _main_fails_cleanly(args, tmp_path, monkeypatch, capsys)
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path, monkeypatch, capsys):
+    digits = [*QUIET, "data.name=digits", "training.epochs=1"]
+    message = _main_fails_cleanly([*digits, "training.train=never"], tmp_path, monkeypatch, capsys)
+    assert "not found" in message and "never" in message
+    corrupt = _write(tmp_path / "broken.pt", b"not a checkpoint at all" * 10)
+    message = _main_fails_cleanly([*digits, f"model.checkpoint={corrupt}"], tmp_path, monkeypatch, capsys)
+    assert "broken.pt" in message
+    truncated = _write(tmp_path / "truncated.pt", b"PK\x03\x04" + b"\x00" * 40)
+    message = _main_fails_cleanly([*digits, f"model.checkpoint={truncated}"], tmp_path, monkeypatch, capsys)
+    assert "truncated.pt" in message
+
+
+def test_missing_data_files_and_failed_downloads(tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    message = _main_fails_cleanly([*QUIET, "data.name=fashion_mnist", f"data.root={empty}"], tmp_path, monkeypatch,
+                                  capsys)
+    assert "fashion_mnist" in message
+
+    def offline(*args, **kwargs):
+        import urllib.error
+
+        raise urllib.error.URLError("no network in this test")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    message = _main_fails_cleanly([*QUIET, "data.name=fashion_mnist", f"data.root={empty}", "data.download=true"],
+                                  tmp_path, monkeypatch, capsys)
+    assert "fashion_mnist" in message or "download" in message
+
+
+def test_target_class_out_of_range_for_the_dataset(tmp_path, monkeypatch, capsys):
+    message = _main_fails_cleanly([*QUIET, "data.name=digits", "discovery.target_class=12"], tmp_path, monkeypatch,
+                                  capsys)
+    assert "classes 0-9" in message
 
 
 @pytest.mark.slow
@@ -70,15 +154,27 @@ def test_end_to_end_train_then_load(tmp_path):
     assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
 
 
+SMALL_RUN = ["progress=false", "data.name=digits", "training.epochs=10", "training.lr=0.003", "device=cpu",
+             "discovery.n_samples=20", "discovery.stability.betas=[0.0, 0.5]", "discovery.stability.repeats=2",
+             "attribution.methods=[causal, saliency, integrated_gradients]", "attribution.n_samples=3",
+             "evaluation.metrics=[Sparseness, RandomLogit]", "evaluation.options={}", "evaluation.n_samples=4",
+             "analyses.views.enabled=false", "analyses.clustering.enabled=false", "report=false"]
+SAME_FILES = ["discovery/class_3/graph.json", "discovery/class_3/tests.csv", "discovery/class_3/edges.csv",
+              "discovery/class_3/units.csv", "discovery/class_3/stability.csv", "attributions/class_3/attributions.npz",
+              "evaluation/scores.csv", "evaluation/summary.csv"]
+
+
 @pytest.mark.slow
-def test_discovery_step_writes_graph_checks_and_pictures(tmp_path):
-    args = ["progress=false", "attribution.enabled=false", "evaluation.enabled=false", "data.name=digits",
-            "training.epochs=10", "training.lr=0.003", "device=cpu", f"output_dir={tmp_path / 'out'}",
-            "discovery.n_samples=20",
-            "discovery.stability.betas=[0.0, 0.5]", "discovery.stability.repeats=2"]
-    result = _run(args, tmp_path)
+def test_a_run_writes_graph_checks_and_pictures_and_python_gives_the_same_files(tmp_path):
+    """The command line and ``explainnn.pipeline.run`` from Python: same config and seed, byte-identical results."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count as this process (conftest: one_thread)
+    result = subprocess.run([sys.executable, str(MAIN), *SMALL_RUN, f"output_dir={tmp_path / 'out'}"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr
-    folder = tmp_path / "out" / "digits" / "lenet" / "discovery" / "class_3"
+    run_dir = tmp_path / "out" / "digits" / "lenet"
+    folder = run_dir / "discovery" / "class_3"
     for name in ("graph.json", "graph.graphml", "edges.csv", "units.csv", "tests.csv", "graph.png",
                  "circuit.png", "stability.csv", "appearance.csv", "stability.png"):
         assert (folder / name).stat().st_size > 0, name
@@ -87,4 +183,13 @@ def test_discovery_step_writes_graph_checks_and_pictures(tmp_path):
     graph = CausalGraph.from_json(folder / "graph.json")
     assert graph.metadata["target"] == 3 and graph.metadata["dataset"] == "digits"
     assert {"circuit", "stability", "tests"} <= set(graph.results)
-    assert "discovery   class 3:" in result.stdout
+    assert "discovery   class 3:" in result.stdout and "circuit     class 3: sufficiency" in result.stdout
+
+    from explainnn.config import build_config
+    from explainnn.pipeline import run
+
+    context = run(build_config(overrides=SMALL_RUN), run_dir=tmp_path / "python")
+    assert sorted(context.graphs) == [3] and set(context.attributions[3]) == {"causal", "saliency",
+                                                                             "integrated_gradients"}
+    for name in SAME_FILES:
+        assert (tmp_path / "python" / name).read_bytes() == (run_dir / name).read_bytes(), name

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from explainnn.errors import ConfigError
 
@@ -112,7 +112,9 @@ class DiscoveryConfig(_Section):
     enabled: bool = True
     target_class: Union[int, Literal["all"]] = 3
     layers: list[str] | None = None
-    on: Literal["edges", "nodes"] = "edges"
+    # ``on`` is still read (an alias for one release) but YAML 1.1 tools read an ``on:`` key as true.
+    intervene_on: Literal["edges", "nodes"] = Field(default="edges",
+                                                    validation_alias=AliasChoices("intervene_on", "on"))
     intervention: Literal["hard", "soft"] = "hard"
     beta: float = Field(default=0.0, ge=0.0, le=1.0)
     delta: float = Field(default=0.1, ge=0.0, le=1.0)
@@ -122,6 +124,21 @@ class DiscoveryConfig(_Section):
     min_effect: float = Field(default=0.0, ge=0.0)
     check_circuit: bool = True
     stability: StabilityConfig = Field(default_factory=StabilityConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_11_on(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("true" in data or True in data):
+            raise ValueError("has a key 'true': a YAML 1.1 tool (such as PyYAML's safe_load) read the key 'on' "
+                             "as true; write intervene_on: edges|nodes instead")
+        return data
+
+    @model_validator(mode="after")
+    def _ztest_cuts_edges(self) -> DiscoveryConfig:
+        if self.test == "ztest" and (self.intervene_on != "edges" or self.intervention != "hard"):
+            raise ValueError("test 'ztest' reproduces the research code, which cuts edges; it needs intervene_on: "
+                             f"edges and intervention: hard (got {self.intervene_on}, {self.intervention})")
+        return self
 
     @field_validator("target_class", mode="before")
     @classmethod
@@ -134,7 +151,9 @@ class DiscoveryConfig(_Section):
 
     def discover_options(self) -> dict[str, Any]:
         """The keywords of :func:`explainnn.causal.discover` this section sets: every key but the step's own."""
-        return self.model_dump(exclude={"enabled", "target_class", "check_circuit", "stability"})
+        options = self.model_dump(exclude={"enabled", "target_class", "check_circuit", "stability"})
+        options["on"] = options.pop("intervene_on")
+        return options
 
 
 class AttributionConfig(_Section):
@@ -157,6 +176,17 @@ class AttributionConfig(_Section):
         default_factory=lambda: {"lime": {"n_samples": 200}, "kernel_shap": {"n_samples": 200}}
     )
 
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        return _known_methods(value)
+
+    @field_validator("options")
+    @classmethod
+    def _options_of_methods(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        _known_methods(list(value))
+        return value
+
 
 class EvaluationConfig(_Section):
     """Quantus metrics comparing every attribution method on the same samples."""
@@ -178,6 +208,24 @@ class EvaluationConfig(_Section):
     options: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"LocalLipschitzEstimate": {"nr_samples": 5}, "FaithfulnessCorrelation": {"nr_runs": 50}}
     )
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: list[str]) -> list[str]:
+        return _known_metrics(value)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _known_methods(value)
+
+    @model_validator(mode="after")
+    def _options_of_evaluated_metrics(self) -> EvaluationConfig:
+        for name in self.options:
+            if name not in self.metrics:
+                raise ValueError(f"options has settings for '{name}', which is not among the evaluated metrics "
+                                 f"({', '.join(self.metrics)}); add it to evaluation.metrics or remove its settings")
+        return self
 
 
 class ViewsConfig(_Section):
@@ -202,6 +250,11 @@ class TextAnalysisConfig(_Section):
     n_samples: int = Field(default=200, ge=1, le=100_000)
     top_k: int = Field(default=15, ge=1, le=1000)
 
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        return _known_methods(value)
+
 
 class ClusteringConfig(_Section):
     """Clustering of explanation vectors, and its agreement across training seeds."""
@@ -211,6 +264,12 @@ class ClusteringConfig(_Section):
     n_samples: int = Field(default=300, ge=10, le=100_000)
     max_clusters: int = Field(default=8, ge=2, le=100)
     seeds: list[int] = Field(default_factory=list)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        _known_methods([value])
+        return value
 
 
 class AnalysesConfig(_Section):
@@ -267,9 +326,26 @@ class Config(_Section):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _check_choice(value: str, choices: list[str]) -> str:
+def _known_methods(names: list[str]) -> list[str]:
+    """Every name a registered attribution method (imported here, so a typo stops the run before training)."""
+    from explainnn.attributions import available_methods
+
+    for name in names:
+        _check_choice(name, available_methods(), what="attribution method")
+    return names
+
+
+def _known_metrics(names: list[str]) -> list[str]:
+    from explainnn.evaluation.metrics import available_metrics
+
+    for name in names:
+        _check_choice(name, available_metrics(), what="metric")
+    return names
+
+
+def _check_choice(value: str, choices: list[str], what: str = "choice") -> str:
     if value not in choices:
-        raise ValueError(f"{value!r} is not a valid choice{_suggest(value, choices)}; valid: {', '.join(choices)}")
+        raise ValueError(f"{value!r} is not a valid {what}{_suggest(value, choices)}; valid: {', '.join(choices)}")
     return value
 
 
@@ -307,13 +383,19 @@ _TYPE_WORDS = {
 }
 
 
+def _union_tag(part: Any) -> bool:
+    """A location part naming a branch of a union type (``int``, ``literal['all']``), not a key."""
+    text = str(part)
+    return text in ("int", "str", "float", "bool") or text.startswith(("literal[", "function-"))
+
+
 def format_error(error: dict, schema: type[BaseModel] | None = None) -> str:
     """Turn one pydantic error into the one-line message the user sees.
 
     ``schema`` is the model that was validated (default :class:`Config`); it names
     the valid keys of the section holding an unknown key.
     """
-    loc = tuple(p for p in error["loc"] if not str(p).startswith(("literal[", "int", "function-")))
+    loc = tuple(p for p in error["loc"] if not _union_tag(p))
     key = ".".join(str(p) for p in loc) or "<top level>"
     kind = error["type"]
     value = error.get("input")
@@ -410,10 +492,17 @@ def read_yaml(path: str | Path, *, what: str = "config", option: str = "--config
               sections: str = "device, seed, data, ...") -> dict:
     """The mapping in a YAML file (YAML 1.2 booleans); a missing file or bad YAML is one-line :class:`ConfigError`."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a folder; pass {option} PATH to a YAML file")
     if not path.is_file():
         raise ConfigError(f"{what} file {str(path)!r} not found; pass {option} PATH to a YAML file")
     try:
         raw = _yaml_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a {what} is a YAML text file") \
+            from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

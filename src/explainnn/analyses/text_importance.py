@@ -11,11 +11,15 @@ the words of each text are shuffled, and how much each position matters.
 model's attention weights rank the inputs as gradient explanations do (Kendall tau,
 Spearman) and put their mass in the same places (Jensen-Shannon divergence)?
 :func:`text_step` runs all three and writes CSV, PNG and JSON.
+
+Word scores say what a word pushes *for one class*: by default :func:`text_step`
+explains every text towards each class in turn, so "bad" is reported as raising
+the "negative" logit and lowering the "positive" one, never as "most positive"
+because it raised whichever class a text happened to be predicted as.
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +38,14 @@ from explainnn.attributions import attribute, method_info, modality_of
 from explainnn.data import Dataset
 from explainnn.data.text import PAD, UNK
 from explainnn.errors import UserError
-from explainnn.files import atomic_path, write_json
+from explainnn.files import atomic_path, write_csv, write_json
+from explainnn.files import save_figure as _save_figure_file
+from explainnn.torch_utils import eval_mode, model_device
 
 SIGNS = ("positive", "negative")
+EACH_CLASS = "each"
+"""``text_step(target=EACH_CLASS)``: explain every text towards each class in turn (the default)."""
+WORD_FIELDS = ["word", "token_id", "count", "mean", "std", "consistency", "score"]
 GRADIENT_METHODS = ("saliency", "integrated_gradients")
 """The explanations attention is compared with (as in the attention-reproducibility paper)."""
 BATCH = 64
@@ -126,13 +135,18 @@ def word_statistics(tokens: np.ndarray | torch.Tensor, scores: np.ndarray | torc
 
 @dataclass(frozen=True)
 class TokenImportance:
-    """Token scores of several methods on the same texts, and their word statistics."""
+    """Token scores of several methods on the same texts, and their word statistics.
+
+    ``target_name`` says whose logit the scores push: a class name, or "the
+    predicted class" when each text was explained for its own prediction.
+    """
 
     tokens: np.ndarray
     targets: np.ndarray
     vocab: tuple[str, ...]
     attributions: dict[str, np.ndarray]
     words: dict[str, WordStatistics]
+    target_name: str = "the predicted class"
 
     def top_words(self, method: str, k: int = 15, *, sign: str = "positive",
                   min_count: int = 1) -> list[tuple[str, float, int]]:
@@ -150,9 +164,7 @@ class TokenImportance:
         """``words_<method>.csv`` per method (highest score first)."""
         paths = []
         for method, stats in self.words.items():
-            path = Path(folder) / f"words_{method}.csv"
-            write_csv(path, stats.rows(), ["word", "token_id", "count", "mean", "std", "consistency", "score"])
-            paths.append(path)
+            paths.append(write_csv(Path(folder) / f"words_{method}.csv", stats.rows(), WORD_FIELDS))
         return paths
 
     def to_npz(self, path: str | Path) -> Path:
@@ -174,6 +186,7 @@ def token_importance(
     seed: int = 0,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = False,
+    target_name: str | None = None,
 ) -> TokenImportance:
     """Run ``methods`` on texts and aggregate their token scores into word statistics.
 
@@ -183,7 +196,8 @@ def token_importance(
     what drove the decision), one class for all texts (for sentiment, the positive
     class gives polarity: positive words score high, negative words low) or one
     class per text. ``options`` maps a method to its attribution options. Pads and
-    ``<unk>`` are left out of the word statistics.
+    ``<unk>`` are left out of the word statistics. ``target_name`` labels the
+    target in tables and pictures (default: "the predicted class" or "class k").
     """
     tokens, vocab = _texts(model, data, vocab)
     if n_samples is not None:
@@ -198,35 +212,44 @@ def token_importance(
     ids = tokens.numpy()
     words = {method: word_statistics(ids, values, vocab, method=method, exclude=exclude)
              for method, values in scores.items()}
-    return TokenImportance(ids, targets.numpy(), tuple(vocab), scores, words)
+    if target_name is None:
+        target_name = target if isinstance(target, str) and target != "predicted" else (
+            f"class {int(target)}" if isinstance(target, (int, np.integer)) else "the predicted class")
+    return TokenImportance(ids, targets.numpy(), tuple(vocab), scores, words, str(target_name))
 
 
-def plot_top_words(importance: TokenImportance, method: str, *, top_k: int = 15, min_count: int = 1,
-                   path: str | Path | None = None, dpi: int = 120) -> Figure:
-    """Bars of the ``top_k`` most positive (left) and most negative (right) words of ``method``.
+def plot_top_words(importance: TokenImportance | Mapping[str, TokenImportance], method: str, *, top_k: int = 15,
+                   min_count: int = 1, path: str | Path | None = None, dpi: int = 120) -> Figure:
+    """Bars of the ``top_k`` words of ``method`` that raise (left) and lower (right) each target's logit.
 
-    Labels show each word's occurrence count; a panel says so when no word has
-    scores of its sign (attention weights are never negative).
+    ``importance`` is one :class:`TokenImportance` or several (one per class, as
+    :func:`text_step` computes them): one row of panels each, titled with the
+    class a word pushes. Labels show each word's occurrence count; a panel says
+    so when no word has scores of its sign (attention weights are never negative).
     """
-    figure = Figure(figsize=(10, max(2.5, 0.28 * top_k + 1.2)), layout="constrained")
-    axes = figure.subplots(1, 2)
-    for axis, sign, colour in zip(axes, SIGNS, ("#b2182b", "#2166ac")):
-        top = importance.top_words(method, top_k, sign=sign, min_count=min_count)
-        axis.set_title(f"most {sign}")
-        if not top:
-            axis.text(0.5, 0.5, f"no word with a {sign} score", ha="center", va="center",
-                      transform=axis.transAxes)
-            axis.set_axis_off()
-            continue
-        labels = [f"{word} ({count})" for word, _, count in top]
-        axis.barh(range(len(top)), [score for _, score, _ in top], color=colour)
-        axis.set_yticks(range(len(top)), labels)
-        axis.invert_yaxis()
-        axis.axvline(0, color="black", linewidth=0.6)
-        axis.set_xlabel("score (mean x |sign consistency|)")
-    n = len(importance.tokens)
-    figure.suptitle(f"{method}: words over {n} texts (count in brackets, seen >= {min_count}x)")
+    rows = list(importance.values()) if isinstance(importance, Mapping) else [importance]
+    figure = Figure(figsize=(10, len(rows) * max(2.5, 0.28 * top_k + 1.2)), layout="constrained")
+    axes = np.atleast_2d(figure.subplots(len(rows), 2))
+    for row, panels in zip(rows, axes):
+        for axis, sign, colour in zip(panels, SIGNS, ("#b2182b", "#2166ac")):
+            direction = "raise" if sign == "positive" else "lower"
+            axis.set_title(f"words that {direction} the '{row.target_name}' logit")
+            _word_bars(axis, row.top_words(method, top_k, sign=sign, min_count=min_count), sign, colour)
+    n = len(rows[0].tokens)
+    figure.suptitle(f"{method}: what words push, over {n} texts (count in brackets, seen >= {min_count}x)")
     return save_figure(figure, path, dpi)
+
+
+def _word_bars(axis: Any, top: list[tuple[str, float, int]], sign: str, colour: str) -> None:
+    if not top:
+        axis.text(0.5, 0.5, f"no word with a {sign} score", ha="center", va="center", transform=axis.transAxes)
+        axis.set_axis_off()
+        return
+    axis.barh(range(len(top)), [score for _, score, _ in top], color=colour)
+    axis.set_yticks(range(len(top)), [f"{word} ({count})" for word, _, count in top])
+    axis.invert_yaxis()
+    axis.axvline(0, color="black", linewidth=0.6)
+    axis.set_xlabel("score (mean x |sign consistency|)")
 
 
 # Word order ---------------------------------------------------------------------------
@@ -518,60 +541,52 @@ def text_step(
     plots: bool = True,
     dpi: int = 120,
     progress: bool = True,
-    target: str | int = "predicted",
+    target: str | int = EACH_CLASS,
     n_repeats: int = 5,
     min_count: int = 2,
     options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Word statistics, word-order importance and (for attention models) attention vs gradients.
+    """Word statistics per class, word-order importance and (for attention models) attention vs gradients.
 
     On a seeded random subset of ``n_samples`` test texts writes to ``out_dir``:
-    ``words_<method>.csv``, ``token_scores.npz``, ``permutation.csv``,
-    ``permutation_positions.csv``, ``summary.json``, and with ``plots``
-    ``top_words_<method>.png`` (words seen at least ``min_count`` times; fewer
-    when too few are) and ``permutation_positions.png``; for a model with
-    ``pooling="attention"`` also ``attention_agreement.csv``,
-    ``attention_agreement_summary.csv`` and ``attention_agreement.png``. A method
+    ``words_<method>.csv`` (one block of rows per target class),
+    ``token_scores.npz``, ``permutation.csv``, ``permutation_positions.csv``,
+    ``summary.json``, and with ``plots`` ``top_words_<method>.png`` (per class,
+    the words that raise and lower its logit; words seen at least ``min_count``
+    times, fewer when too few are) and ``permutation_positions.png``; for a
+    model with ``pooling="attention"`` also ``attention_agreement.csv``,
+    ``attention_agreement_summary.csv`` and ``attention_agreement.png``.
+    ``target``: ``"each"`` explains every text towards each class in turn,
+    ``"predicted"`` each text's predicted class, an int one class. A method
     that cannot run on this model is skipped with the reason printed; non-token
-    datasets are skipped. Returns ``{"importance", "permutation", "attention",
-    "summary"}`` (empty when skipped).
+    datasets are skipped. Returns ``{"importance": {class name:
+    TokenImportance}, "permutation", "attention", "summary"}`` (empty when skipped).
     """
     if dataset.info.modality != "tokens":
         print(f"text        skipped ({dataset.info.name} holds {dataset.info.modality}, not token ids)")
         return {}
+    _check_positive("min_count", min_count)
     out_dir = Path(out_dir)
     index = sample_indices(len(dataset.x_test), n_samples, seed)
     tokens, labels = dataset.x_test[index], dataset.y_test[index]
-    vocab = list(dataset.info.vocab or ())
-    attention_model = getattr(model, "pooling", None) == "attention"
-    runnable = []
-    for method in _method_list(methods):
-        if method == "attention" and not attention_model:
-            print(f"text        {method}: skipped (the model pools with '{getattr(model, 'pooling', None)}', "
-                  "not attention)")
-            continue
-        reason = _unrunnable(method)
-        if reason:
-            print(f"text        {method}: skipped ({reason})")
-            continue
-        runnable.append(method)
-    importance = token_importance(model, tokens, vocab, methods=runnable, target=target, seed=seed,
-                                  options=options, progress=progress)
-    importance.to_csv(out_dir)
-    importance.to_npz(out_dir / "token_scores.npz")
+    runnable = _runnable(model, methods)
+    importances = {
+        name: token_importance(model, tokens, list(dataset.info.vocab or ()), methods=runnable, target=each,
+                               seed=seed, options=options, progress=progress, target_name=name)
+        for name, each in _targets_of(dataset, target).items()
+    }
+    _write_scores(importances, runnable, out_dir)
     permutation = permutation_importance(model, tokens, labels, n_repeats=n_repeats, seed=seed)
     permutation.to_csv(out_dir)
     agreement = None
-    if attention_model:
-        agreement = attention_vs_gradients(model, tokens, target=importance.targets, seed=seed, options=options,
-                                           attributions=importance.attributions)
+    if getattr(model, "pooling", None) == "attention":
+        agreement = attention_vs_gradients(model, tokens, target="predicted", seed=seed, options=options)
         agreement.to_csv(out_dir)
-    _check_positive("min_count", min_count)
-    shown = {method: min_count if np.sum(importance.statistics(method).count >= min_count) >= top_k else 1
-             for method in runnable}
+    counts = next(iter(importances.values())).words
+    shown = {method: min_count if np.sum(counts[method].count >= min_count) >= top_k else 1 for method in runnable}
     if plots:
         for method in runnable:
-            plot_top_words(importance, method, top_k=top_k, min_count=shown[method],
+            plot_top_words(importances, method, top_k=top_k, min_count=shown[method],
                            path=out_dir / f"top_words_{method}.png", dpi=dpi)
         plot_permutation(permutation, path=out_dir / "permutation_positions.png", dpi=dpi)
         if agreement is not None:
@@ -581,16 +596,66 @@ def text_step(
         "n_texts": len(tokens),
         "target": target if isinstance(target, str) else int(target),
         "methods": runnable,
-        "top_words": {method: {"min_count": shown[method],
-                               **{sign: [word for word, _, _ in importance.top_words(
-                                   method, top_k, sign=sign, min_count=shown[method])] for sign in SIGNS}}
-                      for method in runnable},
+        "top_words": {method: _top_word_lists(importances, method, top_k, shown[method]) for method in runnable},
         "permutation": permutation.summary(),
         "attention_agreement": agreement.summary() if agreement is not None else None,
     }
     write_json(out_dir / "summary.json", summary)
     print(_describe(summary))
-    return {"importance": importance, "permutation": permutation, "attention": agreement, "summary": summary}
+    return {"importance": importances, "permutation": permutation, "attention": agreement, "summary": summary}
+
+
+def _targets_of(dataset: Dataset, target: str | int) -> dict[str, str | int]:
+    """``{name: target}`` of the explanations to compute: every class, the predicted one, or one class."""
+    names = dataset.info.class_names
+    if target == EACH_CLASS:
+        return {str(name): k for k, name in enumerate(names)}
+    if target == "predicted":
+        return {"the predicted class": "predicted"}
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool) and 0 <= target < len(names):
+        return {str(names[int(target)]): int(target)}
+    raise UserError(f"target must be '{EACH_CLASS}', 'predicted' or a class index 0-{len(names) - 1}; got {target!r}")
+
+
+def _runnable(model: nn.Module, methods: Sequence[str]) -> list[str]:
+    """The methods that can explain this token model; the others are skipped, saying why."""
+    runnable = []
+    for method in _method_list(methods):
+        if method == "attention" and getattr(model, "pooling", None) != "attention":
+            reason = f"the model pools with '{getattr(model, 'pooling', None)}', not attention"
+        else:
+            reason = _unrunnable(method)
+        if reason:
+            print(f"text        {method}: skipped ({reason})")
+        else:
+            runnable.append(method)
+    return runnable
+
+
+def _write_scores(importances: Mapping[str, TokenImportance], methods: Sequence[str], out_dir: Path) -> None:
+    """``words_<method>.csv`` (a ``target`` column first) and ``token_scores.npz`` (``<method>`` for one
+    target, ``<method>__<target>`` for several, plus ``targets__<target>``)."""
+    for method in methods:
+        rows = [{"target": name, **row} for name, result in importances.items()
+                for row in result.statistics(method).rows()]
+        write_csv(out_dir / f"words_{method}.csv", rows, ["target", *WORD_FIELDS])
+    first = next(iter(importances.values()))
+    several = len(importances) > 1
+    arrays = {f"{method}__{name}" if several else method: values
+              for name, result in importances.items() for method, values in result.attributions.items()}
+    arrays.update({f"targets__{name}" if several else "targets": result.targets
+                   for name, result in importances.items()})
+    with atomic_path(out_dir / "token_scores.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, tokens=first.tokens, vocab=np.asarray(first.vocab, dtype=str), **arrays)
+
+
+def _top_word_lists(importances: Mapping[str, TokenImportance], method: str, k: int, min_count: int) -> dict:
+    """``{"min_count", target: {"raise": [...], "lower": [...]}}`` for the summary."""
+    lists: dict[str, Any] = {"min_count": min_count}
+    for name, result in importances.items():
+        lists[name] = {direction: [word for word, _, _ in result.top_words(method, k, sign=sign, min_count=min_count)]
+                       for direction, sign in (("raise", "positive"), ("lower", "negative"))}
+    return lists
 
 
 def _unrunnable(method: str) -> str:
@@ -610,8 +675,9 @@ def _describe(summary: dict[str, Any]) -> str:
             f"shuffling word order: accuracy {perm['accuracy']:.3f} -> {perm['permuted_accuracy']:.3f}")
     if summary["methods"]:
         first = summary["methods"][0]
-        top = summary["top_words"][first]["positive"][:3]
-        line += f"; top words ({first}): {', '.join(top) or '-'}"
+        pushes = [f"{name} <- {', '.join(lists['raise'][:3]) or '-'}"
+                  for name, lists in summary["top_words"][first].items() if name != "min_count"]
+        line += f"; words that raise each class ({first}): {'; '.join(pushes)}"
     for row in summary["attention_agreement"] or []:
         line += f"; attention vs {row['method']}: tau {row['kendall_tau_mean']:.2f}, JS {row['js_divergence_mean']:.2f}"
     return line
@@ -668,21 +734,12 @@ def _texts(model: nn.Module, data: Any, vocab: Sequence[str] | None) -> tuple[to
     return tokens.to(torch.int64), vocab
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
 def _logits(model: nn.Module, inputs: np.ndarray | torch.Tensor, batch_size: int) -> np.ndarray:
     """Logits as float64 numpy, in eval mode and batches; the model's mode is restored."""
     batch = torch.as_tensor(inputs)
-    device, training = _device(model), model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            parts = [model(batch[i : i + batch_size].to(device)).double().cpu()
-                     for i in range(0, len(batch), batch_size)]
-    finally:
-        model.train(training)
+    device = model_device(model)
+    with eval_mode(model), torch.no_grad():
+        parts = [model(batch[i : i + batch_size].to(device)).double().cpu() for i in range(0, len(batch), batch_size)]
     return torch.cat(parts).numpy()
 
 
@@ -725,18 +782,9 @@ def _per_step(values: np.ndarray, modality: str, *, magnitude: bool) -> np.ndarr
     return values.sum(axis=(1, 3)) if magnitude else values[:, 0, :, 0]
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
-    """Rows as CSV with a header, written atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def save_figure(figure: Figure, path: str | Path | None, dpi: int) -> Figure:
-    """Attach the Agg canvas (no pyplot) and write a PNG atomically when given a path."""
+    """Attach the Agg canvas (no pyplot), write a PNG atomically when given a path, and return the figure."""
     FigureCanvasAgg(figure)
     if path is not None:
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=dpi)
+        _save_figure_file(figure, path, dpi=dpi)
     return figure
