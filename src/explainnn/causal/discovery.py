@@ -39,7 +39,7 @@ from explainnn.interventions import (
     soft_edge,
     soft_node,
 )
-from explainnn.interventions.edits import connected_units
+from explainnn.interventions.edits import connections
 from explainnn.interventions.layers import ParentLink, unsupported_layers
 from explainnn.interventions.spec import SOFT_RULES
 
@@ -263,6 +263,7 @@ def discover(
     clean_all = runner.run(samples, [], target) if extra else None
     causes: dict[str, list[int]] = {output.name: [target]}
     tests: dict[str, list[dict]] = {}
+    wiring: dict = {}
     steps = _parent_steps(walk, include_input)
 
     bar = _progress(len(steps), progress, f"discovery class {target}")
@@ -291,7 +292,7 @@ def discover(
             stats = _edge_stats(record)
             cause = graph.add_unit(parent, candidate.unit, kind=kind, depth=depth, **stats)
             kept_units.add(candidate.unit)
-            for child, link, effects in candidate.targets(kids, causes):
+            for child, link, effects in candidate.targets(kids, causes, wiring):
                 for j in effects:
                     graph.add_edge(cause, node_id(child.name, j), **stats, via=link.via)
         if parent != INPUT:
@@ -406,11 +407,12 @@ class _Candidate:
     link: ParentLink | None = None
     effects: tuple[int, ...] = ()
 
-    def targets(self, kids, causes) -> list[tuple[LayerInfo, ParentLink, list[int]]]:
-        """The causal units this candidate's kept intervention connects to."""
+    def targets(self, kids, causes, wiring: dict) -> list[tuple[LayerInfo, ParentLink, list[int]]]:
+        """The causal units this candidate's kept intervention connects to (``wiring`` caches the weights' pattern)."""
         if self.child is not None:
-            return [(self.child, self.link, _drawn(self.child, self.link, self.unit, self.effects))]
-        return [(child, link, _drawn(child, link, self.unit, _reached(child, link, self.unit, causes[child.name])))
+            return [(self.child, self.link, _drawn(self.child, self.link, self.unit, self.effects, wiring))]
+        return [(child, link, _drawn(child, link, self.unit, _reached(child, link, self.unit, causes[child.name]),
+                                     wiring))
                 for child, link in kids]
 
 
@@ -427,9 +429,12 @@ def _reached(child: LayerInfo, link: ParentLink, unit: int, effects: Sequence[in
     return [j for j in effects if j // per_out in own]
 
 
-def _drawn(child: LayerInfo, link: ParentLink, unit: int, effects: Sequence[int]) -> list[int]:
+def _drawn(child: LayerInfo, link: ParentLink, unit: int, effects: Sequence[int], wiring: dict) -> list[int]:
     """The edges a kept candidate gets: to the effects it has a non-zero weight into (all, in a trained dense layer)."""
-    connected = set(connected_units(child, link.unit_map[unit]))
+    key = (child.name, link.name)
+    if key not in wiring:
+        wiring[key] = [set(torch.nonzero(row).flatten().tolist()) for row in connections(child, link)]
+    connected = wiring[key][unit]
     return [j for j in effects if j in connected]
 
 

@@ -248,18 +248,22 @@ def _weight(layer: LayerInfo, recurrent: bool) -> torch.Tensor:
     return module.weight.detach()
 
 
-def connected_units(layer: LayerInfo, features: list[int] | tuple[int, ...]) -> list[int]:
-    """The units of ``layer`` with a non-zero weight from any of its input ``features`` (groups respected)."""
-    if not features or layer.kind == "embedding":
-        return []
+def connections(layer: LayerInfo, link: ParentLink) -> torch.Tensor:
+    """``(parent units, units)`` bool: which parent units have a non-zero weight into which units (groups respected)."""
+    out = torch.zeros(link.n_units, layer.n_units, dtype=torch.bool)
+    if layer.kind == "embedding":
+        return out
     weight = _weight(layer, False)
     groups = getattr(layer.module, "groups", 1)
     if groups > 1:
         weight = _ungrouped(weight, groups, layer.in_features)
-    rows = weight[:, list(features)].flatten(1).ne(0).any(1)
+    nonzero = weight.ne(0).reshape(weight.shape[0], weight.shape[1], -1).any(2).cpu()  # (rows, in_features)
     if layer.recurrent:
-        rows = rows.view(layer.directions, GATES[layer.kind], layer.module.hidden_size).any(1).flatten()
-    return torch.nonzero(rows.cpu()).flatten().tolist()
+        nonzero = nonzero.view(layer.directions, GATES[layer.kind], layer.module.hidden_size, -1).any(1).flatten(0, 1)
+    for unit, features in enumerate(link.unit_map):
+        if features:
+            out[unit] = nonzero[:, list(features)].any(1)
+    return out
 
 
 def directions(layer: LayerInfo) -> tuple[str, ...]:

@@ -1,0 +1,212 @@
+"""Speed of discovery on real architectures, ratios measured side by side in one run.
+
+1. ResNet-18 (CIFAR variant, ``explainnn.models.resnet.ResNet18``), 32x32 inputs, all
+   layers, edges, hard cuts, paired test: full-graph discovery with the batched engine,
+   against
+   * a plain forward pass over the same number of rows (every intervention x sample
+     row that discovery evaluated), in batches of ``--batch`` rows, and
+   * the naive loop (copy the model, edit its weights or hook the path, one sample at
+     a time: ``explainnn.interventions.reference_run``), timed on a fixed subset of
+     ``--naive-per-step`` candidates of every step and extrapolated to all candidates
+     of the step (the naive time per candidate does not depend on which one it is).
+2. The research-style LeNet (functional ``relu``, one ``MaxPool2d`` used twice) against
+   the package's ``LeNet`` (the same weights, so the same function and graph) and the
+   naive loop, full-graph discovery of class 3; the LeNet is trained here for
+   ``--lenet-epochs`` epochs on the offline MNIST digits and tested on MNIST t10k.
+
+Everything runs on ``--threads`` CPU threads (2 by default) in one process, so the ratios
+are measured side by side. Weights are seeded (random, eval-mode BatchNorm statistics
+made non-trivial) for the ResNet, whose inputs are real CIFAR-10 test images when the
+shared data folder holds them (else uniform noise).
+
+    python benchmarks/bench_architectures.py [--samples 100] [--width 64] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from architectures import ResearchLeNet, seeded  # noqa: E402
+
+from explainnn.causal import discover  # noqa: E402
+from explainnn.interventions import InterventionRunner, reference_run  # noqa: E402
+from explainnn.models import LeNet  # noqa: E402
+from explainnn.models.resnet import ResNet18  # noqa: E402
+
+
+class TimedRunner:
+    """The batched runner, recording every run's rows and time (discovery calls ``layers`` and ``run``)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.runner = InterventionRunner(model)
+        self.steps: list[tuple[list, torch.Tensor, object, float]] = []
+
+    def layers(self, example: torch.Tensor):
+        return self.runner.layers(example)
+
+    def run(self, inputs, interventions, target):
+        start = time.perf_counter()
+        result = self.runner.run(inputs, interventions, target)
+        self.steps.append((list(interventions), inputs, target, time.perf_counter() - start))
+        return result
+
+
+class NaiveRunner:
+    """The research code's loop behind the runner's interface: copy, edit, one sample at a time."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self._fast = InterventionRunner(model)
+
+    def layers(self, example: torch.Tensor):
+        return self._fast.layers(example)
+
+    def run(self, inputs, interventions, target):
+        return reference_run(self.model, inputs, interventions, target)
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _images(kind: str, n: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Real test images (CIFAR-10 JPEGs / MNIST t10k from the shared data folder), else noise of that shape."""
+    try:
+        if kind == "cifar":
+            import numpy as np
+            from PIL import Image
+
+            folders = sorted(p for p in (SHARED / "cifar10_images" / "test").iterdir() if p.is_dir())
+            files = [f for group in zip(*(sorted(folder.glob("*.jpg")) for folder in folders)) for f in group][:n]
+            arrays = [np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0 for f in files]
+            images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        else:
+            from explainnn.data import load_dataset
+
+            images = load_dataset("mnist", str(SHARED), image_size=shape[-1]).x_test[:n].float()
+        if len(images) == n and tuple(images.shape[1:]) == shape:
+            return images
+    except Exception:  # noqa: BLE001 - without the data the timing runs on noise of the same shape
+        pass
+    return torch.rand(n, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def _target(model: torch.nn.Module, inputs: torch.Tensor) -> int:
+    with torch.inference_mode():
+        return int(model(inputs).argmax(-1).mode().values)
+
+
+def _plain_forward(model: torch.nn.Module, inputs: torch.Tensor, rows: int, batch: int) -> float:
+    chunk = inputs.repeat((batch + len(inputs) - 1) // len(inputs), 1, 1, 1)[:batch]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        done = 0
+        while done < rows:
+            model(chunk[: min(batch, rows - done)])
+            done += batch
+    return time.perf_counter() - start
+
+
+def _naive_extrapolated(model: torch.nn.Module, steps: list, per_step: int) -> tuple[float, int]:
+    """Naive seconds for every step, timing ``per_step`` evenly spread candidates of each."""
+    total, timed = 0.0, 0
+    for specs, inputs, target, _ in steps:
+        if not specs:
+            continue
+        picked = specs[:: max(1, len(specs) // per_step)][:per_step]
+        start = time.perf_counter()
+        reference_run(model, inputs, picked, target)
+        total += (time.perf_counter() - start) * len(specs) / len(picked)
+        timed += len(picked)
+    return total, timed
+
+
+def bench_resnet(args: argparse.Namespace) -> None:
+    model = seeded(ResNet18(3, 10, args.width), seed=0, scale=1.0)
+    inputs = _images("cifar", max(4 * args.samples, 200), (3, 32, 32))
+    target = _target(model, inputs)
+    timed = TimedRunner(model)
+    start = time.perf_counter()
+    graph = discover(model, inputs, target, n_samples=args.samples, runner=timed)
+    ours = time.perf_counter() - start
+    steps = [step for step in timed.steps if step[0]]
+    rows = sum(len(specs) * len(inputs_) for specs, inputs_, _, _ in steps)
+    candidates = sum(len(specs) for specs, *_ in steps)
+    plain = _plain_forward(model, inputs[: args.samples], rows, args.batch)
+    naive, timed_naive = _naive_extrapolated(model, steps, args.naive_per_step)
+    layers = [name for name in graph.layers() if graph.units(name)]
+    print(f"ResNet-18 (CIFAR variant, width {args.width}), 32x32, edges, hard, {graph.metadata['n_samples']} samples, "
+          f"class {target}")
+    print(f"  graph: {len(layers)} layers with causal units of {len(graph.metadata['layers'])} analysed, "
+          f"{graph.graph.number_of_nodes()} units, {graph.graph.number_of_edges()} edges; "
+          f"{candidates} candidates in {len(steps)} steps = {rows} rows")
+    print(f"  batched discovery        {ours:9.1f} s")
+    print(f"  plain forward, same rows {plain:9.1f} s   discovery / forward = {ours / plain:.2f}x")
+    print(f"  naive loop (extrapolated from {timed_naive} timed candidates) {naive:9.1f} s   "
+          f"speed-up {naive / ours:.0f}x")
+
+
+def _trained_lenet(epochs: int) -> tuple[LeNet, torch.Tensor, torch.Tensor]:
+    """The package LeNet trained for a few epochs on the offline MNIST digits, and the test images/labels."""
+    from explainnn.data import load_dataset
+    from explainnn.training import train_model
+
+    dataset = load_dataset("mnist", str(SHARED) if SHARED.is_dir() else "data", image_size=32)
+    torch.manual_seed(0)
+    model = LeNet(1, 32, 10)
+    train_model(model, dataset, epochs=epochs, batch_size=64, lr=1e-3, progress=False)
+    return model.eval(), dataset.x_test.float(), dataset.y_test
+
+
+def bench_lenets(args: argparse.Namespace) -> None:
+    package, inputs, labels = _trained_lenet(args.lenet_epochs)
+    research = ResearchLeNet()
+    research.load_state_dict(package.state_dict())
+    research.eval()
+    target = 3
+    options = dict(n_samples=args.samples, labels=labels)
+    times, graphs = {}, {}
+    for name, model in (("package LeNet", package), ("research LeNet", research)):
+        discover(model, inputs, target, **options)  # warm-up: tracing, fx graph, allocator
+        start = time.perf_counter()
+        graphs[name] = discover(model, inputs, target, **options)
+        times[name] = time.perf_counter() - start
+    start = time.perf_counter()
+    naive_graph = discover(research, inputs, target, runner=NaiveRunner(research), **options)
+    naive = time.perf_counter() - start
+    same = all(sorted(g.graph.edges) == sorted(naive_graph.graph.edges) for g in graphs.values())
+    n_interventions = sum(len(r) for r in graphs["research LeNet"].results["tests"].values())
+    print(f"LeNet, full-graph discovery, edges, hard, {graphs['research LeNet'].metadata['n_samples']} samples, "
+          f"class {target}, {n_interventions} interventions; same graph from all three: {same}")
+    for name, seconds in times.items():
+        print(f"  {name:<15} {seconds:7.2f} s   speed-up vs naive {naive / seconds:6.0f}x")
+    print(f"  naive loop      {naive:7.2f} s   (research LeNet)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64 in the paper)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=256, help="rows per plain forward batch")
+    parser.add_argument("--naive-per-step", type=int, default=2)
+    parser.add_argument("--lenet-epochs", type=int, default=3, help="training epochs of the LeNet (offline MNIST)")
+    parser.add_argument("--only", choices=("resnet", "lenet"), default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    if args.only in (None, "lenet"):
+        bench_lenets(args)
+    if args.only in (None, "resnet"):
+        bench_resnet(args)
+
+
+if __name__ == "__main__":
+    main()
