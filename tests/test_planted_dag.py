@@ -119,3 +119,12 @@ def test_cause_only_in_the_backward_direction_is_recovered_exactly(on):
     graph = discover(PlantedBiRNN(), _sequence_inputs(), 0, n_samples=30, on=on)
     assert set(graph.graph.nodes) == {"fc:0", "rnn:2", "input:0"}
     assert set(graph.graph.edges) == {("rnn:2", "fc:0"), ("input:0", "rnn:2")}
+
+
+def test_branching_graph_draws_depths_as_columns(tmp_path):
+    from explainnn.causal.draw import _columns
+
+    graph = discover(PlantedResidual(), _inputs(), 0, n_samples=30)
+    assert _columns(graph, graph.layers()) == [["input"], ["stem"], ["main"], ["out"]]
+    graph.draw(tmp_path / "graph.png", max_units_per_layer=1)
+    assert (tmp_path / "graph.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

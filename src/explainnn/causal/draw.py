@@ -1,10 +1,15 @@
-"""A layered picture of a causal graph: layers left to right, input to output.
+"""A layered picture of a causal graph: depths left to right, input to output.
 
-Units of a layer are stacked vertically and labelled with their index. An edge's
-width grows with the size of its effect on the target logit, and its colour
-gives the sign: blue when the intervention lowered the target (the cause
-supports the prediction), red when it raised it. Figures are built without
-pyplot, so drawing never touches the global backend or opens a window.
+Each depth is one column; layers at the same depth (parallel branches such as a
+residual block's main path and its projection shortcut) are stacked in that
+column, each under its own name. Units of a layer are stacked vertically and
+labelled with their index; large layers can be summarised to their strongest
+units. An edge's width grows with the size of its effect on the target logit,
+and its colour gives the sign: blue when the intervention lowered the target
+(the cause supports the prediction), red when it raised it. Edges that skip
+columns (skip connections, concatenations) are drawn as arcs, and edges along
+a weight-free shared path (``via="path"``) are dashed. Figures are built
+without pyplot, so drawing never touches the global backend or opens a window.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ def _draw_layers(
         strength[u] += _finite_abs(value)
         strength[v] += _finite_abs(value)
 
-    columns: list[list[str]] = []
+    shown_units: dict[str, list[str]] = {}
     left_out = {}
     for layer in layers:
         units = graph.units(layer)
@@ -90,30 +95,46 @@ def _draw_layers(
             strongest = set(sorted(units, key=lambda n: (-strength[n], source.nodes[n]["index"]))[:max_units])
             left_out[layer] = len(units) - max_units
             units = [n for n in units if n in strongest]
-        columns.append(units)
+        shown_units[layer] = units
 
-    # One column per layer, units evenly spaced and centred, index 0 on top.
-    tallest = max(len(units) for units in columns)
-    pos = {
-        n: (float(x), (len(units) - 1) / 2.0 - row)
-        for x, units in enumerate(columns)
-        for row, n in enumerate(units)
-    }
+    # One column per depth; the layers of a depth stacked top to bottom, one row gap between them.
+    columns = _columns(graph, layers)
+    heights = [sum(len(shown_units[layer]) for layer in column) + 1.5 * (len(column) - 1) for column in columns]
+    tallest = max(heights)
+    pos, label_at = {}, {}
+    for x, (column, height) in enumerate(zip(columns, heights)):
+        y = (height - 1) / 2.0
+        for layer in column:
+            label_at[layer] = (float(x), y + 0.7)
+            for n in shown_units[layer]:
+                pos[n] = (float(x), y)
+                y -= 1.0
+            y -= 1.5
     shown = source.subgraph(pos)
     axes_height_pt = ax.get_position().height * ax.figure.get_size_inches()[1] * 72.0
     spacing_pt = axes_height_pt / (tallest + 2.0)  # room per unit, leaving space for the layer names
     node_size = min(500.0, max(20.0, (0.8 * spacing_pt) ** 2))
     font_size = min(8.0, max(4.0, 0.45 * spacing_pt))
 
-    edges = list(shown.edges(data=effect_key))
-    largest = max((_finite_abs(value) for _, _, value in edges), default=0.0) or 1.0
-    nx.draw_networkx_edges(
-        shown, pos, ax=ax, edgelist=[(u, v) for u, v, _ in edges],
-        width=[MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * _finite_abs(value) / largest for _, _, value in edges],
-        edge_color=[_edge_colour(value) for _, _, value in edges],
-        alpha=0.75, node_size=node_size,
-        **({"arrows": True, "arrowsize": 8} if len(edges) <= MAX_ARROWS else {"arrows": False}),
-    )
+    edges = list(shown.edges(data=True))
+    largest = max((_finite_abs(attrs.get(effect_key)) for _, _, attrs in edges), default=0.0) or 1.0
+    arrows = len(edges) <= MAX_ARROWS
+    for skipping in (False, True):
+        for dashed in (False, True):
+            group = [(u, v, attrs) for u, v, attrs in edges
+                     if (abs(pos[v][0] - pos[u][0]) > 1.0) == skipping and (attrs.get("via") == "path") == dashed]
+            if not group:
+                continue
+            style = {"arrows": True, "arrowsize": 8} if arrows or skipping else {"arrows": False}
+            if skipping:
+                style["connectionstyle"] = "arc3,rad=0.2"
+            nx.draw_networkx_edges(
+                shown, pos, ax=ax, edgelist=[(u, v) for u, v, _ in group],
+                width=[MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * _finite_abs(a.get(effect_key)) / largest
+                       for _, _, a in group],
+                edge_color=[_edge_colour(a.get(effect_key)) for _, _, a in group],
+                style="dashed" if dashed else "solid", alpha=0.75, node_size=node_size, **style,
+            )
     nodes = list(pos)
     nx.draw_networkx_nodes(
         shown, pos, ax=ax, nodelist=nodes, node_size=node_size, edgecolors="0.3", linewidths=0.6,
@@ -123,27 +144,43 @@ def _draw_layers(
         shown, pos, ax=ax, font_size=font_size, labels={n: str(source.nodes[n]["index"]) for n in nodes}
     )
 
+    for layer, (x, y) in label_at.items():
+        note = f" (+{left_out[layer]} more)" if layer in left_out else ""
+        ax.text(x, y, layer + note, ha="center", va="bottom", fontsize=8 if len(columns) > 6 else 9)
     top = (tallest - 1) / 2.0
-    for x, layer in enumerate(layers):
-        note = f"\n(+{left_out[layer]} more)" if layer in left_out else ""
-        ax.text(x, top + 0.7, layer + note, ha="center", va="bottom", fontsize=9)
-    ax.set_xlim(-0.5, len(layers) - 0.5)
+    ax.set_xlim(-0.6, len(columns) - 0.4)
     ax.set_ylim(-top - 0.6, top + 1.6)
-    ax.legend(
-        handles=[
-            Line2D([], [], color=LOWERS_COLOUR, lw=2, label="intervention lowers target"),
-            Line2D([], [], color=RAISES_COLOUR, lw=2, label="intervention raises target"),
-        ],
-        loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False, fontsize=8,
-    )
+    handles = [
+        Line2D([], [], color=LOWERS_COLOUR, lw=2, label="intervention lowers target"),
+        Line2D([], [], color=RAISES_COLOUR, lw=2, label="intervention raises target"),
+    ]
+    if any(attrs.get("via") == "path" for _, _, attrs in edges):
+        handles.append(Line2D([], [], color=UNKNOWN_COLOUR, lw=2, ls="--", label="along a shared weight-free path"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), frameon=False,
+              fontsize=8)
+
+
+def _columns(graph: CausalGraph, layers: list[str]) -> list[list[str]]:
+    """The layers grouped by depth, input to output."""
+    depth = {graph.graph.nodes[graph.units(layer)[0]]["depth"]: None for layer in layers}
+    columns: dict[int, list[str]] = {d: [] for d in sorted(depth)}
+    for layer in layers:
+        columns[graph.graph.nodes[graph.units(layer)[0]]["depth"]].append(layer)
+    return list(columns.values())
 
 
 def _figure_size(graph: CausalGraph, max_units: int | None) -> tuple[float, float]:
     layers = graph.layers()
-    tallest = max((len(graph.units(layer)) for layer in layers), default=1)
-    if max_units is not None:
-        tallest = min(tallest, max_units)
-    return (max(4.0, 2.2 * len(layers)), min(40.0, max(3.0, 0.35 * tallest + 1.5)))
+    if not layers:
+        return (4.0, 3.0)
+    columns = _columns(graph, layers)
+
+    def shown(layer: str) -> int:
+        count = len(graph.units(layer))
+        return count if max_units is None else min(count, max_units)
+
+    tallest = max(sum(shown(layer) for layer in column) + 1.5 * (len(column) - 1) for column in columns)
+    return (max(4.0, 2.2 * len(columns)), min(40.0, max(3.0, 0.35 * tallest + 1.5)))
 
 
 def _is_finite(value: object) -> bool:
