@@ -90,8 +90,10 @@ def _steps(spec: Intervention, layer: LayerInfo, length: int | None) -> list[int
 def _check_units(layer: LayerInfo, units: tuple[int, ...], label: str, limit: int) -> None:
     for unit in units:
         if unit >= limit:
+            noun, _, of = label.partition(" (")
+            counted = f"{noun}s" + (f" ({of}" if of else "")
             raise InterventionError(
-                f"{label} {unit} is out of range for layer '{layer.name}' with {limit} {label}s (0..{limit - 1})"
+                f"{label} {unit} is out of range for layer '{layer.name}' with {limit} {counted} (0..{limit - 1})"
             )
 
 
