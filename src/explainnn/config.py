@@ -90,10 +90,11 @@ class StabilityConfig(_Section):
     """Re-learning the graph under soft interventions for a grid of beta."""
 
     enabled: bool = True
-    betas: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    betas: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     repeats: int = Field(default=5, ge=1, le=10_000)
     bootstrap: bool = True
     layer: str | None = None
+    seeds: list[int] = Field(default_factory=list)
 
     @field_validator("betas")
     @classmethod
@@ -118,7 +119,9 @@ class DiscoveryConfig(_Section):
     intervention: Literal["hard", "soft"] = "hard"
     beta: float = Field(default=0.0, ge=0.0, le=1.0)
     delta: float = Field(default=0.1, ge=0.0, le=1.0)
+    soft_rule: Literal["scale", "set"] = "scale"
     n_samples: int = Field(default=100, ge=2, le=100_000)
+    samples_from: Literal["train", "test"] = "train"
     test: Literal["paired", "ztest"] = "paired"
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
     min_effect: float = Field(default=0.0, ge=0.0)
@@ -151,9 +154,22 @@ class DiscoveryConfig(_Section):
 
     def discover_options(self) -> dict[str, Any]:
         """The keywords of :func:`explainnn.causal.discover` this section sets: every key but the step's own."""
-        options = self.model_dump(exclude={"enabled", "target_class", "check_circuit", "stability"})
+        options = self.model_dump(exclude={"enabled", "target_class", "check_circuit", "stability", "samples_from"})
         options["on"] = options.pop("intervene_on")
         return options
+
+
+class CircuitConfig(_Section):
+    """The minimal faithful circuit of the target class (see README, 'Minimal faithful circuits')."""
+
+    enabled: bool = True
+    faithfulness: float = Field(default=0.8, gt=0.0, le=1.0)
+    n_samples: int = Field(default=100, ge=2, le=100_000)
+    layers: list[str] | None = None
+    steps: int = Field(default=400, ge=0, le=100_000)
+    n_random: int = Field(default=200, ge=100, le=100_000)
+    eval_samples: int = Field(default=300, ge=2, le=100_000)
+    curves: bool = True
 
 
 class AttributionConfig(_Section):
@@ -298,6 +314,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     analyses: AnalysesConfig = Field(default_factory=AnalysesConfig)
