@@ -179,7 +179,7 @@ def test_modality_detection(cases, gru_text) -> None:
     assert modality_of(lstm, sequences[:, None], "sequence") == "sequence"
     assert modality_of(gru, tokens) == "tokens"
     assert modality_of(EmbeddingSpaceModel(gru), torch.zeros(2, 1, 16, 16)) == "sequence"
-    with pytest.raises(UserError, match="has no 'embedding' layer"):
+    with pytest.raises(UserError, match="has no nn.Embedding layer"):
         modality_of(lenet, tokens)
     with pytest.raises(UserError, match="cannot tell the modality of inputs of shape"):
         modality_of(lenet, torch.zeros(2, 5))

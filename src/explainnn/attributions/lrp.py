@@ -62,6 +62,7 @@ from torch import Tensor, nn
 
 from explainnn.attributions.registry import register_method
 from explainnn.attributions.text import EmbeddingSpaceModel, pad_index_of
+from explainnn.attributions.tokens import token_model
 from explainnn.errors import UserError
 from explainnn.models.recurrent import RecurrentClassifier, images_as_rows
 
@@ -390,11 +391,8 @@ def sensitivity(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
 @register_method("sensitivity", modalities=("tokens",))
 def sensitivity_tokens(model: nn.Module, tokens: Tensor, target: Tensor) -> Tensor:
     """Squared L2 norm of the target logit's gradient w.r.t. each token's embedding."""
-    pad = pad_index_of(model)
-    pad_mask = tokens == pad
-    with torch.no_grad():
-        embeddings = model.embedding(tokens)
-    gradients = Saliency(model.forward_embedded).attribute(
-        embeddings, target=target, abs=False, additional_forward_args=(pad_mask,)
+    reader = token_model(model, tokens)
+    gradients = Saliency(reader.forward).attribute(
+        reader.embed(tokens), target=target, abs=False, additional_forward_args=(tokens,)
     )
-    return gradients.square().sum(dim=-1).masked_fill(pad_mask, 0.0)
+    return reader.without_pads(gradients.square().sum(dim=-1), tokens)

@@ -164,10 +164,10 @@ def modality_of(model: nn.Module, inputs: torch.Tensor | np.ndarray, modality: s
     declared = modality or getattr(model, "input_modality", None)
     if integer and len(shape) == 2:
         found = "tokens"
-        if not isinstance(getattr(model, "embedding", None), nn.Embedding) or not hasattr(model, "forward_embedded"):
+        if not any(isinstance(module, nn.Embedding) for module in model.modules()):
             raise UserError(
                 f"inputs of shape {shape} ({dtype}) are token ids, but {type(model).__name__} has no "
-                "'embedding' layer and 'forward_embedded'; use a recurrent model built for a token dataset"
+                "nn.Embedding layer to read them"
             )
     elif not integer and len(shape) == 3:
         found = "sequence"

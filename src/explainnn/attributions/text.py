@@ -1,18 +1,21 @@
 """Attribution methods for token models, and the embedding-space view of such a model.
 
-A token model (``RecurrentClassifier`` built for a token dataset) has an
-``embedding`` layer and ``forward_embedded(embeddings, pad_mask)``. Its token
-methods return one score per token, ``(N, L)``:
+A token model is any model that reads ``(N, L)`` token ids through an
+``nn.Embedding`` (found by :func:`~explainnn.attributions.tokens.token_model`, not
+by name). Its token methods return one score per token, ``(N, L)``:
 
-* gradient methods work in embedding space with the pad mask of the real tokens:
-  ``integrated_gradients`` is captum's ``LayerIntegratedGradients`` on the
-  embedding from an all-``<pad>`` baseline, summed over the embedding dimension,
-  so a sentence's scores add up to its logit change from all-``<pad>``;
+* gradient methods work on the output of the embedding layer (a forward hook
+  replaces it, the pattern of captum's ``LayerIntegratedGradients``), with the
+  real token ids fed to the model: ``integrated_gradients`` integrates from the
+  pad embedding at every position (the zero vector when the model has no pad id),
+  summed over the embedding dimension, so a sentence's scores add up to its logit
+  change from all-``<pad>``;
   ``gradient_x_input`` and ``gradient_shap`` sum the same way; ``saliency`` and
   ``smoothgrad`` take the L2 norm of the (mean absolute) gradient per token;
 * perturbation methods change token ids: ``lime``, ``kernel_shap``, ``occlusion``
   and ``leave_one_out`` put ``replacement`` (default the pad id, which also takes
-  the token out of mean/attention pooling; ``info.unk_index`` gives ``<unk>``)
+  the token out of mean/attention pooling; ``info.unk_index`` gives ``<unk>``; a
+  model without a pad id needs it)
   where a token is switched off; ``feature_permutation`` swaps tokens between
   sentences of the batch;
   ``likelihood_importance`` deletes and moves tokens;
@@ -20,20 +23,15 @@ methods return one score per token, ``(N, L)``:
 
 Padding is not text: every token method scores pad positions 0.
 
-:class:`EmbeddingSpaceModel` is the same model as a function of its embeddings,
-for Quantus, which perturbs float inputs and cannot handle token ids.
+:class:`EmbeddingSpaceModel` is a recurrent token model (``RecurrentClassifier``,
+with ``forward_embedded``) as a function of its embeddings alone, for Quantus,
+which perturbs float inputs and cannot handle token ids.
 """
 
 from __future__ import annotations
 
 import torch
-from captum.attr import (
-    InputXGradient,
-    KernelShap,
-    LayerIntegratedGradients,
-    Occlusion,
-    Saliency,
-)
+from captum.attr import InputXGradient, KernelShap, Occlusion, Saliency
 from torch import Tensor, nn
 
 from explainnn.attributions.baselines import (
@@ -42,11 +40,13 @@ from explainnn.attributions.baselines import (
     positive_int,
     run_feature_permutation,
     run_gradient_shap,
+    run_integrated_gradients,
     run_smoothgrad,
     run_surrogate,
 )
 from explainnn.attributions.masks import occlusion_window, token_mask
 from explainnn.attributions.registry import register_method
+from explainnn.attributions.tokens import token_model
 from explainnn.errors import DataError, UserError
 
 TOKENS = ("tokens",)
@@ -54,7 +54,7 @@ COMPONENTS = ("total", "removal", "position")
 
 
 def pad_index_of(model: nn.Module) -> int:
-    """The pad id of a token model (UserError if it is not one)."""
+    """The pad id of a recurrent token model with ``forward_embedded`` (UserError if it is not one)."""
     pad = getattr(model, "pad_index", None)
     if not isinstance(getattr(model, "embedding", None), nn.Embedding) or not isinstance(pad, int):
         raise UserError(
@@ -109,25 +109,6 @@ class EmbeddingSpaceModel(nn.Module):
         return self.model.forward_embedded(embeddings, pad_mask=pad_mask)
 
 
-def _embedded(model: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    with torch.no_grad():
-        return model.embedding(tokens).detach(), tokens == pad_index_of(model)
-
-
-def _without_pads(scores: Tensor, tokens: Tensor, pad: int) -> Tensor:
-    return scores.masked_fill(tokens == pad, 0.0)
-
-
-def _replacement(model: nn.Module, replacement: int | None) -> int:
-    pad = pad_index_of(model)
-    if replacement is None:
-        return pad
-    size = model.embedding.num_embeddings
-    if isinstance(replacement, bool) or not isinstance(replacement, int) or not 0 <= replacement < size:
-        raise UserError(f"replacement must be a token id in 0..{size - 1}; got {replacement!r}")
-    return replacement
-
-
 def _target_logits(model: nn.Module, tokens: Tensor, target: Tensor, batch_size: int) -> Tensor:
     """``model(tokens)[i, target[i]]`` in chunks, without autograd."""
     positive_int("batch_size", batch_size)
@@ -145,87 +126,87 @@ def _target_logits(model: nn.Module, tokens: Tensor, target: Tensor, batch_size:
 @register_method("integrated_gradients", modalities=TOKENS)
 def integrated_gradients(model: nn.Module, tokens: Tensor, target: Tensor, *, n_steps: int = 64,
                          internal_batch_size: int = 1024) -> Tensor:
-    """LayerIntegratedGradients on the embedding from all-<pad>, summed over the embedding."""
-    pad = pad_index_of(model)
-    positive_int("n_steps", n_steps)
-    positive_int("internal_batch_size", internal_batch_size)
-    scores = LayerIntegratedGradients(model, model.embedding).attribute(
-        tokens, baselines=torch.full_like(tokens, pad), target=target, n_steps=n_steps,
-        internal_batch_size=max(internal_batch_size, len(tokens)),
-    )
-    return _without_pads(scores.sum(dim=-1), tokens, pad)
+    """Integrated Gradients on the embedding output from all-<pad> (zeros without a pad id), summed per token."""
+    reader = token_model(model, tokens)
+    embeddings = reader.embed(tokens)
+    scores = run_integrated_gradients(reader.forward, embeddings, target, reader.reference(embeddings),
+                                      n_steps=n_steps, internal_batch_size=internal_batch_size, extra=(tokens,))
+    return reader.without_pads(scores.sum(dim=-1), tokens)
 
 
 @register_method("saliency", modalities=TOKENS)
 def saliency(model: nn.Module, tokens: Tensor, target: Tensor) -> Tensor:
     """L2 norm of the target logit's gradient w.r.t. each token's embedding."""
-    embeddings, pad_mask = _embedded(model, tokens)
-    gradients = Saliency(model.forward_embedded).attribute(
-        embeddings, target=target, abs=False, additional_forward_args=(pad_mask,)
+    reader = token_model(model, tokens)
+    gradients = Saliency(reader.forward).attribute(
+        reader.embed(tokens), target=target, abs=False, additional_forward_args=(tokens,)
     )
-    return _without_pads(gradients.norm(dim=-1), tokens, model.pad_index)
+    return reader.without_pads(gradients.norm(dim=-1), tokens)
 
 
 @register_method("smoothgrad", modalities=TOKENS, stochastic=True)
 def smoothgrad(model: nn.Module, tokens: Tensor, target: Tensor, *, nt_samples: int = 25,
                noise_level: float = 0.15) -> Tensor:
     """SmoothGrad on the embeddings (noise 0.15 x their range), L2 norm per token."""
-    embeddings, pad_mask = _embedded(model, tokens)
-    gradients = run_smoothgrad(model.forward_embedded, embeddings, target, nt_samples=nt_samples,
-                               noise_level=noise_level, extra=(pad_mask,))
-    return _without_pads(gradients.norm(dim=-1), tokens, model.pad_index)
+    reader = token_model(model, tokens)
+    gradients = run_smoothgrad(reader.forward, reader.embed(tokens), target, nt_samples=nt_samples,
+                               noise_level=noise_level, extra=(tokens,))
+    return reader.without_pads(gradients.norm(dim=-1), tokens)
 
 
 @register_method("gradient_x_input", modalities=TOKENS)
 def gradient_x_input(model: nn.Module, tokens: Tensor, target: Tensor) -> Tensor:
     """Gradient times embedding, summed over the embedding dimension."""
-    embeddings, pad_mask = _embedded(model, tokens)
-    scores = InputXGradient(model.forward_embedded).attribute(
-        embeddings, target=target, additional_forward_args=(pad_mask,)
+    reader = token_model(model, tokens)
+    scores = InputXGradient(reader.forward).attribute(
+        reader.embed(tokens), target=target, additional_forward_args=(tokens,)
     )
-    return _without_pads(scores.sum(dim=-1), tokens, model.pad_index)
+    return reader.without_pads(scores.sum(dim=-1), tokens)
 
 
 @register_method("gradient_shap", modalities=TOKENS, stochastic=True)
 def gradient_shap(model: nn.Module, tokens: Tensor, target: Tensor, *, n_samples: int = 20,
                   n_baselines: int = 5, baseline_noise: float = 0.15) -> Tensor:
-    """GradientSHAP in embedding space from the pad embedding and noisy copies, summed per token."""
-    embeddings, pad_mask = _embedded(model, tokens)
-    references = EmbeddingSpaceModel(model).reference(embeddings)
-    baselines = noisy_baselines(references, embeddings, n_baselines, baseline_noise)
-    scores = run_gradient_shap(model.forward_embedded, embeddings, target, baselines,
-                               n_samples=n_samples, extra=(pad_mask,))
-    return _without_pads(scores.sum(dim=-1), tokens, model.pad_index)
+    """GradientSHAP in embedding space from the pad embedding (or zeros) and noisy copies, summed per token."""
+    reader = token_model(model, tokens)
+    embeddings = reader.embed(tokens)
+    baselines = noisy_baselines(reader.reference(embeddings), embeddings, n_baselines, baseline_noise)
+    scores = run_gradient_shap(reader.forward, embeddings, target, baselines,
+                               n_samples=n_samples, extra=(tokens,))
+    return reader.without_pads(scores.sum(dim=-1), tokens)
 
 
 # Perturbation methods on token ids --------------------------------------------------
 
 
-def _token_groups(tokens: Tensor, pad: int) -> Tensor:
+def _token_groups(tokens: Tensor, pad: int | None) -> Tensor:
     """One group per real token; all padding shares one group (switching it does nothing)."""
-    return token_mask(tokens).masked_fill(tokens == pad, -1)
+    groups = token_mask(tokens)
+    return groups if pad is None else groups.masked_fill(tokens == pad, -1)
 
 
 @register_method("lime", modalities=TOKENS, stochastic=True)
 def lime(model: nn.Module, tokens: Tensor, target: Tensor, *, n_samples: int = 500, alpha: float = 1.0,
          kernel_width: float = 0.25, replacement: int | None = None, perturbations_per_eval: int = 100) -> Tensor:
     """LIME over tokens (switched-off tokens become <pad>), ridge surrogate (captum Lime)."""
-    pad, value = pad_index_of(model), _replacement(model, replacement)
+    reader = token_model(model, tokens)
+    value = reader.replacement(replacement)
     scores = run_surrogate(lime_explainer(model, alpha, kernel_width), tokens, target,
-                           _token_groups(tokens, pad), torch.full_like(tokens, value),
+                           _token_groups(tokens, reader.pad), torch.full_like(tokens, value),
                            n_samples=n_samples, perturbations_per_eval=perturbations_per_eval)
-    return _without_pads(scores.float(), tokens, pad)
+    return reader.without_pads(scores.float(), tokens)
 
 
 @register_method("kernel_shap", modalities=TOKENS, stochastic=True)
 def kernel_shap(model: nn.Module, tokens: Tensor, target: Tensor, *, n_samples: int = 500,
                 replacement: int | None = None, perturbations_per_eval: int = 100) -> Tensor:
     """Kernel SHAP over tokens (switched-off tokens become <pad>; captum KernelShap)."""
-    pad, value = pad_index_of(model), _replacement(model, replacement)
-    scores = run_surrogate(KernelShap(model), tokens, target, _token_groups(tokens, pad),
+    reader = token_model(model, tokens)
+    value = reader.replacement(replacement)
+    scores = run_surrogate(KernelShap(model), tokens, target, _token_groups(tokens, reader.pad),
                            torch.full_like(tokens, value), n_samples=n_samples,
                            perturbations_per_eval=perturbations_per_eval)
-    return _without_pads(scores.float(), tokens, pad)
+    return reader.without_pads(scores.float(), tokens)
 
 
 @register_method("occlusion", modalities=TOKENS)
@@ -233,13 +214,14 @@ def occlusion(model: nn.Module, tokens: Tensor, target: Tensor, *, window: int |
               stride: int | None = None, replacement: int | None = None,
               perturbations_per_eval: int = 64) -> Tensor:
     """Occlusion of ``window`` tokens at a time (default 1) by <pad> (captum Occlusion)."""
-    pad, value = pad_index_of(model), _replacement(model, replacement)
+    reader = token_model(model, tokens)
+    value = reader.replacement(replacement)
     shape, strides = occlusion_window(tokens, "tokens", window, stride)
     scores = Occlusion(model).attribute(
         tokens, sliding_window_shapes=shape, strides=strides, baselines=value, target=target,
         perturbations_per_eval=positive_int("perturbations_per_eval", perturbations_per_eval),
     )
-    return _without_pads(scores.float(), tokens, pad)
+    return reader.without_pads(scores.float(), tokens)
 
 
 @register_method("feature_permutation", modalities=TOKENS, stochastic=True)
@@ -247,14 +229,15 @@ def feature_permutation(model: nn.Module, tokens: Tensor, target: Tensor, *,
                         perturbations_per_eval: int = 16) -> Tensor:
     """Permutation importance of each token position across the batch (captum FeaturePermutation)."""
     scores = run_feature_permutation(model, tokens, target, token_mask(tokens[:1]), perturbations_per_eval)
-    return _without_pads(scores.float(), tokens, pad_index_of(model))
+    return token_model(model, tokens).without_pads(scores.float(), tokens)
 
 
 @register_method("leave_one_out", modalities=TOKENS)
 def leave_one_out(model: nn.Module, tokens: Tensor, target: Tensor, *, replacement: int | None = None,
                   batch_size: int = 512) -> Tensor:
     """Drop of the target logit when each token alone is replaced by <pad>."""
-    pad, value = pad_index_of(model), _replacement(model, replacement)
+    reader = token_model(model, tokens)
+    value = reader.replacement(replacement)
     n, length = tokens.shape
     variants = tokens[:, None, :].repeat(1, length, 1)
     positions = torch.arange(length, device=tokens.device)
@@ -262,7 +245,7 @@ def leave_one_out(model: nn.Module, tokens: Tensor, target: Tensor, *, replaceme
     original = _target_logits(model, tokens, target, batch_size)
     changed = _target_logits(model, variants.reshape(n * length, length),
                              target.repeat_interleave(length), batch_size).reshape(n, length)
-    return _without_pads(original[:, None] - changed, tokens, pad)
+    return reader.without_pads(original[:, None] - changed, tokens)
 
 
 def _rearranged(words: Tensor, length: int, pad: int) -> tuple[Tensor, int]:
@@ -303,7 +286,7 @@ def likelihood_importance(model: nn.Module, tokens: Tensor, target: Tensor, *, c
     """
     if component not in COMPONENTS:
         raise UserError(f"unknown component '{component}'; valid components: {', '.join(COMPONENTS)}")
-    pad = pad_index_of(model)
+    pad = token_model(model, tokens).require_pad("likelihood_importance")
     length = tokens.shape[1]
     original = _target_logits(model, tokens, target, batch_size)
     scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
