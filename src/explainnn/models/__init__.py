@@ -18,6 +18,7 @@ from explainnn.data.base import DatasetInfo
 from explainnn.errors import ConfigError
 from explainnn.models.lenet import LeNet
 from explainnn.models.recurrent import CELLS, POOLINGS, RecurrentClassifier, images_as_rows
+from explainnn.models.resnet import BasicBlock, ResNet18
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -113,6 +114,17 @@ def _build_lenet(info: DatasetInfo) -> nn.Module:
     return LeNet(channels, (height, width), info.n_classes)
 
 
+@register_model("resnet18")
+def _build_resnet18(info: DatasetInfo, width: int = 64) -> nn.Module:
+    """ResNet-18, CIFAR variant (3x3 stem, no max-pool); ``width`` channels in the first stage."""
+    if info.modality != "image" or len(info.input_shape) != 3:
+        raise ConfigError(
+            f"model 'resnet18' needs image data (C, H, W), but dataset '{info.name}' holds "
+            f"{info.modality} of shape {tuple(info.input_shape)}; use lstm, gru or rnn"
+        )
+    return ResNet18(info.input_shape[0], info.n_classes, width)
+
+
 def _recurrent_builder(cell: str) -> ModelBuilder:
     def build(
         info: DatasetInfo,
@@ -170,8 +182,10 @@ for _cell in CELLS:
 
 __all__ = [
     "MODELS",
+    "BasicBlock",
     "LeNet",
     "RecurrentClassifier",
+    "ResNet18",
     "build_model",
     "images_as_rows",
     "model_parameters",
