@@ -146,3 +146,31 @@ def test_unsupported_layers_stop_discovery_before_any_work():
     target = int(model(x).argmax(-1).mode().values)
     with pytest.raises(InterventionError, match=r"^cannot discover through module 'rnn': LSTMs with proj_size"):
         discover(model, x, target, n_samples=5)
+
+
+def test_model_is_bit_identical_after_a_run_that_fails_midway():
+    model, inputs = build("resnet")
+    before = _state(model)
+    specs = [Edge("layers.1.0.conv1", 0, [1], parent_layer="conv1"), Edge("linear", 3, [99], parent_layer="layers.1.0.conv2")]
+    with pytest.raises(InterventionError, match="child unit 99 is out of range"):
+        InterventionRunner(model).run(inputs(2), specs)
+    _assert_same(model, before)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "bn_mlp"])  # tabular (N, F) inputs: no attribution modality
+def test_discovery_reaches_every_branch_and_causal_attributions_have_the_input_shape(name):
+    from explainnn.attributions import attribute
+
+    model, inputs = build(name)
+    x = inputs(60)
+    target = int(model(x).argmax(-1).mode().values)
+    graph = discover(model, x, target, n_samples=10)
+    layers = find_layers(model, x[:1])
+    assert graph.metadata["layers"] == [layer.name for layer in layers]
+    tested = set(graph.results["tests"])
+    for layer in layers[:-1]:  # every layer with causal children was tested as a parent, on every branch
+        children = [c for c in layers if any(link.name == layer.name for link in c.parents)]
+        if any(graph.causes(c.name) for c in children if c.name in graph.layers()):
+            assert layer.name in tested, layer.name
+    maps = attribute("causal", model, x[:3], target, graph=graph)
+    assert tuple(maps.shape) == tuple(x[:3].shape)
