@@ -81,17 +81,7 @@ def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / "sweep.yaml", _describe_plan(plan))
     started = time.perf_counter()
-    results: dict[str, RunResult] = {}
-    pending: list[PlannedRun] = []
-    for run in plan.runs:
-        record = finished_record(folder, run.key)
-        result = RunResult(run.index, run.label, run.key, run.values, flat_settings(run.config), record or {})
-        if record:
-            result.resumed = True
-            results[run.key] = read_run(result, run_folder(folder, run.key))
-        else:
-            results[run.key] = result
-            pending.append(run)
+    results, pending = _resume(plan)
     training, tasks = _tasks(pending, folder, share_models=settings.share_models)
     resumed = len(plan.runs) - len(tasks)
     if resumed:
@@ -99,42 +89,63 @@ def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str
     if chosen == "sequential" and settings.backend == "auto":
         note("Ray is not installed; running the runs one after another (pip install 'explainnn[ray]' to run "
              "them in parallel or on a cluster)")
-    bar = tqdm(total=len(plan.runs), initial=resumed, desc="sweep", unit="run", disable=not progress,
-               file=sys.stderr)
-
-    models: list[dict[str, Any]] = []
-
-    def on_record(task: Task, record: dict[str, Any]) -> None:
-        if task.until is not None:
-            models.append(record)
-            if record.get("status") != "ok":
-                note(f"training the model shared by several runs failed ({record.get('error')}); "
-                     "each of its runs will train its own")
-            return
-        result = results[task.key]
-        result.record = record
-        if record.get("status") == "ok":
-            read_run(result, run_folder(folder, task.key))
-        else:
-            note(f"run {result.index + 1} ({result.label}) failed: {record.get('error')}")
-        bar.update(1)
-        write_tables(list(results.values()), plan.varied, folder)
-
+    collect = _Collector(plan, results, tqdm(total=len(plan.runs), initial=resumed, desc="sweep", unit="run",
+                                             disable=not progress, file=sys.stderr))
     where = "sequential" if tasks else "nothing new (every run reused)"
     try:
         if tasks and chosen == "ray":
-            where = run_on_ray([training, tasks], settings, on_record)
+            where = run_on_ray([training, tasks], settings, collect)
         elif tasks:
-            run_sequential([training, tasks], settings.resources, on_record)
+            run_sequential([training, tasks], settings.resources, collect)
     finally:
-        bar.close()
+        collect.bar.close()
         shutil.rmtree(folder / PARTIAL, ignore_errors=True)
     ordered = sorted(results.values(), key=lambda result: result.index)
     write_tables(ordered, plan.varied, folder)
     seconds = time.perf_counter() - started
     failed = sum(not result.ok for result in ordered)
     _analyse_and_report(plan, ordered, where, seconds)
-    return SweepResult(folder, ordered, where, len(tasks), resumed, failed, seconds, models)
+    return SweepResult(folder, ordered, where, len(tasks), resumed, failed, seconds, collect.models)
+
+
+def _resume(plan: Sweep) -> tuple[dict[str, RunResult], list[PlannedRun]]:
+    """Every run's result (filled from its folder when an earlier sweep finished it), and the runs still to do."""
+    results: dict[str, RunResult] = {}
+    pending: list[PlannedRun] = []
+    for run in plan.runs:
+        record = finished_record(plan.output_dir, run.key)
+        result = RunResult(run.index, run.label, run.key, run.values, flat_settings(run.config), record or {})
+        results[run.key] = result
+        if record:
+            result.resumed = True
+            read_run(result, run_folder(plan.output_dir, run.key))
+        else:
+            pending.append(run)
+    return results, pending
+
+
+class _Collector:
+    """Takes each finished task's record: fills its run's result, counts it, and rewrites the merged tables."""
+
+    def __init__(self, plan: Sweep, results: dict[str, RunResult], bar: tqdm) -> None:
+        self.plan, self.results, self.bar = plan, results, bar
+        self.models: list[dict[str, Any]] = []
+
+    def __call__(self, task: Task, record: dict[str, Any]) -> None:
+        if task.until is not None:
+            self.models.append(record)
+            if record.get("status") != "ok":
+                note(f"training the model shared by several runs failed ({record.get('error')}); "
+                     "each of its runs will train its own")
+            return
+        result = self.results[task.key]
+        result.record = record
+        if record.get("status") == "ok":
+            read_run(result, run_folder(self.plan.output_dir, task.key))
+        else:
+            note(f"run {result.index + 1} ({result.label}) failed: {record.get('error')}")
+        self.bar.update(1)
+        write_tables(list(self.results.values()), self.plan.varied, self.plan.output_dir)
 
 
 def _tasks(pending: list[PlannedRun], folder: Path, *, share_models: bool) -> tuple[list[Task], list[Task]]:
