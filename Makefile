@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   create .venv if missing, install, run the default job on config.yaml
-#   make test   create .venv if missing, install, run the test suite
+#   make test   create .venv if missing, install, lint (ruff), type-check (mypy), run the test suite
+# make notebook re-executes demonstration.ipynb in place (its outputs are committed).
 # TORCH_SPEC picks the PyTorch build (default: the CPU wheel torch==2.13.0), e.g.
 #   make demo TORCH_SPEC="torch==2.5.1"
 PYTHON ?= python3
@@ -8,13 +9,22 @@ TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 STAMP := $(VENV)/.explainnn-installed
 
-.PHONY: demo test setup clean-venv
+.PHONY: demo test lint typecheck notebook setup clean-venv
 
 demo: $(STAMP)
 	$(VENV)/bin/python src/explainnn/main.py --config config.yaml
 
-test: $(STAMP)
+test: lint typecheck
 	$(VENV)/bin/python -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/python -m ruff check src tests benchmarks scripts
+
+typecheck: $(STAMP)
+	$(VENV)/bin/python -m mypy
+
+notebook: $(STAMP)
+	$(VENV)/bin/python scripts/run_notebook.py demonstration.ipynb
 
 setup: $(STAMP)
 

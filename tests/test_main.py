@@ -193,3 +193,19 @@ def test_a_run_writes_graph_checks_and_pictures_and_python_gives_the_same_files(
                                                                              "integrated_gradients"}
     for name in SAME_FILES:
         assert (tmp_path / "python" / name).read_bytes() == (run_dir / name).read_bytes(), name
+
+
+def _readme_python_example() -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```python\n", readme.index("### Explain your own model from Python")) + len("```python\n")
+    return readme[start : readme.index("```", start)]
+
+
+@pytest.mark.slow
+def test_readme_python_example_runs_as_printed(tmp_path):
+    """The README's own-model example, pasted into a fresh Python in an empty folder."""
+    result = subprocess.run([sys.executable, "-c", _readme_python_example()], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "CausalGraph:" in result.stdout and "features.0" in result.stdout
+    assert (tmp_path / "graph.json").is_file() and (tmp_path / "graph.png").is_file()

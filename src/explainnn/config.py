@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Mapping, Union
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -406,7 +406,7 @@ def _union_tag(part: Any) -> bool:
     return text in ("int", "str", "float", "bool") or text.startswith(("literal[", "function-"))
 
 
-def format_error(error: dict, schema: type[BaseModel] | None = None) -> str:
+def format_error(error: Mapping[str, Any], schema: type[BaseModel] | None = None) -> str:
     """Turn one pydantic error into the one-line message the user sees.
 
     ``schema`` is the model that was validated (default :class:`Config`); it names
@@ -426,7 +426,7 @@ def format_error(error: dict, schema: type[BaseModel] | None = None) -> str:
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
         choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
-        return f"{key}: {value!r} is not a valid choice{_suggest(value, choices)}; valid: {', '.join(choices)}"
+        return f"{key}: {value!r} is not a valid choice{_suggest(str(value), choices)}; valid: {', '.join(choices)}"
     if kind in _TYPE_WORDS:
         return f"{key}: expected {_TYPE_WORDS[kind]}, got {value!r}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):

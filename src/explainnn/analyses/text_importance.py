@@ -208,7 +208,7 @@ def token_importance(
     scores = {method: attribute_in_batches(method, model, tokens, targets, seed, options.get(method, {}), progress)
               for method in tqdm(methods, desc="token importance", unit="method", disable=not progress,
                                  leave=False)}
-    exclude = [model.pad_index, *([vocab.index(UNK)] if UNK in vocab else [])]
+    exclude = [int(model.pad_index), *([vocab.index(UNK)] if UNK in vocab else [])]
     ids = tokens.numpy()
     words = {method: word_statistics(ids, values, vocab, method=method, exclude=exclude)
              for method, values in scores.items()}
@@ -502,7 +502,7 @@ def attention_vs_gradients(
             values = attribute_in_batches(method, model, batch, targets, seed, options.get(method, {}), False)
         per_step[method] = _per_step(values, modality, magnitude=True)
     pad = getattr(model, "pad_index", None)
-    mask = (batch != pad).numpy() if modality == "tokens" else None
+    mask = batch.ne(pad).numpy() if modality == "tokens" else None
     return agreement_statistics(weights, per_step, mask)
 
 
