@@ -5,8 +5,11 @@ Hooks can only replace whole module calls, so functional operations (``F.relu``,
 the intervened layer would otherwise run again on every batched row. With the
 traced graph, only the nodes that depend on the intervened layer's output run on
 the ``K * N`` rows; every other value the run needs (the *frontier*) comes from a
-clean pass over the ``N`` samples, tiled over the blocks. Models that
-``torch.fx.symbolic_trace`` cannot trace keep the hook path.
+clean pass over the ``N`` samples, tiled over the blocks. :meth:`GraphSplit.region`
+runs only the weight-free region downstream of some modules, up to the next
+weight layers (the NaN probe of the layer DAG and the path passes of path edges
+need nothing more). Models that ``torch.fx.symbolic_trace`` cannot trace keep the
+hook path.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ class GraphSplit:
         self.graph_module = graph_module
         self.nodes = list(graph_module.graph.nodes)
         self._batch = self._downstream([n for n in self.nodes if n.op == "placeholder"])
-        self._frontiers: dict[str, tuple[set[fx.Node], dict[fx.Node, Any]]] = {}
+        self._frontiers: dict[Any, tuple[set[fx.Node], dict[fx.Node, Any]]] = {}
 
     @classmethod
     def trace(cls, model: nn.Module) -> "GraphSplit | None":
@@ -56,6 +59,73 @@ class GraphSplit:
                 live.add(node)
         return live
 
+    def region(self, roots: dict[str, Any], blockers: set[str], inputs: torch.Tensor, n_blocks: int,
+               capture: set[str]) -> dict[str, torch.Tensor]:
+        """First arguments of the ``capture`` modules when the ``roots`` modules output the given values.
+
+        ``roots`` maps module names to their outputs on ``n_blocks * N`` rows;
+        propagation stops at the ``blockers`` modules, whose outputs stay clean.
+        Only the nodes in between run; capture modules that the roots do not reach
+        are left out of the result.
+        """
+        root_nodes = {self.start_node(name): value for name, value in roots.items()}
+        live, reached = set(root_nodes), set()
+        for node in self.nodes:
+            if node in live or node.op == "output":
+                continue
+            if any(arg in live for arg in node.all_input_nodes):
+                if node.op == "call_module" and node.target in blockers:
+                    reached.add(node)
+                else:
+                    live.add(node)
+        key = ("region", tuple(sorted(roots)), len(inputs))
+        if key not in self._frontiers:
+            needed = {arg for n in (live - set(root_nodes)) | reached for arg in n.all_input_nodes if arg not in live}
+            self._frontiers[key] = (live, self._clean_values(needed, inputs))
+        values = self._frontiers[key][1]
+        n = inputs.shape[0]
+        env: dict[fx.Node, Any] = dict(root_nodes)
+        captured: dict[str, torch.Tensor] = {}
+        for node in self.nodes:
+            if node in reached and node.target in capture and node.target not in captured and node.args \
+                    and node.args[0] in live:
+                captured[node.target] = env[node.args[0]]
+            if node not in live or node in root_nodes:
+                continue
+            for arg in node.all_input_nodes:
+                if arg not in env:
+                    env[arg] = self._tiled(arg, values[arg], n, n_blocks)
+            env[node] = self._run_node(node, env, inputs)
+        return captured
+
+    def _clean_values(self, needed: set[fx.Node], inputs: torch.Tensor) -> dict[fx.Node, Any]:
+        """Clean values of the ``needed`` nodes (one clean interpretation of the graph, up to the last needed node)."""
+        values: dict[fx.Node, Any] = {}
+        env: dict[fx.Node, Any] = {}
+        last = max((self.nodes.index(node) for node in needed), default=-1)
+        with torch.inference_mode():
+            for node in self.nodes[: last + 1]:
+                env[node] = self._run_node(node, env, inputs)
+                if node in needed:
+                    values[node] = _clone(env[node])
+        return values
+
+    def reproduces(self, inputs: torch.Tensor) -> bool:
+        """Whether interpreting the traced graph gives the model's own output on ``inputs``."""
+        try:
+            with torch.inference_mode():
+                env: dict[fx.Node, Any] = {}
+                for node in self.nodes:
+                    if node.op == "output":
+                        out = fx.graph.map_arg(node.args[0], lambda a: env[a])
+                        break
+                    env[node] = self._run_node(node, env, inputs)
+                expected = self.model(inputs)
+            return isinstance(out, torch.Tensor) and out.shape == expected.shape and bool(
+                torch.allclose(out, expected, rtol=1e-4, atol=1e-5, equal_nan=True))
+        except Exception:  # noqa: BLE001 - a graph that cannot run on its own is not used
+            return False
+
     def reset(self) -> None:
         """Forget the clean frontiers (the clean inputs changed)."""
         self._frontiers.clear()
@@ -66,16 +136,7 @@ class GraphSplit:
             start = self.start_node(module_name)
             live = self._downstream([start])
             needed = {arg for n in live if n is not start for arg in n.all_input_nodes if arg not in live}
-            values: dict[fx.Node, Any] = {}
-            env: dict[fx.Node, Any] = {}
-            with torch.inference_mode():
-                for node in self.nodes:
-                    if node in live or node.op == "output":
-                        continue
-                    env[node] = self._run_node(node, env, inputs)
-                    if node in needed:
-                        values[node] = _clone(env[node])
-            self._frontiers[module_name] = (live, values)
+            self._frontiers[module_name] = (live, self._clean_values(needed, inputs))
         return self._frontiers[module_name]
 
     def run(self, module_name: str, inputs: torch.Tensor, n_blocks: int) -> Any:

@@ -421,17 +421,48 @@ def _probe_all(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo],
         for child in children:
             if seen[child.name] is not None and bool(seen[child.name].any()):
                 reach[child.name][INPUT] = [{f} for f in range(child.in_features)]
+    graph = _graph(model, example, layers)
     for source in _sources(layers):
         for first in range(0, source.n_units, PROBE_ROWS):
             units = torch.arange(first, min(first + PROBE_ROWS, source.n_units), device=example.device)
-            mark = {source.module_name: lambda out, units=units: _mark_nan(source, out, units)}
-            seen = _probe_pass(model, _rows(example, len(units)), held, children, mark)
+            if graph is not None:
+                seen = _probe_region(graph, example, clean, layers, source, units, children)
+            else:
+                mark = {source.module_name: lambda out, units=units: _mark_nan(source, out, units)}
+                seen = _probe_pass(model, _rows(example, len(units)), held, children, mark)
             for child in children:
                 if child.order <= source.order or seen[child.name] is None:
                     continue
                 rows = reach[child.name].setdefault(source.name, [])
                 rows.extend(set(torch.nonzero(row).flatten().tolist()) for row in seen[child.name])
     return reach
+
+
+def _graph(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo]):
+    """The model's fx graph when it traces, reproduces the model and calls every layer once; else ``None``."""
+    from explainnn.interventions.fxsplit import GraphSplit
+
+    graph = GraphSplit.trace(model)
+    if graph is None or any(graph.start_node(layer.module_name) is None for layer in layers):
+        return None
+    return graph if graph.reproduces(example) else None
+
+
+def _probe_region(graph, example: torch.Tensor, clean: dict[str, list[ModuleCall]], layers: list[LayerInfo],
+                  source: LayerInfo, units: torch.Tensor, children: list[LayerInfo]) -> dict[str, torch.Tensor | None]:
+    """The probe through the fx graph: only the weight-free region after ``source`` runs."""
+    call = clean[source.module_name][0]
+    marked = _mark_nan(source, tile_output(call.output, source.module, len(units)), units)
+    blockers = {layer.module_name for layer in layers} - {source.module_name}
+    captured = graph.region({source.module_name: marked}, blockers, example, len(units),
+                            {child.module_name for child in children})
+    seen: dict[str, torch.Tensor | None] = {}
+    for child in children:
+        if child.module_name in captured:
+            seen[child.name] = _feature_nan(child, captured[child.module_name])
+        else:
+            seen[child.name] = torch.zeros(len(units), child.in_features, dtype=torch.bool)
+    return seen
 
 
 def _probe_pass(model, inputs, held: HeldClean, children: list[LayerInfo], mark) -> dict[str, torch.Tensor | None]:

@@ -169,6 +169,7 @@ class InterventionRunner:
         self._fast: dict[str, _Prefix | None] = {}
         self._graph: GraphSplit | None | bool = None
         self._graph_ok: dict[str, bool] = {}
+        self._region_ok: bool | None = None
 
     @property
     def device(self) -> torch.device:
@@ -216,6 +217,7 @@ class InterventionRunner:
         ):
             self._clean = clean_pass(self.model, inputs.clone())
             self._graph_ok.clear()
+            self._region_ok = None
             if isinstance(self._graph, GraphSplit):
                 self._graph.reset()
         return self._clean
@@ -311,6 +313,15 @@ class InterventionRunner:
                 for unit, value in entry.factors.get(parent_name, {}).items():
                     factors[e, unit] = value
             edits[parent.module_name] = lambda out, parent=parent, factors=factors: scale_units(parent, out, factors)
+        clean_input = clean.call(child.module_name).args[0]
+        graph = self._region_graph(clean, layers)
+        if graph is not None:
+            roots = {name: edit(tile_output(clean.call(name).output, clean.call(name).module, len(entries)))
+                     for name, edit in edits.items()}
+            blockers = {layer.module_name for layer in layers} - set(roots)
+            captured = graph.region(roots, blockers, clean.inputs, len(entries), {child.module_name})
+            if child.module_name in captured:
+                return captured[child.module_name] - _tile(clean_input, len(entries))
         seen: list[torch.Tensor] = []
 
         def stop(module: nn.Module, args: tuple) -> None:
@@ -326,8 +337,18 @@ class InterventionRunner:
                 pass
         if not seen:
             raise InterventionError(f"layer '{child.name}' did not run in the path pass")
-        clean_input = clean.call(child.module_name).args[0]
         return seen[0] - _tile(clean_input, len(entries))
+
+    def _region_graph(self, clean: CleanPass, layers: list[LayerInfo]) -> GraphSplit | None:
+        """The fx graph for path passes: it must trace, call every layer once and reproduce the clean output."""
+        if self._graph is None:
+            self._graph = GraphSplit.trace(self.model) or False
+        if not self._graph:
+            return None
+        if self._region_ok is None:
+            self._region_ok = all(self._graph.start_node(layer.module_name) is not None for layer in layers) \
+                and self._graph.reproduces(clean.inputs)
+        return self._graph if self._region_ok else None
 
     def _blocks_per_chunk(self, clean: CleanPass, module_name: str, budget: float, path: bool = False) -> int:
         n = clean.inputs.shape[0]
