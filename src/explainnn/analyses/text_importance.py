@@ -345,8 +345,19 @@ def permutation_importance(
         permuted_accuracy[repeat] = (logits.argmax(1) == truth).mean()
         logit_drop[repeat] = (base_true - logits[rows, truth]).mean()
 
+    position_accuracy, position_logit = _position_importance(model, ids, truth, base, rng, n_repeats, batch_size,
+                                                             real=real)
+    return PermutationImportance(accuracy, permuted_accuracy, logit_drop, position_accuracy, position_logit,
+                                 real.sum(axis=0))
+
+
+def _position_importance(model: nn.Module, ids: np.ndarray, truth: np.ndarray, base: np.ndarray,
+                         rng: np.random.Generator, n_repeats: int, batch_size: int, *,
+                         real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: the mean accuracy and true-class logit drops when that column's words are shuffled
+    among the texts that have a word there (the others count with zero drop)."""
     length = ids.shape[1]
-    count = real.sum(axis=0)
+    base_true = base[np.arange(len(ids)), truth]
     position_accuracy, position_logit = np.full(length, np.nan), np.full(length, np.nan)
     for column in range(length):
         holders = np.nonzero(real[:, column])[0]
@@ -364,7 +375,7 @@ def permutation_importance(
             logit_drops.append((base_true[holders] - changed_true).sum() / len(ids))
         position_accuracy[column] = np.mean(accuracy_drops)
         position_logit[column] = np.mean(logit_drops)
-    return PermutationImportance(accuracy, permuted_accuracy, logit_drop, position_accuracy, position_logit, count)
+    return position_accuracy, position_logit
 
 
 def plot_permutation(result: PermutationImportance, *, path: str | Path | None = None, dpi: int = 120) -> Figure:
@@ -548,19 +559,15 @@ def text_step(
 ) -> dict[str, Any]:
     """Word statistics per class, word-order importance and (for attention models) attention vs gradients.
 
-    On a seeded random subset of ``n_samples`` test texts writes to ``out_dir``:
-    ``words_<method>.csv`` (one block of rows per target class),
-    ``token_scores.npz``, ``permutation.csv``, ``permutation_positions.csv``,
-    ``summary.json``, and with ``plots`` ``top_words_<method>.png`` (per class,
-    the words that raise and lower its logit; words seen at least ``min_count``
-    times, fewer when too few are) and ``permutation_positions.png``; for a
-    model with ``pooling="attention"`` also ``attention_agreement.csv``,
-    ``attention_agreement_summary.csv`` and ``attention_agreement.png``.
-    ``target``: ``"each"`` explains every text towards each class in turn,
-    ``"predicted"`` each text's predicted class, an int one class. A method
-    that cannot run on this model is skipped with the reason printed; non-token
-    datasets are skipped. Returns ``{"importance": {class name:
-    TokenImportance}, "permutation", "attention", "summary"}`` (empty when skipped).
+    On a seeded random subset of ``n_samples`` test texts writes to ``out_dir``: ``words_<method>.csv``
+    (rows per target class), ``token_scores.npz``, ``permutation.csv``, ``permutation_positions.csv``,
+    ``summary.json``; with ``plots`` ``top_words_<method>.png`` (per class, the words that raise and
+    lower its logit, seen at least ``min_count`` times when enough are) and ``permutation_positions.png``;
+    for a ``pooling="attention"`` model ``attention_agreement.csv``, ``attention_agreement_summary.csv``
+    and ``.png``. ``target``: ``"each"`` explains every text towards each class in turn, ``"predicted"``
+    each text's predicted class, an int one class. Methods that cannot run here and non-token data are
+    skipped, saying why. Returns ``{"importance": {class name: TokenImportance}, "permutation",
+    "attention", "summary"}`` (empty when skipped).
     """
     if dataset.info.modality != "tokens":
         print(f"text        skipped ({dataset.info.name} holds {dataset.info.modality}, not token ids)")
@@ -570,11 +577,10 @@ def text_step(
     index = sample_indices(len(dataset.x_test), n_samples, seed)
     tokens, labels = dataset.x_test[index], dataset.y_test[index]
     runnable = _runnable(model, methods)
-    importances = {
-        name: token_importance(model, tokens, list(dataset.info.vocab or ()), methods=runnable, target=each,
-                               seed=seed, options=options, progress=progress, target_name=name)
-        for name, each in _targets_of(dataset, target).items()
-    }
+    vocab = list(dataset.info.vocab or ())
+    importances = {name: token_importance(model, tokens, vocab, methods=runnable, target=each, seed=seed,
+                                          options=options, progress=progress, target_name=name)
+                   for name, each in _targets_of(dataset, target).items()}
     _write_scores(importances, runnable, out_dir)
     permutation = permutation_importance(model, tokens, labels, n_repeats=n_repeats, seed=seed)
     permutation.to_csv(out_dir)
@@ -585,24 +591,27 @@ def text_step(
     counts = next(iter(importances.values())).words
     shown = {method: min_count if np.sum(counts[method].count >= min_count) >= top_k else 1 for method in runnable}
     if plots:
-        for method in runnable:
-            plot_top_words(importances, method, top_k=top_k, min_count=shown[method],
-                           path=out_dir / f"top_words_{method}.png", dpi=dpi)
-        plot_permutation(permutation, path=out_dir / "permutation_positions.png", dpi=dpi)
-        if agreement is not None:
-            plot_attention_agreement(agreement, path=out_dir / "attention_agreement.png", dpi=dpi)
-    summary = {
-        "dataset": dataset.info.name,
-        "n_texts": len(tokens),
-        "target": target if isinstance(target, str) else int(target),
-        "methods": runnable,
-        "top_words": {method: _top_word_lists(importances, method, top_k, shown[method]) for method in runnable},
-        "permutation": permutation.summary(),
-        "attention_agreement": agreement.summary() if agreement is not None else None,
-    }
+        _draw(importances, permutation, agreement, out_dir, top_k=top_k, shown=shown, dpi=dpi)
+    summary = {"dataset": dataset.info.name, "n_texts": len(tokens),
+               "target": target if isinstance(target, str) else int(target), "methods": runnable,
+               "top_words": {method: _top_word_lists(importances, method, top_k, shown[method]) for method in runnable},
+               "permutation": permutation.summary(),
+               "attention_agreement": agreement.summary() if agreement is not None else None}
     write_json(out_dir / "summary.json", summary)
     print(_describe(summary))
     return {"importance": importances, "permutation": permutation, "attention": agreement, "summary": summary}
+
+
+def _draw(importances: Mapping[str, TokenImportance], permutation: PermutationImportance,
+          agreement: AttentionAgreement | None, out_dir: Path, *, top_k: int, shown: Mapping[str, int],
+          dpi: int) -> None:
+    """The text step's pictures: top words per method (``shown`` is each one's ``min_count``), word order, attention."""
+    for method, min_count in shown.items():
+        plot_top_words(importances, method, top_k=top_k, min_count=min_count, path=out_dir / f"top_words_{method}.png",
+                       dpi=dpi)
+    plot_permutation(permutation, path=out_dir / "permutation_positions.png", dpi=dpi)
+    if agreement is not None:
+        plot_attention_agreement(agreement, path=out_dir / "attention_agreement.png", dpi=dpi)
 
 
 def _targets_of(dataset: Dataset, target: str | int) -> dict[str, str | int]:
