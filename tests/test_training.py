@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -107,12 +108,21 @@ def test_gru_learns_a_separable_sequence_task(pooling: str) -> None:
     assert result.test_accuracy >= 0.95
 
 
-def test_progress_bar_reports_epoch_loss_and_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_reports_epoch_loss_and_accuracy(capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     dataset = bars_dataset(n=32)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal
     train_model(fresh_lenet(dataset), dataset, epochs=1, batch_size=16, lr=1e-3, progress=True)
     out, err = capsys.readouterr()
     assert out == ""
     assert "epoch=1/1" in err and "loss=" in err and "acc=" in err
+
+
+def test_no_progress_bar_when_the_output_is_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    """In a log file or CI a bar's frames are noise: nothing is written."""
+    dataset = bars_dataset(n=32)
+    train_model(fresh_lenet(dataset), dataset, epochs=1, batch_size=16, lr=1e-3, progress=True)
+    assert capsys.readouterr() == ("", "")
 
 
 def test_augment_leaves_non_image_data_alone() -> None:

@@ -3,7 +3,7 @@
 Training is reproducible: the model is trained with Adam on mini-batches drawn by
 a ``torch.Generator`` seeded with ``seed`` (which also drives augmentation), and
 the global RNGs are seeded for dropout, so the same seed gives bit-identical
-weights on CPU. Nothing is printed except the tqdm progress bar; numbers are
+weights on CPU. Nothing is printed except a progress bar on terminals; numbers are
 returned for the caller to report.
 """
 
@@ -19,11 +19,11 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from explainnn.checkpoint import load_checkpoint, save_checkpoint, to_jsonable
 from explainnn.data.base import Dataset
 from explainnn.errors import CheckpointError, ConfigError, DataError
+from explainnn.progress import progress_bar
 from explainnn.runtime import resolve_device, seed_everything
 
 TRAIN_MODES = ("auto", "always", "never")
@@ -105,11 +105,11 @@ def train_model(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     n_batches = math.ceil(n_train / batch_size)
     history: list[dict[str, float]] = []
-    bar = tqdm(
+    bar = progress_bar(
         total=epochs * n_batches,
         desc=f"train {getattr(model, 'explainnn_spec', {}).get('name', type(model).__name__)}",
         unit="batch",
-        disable=not progress,
+        enabled=progress,
         dynamic_ncols=True,
     )
     with bar:

@@ -28,7 +28,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.manifold import TSNE
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 from torch import nn
-from tqdm import tqdm
 
 from explainnn.analyses.text_importance import (
     attribute_in_batches,
@@ -41,6 +40,7 @@ from explainnn.attributions import method_info, modality_of
 from explainnn.data import Dataset
 from explainnn.errors import UserError
 from explainnn.files import atomic_path, write_json
+from explainnn.progress import progress_bar
 
 N_INIT = 10
 """k-means restarts per k (fixed, so a seed fixes the result)."""
@@ -255,7 +255,7 @@ def seed_agreement(
         raise UserError(f"seed agreement compares at least 2 models; got {len(models)}")
     _positive("k", k)
     clusterings = []
-    for model in tqdm(models, desc="seed agreement", unit="model", disable=not progress, leave=False):
+    for model in progress_bar(models, desc="seed agreement", unit="model", enabled=progress, leave=False):
         vectors = explanation_vectors(model, inputs, method=method, target=target, seed=seed, options=options)
         clusterings.append(cluster_explanations(vectors, k_range=[k], seed=seed, normalize=normalize).labels[k])
     return rand_index_matrix(clusterings)
@@ -350,7 +350,7 @@ def clustering_step(
         print("clustering  seed agreement: skipped (no training seeds listed in analyses.clustering.seeds)")
     else:
         clusterings = [result.best_labels]
-        for other in tqdm(seeds, desc="seed agreement", unit="model", disable=not progress, leave=False):
+        for other in progress_bar(seeds, desc="seed agreement", unit="model", enabled=progress, leave=False):
             others = explanation_vectors(retrain(other), inputs, method=method, target=classes, seed=seed,
                                          options=options)
             clusterings.append(cluster_explanations(others, k_range=[result.best_k], seed=seed).labels[result.best_k])

@@ -32,7 +32,6 @@ from matplotlib.figure import Figure
 from scipy.special import rel_entr
 from scipy.stats import kendalltau, spearmanr
 from torch import nn
-from tqdm import tqdm
 
 from explainnn.attributions import attribute, method_info, modality_of
 from explainnn.data import Dataset
@@ -40,6 +39,7 @@ from explainnn.data.text import PAD, UNK
 from explainnn.errors import UserError
 from explainnn.files import atomic_path, write_csv, write_json
 from explainnn.files import save_figure as _save_figure_file
+from explainnn.progress import progress_bar
 from explainnn.torch_utils import eval_mode, model_device
 
 SIGNS = ("positive", "negative")
@@ -206,7 +206,7 @@ def token_importance(
     targets = resolve_targets(model, tokens, target)
     options = dict(options or {})
     scores = {method: attribute_in_batches(method, model, tokens, targets, seed, options.get(method, {}), progress)
-              for method in tqdm(methods, desc="token importance", unit="method", disable=not progress,
+              for method in progress_bar(methods, desc="token importance", unit="method", enabled=progress,
                                  leave=False)}
     exclude = [int(model.pad_index), *([vocab.index(UNK)] if UNK in vocab else [])]
     ids = tokens.numpy()
@@ -775,7 +775,7 @@ def attribute_in_batches(method: str, model: nn.Module, inputs: torch.Tensor, ta
     """
     starts = range(0, len(inputs), BATCH)
     parts = [attribute(method, model, inputs[s : s + BATCH], targets[s : s + BATCH], seed=seed + n, **options)
-             for n, s in enumerate(tqdm(starts, desc=method, unit="batch", disable=not progress, leave=False))]
+             for n, s in enumerate(progress_bar(starts, desc=method, unit="batch", enabled=progress, leave=False))]
     return np.concatenate(parts)
 
 

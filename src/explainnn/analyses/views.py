@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm import tqdm
 
 from explainnn.analyses.embeddings import (
     hidden_representations,
@@ -43,6 +42,7 @@ from explainnn.errors import UserError
 from explainnn.files import atomic_path
 from explainnn.interventions.hooks import ModelPatch
 from explainnn.interventions.layers import RECURRENT_TYPES, LayerInfo, find_layers, resolve_layer
+from explainnn.progress import progress_bar
 
 if TYPE_CHECKING:
     from explainnn.causal import CausalGraph
@@ -283,7 +283,7 @@ def maximize_activation(
     optimizer = torch.optim.Adam([x], lr=lr)
     with ModelPatch() as patch, torch.enable_grad(), _rnn_backward_without_cudnn(model):
         patch.eval_mode(model)
-        for _ in tqdm(range(steps), desc=f"maximise {layer}", unit="step", disable=not progress, leave=False):
+        for _ in progress_bar(range(steps), desc=f"maximise {layer}", unit="step", enabled=progress, leave=False):
             shifted = x
             if image and jitter:
                 dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()

@@ -8,7 +8,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from explainnn.attributions import (
     attribute,
@@ -27,6 +26,7 @@ from explainnn.data import Dataset
 from explainnn.errors import UserError
 from explainnn.files import atomic_path, write_text
 from explainnn.pipeline.context import RunContext
+from explainnn.progress import progress_bar
 
 
 def explain_classes(ctx: RunContext, options: AttributionConfig) -> dict[int, dict[str, np.ndarray]]:
@@ -76,7 +76,7 @@ def attribute_methods(
     """``{method: attributions}`` of every method that can run on these inputs; the others are skipped, saying why."""
     modality = modality_of(model, inputs)
     results: dict[str, np.ndarray] = {}
-    for method in tqdm(methods, desc="attributions", unit="method", disable=not progress, leave=False):
+    for method in progress_bar(methods, desc="attributions", unit="method", enabled=progress, leave=False):
         info = method_info(method)
         if info.needs_graph and graph is None:
             print(f"attribution {method}: skipped (needs the causal graph; enable discovery)")
