@@ -10,7 +10,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from explainnn.analyses.embeddings import hidden_representations, plot_embedding, project
+from explainnn.analyses.embeddings import hidden_representations, plot_embedding, project, project_2d
 from explainnn.analyses.views import (
     activation_maps,
     maximize_activation,
@@ -196,18 +196,18 @@ def test_hidden_representations_match_the_layers(lenet, lstm):
 @pytest.mark.parametrize("method", ["pca", "tsne"])
 def test_projection_shapes_and_determinism(method):
     features = np.random.default_rng(0).normal(size=(40, 6))
-    coords = project(features, method, seed=1)
+    coords = project_2d(features, method, seed=1)
     assert coords.shape == (40, 2) and np.all(np.isfinite(coords))
-    np.testing.assert_array_equal(coords, project(features, method, seed=1))
-    assert project(features[:4], method).shape == (4, 2)
-    assert project(features[:, :1], method).shape == (40, 2)
+    np.testing.assert_array_equal(coords, project_2d(features, method, seed=1))
+    assert project_2d(features[:4], method).shape == (4, 2)
+    assert project_2d(features[:, :1], method).shape == (40, 2)
 
 
 def test_projection_rejects_bad_input(tmp_path):
     with pytest.raises(UserError, match="valid projections: pca, tsne"):
-        project(np.zeros((5, 2)), "umap")
+        project_2d(np.zeros((5, 2)), "umap")
     with pytest.raises(UserError, match="N >= 3"):
-        project(np.zeros((2, 2)))
+        project_2d(np.zeros((2, 2)))
     figure = plot_embedding(np.zeros((4, 2)), [0, 1, 1, 2], ["a", "b", "c"], tmp_path / "e.png", "title")
     assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["a", "b", "c"]
     with pytest.raises(UserError, match="labels must lie in"):
@@ -272,3 +272,9 @@ def test_views_step_skips_maximisation_for_token_models(tmp_path, capsys):
     written = views_step(model, toy, tmp_path, n_samples=10, progress=False)
     assert {p.name for p in written.values()} == {"embedding_gru.png", "embedding_gru.csv"}
     assert "maximisation: skipped (token model" in capsys.readouterr().out
+
+
+def test_the_old_name_project_still_works_with_a_deprecation_warning():
+    features = np.random.default_rng(0).normal(size=(10, 3))
+    with pytest.warns(DeprecationWarning, match="project_2d"):
+        np.testing.assert_array_equal(project(features), project_2d(features))

@@ -23,12 +23,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.manifold import TSNE
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 from torch import nn
 
+from explainnn.analyses.embeddings import PROJECTIONS, project_2d
 from explainnn.analyses.text_importance import (
     attribute_in_batches,
     resolve_targets,
@@ -38,13 +37,13 @@ from explainnn.analyses.text_importance import (
 )
 from explainnn.attributions import method_info, modality_of
 from explainnn.data import Dataset
+from explainnn.deprecation import deprecated_alias
 from explainnn.errors import UserError
 from explainnn.files import atomic_path, write_json
 from explainnn.progress import progress_bar
 
 N_INIT = 10
 """k-means restarts per k (fixed, so a seed fixes the result)."""
-PROJECTIONS = ("pca", "tsne")
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
 
 
@@ -135,19 +134,18 @@ def cluster_explanations(
     return ClusteringResult(tuple(usable), silhouette, np.asarray(inertias), labels, best, normalize, seed)
 
 
-def project(explanations: np.ndarray | torch.Tensor, *, projection: str = "pca", seed: int = 0,
-            normalize: bool = True) -> np.ndarray:
+def project_explanations(explanations: np.ndarray | torch.Tensor, *, projection: str = "pca", seed: int = 0,
+                         normalize: bool = True) -> np.ndarray:
     """2-D coordinates of the (normalised) explanation vectors by PCA or t-SNE."""
     if projection not in PROJECTIONS:
         raise UserError(f"unknown projection '{projection}'; valid projections: {', '.join(PROJECTIONS)}")
     rows = prepare(explanations, normalize=normalize)
     if len(rows) < 3:
         raise UserError(f"a 2-D projection needs at least 3 explanations; got {len(rows)}")
-    if projection == "pca":
-        coords = PCA(n_components=min(2, rows.shape[1]), random_state=seed).fit_transform(rows)
-        return np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
-    perplexity = float(min(30.0, (len(rows) - 1) / 3))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(rows)
+    return project_2d(rows, projection, seed)
+
+
+project = deprecated_alias(project_explanations, "explainnn.analyses.clustering.project")
 
 
 def plot_clusters(
@@ -168,7 +166,7 @@ def plot_clusters(
     if k not in result.labels:
         raise UserError(f"no clustering for k={k}; computed: {', '.join(map(str, result.ks))}")
     labels = result.labels[k]
-    coords = project(explanations, projection=projection, seed=result.seed, normalize=result.normalize)
+    coords = project_explanations(explanations, projection=projection, seed=result.seed, normalize=result.normalize)
     if len(coords) != len(labels):
         raise UserError(f"{len(coords)} explanations but the clustering has {len(labels)} samples")
     groups = np.zeros(len(labels), dtype=np.int64) if classes is None else _as_int(classes)

@@ -31,6 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
+from explainnn.deprecation import deprecated_alias
 from explainnn.errors import UserError
 from explainnn.files import atomic_path
 from explainnn.interventions.hooks import ModelPatch
@@ -116,7 +117,7 @@ def hidden_representations(
     return torch.cat(parts).numpy()
 
 
-def project(features: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
+def project_2d(features: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
     """``(N, 2)`` coordinates of ``(N, D)`` features by PCA or t-SNE.
 
     PCA is deterministic (scikit-learn fixes the sign of each component). t-SNE
@@ -145,6 +146,9 @@ def project(features: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndar
         if components == 1:
             coords = np.hstack([coords, np.zeros_like(coords)])
     return coords.astype(np.float32)
+
+
+project = deprecated_alias(project_2d, "explainnn.analyses.embeddings.project")
 
 
 def plot_embedding(

@@ -32,7 +32,7 @@ from explainnn.analyses.embeddings import (
     layer_info,
     model_device,
     plot_embedding,
-    project,
+    project_2d,
     run_to_layer,
     save_figure,
     unit_activations,
@@ -465,7 +465,7 @@ def views_step(
     if projection == "none":
         skip("embedding", "projection: none")
     elif features is not None:
-        coords = project(features, projection, seed=seed)
+        coords = project_2d(features, projection, seed=seed)
         labels = y[torch.from_numpy(chosen)].numpy()
         written["embedding_csv"] = write_embedding_csv(out_dir / f"embedding_{hidden}.csv", coords, labels,
                                                        class_names, chosen)
