@@ -82,7 +82,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     try:
         clock = time.perf_counter()
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         startup = time.perf_counter() - clock
         empty = ray.remote(lambda: None)
         ray.get(empty.remote())  # a warm worker

@@ -63,8 +63,9 @@ def run_on_ray(phases: Sequence[Sequence[Task]], settings: SweepSettings, on_rec
 
     Uses the Ray instance this process is already connected to; else connects to
     ``settings.ray_address`` or ``RAY_ADDRESS`` (shipping the explainnn package to
-    the cluster's workers), else starts a local instance for the sweep
-    (``local_cpus`` CPUs, default all) and shuts it down afterwards. Ctrl-C
+    the cluster's workers), else starts a new local instance for the sweep
+    (``local_cpus`` CPUs, default all; never one found running on this machine)
+    and shuts it down afterwards. Ctrl-C
     cancels the runs still pending or running.
     """
     import ray
@@ -78,7 +79,7 @@ def run_on_ray(phases: Sequence[Sequence[Task]], settings: SweepSettings, on_rec
             ray.init(address=address, log_to_driver=False,
                      runtime_env={"py_modules": [str(Path(explainnn.__file__).parent)]})
         else:
-            ray.init(num_cpus=settings.local_cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=settings.local_cpus, include_dashboard=False, log_to_driver=False)
     where = _describe_cluster(ray)
     resources = settings.resources
     remote = ray.remote(execute_run).options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
