@@ -194,6 +194,15 @@ def test_a_run_writes_graph_checks_and_pictures_and_python_gives_the_same_files(
     for name in SAME_FILES:
         assert (tmp_path / "python" / name).read_bytes() == (run_dir / name).read_bytes(), name
 
+    from explainnn import Run
+
+    lazy = Run(build_config(overrides=[*SMALL_RUN, "training.train=never", f"model.checkpoint={run_dir / 'model.pt'}"]),
+               run_dir=tmp_path / "lazy")
+    assert lazy.graph == graph and lazy.done == ["data", "model", "discovery", "circuit"]
+    assert lazy.faithfulness["sufficiency"]["normalized"] == graph.results["circuit"]["sufficiency"]["normalized"]
+    assert lazy.stability.summary() == graph.results["stability"]
+    assert not (tmp_path / "lazy" / "attributions").exists()
+
 
 def _readme_python_example() -> str:
     readme = (ROOT / "README.md").read_text()

@@ -6,10 +6,13 @@ The main entry points::
     graph = discover(model, inputs, target=3)            # which hidden units cause class 3
     maps = attribute("causal", model, x, 3, graph=graph)  # input attributions through them
 
+    run = explainnn.Run("config.yaml")                    # the whole pipeline of a config, step by step
+    run.graph, run.attributions, run.evaluations          # each runs the steps it needs, once
+
 Submodules: :mod:`explainnn.data`, :mod:`explainnn.models`,
 :mod:`explainnn.interventions`, :mod:`explainnn.causal`,
-:mod:`explainnn.attributions`. The names above load lazily, so the command
-line answers a config mistake without importing captum or matplotlib.
+:mod:`explainnn.attributions`, :mod:`explainnn.pipeline`. The names above load
+lazily, so ``import explainnn`` stays quick.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ _LAZY = {
     "discover": "explainnn.causal",
     "discover_all": "explainnn.causal",
     "run_sweep": "explainnn.sweep",
+    "Run": "explainnn.pipeline",
 }
 
-__all__ = ["CausalGraph", "__version__", "attribute", "discover", "discover_all", "run_sweep"]
+__all__ = ["CausalGraph", "Run", "__version__", "attribute", "discover", "discover_all", "run_sweep"]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ def check_graphs(ctx: RunContext, options: DiscoveryConfig) -> None:
     For every graph in ``ctx.graphs`` writes ``discovery/class_<k>/``:
     ``circuit.png``, ``stability.csv``, ``appearance.csv``, ``stability.png``;
     the results are stored with the graph (``graph.json`` is written again
-    with them) and in ``ctx.circuits``/``ctx.stability``.
+    with them) and in ``ctx.faithfulness``/``ctx.stability``.
     """
     dataset = ctx.dataset
     reference = dataset.x_train[:500]
@@ -26,10 +26,10 @@ def check_graphs(ctx: RunContext, options: DiscoveryConfig) -> None:
     for target, graph in ctx.graphs.items():
         folder = ctx.run_dir / "discovery" / f"class_{target}"
         if options.check_circuit and any(graph.units(layer) for layer in graph.layers()[1:-1]):
-            ctx.circuits[target] = circuit_faithfulness(ctx.model, graph, dataset.x_test, labels=dataset.y_test,
+            ctx.faithfulness[target] = circuit_faithfulness(ctx.model, graph, dataset.x_test, labels=dataset.y_test,
                                                         reference=reference, seed=ctx.seed)
             if ctx.plots:
-                save_figure(plot_circuit(ctx.circuits[target], dpi=ctx.dpi), folder / "circuit.png")
+                save_figure(plot_circuit(ctx.faithfulness[target], dpi=ctx.dpi), folder / "circuit.png")
         if options.stability.enabled and len(graph.layers()) > 2:
             result = stability(ctx.model, dataset.x_test, graph, seed=ctx.seed, **sweep)
             graph.add_result("stability", result.summary())

@@ -21,7 +21,7 @@ class RunContext:
 
     Steps fill it in pipeline order: ``dataset`` (data), ``model`` and
     ``training`` (model), ``graphs`` (discovery, one :class:`CausalGraph` per
-    class), ``circuits`` and ``stability`` (circuit), ``attributions``,
+    class), ``faithfulness`` and ``stability`` (circuit), ``attributions``,
     ``evaluations``, and ``analyses`` (views, text, clustering: what each
     wrote). Reading ``dataset`` or ``model`` before their step ran is a
     one-line error naming the step.
@@ -35,7 +35,7 @@ class RunContext:
         self.device = device if device is not None else resolve_device(config.device)
         self.training: dict[str, Any] = {}
         self.graphs: dict[int, CausalGraph] = {}
-        self.circuits: dict[int, dict[str, Any]] = {}
+        self.faithfulness: dict[int, dict[str, Any]] = {}
         self.stability: dict[int, Any] = {}
         self.attributions: dict[int, dict[str, np.ndarray]] = {}
         self.evaluations: dict[int, Any] = {}

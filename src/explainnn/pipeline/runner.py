@@ -145,6 +145,19 @@ class Run:
         return next(iter(graphs.values()))
 
     @property
+    def faithfulness(self) -> dict[str, Any]:
+        """The one graph's sufficiency and necessity against random unit sets (``circuit_faithfulness``'s report)."""
+        return self.run("circuit").faithfulness[self._only_class()]
+
+    @property
+    def stability(self) -> Any:
+        """The one graph's stability sweep (a :class:`~explainnn.causal.StabilityResult`)."""
+        return self.run("circuit").stability[self._only_class()]
+
+    def _only_class(self) -> int:
+        return int(self.graph.metadata["target"])
+
+    @property
     def attributions(self) -> dict[int, dict[str, np.ndarray]]:
         """``{class: {method: attributions}}`` (runs the steps up to the attribution step)."""
         return self.run("attribution").attributions
