@@ -183,7 +183,7 @@ def test_a_run_writes_graph_checks_and_pictures_and_python_gives_the_same_files(
     graph = CausalGraph.from_json(folder / "graph.json")
     assert graph.metadata["target"] == 3 and graph.metadata["dataset"] == "digits"
     assert {"circuit", "stability", "tests"} <= set(graph.results)
-    assert "discovery   class 3:" in result.stdout and "circuit     class 3: sufficiency" in result.stdout
+    assert "discovery   class 3:" in result.stdout and "checks      class 3: sufficiency" in result.stdout
 
     from explainnn.config import build_config
     from explainnn.pipeline import run
@@ -198,7 +198,7 @@ def test_a_run_writes_graph_checks_and_pictures_and_python_gives_the_same_files(
 
     lazy = Run(build_config(overrides=[*SMALL_RUN, "training.train=never", f"model.checkpoint={run_dir / 'model.pt'}"]),
                run_dir=tmp_path / "lazy")
-    assert lazy.graph == graph and lazy.done == ["data", "model", "discovery", "circuit"]
+    assert lazy.graph == graph and lazy.done == ["data", "model", "discovery", "checks"]
     assert lazy.faithfulness["sufficiency"]["normalized"] == graph.results["circuit"]["sufficiency"]["normalized"]
     assert lazy.stability.summary() == graph.results["stability"]
     assert not (tmp_path / "lazy" / "attributions").exists()

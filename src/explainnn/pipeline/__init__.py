@@ -2,7 +2,7 @@
 
 Data flows down the list in :data:`STEPS`::
 
-    data ─► model ─► discovery ─► circuit ─► attribution ─► evaluation ─► views ─► text ─► clustering ─► report
+    data ─► model ─► discovery ─► checks ─► attribution ─► evaluation ─► views ─► text ─► clustering ─► report
 
 ``ctx`` is the :class:`RunContext` (config, run folder, device, and every
 earlier step's result); ``options`` is the step's config section, the same
@@ -13,6 +13,10 @@ Python. From Python::
     from explainnn.pipeline import Run, run
     ctx = run("config.yaml", "discovery.target_class=7")     # everything, as the command line
     graph = Run("config.yaml").graph                          # only the steps up to the graph
+
+The minimal faithful circuit (config section ``circuit``) belongs in
+``pipeline/circuit.py`` as ``Step("circuit", find_circuit, "circuit")`` after
+``checks``; it reads ``ctx.graphs`` and stores its result on ``ctx``.
 
 Adding a step
 -------------

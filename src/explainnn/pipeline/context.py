@@ -21,7 +21,7 @@ class RunContext:
 
     Steps fill it in pipeline order: ``dataset`` (data), ``model`` and
     ``training`` (model), ``graphs`` (discovery, one :class:`CausalGraph` per
-    class), ``faithfulness`` and ``stability`` (circuit), ``attributions``,
+    class), ``faithfulness`` and ``stability`` (checks), ``attributions``,
     ``evaluations``, and ``analyses`` (views, text, clustering: what each
     wrote). Reading ``dataset`` or ``model`` before their step ran is a
     one-line error naming the step.

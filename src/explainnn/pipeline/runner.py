@@ -15,7 +15,7 @@ from explainnn.config import Config, build_config, load_config
 from explainnn.data import Dataset
 from explainnn.errors import UserError
 from explainnn.pipeline.attribution import explain_classes
-from explainnn.pipeline.circuit import check_graphs
+from explainnn.pipeline.checks import check_graphs
 from explainnn.pipeline.clustering import cluster_explanations
 from explainnn.pipeline.context import RunContext
 from explainnn.pipeline.data import load_data
@@ -62,7 +62,7 @@ STEPS: tuple[Step, ...] = (
     Step("data", load_data, "data"),
     Step("model", train_or_load_model, "model"),
     Step("discovery", discover_graphs, "discovery"),
-    Step("circuit", check_graphs, "discovery", enabled=_checks_enabled),
+    Step("checks", check_graphs, "discovery", enabled=_checks_enabled),
     Step("attribution", explain_classes, "attribution"),
     Step("evaluation", evaluate_classes, "evaluation"),
     Step("views", draw_views, "analyses.views"),
@@ -77,7 +77,7 @@ class Run:
     """The pipeline from Python: build it from a config, then ask for what you need.
 
     >>> run = Run("config.yaml", "training.epochs=3", "evaluation.enabled=false")  # doctest: +SKIP
-    >>> run.graph.summary()          # runs data, model, discovery and circuit  # doctest: +SKIP
+    >>> run.graph.summary()          # runs data, model, discovery and checks  # doctest: +SKIP
     >>> run.all()                    # every enabled step, as the command line does  # doctest: +SKIP
 
     ``config`` is a :class:`~explainnn.config.Config`, a path to a YAML file or
@@ -133,8 +133,8 @@ class Run:
 
     @property
     def graphs(self) -> dict[int, CausalGraph]:
-        """The checked causal graph of every target class (runs the steps up to the circuit step)."""
-        return self.run("circuit").graphs
+        """The checked causal graph of every target class (runs the steps up to the checks)."""
+        return self.run("checks").graphs
 
     @property
     def graph(self) -> CausalGraph:
@@ -147,12 +147,12 @@ class Run:
     @property
     def faithfulness(self) -> dict[str, Any]:
         """The one graph's sufficiency and necessity against random unit sets (``circuit_faithfulness``'s report)."""
-        return self.run("circuit").faithfulness[self._only_class()]
+        return self.run("checks").faithfulness[self._only_class()]
 
     @property
     def stability(self) -> Any:
         """The one graph's stability sweep (a :class:`~explainnn.causal.StabilityResult`)."""
-        return self.run("circuit").stability[self._only_class()]
+        return self.run("checks").stability[self._only_class()]
 
     def _only_class(self) -> int:
         return int(self.graph.metadata["target"])

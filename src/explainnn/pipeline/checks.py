@@ -1,8 +1,4 @@
-"""Step 4, circuit: check each causal graph as a circuit (sufficiency, necessity) and its stability.
-
-This is the slot for circuit work: a step that extracts a minimal faithful
-circuit from the graph belongs here, beside the checks.
-"""
+"""Step 4, checks: each causal graph checked as a circuit (sufficiency, necessity) and for stability."""
 
 from __future__ import annotations
 
@@ -52,4 +48,4 @@ def describe_checks(graph: CausalGraph) -> str:
     stable = graph.results.get("stability")
     if stable:
         parts.append(f"Jaccard at beta={stable['betas'][0]:g}: {stable['jaccard_mean'][0]:.2f}")
-    return f"circuit     class {graph.metadata['target']}: {'; '.join(parts) or 'no check applies'}"
+    return f"checks      class {graph.metadata['target']}: {'; '.join(parts) or 'no check applies'}"
