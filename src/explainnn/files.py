@@ -82,14 +82,22 @@ def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fields: Seque
     return Path(path)
 
 
-def save_figure(figure: Figure, path: str | Path, *, dpi: int | None = None, tight: bool = False) -> Path:
-    """Save a matplotlib ``figure`` atomically; the format comes from the suffix (PNG by default).
+def save_figure(figure: Figure, path: str | Path | None, *, dpi: int | None = None, tight: bool = False) -> Figure:
+    """Save a matplotlib ``figure`` atomically when ``path`` is given (format from the suffix, PNG by default).
 
     ``dpi`` is the run's ``plots.dpi`` (None: the figure's own); ``tight`` trims
-    the white margin (``bbox_inches="tight"``).
+    the white margin (``bbox_inches="tight"``). A figure made without pyplot gets
+    an Agg canvas, so it draws and displays anywhere. Returns the figure, so a
+    plotting function can end with ``return save_figure(figure, path, dpi=dpi)``.
     """
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi if dpi is not None else "figure",
-                       bbox_inches="tight" if tight else None)
-    return path
+    from matplotlib.backend_bases import FigureCanvasBase
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if type(figure.canvas) is FigureCanvasBase:
+        FigureCanvasAgg(figure)
+    if path is not None:
+        target = Path(path)
+        with atomic_path(target) as tmp:
+            figure.savefig(tmp, format=target.suffix.lstrip(".") or "png", dpi=dpi if dpi is not None else "figure",
+                           bbox_inches="tight" if tight else None)
+    return figure

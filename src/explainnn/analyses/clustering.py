@@ -32,14 +32,12 @@ from explainnn.analyses.text_importance import (
     attribute_in_batches,
     resolve_targets,
     sample_indices,
-    save_figure,
-    write_csv,
 )
 from explainnn.attributions import method_info, modality_of
 from explainnn.data import Dataset
 from explainnn.deprecation import deprecated_alias
 from explainnn.errors import UserError
-from explainnn.files import atomic_path, write_json
+from explainnn.files import atomic_path, save_figure, write_csv, write_json
 from explainnn.progress import progress_bar
 
 N_INIT = 10
@@ -198,7 +196,7 @@ def plot_clusters(
     k_axis.legend(fontsize="small")
     if title:
         figure.suptitle(title)
-    return save_figure(figure, path, dpi)
+    return save_figure(figure, path, dpi=dpi)
 
 
 def explanation_vectors(
@@ -288,7 +286,7 @@ def plot_seed_agreement(matrix: np.ndarray, names: Sequence[str], *, title: str 
                   fontsize="small")
     figure.colorbar(image, ax=axis, label="adjusted Rand index")
     axis.set_title(title or "agreement of explanation clusters across training seeds")
-    return save_figure(figure, path, dpi)
+    return save_figure(figure, path, dpi=dpi)
 
 
 def clustering_step(

@@ -19,7 +19,6 @@ Values are the module's output, before any following nonlinearity.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,24 +26,18 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
 from explainnn.deprecation import deprecated_alias
 from explainnn.errors import UserError
-from explainnn.files import atomic_path
+from explainnn.files import save_figure, write_csv
 from explainnn.interventions.hooks import ModelPatch
 from explainnn.interventions.layers import LayerInfo, find_layers, resolve_layer
+from explainnn.torch_utils import model_device
 
 PROJECTIONS = ("pca", "tsne")
 MAX_PERPLEXITY = 30.0
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters live (CPU for a model without parameters)."""
-    parameter = next(model.parameters(), None)
-    return torch.device("cpu") if parameter is None else parameter.device
 
 
 def layer_info(model: nn.Module, example: torch.Tensor, layer: str) -> LayerInfo:
@@ -181,25 +174,14 @@ def plot_embedding(
     axis.set_title(title, fontsize=10)
     axis.set_xticks([])
     axis.set_yticks([])
-    return save_figure(figure, path)
+    return save_figure(figure, path, tight=True)
 
 
 def write_embedding_csv(
     path: str | Path, coords: np.ndarray, labels: np.ndarray, class_names: Sequence[str], index: np.ndarray
 ) -> Path:
     """CSV with one row per sample: its test-split index, x, y, label and class name."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["index", "x", "y", "label", "class"])
-        for i, (x, y), label in zip(index, coords, labels):
-            writer.writerow([int(i), f"{float(x):.6g}", f"{float(y):.6g}", int(label), class_names[int(label)]])
-    return Path(path)
+    rows = [{"index": int(i), "x": f"{float(x):.6g}", "y": f"{float(y):.6g}", "label": int(label),
+             "class": class_names[int(label)]} for i, (x, y), label in zip(index, coords, labels)]
+    return write_csv(path, rows, ["index", "x", "y", "label", "class"])
 
-
-def save_figure(figure: Figure, path: str | Path | None) -> Figure:
-    """Attach the Agg canvas and, given a path, write the PNG atomically."""
-    FigureCanvasAgg(figure)
-    if path is not None:
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", bbox_inches="tight")
-    return figure

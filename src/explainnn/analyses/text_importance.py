@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.special import rel_entr
 from scipy.stats import kendalltau, spearmanr
@@ -37,8 +36,7 @@ from explainnn.attributions import attribute, method_info, modality_of
 from explainnn.data import Dataset
 from explainnn.data.text import PAD, UNK
 from explainnn.errors import UserError
-from explainnn.files import atomic_path, write_csv, write_json
-from explainnn.files import save_figure as _save_figure_file
+from explainnn.files import atomic_path, save_figure, write_csv, write_json
 from explainnn.progress import progress_bar
 from explainnn.torch_utils import eval_mode, model_device
 
@@ -237,7 +235,7 @@ def plot_top_words(importance: TokenImportance | Mapping[str, TokenImportance], 
             _word_bars(axis, row.top_words(method, top_k, sign=sign, min_count=min_count), sign, colour)
     n = len(rows[0].tokens)
     figure.suptitle(f"{method}: what words push, over {n} texts (count in brackets, seen >= {min_count}x)")
-    return save_figure(figure, path, dpi)
+    return save_figure(figure, path, dpi=dpi)
 
 
 def _word_bars(axis: Any, top: list[tuple[str, float, int]], sign: str, colour: str) -> None:
@@ -394,7 +392,7 @@ def plot_permutation(result: PermutationImportance, *, path: str | Path | None =
     summary = result.summary()
     figure.suptitle(f"shuffling each text's words: accuracy {summary['accuracy']:.3f} -> "
                     f"{summary['permuted_accuracy']:.3f}, logit drop {summary['logit_drop']:.3f}")
-    return save_figure(figure, path, dpi)
+    return save_figure(figure, path, dpi=dpi)
 
 
 # Attention vs gradients ---------------------------------------------------------------
@@ -534,7 +532,7 @@ def plot_attention_agreement(agreement: AttentionAgreement, *, path: str | Path 
         axis.set_xlabel(titles[name])
         axis.legend(fontsize="small")
     axes[0].set_ylabel("samples")
-    return save_figure(figure, path, dpi)
+    return save_figure(figure, path, dpi=dpi)
 
 
 # The step -----------------------------------------------------------------------------
@@ -790,10 +788,3 @@ def _per_step(values: np.ndarray, modality: str, *, magnitude: bool) -> np.ndarr
         return values.sum(axis=2) if magnitude else values[:, :, 0]
     return values.sum(axis=(1, 3)) if magnitude else values[:, 0, :, 0]
 
-
-def save_figure(figure: Figure, path: str | Path | None, dpi: int) -> Figure:
-    """Attach the Agg canvas (no pyplot), write a PNG atomically when given a path, and return the figure."""
-    FigureCanvasAgg(figure)
-    if path is not None:
-        _save_figure_file(figure, path, dpi=dpi)
-    return figure

@@ -30,19 +30,18 @@ from torch import nn
 from explainnn.analyses.embeddings import (
     hidden_representations,
     layer_info,
-    model_device,
     plot_embedding,
     project_2d,
     run_to_layer,
-    save_figure,
     unit_activations,
     write_embedding_csv,
 )
 from explainnn.errors import UserError
-from explainnn.files import atomic_path
+from explainnn.files import atomic_path, save_figure
 from explainnn.interventions.hooks import ModelPatch
 from explainnn.interventions.layers import RECURRENT_TYPES, LayerInfo, find_layers, resolve_layer
 from explainnn.progress import progress_bar
+from explainnn.torch_utils import model_device
 
 if TYPE_CHECKING:
     from explainnn.causal import CausalGraph
@@ -152,7 +151,7 @@ def plot_filters(
         shown_filters < n_filters or n_inputs > MAX_CHANNELS) else ""
     figure.suptitle(f"{name}: {n_filters} filters of {n_inputs} x {size} ({detail}"
                     f"{'RGB, grey = 0' if rgb else 'red > 0 > blue'}{more})", fontsize=9)
-    return save_figure(figure, path)
+    return save_figure(figure, path, tight=True)
 
 
 # --------------------------------------------------------------- activation maps
@@ -219,7 +218,7 @@ def plot_activation_maps(
         figure.colorbar(image, ax=axes, shrink=0.8, ticks=[-limit, 0, limit], format="%.2g")
     more = f" (first {channels} of {len(maps)})" if channels < len(maps) else ""
     figure.suptitle(f"{layer}: activation maps of {len(maps)} channels{more}{note}", fontsize=9)
-    return save_figure(figure, path)
+    return save_figure(figure, path, tight=True)
 
 
 # ------------------------------------------------------- activation maximisation
@@ -363,7 +362,7 @@ def draw_maximization(
     for axis in axes.flat[len(units):]:
         axis.set_visible(False)
     figure.suptitle(f"{layer}: inputs that maximise each unit (title: unit: activation){note}", fontsize=9)
-    return save_figure(figure, path)
+    return save_figure(figure, path, tight=True)
 
 
 # ------------------------------------------------------------------------- step

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from explainnn.errors import UserError
+from explainnn.files import save_figure
 
 CMAP = "RdBu_r"
 CELL = 1.6
@@ -36,15 +36,6 @@ def _array(values: object, label: str) -> np.ndarray:
 def _limit(values: np.ndarray) -> float:
     largest = float(np.max(np.abs(values))) if values.size else 0.0
     return largest if largest > 0 else 1.0
-
-
-def _save(figure: Figure, path: str | Path | None) -> Figure:
-    FigureCanvasAgg(figure)
-    if path is not None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(target, dpi=100, bbox_inches="tight")
-    return figure
 
 
 def _as_picture(sample: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -86,6 +77,7 @@ def plot_attribution_grid(
     *,
     titles: Mapping[str, str] | Sequence[str] | None = None,
     labels: Sequence[str] | None = None,
+    dpi: int = 100,
 ) -> Figure:
     """One row per sample: the input in gray, then each method's map.
 
@@ -132,13 +124,15 @@ def plot_attribution_grid(
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=dpi, tight=True)
 
 
 def plot_sequence_attributions(
     inputs: object,
     attributions: object,
     path: str | Path | None = None,
+    *,
+    dpi: int = 100,
 ) -> Figure:
     """Time x feature heatmaps of sequence attributions, one row per sample.
 
@@ -190,7 +184,7 @@ def plot_sequence_attributions(
                 axis.set_title(name, fontsize=9)
     if not signal:
         axes[0, 0].set_title("input", fontsize=9)
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=dpi, tight=True)
 
 
 def _aligned(tokens: Sequence[str], scores: object) -> np.ndarray:
@@ -235,6 +229,8 @@ def plot_text_attributions(
     tokens_list: Sequence[Sequence[str]],
     scores_dict: Mapping[str, object],
     path: str | Path | None = None,
+    *,
+    dpi: int = 100,
 ) -> Figure:
     """One panel per sentence: a methods x tokens heatmap, each method scaled to [-1, 1].
 
@@ -267,7 +263,7 @@ def plot_text_attributions(
         axis.set_title(f"sample {index}", fontsize=9, loc="left")
     if shown is not None:
         figure.colorbar(shown, ax=list(axes), shrink=0.6, label="attribution / max |attribution|")
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=dpi, tight=True)
 
 
 def plot_causal_maps(
@@ -278,6 +274,7 @@ def plot_causal_maps(
     *,
     layer: str = "",
     max_units: int = 16,
+    dpi: int = 100,
 ) -> Figure:
     """The research code's per-node causal maps of one layer, one row per sample.
 
@@ -309,4 +306,4 @@ def plot_causal_maps(
     if len(maps) > max_units:
         figure.suptitle(f"{len(maps)} causal units in {layer}; the first {max_units} shown", fontsize=9)
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=dpi, tight=True)

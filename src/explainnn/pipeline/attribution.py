@@ -56,7 +56,7 @@ def explain_classes(ctx: RunContext, options: AttributionConfig) -> dict[int, di
         if ctx.plots and results:
             labels = [f"#{int(i)} ({dataset.info.class_names[target]})" for i in index]
             _draw(ctx.model, dataset, inputs, results, folder, labels=labels, graph=graph,
-                  causal_paths_layer=options.causal_paths_layer)
+                  causal_paths_layer=options.causal_paths_layer, dpi=ctx.dpi)
         print(f"attribution class {target}: {', '.join(results) or 'no method ran'} on {len(inputs)} samples")
         ctx.attributions[target] = results
     return ctx.attributions
@@ -93,17 +93,17 @@ def attribute_methods(
 
 
 def _draw(model: nn.Module, dataset: Dataset, inputs: torch.Tensor, results: dict[str, np.ndarray], folder: Path, *,
-          labels: list[str], graph: CausalGraph | None, causal_paths_layer: str | None) -> None:
+          labels: list[str], graph: CausalGraph | None, causal_paths_layer: str | None, dpi: int) -> None:
     """The pictures of one class's attributions, as fits the modality."""
     modality = modality_of(model, inputs)
     if modality == "image":
-        plot_attribution_grid(inputs, results, folder / "grid.png", labels=labels)
+        plot_attribution_grid(inputs, results, folder / "grid.png", labels=labels, dpi=dpi)
     if modality == "sequence" or (modality == "image" and not _convolutional(model)):
-        plot_sequence_attributions(inputs, results, folder / "sequences.png")
+        plot_sequence_attributions(inputs, results, folder / "sequences.png", dpi=dpi)
     if modality == "tokens":
         vocab, pad = dataset.info.vocab or (), dataset.info.pad_index
         tokens = [[vocab[int(t)] for t in row if int(t) != pad] for row in inputs]
-        plot_text_attributions(tokens, results, folder / "text.png")
+        plot_text_attributions(tokens, results, folder / "text.png", dpi=dpi)
         blocks = [f"<h3>{method}</h3>" + "".join(text_html(t, results[method][k]) for k, t in enumerate(tokens))
                   for method in results]
         write_text(folder / "text.html", "<!doctype html><meta charset='utf-8'><body>" + "".join(blocks))
@@ -114,7 +114,7 @@ def _draw(model: nn.Module, dataset: Dataset, inputs: torch.Tensor, results: dic
             print(f"attribution causal maps: skipped ({exc})")
             return
         plot_causal_maps(inputs, {u: m.numpy() for u, m in maps.items()}, total.numpy(),
-                         folder / f"causal_maps_{causal_paths_layer}.png", layer=causal_paths_layer)
+                         folder / f"causal_maps_{causal_paths_layer}.png", layer=causal_paths_layer, dpi=dpi)
 
 
 def _convolutional(model: nn.Module) -> bool:
