@@ -245,10 +245,14 @@ def fit_surrogates(switches: Tensor, outputs: Tensor, weights: Tensor, alpha: fl
     y_mean = (w * y).sum(dim=1, keepdim=True) / total
     root = w.sqrt()
     zc, yc = (z - z_mean) * root[..., None], ((y - y_mean) * root)[..., None]
-    if alpha > 0:
-        gram = zc.transpose(1, 2) @ zc + alpha * torch.eye(z.shape[-1], dtype=z.dtype)
-        return torch.linalg.solve(gram, zc.transpose(1, 2) @ yc)[..., 0]
-    return torch.linalg.lstsq(zc, yc, driver="gelsd").solution[..., 0]
+    gram = zc.transpose(1, 2) @ zc + alpha * torch.eye(z.shape[-1], dtype=z.dtype)
+    solution, info = torch.linalg.solve_ex(gram, zc.transpose(1, 2) @ yc)
+    if alpha == 0:  # the normal equations where they are well conditioned, least squares elsewhere
+        eigenvalues = torch.linalg.eigvalsh(gram)
+        poor = (info != 0) | (eigenvalues[:, 0] <= 1e-10 * eigenvalues[:, -1].clamp(min=1e-300))
+        if bool(poor.any()):
+            solution[poor] = torch.linalg.lstsq(zc[poor], yc[poor], driver="gelsd").solution
+    return solution[..., 0]
 
 
 def _shap_switches(n: int, n_samples: int, groups: int) -> Tensor:
