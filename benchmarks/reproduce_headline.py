@@ -20,9 +20,16 @@ with identical settings for every method:
    signed-rank p-value of causal against each method (Holm-corrected), and the
    seconds each part took. Results, pictures and a report go to ``--output``.
 
-    python benchmarks/reproduce_headline.py                   # the full run (2 CPU threads: ~30 minutes,
-                                                              # mostly LocalLipschitzEstimate of LIME/KernelSHAP)
-    python benchmarks/reproduce_headline.py --samples 20      # a quicker look
+``--engine`` picks the evaluation engine: ``fast`` (batched metrics and batched
+LIME/KernelSHAP, the default), ``quantus`` (Quantus' metrics and captum's own
+LIME/KernelSHAP, one sample at a time: the reference implementations) or
+``both``: the two, one after the other in the same process on the same samples,
+with the seconds of each, their ratio, and whether they agree (every mean inside
+the other engine's 95% CI, and the same ranks).
+
+    python benchmarks/reproduce_headline.py --threads 2                      # fast engine, 100 samples
+    python benchmarks/reproduce_headline.py --threads 2 --engine both --samples 20   # side by side
+    python benchmarks/reproduce_headline.py --threads 2 --lipschitz-samples 200      # Quantus' own count
     python benchmarks/reproduce_headline.py --device cuda
 """
 
@@ -72,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", choices=["fast", "quantus", "both"], default="fast",
+                        help="evaluation engine; both = side by side in this run (default fast)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -107,14 +116,19 @@ def main(argv: list[str] | None = None) -> int:
         seconds["discovery"] = time.perf_counter() - clock
         print(f"discovery  {graph.summary().splitlines()[0]}")
 
-        clock = time.perf_counter()
-        results = evaluation_step(
-            model, dataset, TARGET, graph, run_dir / "evaluation", methods=METHODS, metrics=METRICS,
-            n_samples=args.samples, options={"LocalLipschitzEstimate": {"nr_samples": args.lipschitz_samples}},
-            seed=config.seed, progress=True, plots=True, dpi=config.plots.dpi,
-            held_out=not args.on_discovery_samples,
-        )
-        seconds["evaluation"] = time.perf_counter() - clock
+        runs = {}
+        for engine in (["fast", "quantus"] if args.engine == "both" else [args.engine]):
+            clock = time.perf_counter()
+            runs[engine] = evaluation_step(
+                model, dataset, TARGET, graph, run_dir / ("evaluation" if engine == "fast" or args.engine != "both"
+                                                          else "evaluation_quantus"),
+                methods=METHODS, metrics=METRICS, n_samples=args.samples,
+                options={"LocalLipschitzEstimate": {"nr_samples": args.lipschitz_samples}},
+                seed=config.seed, progress=True, plots=True, dpi=config.plots.dpi,
+                held_out=not args.on_discovery_samples, engine=engine,
+            )
+            seconds[f"evaluation ({engine} engine)"] = time.perf_counter() - clock
+        results = next(iter(runs.values()))
         write_report(run_dir, config_yaml=dump_config(config), training=record, graphs={TARGET: graph},
                      title="explainnn: the headline comparison (LeNet, MNIST, class 3)")
     except UserError as error:
@@ -131,11 +145,35 @@ def main(argv: list[str] | None = None) -> int:
           f"classified digits ({used} of them used by discovery); LocalLipschitzEstimate with "
           f"{args.lipschitz_samples} perturbations; every attribution normalised per sample by its max |value|; "
           f"{hardware}; torch {torch.__version__}.\n")
-    print(results.markdown())
-    print()
+    for engine, run in runs.items():
+        print(f"{engine} engine:\n")
+        print(run.markdown())
+        print()
     print(" | ".join(f"{part}: {value:.0f} s" for part, value in seconds.items()))
+    if len(runs) == 2:
+        ratio = seconds["evaluation (quantus engine)"] / seconds["evaluation (fast engine)"]
+        print(f"fast engine {ratio:.1f}x faster than the Quantus engine on the same samples")
+        print(agreement(runs["fast"].summary, runs["quantus"].summary))
     print(f"results and report.html in {run_dir}")
     return 0
+
+
+def agreement(fast: list[dict], quantus: list[dict]) -> str:
+    """Whether two engines' summaries agree: every mean inside the other's 95% CI, and the same ranks."""
+    other = {(row["metric"], row["method"]): row for row in quantus}
+    lines, agree = [], True
+    for row in fast:
+        ref = other[(row["metric"], row["method"])]
+        inside = ref["ci_low"] <= row["mean"] <= ref["ci_high"] and row["ci_low"] <= ref["mean"] <= row["ci_high"]
+        same_rank = row["rank"] == ref["rank"]
+        agree &= inside and same_rank
+        if not (inside and same_rank):
+            lines.append(f"  {row['metric']} / {row['method']}: fast {row['mean']:.4g} [{row['ci_low']:.4g}, "
+                         f"{row['ci_high']:.4g}] rank {row['rank']}; quantus {ref['mean']:.4g} [{ref['ci_low']:.4g}, "
+                         f"{ref['ci_high']:.4g}] rank {ref['rank']}")
+    head = ("engines agree: every mean inside the other's 95% CI, same ranks" if agree
+            else "engines differ:")
+    return "\n".join([head, *lines])
 
 
 if __name__ == "__main__":
