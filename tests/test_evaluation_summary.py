@@ -25,9 +25,8 @@ from explainnn.evaluation import (
     paired_test,
     read_csv,
     summarise,
-    write_csv,
 )
-from explainnn.evaluation.io import TABLES
+from explainnn.evaluation.io import TABLES, write_table
 
 # Five samples; "Faith" is higher-is-better, "Lip" lower-is-better.
 VALUES = {
@@ -134,15 +133,15 @@ def test_markdown_table_lists_every_row(scores) -> None:
 def test_csv_round_trip_keeps_types_nan_and_none(tmp_path, scores) -> None:
     summary = summarise(scores, DIRECTIONS)
     summary[0]["rank"] = None
-    write_csv(summary, tmp_path / "summary.csv", TABLES["summary"])
+    write_table(tmp_path / "summary.csv", summary, TABLES["summary"])
     back = read_csv(tmp_path / "summary.csv")
     assert back[0]["rank"] is None and back[1]["rank"] == summary[1]["rank"]
     assert back[1]["mean"] == summary[1]["mean"] and isinstance(back[1]["n"], int)
     comparisons = compare(scores, DIRECTIONS)
-    write_csv(comparisons, tmp_path / "comparisons.csv", TABLES["comparisons"])
+    write_table(tmp_path / "comparisons.csv", comparisons, TABLES["comparisons"])
     again = read_csv(tmp_path / "comparisons.csv")
     assert [r["reference_better"] for r in again] == [r["reference_better"] for r in comparisons]
-    write_csv(scores, tmp_path / "scores.csv", TABLES["scores"])
+    write_table(tmp_path / "scores.csv", scores, TABLES["scores"])
     back_scores = read_csv(tmp_path / "scores.csv")
     missing = [r for r in back_scores if r["method"] == "causal" and r["metric"] == "Lip" and r["sample"] == 15]
     assert len(back_scores) == len(scores) and math.isnan(missing[0]["value"])
@@ -209,3 +208,12 @@ def test_relevance_share_cosine_by_hand() -> None:
     metric = RelevanceShareCosine(n_blocks=3)
     scores = metric(model=None, x_batch=np.ones_like(a), y_batch=np.zeros(3, dtype=int), a_batch=a, s_batch=masks)
     assert scores == pytest.approx([1.0, 0.0, 1 / math.sqrt(2)])
+
+
+def test_the_old_write_csv_argument_order_still_works_with_a_deprecation_warning(tmp_path) -> None:
+    from explainnn.evaluation.io import write_csv
+
+    rows = [{"method": "ig", "value": float("nan")}]
+    with pytest.warns(DeprecationWarning, match="write_table"):
+        write_csv(rows, tmp_path / "old.csv", ["method", "value"])
+    assert (tmp_path / "old.csv").read_text().splitlines() == ["method,value", "ig,"]

@@ -31,12 +31,10 @@ through :class:`~explainnn.attributions.EmbeddingSpaceModel`.
 
 from __future__ import annotations
 
-import random
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +51,7 @@ from explainnn.errors import ConfigError, UserError
 from explainnn.evaluation.fast import FAST_METRICS, Batch, run_metric
 from explainnn.evaluation.metrics import MetricContext, MetricSpec, metric_spec
 from explainnn.evaluation.summary import compare, markdown_table, summarise
+from explainnn.torch_utils import eval_mode, model_device, seeded
 
 ENGINES = ("fast", "quantus")
 """``evaluation.engine`` choices: the batched re-implementation or Quantus itself."""
@@ -130,7 +129,7 @@ def select_samples(
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ConfigError(f"evaluation.n_samples must be a positive integer; got {n_samples!r}")
-    device = _device(model)
+    device = model_device(model)
     predictions = []
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
@@ -153,7 +152,7 @@ def prepare_inputs(model: nn.Module, dataset: Any, target: int, n_samples: int, 
     ``discovery_samples`` (test indices the causal graph was learned from) come
     last when ``held_out``; either way ``in_discovery`` marks them.
     """
-    with _eval_mode(model):
+    with eval_mode(model):
         index, _ = select_samples(model, dataset.x_test, dataset.y_test, target, n_samples,
                                   exclude=discovery_samples if held_out else ())
     in_discovery = np.isin(index, np.asarray(list(discovery_samples), dtype=np.int64))
@@ -235,7 +234,7 @@ def evaluate(
             raise ConfigError(f"evaluation.options has settings for '{name}', which is not among the evaluated "
                               f"metrics; evaluated: {', '.join(metrics)}")
     infos = {name: method_info(name) for name in methods}
-    device = _device(model)
+    device = model_device(model)
     context = MetricContext(
         modality=inputs.modality, sample_shape=tuple(inputs.x.shape[1:]), n_classes=_n_classes(inputs),
         seed=seed, dataset=inputs.dataset, has_masks=inputs.masks is not None,
@@ -265,12 +264,12 @@ def evaluate(
     timings: list[dict] = []
     scores: list[dict] = []
     try:
-        with _eval_mode(model), _eval_mode(inputs.model):
+        with eval_mode(model), eval_mode(inputs.model):
             for name, explain in list(explainers.items()):
                 bar.set_postfix_str(f"attributions / {name}", refresh=False)
                 started = time.perf_counter()
                 try:
-                    with _isolated_random_state(seed, device):
+                    with seeded(seed, device):
                         attributions[name] = np.asarray(explain(inputs.model, inputs.x, inputs.y), dtype=np.float32)
                 except UserError as error:
                     skipped.append({"metric": "*", "method": name, "reason": str(error)})
@@ -375,7 +374,7 @@ def _record(inputs: EvaluationInputs, seed: int, reference: str, correction: str
 def _run(spec: MetricSpec, init: dict, calls: dict, inputs: EvaluationInputs, a_batch: np.ndarray,
          explain: Any, seed: int, device: torch.device) -> np.ndarray:
     metric = spec.create(init)
-    with _isolated_random_state(seed, device), warnings.catch_warnings():
+    with seeded(seed, device), warnings.catch_warnings():
         for message in QUANTUS_NOTICES:
             warnings.filterwarnings("ignore", message=message)
         raw = metric(
@@ -388,7 +387,7 @@ def _run(spec: MetricSpec, init: dict, calls: dict, inputs: EvaluationInputs, a_
 
 def _run_fast(spec: MetricSpec, init: dict, calls: dict, batch: Batch, a_batch: np.ndarray, explain: Any, seed: int,
               device: torch.device) -> np.ndarray:
-    with _isolated_random_state(seed, device):
+    with seeded(seed, device):
         raw = run_metric(spec, init, calls, batch, a_batch, explain, seed)
     return spec.scores(raw, len(batch))
 
@@ -403,43 +402,10 @@ def _unique(names: Sequence[str], what: str) -> list[str]:
     return names
 
 
-def _device(model: nn.Module) -> torch.device:
-    for tensor in [*model.parameters(), *model.buffers()]:
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _n_classes(inputs: EvaluationInputs) -> int:
-    with torch.inference_mode(), _eval_mode(inputs.model):
-        sample = torch.as_tensor(inputs.x[:1]).to(_device(inputs.model))
+    with torch.inference_mode(), eval_mode(inputs.model):
+        sample = torch.as_tensor(inputs.x[:1]).to(model_device(inputs.model))
         return int(inputs.model(sample).shape[-1])
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode (Quantus refuses models in training mode), restored exactly afterwards."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-@contextmanager
-def _isolated_random_state(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed Python, NumPy and torch identically for each run; give the caller its state back."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -23,11 +23,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from explainnn import files
 from explainnn.files import atomic_path, write_json
 
 TABLES = {
@@ -54,15 +56,16 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def write_csv(rows: Iterable[Mapping[str, Any]], path: str | Path, fields: Sequence[str]) -> Path:
+def write_table(path: str | Path, rows: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> Path:
     """Write ``rows`` with columns ``fields`` atomically; None and NaN become empty cells."""
-    path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fields), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: _cell(row.get(key)) for key in fields})
-    return path
+    return files.write_csv(path, ({key: _cell(row.get(key)) for key in fields} for row in rows), fields)
+
+
+def write_csv(rows: Iterable[Mapping[str, Any]], path: str | Path, fields: Sequence[str]) -> Path:
+    """Deprecated (removed in 0.3): :func:`write_table` takes the path first, as every writer does."""
+    warnings.warn("explainnn.evaluation.io.write_csv(rows, path, fields) is deprecated; use "
+                  "write_table(path, rows, fields)", DeprecationWarning, stacklevel=2)
+    return write_table(path, rows, fields)
 
 
 def _typed(key: str, text: str) -> Any:
@@ -76,7 +79,7 @@ def _typed(key: str, text: str) -> Any:
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a table written by :func:`write_csv`, numbers and booleans restored."""
+    """Rows of a table written by :func:`write_table`, numbers and booleans restored."""
     with open(path, newline="", encoding="utf-8") as handle:
         return [{key: _typed(key, value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
@@ -84,7 +87,7 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
 def save_results(results: Any, folder: str | Path) -> dict[str, Path]:
     """Write an :class:`~explainnn.evaluation.evaluate.EvaluationResults` into ``folder``; return the paths."""
     folder = Path(folder)
-    written = {name: write_csv(getattr(results, name), folder / f"{name}.csv", fields)
+    written = {name: write_table(folder / f"{name}.csv", getattr(results, name), fields)
                for name, fields in TABLES.items()}
     written["settings"] = write_json(folder / "settings.json", results.settings)
     arrays = {"x": results.x, "y": results.y, "samples": results.samples}

@@ -13,23 +13,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from explainnn.errors import UserError
-from explainnn.files import atomic_path
+from explainnn.files import save_figure
 
 REFERENCE_COLOUR = "#d62728"
 BASELINE_COLOUR = "#7f7f7f"
 ARROWS = {"higher": "↑ higher is better", "lower": "↓ lower is better"}
-
-
-def _save(figure: Figure, path: str | Path | None, dpi: int) -> Figure:
-    FigureCanvasAgg(figure)
-    if path is not None:
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return figure
 
 
 def _by_metric(summary: Sequence[Mapping]) -> dict[str, list[Mapping]]:
@@ -65,7 +56,7 @@ def plot_family(summary: Sequence[Mapping], family: str, path: str | Path | None
             if not math.isfinite(mean):
                 axis.text(0, position, " n/a", va="center", fontsize=7)
     figure.suptitle(f"{family.capitalize()}: mean and 95% CI per method (rank in brackets)", fontsize=10)
-    return _save(figure, path, dpi)
+    return save_figure(figure, path, dpi=dpi, tight=True)
 
 
 def _label(row: Mapping) -> str:
@@ -107,7 +98,7 @@ def plot_ranks(summary: Sequence[Mapping], path: str | Path | None = None, *, dp
                     fontsize=8)
     figure.colorbar(shown, ax=axis, label="rank (1 = best)", shrink=0.8)
     axis.set_title("Rank of each method per metric", fontsize=10)
-    return _save(figure, path, dpi)
+    return save_figure(figure, path, dpi=dpi, tight=True)
 
 
 def plot_evaluation(summary: Sequence[Mapping], folder: str | Path, *, reference: str = "causal",
