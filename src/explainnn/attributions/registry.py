@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from explainnn.errors import UserError
+from explainnn.torch_utils import eval_mode, model_device, seeded
 
 MODALITIES = ("image", "sequence", "tokens")
 UNIVERSAL_OPTIONS = ("seed", "modality")
@@ -223,7 +224,7 @@ def attribute(
     if len(batch) == 0:
         raise UserError("inputs hold no samples; pass a batch (N, ...) with N >= 1")
 
-    device = _device_of(model)
+    device = model_device(model)
     batch = batch.detach().to(device).clone()
     channel = modality == "sequence" and batch.dim() == 4
     if channel:
@@ -258,20 +259,17 @@ def frozen(model: nn.Module, device: torch.device) -> Iterator[None]:
     RNN kernels refuse backward passes in eval mode, so it is off for models with
     recurrent layers.
     """
-    modes = [(module, module.training) for module in model.modules()]
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
     recurrent = any(isinstance(module, nn.RNNBase) for module in model.modules())
     try:
         with ExitStack() as stack:
             if device.type == "cuda":
                 stack.enter_context(_exact_cudnn(enabled=not recurrent))
-            model.eval()
+            stack.enter_context(eval_mode(model))
             for parameter, _ in flags:
                 parameter.requires_grad_(False)
             yield
     finally:
-        for module, training in modes:
-            module.training = training
         for parameter, requires_grad in flags:
             parameter.requires_grad_(requires_grad)
 
@@ -285,20 +283,6 @@ def _exact_cudnn(enabled: bool) -> Iterator[None]:
         yield
     finally:
         cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved
-
-
-@contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch and NumPy's global generators (captum draws from both), then restore them."""
-    devices = [device] if device.type == "cuda" else []
-    state = np.random.get_state()
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        try:
-            yield
-        finally:
-            np.random.set_state(state)
 
 
 def _declared_options(function: Implementation) -> dict[str, Any]:
@@ -329,12 +313,6 @@ def _as_tensor(inputs: torch.Tensor | np.ndarray) -> torch.Tensor:
         array = inputs.astype(np.float32) if np.issubdtype(inputs.dtype, np.floating) else inputs.astype(np.int64)
         return torch.from_numpy(np.ascontiguousarray(array))
     raise UserError(f"inputs must be a torch.Tensor or numpy array; got {type(inputs).__name__}")
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for tensor in [*model.parameters(), *model.buffers()]:
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _targets(target: Any, model: nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
