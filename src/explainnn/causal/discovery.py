@@ -42,6 +42,7 @@ from explainnn.interventions import (
 from explainnn.interventions.edits import connections
 from explainnn.interventions.layers import ParentLink, unsupported_layers
 from explainnn.interventions.spec import SOFT_RULES
+from explainnn.torch_utils import eval_mode, model_device
 
 On = Literal["edges", "nodes"]
 Kind = Literal["hard", "soft"]
@@ -136,19 +137,8 @@ def select_samples(
 
 
 def _predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            return model(inputs.to(_device(model))).argmax(-1).cpu()
-    finally:
-        model.train(was_training)
-
-
-def _device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
+    with eval_mode(model), torch.inference_mode():
+        return model(inputs.to(model_device(model))).argmax(-1).cpu()
 
 
 def causal_chain(layers: Sequence[LayerInfo], names: Sequence[str] | None = None) -> list[LayerInfo]:
@@ -236,7 +226,7 @@ def discover(
     target = _target(model, inputs, target)
     extra = 1 if options.test == "ztest" else 0
     index = select_samples(model, inputs, target, options.n_samples + extra, labels=labels)
-    samples = inputs[index].to(_device(model))
+    samples = inputs[index].to(model_device(model))
     test_samples = samples[: len(samples) - extra] if extra and len(samples) > 2 else samples
 
     runner = runner or InterventionRunner(model)
@@ -471,13 +461,8 @@ def discover_all(model: nn.Module, inputs: torch.Tensor, **options: Any) -> dict
 
 
 def _n_classes(model: nn.Module, inputs: torch.Tensor) -> int:
-    with torch.inference_mode():
-        was_training = model.training
-        model.eval()
-        try:
-            return int(model(torch.as_tensor(inputs)[:1].to(_device(model))).shape[-1])
-        finally:
-            model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        return int(model(torch.as_tensor(inputs)[:1].to(model_device(model))).shape[-1])
 
 
 def _target(model: nn.Module, inputs: torch.Tensor, target: Any) -> int:

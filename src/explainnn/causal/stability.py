@@ -41,6 +41,7 @@ from explainnn.causal.stats import paired_test
 from explainnn.errors import UserError
 from explainnn.files import atomic_path
 from explainnn.interventions import InterventionRunner, soft_edge, soft_node
+from explainnn.torch_utils import model_device
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def stability(
     if not children:
         raise UserError(f"layer {child!r} has no causal units, so {layer!r} has no edges to re-test")
 
-    device = next(iter(model.parameters())).device
+    device = model_device(model)
     samples = torch.as_tensor(inputs)[torch.tensor(graph.metadata["samples"])].to(device)
     runner = InterventionRunner(model)
     n_units = next(info.n_units for info in runner.layers(samples[:1]) if info.name == layer)
