@@ -34,7 +34,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from architectures import ResearchLeNet, seeded  # noqa: E402
-
 from explainnn.causal import discover  # noqa: E402
 from explainnn.interventions import InterventionRunner, reference_run  # noqa: E402
 from explainnn.models import LeNet  # noqa: E402

@@ -11,11 +11,15 @@ from explainnn.causal import discover
 from explainnn.errors import InterventionError
 from explainnn.interventions import (
     EdgeIntervention as Edge,
+)
+from explainnn.interventions import (
     InterventionRunner,
-    NodeIntervention as Node,
     find_layers,
     intervene,
     reference_run,
+)
+from explainnn.interventions import (
+    NodeIntervention as Node,
 )
 
 NAMES = list(ARCHITECTURES)

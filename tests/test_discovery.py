@@ -16,8 +16,8 @@ from explainnn.causal import (
     select_samples,
     stability,
 )
-from explainnn.errors import ConfigError, UserError
 from explainnn.causal.stats import ztest_research
+from explainnn.errors import ConfigError, UserError
 from explainnn.interventions import EdgeIntervention, InterventionRunner, find_layers
 
 

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from test_interventions_models import NestedNet, SeqFirstLSTM, lenet, seeded
 from explainnn.errors import InterventionError
 from explainnn.interventions import EdgeIntervention as Edge
-from explainnn.interventions import InterventionRunner, NodeIntervention as Node, find_layers, intervene
+from explainnn.interventions import InterventionRunner, find_layers, intervene
+from explainnn.interventions import NodeIntervention as Node
 from explainnn.interventions.reference import intervened_copy
 from explainnn.models import RecurrentClassifier
+from test_interventions_models import NestedNet, SeqFirstLSTM, lenet, seeded
 
 
 def snapshot(model: nn.Module) -> dict:

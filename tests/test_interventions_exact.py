@@ -11,6 +11,19 @@ import pytest
 import torch
 from torch import nn
 
+from explainnn.interventions import (
+    EdgeIntervention as Edge,
+)
+from explainnn.interventions import (
+    InterventionRunner,
+    reference_run,
+    soft_edge,
+    soft_node,
+)
+from explainnn.interventions import (
+    NodeIntervention as Node,
+)
+from explainnn.models import RecurrentClassifier
 from test_interventions_models import (
     ChannelsLastNet,
     Conv1dNet,
@@ -21,15 +34,6 @@ from test_interventions_models import (
     lenet,
     seeded,
 )
-from explainnn.interventions import (
-    EdgeIntervention as Edge,
-    InterventionRunner,
-    NodeIntervention as Node,
-    reference_run,
-    soft_edge,
-    soft_node,
-)
-from explainnn.models import RecurrentClassifier
 
 
 def check(model: nn.Module, inputs: torch.Tensor, specs: list, min_effect_share: float = 0.75, **runner_kw) -> None:
@@ -185,7 +189,8 @@ def test_prefix_is_served_from_the_cache():
 
 
 def test_functional_ops_and_modules_called_twice_are_not_rerun_before_the_intervened_layer():
-    from architectures import ResearchLeNet, seeded as seeded_zoo
+    from architectures import ResearchLeNet
+    from architectures import seeded as seeded_zoo
 
     model = seeded_zoo(ResearchLeNet(), scale=2.0)
     calls = {"conv1": 0, "pool": 0}

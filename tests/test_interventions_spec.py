@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_interventions_models import Conv1dNet, lenet, seeded
 from explainnn.errors import InterventionError
 from explainnn.interventions import EdgeIntervention as Edge
-from explainnn.interventions import InterventionRunner, NodeIntervention as Node, soft_edge, soft_node, soft_value
+from explainnn.interventions import InterventionRunner, soft_edge, soft_node, soft_value
+from explainnn.interventions import NodeIntervention as Node
 from explainnn.models import RecurrentClassifier
+from test_interventions_models import Conv1dNet, lenet, seeded
 
 
 def test_specs_normalise_and_hash():

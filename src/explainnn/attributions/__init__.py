@@ -43,8 +43,13 @@ lets Quantus explain token models in embedding space and
 :class:`ChannelFirstSequenceModel` one-feature sequences as ``(N, F, T)`` signals.
 """
 
-from explainnn.attributions import baselines, causal, lrp, text  # noqa: F401  (register the methods)
-from explainnn.attributions import through_circuit  # noqa: F401  (after the baselines it wraps)
+from explainnn.attributions import (  # noqa: F401  (register the methods)
+    baselines,
+    causal,
+    lrp,
+    text,
+    through_circuit,  # noqa: F401  (after the baselines it wraps)
+)
 from explainnn.attributions.causal import causal_path_maps, restriction
 from explainnn.attributions.masks import feature_mask, image_mask, occlusion_window
 from explainnn.attributions.plots import (

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from explainnn.data.base import Dataset, DatasetInfo, register_dataset
-from explainnn.data.download import download_file, MD5, MIRRORS
+from explainnn.data.download import MD5, MIRRORS, download_file
 from explainnn.errors import DataError
 
 PAD, UNK = "<pad>", "<unk>"

@@ -30,7 +30,6 @@ from explainnn.interventions.hooks import ModelPatch
 from explainnn.interventions.layers import HeldClean, LayerInfo, ModuleCall, find_layers, resolve_layer, tile_output
 from explainnn.interventions.spec import Intervention, InterventionSet, as_rows
 
-
 DEFAULT_CPU_BUDGET_MB = 512
 DEFAULT_CUDA_BUDGET_MB = 8192
 """Default activation budget of one chunk (on CUDA also at most a quarter of the free memory)."""
