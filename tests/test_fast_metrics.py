@@ -106,8 +106,10 @@ def test_irof_follows_the_paper_by_hand() -> None:
     np.testing.assert_allclose(irof(batch, a, softmax=False), [expected], rtol=1e-6)
 
 
-def test_local_lipschitz_estimate(case) -> None:
-    quantus, fast = both(case, "LocalLipschitzEstimate", {"nr_samples": 4}, method="gradient_x_input")
+@pytest.mark.parametrize("method", ["gradient_x_input", "smoothgrad"])
+def test_local_lipschitz_estimate(case, method) -> None:
+    """Also for a stochastic method: each copy meets the random numbers Quantus' batches give it."""
+    quantus, fast = both(case, "LocalLipschitzEstimate", {"nr_samples": 4}, method=method)
     np.testing.assert_allclose(fast, quantus, **TOL)
 
 

@@ -3,7 +3,7 @@
 Quantus loops over its batches in NumPy and asks the attribution method for
 one batch of perturbed copies per perturbation step. This engine draws every
 perturbation first, sends all perturbed copies of all samples through the model
-together (on CPU or CUDA) and explains perturbed copies many at a time. It
+together (on CPU or CUDA) and explains perturbed copies a batch at a time. It
 takes the same options as the Quantus metric (``evaluation.options``) and, with
 the same seed, draws the same random numbers in the same order, so its scores
 equal Quantus' (``tests/test_fast_metrics.py`` checks each metric). Where

@@ -30,8 +30,6 @@ Explain = Callable[..., np.ndarray]
 ROWS = 2048
 """Inputs per forward pass of the model (perturbed copies of many samples together)."""
 
-EXPLAIN_ROWS = 256
-"""Perturbed copies per call of the attribution method in the robustness and randomisation metrics."""
 
 
 @dataclass
@@ -108,16 +106,19 @@ def prepare(a: np.ndarray, x_shape: tuple[int, ...], *, normalise: bool, abs: bo
     return a
 
 
-def explain_rows(batch: Batch, explain: Explain, inputs: np.ndarray, targets: np.ndarray, *, normalise: bool,
-                 abs: bool) -> np.ndarray:
-    """Explain many perturbed copies ``(M, ...)``: one call of the method per :data:`EXPLAIN_ROWS` copies.
+def explain_rows(batch: Batch, explain: Explain, inputs: np.ndarray, targets: np.ndarray, sizes: list[int], *,
+                 normalise: bool, abs: bool) -> np.ndarray:
+    """Explain perturbed copies ``(M, ...)``, one call of the method per batch of copies (``sizes``, in order).
 
-    Returns the prepared attributions flattened to ``(M, features)``.
+    The batches are the ones Quantus hands the method (one per perturbation
+    step and batch of samples), so a stochastic method draws the same random
+    numbers for a copy as it did for the explanation of its sample, as under
+    Quantus. Returns the prepared attributions flattened to ``(M, features)``.
     """
     parts = []
-    for start in range(0, len(inputs), EXPLAIN_ROWS):
-        chunk = np.ascontiguousarray(inputs[start:start + EXPLAIN_ROWS], dtype=np.float32)
-        a = explain(batch.model, chunk, np.asarray(targets[start:start + EXPLAIN_ROWS]))
+    for start, stop in zip(np.cumsum([0, *sizes[:-1]]), np.cumsum(sizes)):
+        chunk = np.ascontiguousarray(inputs[start:stop], dtype=np.float32)
+        a = explain(batch.model, chunk, np.asarray(targets[start:stop]))
         a = prepare(a, chunk.shape, normalise=normalise, abs=abs)
         parts.append(np.broadcast_to(a, chunk.shape).reshape(len(chunk), -1))
     return np.concatenate(parts) if parts else np.zeros((0, batch.n_features), dtype=np.float32)

@@ -84,6 +84,7 @@ def random_logit(batch: Batch, a: np.ndarray, *, explain: Explain, normalise: bo
         for i, pick in zip(range(part.start, part.stop), picks):
             others = [c for c in range(num_classes) if c != batch.y[i]]
             off[i] = others[pick]
-    a_off = explain_rows(batch, explain, batch.x, off, normalise=normalise, abs=abs)
+    sizes = [part.stop - part.start for part in chunks(n, batch_size)]
+    a_off = explain_rows(batch, explain, batch.x, off, sizes, normalise=normalise, abs=abs)
     a = np.broadcast_to(a, batch.x.shape).reshape(n, -1)
     return map_ssim(a, a_off, batch.x.shape[1:])

@@ -1,8 +1,9 @@
 """Robustness, batched: LocalLipschitzEstimate, MaxSensitivity, AvgSensitivity.
 
 Every perturbed copy of every sample is drawn first (in Quantus' order), then
-the attribution method explains the copies :data:`~.common.EXPLAIN_ROWS` at a
-time: one call per batch of copies, not one per copy.
+the attribution method explains them one batch of copies per call (the batches
+Quantus passes: one per perturbation step and batch of samples), and the
+distances of all copies are computed together.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from explainnn.errors import ConfigError
 from explainnn.evaluation.fast.common import Batch, Explain, chunks, explain_rows
 
 
-def _perturbed(batch: Batch, draw: Any, nr_samples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(copies, sample)``: every perturbed copy ``(N * nr_samples, features)`` and the sample each belongs to.
+def _perturbed(batch: Batch, draw: Any, nr_samples: int,
+               batch_size: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``(copies, sample, sizes)``: every perturbed copy ``(N * nr_samples, features)``, the sample each belongs
+    to, and the sizes of the batches of copies (one per step and batch of samples).
 
     ``draw(rows)`` returns the additive noise of one step for ``rows`` samples;
     steps run inside Quantus' batches, so the draws match its order.
@@ -30,7 +33,7 @@ def _perturbed(batch: Batch, draw: Any, nr_samples: int, batch_size: int) -> tup
         for _ in range(nr_samples):
             copies.append((x[part] + draw(part.stop - part.start)).astype(np.float32))
             owners.append(np.arange(part.start, part.stop))
-    return np.concatenate(copies), np.concatenate(owners)
+    return np.concatenate(copies), np.concatenate(owners), [len(part) for part in owners]
 
 
 def _changed(batch: Batch, copies: np.ndarray, owners: np.ndarray) -> np.ndarray:
@@ -65,8 +68,8 @@ def local_lipschitz_estimate(batch: Batch, a: np.ndarray, *, explain: Explain, r
     def draw(rows: int) -> np.ndarray:
         return rng.normal(perturb_mean, perturb_std, size=(rows, batch.n_features))
 
-    copies, owners = _perturbed(batch, draw, nr_samples, batch_size)
-    a_copies = explain_rows(batch, explain, copies.reshape(-1, *batch.x.shape[1:]), batch.y[owners],
+    copies, owners, sizes = _perturbed(batch, draw, nr_samples, batch_size)
+    a_copies = explain_rows(batch, explain, copies.reshape(-1, *batch.x.shape[1:]), batch.y[owners], sizes,
                             normalise=normalise, abs=abs)
     a = np.broadcast_to(a, batch.x.shape).reshape(n, -1)
     numerator = ((a[owners] - a_copies) ** 2).sum(axis=-1) ** 0.5
@@ -86,9 +89,9 @@ def _sensitivity(batch: Batch, a: np.ndarray, explain: Explain, rng: np.random.R
         raise ConfigError(f"upper_bound ({upper_bound}) must be larger than lower_bound ({lower_bound})")
     else:
         low, high = lower_bound, upper_bound
-    copies, owners = _perturbed(batch, lambda rows: rng.uniform(low, high, size=(rows, batch.n_features)),
-                                nr_samples, batch_size)
-    a_copies = explain_rows(batch, explain, copies.reshape(-1, *batch.x.shape[1:]), batch.y[owners],
+    copies, owners, sizes = _perturbed(batch, lambda rows: rng.uniform(low, high, size=(rows, batch.n_features)),
+                                       nr_samples, batch_size)
+    a_copies = explain_rows(batch, explain, copies.reshape(-1, *batch.x.shape[1:]), batch.y[owners], sizes,
                             normalise=normalise, abs=abs)
     a = np.broadcast_to(a, batch.x.shape).reshape(n, -1)
     distance = np.linalg.norm(a[owners] - a_copies, axis=-1)
