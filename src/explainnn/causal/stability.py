@@ -27,7 +27,6 @@ resampling costs no extra forward passes.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -39,7 +38,7 @@ from torch import nn
 from explainnn.causal.graph import CausalGraph
 from explainnn.causal.stats import paired_test
 from explainnn.errors import UserError
-from explainnn.files import atomic_path
+from explainnn.files import save_figure, write_csv
 from explainnn.interventions import InterventionRunner, soft_edge, soft_node
 from explainnn.torch_utils import model_device
 
@@ -77,19 +76,15 @@ class StabilityResult:
         """Write ``stability.csv`` (beta, repeat, jaccard, n_kept) and ``appearance.csv``."""
         folder = Path(folder)
         runs, rates = folder / "stability.csv", folder / "appearance.csv"
-        with atomic_path(runs) as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["layer", "beta", "repeat", "jaccard", "n_kept"])
-            for b, beta in enumerate(self.betas):
-                for r in range(self.jaccard.shape[1]):
-                    writer.writerow([self.layer, f"{beta:g}", r, f"{self.jaccard[b, r]:.6g}", int(self.n_kept[b, r])])
-        with atomic_path(rates) as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["layer", "beta", "unit", "appearance_rate", "in_hard_graph"])
-            hard = set(self.hard_causes)
-            for b, beta in enumerate(self.betas):
-                for unit in range(self.appearance.shape[1]):
-                    writer.writerow([self.layer, f"{beta:g}", unit, f"{self.appearance[b, unit]:.6g}", unit in hard])
+        write_csv(runs, [{"layer": self.layer, "beta": f"{beta:g}", "repeat": r, "jaccard": f"{self.jaccard[b, r]:.6g}",
+                          "n_kept": int(self.n_kept[b, r])}
+                         for b, beta in enumerate(self.betas) for r in range(self.jaccard.shape[1])],
+                  ["layer", "beta", "repeat", "jaccard", "n_kept"])
+        hard = set(self.hard_causes)
+        write_csv(rates, [{"layer": self.layer, "beta": f"{beta:g}", "unit": unit,
+                           "appearance_rate": f"{self.appearance[b, unit]:.6g}", "in_hard_graph": unit in hard}
+                          for b, beta in enumerate(self.betas) for unit in range(self.appearance.shape[1])],
+                  ["layer", "beta", "unit", "appearance_rate", "in_hard_graph"])
         return runs, rates
 
 
@@ -196,9 +191,7 @@ def plot_stability(result: StabilityResult, path: str | Path | None = None, *, d
         if column == 1:
             hist.set_ylabel("units")
     figure.tight_layout()
-    if path is not None:
-        figure.savefig(path)
-    return figure
+    return save_figure(figure, path)
 
 
 @dataclass(frozen=True)
@@ -231,15 +224,11 @@ class SeedStability:
 
     def to_csv(self, path: str | Path) -> Path:
         """Write one row per seed and beta: seed, layer, beta, jaccard_mean, n_causes, n_units."""
-        path = Path(path)
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["seed", "layer", "beta", "jaccard_mean", "n_causes", "n_units"])
-            for s, seed in enumerate(self.seeds):
-                for b, beta in enumerate(self.betas):
-                    writer.writerow([seed, self.layers[s], f"{beta:g}", f"{self.jaccard[s, b]:.6g}",
-                                     int(self.n_causes[s]), int(self.n_units[s])])
-        return path
+        return write_csv(path, [{"seed": seed, "layer": self.layers[s], "beta": f"{beta:g}",
+                                 "jaccard_mean": f"{self.jaccard[s, b]:.6g}", "n_causes": int(self.n_causes[s]),
+                                 "n_units": int(self.n_units[s])}
+                                for s, seed in enumerate(self.seeds) for b, beta in enumerate(self.betas)],
+                         ["seed", "layer", "beta", "jaccard_mean", "n_causes", "n_units"])
 
 
 def seed_stability(
@@ -292,6 +281,4 @@ def plot_seed_stability(result: SeedStability, path: str | Path | None = None, *
     ax.set_title("Stability across training seeds", fontsize=9)
     ax.legend(fontsize=7)
     figure.tight_layout()
-    if path is not None:
-        figure.savefig(path)
-    return figure
+    return save_figure(figure, path)
