@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from explainnn.errors import UserError
-from explainnn.files import atomic_path
+from explainnn.files import save_figure
 
 if TYPE_CHECKING:
     from explainnn.causal.graph import CausalGraph
@@ -72,10 +72,7 @@ def draw_graph(
     else:
         _draw_layers(graph, ax, layers, max_units_per_layer, effect_key)
 
-    if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return fig
+    return save_figure(fig, path, dpi=dpi, tight=True)
 
 
 def _draw_layers(

@@ -11,7 +11,6 @@ the way in), so a saved graph loads back equal to the one in memory.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import platform
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import networkx as nx
 
 from explainnn.errors import DataError, UserError
-from explainnn.files import atomic_path, write_text
+from explainnn.files import atomic_path, write_csv, write_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -234,13 +233,7 @@ class CausalGraph:
         rows = self.edge_table() if table == "edges" else self.unit_table()
         head = list(EDGE_COLUMNS if table == "edges" else UNIT_COLUMNS)
         extra = sorted({key for row in rows for key in row} - set(head))
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=head + extra)
-                writer.writeheader()
-                for row in rows:
-                    writer.writerow({key: _scalar_text(value) for key, value in row.items()})
-        return Path(path)
+        return write_csv(path, ({key: _scalar_text(value) for key, value in row.items()} for row in rows), head + extra)
 
     # ------------------------------------------------------------------ storage
     def to_json(self, path: str | Path) -> Path:
