@@ -28,7 +28,6 @@ from captum.attr import (
     IntegratedGradients,
     KernelShap,
     Lime,
-    NoiseTunnel,
     Occlusion,
     Saliency,
 )
@@ -80,25 +79,37 @@ def run_integrated_gradients(forward: Forward, inputs: Tensor, target: Tensor, b
     )
 
 
+SMOOTHGRAD_ROWS = 4096
+"""Noisy copies per backward pass of SmoothGrad (all samples' copies share passes)."""
+
+
 def run_smoothgrad(forward: Forward, inputs: Tensor, target: Tensor, *, nt_samples: int,
                    noise_level: float, extra: tuple = ()) -> Tensor:
     """Mean |gradient| over noisy copies, noise std = ``noise_level`` x the sample's range.
 
-    Captum's ``stdevs`` is one number per call, so samples go one at a time to get
-    each its own noise scale.
+    The estimator of captum's ``NoiseTunnel(Saliency)`` with ``nt_type="smoothgrad"``
+    and ``abs=True``, but every sample gets its own noise scale and the copies of
+    all samples go through the model together (in passes of at most
+    :data:`SMOOTHGRAD_ROWS` rows) instead of one captum call per sample.
     """
     positive_int("nt_samples", nt_samples)
     non_negative("noise_level", noise_level)
-    tunnel = NoiseTunnel(Saliency(forward))
-    scales = value_range(inputs).mul(noise_level).tolist()
+    n = len(inputs)
+    scales = value_range(inputs).mul(noise_level).to(inputs.dtype)
+    scales = scales.view(n, *([1] * (inputs.dim() - 1))).repeat_interleave(nt_samples, dim=0)
+    rows = inputs.detach().repeat_interleave(nt_samples, dim=0)
+    noisy = rows + torch.randn_like(rows) * scales
+    targets = target.repeat_interleave(nt_samples, dim=0)
+    extras = tuple(arg.repeat_interleave(nt_samples, dim=0) for arg in extra)
+    saliency = Saliency(forward)
     parts = []
-    for index, scale in enumerate(scales):
-        parts.append(tunnel.attribute(
-            inputs[index : index + 1], nt_type="smoothgrad", nt_samples=nt_samples, stdevs=scale,
-            target=target[index : index + 1], abs=True,
-            additional_forward_args=tuple(arg[index : index + 1] for arg in extra) or None,
+    for first in range(0, len(noisy), SMOOTHGRAD_ROWS):
+        part = slice(first, first + SMOOTHGRAD_ROWS)
+        parts.append(saliency.attribute(
+            noisy[part], target=targets[part], abs=True,
+            additional_forward_args=tuple(arg[part] for arg in extras) or None,
         ))
-    return torch.cat(parts)
+    return torch.cat(parts).view(n, nt_samples, *inputs.shape[1:]).mean(dim=1)
 
 
 def noisy_baselines(references: Tensor, inputs: Tensor, n_baselines: int, noise_level: float) -> Tensor:
