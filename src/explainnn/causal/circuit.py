@@ -39,6 +39,7 @@ def circuit_faithfulness(
     exclude: Sequence[int] | None = None,
     n_eval: int = 500,
     n_random: int = 200,
+    per_layer: bool = True,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Sufficiency and necessity of ``graph`` against random unit sets; stored in ``graph.results["circuit"]``.
@@ -51,7 +52,8 @@ def circuit_faithfulness(
     the graph is mean-ablated for sufficiency, every unit in it for necessity.
     ``reference`` defines the mean activations used for ablation (default: the
     evaluation inputs). ``n_random`` random sets with the same number of units
-    per layer give the p-values (at least 100 for p < 0.01 to be reachable).
+    per layer (``per_layer=False``: the same number of units anywhere in the
+    analysed layers) give the p-values (at least 100 for p < 0.01 to be reachable).
     """
     target = int(graph.metadata["target"])
     inputs = torch.as_tensor(inputs)
@@ -84,7 +86,9 @@ def circuit_faithfulness(
     random_sets = []
     for _ in range(n_random):
         mask = np.zeros(units.total, dtype=bool)
-        for layer, start in enumerate(units.offsets):
+        if not per_layer:
+            mask[rng.choice(units.total, size=int(causal.sum()), replace=False)] = True
+        for layer, start in enumerate(units.offsets if per_layer else []):
             size = int(causal[layer_of == layer].sum())
             mask[start + rng.choice(units.sizes[layer], size=size, replace=False)] = True
         random_sets.append(mask)
@@ -124,6 +128,7 @@ def circuit_faithfulness(
     report = {
         "n_eval": int(len(samples)),
         "n_random": n_random,
+        "random_sets": "same size per layer" if per_layer else "same size",
         "ablation": "mean",
         "layers": units.names,
         "circuit_size": {name: len(chosen_units[name]) for name in units.names},

@@ -65,9 +65,11 @@ def circuit_order(model: nn.Module, search: CircuitSearch, samples: torch.Tensor
         best = int(np.argmax(values))
         mask = trials[best]
         removal.append(int(members[best]))
-    order = removal[::-1] + search.removed[::-1]
-    taken = set(order)
-    return np.asarray(order + [int(u) for u in search.ranking() if int(u) not in taken], dtype=int)
+    order = removal[::-1]
+    for unit in [*search.removed[::-1], *(int(u) for u in search.ranking())]:
+        if unit not in order:
+            order.append(unit)
+    return np.asarray(order, dtype=int)
 
 
 def baseline_orders(model: nn.Module, units: HiddenUnits, samples: torch.Tensor, target: int,

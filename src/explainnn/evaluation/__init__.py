@@ -81,7 +81,10 @@ def evaluation_step(
     ``plots``, ``metrics_<family>.png`` and ``ranks.png``.
     """
     started = time.perf_counter()
-    learned_from = list(getattr(graph, "metadata", {}).get("samples", [])) if graph is not None else []
+    metadata = getattr(graph, "metadata", {}) if graph is not None else {}
+    # Graph samples are test indices unless the graph was learned from another split (discovery.samples_from).
+    in_test = metadata.get("inputs", "test split") == "test split"
+    learned_from = list(metadata.get("samples", [])) if in_test else []
     inputs = prepare_inputs(model, dataset, int(target), n_samples, discovery_samples=learned_from,
                             held_out=held_out)
     if len(inputs.samples) < n_samples:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from explainnn.causal import CausalGraph, circuit_faithfulness, plot_circuit, plot_stability, stability
+from explainnn.causal import (
+    CausalGraph,
+    circuit_faithfulness,
+    plot_circuit,
+    plot_seed_stability,
+    plot_stability,
+    seed_stability,
+    stability,
+)
 from explainnn.config import DiscoveryConfig
 from explainnn.files import save_figure
 from explainnn.pipeline.context import RunContext
+from explainnn.pipeline.discovery import discovery_inputs
+from explainnn.pipeline.model import train_or_load_model
 
 
 def check_graphs(ctx: RunContext, options: DiscoveryConfig) -> None:
@@ -14,25 +24,42 @@ def check_graphs(ctx: RunContext, options: DiscoveryConfig) -> None:
     For every graph in ``ctx.graphs`` writes ``discovery/class_<k>/``:
     ``circuit.png``, ``stability.csv``, ``appearance.csv``, ``stability.png``;
     the results are stored with the graph (``graph.json`` is written again
-    with them) and in ``ctx.faithfulness``/``ctx.stability``.
+    with them) and in ``ctx.faithfulness``/``ctx.stability``. Sufficiency and
+    necessity are measured on test samples the graph was not learned from; the
+    stability sweep re-learns on the graph's own samples. With
+    ``stability.seeds``, models trained with those seeds are swept too
+    (``stability_seeds.csv``, ``stability_seeds.png``).
     """
     dataset = ctx.dataset
     reference = dataset.x_train[:500]
-    sweep = options.stability.model_dump(exclude={"enabled"})
+    inputs, labels, split = discovery_inputs(ctx)
+    sweep = options.stability.model_dump(exclude={"enabled", "seeds"})
     for target, graph in ctx.graphs.items():
         folder = ctx.run_dir / "discovery" / f"class_{target}"
         if options.check_circuit and any(graph.units(layer) for layer in graph.layers()[1:-1]):
-            ctx.faithfulness[target] = circuit_faithfulness(ctx.model, graph, dataset.x_test, labels=dataset.y_test,
-                                                        reference=reference, seed=ctx.seed)
+            ctx.faithfulness[target] = circuit_faithfulness(
+                ctx.model, graph, dataset.x_test, labels=dataset.y_test, reference=reference, seed=ctx.seed,
+                exclude=graph.metadata["samples"] if split == "test" else None)
             if ctx.plots:
                 save_figure(plot_circuit(ctx.faithfulness[target], dpi=ctx.dpi), folder / "circuit.png")
         if options.stability.enabled and len(graph.layers()) > 2:
-            result = stability(ctx.model, dataset.x_test, graph, seed=ctx.seed, **sweep)
+            result = stability(ctx.model, inputs, graph, seed=ctx.seed, **sweep)
             graph.add_result("stability", result.summary())
             result.to_csv(folder)
             ctx.stability[target] = result
             if ctx.plots:
                 save_figure(plot_stability(result, dpi=ctx.dpi), folder / "stability.png")
+        seeds = [s for s in options.stability.seeds if s != ctx.seed]
+        if options.stability.enabled and seeds:
+            models = {ctx.seed: ctx.model}
+            models.update({s: train_or_load_model(ctx, ctx.config.model, seed=s) for s in seeds})
+            across = seed_stability(models, inputs, target, labels=labels, discovery=options.discover_options(),
+                                    betas=sweep["betas"], repeats=sweep["repeats"], bootstrap=sweep["bootstrap"],
+                                    seed=ctx.seed)
+            graph.add_result("stability_seeds", across.summary())
+            across.to_csv(folder / "stability_seeds.csv")
+            if ctx.plots:
+                save_figure(plot_seed_stability(across, dpi=ctx.dpi), folder / "stability_seeds.png")
         graph.to_json(folder / "graph.json")
         graph.to_graphml(folder / "graph.graphml")
         print(describe_checks(graph))

@@ -37,6 +37,7 @@ class RunContext:
         self.graphs: dict[int, CausalGraph] = {}
         self.faithfulness: dict[int, dict[str, Any]] = {}
         self.stability: dict[int, Any] = {}
+        self.circuit_graphs: dict[int, CausalGraph] = {}
         self.attributions: dict[int, dict[str, np.ndarray]] = {}
         self.evaluations: dict[int, Any] = {}
         self.analyses: dict[str, Any] = {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from explainnn.causal import CausalGraph, discover
 from explainnn.config import DiscoveryConfig
 from explainnn.errors import UserError
@@ -12,21 +14,22 @@ from explainnn.pipeline.context import RunContext
 
 
 def discover_graphs(ctx: RunContext, options: DiscoveryConfig) -> dict[int, CausalGraph]:
-    """Learn the graph of ``options.target_class`` (every class for ``all``) from the test split.
+    """Learn the graph of ``options.target_class`` (every class for ``all``) from ``samples_from``'s split.
 
     Writes ``discovery/class_<k>/``: ``graph.json`` (load with
     ``CausalGraph.from_json``), ``graph.graphml``, ``edges.csv``, ``units.csv``,
     ``tests.csv`` (every candidate's statistics) and ``graph.png``; fills
     ``ctx.graphs``. With ``all``, a class with fewer than two correctly
-    classified test samples is skipped with the reason printed.
+    classified samples is skipped with the reason printed.
     """
     dataset = ctx.dataset
     n_classes = dataset.info.n_classes
     targets = list(range(n_classes)) if options.target_class == "all" else [int(options.target_class)]
-    metadata = {"model": ctx.config.model.name, "dataset": dataset.info.name, "inputs": "test split"}
+    inputs, labels, split = discovery_inputs(ctx)
+    metadata = {"model": ctx.config.model.name, "dataset": dataset.info.name, "inputs": f"{split} split"}
     for target in targets:
         try:
-            graph = discover(ctx.model, dataset.x_test, target, labels=dataset.y_test, seed=ctx.seed,
+            graph = discover(ctx.model, inputs, target, labels=labels, seed=ctx.seed,
                              progress=ctx.progress, metadata=metadata, **options.discover_options())
         except UserError as exc:
             if len(targets) > 1 and "discovery needs at least 2" in str(exc):
@@ -37,6 +40,18 @@ def discover_graphs(ctx: RunContext, options: DiscoveryConfig) -> dict[int, Caus
         ctx.graphs[target] = graph
         print(describe_graph(graph))
     return ctx.graphs
+
+
+def discovery_inputs(ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Inputs, labels and name of the split graphs and circuits are learned from (``discovery.samples_from``).
+
+    ``train`` (the default) leaves the whole test split to the checks and
+    metrics; with ``test`` they skip the samples a graph was learned from.
+    """
+    dataset, split = ctx.dataset, ctx.config.discovery.samples_from
+    if split == "train":
+        return dataset.x_train, dataset.y_train, split
+    return dataset.x_test, dataset.y_test, split
 
 
 def save_graph(graph: CausalGraph, folder: Path, *, plots: bool = True, dpi: int = 120) -> None:

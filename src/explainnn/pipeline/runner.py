@@ -16,6 +16,7 @@ from explainnn.data import Dataset
 from explainnn.errors import UserError
 from explainnn.pipeline.attribution import explain_classes
 from explainnn.pipeline.checks import check_graphs
+from explainnn.pipeline.circuit import find_circuits
 from explainnn.pipeline.clustering import cluster_explanations
 from explainnn.pipeline.context import RunContext
 from explainnn.pipeline.data import load_data
@@ -63,6 +64,7 @@ STEPS: tuple[Step, ...] = (
     Step("model", train_or_load_model, "model"),
     Step("discovery", discover_graphs, "discovery"),
     Step("checks", check_graphs, "discovery", enabled=_checks_enabled),
+    Step("circuit", find_circuits, "circuit"),
     Step("attribution", explain_classes, "attribution"),
     Step("evaluation", evaluate_classes, "evaluation"),
     Step("views", draw_views, "analyses.views"),

@@ -83,7 +83,8 @@ def render_html(report: Report) -> str:
         if section.layers:
             options = section.metadata.get("options", {})
             described = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None and k != "layers")
-            parts.append(f'<p class="note">{section.metadata.get("n_samples", "?")} samples; {section.n_edges} '
+            parts.append(f'<p class="note">{section.metadata.get("n_samples", "?")} samples '
+                         f'({html.escape(str(section.metadata.get("inputs", "test split")))}); {section.n_edges} '
                          f"edges; {html.escape(described)}</p>")
             parts.append(_table(tables.layers_table(section), numeric=(2, 3)))
         if section.circuit:

@@ -42,7 +42,8 @@ def render_markdown(report: Report) -> str:
     for section in report.classes:
         parts.append(f"### Class {section.target}\n")
         if section.layers:
-            parts.append(f"{section.metadata.get('n_samples', '?')} samples; {section.n_edges} edges.\n")
+            parts.append(f"{section.metadata.get('n_samples', '?')} samples "
+                         f"({section.metadata.get('inputs', 'test split')}); {section.n_edges} edges.\n")
             parts.append(_table(tables.layers_table(section)))
         if section.circuit:
             parts.append("#### Sufficiency and necessity of the circuit\n")
