@@ -33,19 +33,18 @@ def kernel_manager(folder: Path) -> AsyncKernelManager:
     return AsyncKernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(folder)]))
 
 
-def execute(path: Path, timeout: int = 1200) -> nbformat.NotebookNode:
-    """Run every cell of the notebook at ``path`` top to bottom (in its own folder); return it with outputs."""
-    notebook = nbformat.read(path, as_version=4)
+def execute(notebook: nbformat.NotebookNode, cwd: Path, timeout: int = 1200) -> nbformat.NotebookNode:
+    """Run every cell of ``notebook`` top to bottom with ``cwd`` as working folder; its outputs are filled in."""
     with tempfile.TemporaryDirectory() as folder:
         client = NotebookClient(notebook, km=kernel_manager(Path(folder)), timeout=timeout,
-                                resources={"metadata": {"path": str(path.resolve().parent)}})
-        client.execute(cleanup_kc=True)
+                                resources={"metadata": {"path": str(cwd)}})
+        client.execute(cleanup_kc=True)  # the client shuts down the kernel it did not create
     return notebook
 
 
 def main(argv: list[str]) -> int:
     path = Path(argv[1] if len(argv) > 1 else "demonstration.ipynb")
-    notebook = execute(path)
+    notebook = execute(nbformat.read(path, as_version=4), path.resolve().parent)
     for cell in notebook.cells:
         cell.metadata.pop("execution", None)  # timings change on every run; keep the diff to real changes
     nbformat.write(notebook, path)
