@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
 from explainnn.causal import CausalGraph
 from explainnn.config import build_config
