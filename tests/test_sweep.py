@@ -20,6 +20,7 @@ TINY = ["data.name=digits", "training.epochs=3", "training.lr=0.01", "training.a
         "analyses.clustering.enabled=true", "analyses.clustering.n_samples=30", "analyses.clustering.max_clusters=3",
         "analyses.clustering.method=saliency", "plots.enabled=false", "report=true"]
 GRID = {"seed": [0, 1], "discovery.target_class": [3, 7]}
+CHECKS = ("sufficiency", "necessity")
 COMPARED = ("label", "seed", "discovery.target_class", "status", "error", "test_accuracy", "train_accuracy",
             "classes", "circuit_units", "circuit_fraction", "sufficiency", "necessity", "key", "folder", "report")
 
@@ -65,6 +66,7 @@ def test_a_2x2_sweep_on_ray_merges_every_run(grid_sweep):
         ("across training seeds", "discovery.target_class=3, class=3"),
         ("across training seeds", "discovery.target_class=7, class=7")]
     assert all(0 <= float(row["jaccard"]) <= 1 for row in overlap)
+    assert len(list((result.folder / "overlap").glob("classes_*.png"))) == 2  # a matrix picture per model
     agreement = _rows(result.folder / "agreement.csv")
     assert [(row["a"], row["b"]) for row in agreement] == [("seed 0", "seed 1")]  # one pair of models
     assert -1 <= float(agreement[0]["ari"]) <= 1
@@ -108,5 +110,9 @@ def test_the_sequential_fallback_gives_the_same_merged_table(grid_sweep, tmp_pat
     assert result.backend == "sequential" and result.ran == 4
     assert capsys.readouterr().err.count("Ray is not installed") == 1
     ours, theirs = _rows(result.table), _rows(on_ray.table)
-    assert [[row[key] for key in COMPARED] for row in ours] == [[row[key] for key in COMPARED] for row in theirs]
+    exact = [key for key in COMPARED if key not in CHECKS]
+    assert [[row[key] for key in exact] for row in ours] == [[row[key] for key in exact] for row in theirs]
+    # the circuit checks' float sums may differ in the last digits between this process and a Ray worker
+    for mine, other in zip(ours, theirs):
+        assert [float(mine[key]) for key in CHECKS] == pytest.approx([float(other[key]) for key in CHECKS], rel=1e-3)
     assert _rows(result.folder / "overlap.csv") == _rows(on_ray.folder / "overlap.csv")

@@ -12,7 +12,7 @@ Two comparisons are made from the runs of a sweep:
   per layer is the comparable quantity.
 
 Each comparison gives a matrix per group, a row per pair in ``overlap.csv``, and
-a heatmap per group of three or more members.
+a heatmap per group (across seeds: per group of three or more seeds).
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ def plot_overlap(group: OverlapGroup, path: Path, *, dpi: int = 120) -> Figure:
 
 
 def write_overlap(groups: Sequence[OverlapGroup], sweep_dir: Path, *, plots: bool = True, dpi: int = 120) -> Path:
-    """``overlap.csv`` (one row per pair) and ``overlap/*.png`` (groups of three or more)."""
+    """``overlap.csv`` (one row per pair) and ``overlap/*.png`` (every group across classes; across seeds,
+    groups of three or more)."""
     rows = []
     for number, group in enumerate(groups, 1):
         members = group.members
@@ -131,8 +132,9 @@ def write_overlap(groups: Sequence[OverlapGroup], sweep_dir: Path, *, plots: boo
                   "jaccard": float(group.jaccard[i, j]), "chance": float(group.chance[i, j]),
                   "units_a": len(members[i].result.units), "units_b": len(members[j].result.units)}
                  for i in range(len(members)) for j in range(i + 1, len(members))]
-        if plots and len(members) >= 3:
-            slug = "classes" if group.comparison == COMPARISONS["discovery.target_class"] else "seeds"
+        across_classes = group.comparison == COMPARISONS["discovery.target_class"]
+        if plots and (across_classes or len(members) >= 3):
+            slug = "classes" if across_classes else "seeds"
             group.picture = sweep_dir / "overlap" / f"{slug}_{number}.png"
             plot_overlap(group, group.picture, dpi=dpi)
     return write_csv(sweep_dir / "overlap.csv", rows, PAIR_FIELDS)
