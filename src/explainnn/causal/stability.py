@@ -27,7 +27,7 @@ resampling costs no extra forward passes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -121,23 +121,25 @@ def stability(
         layer = hidden[-1]
     if layer not in order[:-1]:
         raise UserError(f"stability layer {layer!r} is not an analysed layer; valid: {', '.join(order[:-1])}")
-    child = order[order.index(layer) + 1]
-    children = graph.causes(child) if child != order[-1] else [target]
     hard = tuple(graph.causes(layer)) if layer in graph.layers() else ()
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise UserError(f"repeats must be a positive integer; got {repeats!r}")
-    if not children:
-        raise UserError(f"layer {child!r} has no causal units, so {layer!r} has no edges to re-test")
 
     device = model_device(model)
     samples = torch.as_tensor(inputs)[torch.tensor(graph.metadata["samples"])].to(device)
     runner = InterventionRunner(model)
-    n_units = next(info.n_units for info in runner.layers(samples[:1]) if info.name == layer)
+    infos = {info.name: info for info in runner.layers(samples[:1])}
+    n_units = infos[layer].n_units
+    child = _child_of(layer, order, infos)
+    children = graph.causes(child) if child != order[-1] else [target]
+    if not children:
+        raise UserError(f"layer {child!r} has no causal units, so {layer!r} has no edges to re-test")
     betas = np.asarray(list(betas), dtype=float)
     generator = torch.Generator().manual_seed(seed)
     on_edges = options["on"] == "edges"
     specs = [
-        soft_edge(child, i, children, float(beta), delta, generator, rule=rule) if on_edges
+        replace(soft_edge(child, i, children, float(beta), delta, generator, rule=rule), parent_layer=layer)
+        if on_edges
         else soft_node(layer, i, float(beta), delta, generator, rule=rule)
         for beta in betas for _ in range(repeats) for i in range(n_units)
     ]
@@ -160,6 +162,14 @@ def stability(
             n_kept[b, r] = len(kept)
             counts[b, list(kept)] += 1
     return StabilityResult(layer, betas, delta, jaccard, n_kept, counts / repeats, hard, bootstrap, rule)
+
+
+def _child_of(layer: str, order: Sequence[str], infos: dict) -> str:
+    """The first analysed layer after ``layer`` that ``layer`` feeds directly (the model's DAG, not the list)."""
+    for name in order[order.index(layer) + 1 :]:
+        if any(link.name == layer for link in infos[name].parents):
+            return name
+    raise UserError(f"no analysed layer takes its input from {layer!r}, so it has no edges to re-test")
 
 
 def _jaccard(a: set, b: set) -> float:
