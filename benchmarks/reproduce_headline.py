@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(run_dir / "training.json", record)
 
         clock = time.perf_counter()
-        options = config.discovery.model_dump(include={"layers", "on", "intervention", "beta", "delta", "n_samples",
-                                                       "test", "alpha", "min_effect"})
+        options = config.discovery.discover_options()
         graph = discover(model, dataset.x_test, TARGET, labels=dataset.y_test, seed=config.seed, progress=True,
                          metadata={"model": "lenet", "dataset": "mnist", "inputs": "test split"}, **options)
         graph.to_json(run_dir / "discovery" / f"class_{TARGET}" / "graph.json")

@@ -204,7 +204,7 @@ def test_registry_lists_the_built_in_models() -> None:
 @pytest.mark.parametrize(
     ("name", "info", "params", "message"),
     [
-        ("resnet", image_info(), {}, r"unknown model 'resnet'; valid models: .*gru, lenet, lstm, rnn"),
+        ("resnet", image_info(), {}, r"unknown model 'resnet'; (did you mean .*)?valid models: .*gru, lenet, lstm, resnet18, rnn"),
         ("lenet", image_info(), {"hidden_size": 3}, r"unknown parameter 'hidden_size' for model 'lenet'"),
         ("lstm", image_info(), {"hidden": 3}, r"valid parameters: hidden_size, num_layers, pooling"),
         ("lstm", image_info(), {"pooling": "max"}, r"unknown pooling 'max'; valid poolings: last, mean, attention"),
