@@ -32,20 +32,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "and compare the explanations with the standard methods.",
         epilog="Example: python src/explainnn/main.py discovery.target_class=7 discovery.intervention=soft",
     )
-    parser.add_argument("--config", default=None,
-                        help="YAML config file (default: ./config.yaml when present, else the built-in defaults)")
-    parser.add_argument("--sweep", default=None, metavar="FILE",
-                        help="run a sweep file (many runs, on Ray when installed); overrides apply to every run")
+    parser.add_argument("--config", help="YAML config file (default: ./config.yaml when present, else the defaults)")
+    parser.add_argument("--sweep", metavar="FILE", help="run a sweep file (many runs, on Ray when installed)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override any config key, e.g. discovery.target_class=7 training.epochs=3")
     return parser.parse_args(argv)
 
 
 def _config_path(given: str | None) -> Path | None:
-    if given is not None:
-        return Path(given)
     default = Path("config.yaml")
-    return default if default.is_file() else None
+    return Path(given) if given is not None else (default if default.is_file() else None)
 
 
 def main(argv: list[str] | None = None) -> int:
