@@ -10,7 +10,7 @@ from explainnn.evaluation.fast.common import Batch
 
 def _flat(batch: Batch, a: np.ndarray) -> torch.Tensor:
     a = np.broadcast_to(a, batch.x.shape).reshape(len(batch), -1)
-    return torch.as_tensor(np.ascontiguousarray(a)).to(batch.device, torch.float64)
+    return torch.from_numpy(np.array(a, dtype=np.float64)).to(batch.device)  # a copy: the input may be read-only
 
 
 def sparseness(batch: Batch, a: np.ndarray) -> np.ndarray:
