@@ -11,8 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "src" / "explainnn" / "main.py"
-QUIET = ["progress=false", "discovery.enabled=false", "attribution.enabled=false", "evaluation.enabled=false",
-         "analyses.views.enabled=false", "analyses.clustering.enabled=false", "report=false"]
+QUIET = ["progress=false", "discovery.enabled=false", "circuit.enabled=false", "attribution.enabled=false",
+         "evaluation.enabled=false", "analyses.views.enabled=false", "analyses.clustering.enabled=false", "report=false"]
 
 
 def _run(args, cwd):
