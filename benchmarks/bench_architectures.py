@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from architectures import ResearchLeNet, seeded  # noqa: E402
+from bench_discovery import NaiveRunner  # noqa: E402 - the research loop behind the runner interface
 from explainnn.causal import discover  # noqa: E402
 from explainnn.interventions import InterventionRunner, reference_run  # noqa: E402
 from explainnn.models import LeNet  # noqa: E402
@@ -55,20 +56,6 @@ class TimedRunner:
         result = self.runner.run(inputs, interventions, target)
         self.steps.append((list(interventions), inputs, target, time.perf_counter() - start))
         return result
-
-
-class NaiveRunner:
-    """The research code's loop behind the runner's interface: copy, edit, one sample at a time."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self._fast = InterventionRunner(model)
-
-    def layers(self, example: torch.Tensor):
-        return self._fast.layers(example)
-
-    def run(self, inputs, interventions, target):
-        return reference_run(self.model, inputs, interventions, target)
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

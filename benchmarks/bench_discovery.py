@@ -27,7 +27,7 @@ from explainnn.causal import discover, stability
 from explainnn.data import load_dataset
 from explainnn.interventions import InterventionRunner, reference_run
 from explainnn.models import build_model
-from explainnn.runtime import resolve_device, seed_everything
+from explainnn.torch_utils import resolve_device, seed_everything
 from explainnn.training import train_or_load
 
 
