@@ -42,6 +42,7 @@ class RunContext:
         self.evaluations: dict[int, Any] = {}
         self.analyses: dict[str, Any] = {}
         self.report: dict[str, Path] = {}
+        self.step_seconds: dict[str, float] = {}
         self._dataset: Dataset | None = None
         self._model: nn.Module | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -14,6 +15,7 @@ from explainnn.causal import CausalGraph
 from explainnn.config import Config, build_config, load_config
 from explainnn.data import Dataset
 from explainnn.errors import UserError
+from explainnn.files import write_csv
 from explainnn.pipeline.attribution import explain_classes
 from explainnn.pipeline.checks import check_graphs
 from explainnn.pipeline.circuit import find_circuits
@@ -105,11 +107,20 @@ class Run:
         config = self.context.config
         for step in STEPS:
             if step.name not in self.done and step.is_enabled(config):
+                start = time.perf_counter()
                 step.run(self.context, step.options(config))
+                self.context.step_seconds[step.name] = round(time.perf_counter() - start, 3)
                 self.done.append(step.name)
+                self._write_timings()
             if step.name == until:
                 break
         return self.context
+
+    def _write_timings(self) -> None:
+        """Write ``<run_dir>/step_timings.csv``: the wall seconds of every step run so far."""
+        if self.context.run_dir.is_dir():
+            rows = [{"step": name, "seconds": sec} for name, sec in self.context.step_seconds.items()]
+            write_csv(self.context.run_dir / "step_timings.csv", rows, ["step", "seconds"])
 
     def all(self) -> RunContext:
         """Run every enabled step; return the context."""
