@@ -117,13 +117,17 @@ def select_samples(
     classified), as in the research code. Fewer matches than asked is an error
     only when fewer than two are found.
     """
+    # With labels, only the inputs labelled ``target`` can qualify: predict those alone.
+    candidates = (
+        torch.nonzero(torch.as_tensor(labels).cpu() == target).flatten()
+        if labels is not None else torch.arange(len(inputs))
+    )
     found: list[torch.Tensor] = []
     count = 0
-    for start in range(0, len(inputs), batch_size):
-        hit = _predict(model, inputs[start : start + batch_size]) == target
-        if labels is not None:
-            hit &= torch.as_tensor(labels[start : start + batch_size]).cpu() == target
-        found.append(torch.nonzero(hit).flatten() + start)
+    for start in range(0, len(candidates), batch_size):
+        batch = candidates[start : start + batch_size]
+        hit = _predict(model, inputs[batch.to(inputs.device)]) == target
+        found.append(batch[hit])
         count += len(found[-1])
         if count >= n_samples:  # the first n in order are known: stop predicting
             break
