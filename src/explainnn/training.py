@@ -24,7 +24,7 @@ from explainnn.checkpoint import load_checkpoint, save_checkpoint, to_jsonable
 from explainnn.data.base import Dataset
 from explainnn.errors import CheckpointError, ConfigError, DataError
 from explainnn.progress import progress_bar
-from explainnn.runtime import resolve_device, seed_everything
+from explainnn.torch_utils import resolve_device, seed_everything
 
 TRAIN_MODES = ("auto", "always", "never")
 MAX_SHIFT = 2
@@ -87,26 +87,18 @@ def train_model(
     and does nothing for sequences and tokens, so one training config serves
     every dataset; ``grad_clip`` clips the global gradient norm.
     """
-    _check_number("epochs", epochs, integer=True, minimum=1, inclusive=True)
-    _check_number("batch_size", batch_size, integer=True, minimum=1, inclusive=True)
-    _check_number("lr", lr)
-    _check_number("weight_decay", weight_decay, inclusive=True)
-    if grad_clip is not None:
-        _check_number("grad_clip", grad_clip)
+    _check_train_options(dataset, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         grad_clip=grad_clip)
     n_train = len(dataset.x_train)
-    if n_train == 0:
-        raise DataError(f"dataset '{dataset.info.name}' has no training samples")
-
     started = time.perf_counter()
     device = resolve_device(device)
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    n_batches = math.ceil(n_train / batch_size)
     history: list[dict[str, float]] = []
     bar = progress_bar(
-        total=epochs * n_batches,
+        total=epochs * math.ceil(n_train / batch_size),
         desc=f"train {getattr(model, 'explainnn_spec', {}).get('name', type(model).__name__)}",
         unit="batch",
         enabled=progress,
@@ -122,16 +114,9 @@ def train_model(
                 inputs, targets = dataset.x_train[index], dataset.y_train[index]
                 if augment and dataset.info.modality == "image":
                     inputs = random_translate(inputs, MAX_SHIFT, generator)
-                inputs, targets = inputs.to(device), targets.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                logits = model(inputs)
-                loss = F.cross_entropy(logits, targets)
-                loss.backward()
-                if grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
-                loss_sum += loss.item() * len(index)
-                correct += int((logits.detach().argmax(dim=1) == targets).sum())
+                loss, n_correct = _train_step(model, optimizer, inputs.to(device), targets.to(device), grad_clip)
+                loss_sum += loss * len(index)
+                correct += n_correct
                 seen = min(start + batch_size, n_train)
                 bar.update(1)
                 bar.set_postfix(
@@ -142,6 +127,32 @@ def train_model(
     train_accuracy = evaluate_accuracy(model, dataset.x_train, dataset.y_train, device=device)
     test_accuracy = evaluate_accuracy(model, dataset.x_test, dataset.y_test, device=device)
     return TrainResult(train_accuracy, test_accuracy, history, time.perf_counter() - started)
+
+
+def _check_train_options(dataset: Dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
+                         grad_clip: float | None) -> None:
+    """One-line errors for out-of-range training options and an empty training split."""
+    _check_number("epochs", epochs, integer=True, minimum=1, inclusive=True)
+    _check_number("batch_size", batch_size, integer=True, minimum=1, inclusive=True)
+    _check_number("lr", lr)
+    _check_number("weight_decay", weight_decay, inclusive=True)
+    if grad_clip is not None:
+        _check_number("grad_clip", grad_clip)
+    if len(dataset.x_train) == 0:
+        raise DataError(f"dataset '{dataset.info.name}' has no training samples")
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor,
+                grad_clip: float | None) -> tuple[float, int]:
+    """One optimiser step on one mini-batch; returns the batch's mean loss and its number of correct predictions."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(inputs)
+    loss = F.cross_entropy(logits, targets)
+    loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item(), int((logits.detach().argmax(dim=1) == targets).sum())
 
 
 def predict(

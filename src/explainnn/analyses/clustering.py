@@ -328,14 +328,7 @@ def clustering_step(
                                   progress=progress)
     result = cluster_explanations(vectors, max_clusters=max_clusters, seed=seed)
     predicted = resolve_targets(model, inputs, "predicted").numpy()
-    with atomic_path(out_dir / "explanations.npz") as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, explanations=vectors, index=index, classes=classes, predicted=predicted,
-                            clusters=result.best_labels)
-    write_csv(out_dir / "clusters.csv",
-               [{"sample": int(i), "class": int(c), "predicted": int(p), "cluster": int(k)}
-                for i, c, p, k in zip(index, classes, predicted, result.best_labels)],
-               ["sample", "class", "predicted", "cluster"])
-    write_csv(out_dir / "silhouette.csv", result.rows(), ["k", "silhouette", "inertia", "best"])
+    _write_clusters(out_dir, vectors, result, index=index, classes=classes, predicted=predicted)
     if plots:
         plot_clusters(vectors, result, classes=classes, class_names=dataset.info.class_names, projection=projection,
                       title=f"{method} explanations of {len(index)} {dataset.info.name} test samples",
@@ -345,24 +338,22 @@ def clustering_step(
     if not seeds:
         print("clustering  seed agreement: skipped (no training seeds listed in analyses.clustering.seeds)")
     else:
-        clusterings = [result.best_labels]
-        for other in progress_bar(seeds, desc="seed agreement", unit="model", enabled=progress, leave=False):
-            others = explanation_vectors(retrain(other), inputs, method=method, target=classes, seed=seed,
-                                         options=options)
-            clusterings.append(cluster_explanations(others, k_range=[result.best_k], seed=seed).labels[result.best_k])
-        agreement = rand_index_matrix(clusterings)
-        names = ["this model", *(f"seed {s}" for s in seeds)]
-        write_csv(out_dir / "seed_agreement.csv",
-                   [{"model": name, **{other: float(v) for other, v in zip(names, row)}}
-                    for name, row in zip(names, agreement)], ["model", *names])
-        if plots:
-            plot_seed_agreement(agreement, names, title=f"{method} clusters (k={result.best_k}) across seeds",
-                                path=out_dir / "seed_agreement.png", dpi=dpi)
+        assert retrain is not None  # checked above
+        agreement = _seed_agreement(inputs, classes, result, out_dir, method=method, seeds=seeds, retrain=retrain,
+                                    seed=seed, options=options, plots=plots, dpi=dpi, progress=progress)
+    summary = _clustering_summary(result, classes, agreement, dataset=dataset.info.name, method=method, seeds=seeds)
+    write_json(out_dir / "summary.json", summary)
+    print(_summary_line(result, summary))
+    return {"explanations": vectors, "clustering": result, "agreement": agreement, "summary": summary}
 
-    summary = {
-        "dataset": dataset.info.name,
+
+def _clustering_summary(result: ClusteringResult, classes: np.ndarray, agreement: np.ndarray | None, *,
+                        dataset: str, method: str, seeds: list[int]) -> dict[str, Any]:
+    """The ``summary.json`` record: best k, silhouettes, cluster sizes, agreement with classes and across seeds."""
+    return {
+        "dataset": dataset,
         "method": method,
-        "n_samples": len(index),
+        "n_samples": len(classes),
         "best_k": result.best_k,
         "silhouette": dict(zip(map(str, result.ks), map(float, result.silhouette))),
         "cluster_sizes": np.bincount(result.best_labels, minlength=result.best_k).tolist(),
@@ -371,14 +362,49 @@ def clustering_step(
         "seeds": seeds,
         "seed_ari_mean": None if agreement is None else float(agreement[np.triu_indices(len(agreement), 1)].mean()),
     }
-    write_json(out_dir / "summary.json", summary)
-    line = (f"clustering  {method} on {len(index)} samples: best k {result.best_k} "
+
+
+def _summary_line(result: ClusteringResult, summary: dict[str, Any]) -> str:
+    """The step's one printed line: best k, its silhouette, ARI with the classes and across seeds."""
+    line = (f"clustering  {summary['method']} on {summary['n_samples']} samples: best k {result.best_k} "
             f"(silhouette {result.silhouette[result.ks.index(result.best_k)]:.2f}), "
             f"ARI with classes {summary['class_ari']:.2f}")
-    if agreement is not None:
-        line += f"; ARI across {len(seeds) + 1} training seeds {summary['seed_ari_mean']:.2f}"
-    print(line)
-    return {"explanations": vectors, "clustering": result, "agreement": agreement, "summary": summary}
+    if summary["seed_ari_mean"] is not None:
+        line += f"; ARI across {len(summary['seeds']) + 1} training seeds {summary['seed_ari_mean']:.2f}"
+    return line
+
+
+def _write_clusters(out_dir: Path, vectors: np.ndarray, result: ClusteringResult, *, index: np.ndarray,
+                    classes: np.ndarray, predicted: np.ndarray) -> None:
+    """``explanations.npz``, ``clusters.csv`` (best k) and ``silhouette.csv`` of one clustering."""
+    with atomic_path(out_dir / "explanations.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, explanations=vectors, index=index, classes=classes, predicted=predicted,
+                            clusters=result.best_labels)
+    write_csv(out_dir / "clusters.csv",
+               [{"sample": int(i), "class": int(c), "predicted": int(p), "cluster": int(k)}
+                for i, c, p, k in zip(index, classes, predicted, result.best_labels)],
+               ["sample", "class", "predicted", "cluster"])
+    write_csv(out_dir / "silhouette.csv", result.rows(), ["k", "silhouette", "inertia", "best"])
+
+
+def _seed_agreement(inputs: torch.Tensor, classes: np.ndarray, result: ClusteringResult, out_dir: Path, *,
+                    method: str, seeds: list[int], retrain: Callable[[int], nn.Module], seed: int,
+                    options: Mapping[str, Any] | None, plots: bool, dpi: int, progress: bool) -> np.ndarray:
+    """Pairwise ARI of this clustering (best k) and those of models retrained with ``seeds``; written as CSV/PNG."""
+    clusterings = [result.best_labels]
+    for other in progress_bar(seeds, desc="seed agreement", unit="model", enabled=progress, leave=False):
+        others = explanation_vectors(retrain(other), inputs, method=method, target=classes, seed=seed,
+                                     options=options)
+        clusterings.append(cluster_explanations(others, k_range=[result.best_k], seed=seed).labels[result.best_k])
+    agreement = rand_index_matrix(clusterings)
+    names = ["this model", *(f"seed {s}" for s in seeds)]
+    write_csv(out_dir / "seed_agreement.csv",
+               [{"model": name, **{other: float(v) for other, v in zip(names, row)}}
+                for name, row in zip(names, agreement)], ["model", *names])
+    if plots:
+        plot_seed_agreement(agreement, names, title=f"{method} clusters (k={result.best_k}) across seeds",
+                            path=out_dir / "seed_agreement.png", dpi=dpi)
+    return agreement
 
 
 def _positive(label: str, value: object) -> int:

@@ -20,7 +20,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -92,15 +92,7 @@ def plot_filters(
     filters compare); otherwise each kernel gets its own. At most 64 filters and
     16 input channels are drawn.
     """
-    convs = conv_layers(model, example_input)
-    if not convs:
-        raise UserError("the model has no Conv1d/Conv2d layer; filter pictures need a convolutional network")
-    if layer is None:
-        name, module = convs[0]
-    elif layer in dict(convs):
-        name, module = layer, dict(convs)[layer]
-    else:
-        raise UserError(f"'{layer}' is not a convolutional layer; conv layers: {', '.join(n for n, _ in convs)}")
+    name, module = _conv_layer(conv_layers(model, example_input), layer)
     weight = module.weight.detach().float().cpu().numpy()
     n_filters, n_inputs = weight.shape[:2]
     one_d = weight.ndim == 3
@@ -119,25 +111,7 @@ def plot_filters(
     figure = Figure(figsize=(CELL * columns + (0.8 if shared and not rgb else 0), CELL * rows + 0.6),
                     dpi=dpi, layout="constrained")
     axes = np.asarray(figure.subplots(rows, columns, squeeze=False))
-    image = None
-    for f in range(shown_filters):
-        if rgb:
-            kernel = weight[f].transpose(1, 2, 0)
-            scale = limit if shared else _limit(kernel)
-            axis = axes.flat[f]
-            axis.imshow(np.clip(0.5 + 0.5 * kernel / scale, 0.0, 1.0), interpolation="nearest")
-            axis.set_title(f"{f}", fontsize=8)
-            continue
-        for c in range(shown_inputs):
-            kernel = weight[f, c]
-            scale = limit if shared else _limit(kernel)
-            axis = axes.flat[f] if shown_inputs == 1 else axes[c, f]
-            image = axis.imshow(kernel, cmap=CMAP, vmin=-scale, vmax=scale, interpolation="nearest",
-                                aspect="auto" if one_d else "equal")
-            if c == 0:
-                axis.set_title(f"{f}", fontsize=8)
-            if shown_inputs > 1 and f == 0:
-                axis.set_ylabel(f"in {c}", fontsize=8)
+    image = _draw_kernels(axes, weight, limit if shared else None, rgb=rgb, one_d=one_d)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
@@ -152,6 +126,45 @@ def plot_filters(
     figure.suptitle(f"{name}: {n_filters} filters of {n_inputs} x {size} ({detail}"
                     f"{'RGB, grey = 0' if rgb else 'red > 0 > blue'}{more})", fontsize=9)
     return save_figure(figure, path, tight=True)
+
+
+def _conv_layer(convs: list[tuple[str, nn.Module]], layer: str | None) -> tuple[str, nn.Module]:
+    """The conv layer named ``layer`` (the first one when None) of ``convs``; a one-line error otherwise."""
+    if not convs:
+        raise UserError("the model has no Conv1d/Conv2d layer; filter pictures need a convolutional network")
+    if layer is None:
+        return convs[0]
+    if layer in dict(convs):
+        return layer, dict(convs)[layer]
+    raise UserError(f"'{layer}' is not a convolutional layer; conv layers: {', '.join(n for n, _ in convs)}")
+
+
+def _draw_kernels(axes: np.ndarray, weight: np.ndarray, limit: float | None, *, rgb: bool, one_d: bool) -> Any:
+    """Draw the kernels ``weight`` (filters x inputs x ...) into ``axes``; returns the last colour-mapped image.
+
+    ``limit`` is the shared symmetric colour scale; None gives each kernel its own.
+    """
+    shown_filters, shown_inputs = weight.shape[:2]
+    image = None
+    for f in range(shown_filters):
+        if rgb:
+            kernel = weight[f].transpose(1, 2, 0)
+            scale = limit if limit is not None else _limit(kernel)
+            axis = axes.flat[f]
+            axis.imshow(np.clip(0.5 + 0.5 * kernel / scale, 0.0, 1.0), interpolation="nearest")
+            axis.set_title(f"{f}", fontsize=8)
+            continue
+        for c in range(shown_inputs):
+            kernel = weight[f, c]
+            scale = limit if limit is not None else _limit(kernel)
+            axis = axes.flat[f] if shown_inputs == 1 else axes[c, f]
+            image = axis.imshow(kernel, cmap=CMAP, vmin=-scale, vmax=scale, interpolation="nearest",
+                                aspect="auto" if one_d else "equal")
+            if c == 0:
+                axis.set_title(f"{f}", fontsize=8)
+            if shown_inputs > 1 and f == 0:
+                axis.set_ylabel(f"in {c}", fontsize=8)
+    return image
 
 
 # --------------------------------------------------------------- activation maps
@@ -272,30 +285,39 @@ def maximize_activation(
     units = _check_units(info, units)
 
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(shape, generator=generator)
     mid, spread = (0.0, 1.0) if value_range is None else ((low + high) / 2, high - low)
-    start = (mid + NOISE * spread * noise).clamp(low, high)
+    start = (mid + NOISE * spread * torch.randn(shape, generator=generator)).clamp(low, high)
     x = start.expand(len(units), *shape).clone().to(device).requires_grad_(True)
-    rows = torch.arange(len(units), device=device)
-    index = torch.tensor(units, device=device)
-    image = len(shape) == 3
-    optimizer = torch.optim.Adam([x], lr=lr)
     with ModelPatch() as patch, torch.enable_grad(), _rnn_backward_without_cudnn(model):
         patch.eval_mode(model)
-        for _ in progress_bar(range(steps), desc=f"maximise {layer}", unit="step", enabled=progress, leave=False):
-            shifted = x
-            if image and jitter:
-                dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()
-                shifted = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
-            activation = unit_activations(info, run_to_layer(model, info, shifted))[rows, index]
-            loss = -activation.sum() + l2 * (x - mid).pow(2).sum() + tv * _total_variation(x, image).sum()
-            (x.grad,) = torch.autograd.grad(loss, x)
-            optimizer.step()
-            if value_range is not None:
-                with torch.no_grad():
-                    x.clamp_(low, high)
+        _ascend(model, info, x, units, generator, steps=steps, lr=lr, jitter=jitter,
+                penalties={"mid": mid, "l2": l2, "tv": tv}, clamp=None if value_range is None else (low, high),
+                progress=progress)
     result = x.detach().cpu()
     return result[0] if single else result
+
+
+def _ascend(model: nn.Module, info: LayerInfo, x: torch.Tensor, units: list[int], generator: torch.Generator, *,
+            steps: int, lr: float, jitter: int, penalties: dict[str, float], clamp: tuple[float, float] | None,
+            progress: bool) -> None:
+    """``steps`` Adam steps on ``x`` (one row per unit), in place: activation up, the penalties down."""
+    rows = torch.arange(len(units), device=x.device)
+    index = torch.tensor(units, device=x.device)
+    image = x.dim() == 4
+    mid, l2, tv = penalties["mid"], penalties["l2"], penalties["tv"]
+    optimizer = torch.optim.Adam([x], lr=lr)
+    for _ in progress_bar(range(steps), desc=f"maximise {info.name}", unit="step", enabled=progress, leave=False):
+        shifted = x
+        if image and jitter:
+            dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()
+            shifted = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+        activation = unit_activations(info, run_to_layer(model, info, shifted))[rows, index]
+        loss = -activation.sum() + l2 * (x - mid).pow(2).sum() + tv * _total_variation(x, image).sum()
+        (x.grad,) = torch.autograd.grad(loss, x)
+        optimizer.step()
+        if clamp is not None:
+            with torch.no_grad():
+                x.clamp_(*clamp)
 
 
 def plot_maximization(
@@ -406,77 +428,114 @@ def views_step(
     if projection not in ("pca", "tsne", "none"):
         raise UserError(f"unknown projection '{projection}'; valid projections: pca, tsne, none")
     out_dir = Path(out_dir)
-    x, y = dataset.x_test, dataset.y_test
-    layers = find_layers(model, x[:1].to(model_device(model)))
+    layers = find_layers(model, dataset.x_test[:1].to(model_device(model)))
     if layer is not None:
         resolve_layer(layers, model, layer)
     convs = [info.name for info in layers if info.kind.startswith("conv")]
     hidden = layer or _last_hidden(layers)
-    class_names = dataset.info.class_names
     written: dict[str, Path] = {}
     done: list[str] = []
-
-    def skip(view: str, reason: str) -> None:
-        print(f"views       {view}: skipped ({reason})")
-
     if (filters or activation_maps) and not convs:
-        skip("filters and activation maps", "the model has no convolutional layer")
+        _skip("filters and activation maps", "the model has no convolutional layer")
     elif (filters or activation_maps) and not plots:
-        skip("filters and activation maps", "they are pictures and plots are disabled")
+        _skip("filters and activation maps", "they are pictures and plots are disabled")
     else:
-        if filters:
-            written["filters"] = out_dir / "filters.png"
-            plot_filters(model, written["filters"], layer=convs[0], example_input=x[:1], dpi=dpi)
-            done.append(f"filters {convs[0]}")
-        if activation_maps:
-            map_layer = layer if layer in convs else convs[-1]
-            sample = _example_index(graph, y)
-            written["activation_maps"] = out_dir / f"activation_maps_{map_layer}.png"
-            plot_activation_maps(model, x[sample], map_layer, written["activation_maps"], graph=graph, dpi=dpi)
-            done.append(f"activation maps {map_layer} (test #{sample}, class {class_names[int(y[sample])]})")
+        done += _picture_views(model, dataset, out_dir, written, convs=convs, layer=layer, graph=graph,
+                               filters=filters, activation_maps=activation_maps, dpi=dpi)
+    done += _representation_views(model, dataset, layers, hidden, out_dir, written, graph=graph, maximize=maximize,
+                                  projection=projection, n_samples=n_samples, maximize_steps=maximize_steps,
+                                  seed=seed, plots=plots, dpi=dpi, progress=progress)
+    print(f"views       {'; '.join(done) or 'nothing applied'}")
+    return written
 
+
+def _skip(view: str, reason: str) -> None:
+    print(f"views       {view}: skipped ({reason})")
+
+
+def _representation_views(model: nn.Module, dataset: Dataset, layers: list[LayerInfo], hidden: str | None,
+                          out_dir: Path, written: dict[str, Path], *, graph: CausalGraph | None, maximize: bool,
+                          projection: str, n_samples: int, maximize_steps: int, seed: int, plots: bool, dpi: int,
+                          progress: bool) -> list[str]:
+    """The views of layer ``hidden``'s representations: maximising inputs and the 2-D embedding."""
+    x = dataset.x_test
+    done: list[str] = []
     chosen = np.sort(np.random.default_rng(seed).choice(len(x), size=min(n_samples, len(x)), replace=False))
     features = None
     if (maximize or projection != "none") and hidden is None:
-        skip("maximisation and embedding", "the model has no hidden layer before its output")
+        _skip("maximisation and embedding", "the model has no hidden layer before its output")
     elif maximize or projection != "none":
         features = hidden_representations(model, x[torch.from_numpy(chosen)], hidden)
 
-    if maximize and features is not None:
+    if maximize and features is not None and hidden is not None:
         if dataset.info.modality == "tokens" or any(info.kind == "embedding" for info in layers):
-            skip("maximisation", "token model: an input optimised in embedding space matches no token")
+            _skip("maximisation", "token model: an input optimised in embedding space matches no token")
         else:
-            units, source = _units_to_maximize(graph, hidden, features)
-            value_range = (float(x.min()), float(x.max()))
-            inputs = maximize_activation(model, hidden, units, input_shape=tuple(x.shape[1:]), seed=seed,
-                                         steps=maximize_steps, value_range=value_range, progress=progress)
-            reached = hidden_representations(model, inputs, hidden)[np.arange(len(units)), units]
-            written["maximization_npz"] = out_dir / f"maximization_{hidden}.npz"
-            with atomic_path(written["maximization_npz"]) as tmp, open(tmp, "wb") as handle:
-                np.savez_compressed(handle, inputs=inputs.numpy(), units=np.asarray(units), activations=reached)
-            if plots:
-                causal, note = _causal_units(graph, hidden)
-                written["maximization"] = out_dir / f"maximization_{hidden}.png"
-                draw_maximization(inputs, units, written["maximization"], layer=hidden, activations=reached,
-                                  causal=causal, value_range=value_range, note=note, dpi=dpi)
-            done.append(f"maximisation {hidden} ({len(units)} {source} units)")
-
+            done.append(_maximization_view(model, x, hidden, features, out_dir, written, graph=graph,
+                                           steps=maximize_steps, seed=seed, plots=plots, dpi=dpi,
+                                           progress=progress))
     if projection == "none":
-        skip("embedding", "projection: none")
-    elif features is not None:
-        coords = project_2d(features, projection, seed=seed)
-        labels = y[torch.from_numpy(chosen)].numpy()
-        written["embedding_csv"] = write_embedding_csv(out_dir / f"embedding_{hidden}.csv", coords, labels,
-                                                       class_names, chosen)
-        if plots:
-            written["embedding"] = out_dir / f"embedding_{hidden}.png"
-            title = (f"{hidden} on {dataset.info.name}: {projection.upper()} of {len(chosen)} test samples "
-                     f"({features.shape[1]} units)")
-            plot_embedding(coords, labels, class_names, written["embedding"], title, dpi=dpi)
-        done.append(f"embedding {hidden} ({projection}, {len(chosen)} samples)")
+        _skip("embedding", "projection: none")
+    elif features is not None and hidden is not None:
+        done.append(_embedding_view(dataset, chosen, hidden, features, out_dir, written, projection=projection,
+                                    seed=seed, plots=plots, dpi=dpi))
 
-    print(f"views       {'; '.join(done) or 'nothing applied'}")
-    return written
+    return done
+
+
+def _picture_views(model: nn.Module, dataset: Dataset, out_dir: Path, written: dict[str, Path], *,
+                   convs: list[str], layer: str | None, graph: CausalGraph | None, filters: bool,
+                   activation_maps: bool, dpi: int) -> list[str]:
+    """The filter and activation-map pictures (into ``written``); returns what was drawn, one line each."""
+    x, y = dataset.x_test, dataset.y_test
+    done = []
+    if filters:
+        written["filters"] = out_dir / "filters.png"
+        plot_filters(model, written["filters"], layer=convs[0], example_input=x[:1], dpi=dpi)
+        done.append(f"filters {convs[0]}")
+    if activation_maps:
+        map_layer = layer if layer in convs else convs[-1]
+        sample = _example_index(graph, y)
+        written["activation_maps"] = out_dir / f"activation_maps_{map_layer}.png"
+        plot_activation_maps(model, x[sample], map_layer, written["activation_maps"], graph=graph, dpi=dpi)
+        done.append(f"activation maps {map_layer} (test #{sample}, class {dataset.info.class_names[int(y[sample])]})")
+    return done
+
+
+def _embedding_view(dataset: Dataset, chosen: np.ndarray, hidden: str, features: np.ndarray, out_dir: Path,
+                    written: dict[str, Path], *, projection: str, seed: int, plots: bool, dpi: int) -> str:
+    """The 2-D ``projection`` of the ``chosen`` test samples' representations at ``hidden``, as CSV and picture."""
+    coords = project_2d(features, projection, seed=seed)
+    labels = dataset.y_test[torch.from_numpy(chosen)].numpy()
+    class_names = dataset.info.class_names
+    written["embedding_csv"] = write_embedding_csv(out_dir / f"embedding_{hidden}.csv", coords, labels,
+                                                   class_names, chosen)
+    if plots:
+        written["embedding"] = out_dir / f"embedding_{hidden}.png"
+        title = (f"{hidden} on {dataset.info.name}: {projection.upper()} of {len(chosen)} test samples "
+                 f"({features.shape[1]} units)")
+        plot_embedding(coords, labels, class_names, written["embedding"], title, dpi=dpi)
+    return f"embedding {hidden} ({projection}, {len(chosen)} samples)"
+
+
+def _maximization_view(model: nn.Module, x: torch.Tensor, hidden: str, features: np.ndarray, out_dir: Path,
+                       written: dict[str, Path], *, graph: CausalGraph | None, steps: int, seed: int, plots: bool,
+                       dpi: int, progress: bool) -> str:
+    """The maximising inputs of ``hidden``'s causal (else most active) units, as npz and picture."""
+    units, source = _units_to_maximize(graph, hidden, features)
+    value_range = (float(x.min()), float(x.max()))
+    inputs = maximize_activation(model, hidden, units, input_shape=tuple(x.shape[1:]), seed=seed,
+                                 steps=steps, value_range=value_range, progress=progress)
+    reached = hidden_representations(model, inputs, hidden)[np.arange(len(units)), units]
+    written["maximization_npz"] = out_dir / f"maximization_{hidden}.npz"
+    with atomic_path(written["maximization_npz"]) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, inputs=inputs.numpy(), units=np.asarray(units), activations=reached)
+    if plots:
+        causal, note = _causal_units(graph, hidden)
+        written["maximization"] = out_dir / f"maximization_{hidden}.png"
+        draw_maximization(inputs, units, written["maximization"], layer=hidden, activations=reached,
+                          causal=causal, value_range=value_range, note=note, dpi=dpi)
+    return f"maximisation {hidden} ({len(units)} {source} units)"
 
 
 # ---------------------------------------------------------------------- helpers

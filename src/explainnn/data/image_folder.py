@@ -108,13 +108,30 @@ def _check_count(label: str, value: int | None) -> None:
 def _first_per_class(indices: np.ndarray, labels: np.ndarray, per_class: int | None) -> np.ndarray:
     if per_class is None:
         return indices
-    kept, counts = [], {}
+    kept: list[int] = []
+    counts: dict[int, int] = {}
     for index in indices:
         label = int(labels[index])
         if counts.get(label, 0) < per_class:
             kept.append(index)
             counts[label] = counts.get(label, 0) + 1
     return np.array(kept, dtype=np.int64)
+
+
+def _given_split_files(base: Path, test_fraction: float | None, train_per_class: int | None,
+                       test_per_class: int | None) -> tuple[tuple[str, ...], Files, Files]:
+    """The classes and the train and test files of a folder with ``train/`` and ``test/`` sub-folders."""
+    if test_fraction is not None:
+        raise DataError(f"{base} already holds train/ and test/ folders, so test_fraction does not apply; remove it")
+    classes, train_files = class_files(base / "train", train_per_class)
+    test_classes, test_files = class_files(base / "test", test_per_class)
+    if test_classes != classes:
+        differ = sorted(set(classes) ^ set(test_classes))
+        raise DataError(
+            f"{base}/train and {base}/test hold different class folders (e.g. '{differ[0]}'); "
+            "they must hold the same classes"
+        )
+    return classes, train_files, test_files
 
 
 @register_dataset("image_folder")
@@ -148,26 +165,15 @@ def load_image_folder(
         _check_count(label, value)
     given_split = (base / "train").is_dir() and (base / "test").is_dir()
     if given_split:
-        if test_fraction is not None:
-            raise DataError(
-                f"{base} already holds train/ and test/ folders, so test_fraction does not apply; remove it"
-            )
-        classes, train_files = class_files(base / "train", train_per_class)
-        test_classes, test_files = class_files(base / "test", test_per_class)
-        if test_classes != classes:
-            differ = sorted(set(classes) ^ set(test_classes))
-            raise DataError(
-                f"{base}/train and {base}/test hold different class folders (e.g. '{differ[0]}'); "
-                "they must hold the same classes"
-            )
+        classes, train_files, test_files = _given_split_files(base, test_fraction, train_per_class, test_per_class)
         files = train_files + test_files
     else:
         classes, files = class_files(base)
     if color == "auto":
         color = detect_color(files)
     images, labels = read_images(files, color, resize)
-    rng = np.random.default_rng(seed)
     if given_split:
+        rng = np.random.default_rng(seed)
         train_idx = rng.permutation(len(train_files))
         test_idx = len(train_files) + rng.permutation(len(test_files))
         layout = "train/ and test/ folders"

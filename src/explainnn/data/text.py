@@ -126,6 +126,27 @@ def download_sst2(folder: Path) -> None:
         archive.unlink(missing_ok=True)
 
 
+def _ensure_sst2_files(folder: Path, download: bool) -> None:
+    """Fetch the SST-2 files into ``folder`` when missing and ``download`` is set; else a one-line error."""
+    missing = [name for name in SST2_FILES if not (folder / name).is_file()]
+    if missing and download:
+        download_sst2(folder)
+        missing = [name for name in SST2_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DataError(
+            f"sst2 files missing from {folder}: {', '.join(missing)}; put GLUE's SST-2 train.tsv and "
+            "dev.tsv there or set download: true"
+        )
+
+
+def _seeded_subset(texts: list[str], labels: list[int], size: object, seed: int) -> tuple[list[str], list[int]]:
+    """The first ``size`` sentences of a shuffle seeded with ``seed``, and their labels."""
+    if not isinstance(size, int) or not 1 <= size <= len(texts):
+        raise DataError(f"train_subset must be between 1 and {len(texts)}, got {size!r}")
+    keep = np.random.default_rng(seed).permutation(len(texts))[:size]
+    return [texts[i] for i in keep], [labels[i] for i in keep]
+
+
 @register_dataset("sst2")
 def load_sst2(
     root: Path,
@@ -144,23 +165,11 @@ def load_sst2(
     the token ``lengths_*`` before truncation to ``max_len``.
     """
     folder = root / "sst2"
-    missing = [name for name in SST2_FILES if not (folder / name).is_file()]
-    if missing and download:
-        download_sst2(folder)
-        missing = [name for name in SST2_FILES if not (folder / name).is_file()]
-    if missing:
-        raise DataError(
-            f"sst2 files missing from {folder}: {', '.join(missing)}; put GLUE's SST-2 train.tsv and "
-            "dev.tsv there or set download: true"
-        )
+    _ensure_sst2_files(folder, download)
     train_texts, train_labels = read_sst2_tsv(folder / "train.tsv")
     test_texts, test_labels = read_sst2_tsv(folder / "dev.tsv")
     if train_subset is not None:
-        if not isinstance(train_subset, int) or not 1 <= train_subset <= len(train_texts):
-            raise DataError(f"train_subset must be between 1 and {len(train_texts)}, got {train_subset!r}")
-        keep = np.random.default_rng(seed).permutation(len(train_texts))[:train_subset]
-        train_texts = [train_texts[i] for i in keep]
-        train_labels = [train_labels[i] for i in keep]
+        train_texts, train_labels = _seeded_subset(train_texts, train_labels, train_subset, seed)
     train_tokens = [tokenize(text) for text in train_texts]
     test_tokens = [tokenize(text) for text in test_texts]
     vocab = build_vocab(train_tokens, max_vocab, min_freq)
