@@ -123,14 +123,15 @@ def select_samples(
         if labels is not None else torch.arange(len(inputs))
     )
     found: list[torch.Tensor] = []
-    count = 0
-    for start in range(0, len(candidates), batch_size):
-        batch = candidates[start : start + batch_size]
+    count = start = 0
+    while start < len(candidates) and count < n_samples:  # once the first n in order are known, stop
+        needed = n_samples - count
+        size = min(batch_size, needed + needed // 8 + 8)  # a little more than is still needed
+        batch = candidates[start : start + size]
         hit = _predict(model, inputs[batch.to(inputs.device)]) == target
         found.append(batch[hit])
         count += len(found[-1])
-        if count >= n_samples:  # the first n in order are known: stop predicting
-            break
+        start += size
     index = torch.cat(found)[:n_samples] if found else torch.zeros(0, dtype=torch.long)
     if len(index) < 2:
         raise UserError(
