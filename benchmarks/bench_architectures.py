@@ -15,11 +15,12 @@
    ``--lenet-epochs`` epochs on the offline MNIST digits and tested on MNIST t10k.
 
 Everything runs on ``--threads`` CPU threads (2 by default) in one process, so the ratios
-are measured side by side. Weights are seeded (random, eval-mode BatchNorm statistics
+are measured side by side; ``--device cuda`` runs the ResNet part on a GPU instead (all
+three timings on the same GPU; the LeNet part stays on the CPU). Weights are seeded (random, eval-mode BatchNorm statistics
 made non-trivial) for the ResNet, whose inputs are real CIFAR-10 test images when the
 shared data folder holds them (else uniform noise).
 
-    python benchmarks/bench_architectures.py [--samples 100] [--width 64] [--threads 2]
+    python benchmarks/bench_architectures.py [--samples 100] [--width 64] [--threads 2] [--device cpu]
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ def _images(kind: str, n: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.rand(n, *shape, generator=torch.Generator().manual_seed(0))
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _target(model: torch.nn.Module, inputs: torch.Tensor) -> int:
     with torch.inference_mode():
         return int(model(inputs).argmax(-1).mode().values)
@@ -92,12 +98,14 @@ def _plain_forward(model: torch.nn.Module, inputs: torch.Tensor, rows: int, batc
     """Seconds of plain forward passes over ``rows`` rows (timed on at most ``cap`` rows, scaled linearly)."""
     chunk = inputs.repeat((batch + len(inputs) - 1) // len(inputs), 1, 1, 1)[:batch]
     timed = rows if cap is None else min(rows, cap)
+    _sync(inputs.device)
     start = time.perf_counter()
     with torch.inference_mode():
         done = 0
         while done < timed:
             model(chunk[: min(batch, timed - done)])
             done += batch
+    _sync(inputs.device)
     return (time.perf_counter() - start) * rows / timed
 
 
@@ -108,16 +116,19 @@ def _naive_extrapolated(model: torch.nn.Module, steps: list, per_step: int) -> t
         if not specs:
             continue
         picked = specs[:: max(1, len(specs) // per_step)][:per_step]
+        _sync(inputs.device)
         start = time.perf_counter()
         reference_run(model, inputs, picked, target)
+        _sync(inputs.device)
         total += (time.perf_counter() - start) * len(specs) / len(picked)
         timed += len(picked)
     return total, timed
 
 
 def bench_resnet(args: argparse.Namespace) -> None:
-    model = seeded(ResNet18(3, 10, args.width), seed=0, scale=1.0)
-    inputs = _images("cifar", max(4 * args.samples, 200), (3, 32, 32))
+    device = torch.device(args.device)
+    model = seeded(ResNet18(3, 10, args.width), seed=0, scale=1.0).to(device)
+    inputs = _images("cifar", max(4 * args.samples, 200), (3, 32, 32)).to(device)
     target = _target(model, inputs)
     timed = TimedRunner(model)
     start = time.perf_counter()
@@ -133,7 +144,7 @@ def bench_resnet(args: argparse.Namespace) -> None:
     naive, timed_naive = _naive_extrapolated(model, steps, args.naive_per_step)
     layers = [name for name in graph.layers() if graph.units(name)]
     print(f"ResNet-18 (CIFAR variant, width {args.width}), 32x32, edges, hard, {graph.metadata['n_samples']} samples, "
-          f"class {target}")
+          f"class {target}, on {device}")
     print(f"  graph: {len(layers)} layers with causal units of {len(graph.metadata['layers'])} analysed, "
           f"{graph.graph.number_of_nodes()} units, {graph.graph.number_of_edges()} edges; "
           f"{candidates} candidates in {len(steps)} steps = {rows} rows")
@@ -193,6 +204,7 @@ def main() -> None:
     parser.add_argument("--naive-per-step", type=int, default=2)
     parser.add_argument("--lenet-epochs", type=int, default=3, help="training epochs of the LeNet (offline MNIST)")
     parser.add_argument("--only", choices=("resnet", "lenet"), default=None)
+    parser.add_argument("--device", default="cpu", help="device of the ResNet part (cpu or cuda)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
