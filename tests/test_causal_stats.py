@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 from scipy import stats as st
 
-from explainnn.causal.stats import TestResult, fdr_qvalues, paired_test, ztest_research
+from explainnn.causal.stats import TestResult, fdr_qvalues, paired_fdr_test, ztest_research
 from explainnn.errors import ConfigError, DataError, UserError
 
 
@@ -30,21 +30,21 @@ def planted() -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("method", ["t", "wilcoxon"])
 def test_clear_drop_is_kept_and_null_or_rise_is_not(planted, method):
     intervened, clean = planted
-    result = paired_test(intervened, clean, method=method)
+    result = paired_fdr_test(intervened, clean, method=method)
     assert result.kept.tolist() == [True, False, False]
     assert result.effect[0] == pytest.approx(-1.0, abs=0.15)
     assert result.p_value[0] < 1e-6 and result.p_value[1] > 0.05 and result.p_value[2] > 0.99
 
 
 def test_two_sided_also_keeps_units_that_raise_the_logit(planted):
-    result = paired_test(*planted, alternative="two-sided")
+    result = paired_fdr_test(*planted, alternative="two-sided")
     assert result.kept.tolist() == [True, False, True]
-    assert paired_test(*planted, alternative="greater").kept.tolist() == [False, False, True]
+    assert paired_fdr_test(*planted, alternative="greater").kept.tolist() == [False, False, True]
 
 
 def test_t_statistics_match_scipy_paired_test_and_interval(planted):
     intervened, clean = planted
-    result = paired_test(intervened, clean, confidence=0.9)
+    result = paired_fdr_test(intervened, clean, confidence=0.9)
     for k in range(3):
         ref = st.ttest_rel(intervened[k], clean, alternative="less")
         assert result.statistic[k] == pytest.approx(ref.statistic)
@@ -60,8 +60,8 @@ def test_min_effect_drops_significant_but_tiny_effects():
     rng = np.random.default_rng(1)
     clean = rng.normal(0.0, 1.0, size=2000)
     intervened = np.stack([clean - 0.02 + rng.normal(0, 0.05, 2000), clean - 0.5 + rng.normal(0, 0.05, 2000)])
-    assert paired_test(intervened, clean).kept.tolist() == [True, True]
-    assert paired_test(intervened, clean, min_effect=0.1).kept.tolist() == [False, True]
+    assert paired_fdr_test(intervened, clean).kept.tolist() == [True, True]
+    assert paired_fdr_test(intervened, clean, min_effect=0.1).kept.tolist() == [False, True]
 
 
 def test_bh_q_values_match_a_hand_computed_example():
@@ -80,7 +80,7 @@ def test_kept_uses_q_not_p():
     d = rng.normal(size=(20, 30))
     d = d - d.mean(axis=1, keepdims=True) + d.std(axis=1, ddof=1, keepdims=True) / np.sqrt(30) * -2.15
     d[1:] += 0.6
-    result = paired_test(clean + d, clean)
+    result = paired_fdr_test(clean + d, clean)
     assert result.p_value[0] < 0.05
     assert np.allclose(result.q_value, fdr_qvalues(result.p_value))
     assert result.q_value[0] > 0.05 and not result.kept.any()
@@ -88,33 +88,33 @@ def test_kept_uses_q_not_p():
 
 def test_all_zero_differences_give_p_one_not_nan():
     clean = np.array([1.0, 2.0, 3.0, 4.0])
-    result = paired_test(np.stack([clean, clean]), clean, method="t")
+    result = paired_fdr_test(np.stack([clean, clean]), clean, method="t")
     assert result.p_value.tolist() == [1.0, 1.0] and result.q_value.tolist() == [1.0, 1.0]
     assert result.statistic.tolist() == [0.0, 0.0] and not result.kept.any()
-    assert paired_test(clean, clean, method="wilcoxon").p_value.tolist() == [1.0]
+    assert paired_fdr_test(clean, clean, method="wilcoxon").p_value.tolist() == [1.0]
 
 
 def test_float32_roundoff_counts_as_no_effect():
     clean = torch.tensor([1.1, 2.3, 3.7, 10.9], dtype=torch.float32)
     jitter = torch.nextafter(clean, torch.full_like(clean, 100.0))  # one ulp up, as recomputing in another order
-    result = paired_test(torch.stack([jitter, clean - 1.0]), clean)
+    result = paired_fdr_test(torch.stack([jitter, clean - 1.0]), clean)
     assert result.p_value[0] == 1.0 and not result.kept[0]
     assert result.kept[1]
 
 
 def test_identical_nonzero_differences_are_certain():
     clean = np.array([1.0, 2.0, 3.0])
-    result = paired_test(np.stack([clean - 0.5, clean + 0.5]), clean)
+    result = paired_fdr_test(np.stack([clean - 0.5, clean + 0.5]), clean)
     assert result.p_value.tolist() == [0.0, 1.0]
     assert result.statistic.tolist() == [-math.inf, math.inf]
     assert result.kept.tolist() == [True, False]
     assert (result.ci_low[0], result.ci_high[0]) == (-0.5, -0.5)
-    wilcoxon = paired_test(np.stack([clean - 0.5]), clean, method="wilcoxon")
+    wilcoxon = paired_fdr_test(np.stack([clean - 0.5]), clean, method="wilcoxon")
     assert wilcoxon.p_value[0] == pytest.approx(0.125)  # exact: 1 / 2**3
 
 
 def test_single_sample_cannot_be_significant():
-    result = paired_test(np.array([[0.0], [5.0]]), np.array([3.0]))
+    result = paired_fdr_test(np.array([[0.0], [5.0]]), np.array([3.0]))
     assert result.p_value.tolist() == [1.0, 1.0] and not result.kept.any()
     assert result.effect.tolist() == [-3.0, 2.0]
     assert np.isnan(result.effect_std).all() and np.isnan(result.ci_low).all()
@@ -124,18 +124,18 @@ def test_probability_effect_and_torch_inputs(planted):
     intervened, clean = planted
     probs = 1.0 / (1.0 + np.exp(-clean))
     probs_int = 1.0 / (1.0 + np.exp(-intervened))
-    result = paired_test(
+    result = paired_fdr_test(
         torch.from_numpy(intervened).float(), torch.from_numpy(clean).float(),
         intervened_prob=probs_int, clean_prob=probs,
     )
     assert result.prob_effect == pytest.approx((probs_int - probs).mean(axis=1))
     assert result.prob_effect[0] < 0 < result.prob_effect[2]
     with pytest.raises(DataError, match="both"):
-        paired_test(intervened, clean, intervened_prob=probs_int)
+        paired_fdr_test(intervened, clean, intervened_prob=probs_int)
 
 
 def test_records_are_plain_json_with_candidate_labels(planted):
-    result = paired_test(*planted, candidates=[7, 3, 11], intervened_prob=planted[0] * 0, clean_prob=planted[1] * 0)
+    result = paired_fdr_test(*planted, candidates=[7, 3, 11], intervened_prob=planted[0] * 0, clean_prob=planted[1] * 0)
     records = result.to_records()
     json.dumps(records)
     assert [r["candidate"] for r in records] == [7, 3, 11]
@@ -165,7 +165,7 @@ def test_records_are_plain_json_with_candidate_labels(planted):
 )
 def test_bad_inputs_are_one_line_user_errors(kwargs, error, message):
     with pytest.raises(error, match=message) as caught:
-        paired_test(**kwargs)
+        paired_fdr_test(**kwargs)
     assert isinstance(caught.value, UserError) and "\n" not in str(caught.value)
 
 
@@ -193,7 +193,7 @@ def test_q_values_are_monotone_in_p_at_least_p_and_at_most_one(p_values):
 )
 def test_p_and_q_values_are_never_nan(data, method):
     intervened, clean = data
-    result = paired_test(np.array(intervened, dtype=float) / 4, np.array(clean, dtype=float) / 4, method=method)
+    result = paired_fdr_test(np.array(intervened, dtype=float) / 4, np.array(clean, dtype=float) / 4, method=method)
     for values in (result.p_value, result.q_value):
         assert np.all((values >= 0.0) & (values <= 1.0))
 
@@ -261,3 +261,11 @@ def test_research_rule_checks_sample_counts_and_probabilities():
         intervened_prob=np.array([[0.1, 0.2]]), clean_prob=np.array([0.3, 0.4, 0.5]),
     )
     assert result.prob_effect == pytest.approx([0.15 - 0.4])
+
+
+def test_the_old_name_paired_test_still_works_with_a_deprecation_warning(planted):
+    from explainnn.causal.stats import paired_test
+
+    with pytest.warns(DeprecationWarning, match="paired_fdr_test"):
+        old = paired_test(*planted)
+    assert old.to_records() == paired_fdr_test(*planted).to_records()

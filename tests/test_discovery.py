@@ -13,11 +13,11 @@ from explainnn.causal import (
     circuit_faithfulness,
     discover,
     discover_all,
-    select_samples,
+    indices_classified_as,
     stability,
 )
 from explainnn.causal.stats import ztest_research
-from explainnn.errors import ConfigError, UserError
+from explainnn.errors import ConfigError, TooFewSamples, UserError
 from explainnn.interventions import EdgeIntervention, InterventionRunner, find_layers
 
 
@@ -183,12 +183,24 @@ def test_samples_are_the_first_classified_as_target_in_order():
     x = _mlp_inputs(10)
     x[3] = 0.0  # all-zero input: logits tie at 0, argmax 0 -> still class 0
     labels = torch.tensor([0, 1, 0, 0, 0, 0, 0, 0, 0, 0])
-    assert select_samples(model, x, 0, 4).tolist() == [0, 1, 2, 3]
-    assert select_samples(model, x, 0, 4, labels=labels).tolist() == [0, 2, 3, 4]
+    assert indices_classified_as(model, x, 0, 4).tolist() == [0, 1, 2, 3]
+    assert indices_classified_as(model, x, 0, 4, labels=labels).tolist() == [0, 2, 3, 4]
     graph = discover(model, x, 0, n_samples=4, labels=labels)
     assert graph.metadata["samples"] == [0, 2, 3, 4]
-    with pytest.raises(UserError, match="classified as class 2"):
-        select_samples(model, x, 2, 4)
+    with pytest.raises(TooFewSamples, match="classified as class 2"):
+        indices_classified_as(model, x, 2, 4)
+    assert issubclass(TooFewSamples, UserError)  # one line and exit 2 from the command line
+
+
+def test_discover_all_skips_classes_with_too_few_samples_by_error_type_and_the_old_name_warns():
+    from explainnn.causal import discover_all, select_samples
+
+    model, x = PlantedMLP(), _mlp_inputs(10)
+    predicted = set(model(x).argmax(1).tolist())
+    assert set(discover_all(model, x, n_samples=4)) == {c for c in predicted
+                                                        if (model(x).argmax(1) == c).sum() >= 2}
+    with pytest.warns(DeprecationWarning, match="indices_classified_as"):
+        assert select_samples(model, x, 0, 4).tolist() == indices_classified_as(model, x, 0, 4).tolist()
 
 
 def test_ztest_reproduces_the_research_rule_with_n_plus_one_clean_samples():

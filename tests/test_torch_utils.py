@@ -38,14 +38,14 @@ def test_eval_mode_gives_each_submodule_its_own_flag_back_also_on_errors():
 
 
 def test_discovery_leaves_a_mixed_mode_model_as_it_was():
-    from explainnn.causal.discovery import select_samples
+    from explainnn.causal.discovery import indices_classified_as
 
     model = _mixed()
     before = _flags(model)
     inputs = torch.randn(64, 3)
     with torch.no_grad(), eval_mode(model):
         common = int(model(inputs).argmax(-1).mode().values)
-    assert len(select_samples(model, inputs, common, 2)) == 2
+    assert len(indices_classified_as(model, inputs, common, 2)) == 2
     assert _flags(model) == before
 
 

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -79,15 +80,16 @@ def save_checkpoint(path: str | Path, model: nn.Module, metadata: Mapping) -> di
     metadata = dict(metadata)
     if "model" not in metadata and getattr(model, "explainnn_spec", None):
         metadata["model"] = model.explainnn_spec
+    stored = cast(dict, to_jsonable(_stamped(metadata)))
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
-        "metadata": to_jsonable(_stamped(metadata)),
+        "metadata": stored,
     }
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         torch.save(payload, handle)
-    return payload["metadata"]
+    return stored
 
 
 def _one_line(exc: BaseException) -> str:
@@ -145,7 +147,7 @@ def _check_identity(path: Path, saved: Mapping, expected: Mapping) -> None:
     want_spec, saved_spec = expected.get("model"), saved.get("model")
     if not isinstance(want_spec, Mapping) or want_spec.get("params") is None:
         return
-    want_params = to_jsonable(want_spec["params"])
+    want_params = cast(dict, to_jsonable(want_spec["params"]))
     saved_params = (saved_spec.get("params") if isinstance(saved_spec, Mapping) else None) or {}
     differ = sorted(k for k in set(saved_params) | set(want_params) if saved_params.get(k) != want_params.get(k))
     if differ:

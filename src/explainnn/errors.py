@@ -24,5 +24,9 @@ class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt or belongs to another model/dataset."""
 
 
+class TooFewSamples(UserError):
+    """Too few inputs qualify for a step (e.g. fewer than two classified as the target class)."""
+
+
 class InterventionError(UserError):
     """An intervention that names a layer, unit or module we cannot act on."""

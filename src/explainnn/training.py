@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, cast
 
 import torch
 import torch.nn.functional as F
@@ -252,7 +252,7 @@ def train_or_load(
         **identity,
         "train_accuracy": result.train_accuracy,
         "test_accuracy": result.test_accuracy,
-        "training": {**to_jsonable(options), "seconds": round(result.seconds, 3),
+        "training": {**cast(dict, to_jsonable(options)), "seconds": round(result.seconds, 3),
                      "history": result.history},
     }
     stored = save_checkpoint(path, model, record)

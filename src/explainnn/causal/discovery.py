@@ -29,8 +29,9 @@ from torch import nn
 from tqdm import tqdm
 
 from explainnn.causal.graph import CausalGraph, node_id
-from explainnn.causal.stats import TestResult, paired_test, ztest_research
-from explainnn.errors import ConfigError, InterventionError, UserError
+from explainnn.causal.stats import TestResult, paired_fdr_test, ztest_research
+from explainnn.deprecation import deprecated_alias
+from explainnn.errors import ConfigError, InterventionError, TooFewSamples, UserError
 from explainnn.interventions import (
     EdgeIntervention,
     InterventionRunner,
@@ -102,7 +103,7 @@ def _choice(key: str, value: Any, valid: Sequence[str]) -> None:
         raise ConfigError(f"{key}: {value!r} is not a valid choice; valid: {', '.join(valid)}")
 
 
-def select_samples(
+def indices_classified_as(
     model: nn.Module,
     inputs: torch.Tensor,
     target: int,
@@ -134,11 +135,14 @@ def select_samples(
         start += size
     index = torch.cat(found)[:n_samples] if found else torch.zeros(0, dtype=torch.long)
     if len(index) < 2:
-        raise UserError(
+        raise TooFewSamples(
             f"only {len(index)} of {len(inputs)} inputs are classified as class {target}; "
             "discovery needs at least 2 (pass more inputs or another target)"
         )
     return index
+
+
+select_samples = deprecated_alias(indices_classified_as, "explainnn.causal.discovery.select_samples")
 
 
 def _predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -227,32 +231,26 @@ def discover(
     options = DiscoveryOptions(on, intervention, beta, delta, n_samples, test, alpha, min_effect, seed, soft_rule)
     if device is not None:
         model = model.to(device)
-    inputs = torch.as_tensor(inputs)
+    return _discover(model, torch.as_tensor(inputs), target, options, labels=labels, layers=layers,
+                     include_input=include_input, metadata=metadata, progress=progress, runner=runner)
+
+
+def _discover(model: nn.Module, inputs: torch.Tensor, target: int, options: DiscoveryOptions, *,
+              labels: torch.Tensor | None, layers: Sequence[str] | None, include_input: bool,
+              metadata: dict[str, Any] | None, progress: bool, runner: InterventionRunner | None) -> CausalGraph:
+    """The walk of :func:`discover`: samples, layers, then one batched test per parent layer."""
     target = _target(model, inputs, target)
-    extra = 1 if options.test == "ztest" else 0
-    index = select_samples(model, inputs, target, options.n_samples + extra, labels=labels)
+    extra = 1 if options.test == "ztest" else 0  # the research rule's clean mean reads one more sample
+    index = indices_classified_as(model, inputs, target, options.n_samples + extra, labels=labels)
     samples = inputs[index].to(model_device(model))
     test_samples = samples[: len(samples) - extra] if extra and len(samples) > 2 else samples
 
     runner = runner or InterventionRunner(model)
-    all_layers = runner.layers(samples[:1])
-    walk = walk_layers(all_layers, layers)
+    walk = walk_layers(runner.layers(samples[:1]), layers)
     _preflight(model, samples[:1], walk, include_input)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(options.seed)
     depth_of = _depths(walk)
-
-    graph = CausalGraph(
-        {
-            "model": metadata.get("model", type(model).__name__) if metadata else type(model).__name__,
-            "target": target,
-            "samples": index[: len(test_samples)].tolist(),
-            "n_samples": len(test_samples),
-            "options": {**options.__dict__, "layers": list(layers) if layers else None},
-            "seed": seed,
-            "layers": [layer.name for layer in sorted(walk, key=lambda info: info.order)],
-            **(metadata or {}),
-        }
-    )
+    graph = _empty_graph(model, target, index[: len(test_samples)], options, layers, walk, metadata)
     output = walk[0]
     graph.add_unit(output.name, target, kind="output", depth=depth_of[output.name])
     clean_all = runner.run(samples, [], target) if extra else None
@@ -269,32 +267,66 @@ def discover(
         if not candidates:
             continue
         specs, values = _interventions(options, parent, candidates, generator)
-        result = runner.run(test_samples, specs, target)
-        decision = _test(options, result, clean_all, candidates=[c.unit for c in candidates])
-        records = decision.to_records()
-        for record, candidate, value in zip(records, candidates, values):
-            record["intervention"] = options.describe(value)
-            if candidate.child is not None:
-                record["child"] = candidate.child.name
-                record["via"] = candidate.link.via
-        tests[parent] = records
-        kind = "input" if parent == INPUT else "hidden"
+        decision = _test(options, runner.run(test_samples, specs, target), clean_all,
+                         candidates=[c.unit for c in candidates])
+        tests[parent] = _test_records(options, decision, candidates, values)
         depth = 0 if parent == INPUT else depth_of[parent]
-        kept_units: set[int] = set()
-        for candidate, record, kept in zip(candidates, records, decision.kept):
-            if not kept:
-                continue
-            stats = _edge_stats(record)
-            cause = graph.add_unit(parent, candidate.unit, kind=kind, depth=depth, **stats)
-            kept_units.add(candidate.unit)
-            for child, link, effects in candidate.targets(kids, causes, wiring):
-                for j in effects:
-                    graph.add_edge(cause, node_id(child.name, j), **stats, via=link.via)
+        kept_units = _add_causes(graph, parent, depth, candidates, tests[parent], decision.kept,
+                                 lambda candidate: candidate.targets(kids, causes, wiring))
         if parent != INPUT:
-            causes[parent] = sorted(kept_units)
+            causes[parent] = kept_units
     bar.close()
     graph.add_result("tests", tests)
     return graph
+
+
+def _empty_graph(model: nn.Module, target: int, index: torch.Tensor, options: DiscoveryOptions,
+                 layers: Sequence[str] | None, walk: list[LayerInfo], metadata: dict[str, Any] | None) -> CausalGraph:
+    """The graph before any unit: what was learned from (model, target, samples, options, layers)."""
+    return CausalGraph(
+        {
+            "model": metadata.get("model", type(model).__name__) if metadata else type(model).__name__,
+            "target": target,
+            "samples": index.tolist(),
+            "n_samples": len(index),
+            "options": {**options.__dict__, "layers": list(layers) if layers else None},
+            "seed": options.seed,
+            "layers": [layer.name for layer in sorted(walk, key=lambda info: info.order)],
+            **(metadata or {}),
+        }
+    )
+
+
+def _test_records(options: DiscoveryOptions, decision: TestResult, candidates: list[_Candidate],
+                  values: list[float]) -> list[dict[str, Any]]:
+    """The test's records of one parent layer, with each candidate's intervention and, for edges, its child."""
+    records = decision.to_records()
+    for record, candidate, value in zip(records, candidates, values):
+        record["intervention"] = options.describe(value)
+        if candidate.child is not None and candidate.link is not None:
+            record["child"] = candidate.child.name
+            record["via"] = candidate.link.via
+    return records
+
+
+def _add_causes(graph: CausalGraph, parent: str, depth: int, candidates: list[_Candidate],
+                records: list[dict[str, Any]], kept: np.ndarray, targets: Any) -> list[int]:
+    """Add the kept candidates of ``parent`` and their edges to ``graph``; return their sorted unit indices.
+
+    ``targets(candidate)`` gives the (child, link, effect units) a kept candidate connects to.
+    """
+    kind = "input" if parent == INPUT else "hidden"
+    kept_units: set[int] = set()
+    for candidate, record, keep in zip(candidates, records, kept):
+        if not keep:
+            continue
+        stats = _edge_stats(record)
+        cause = graph.add_unit(parent, candidate.unit, kind=kind, depth=depth, **stats)
+        kept_units.add(candidate.unit)
+        for child, link, effects in targets(candidate):
+            for j in effects:
+                graph.add_edge(cause, node_id(child.name, j), **stats, via=link.via)
+    return sorted(kept_units)
 
 
 def walk_layers(layers: Sequence[LayerInfo], names: Sequence[str] | None = None) -> list[LayerInfo]:
@@ -405,6 +437,7 @@ class _Candidate:
     def targets(self, kids, causes, wiring: dict) -> list[tuple[LayerInfo, ParentLink, list[int]]]:
         """The causal units this candidate's kept intervention connects to (``wiring`` caches the weights' pattern)."""
         if self.child is not None:
+            assert self.link is not None  # an edge candidate carries its child's link
             return [(self.child, self.link, _drawn(self.child, self.link, self.unit, self.effects, wiring))]
         return [(child, link, _drawn(child, link, self.unit, _reached(child, link, self.unit, causes[child.name]),
                                      wiring))
@@ -459,9 +492,8 @@ def discover_all(model: nn.Module, inputs: torch.Tensor, **options: Any) -> dict
     for target in range(n_classes):
         try:
             graphs[target] = discover(model, inputs, target, **options)
-        except UserError as exc:
-            if "discovery needs at least 2" not in str(exc):
-                raise
+        except TooFewSamples:
+            continue
     return graphs
 
 
@@ -505,7 +537,7 @@ def _test(options: DiscoveryOptions, result, clean_all, candidates: Sequence[int
         clean_prob = clean_all.clean_prob.cpu().numpy().astype(np.float64)
         return ztest_research(intervened, clean, candidates=list(candidates),
                               intervened_prob=prob, clean_prob=clean_prob)
-    return paired_test(
+    return paired_fdr_test(
         intervened,
         result.clean_target_logit.cpu().numpy().astype(np.float64),
         alpha=options.alpha,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import networkx as nx
 from matplotlib.axes import Axes
@@ -61,7 +61,7 @@ def draw_graph(
         fig = Figure(figsize=_figure_size(graph, max_units_per_layer))
         ax = fig.add_subplot()
     else:
-        fig = ax.figure
+        fig = cast(Figure, ax.figure)
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -78,27 +78,14 @@ def draw_graph(
 def _draw_layers(
     graph: CausalGraph, ax: Axes, layers: list[str], max_units: int | None, effect_key: str
 ) -> None:
-    source = graph.graph
-    strength = {n: 0.0 for n in source}
-    for u, v, value in source.edges(data=effect_key):
-        strength[u] += _finite_abs(value)
-        strength[v] += _finite_abs(value)
-
-    shown_units: dict[str, list[str]] = {}
-    left_out = {}
-    for layer in layers:
-        units = graph.units(layer)
-        if max_units is not None and len(units) > max_units:
-            strongest = set(sorted(units, key=lambda n: (-strength[n], source.nodes[n]["index"]))[:max_units])
-            left_out[layer] = len(units) - max_units
-            units = [n for n in units if n in strongest]
-        shown_units[layer] = units
-
+    source = graph.digraph
+    shown_units, left_out = _shown_units(graph, layers, max_units, effect_key)
     # One column per depth; the layers of a depth stacked top to bottom, one row gap between them.
     columns = _columns(graph, layers)
     heights = [sum(len(shown_units[layer]) for layer in column) + 1.5 * (len(column) - 1) for column in columns]
     tallest = max(heights)
-    pos, label_at = {}, {}
+    pos: dict[str, tuple[float, float]] = {}
+    label_at: dict[str, tuple[float, float]] = {}
     for x, (column, height) in enumerate(zip(columns, heights)):
         y = (height - 1) / 2.0
         for layer in column:
@@ -114,24 +101,7 @@ def _draw_layers(
     font_size = min(8.0, max(4.0, 0.45 * spacing_pt))
 
     edges = list(shown.edges(data=True))
-    largest = max((_finite_abs(attrs.get(effect_key)) for _, _, attrs in edges), default=0.0) or 1.0
-    arrows = len(edges) <= MAX_ARROWS
-    for skipping in (False, True):
-        for dashed in (False, True):
-            group = [(u, v, attrs) for u, v, attrs in edges
-                     if (abs(pos[v][0] - pos[u][0]) > 1.0) == skipping and (attrs.get("via") == "path") == dashed]
-            if not group:
-                continue
-            style = {"arrows": True, "arrowsize": 8} if arrows or skipping else {"arrows": False}
-            if skipping:
-                style["connectionstyle"] = "arc3,rad=0.2"
-            nx.draw_networkx_edges(
-                shown, pos, ax=ax, edgelist=[(u, v) for u, v, _ in group],
-                width=[MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * _finite_abs(a.get(effect_key)) / largest
-                       for _, _, a in group],
-                edge_color=[_edge_colour(a.get(effect_key)) for _, _, a in group],
-                style="dashed" if dashed else "solid", alpha=0.75, node_size=node_size, **style,
-            )
+    _draw_edges(ax, shown, pos, edges, effect_key, node_size)
     nodes = list(pos)
     nx.draw_networkx_nodes(
         shown, pos, ax=ax, nodelist=nodes, node_size=node_size, edgecolors="0.3", linewidths=0.6,
@@ -141,17 +111,64 @@ def _draw_layers(
         shown, pos, ax=ax, font_size=font_size, labels={n: str(source.nodes[n]["index"]) for n in nodes}
     )
 
-    for layer, (x, y) in label_at.items():
+    for layer, (label_x, label_y) in label_at.items():
         note = f" (+{left_out[layer]} more)" if layer in left_out else ""
-        ax.text(x, y, layer + note, ha="center", va="bottom", fontsize=8 if len(columns) > 6 else 9)
+        ax.text(label_x, label_y, layer + note, ha="center", va="bottom", fontsize=8 if len(columns) > 6 else 9)
     top = (tallest - 1) / 2.0
     ax.set_xlim(-0.6, len(columns) - 0.4)
     ax.set_ylim(-top - 0.6, top + 1.6)
+    _draw_legend(ax, any(attrs.get("via") == "path" for _, _, attrs in edges))
+
+
+def _shown_units(graph: CausalGraph, layers: list[str], max_units: int | None,
+                 effect_key: str) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """The units drawn per layer (the ``max_units`` with the largest total |effect|) and how many were left out."""
+    source = graph.digraph
+    strength = {n: 0.0 for n in source}
+    for u, v, value in source.edges(data=effect_key):
+        strength[u] += _finite_abs(value)
+        strength[v] += _finite_abs(value)
+    shown_units: dict[str, list[str]] = {}
+    left_out: dict[str, int] = {}
+    for layer in layers:
+        units = graph.units(layer)
+        if max_units is not None and len(units) > max_units:
+            strongest = set(sorted(units, key=lambda n: (-strength[n], source.nodes[n]["index"]))[:max_units])
+            left_out[layer] = len(units) - max_units
+            units = [n for n in units if n in strongest]
+        shown_units[layer] = units
+    return shown_units, left_out
+
+
+def _draw_edges(ax: Axes, shown: nx.DiGraph, pos: dict[str, tuple[float, float]], edges: list, effect_key: str,
+                node_size: float) -> None:
+    """Edges in four groups: straight or arcs (skipping columns), solid or dashed (``via="path"``)."""
+    largest = max((_finite_abs(attrs.get(effect_key)) for _, _, attrs in edges), default=0.0) or 1.0
+    arrows = len(edges) <= MAX_ARROWS
+    for skipping in (False, True):
+        for dashed in (False, True):
+            group = [(u, v, attrs) for u, v, attrs in edges
+                     if (abs(pos[v][0] - pos[u][0]) > 1.0) == skipping and (attrs.get("via") == "path") == dashed]
+            if not group:
+                continue
+            style: dict[str, Any] = {"arrows": True, "arrowsize": 8} if arrows or skipping else {"arrows": False}
+            if skipping:
+                style["connectionstyle"] = "arc3,rad=0.2"
+            nx.draw_networkx_edges(
+                shown, pos, ax=ax, edgelist=[(u, v) for u, v, _ in group],
+                width=[MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * _finite_abs(a.get(effect_key)) / largest
+                       for _, _, a in group],
+                edge_color=[_edge_colour(a.get(effect_key)) for _, _, a in group],
+                style="dashed" if dashed else "solid", alpha=0.75, node_size=node_size, **style,
+            )
+
+
+def _draw_legend(ax: Axes, path_edges: bool) -> None:
     handles = [
         Line2D([], [], color=LOWERS_COLOUR, lw=2, label="intervention lowers target"),
         Line2D([], [], color=RAISES_COLOUR, lw=2, label="intervention raises target"),
     ]
-    if any(attrs.get("via") == "path" for _, _, attrs in edges):
+    if path_edges:
         handles.append(Line2D([], [], color=UNKNOWN_COLOUR, lw=2, ls="--", label="along a shared weight-free path"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), frameon=False,
               fontsize=8)
@@ -159,10 +176,10 @@ def _draw_layers(
 
 def _columns(graph: CausalGraph, layers: list[str]) -> list[list[str]]:
     """The layers grouped by depth, input to output."""
-    depth = {graph.graph.nodes[graph.units(layer)[0]]["depth"]: None for layer in layers}
-    columns: dict[int, list[str]] = {d: [] for d in sorted(depth)}
+    depth = {layer: graph.layer_depth(layer) for layer in layers}
+    columns: dict[int, list[str]] = {d: [] for d in sorted(set(depth.values()))}
     for layer in layers:
-        columns[graph.graph.nodes[graph.units(layer)[0]]["depth"]].append(layer)
+        columns[depth[layer]].append(layer)
     return list(columns.values())
 
 

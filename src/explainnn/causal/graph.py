@@ -125,6 +125,24 @@ class CausalGraph:
         """The free-form analysis results stored with the graph."""
         return self.metadata["results"]
 
+    @property
+    def digraph(self) -> nx.DiGraph:
+        """The underlying ``networkx.DiGraph`` of units (also reachable as ``graph``, its older name)."""
+        return self.graph
+
+    def layer_kind(self, layer: str) -> Kind:
+        """The kind of ``layer``'s units: ``input``, ``hidden`` or ``output``."""
+        return self.graph.nodes[self.units(layer)[0]]["kind"]
+
+    def layer_depth(self, layer: str) -> int:
+        """The depth of ``layer`` (0 at the input, growing towards the output)."""
+        self._check_layer(layer)
+        return self._layer_depths()[layer]
+
+    def hidden_layers(self) -> list[str]:
+        """The layers of hidden units, from the input towards the output."""
+        return [layer for layer in self.layers() if self.layer_kind(layer) == "hidden"]
+
     def layers(self) -> list[str]:
         """Layer names ordered from the input to the output (by depth, then name)."""
         depths = self._layer_depths()
@@ -183,7 +201,7 @@ class CausalGraph:
             and all(_same(mine.edges[e], theirs.edges[e]) for e in mine.edges)
         )
 
-    __hash__ = None  # mutable
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
     def summary(self) -> str:
         """A few lines: size, target, and the units of every layer."""
@@ -198,7 +216,7 @@ class CausalGraph:
         for layer in layers:
             indices = self._indices(layer)
             shown = ", ".join(str(i) for i in indices[:12]) + (", ..." if len(indices) > 12 else "")
-            kind = self.graph.nodes[node_id(layer, indices[0])]["kind"]
+            kind = self.layer_kind(layer)
             lines.append(f"  {layer:<{width}}  {kind:<6}  {len(indices):>4} unit{'s' if len(indices) != 1 else ''}: {shown}")
         return "\n".join(lines)
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from explainnn.causal.graph import CausalGraph
-from explainnn.causal.stats import paired_test
+from explainnn.causal.stats import paired_fdr_test
 from explainnn.errors import UserError
 from explainnn.files import save_figure, write_csv
 from explainnn.interventions import InterventionRunner, soft_edge, soft_node
@@ -111,57 +111,72 @@ def stability(
     """
     options = graph.metadata["options"]
     rule = soft_rule or options.get("soft_rule", "scale")
-    target = int(graph.metadata["target"])
     delta = float(options["delta"] if delta is None else delta)
-    hidden = [name for name in graph.layers() if graph.graph.nodes[graph.units(name)[0]]["kind"] == "hidden"]
+    layer = _stability_layer(graph, layer)
+    hard = tuple(graph.causes(layer)) if layer in graph.layers() else ()
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise UserError(f"repeats must be a positive integer; got {repeats!r}")
+
+    samples = torch.as_tensor(inputs)[torch.tensor(graph.metadata["samples"])].to(model_device(model))
+    runner = InterventionRunner(model)
+    infos = {info.name: info for info in runner.layers(samples[:1])}
+    n_units = infos[layer].n_units
+    order, target = graph.metadata["layers"], int(graph.metadata["target"])
+    child = _child_of(layer, order, infos)
+    children = graph.causes(child) if child != order[-1] else [target]
+    if not children:
+        raise UserError(f"layer {child!r} has no causal units, so {layer!r} has no edges to re-test")
+    betas_array = np.asarray(list(betas), dtype=float)
+    generator = torch.Generator().manual_seed(seed)
+    specs = [
+        replace(soft_edge(child, i, children, float(beta), delta, generator, rule=rule), parent_layer=layer)
+        if options["on"] == "edges"
+        else soft_node(layer, i, float(beta), delta, generator, rule=rule)
+        for beta in betas_array for _ in range(repeats) for i in range(n_units)
+    ]
+    result = runner.run(samples, specs, target)
+    logits = result.target_logit.double().cpu().numpy().reshape(len(betas_array), repeats, n_units, -1)
+    clean = result.clean_target_logit.double().cpu().numpy()
+    jaccard, n_kept, counts = _retest(logits, clean, set(hard), alpha=options["alpha"],
+                                      min_effect=options["min_effect"], bootstrap=bootstrap, seed=seed)
+    return StabilityResult(layer, betas_array, delta, jaccard, n_kept, counts / repeats, hard, bootstrap, rule)
+
+
+def _stability_layer(graph: CausalGraph, layer: str | None) -> str:
+    """``layer`` checked against the graph's analysed layers; by default its hidden layer closest to the output."""
     order = graph.metadata["layers"]
     if layer is None:
+        hidden = graph.hidden_layers()
         if not hidden:
             raise UserError("the graph has no hidden causal units; nothing to re-learn")
         layer = hidden[-1]
     if layer not in order[:-1]:
         raise UserError(f"stability layer {layer!r} is not an analysed layer; valid: {', '.join(order[:-1])}")
-    hard = tuple(graph.causes(layer)) if layer in graph.layers() else ()
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise UserError(f"repeats must be a positive integer; got {repeats!r}")
+    return layer
 
-    device = model_device(model)
-    samples = torch.as_tensor(inputs)[torch.tensor(graph.metadata["samples"])].to(device)
-    runner = InterventionRunner(model)
-    infos = {info.name: info for info in runner.layers(samples[:1])}
-    n_units = infos[layer].n_units
-    child = _child_of(layer, order, infos)
-    children = graph.causes(child) if child != order[-1] else [target]
-    if not children:
-        raise UserError(f"layer {child!r} has no causal units, so {layer!r} has no edges to re-test")
-    betas = np.asarray(list(betas), dtype=float)
-    generator = torch.Generator().manual_seed(seed)
-    on_edges = options["on"] == "edges"
-    specs = [
-        replace(soft_edge(child, i, children, float(beta), delta, generator, rule=rule), parent_layer=layer)
-        if on_edges
-        else soft_node(layer, i, float(beta), delta, generator, rule=rule)
-        for beta in betas for _ in range(repeats) for i in range(n_units)
-    ]
-    result = runner.run(samples, specs, target)
-    logits = result.target_logit.double().cpu().numpy().reshape(len(betas), repeats, n_units, -1)
-    clean = result.clean_target_logit.double().cpu().numpy()
 
+def _retest(logits: np.ndarray, clean: np.ndarray, hard: set[int], *, alpha: float, min_effect: float,
+            bootstrap: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The paired test on each (beta, repeat) block of ``logits`` (B, R, units, N), on bootstrap resamples.
+
+    Returns the Jaccard similarity of each kept set with ``hard`` (B, R), the
+    kept sets' sizes (B, R) and how often each unit was kept (B, units).
+    """
+    n_betas, repeats, n_units, _ = logits.shape
     rng = np.random.default_rng(seed)
     n = len(clean)
-    jaccard = np.zeros((len(betas), repeats))
-    n_kept = np.zeros((len(betas), repeats), dtype=int)
-    counts = np.zeros((len(betas), n_units))
-    for b in range(len(betas)):
+    jaccard = np.zeros((n_betas, repeats))
+    n_kept = np.zeros((n_betas, repeats), dtype=int)
+    counts = np.zeros((n_betas, n_units))
+    for b in range(n_betas):
         for r in range(repeats):
             columns = rng.integers(0, n, n) if bootstrap else np.arange(n)
-            test = paired_test(logits[b, r][:, columns], clean[columns],
-                               alpha=options["alpha"], min_effect=options["min_effect"])
+            test = paired_fdr_test(logits[b, r][:, columns], clean[columns], alpha=alpha, min_effect=min_effect)
             kept = set(test.kept_candidates())
-            jaccard[b, r] = _jaccard(kept, set(hard))
+            jaccard[b, r] = _jaccard(kept, hard)
             n_kept[b, r] = len(kept)
             counts[b, list(kept)] += 1
-    return StabilityResult(layer, betas, delta, jaccard, n_kept, counts / repeats, hard, bootstrap, rule)
+    return jaccard, n_kept, counts
 
 
 def _child_of(layer: str, order: Sequence[str], infos: dict) -> str:

@@ -38,6 +38,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from scipy import stats as st
 
+from explainnn.deprecation import deprecated_alias
 from explainnn.errors import ConfigError, DataError
 
 Alternative = Literal["less", "two-sided", "greater"]
@@ -137,20 +138,11 @@ def fdr_qvalues(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     return st.false_discovery_control(p, method="bh")
 
 
-def paired_test(
-    intervened: Any,
-    clean: Any,
-    *,
-    alpha: float = 0.05,
-    min_effect: float = 0.0,
-    alternative: Alternative = "less",
-    method: PairedMethod = "t",
-    confidence: float = 0.95,
-    candidates: Sequence[int] | None = None,
-    intervened_prob: Any = None,
-    clean_prob: Any = None,
-) -> TestResult:
-    """Test K candidates on the per-sample change of the target logit.
+def paired_fdr_test(intervened: Any, clean: Any, *, alpha: float = 0.05, min_effect: float = 0.0,
+                    alternative: Alternative = "less", method: PairedMethod = "t", confidence: float = 0.95,
+                    candidates: Sequence[int] | None = None, intervened_prob: Any = None,
+                    clean_prob: Any = None) -> TestResult:
+    """Test K candidates on the per-sample change of the target logit, then Benjamini-Hochberg across them.
 
     ``intervened`` is (K, N) — the target logit of N samples under each of K
     interventions (a 1-D array is one candidate) — and ``clean`` is (N,), the same
@@ -161,36 +153,16 @@ def paired_test(
     Benjamini-Hochberg across the K candidates, and a candidate is kept when
     ``q <= alpha`` and its mean change in the tested direction is at least
     ``min_effect`` (``-effect`` for ``"less"``, ``effect`` for ``"greater"``,
-    ``|effect|`` for ``"two-sided"``).
-
-    Degenerate cases, where the tests themselves are undefined:
-
-    * ``N = 1``: one sample cannot show significance, so ``p = 1``;
-      ``effect_std``, the interval and the statistic are NaN.
-    * Differences that are all equal (spread within a few units of the inputs'
-      floating-point precision, e.g. float32 logits recomputed in another order):
-      if their mean is zero (within the same tolerance) the intervention has no
-      effect and ``p = 1``; otherwise every sample moved by the same nonzero
-      amount, which the t-test treats as certain: ``p = 0`` when the change lies
-      in the tested direction (strictly negative for ``"less"``), else ``p = 1``,
-      and the statistic is ±inf. The Wilcoxon test needs no such rule for
-      nonzero differences: its p-value there is small but positive (2**-N
-      when exact).
+    ``|effect|`` for ``"two-sided"``). Where the tests themselves are undefined
+    (one sample; differences that are all equal) :func:`_paired_p_values` says
+    what is returned.
 
     NaN or infinite inputs are refused. Pass ``intervened_prob`` (K, N) and
     ``clean_prob`` (N,) to also get ``prob_effect``, the mean change of the target
     probability.
     """
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"alpha must be in (0, 1); got {alpha!r}")
-    if not (np.isfinite(min_effect) and min_effect >= 0.0):
-        raise ConfigError(f"min_effect must be a finite number >= 0; got {min_effect!r}")
-    _check_confidence(confidence)
-    if alternative not in ALTERNATIVES:
-        raise ConfigError(f"unknown alternative {alternative!r}; valid: {', '.join(ALTERNATIVES)}")
-    if method not in PAIRED_METHODS:
-        raise ConfigError(f"unknown paired-test method {method!r}; valid: {', '.join(PAIRED_METHODS)}")
-
+    _check_paired_options(alpha=alpha, min_effect=min_effect, alternative=alternative, method=method,
+                          confidence=confidence)
     x, eps_x = _as_matrix(intervened, "intervened")
     y, eps_y = _as_vector(clean, "clean")
     k_count, n = x.shape
@@ -204,60 +176,78 @@ def paired_test(
     effect = d.mean(axis=1)
     std = d.std(axis=1, ddof=1) if n > 1 else np.full(k_count, np.nan)
     tol = 4.0 * max(eps_x, eps_y) * np.maximum(np.abs(x).max(axis=1, initial=0.0), np.abs(y).max(initial=0.0))
-    constant = np.ptp(d, axis=1) <= tol
-    no_effect = constant & (np.abs(effect) <= tol)
-
-    statistic = np.full(k_count, np.nan)
-    p = np.ones(k_count)
-    if n > 1:
-        if method == "t":
-            tested = ~constant
-            if tested.any():
-                res = st.ttest_1samp(d[tested], 0.0, axis=1, alternative=alternative)
-                statistic[tested] = res.statistic
-                p[tested] = res.pvalue
-            shifted = constant & ~no_effect
-            statistic[shifted] = np.copysign(np.inf, effect[shifted])
-            p[shifted] = np.where(_in_direction(effect[shifted], alternative), 0.0, 1.0)
-        else:
-            for k in np.flatnonzero(~no_effect):
-                res = st.wilcoxon(d[k], alternative=alternative)
-                statistic[k] = res.statistic
-                p[k] = res.pvalue
-        statistic[no_effect] = 0.0
-        p[no_effect] = 1.0
-
+    statistic, p = _paired_p_values(d, effect, tol, method=method, alternative=alternative)
     half = st.t.ppf(0.5 + confidence / 2.0, n - 1) * std / np.sqrt(n) if n > 1 else np.full(k_count, np.nan)
     q = fdr_qvalues(p)
     kept = (q <= alpha) & (_size_in_direction(effect, alternative) >= min_effect)
-    return TestResult(
-        method="paired_t" if method == "t" else "wilcoxon",
-        alternative=alternative,
-        confidence=confidence,
-        selection="fdr",
-        candidates=cand,
-        effect=effect,
-        effect_std=std,
-        ci_low=effect - half,
-        ci_high=effect + half,
-        statistic=statistic,
-        p_value=p,
-        q_value=q,
-        n=np.full(k_count, n, dtype=np.int64),
-        kept=kept,
-        prob_effect=_prob_effect(intervened_prob, clean_prob, (k_count, n), n),
-    )
+    return TestResult(method="paired_t" if method == "t" else "wilcoxon", alternative=alternative,
+                      confidence=confidence, selection="fdr", candidates=cand, effect=effect, effect_std=std,
+                      ci_low=effect - half, ci_high=effect + half, statistic=statistic, p_value=p, q_value=q,
+                      n=np.full(k_count, n, dtype=np.int64), kept=kept,
+                      prob_effect=_prob_effect(intervened_prob, clean_prob, (k_count, n), n))
 
 
-def ztest_research(
-    intervened: Any,
-    clean: Any,
-    *,
-    confidence: float = 0.95,
-    candidates: Sequence[int] | None = None,
-    intervened_prob: Any = None,
-    clean_prob: Any = None,
-) -> TestResult:
+paired_test = deprecated_alias(paired_fdr_test, "explainnn.causal.stats.paired_test")
+
+
+def _check_paired_options(*, alpha: float, min_effect: float, alternative: str, method: str,
+                          confidence: float) -> None:
+    """One-line errors for the paired test's options."""
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"alpha must be in (0, 1); got {alpha!r}")
+    if not (np.isfinite(min_effect) and min_effect >= 0.0):
+        raise ConfigError(f"min_effect must be a finite number >= 0; got {min_effect!r}")
+    _check_confidence(confidence)
+    if alternative not in ALTERNATIVES:
+        raise ConfigError(f"unknown alternative {alternative!r}; valid: {', '.join(ALTERNATIVES)}")
+    if method not in PAIRED_METHODS:
+        raise ConfigError(f"unknown paired-test method {method!r}; valid: {', '.join(PAIRED_METHODS)}")
+
+
+def _paired_p_values(d: np.ndarray, effect: np.ndarray, tol: np.ndarray, *, method: str,
+                     alternative: Alternative) -> tuple[np.ndarray, np.ndarray]:
+    """The statistic and p-value of each row of differences ``d`` (K, N), with the degenerate cases decided.
+
+    * ``N = 1``: one sample cannot show significance, so ``p = 1`` and the
+      statistic is NaN.
+    * Differences that are all equal (spread within ``tol``, a few units of the
+      inputs' floating-point precision, e.g. float32 logits recomputed in another
+      order): if their mean is zero (within the same tolerance) the intervention
+      has no effect and ``p = 1``; otherwise every sample moved by the same
+      nonzero amount, which the t-test treats as certain: ``p = 0`` when the
+      change lies in the tested direction (strictly negative for ``"less"``),
+      else ``p = 1``, and the statistic is ±inf. The Wilcoxon test needs no such
+      rule for nonzero differences: its p-value there is small but positive
+      (2**-N when exact).
+    """
+    k_count, n = d.shape
+    constant = np.ptp(d, axis=1) <= tol
+    no_effect = constant & (np.abs(effect) <= tol)
+    statistic = np.full(k_count, np.nan)
+    p = np.ones(k_count)
+    if n < 2:
+        return statistic, p
+    if method == "t":
+        tested = ~constant
+        if tested.any():
+            res = st.ttest_1samp(d[tested], 0.0, axis=1, alternative=alternative)
+            statistic[tested] = res.statistic
+            p[tested] = res.pvalue
+        shifted = constant & ~no_effect
+        statistic[shifted] = np.copysign(np.inf, effect[shifted])
+        p[shifted] = np.where(_in_direction(effect[shifted], alternative), 0.0, 1.0)
+    else:
+        for k in np.flatnonzero(~no_effect):
+            res = st.wilcoxon(d[k], alternative=alternative)
+            statistic[k] = res.statistic
+            p[k] = res.pvalue
+    statistic[no_effect] = 0.0
+    p[no_effect] = 1.0
+    return statistic, p
+
+
+def ztest_research(intervened: Any, clean: Any, *, confidence: float = 0.95, candidates: Sequence[int] | None = None,
+                   intervened_prob: Any = None, clean_prob: Any = None) -> TestResult:
     """The research code's selection rule, reproduced exactly for checking old results.
 
     ``intervened`` is (K, n), the target logit of the first n correctly classified
@@ -300,52 +290,52 @@ def ztest_research(
             f"clean must hold n + 1 = {n + 1} samples (or n = {n} when the data ran out); got {y_all.shape[0]}"
         )
     cand = _candidates(candidates, k_count)
-    y = y_all[:n]
-
-    mean_int = x.mean(axis=1)
-    mean_clean = y_all.mean()
-    s_int = x.std(axis=1, ddof=1) if n > 1 else np.full(k_count, np.nan)
-    s_clean = y_all.std(ddof=1) if y_all.size > 1 else np.nan
-    se = np.sqrt(s_int**2 / n + s_clean**2 / n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        relative = (x / y - 1.0).mean(axis=1)
-
-    if n > 1:
-        kept = mean_int < mean_clean - RESEARCH_Z * se
-        selection = "threshold"
-    else:
-        kept = relative < RESEARCH_SINGLE_SAMPLE_THRESHOLD
-        selection = "single_sample"
-    if not kept.any() and k_count > 0:
-        kept = relative < RESEARCH_RELATIVE_DROP
-        selection = "relative_change"
-        if not kept.any():
-            kept = relative <= np.quantile(relative, RESEARCH_FALLBACK_QUANTILE)
-            selection = "quantile"
-
+    mean_int, mean_clean, s_int, s_clean, se, relative = _research_moments(x, y_all)
+    kept, selection = _research_selection(mean_int, mean_clean, se, relative, n)
     effect = mean_int - mean_clean
     with np.errstate(divide="ignore", invalid="ignore"):
         z = effect / se
     z = np.where((se == 0.0) & (effect == 0.0), 0.0, z)
     p = np.where(np.isnan(z), 1.0, st.norm.cdf(z))
     half = st.norm.ppf(0.5 + confidence / 2.0) * se
-    return TestResult(
-        method="ztest_research",
-        alternative="less",
-        confidence=confidence,
-        selection=selection,
-        candidates=cand,
-        effect=effect,
-        effect_std=np.sqrt(s_int**2 + s_clean**2),
-        ci_low=effect - half,
-        ci_high=effect + half,
-        statistic=z,
-        p_value=p,
-        q_value=fdr_qvalues(p),
-        n=np.full(k_count, n, dtype=np.int64),
-        kept=kept,
-        prob_effect=_prob_effect(intervened_prob, clean_prob, (k_count, n), y_all.shape[0]),
-    )
+    return TestResult(method="ztest_research", alternative="less", confidence=confidence, selection=selection,
+                      candidates=cand, effect=effect, effect_std=np.sqrt(s_int**2 + s_clean**2),
+                      ci_low=effect - half, ci_high=effect + half, statistic=z, p_value=p, q_value=fdr_qvalues(p),
+                      n=np.full(k_count, n, dtype=np.int64), kept=kept,
+                      prob_effect=_prob_effect(intervened_prob, clean_prob, (k_count, n), y_all.shape[0]))
+
+
+def _research_moments(x: np.ndarray, y_all: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, float, np.ndarray,
+                                                                 np.ndarray]:
+    """The research rule's moments: intervened means, clean mean (over all n or n + 1 clean samples), the
+    unbiased standard deviations, ``se`` and each candidate's mean relative change over the first n samples."""
+    k_count, n = x.shape
+    mean_int = x.mean(axis=1)
+    mean_clean = float(y_all.mean())
+    s_int = x.std(axis=1, ddof=1) if n > 1 else np.full(k_count, np.nan)
+    s_clean = float(y_all.std(ddof=1)) if y_all.size > 1 else np.nan
+    se = np.sqrt(s_int**2 / n + s_clean**2 / n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = (x / y_all[:n] - 1.0).mean(axis=1)
+    return mean_int, mean_clean, s_int, s_clean, se, relative
+
+
+def _research_selection(mean_int: np.ndarray, mean_clean: float, se: np.ndarray, relative: np.ndarray,
+                        n: int) -> tuple[np.ndarray, str]:
+    """The research rule's decision and the name of the rule that made it (see :func:`ztest_research`)."""
+    if n > 1:
+        kept = mean_int < mean_clean - RESEARCH_Z * se
+        selection = "threshold"
+    else:
+        kept = relative < RESEARCH_SINGLE_SAMPLE_THRESHOLD
+        selection = "single_sample"
+    if not kept.any() and len(kept) > 0:
+        kept = relative < RESEARCH_RELATIVE_DROP
+        selection = "relative_change"
+        if not kept.any():
+            kept = relative <= np.quantile(relative, RESEARCH_FALLBACK_QUANTILE)
+            selection = "quantile"
+    return kept, selection
 
 
 def _check_confidence(confidence: float) -> None:

@@ -96,10 +96,8 @@ def build_model(name: str, info: DatasetInfo, **params: object) -> nn.Module:
             resolved.update(value)
         else:
             resolved[key] = value
-    model.explainnn_spec = {
-        "name": name,
-        "params": {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()},
-    }
+    spec = {"name": name, "params": {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}}
+    model.explainnn_spec = spec  # type: ignore[assignment]  # nn.Module types its attributes as tensors or modules
     return model
 
 

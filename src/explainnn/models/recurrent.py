@@ -158,6 +158,7 @@ class RecurrentClassifier(nn.Module):
                 weights = keep.to(outputs.dtype).unsqueeze(-1)
                 pooled = (outputs * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         else:
+            assert self.attention is not None  # built for attention pooling
             scores = self.attention(outputs).squeeze(-1)
             if keep is not None:
                 scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)

@@ -8,7 +8,7 @@ import torch
 
 from explainnn.causal import CausalGraph, discover
 from explainnn.config import DiscoveryConfig
-from explainnn.errors import UserError
+from explainnn.errors import TooFewSamples
 from explainnn.files import save_figure, write_csv
 from explainnn.pipeline.context import RunContext
 
@@ -31,11 +31,11 @@ def discover_graphs(ctx: RunContext, options: DiscoveryConfig) -> dict[int, Caus
         try:
             graph = discover(ctx.model, inputs, target, labels=labels, seed=ctx.seed,
                              progress=ctx.progress, metadata=metadata, **options.discover_options())
-        except UserError as exc:
-            if len(targets) > 1 and "discovery needs at least 2" in str(exc):
-                print(f"discovery   class {target}: skipped ({exc})")
-                continue
-            raise
+        except TooFewSamples as exc:
+            if len(targets) == 1:
+                raise
+            print(f"discovery   class {target}: skipped ({exc})")
+            continue
         save_graph(graph, ctx.run_dir / "discovery" / f"class_{target}", plots=ctx.plots, dpi=ctx.dpi)
         ctx.graphs[target] = graph
         print(describe_graph(graph))

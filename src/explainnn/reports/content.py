@@ -184,7 +184,8 @@ def _classes(run_dir: Path, graphs: Mapping[int, Any] | None) -> list[ClassSecti
     discovery = run_dir / "discovery"
     folders = {}
     if discovery.is_dir():
-        folders = {_class_number(p): p for p in discovery.iterdir() if p.is_dir() and _class_number(p) is not None}
+        folders = {number: p for p in discovery.iterdir()
+                   if p.is_dir() and (number := _class_number(p)) is not None}
     targets = sorted(set(folders) | set(graphs or {}))
     sections = []
     for target in targets:

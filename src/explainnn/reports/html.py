@@ -76,6 +76,31 @@ def render_html(report: Report) -> str:
             "no training record (training.json) in the run folder"),
         "<h2>Causal graphs</h2>",
     ]
+    parts += _class_sections(report)
+    parts.append("<h2>Attributions</h2>")
+    if report.attributions:
+        parts.extend(_picture(picture) for picture in report.attributions)
+    else:
+        parts.append(_missing("no attribution pictures (attribution.enabled: false or plots.enabled: false)"))
+    parts.append("<h2>Evaluation</h2>")
+    parts += _evaluation_sections(report)
+    for title, pictures in report.others.items():
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.extend(_picture(picture) for picture in pictures)
+    parts.append("<h2>Configuration</h2>")
+    parts.append(f"<pre>{html.escape(report.config_yaml)}</pre>" if report.config_yaml else _missing(
+        "no config.yaml in the run folder"))
+    if report.files:
+        parts.append("<h2>Files</h2><ul>")
+        parts.extend(f'<li><a href="{html.escape(name)}">{html.escape(name)}</a></li>' for name in report.files)
+        parts.append("</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _class_sections(report: Report) -> list[str]:
+    """Per explained class: the graph's layers, the circuit checks, stability and the pictures."""
+    parts: list[str] = []
     if not report.classes:
         parts.append(_missing("discovery did not run (discovery.enabled: false) or wrote nothing"))
     for section in report.classes:
@@ -94,42 +119,31 @@ def render_html(report: Report) -> str:
             parts.append(f"<h4>Stability (layer {html.escape(str(section.stability.get('layer')))})</h4>")
             parts.append(_table(tables.stability_table(section.stability), numeric=(1, 2)))
         parts.extend(_picture(picture) for picture in section.pictures)
-    parts.append("<h2>Attributions</h2>")
-    if report.attributions:
-        parts.extend(_picture(picture) for picture in report.attributions)
-    else:
-        parts.append(_missing("no attribution pictures (attribution.enabled: false or plots.enabled: false)"))
-    parts.append("<h2>Evaluation</h2>")
+    return parts
+
+
+def _evaluation_sections(report: Report) -> list[str]:
+    """Per evaluation: the samples line, the metrics table, pictures, skipped metrics and settings."""
+    parts: list[str] = []
     if not report.evaluations:
         parts.append(_missing("the evaluation did not run (evaluation.enabled: false)"))
-    for section in report.evaluations:
+    for evaluation in report.evaluations:
         if len(report.evaluations) > 1:
-            parts.append(f"<h3>{html.escape(section.name)}</h3>")
-        line = tables.samples_line(section)
+            parts.append(f"<h3>{html.escape(evaluation.name)}</h3>")
+        line = tables.samples_line(evaluation)
         if line:
             parts.append(f'<p class="note">{html.escape(line)}</p>')
-        parts.append(_table(tables.metrics_table(section), numeric=(4, 6, 7, 8), highlight=section.reference,
+        parts.append(_table(tables.metrics_table(evaluation), numeric=(4, 6, 7, 8), highlight=evaluation.reference,
                             highlight_column=3))
-        parts.extend(_picture(picture) for picture in section.pictures)
-        if section.skipped:
+        parts.extend(_picture(picture) for picture in evaluation.pictures)
+        if evaluation.skipped:
             parts.append("<h4>Skipped</h4>")
-            parts.append(_table(tables.skipped_table(section)))
-        if section.settings.get("metrics"):
+            parts.append(_table(tables.skipped_table(evaluation)))
+        if evaluation.settings.get("metrics"):
             parts.append("<details><summary>Metric settings (identical for every method)</summary>")
-            parts.append(_table(tables.settings_table(section)))
+            parts.append(_table(tables.settings_table(evaluation)))
             parts.append("</details>")
-    for title, pictures in report.others.items():
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        parts.extend(_picture(picture) for picture in pictures)
-    parts.append("<h2>Configuration</h2>")
-    parts.append(f"<pre>{html.escape(report.config_yaml)}</pre>" if report.config_yaml else _missing(
-        "no config.yaml in the run folder"))
-    if report.files:
-        parts.append("<h2>Files</h2><ul>")
-        parts.extend(f'<li><a href="{html.escape(name)}">{html.escape(name)}</a></li>' for name in report.files)
-        parts.append("</ul>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return parts
 
 
 def write_html(report: Report, path: str | Path | None = None) -> Path:

@@ -60,20 +60,20 @@ def render_markdown(report: Report) -> str:
     parts.append("## Evaluation\n")
     if not report.evaluations:
         parts.append("_the evaluation did not run (evaluation.enabled: false)_\n")
-    for section in report.evaluations:
+    for evaluation in report.evaluations:
         if len(report.evaluations) > 1:
-            parts.append(f"### {section.name}\n")
-        line = tables.samples_line(section)
+            parts.append(f"### {evaluation.name}\n")
+        line = tables.samples_line(evaluation)
         if line:
             parts.append(line + "\n")
-        parts.append(_table(tables.metrics_table(section)))
-        parts.extend(_picture(picture) for picture in section.pictures)
-        if section.skipped:
+        parts.append(_table(tables.metrics_table(evaluation)))
+        parts.extend(_picture(picture) for picture in evaluation.pictures)
+        if evaluation.skipped:
             parts.append("#### Skipped\n")
-            parts.append(_table(tables.skipped_table(section)))
-        if section.settings.get("metrics"):
+            parts.append(_table(tables.skipped_table(evaluation)))
+        if evaluation.settings.get("metrics"):
             parts.append("#### Metric settings (identical for every method)\n")
-            parts.append(_table(tables.settings_table(section)))
+            parts.append(_table(tables.settings_table(evaluation)))
     for title, pictures in report.others.items():
         parts.append(f"## {title}\n")
         parts.extend(_picture(picture) for picture in pictures)

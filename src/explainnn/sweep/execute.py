@@ -54,7 +54,7 @@ def one_line(exc: BaseException) -> str:
     return line[:500]
 
 
-def execute_run(tree: dict[str, Any], key: str, sweep_dir: str, threads: int | None = None,
+def execute_run(tree: dict[str, Any], key: str, sweep_dir: str | Path, threads: int | None = None,
                 until: str | None = None) -> dict[str, Any]:
     """Run the resolved config ``tree`` (a ``Config.model_dump``) into ``<sweep_dir>/runs/<key>``.
 
