@@ -205,7 +205,11 @@ def main() -> None:
     parser.add_argument("--lenet-epochs", type=int, default=3, help="training epochs of the LeNet (offline MNIST)")
     parser.add_argument("--only", choices=("resnet", "lenet"), default=None)
     parser.add_argument("--device", default="cpu", help="device of the ResNet part (cpu or cuda)")
+    parser.add_argument("--root", type=Path, default=None, help="the shared data folder (CIFAR-10 JPEGs, MNIST)")
     args = parser.parse_args()
+    if args.root is not None:
+        global SHARED
+        SHARED = args.root
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
