@@ -11,12 +11,13 @@ the way in), so a saved graph loads back equal to the one in memory.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 import networkx as nx
 
@@ -45,13 +46,19 @@ def node_id(layer: str, index: int) -> str:
 
 def library_versions() -> dict[str, str]:
     """Versions of Python and the installed libraries that shape a graph's numbers."""
+    return dict(_library_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> tuple[tuple[str, str], ...]:
+    """Read once per process: package metadata lookups cost more than a small discovery's bookkeeping."""
     versions = {"python": platform.python_version()}
     for package in _VERSIONED_PACKAGES:
         try:
             versions[package] = importlib_metadata.version(package)
         except importlib_metadata.PackageNotFoundError:
             continue
-    return versions
+    return tuple(versions.items())
 
 
 class CausalGraph:
@@ -112,6 +119,23 @@ class CausalGraph:
             raise UserError(f"edge attributes may not be named {', '.join(sorted(reserved))}")
         values = {key: _json_value(value, f"edge attribute {key!r}") for key, value in stats.items()}
         self.graph.add_edge(cause, effect, **values)
+
+    def add_edges(self, cause: str, effects: Iterable[str], /, **stats: Any) -> None:
+        """Add ``cause -> effect`` for every unit of ``effects``, all with the same statistics (checked once)."""
+        effects = list(effects)
+        for nid in (cause, *effects):
+            if nid not in self.graph:
+                raise UserError(f"unknown unit {nid!r}; add it with add_unit first")
+        nodes = self.graph.nodes
+        depth = nodes[cause]["depth"]
+        for effect in effects:
+            if depth >= nodes[effect]["depth"]:
+                raise UserError(f"edge {cause!r} -> {effect!r} must run from a lower to a higher depth")
+        reserved = _RESERVED_EDGE_KEYS.intersection(stats)
+        if reserved:
+            raise UserError(f"edge attributes may not be named {', '.join(sorted(reserved))}")
+        values = {key: _json_value(value, f"edge attribute {key!r}") for key, value in stats.items()}
+        self.graph.add_edges_from(((cause, effect) for effect in effects), **values)
 
     def add_result(self, name: str, value: Any) -> None:
         """Store a JSON-only analysis result under ``metadata['results'][name]``."""
