@@ -268,3 +268,19 @@ def test_stability_of_planted_units_under_soft_edges():
     assert np.all(result.appearance[:2, [1, 3]] == 1.0)
     assert np.all(result.appearance[:, [0, 2, 4]] == 0.0)
     assert result.jaccard[2].max() < 1.0  # u ~ U(1, 1.1): the weight is barely changed
+
+
+def test_discovery_result_carries_the_tests_and_reads_the_same_from_the_saved_graph(tmp_path):
+    from explainnn.causal import CausalGraph, DiscoveryResult
+
+    graph = discover(PlantedMLP(), _mlp_inputs(), 0, n_samples=20)
+    result = DiscoveryResult.of(graph, "test")
+    assert result.target == 0 and result.split == "test" and set(result.tests) == {"h2", "h1", "input"}
+    rows = result.tests_table()
+    assert len(rows) == sum(len(records) for records in result.tests.values())
+    assert {row["candidate"] for row in rows if row["layer"] == "h2" and row["kept"]} == set(graph.causes("h2"))
+    graph.to_json(tmp_path / "graph.json")
+    assert DiscoveryResult.of(CausalGraph.from_json(tmp_path / "graph.json"), "test").tests_table() == rows
+    assert graph.hidden_layers() == ["h1", "h2"] and graph.layer_kind("h2") == "hidden"
+    assert graph.layer_kind("input") == "input" and graph.layer_depth("input") == 0
+    assert graph.digraph is graph.graph

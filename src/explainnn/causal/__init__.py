@@ -10,7 +10,14 @@ target logit with :mod:`explainnn.causal.stats`, and records the causes in a
 
 from explainnn.causal.circuit import circuit_faithfulness, plot_circuit
 from explainnn.causal.curves import FaithfulnessCurves, faithfulness_curves, plot_curves
-from explainnn.causal.discovery import causal_chain, discover, discover_all, indices_classified_as, select_samples
+from explainnn.causal.discovery import (
+    DiscoveryResult,
+    causal_chain,
+    discover,
+    discover_all,
+    indices_classified_as,
+    select_samples,
+)
 from explainnn.causal.draw import draw_graph
 from explainnn.causal.graph import SCHEMA, SCHEMA_VERSION, CausalGraph, library_versions, node_id
 from explainnn.causal.minimal_circuit import CircuitSearch, circuit, find_circuit
@@ -27,6 +34,7 @@ from explainnn.causal.stats import TestResult, fdr_qvalues, paired_fdr_test, pai
 __all__ = [
     "SCHEMA",
     "CircuitSearch",
+    "DiscoveryResult",
     "FaithfulnessCurves",
     "SeedStability",
     "StabilityResult",

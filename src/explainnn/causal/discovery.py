@@ -98,6 +98,36 @@ class DiscoveryOptions:
         return f"{what} u~U({self.beta:g}, {self.beta + self.delta:g})" + ("" if value is None else f" = {value:.4g}")
 
 
+@dataclass(frozen=True)
+class DiscoveryResult:
+    """One class's discovery: the causal graph, the split it was learned from and every candidate's test.
+
+    ``tests`` maps each tested parent layer to one record per candidate (the
+    :meth:`TestResult.to_records <explainnn.causal.stats.TestResult.to_records>`
+    fields plus ``intervention``, and ``child``/``via`` for edges). The graph
+    keeps the same records in its saved metadata (``graph.json``), so a graph
+    read back from a file gives the same result with :meth:`of`.
+    """
+
+    graph: CausalGraph
+    tests: dict[str, list[dict[str, Any]]]
+    split: str = "train"
+
+    @classmethod
+    def of(cls, graph: CausalGraph, split: str = "train") -> DiscoveryResult:
+        """The result of a graph :func:`discover` returned (or one loaded from its JSON file)."""
+        return cls(graph, graph.results.get("tests", {}), split)
+
+    @property
+    def target(self) -> int:
+        """The explained class."""
+        return int(self.graph.metadata["target"])
+
+    def tests_table(self) -> list[dict[str, Any]]:
+        """One row per tested candidate, layer first (the rows of ``tests.csv``)."""
+        return [{"layer": layer, **record} for layer, records in self.tests.items() for record in records]
+
+
 def _choice(key: str, value: Any, valid: Sequence[str]) -> None:
     if value not in valid:
         raise ConfigError(f"{key}: {value!r} is not a valid choice; valid: {', '.join(valid)}")
@@ -324,8 +354,7 @@ def _add_causes(graph: CausalGraph, parent: str, depth: int, candidates: list[_C
         cause = graph.add_unit(parent, candidate.unit, kind=kind, depth=depth, **stats)
         kept_units.add(candidate.unit)
         for child, link, effects in targets(candidate):
-            for j in effects:
-                graph.add_edge(cause, node_id(child.name, j), **stats, via=link.via)
+            graph.add_edges(cause, [node_id(child.name, j) for j in effects], **stats, via=link.via)
     return sorted(kept_units)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from explainnn.causal import (
-    CausalGraph,
     circuit_faithfulness,
     plot_circuit,
     plot_seed_stability,
@@ -57,22 +56,23 @@ def check_graphs(ctx: RunContext, options: DiscoveryConfig) -> None:
                                     betas=sweep["betas"], repeats=sweep["repeats"], bootstrap=sweep["bootstrap"],
                                     seed=ctx.seed)
             graph.add_result("stability_seeds", across.summary())
+            ctx.seed_stability[target] = across
             across.to_csv(folder / "stability_seeds.csv")
             if ctx.plots:
                 save_figure(plot_seed_stability(across, dpi=ctx.dpi), folder / "stability_seeds.png")
         graph.to_json(folder / "graph.json")
         graph.to_graphml(folder / "graph.graphml")
-        print(describe_checks(graph))
+        print(describe_checks(ctx, target))
 
 
-def describe_checks(graph: CausalGraph) -> str:
+def describe_checks(ctx: RunContext, target: int) -> str:
     """One line: the circuit's sufficiency beside random sets, and the stability at the first beta."""
     parts = []
-    circuit = graph.results.get("circuit")
+    circuit = ctx.faithfulness.get(target)
     if circuit:
         parts.append(f"sufficiency {circuit['sufficiency']['normalized']:.2f} "
                      f"(random {circuit['sufficiency']['random_normalized_mean']:.2f})")
-    stable = graph.results.get("stability")
-    if stable:
-        parts.append(f"Jaccard at beta={stable['betas'][0]:g}: {stable['jaccard_mean'][0]:.2f}")
-    return f"checks      class {graph.metadata['target']}: {'; '.join(parts) or 'no check applies'}"
+    stable = ctx.stability.get(target)
+    if stable is not None:
+        parts.append(f"Jaccard at beta={stable.betas[0]:g}: {stable.jaccard.mean(1)[0]:.2f}")
+    return f"checks      class {target}: {'; '.join(parts) or 'no check applies'}"

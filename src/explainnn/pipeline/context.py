@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explainnn.causal import CausalGraph
+from explainnn.causal import CausalGraph, DiscoveryResult, SeedStability, StabilityResult
 from explainnn.config import Config
 from explainnn.data import Dataset
 from explainnn.errors import UserError
@@ -20,8 +20,11 @@ class RunContext:
     """One run's shared state: the resolved config, its folder and device, and each step's result.
 
     Steps fill it in pipeline order: ``dataset`` (data), ``model`` and
-    ``training`` (model), ``graphs`` (discovery, one :class:`CausalGraph` per
-    class), ``faithfulness`` and ``stability`` (checks), ``attributions``,
+    ``training`` (model), ``discoveries`` (discovery, one
+    :class:`~explainnn.causal.DiscoveryResult` per class; ``graphs`` holds their
+    graphs), ``faithfulness``, ``stability`` and ``seed_stability`` (checks:
+    ``circuit_faithfulness``'s report, :class:`~explainnn.causal.StabilityResult`,
+    :class:`~explainnn.causal.SeedStability`), ``attributions``,
     ``evaluations``, and ``analyses`` (views, text, clustering: what each
     wrote). Reading ``dataset`` or ``model`` before their step ran is a
     one-line error naming the step.
@@ -34,9 +37,10 @@ class RunContext:
         self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
         self.device = device if device is not None else resolve_device(config.device)
         self.training: dict[str, Any] = {}
-        self.graphs: dict[int, CausalGraph] = {}
+        self.discoveries: dict[int, DiscoveryResult] = {}
         self.faithfulness: dict[int, dict[str, Any]] = {}
-        self.stability: dict[int, Any] = {}
+        self.stability: dict[int, StabilityResult] = {}
+        self.seed_stability: dict[int, SeedStability] = {}
         self.circuit_graphs: dict[int, CausalGraph] = {}
         self.attributions: dict[int, dict[str, np.ndarray]] = {}
         self.evaluations: dict[int, Any] = {}
@@ -47,6 +51,11 @@ class RunContext:
         self._model: nn.Module | None = None
 
     # ------------------------------------------------------------- step results
+    @property
+    def graphs(self) -> dict[int, CausalGraph]:
+        """The causal graph of each explained class (from :attr:`discoveries`, the discovery step's results)."""
+        return {target: result.graph for target, result in self.discoveries.items()}
+
     @property
     def dataset(self) -> Dataset:
         """The loaded dataset (the data step's result)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from explainnn.causal import CausalGraph, discover
+from explainnn.causal import CausalGraph, DiscoveryResult, discover
 from explainnn.config import DiscoveryConfig
 from explainnn.errors import TooFewSamples
 from explainnn.files import save_figure, write_csv
@@ -19,7 +19,7 @@ def discover_graphs(ctx: RunContext, options: DiscoveryConfig) -> dict[int, Caus
     Writes ``discovery/class_<k>/``: ``graph.json`` (load with
     ``CausalGraph.from_json``), ``graph.graphml``, ``edges.csv``, ``units.csv``,
     ``tests.csv`` (every candidate's statistics) and ``graph.png``; fills
-    ``ctx.graphs``. With ``all``, a class with fewer than two correctly
+    ``ctx.discoveries`` (a :class:`DiscoveryResult` per class; ``ctx.graphs`` their graphs). With ``all``, a class with fewer than two correctly
     classified samples is skipped with the reason printed.
     """
     dataset = ctx.dataset
@@ -36,8 +36,9 @@ def discover_graphs(ctx: RunContext, options: DiscoveryConfig) -> dict[int, Caus
                 raise
             print(f"discovery   class {target}: skipped ({exc})")
             continue
-        save_graph(graph, ctx.run_dir / "discovery" / f"class_{target}", plots=ctx.plots, dpi=ctx.dpi)
-        ctx.graphs[target] = graph
+        result = DiscoveryResult.of(graph, split)
+        save_graph(result, ctx.run_dir / "discovery" / f"class_{target}", plots=ctx.plots, dpi=ctx.dpi)
+        ctx.discoveries[target] = result
         print(describe_graph(graph))
     return ctx.graphs
 
@@ -54,14 +55,14 @@ def discovery_inputs(ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor, str]:
     return dataset.x_test, dataset.y_test, split
 
 
-def save_graph(graph: CausalGraph, folder: Path, *, plots: bool = True, dpi: int = 120) -> None:
+def save_graph(result: DiscoveryResult, folder: Path, *, plots: bool = True, dpi: int = 120) -> None:
     """Write the graph files of one class into ``folder`` (the picture only with ``plots``)."""
+    graph = result.graph
     graph.to_json(folder / "graph.json")
     graph.to_graphml(folder / "graph.graphml")
     graph.to_csv(folder / "edges.csv", table="edges")
     graph.to_csv(folder / "units.csv", table="units")
-    tests = graph.results.get("tests", {})
-    rows = [{"layer": layer, **record} for layer, records in tests.items() for record in records]
+    rows = result.tests_table()
     if rows:
         write_csv(folder / "tests.csv", rows)
     if plots:

@@ -198,10 +198,10 @@ def _classes(run_dir: Path, graphs: Mapping[int, Any] | None) -> list[ClassSecti
         section = ClassSection(target=int(target), pictures=_pictures(run_dir, folder, DISCOVERY_PICTURES))
         if graph is not None:
             section.metadata = dict(graph.metadata)
-            section.n_edges = graph.graph.number_of_edges()
+            section.n_edges = graph.digraph.number_of_edges()
             for layer in graph.layers():
                 units = graph.units(layer)
-                kind = graph.graph.nodes[units[0]]["kind"] if units else ""
+                kind = graph.layer_kind(layer) if units else ""
                 section.layers.append({"layer": layer, "kind": kind, "units": len(units),
                                        "causes": len(graph.causes(layer))})
             section.circuit = graph.results.get("circuit")
