@@ -164,6 +164,62 @@ SAME_FILES = ["discovery/class_3/graph.json", "discovery/class_3/tests.csv", "di
               "evaluation/scores.csv", "evaluation/summary.csv"]
 
 
+GOLDEN = ROOT / "tests" / "golden" / "small_run.json"
+"""The numbers of ``SMALL_RUN`` (seed 0, one thread) as the code gave them before the issue-13 refactors."""
+
+
+def run_fingerprint(run_dir: Path) -> dict[str, object]:
+    """What a ``SMALL_RUN`` folder's numbers are, flat: ``{name: number or text}``.
+
+    Training accuracy; the graph's units and edges with each edge's effect; every
+    tested candidate's effect, p-value and decision; the stability sweep; sums of
+    each attribution map; every evaluation score.
+    """
+    import csv
+
+    import numpy as np
+
+    folder = run_dir / "discovery" / "class_3"
+    found: dict[str, object] = {}
+    found["test_accuracy"] = json.loads((run_dir / "training.json").read_text())["test_accuracy"]
+    graph = json.loads((folder / "graph.json").read_text())["graph"]
+    found["units"] = " ".join(sorted(node["id"] for node in graph["nodes"]))
+    for edge in graph["edges"]:
+        found[f"edge {edge['source']}->{edge['target']}"] = edge["effect"]
+
+    def rows(path: Path) -> list[dict[str, str]]:
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    for row in rows(folder / "tests.csv"):
+        key = f"test {row['layer']}:{row['candidate']}->{row.get('child', '')}"
+        found[key + " effect"], found[key + " p"] = float(row["effect"]), float(row["p_value"])
+        found[key + " kept"] = row["kept"]
+    for row in rows(folder / "stability.csv"):
+        found[f"stability beta {row['beta']} repeat {row['repeat']}"] = float(row["jaccard"])
+    with np.load(run_dir / "attributions" / "class_3" / "attributions.npz") as maps:
+        for name in maps.files:
+            found[f"attribution {name} sum"] = float(np.sum(maps[name], dtype=np.float64))
+            found[f"attribution {name} abs"] = float(np.sum(np.abs(maps[name]), dtype=np.float64))
+    for number, row in enumerate(rows(run_dir / "evaluation" / "scores.csv")):
+        for key, value in row.items():
+            try:
+                found[f"score {number} {key}"] = float(value)
+            except ValueError:
+                found[f"score {number} {key}"] = value
+    return found
+
+
+def assert_same_fingerprint(found: dict[str, object], expected: dict[str, object]) -> None:
+    """Same names, same texts, numbers equal to float32 round-off (NaN equals NaN)."""
+    assert sorted(found) == sorted(expected)
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert found[key] == pytest.approx(value, rel=1e-5, abs=1e-7, nan_ok=True), key
+        else:
+            assert found[key] == value, key
+
+
 @pytest.mark.slow
 def test_a_run_writes_graph_checks_and_pictures_and_python_gives_the_same_files(tmp_path):
     """The command line and ``explainnn.pipeline.run`` from Python: same config and seed, byte-identical results."""
@@ -193,6 +249,9 @@ def test_a_run_writes_graph_checks_and_pictures_and_python_gives_the_same_files(
                                                                              "integrated_gradients"}
     for name in SAME_FILES:
         assert (tmp_path / "python" / name).read_bytes() == (run_dir / name).read_bytes(), name
+    # ... and the numbers the code gave before the refactors (regenerate tests/golden/small_run.json only on
+    # purpose, when a change is meant to alter results).
+    assert_same_fingerprint(run_fingerprint(tmp_path / "python"), json.loads(GOLDEN.read_text()))
 
     from explainnn import Run
 
