@@ -14,6 +14,7 @@ hook path.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -34,19 +35,21 @@ class GraphSplit:
 
     @classmethod
     def trace(cls, model: nn.Module) -> "GraphSplit | None":
-        """The split of ``model``, or ``None`` when symbolic tracing fails (the hook path is used then)."""
-        saved = [(module, dict(module.__dict__)) for module in model.modules()]
-        try:
-            traced = fx.symbolic_trace(model)
-        except Exception:  # noqa: BLE001 - any untraceable forward keeps the hook path
-            return None
-        finally:  # a forward that sets attributes must not leave tracing proxies behind
-            for module, attributes in saved:
-                module.__dict__.clear()
-                module.__dict__.update(attributes)
-        if sum(n.op == "placeholder" for n in traced.graph.nodes) != 1:
-            return None
-        return cls(model, traced)
+        """The split of ``model``, or ``None`` when symbolic tracing fails (the hook path is used then).
+
+        The traced graph is kept per model while its structure stays the same
+        (the same module, parameter and buffer objects, training flags and
+        forward), so repeated discoveries on one model trace it once; every call
+        returns a new split with its own clean frontiers.
+        """
+        signature = _structure(model)
+        cached = _TRACED.get(model)
+        if cached is not None and cached[0] == signature:
+            traced = cached[1]
+        else:
+            traced = _symbolic_trace(model)
+            _TRACED[model] = (signature, traced)
+        return None if traced is None else cls(model, traced)
 
     def start_node(self, module_name: str) -> fx.Node | None:
         found = [n for n in self.nodes if n.op == "call_module" and n.target == module_name]
@@ -210,3 +213,32 @@ def _tile_batch(value: Any, n: int, n_blocks: int) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(_tile_batch(item, n, n_blocks) for item in value)
     return value
+
+
+_TRACED: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, fx.GraphModule | None]]" = weakref.WeakKeyDictionary()
+
+
+def _structure(model: nn.Module) -> tuple:
+    """What a traced graph depends on: module, parameter and buffer identities, training flags, the forward."""
+    return (
+        tuple((name, id(module), type(module), module.training) for name, module in model.named_modules()),
+        tuple(id(tensor) for tensor in model.parameters()),
+        tuple(id(tensor) for tensor in model.buffers()),
+        id(model.__dict__.get("forward")),
+    )
+
+
+def _symbolic_trace(model: nn.Module) -> fx.GraphModule | None:
+    """``torch.fx.symbolic_trace(model)`` with one input, or ``None``; the model's attributes are left as they were."""
+    saved = [(module, dict(module.__dict__)) for module in model.modules()]
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - any untraceable forward keeps the hook path
+        return None
+    finally:  # a forward that sets attributes must not leave tracing proxies behind
+        for module, attributes in saved:
+            module.__dict__.clear()
+            module.__dict__.update(attributes)
+    if sum(n.op == "placeholder" for n in traced.graph.nodes) != 1:
+        return None
+    return traced
