@@ -549,9 +549,11 @@ def _interventions(
     specs = []
     for c in candidates:
         if c.child is not None:
-            spec = (soft_edge(c.child.name, c.unit, list(c.effects), beta, delta, generator, rule=rule) if soft
-                    else EdgeIntervention(c.child.name, c.unit, list(c.effects), value=0.0))
-            specs.append(dataclasses.replace(spec, parent_layer=c.link.name))
+            if soft:
+                spec = soft_edge(c.child.name, c.unit, list(c.effects), beta, delta, generator, rule=rule)
+                specs.append(dataclasses.replace(spec, parent_layer=c.link.name))
+            else:  # built once, with its parent layer (a replace would validate every index again)
+                specs.append(EdgeIntervention(c.child.name, c.unit, c.effects, value=0.0, parent_layer=c.link.name))
         else:
             specs.append(soft_node(parent, c.unit, beta, delta, generator, rule=rule) if soft
                          else NodeIntervention(parent, c.unit, "zero"))
