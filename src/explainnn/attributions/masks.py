@@ -97,7 +97,7 @@ def time_step_mask(sequences: torch.Tensor) -> torch.Tensor:
 
 
 def token_mask(tokens: torch.Tensor) -> torch.Tensor:
-    """One group per position of ``(N, L)`` token ids."""
+    """One group per position of ``(N, L)`` token ids (or per feature of ``(N, F)`` tabular rows)."""
     n, length = tokens.shape
     return torch.arange(length, device=tokens.device)[None].expand(n, length).clone()
 
@@ -108,9 +108,9 @@ def feature_mask(inputs: torch.Tensor, modality: str, mask: str = "patches", **o
         return image_mask(inputs, mask, **options)
     if modality == "sequence":
         return time_step_mask(inputs)
-    if modality == "tokens":
+    if modality in ("tokens", "tabular"):
         return token_mask(inputs)
-    raise UserError(f"unknown modality '{modality}'; valid modalities: image, sequence, tokens")
+    raise UserError(f"unknown modality '{modality}'; valid modalities: image, sequence, tokens, tabular")
 
 
 def occlusion_window(inputs: torch.Tensor, modality: str, window: int | None = None,
@@ -119,7 +119,7 @@ def occlusion_window(inputs: torch.Tensor, modality: str, window: int | None = N
 
     Images: ``window x window`` patches over all channels (4 with stride 2 on 32x32,
     scaled with the side); sequences: ``window`` time steps (default 1) over all
-    features; tokens: ``window`` tokens (default 1). ``stride`` defaults to half the
+    features; tokens and tabular rows: ``window`` tokens or features (default 1). ``stride`` defaults to half the
     image window and to the window for sequences and tokens.
     """
     if window is not None:
@@ -133,17 +133,17 @@ def occlusion_window(inputs: torch.Tensor, modality: str, window: int | None = N
             raise UserError(f"occlusion window {side} is larger than the {height}x{width} images")
         step = max(1, side // 2) if stride is None else stride
         return (channels, side, side), (channels, step, step)
-    if modality in ("sequence", "tokens"):
+    if modality in ("sequence", "tokens", "tabular"):
         steps = inputs.shape[1]
         size = 1 if window is None else window
         if size > steps:
             raise UserError(f"occlusion window {size} is longer than the {steps} steps of the inputs")
         step = size if stride is None else stride
-        if modality == "tokens":
+        if modality in ("tokens", "tabular"):
             return (size,), (step,)
         features = inputs.shape[2]
         return (size, features), (step, features)
-    raise UserError(f"unknown modality '{modality}'; valid modalities: image, sequence, tokens")
+    raise UserError(f"unknown modality '{modality}'; valid modalities: image, sequence, tokens, tabular")
 
 
 def _positive(label: str, value: object) -> int:
