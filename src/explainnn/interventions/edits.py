@@ -15,6 +15,7 @@ applied with a handful of tensor ops, whatever ``K`` is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -293,7 +294,20 @@ def _check_recurrent_direction(layer: LayerInfo, spec) -> None:
         )
 
 
-def _compile_edges(layer, rows, length, recurrent, n_blocks, device, dtype, path: bool = False) -> EdgeEdits:
+EdgeRow = tuple[int, Any, list[int] | None]
+"""``(block, spec, steps)``: an :class:`EdgeIntervention` (or a :class:`PathEntry`) of one block."""
+
+
+def _compile_edges(
+    layer: LayerInfo,
+    rows: list[EdgeRow],
+    length: int | None,
+    recurrent: bool,
+    n_blocks: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    path: bool = False,
+) -> EdgeEdits:
     """Coefficients ``(E, F, C_out, *kernel)``: the weight change of each parent feature into each child.
 
     With ``path`` the rows are :class:`PathEntry` blocks and the coefficients are
@@ -301,12 +315,31 @@ def _compile_edges(layer, rows, length, recurrent, n_blocks, device, dtype, path
     """
     if recurrent and not layer.recurrent:
         raise InterventionError(f"recurrent=True needs a recurrent layer; '{layer.name}' is a {layer.kind}")
-    features, children = [], []
+    if path:
+        features: list[list[int]] = [entry.features for _, entry, _ in rows]
+        children: list[tuple[int, ...] | None] = [entry.children for _, entry, _ in rows]
+    else:
+        features, children = _edge_features(layer, rows, recurrent)
+        _check_overlap(layer, rows, features, children)
+    feats, feat_mask = _padded_features(features)
+    coef = _edge_coefficients(layer, rows, feats, feat_mask, children, recurrent, dtype, path)
+    steps_mask = _edge_steps_mask(rows, length, dtype, device)
+    block_list = [k for k, _, _ in rows]
+    full = block_list == list(range(n_blocks))
+    return EdgeEdits(torch.tensor(block_list, device=device), feats.to(device), coef.to(device), steps_mask, full)
+
+
+def _edge_features(
+    layer: LayerInfo, rows: list[EdgeRow], recurrent: bool
+) -> tuple[list[list[int]], list[tuple[int, ...] | None]]:
+    """Per row, the parent features its edges leave from and the child units they reach (``None``: all).
+
+    Each spec is checked against the layer: steps only on recurrent layers, units
+    in range, one direction of a bidirectional layer, parents that reach the layer.
+    """
+    features: list[list[int]] = []
+    children: list[tuple[int, ...] | None] = []
     for _, spec, steps in rows:
-        if path:
-            features.append(spec.features)
-            children.append(spec.children)
-            continue
         if steps is not None and not layer.recurrent:
             raise InterventionError(f"edge steps apply to recurrent layers only; '{layer.name}' is a {layer.kind}")
         if recurrent:
@@ -327,15 +360,42 @@ def _compile_edges(layer, rows, length, recurrent, n_blocks, device, dtype, path
             _check_units(layer, kids, "child unit", layer.n_units)
         features.append(feats)
         children.append(kids)
-    if not path:
-        _check_overlap(layer, rows, features, children)
-    count, width = len(rows), max(len(f) for f in features)
+    return features, children
+
+
+def _padded_features(features: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows' feature lists as one ``(E, F)`` index tensor (zero-padded) and its ``(E, F)`` validity mask."""
+    width = max(len(f) for f in features)
     feats = torch.tensor([f + [0] * (width - len(f)) for f in features], dtype=torch.long)
     feat_mask = torch.arange(width)[None, :] < torch.tensor([len(f) for f in features])[:, None]
-    child_mask = torch.zeros(count, layer.n_units, dtype=torch.bool)
+    return feats, feat_mask
+
+
+def _child_mask(layer: LayerInfo, children: list[tuple[int, ...] | None]) -> torch.Tensor:
+    """``(E, units)`` bool: the child units each row's edges reach (``None``: every unit)."""
+    child_mask = torch.zeros(len(children), layer.n_units, dtype=torch.bool)
     child_mask[[row for row, kids in enumerate(children) if kids is None]] = True
     child_rows = [row for row, kids in enumerate(children) if kids is not None for _ in kids]
     child_mask[child_rows, [c for kids in children if kids is not None for c in kids]] = True
+    return child_mask
+
+
+def _edge_coefficients(
+    layer: LayerInfo,
+    rows: list[EdgeRow],
+    feats: torch.Tensor,
+    feat_mask: torch.Tensor,
+    children: list[tuple[int, ...] | None],
+    recurrent: bool,
+    dtype: torch.dtype,
+    path: bool,
+) -> torch.Tensor:
+    """``(E, F, C_out, *kernel)`` on the weight's device, zero outside each row's edges.
+
+    Per edge: ``(value - 1) * w`` for ``mode="scale"``, ``value - w`` for ``mode="set"``,
+    and the weight ``w`` itself for path rows.
+    """
+    child_mask = _child_mask(layer, children)
     weight = _weight(layer, recurrent).to(dtype)
     if layer.recurrent:
         child_mask = recurrent_rows(layer, child_mask)
@@ -350,22 +410,26 @@ def _compile_edges(layer, rows, length, recurrent, n_blocks, device, dtype, path
     if path:
         delta = per_feature
     else:
+        count = len(rows)
         values = torch.tensor([spec.value for _, spec, _ in rows], dtype=dtype, device=on).view(count, 1, 1, *kernel)
         scaled = torch.tensor([spec.mode == "scale" for _, spec, _ in rows], device=on).view(count, 1, 1, *kernel)
         delta = torch.where(scaled, (values - 1.0) * per_feature, values - per_feature)
     keep = mask.to(on).view(*mask.shape, *kernel)
-    coef = torch.where(keep, delta, torch.zeros((), dtype=dtype, device=on))
-    steps_mask = None
-    if any(steps is not None for _, _, steps in rows):
-        steps_mask = torch.ones(count, length, dtype=dtype)
-        for row, (_, _, steps) in enumerate(rows):
-            if steps is not None:
-                steps_mask[row] = 0.0
-                steps_mask[row, steps] = 1.0
-        steps_mask = steps_mask.to(device)
-    block_list = [k for k, _, _ in rows]
-    full = block_list == list(range(n_blocks))
-    return EdgeEdits(torch.tensor(block_list, device=device), feats.to(device), coef.to(device), steps_mask, full)
+    return torch.where(keep, delta, torch.zeros((), dtype=dtype, device=on))
+
+
+def _edge_steps_mask(
+    rows: list[EdgeRow], length: int | None, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor | None:
+    """``(E, T)``: 1 at the steps each row's edges act on, 0 elsewhere; ``None`` when all rows act on every step."""
+    if all(steps is None for _, _, steps in rows):
+        return None
+    steps_mask = torch.ones(len(rows), length, dtype=dtype)
+    for row, (_, _, steps) in enumerate(rows):
+        if steps is not None:
+            steps_mask[row] = 0.0
+            steps_mask[row, steps] = 1.0
+    return steps_mask.to(device)
 
 
 def _ungrouped(weight: torch.Tensor, groups: int, in_channels: int) -> torch.Tensor:
@@ -448,7 +512,9 @@ def linear_delta(x: torch.Tensor, edge: EdgeEdits, n_blocks: int, shared: bool) 
     return delta.view(*feats.shape[:-1], edge.coef.shape[-1])
 
 
-def conv_delta(x: torch.Tensor, module: torch.nn.Module, edge: EdgeEdits, n_blocks: int, shared: bool) -> torch.Tensor:
+def conv_delta(
+    x: torch.Tensor, module: torch.nn.Conv1d | torch.nn.Conv2d, edge: EdgeEdits, n_blocks: int, shared: bool
+) -> torch.Tensor:
     """``(E, N, C_out, *spatial)`` output deltas of a Conv1d/2d: features convolved with kernel diffs."""
     entries, width = edge.features.shape
     spatial = x.shape[2:]
@@ -457,7 +523,7 @@ def conv_delta(x: torch.Tensor, module: torch.nn.Module, edge: EdgeEdits, n_bloc
     out_channels = edge.coef.shape[2]
     weight = edge.coef.movedim(2, 1).reshape(entries * out_channels, width, *edge.coef.shape[3:])
     conv = F.conv1d if module.weight.dim() == 3 else F.conv2d
-    padding = module.padding
+    padding: str | tuple[int, ...] | int = module.padding
     if module.padding_mode != "zeros":
         feats = F.pad(feats, module._reversed_padding_repeated_twice, mode=module.padding_mode)
         padding = 0
@@ -484,7 +550,7 @@ def rest_shape(layer: LayerInfo, per_sample: tuple[int, ...]) -> tuple[int, ...]
 
 
 def _input_delta(layer: LayerInfo, x: torch.Tensor, edge: EdgeEdits, n_blocks: int, shared: bool) -> torch.Tensor:
-    if layer.kind.startswith("conv"):
+    if isinstance(layer.module, (torch.nn.Conv1d, torch.nn.Conv2d)):
         return conv_delta(x, layer.module, edge, n_blocks, shared)
     return linear_delta(x, edge, n_blocks, shared)
 

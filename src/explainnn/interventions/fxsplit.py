@@ -55,6 +55,12 @@ class GraphSplit:
         found = [n for n in self.nodes if n.op == "call_module" and n.target == module_name]
         return found[0] if len(found) == 1 else None
 
+    def _node_of(self, module_name: str) -> fx.Node:
+        """The single node of a module that the caller has checked with :meth:`start_node`."""
+        node = self.start_node(module_name)
+        assert node is not None, f"module '{module_name}' is not called exactly once in the traced graph"
+        return node
+
     def _downstream(self, roots: list[fx.Node]) -> set[fx.Node]:
         live = set(roots)
         for node in self.nodes:
@@ -71,7 +77,7 @@ class GraphSplit:
         Only the nodes in between run; capture modules that the roots do not reach
         are left out of the result.
         """
-        root_nodes = {self.start_node(name): value for name, value in roots.items()}
+        root_nodes = {self._node_of(name): value for name, value in roots.items()}
         live, reached = set(root_nodes), set()
         for node in self.nodes:
             if node in live or node.op == "output":
@@ -136,7 +142,7 @@ class GraphSplit:
     def _frontier(self, module_name: str, inputs: torch.Tensor) -> tuple[set[fx.Node], dict[fx.Node, Any]]:
         """Nodes to run for a start module, and clean values of the other nodes they read."""
         if module_name not in self._frontiers:
-            start = self.start_node(module_name)
+            start = self._node_of(module_name)
             live = self._downstream([start])
             needed = {arg for n in live if n is not start for arg in n.all_input_nodes if arg not in live}
             self._frontiers[module_name] = (live, self._clean_values(needed, inputs))

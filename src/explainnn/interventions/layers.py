@@ -293,10 +293,12 @@ def _find_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[LayerInf
 
 
 def _units(module: nn.Module) -> tuple[int, int]:
+    """``(units, input features)`` of a Linear, Embedding or Conv1d/2d layer (``layer_kind`` admits no other)."""
     if isinstance(module, nn.Linear):
         return module.out_features, module.in_features
     if isinstance(module, nn.Embedding):
         return module.embedding_dim, 0
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d)), type(module).__name__
     return module.out_channels, module.in_channels
 
 
@@ -370,7 +372,8 @@ def _link_parents(model: nn.Module, example: torch.Tensor, layers: list[LayerInf
         reach = None
     linked: list[LayerInfo] = []
     for index, layer in enumerate(layers):
-        note, links = "", ()
+        note = ""
+        links: tuple[ParentLink, ...] = ()
         if layer.kind == "embedding":
             note = "reads token ids; it has no incoming edges"
         elif layer.sublayer:

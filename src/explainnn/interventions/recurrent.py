@@ -45,7 +45,10 @@ def kind_of(module: nn.Module) -> str:
     raise InterventionError(f"{type(module).__name__} is not a recurrent layer")
 
 
-def weights(module: nn.Module, index: int, direction: int = 0) -> tuple[torch.Tensor, ...]:
+def weights(
+    module: nn.Module, index: int, direction: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(w_ih, w_hh, b_ih, b_hh)`` of one internal layer and direction (biases ``None`` without ``bias``)."""
     suffix = "_reverse" if direction else ""
     w_ih = getattr(module, f"weight_ih_l{index}{suffix}")
     w_hh = getattr(module, f"weight_hh_l{index}{suffix}")
@@ -77,10 +80,10 @@ def split_args(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tens
 def format_output(module: nn.Module, out: torch.Tensor, h_n: list, c_n: list | None) -> Any:
     if not module.batch_first:
         out = out.transpose(0, 1)
-    h_n = torch.stack(h_n)
+    h_last = torch.stack(h_n)
     if c_n is None:
-        return out, h_n
-    return out, (h_n, torch.stack(c_n))
+        return out, h_last
+    return out, (h_last, torch.stack(c_n))
 
 
 def _cell(kind: str, nonlinearity: str, xp: torch.Tensor, hp: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None):
@@ -132,6 +135,20 @@ def _with_delta(base: torch.Tensor, edge, delta: torch.Tensor, n_blocks: int) ->
     return base.expand(n_blocks, -1, -1).index_add(0, edge.blocks, delta)
 
 
+def _add_edge_delta(
+    base: torch.Tensor, parents: torch.Tensor, edge: EdgeEdits, step: int, n_blocks: int, shared: bool
+) -> torch.Tensor:
+    """A step's projection ``base`` ``(K or 1, N, G)`` plus the deltas of ``edge`` at ``step`` (a new tensor).
+
+    ``parents`` are the values the edges read at that step (shared ``(N, F)`` or
+    per-row ``(K * N, F)``); entries limited to other steps add nothing.
+    """
+    delta = linear_delta(parents, edge, n_blocks, shared)
+    if edge.steps is not None:
+        delta = delta * edge.steps[:, step, None, None]
+    return _with_delta(base, edge, delta, n_blocks)
+
+
 def run_layer(
     module: nn.Module,
     index: int,
@@ -146,7 +163,7 @@ def run_layer(
     prefix: torch.Tensor | None = None,
     keep_c: bool = False,
     direction: int = 0,
-):
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Steps ``start..T-1`` of internal layer ``index``.
 
     ``x`` holds the layer's inputs for all steps: shared clean ``(N, T, F)`` or
@@ -174,16 +191,10 @@ def run_layer(
     for t in range(start, length):
         xp = xproj[:, t if shared else t - start].view(k_rows, -1, xproj.shape[-1])
         if in_active[t]:
-            delta = linear_delta(x[:, t], edge_in, n_blocks, shared)
-            if edge_in.steps is not None:
-                delta = delta * edge_in.steps[:, t, None, None]
-            xp = _with_delta(xp, edge_in, delta, n_blocks)
+            xp = _add_edge_delta(xp, x[:, t], edge_in, t, n_blocks, shared)
         hp = F.linear(h, w_hh, b_hh)
         if rec_active[t]:
-            delta = linear_delta(h.reshape(-1, h.shape[-1]), edge_rec, n_blocks, False)
-            if edge_rec.steps is not None:
-                delta = delta * edge_rec.steps[:, t, None, None]
-            hp = _with_delta(hp, edge_rec, delta, n_blocks)
+            hp = _add_edge_delta(hp, h.reshape(-1, h.shape[-1]), edge_rec, t, n_blocks, False)
         h, c = _cell(kind, nonlinearity, xp, hp, h, c)
         if t in node_steps:
             h = h.clone()
@@ -253,8 +264,8 @@ def direction_edits(edits: LayerEdits | None, direction: int, hidden: int, lengt
             inside = (features // hidden) == direction
             coef = coef * inside[:, :, None].to(coef.device, coef.dtype)
             features = torch.where(inside, features - direction * hidden, torch.zeros_like(features))
-        steps = _flip_steps(edge.steps, 1) if direction else edge.steps
-        setattr(out, name, EdgeEdits(edge.blocks, features, coef.contiguous(), steps, edge.full))
+        edge_steps = _flip_steps(edge.steps, 1) if direction else edge.steps
+        setattr(out, name, EdgeEdits(edge.blocks, features, coef.contiguous(), edge_steps, edge.full))
     return out
 
 

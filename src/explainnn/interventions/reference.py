@@ -44,6 +44,7 @@ def _edge_weight_rows(layer: LayerInfo, spec: EdgeIntervention) -> tuple[list[in
     else:
         cols = [f for p in spec.parents for f in layer.link(spec.parent_layer).unit_map[p]]
     if layer.recurrent:
+        assert isinstance(layer.module, nn.RNNBase)
         gates, hidden = GATES_PER_KIND[layer.kind], layer.module.hidden_size
         return [(j // hidden) * gates * hidden + g * hidden + j % hidden for g in range(gates) for j in children], cols
     return children, cols
@@ -51,13 +52,15 @@ def _edge_weight_rows(layer: LayerInfo, spec: EdgeIntervention) -> tuple[list[in
 
 def _edit_plain_layer(module: nn.Module, layer: LayerInfo, spec: EdgeIntervention) -> None:
     rows, cols = _edge_weight_rows(layer, spec)
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
     groups = getattr(module, "groups", 1)
-    per_in, per_out = layer.in_features // groups, module.weight.shape[0] // groups
+    per_in, per_out = layer.in_features // groups, weight.shape[0] // groups
     with torch.no_grad():
         for r in rows:
             for c in cols:
                 if c // per_in == r // per_out:
-                    _edit_weight(module.weight, [r], [c - (r // per_out) * per_in], spec)
+                    _edit_weight(weight, [r], [c - (r // per_out) * per_in], spec)
 
 
 def _unit_view(out: torch.Tensor, layer: LayerInfo, unit: int) -> torch.Tensor:

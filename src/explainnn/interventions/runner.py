@@ -16,7 +16,7 @@ import functools
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
@@ -166,7 +166,7 @@ class InterventionRunner:
         self._reference_pass: CleanPass | None = None
         self._clean: CleanPass | None = None
         self._fast: dict[str, _Prefix | None] = {}
-        self._graph: GraphSplit | None | bool = None
+        self._graph: GraphSplit | Literal[False] | None = None  # None: not traced yet; False: does not trace
         self._graph_ok: dict[str, bool] = {}
         self._region_ok: bool | None = None
         self._noise: float | None = None
@@ -215,13 +215,13 @@ class InterventionRunner:
             or cached.inputs.dtype != inputs.dtype
             or not torch.equal(cached.inputs, inputs)
         ):
-            self._clean = clean_pass(self.model, inputs.clone())
+            cached = self._clean = clean_pass(self.model, inputs.clone())
             self._graph_ok.clear()
             self._region_ok = None
             self._noise = None
             if isinstance(self._graph, GraphSplit):
                 self._graph.reset()
-        return self._clean
+        return cached
 
     def _means(self, clean: CleanPass):
         if self._reference is None:
@@ -250,8 +250,8 @@ class InterventionRunner:
         n = clean.inputs.shape[0]
         groups: dict[str, list[int]] = {}
         for index, specs in enumerate(rows):
-            start = min((resolve_layer(layers, self.model, s.layer) for s in specs), key=lambda info: info.order)
-            groups.setdefault(start.module_name, []).append(index)
+            earliest = min((resolve_layer(layers, self.model, s.layer) for s in specs), key=lambda info: info.order)
+            groups.setdefault(earliest.module_name, []).append(index)
         logits = torch.empty(len(rows), n, clean.output.shape[1], dtype=clean.output.dtype, device=clean.output.device)
         means = self._means(clean)
         budget = self._budget_bytes()
