@@ -31,6 +31,7 @@ the other engine's 95% CI, and the same ranks).
     python benchmarks/reproduce_headline.py --threads 2 --engine both --samples 20   # side by side
     python benchmarks/reproduce_headline.py --threads 2 --lipschitz-samples 200      # Quantus' own count
     python benchmarks/reproduce_headline.py --device cuda
+    python benchmarks/reproduce_headline.py --quick --engine both   # a few minutes
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from explainnn.evaluation import evaluation_step
 from explainnn.files import write_json, write_text
 from explainnn.models import build_model
 from explainnn.reports import write_report
-from explainnn.runtime import resolve_device, seed_everything
+from explainnn.torch_utils import resolve_device, seed_everything
 from explainnn.training import train_or_load
 
 TARGET = 3
@@ -81,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", choices=["fast", "quantus", "both"], default="fast",
                         help="evaluation engine; both = side by side in this run (default fast)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few minutes' check: 10 samples, 3 LocalLipschitzEstimate copies, graph from 30 digits")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.samples, args.lipschitz_samples, args.discovery_samples = 10, 3, 30
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     try:
@@ -148,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{engine} engine:\n")
         print(run.markdown())
         print()
+        print(engine_seconds(run.timings))
+        print()
     print(" | ".join(f"{part}: {value:.0f} s" for part, value in seconds.items()))
     if len(runs) == 2:
         ratio = seconds["evaluation (quantus engine)"] / seconds["evaluation (fast engine)"]
@@ -155,6 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         print(agreement(runs["fast"].summary, runs["quantus"].summary))
     print(f"results and report.html in {run_dir}")
     return 0
+
+
+def engine_seconds(timings: list[dict]) -> str:
+    """One line: an engine run's seconds split into attributions (the methods' own work, the same code in both
+    engines except LIME/KernelSHAP) and each metric (the metric's work, re-explanations included)."""
+    parts: dict[str, float] = {}
+    for row in timings:
+        parts[row["metric"]] = parts.get(row["metric"], 0.0) + float(row["seconds"])
+    return "seconds: " + ", ".join(f"{name} {value:.1f}" for name, value in parts.items())
 
 
 def agreement(fast: list[dict], quantus: list[dict]) -> str:

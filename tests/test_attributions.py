@@ -32,8 +32,8 @@ FAST = {
     "integrated_gradients": {"n_steps": 8},
     "smoothgrad": {"nt_samples": 4},
     "gradient_shap": {"n_samples": 4},
-    "lime": {"n_samples": 40},
-    "kernel_shap": {"n_samples": 40},
+    "lime": {"n_perturbations": 40},
+    "kernel_shap": {"n_perturbations": 40},
 }
 STOCHASTIC = ("smoothgrad", "gradient_shap", "lime", "kernel_shap", "feature_permutation")
 
@@ -125,7 +125,7 @@ def test_registry_lists_the_standard_methods_per_modality() -> None:
     assert available_methods() == sorted(METHODS)
     info = method_info("lime")
     assert info.stochastic and not info.needs_graph and info.modalities == ("image", "sequence", "tokens")
-    assert info.options("image")["n_samples"] == 500 and "mask" in info.options("image")
+    assert info.options("image")["n_perturbations"] == 500 and "mask" in info.options("image")
     assert "replacement" in info.options("tokens") and info.options("tokens")["seed"] == 0
     assert method_info("integrated_gradients").options("image")["n_steps"] == 64
     assert "Integrated Gradients" in method_info("integrated_gradients").description
@@ -302,18 +302,18 @@ def test_integrated_gradients_completeness_on_tokens(gru_text) -> None:
 @pytest.mark.parametrize("method", ["lime", "kernel_shap"])
 def test_surrogate_methods_are_not_all_zero(cases, gru_text, method: str) -> None:
     model, x, y = cases["lenet-mnist"]
-    for sample in attribute(method, model, x, y, n_samples=60):
+    for sample in attribute(method, model, x, y, n_perturbations=60):
         assert np.count_nonzero(sample) > sample.size // 4
     gru, tokens, labels = gru_text
-    scores = attribute(method, gru, tokens, labels, n_samples=60)
+    scores = attribute(method, gru, tokens, labels, n_perturbations=60)
     real = tokens.numpy() != gru.pad_index
     assert (np.abs(scores[real]) > 0).mean() > 0.5
 
 
 def test_lime_superpixels_and_patch_options(cases) -> None:
     model, x, y = cases["lenet-mnist"]
-    slic = attribute("lime", model, x[:1], y[:1], mask="slic", n_samples=40)
-    patches = attribute("lime", model, x[:1], y[:1], patch=8, n_samples=40)
+    slic = attribute("lime", model, x[:1], y[:1], mask="slic", n_perturbations=40)
+    patches = attribute("lime", model, x[:1], y[:1], patch=8, n_perturbations=40)
     assert len(np.unique(patches)) <= 16 + 1 and not np.array_equal(slic, patches)
 
 
@@ -419,7 +419,7 @@ def test_explain_func_with_the_quantus_calling_convention(cases, gru_text) -> No
     signals = sequences.transpose(1, 2).numpy()
     result = explain_func("occlusion")(ChannelFirstSequenceModel(lstm), signals, seq_labels.numpy(), **QUANTUS_KWARGS)
     assert np.array_equal(result, attribute("occlusion", lstm, sequences, seq_labels).transpose(0, 2, 1))
-    for method, options in (("lime", {"n_samples": 40}), ("saliency", {})):
+    for method, options in (("lime", {"n_perturbations": 40}), ("saliency", {})):
         explain = explain_func(method, modality="sequence", **options)
         result = explain(lstm, quantus_layout, seq_labels.numpy(), **QUANTUS_KWARGS)
         assert result.shape == (BATCH, 1, 40, 1)
@@ -467,7 +467,7 @@ def test_quantus_metrics_run_on_explain_func(cases, gru_text) -> None:
     rows_model, rows, row_labels = cases["lstm-rows"]
     scores = quantus.Sparseness(**quiet)(model=rows_model, x_batch=rows.numpy(), y_batch=row_labels.numpy(),
                                          a_batch=None, explain_func=explain_func("lime", modality="sequence",
-                                                                                 n_samples=40),
+                                                                                 n_perturbations=40),
                                          device="cpu", channel_first=True)
     assert len(scores) == BATCH and np.isfinite(scores).all()
     gru, tokens, token_labels = gru_text
@@ -476,3 +476,16 @@ def test_quantus_metrics_run_on_explain_func(cases, gru_text) -> None:
                                          y_batch=token_labels.numpy(), a_batch=None,
                                          explain_func=explain_func("saliency"), device="cpu", channel_first=True)
     assert len(scores) == BATCH and np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("method", ["lime", "kernel_shap"])
+def test_old_option_name_n_samples_still_works_with_a_warning(cases, method: str) -> None:
+    model, x, y = cases["lenet-mnist"]
+    new = attribute(method, model, x[:2], y[:2], n_perturbations=30)
+    with pytest.warns(DeprecationWarning, match="'n_samples' of attribution method .* use 'n_perturbations'"):
+        old = attribute(method, model, x[:2], y[:2], n_samples=30)
+    np.testing.assert_array_equal(old, new)
+    with pytest.warns(DeprecationWarning):
+        assert explain_func(method, n_samples=30)(model, x[:2].numpy(), y[:2].numpy()).shape == x[:2].shape
+    with pytest.raises(UserError, match="both 'n_perturbations' and its old name 'n_samples'"):
+        attribute(method, model, x[:2], y[:2], n_samples=30, n_perturbations=30)

@@ -25,6 +25,7 @@ from explainnn.evaluation import (
     metric_spec,
     prepare_inputs,
     quantus_view,
+    select_evaluation_samples,
     select_samples,
 )
 from explainnn.models import RecurrentClassifier, build_model
@@ -158,12 +159,12 @@ def test_token_inputs_lose_the_shared_padding(cases) -> None:
 
 def test_samples_are_correct_predictions_and_discovery_samples_come_last(lenet) -> None:
     model, dataset, target = lenet
-    everything, _ = select_samples(model, dataset.x_test, dataset.y_test, target, 100)
+    everything, _ = select_evaluation_samples(model, dataset.x_test, dataset.y_test, target, 100)
     with torch.no_grad():
         predicted = model(dataset.x_test[everything]).argmax(1)
     assert torch.all(predicted == target) and torch.all(dataset.y_test[everything] == target)
-    chosen, used = select_samples(model, dataset.x_test, dataset.y_test, target, len(everything),
-                                  exclude=everything[:2].tolist())
+    chosen, used = select_evaluation_samples(model, dataset.x_test, dataset.y_test, target, len(everything),
+                                             exclude=everything[:2].tolist())
     assert chosen[-2:].tolist() == everything[:2].tolist() and used.tolist() == [False] * (len(chosen) - 2) + [True] * 2
     inputs = prepare_inputs(model, dataset, target, 3, discovery_samples=everything[:2].tolist(), held_out=False)
     assert inputs.samples.tolist() == everything[:3].tolist() and inputs.in_discovery.tolist() == [True, True, False]
@@ -171,7 +172,30 @@ def test_samples_are_correct_predictions_and_discovery_samples_come_last(lenet) 
     assert len(everything) >= 4 and held.samples.tolist() == everything[2:4].tolist()
     assert not held.in_discovery.any()
     with pytest.raises(UserError, match="no test sample of class"):
-        select_samples(model, dataset.x_test[:0], dataset.y_test[:0], target, 3)
+        select_evaluation_samples(model, dataset.x_test[:0], dataset.y_test[:0], target, 3)
+    with pytest.warns(DeprecationWarning, match="select_evaluation_samples"):
+        assert select_samples(model, dataset.x_test, dataset.y_test, target, 100)[0].tolist() == everything.tolist()
+
+
+def test_misclassified_samples_of_the_class_follow_the_correct_ones(lenet) -> None:
+    model, dataset, target = lenet
+    with torch.no_grad():
+        predicted = model(dataset.x_test).argmax(1)
+    labels = dataset.y_test.clone()
+    labels[torch.nonzero(predicted != target).flatten()[:2]] = target  # two samples of the class it gets wrong
+    correct = torch.nonzero((labels == target) & (predicted == target)).flatten().tolist()
+    wrong = torch.nonzero((labels == target) & (predicted != target)).flatten().tolist()
+    assert len(correct) >= 2 and len(wrong) >= 2
+    chosen, used = select_evaluation_samples(model, dataset.x_test, labels, target, 1000,
+                                             exclude=correct[:1], include_misclassified=True)
+    assert chosen.tolist() == correct[1:] + wrong + correct[:1]
+    assert used.tolist() == [False] * (len(chosen) - 1) + [True]
+    assert select_evaluation_samples(model, dataset.x_test, labels, target, 1000)[0].tolist() == correct
+    relabelled = replace(dataset, y_test=labels)
+    inputs = prepare_inputs(model, relabelled, target, len(correct) + 1, include_misclassified=True)
+    assert inputs.samples.tolist() == correct + wrong[:1]
+    assert inputs.misclassified.tolist() == [False] * len(correct) + [True]
+    assert (inputs.y == target).all()  # still explained and scored for the true class
 
 
 @pytest.fixture(scope="module")

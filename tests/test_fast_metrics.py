@@ -21,6 +21,7 @@ from explainnn.attributions import attribute, explain_func
 from explainnn.attributions.baselines import fit_surrogates
 from explainnn.evaluation import MetricContext, metric_spec
 from explainnn.evaluation.fast import FAST_METRICS, Batch, map_ssim, run_metric
+from explainnn.evaluation.fast.common import explain_rows, prepare
 from explainnn.evaluation.fast.faithfulness import irof
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
@@ -208,7 +209,7 @@ def test_kernel_shap_is_exact_on_a_linear_model() -> None:
     x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
     contributions = (model[1].weight.detach()[y].reshape(4, 1, 8, 8) * x).reshape(4, 1, 2, 4, 2, 4).sum((3, 5))
     for batched in (True, False):
-        scores = attribute("kernel_shap", model, x, y, n_samples=120, patch=4, batched=batched)
+        scores = attribute("kernel_shap", model, x, y, n_perturbations=120, patch=4, batched=batched)
         np.testing.assert_allclose(scores.reshape(4, 1, 2, 4, 2, 4)[..., 0, :, 0], contributions.numpy(), atol=1e-4)
 
 
@@ -220,7 +221,45 @@ def test_batched_lime_draws_from_captums_distribution() -> None:
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 64, 2))
     x, y = torch.rand(1, 1, 8, 8), torch.tensor([1])
-    runs = {flag: np.stack([attribute("lime", model, x, y, n_samples=60, patch=2, seed=s, batched=flag)[0, 0, ::2, ::2]
+    runs = {flag: np.stack([attribute("lime", model, x, y, n_perturbations=60, patch=2, seed=s, batched=flag)[0, 0, ::2, ::2]
                             for s in range(30)]).reshape(30, -1) for flag in (True, False)}
     p_values = ttest_ind(runs[True], runs[False], equal_var=False).pvalue
     assert p_values.min() > 0.001 / 16, p_values.min()
+
+
+def test_deterministic_methods_explain_merged_batches_stochastic_ones_quantus_batches(case) -> None:
+    """Merging Quantus' batches of copies changes nothing for a deterministic method (fewer calls), and a
+    stochastic method still gets one call per batch, each starting from the seed."""
+    x, y = case["x"], case["y"]
+    inputs, targets, sizes = np.concatenate([x, x[::-1], x[:2]]), np.concatenate([y, y[::-1], y[:2]]), [5, 5, 2]
+    batch = Batch(case["model"], x, y)
+    for method, calls_expected in (("gradient_x_input", 1), ("smoothgrad", 3)):
+        explain, calls = explain_func(method), []
+
+        def counted(model, inputs, targets, explain=explain, calls=calls):
+            calls.append(len(inputs))
+            return explain(model, inputs, targets)
+
+        counted.deterministic = explain.deterministic  # type: ignore[attr-defined]
+        got = explain_rows(batch, counted, inputs, targets, sizes, normalise=True, abs=False)
+        assert len(calls) == calls_expected
+        one_by_one = np.concatenate([explain(case["model"], inputs[a:b], targets[a:b]).reshape(b - a, -1)
+                                     for a, b in ((0, 5), (5, 10), (10, 12))])
+        np.testing.assert_allclose(got, prepare(one_by_one, (12, -1), normalise=True, abs=False), rtol=1e-5,
+                                   atol=1e-6)
+    assert not explain_func("lime").deterministic and not explain_func("causal", base="smoothgrad").deterministic
+
+
+@pytest.mark.parametrize("name, options", [("FaithfulnessCorrelation", {"nr_runs": 6, "subset_size": 20}),
+                                           ("LocalLipschitzEstimate", {"nr_samples": 3})])
+def test_perturbations_shared_by_methods_give_the_scores_of_a_fresh_batch(case, name, options) -> None:
+    """The perturbations drawn once per batch and reused by later methods give the same scores as drawing anew."""
+    spec = metric_spec(name)
+    init, calls = spec.settings(case["context"], {**options, "batch_size": 3})
+    shared = Batch(case["model"], case["x"], case["y"])
+    for method in ("saliency", "gradient_x_input", "saliency"):
+        fresh = Batch(case["model"], case["x"], case["y"])
+        a = attribute(method, case["model"], case["x"], case["y"])
+        np.testing.assert_array_equal(run_metric(spec, init, calls, shared, a, explain_func(method), 3),
+                                      run_metric(spec, init, calls, fresh, a, explain_func(method), 3))
+    assert len(shared.cache) >= 1

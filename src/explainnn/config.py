@@ -189,7 +189,7 @@ class AttributionConfig(_Section):
     n_samples: int = Field(default=6, ge=1, le=100_000)
     causal_paths_layer: str | None = "conv2"
     options: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"lime": {"n_samples": 200}, "kernel_shap": {"n_samples": 200}}
+        default_factory=lambda: {"lime": {"n_perturbations": 200}, "kernel_shap": {"n_perturbations": 200}}
     )
 
     @field_validator("methods")
@@ -220,6 +220,7 @@ class EvaluationConfig(_Section):
     )
     methods: list[str] | None = None
     n_samples: int = Field(default=100, ge=1, le=100_000)
+    include_misclassified: bool = True
     engine: Literal["fast", "quantus"] = "fast"
     options: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"LocalLipschitzEstimate": {"nr_samples": 5}, "FaithfulnessCorrelation": {"nr_runs": 50}}

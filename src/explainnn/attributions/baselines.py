@@ -79,8 +79,9 @@ def run_integrated_gradients(forward: Forward, inputs: Tensor, target: Tensor, b
     )
 
 
-SMOOTHGRAD_ROWS = 4096
-"""Noisy copies per backward pass of SmoothGrad (all samples' copies share passes)."""
+SMOOTHGRAD_ROWS = 1024
+"""Noisy copies per backward pass of SmoothGrad (all samples' copies share passes; about a thousand rows keep
+a small network's activations in cache, which is faster on CPU than larger passes)."""
 
 
 def run_smoothgrad(forward: Forward, inputs: Tensor, target: Tensor, *, nt_samples: int,
@@ -197,9 +198,12 @@ def guided_backprop(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
 
 # Perturbation methods ---------------------------------------------------------------
 
+SURROGATE_ROWS = 1024
+"""Default ``perturbations_per_eval`` of the batched LIME/KernelSHAP: inputs per forward pass."""
+
 
 def run_surrogate(explainer: Lime | KernelShap, inputs: Tensor, target: Tensor, masks: Tensor,
-                  baselines: Tensor, *, n_samples: int, perturbations_per_eval: int) -> Tensor:
+                  baselines: Tensor, *, n_perturbations: int, perturbations_per_eval: int) -> Tensor:
     """LIME or KernelSHAP one sample at a time, each with its own feature mask.
 
     Captum would size every sample's surrogate model by the largest group count of
@@ -207,7 +211,7 @@ def run_surrogate(explainer: Lime | KernelShap, inputs: Tensor, target: Tensor, 
     The surrogate fits are tiny least-squares problems, which multi-threaded BLAS
     only slows down (by 100x on a busy 2-core machine), so BLAS gets one thread.
     """
-    positive_int("n_samples", n_samples)
+    positive_int("n_perturbations", n_perturbations)
     positive_int("perturbations_per_eval", perturbations_per_eval)
     parts = []
     with threadpool_limits(limits=1, user_api="blas"):
@@ -216,7 +220,7 @@ def run_surrogate(explainer: Lime | KernelShap, inputs: Tensor, target: Tensor, 
             parts.append(explainer.attribute(
                 inputs[one], target=target[one], baselines=baselines[one],
                 feature_mask=torch.unique(masks[one], return_inverse=True)[1],
-                n_samples=n_samples, perturbations_per_eval=perturbations_per_eval,
+                n_samples=n_perturbations, perturbations_per_eval=perturbations_per_eval,
             ))
     return torch.cat(parts)
 
@@ -266,25 +270,53 @@ def fit_surrogates(switches: Tensor, outputs: Tensor, weights: Tensor, alpha: fl
     return solution[..., 0]
 
 
-def _shap_switches(n: int, n_samples: int, groups: int) -> Tensor:
+def _shap_switches(n: int, n_perturbations: int, groups: int) -> Tensor:
     """KernelSHAP's coalitions as captum draws them: all on, all off, then random subsets whose size ``k``
-    follows ``(M - 1) / (k (M - k))``; ``(n, n_samples, groups)``."""
+    follows ``(M - 1) / (k (M - k))``; ``(n, n_perturbations, groups)``."""
     if groups < 2:
         raise UserError("kernel_shap needs at least 2 feature groups (patches, superpixels or time steps)")
     sizes = torch.arange(groups, dtype=torch.float64)
     probs = (groups - 1) / (sizes * (groups - sizes))
     probs[0] = 0.0
-    k = torch.multinomial(probs.expand(n * n_samples, -1).float(), 1).reshape(n, n_samples)
-    ranks = torch.rand(n, n_samples, groups).argsort(dim=-1).argsort(dim=-1)
+    k = torch.multinomial(probs.expand(n * n_perturbations, -1).float(), 1).reshape(n, n_perturbations)
+    ranks = torch.rand(n, n_perturbations, groups).argsort(dim=-1).argsort(dim=-1)
     switches = (ranks < k[..., None]).double()
     switches[:, 0] = 1.0
-    if n_samples > 1:
+    if n_perturbations > 1:
         switches[:, 1] = 0.0
     return switches
 
 
+def _surrogate_outputs(forward: Forward, inputs: Tensor, target: Tensor, baselines: Tensor, switches: list[Tensor],
+                       groups: list[Tensor], rows: int) -> Tensor:
+    """The target logit of every perturbation ``(n, S)``: ``baseline + (input - baseline) * on``, with ``on``
+    each sample's switches spread over its feature groups, ``rows`` inputs per pass.
+
+    Each pass writes its perturbed inputs straight into one buffer (no per-sample
+    copies to stack), sized so the activations of a pass stay in cache.
+    """
+    n, n_perturbations = len(inputs), len(switches[0])
+    flat = inputs.reshape(n, -1)
+    base = baselines.reshape(n, -1)
+    difference = flat - base
+    outputs = torch.empty(n, n_perturbations, dtype=torch.float64)
+    per_pass = max(1, rows // n_perturbations)
+    with torch.no_grad():
+        for start in range(0, n, per_pass):
+            part = range(start, min(n, start + per_pass))
+            perturbed = torch.empty(len(part), n_perturbations, flat.shape[1], device=inputs.device, dtype=inputs.dtype)
+            for position, i in enumerate(part):
+                on = switches[i].to(inputs.device, inputs.dtype).index_select(1, groups[i].to(inputs.device))
+                torch.addcmul(base[i], difference[i], on, out=perturbed[position])
+            batch = perturbed.reshape(-1, *inputs.shape[1:])
+            logits = torch.cat([forward(chunk) for chunk in batch.split(rows)])
+            picked = logits.gather(1, target[start:part.stop].repeat_interleave(n_perturbations)[:, None])[:, 0]
+            outputs[start:part.stop] = picked.reshape(len(part), n_perturbations).double().cpu()
+    return outputs
+
+
 def run_batched_surrogate(forward: Forward, inputs: Tensor, target: Tensor, masks: Tensor, baselines: Tensor, *,
-                          kind: str, n_samples: int, perturbations_per_eval: int, alpha: float = 1.0,
+                          kind: str, n_perturbations: int, perturbations_per_eval: int, alpha: float = 1.0,
                           kernel_width: float = 0.25) -> Tensor:
     """LIME (``kind="lime"``) or KernelSHAP (``"kernel_shap"``) for a whole batch at once.
 
@@ -296,7 +328,7 @@ def run_batched_surrogate(forward: Forward, inputs: Tensor, target: Tensor, mask
     superpixels or time steps). Draws come from torch's global generator on
     the CPU, so a seed gives the same result on CPU and CUDA.
     """
-    positive_int("n_samples", n_samples)
+    positive_int("n_perturbations", n_perturbations)
     rows = positive_int("perturbations_per_eval", perturbations_per_eval)
     n = len(inputs)
     groups = [torch.unique(masks[i], return_inverse=True)[1].reshape(-1) for i in range(n)]
@@ -304,22 +336,11 @@ def run_batched_surrogate(forward: Forward, inputs: Tensor, target: Tensor, mask
     switches = [torch.zeros(0)] * n
     for count in sorted(set(counts)):
         members = [i for i in range(n) if counts[i] == count]
-        drawn = (torch.bernoulli(torch.full((len(members), n_samples, count), 0.5, dtype=torch.float64))
-                 if kind == "lime" else _shap_switches(len(members), n_samples, count))
+        drawn = (torch.bernoulli(torch.full((len(members), n_perturbations, count), 0.5, dtype=torch.float64))
+                 if kind == "lime" else _shap_switches(len(members), n_perturbations, count))
         for position, i in enumerate(members):
             switches[i] = drawn[position]
-    outputs = torch.empty(n, n_samples, dtype=torch.float64)
-    per_pass = max(1, rows // n_samples)
-    with torch.no_grad():
-        for start in range(0, n, per_pass):
-            part = range(start, min(n, start + per_pass))
-            on = torch.stack([switches[i].float()[:, groups[i]] for i in part]).to(inputs.device, inputs.dtype)
-            x = inputs[start:part.stop].reshape(len(part), 1, -1)
-            base = baselines[start:part.stop].reshape(len(part), 1, -1)
-            perturbed = (base + (x - base) * on).reshape(-1, *inputs.shape[1:])
-            logits = torch.cat([forward(chunk) for chunk in perturbed.split(rows)])
-            picked = logits.gather(1, target[start:part.stop].repeat_interleave(n_samples)[:, None])[:, 0]
-            outputs[start:part.stop] = picked.reshape(len(part), n_samples).double().cpu()
+    outputs = _surrogate_outputs(forward, inputs, target, baselines, switches, groups, rows)
     result = torch.empty(n, inputs[0].numel(), dtype=torch.float64)
     for count in sorted(set(counts)):
         members = [i for i in range(n) if counts[i] == count]
@@ -360,9 +381,9 @@ def _masks(model: nn.Module, inputs: Tensor, mask: str, patch: int | None, n_seg
 
 
 @register_method("lime", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
-def lime(model: nn.Module, inputs: Tensor, target: Tensor, *, n_samples: int = 500, mask: str = "patches",
+def lime(model: nn.Module, inputs: Tensor, target: Tensor, *, n_perturbations: int = 500, mask: str = "patches",
          patch: int | None = None, n_segments: int = 64, alpha: float = 1.0, kernel_width: float = 0.25,
-         perturbations_per_eval: int = 4096, batched: bool = True) -> Tensor:
+         perturbations_per_eval: int = SURROGATE_ROWS, batched: bool = True) -> Tensor:
     """LIME over patches/superpixels or time steps, ridge surrogate (captum Lime's estimator, batched).
 
     ``batched=False`` runs captum's ``Lime`` itself, one sample at a time (the
@@ -371,20 +392,20 @@ def lime(model: nn.Module, inputs: Tensor, target: Tensor, *, n_samples: int = 5
     masks = _masks(model, inputs, mask, patch, n_segments)
     if not batched:
         return run_surrogate(lime_explainer(model, alpha, kernel_width), inputs, target, masks,
-                             reference(model, inputs), n_samples=n_samples,
+                             reference(model, inputs), n_perturbations=n_perturbations,
                              perturbations_per_eval=min(perturbations_per_eval, 100))
     non_negative("alpha", alpha)
     if non_negative("kernel_width", kernel_width) == 0:
         raise UserError("kernel_width must be positive; got 0")
     return run_batched_surrogate(model, inputs, target, masks, reference(model, inputs), kind="lime",
-                                 n_samples=n_samples, perturbations_per_eval=perturbations_per_eval,
+                                 n_perturbations=n_perturbations, perturbations_per_eval=perturbations_per_eval,
                                  alpha=alpha, kernel_width=kernel_width)
 
 
 @register_method("kernel_shap", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
-def kernel_shap(model: nn.Module, inputs: Tensor, target: Tensor, *, n_samples: int = 500,
+def kernel_shap(model: nn.Module, inputs: Tensor, target: Tensor, *, n_perturbations: int = 500,
                 mask: str = "patches", patch: int | None = None, n_segments: int = 64,
-                perturbations_per_eval: int = 4096, batched: bool = True) -> Tensor:
+                perturbations_per_eval: int = SURROGATE_ROWS, batched: bool = True) -> Tensor:
     """Kernel SHAP over patches/superpixels or time steps (captum KernelShap's estimator, batched).
 
     ``batched=False`` runs captum's ``KernelShap`` itself, one sample at a time (the
@@ -393,9 +414,9 @@ def kernel_shap(model: nn.Module, inputs: Tensor, target: Tensor, *, n_samples: 
     masks = _masks(model, inputs, mask, patch, n_segments)
     if not batched:
         return run_surrogate(KernelShap(model), inputs, target, masks, reference(model, inputs),
-                             n_samples=n_samples, perturbations_per_eval=min(perturbations_per_eval, 100))
+                             n_perturbations=n_perturbations, perturbations_per_eval=min(perturbations_per_eval, 100))
     return run_batched_surrogate(model, inputs, target, masks, reference(model, inputs), kind="kernel_shap",
-                                 n_samples=n_samples, perturbations_per_eval=perturbations_per_eval)
+                                 n_perturbations=n_perturbations, perturbations_per_eval=perturbations_per_eval)
 
 
 @register_method("occlusion", modalities=IMAGE_AND_SEQUENCE)

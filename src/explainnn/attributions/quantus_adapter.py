@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explainnn.attributions.registry import attribute, method_info
+from explainnn.attributions.registry import METHODS, attribute, method_info, renamed_options
 from explainnn.attributions.text import EmbeddingSpaceModel
 from explainnn.errors import DataError, UserError
 
@@ -55,12 +55,17 @@ def explain_func(method: str, **fixed_options: Any) -> Callable[..., np.ndarray]
     """A Quantus-style ``f(model, inputs, targets, **kwargs) -> np.ndarray`` for ``method``.
 
     ``fixed_options`` are options of :func:`explainnn.attributions.attribute`
-    (``seed``, ``modality``, ``n_samples``, ``graph``, ...), checked on the first
+    (``seed``, ``modality``, ``n_perturbations``, ``graph``, ...), checked on the first
     call. Call-time kwargs that are options of the method override them; anything
     else Quantus passes (``device``, ``channel_first``, ``method``, ``softmax``,
     ...) is ignored: the model keeps its device and outputs are logits.
+
+    The function's ``deterministic`` attribute says whether its attributions of
+    a sample are the same in any batch (no random draws, no batch statistics),
+    so callers may batch its inputs as they like.
     """
     info = method_info(method)
+    fixed_options = renamed_options(method, fixed_options)
     known = set(info.options()) | {"graph"}
     unknown = sorted(set(fixed_options) - known)
     if unknown:
@@ -82,6 +87,9 @@ def explain_func(method: str, **fixed_options: Any) -> Callable[..., np.ndarray]
             return np.ascontiguousarray(scores.transpose(0, 2, 1))
         return attribute(method, model, batch, labels, graph=graph, **options)
 
+    base = fixed_options.get("base")
+    explain.deterministic = not info.stochastic and not (  # type: ignore[attr-defined]
+        isinstance(base, str) and base in METHODS and METHODS[base].stochastic)
     explain.__name__ = f"explain_{method}"
     explain.__doc__ = f"Quantus explain_func for attribution method '{method}' (explainnn)."
     return explain

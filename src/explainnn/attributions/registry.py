@@ -184,6 +184,28 @@ def modality_of(model: nn.Module, inputs: torch.Tensor | np.ndarray, modality: s
     return found
 
 
+RENAMED_OPTIONS: dict[str, dict[str, str]] = {
+    "lime": {"n_samples": "n_perturbations"},
+    "kernel_shap": {"n_samples": "n_perturbations"},
+}
+"""Old option names still accepted (with a ``DeprecationWarning``): method -> {old name: new name}."""
+
+
+def renamed_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the old names of ``method``'s renamed options (:data:`RENAMED_OPTIONS`) replaced, warning
+    for each; giving an option under both names is a one-line error."""
+    renamed = dict(options)
+    for old, new in RENAMED_OPTIONS.get(method, {}).items():
+        if old not in renamed:
+            continue
+        if new in renamed:
+            raise UserError(f"attribution method '{method}' got both '{new}' and its old name '{old}'; keep '{new}'")
+        warnings.warn(f"option '{old}' of attribution method '{method}' is deprecated and will be removed in 0.3; "
+                      f"use '{new}'", DeprecationWarning, stacklevel=3)
+        renamed[new] = renamed.pop(old)
+    return renamed
+
+
 def attribute(
     method: str,
     model: nn.Module,
@@ -200,29 +222,17 @@ def attribute(
     others. ``seed`` (default 0) makes stochastic methods reproducible without
     touching the caller's random state. The model's train/eval mode,
     ``requires_grad`` flags and ``.grad`` are left as they were; ``inputs`` is not
-    modified.
+    modified. Old names of renamed options (:data:`RENAMED_OPTIONS`) still work, with a warning.
     """
     info = method_info(method)
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     batch = _as_tensor(inputs)
-    seed = options.pop("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(f"seed must be a non-negative integer; got {seed!r}")
+    options = renamed_options(method, options)
+    seed = _seed(options.pop("seed", 0))
     modality = modality_of(model, batch, options.pop("modality", None))
     function = info.implementation(modality)
-    declared = _declared_options(function)
-    unknown = sorted(set(options) - set(declared))
-    if unknown:
-        valid = ", ".join([*declared, *UNIVERSAL_OPTIONS])
-        raise UserError(
-            f"unknown option '{unknown[0]}' for attribution method '{method}' on {modality} inputs; "
-            f"valid options: {valid}"
-        )
-    if info.needs_graph and graph is None:
-        raise UserError(f"attribution method '{method}' needs a causal graph; pass graph=<CausalGraph>")
-    if len(batch) == 0:
-        raise UserError("inputs hold no samples; pass a batch (N, ...) with N >= 1")
+    _check_call(info, function, modality, options, graph, batch)
 
     device = model_device(model)
     batch = batch.detach().to(device).clone()
@@ -231,22 +241,49 @@ def attribute(
         batch = batch[:, 0]
     kwargs = dict(options)
     if "seed" in inspect.signature(function).parameters:
-        kwargs["seed"] = int(seed)
+        kwargs["seed"] = seed
     if info.needs_graph:
         kwargs["graph"] = graph
-    with frozen(model, device), seeded(int(seed), device), warnings.catch_warnings():
+    with frozen(model, device), seeded(seed, device), warnings.catch_warnings():
         for message in CAPTUM_NOTICES:
             warnings.filterwarnings("ignore", message=message)
         targets = _targets(target, model, batch, device)
         result = function(model, batch, targets, **kwargs)
-    array = _as_array(result)
+    array = _checked_shape(_as_array(result), method, modality, batch)
+    return array[:, None] if channel else array
+
+
+def _seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"seed must be a non-negative integer; got {seed!r}")
+    return int(seed)
+
+
+def _check_call(info: MethodInfo, function: Implementation, modality: str, options: dict[str, Any], graph: Any,
+                batch: torch.Tensor) -> None:
+    """One-line errors for unknown options, a missing graph and an empty batch, before any work."""
+    declared = _declared_options(function)
+    unknown = sorted(set(options) - set(declared))
+    if unknown:
+        valid = ", ".join([*declared, *UNIVERSAL_OPTIONS])
+        raise UserError(
+            f"unknown option '{unknown[0]}' for attribution method '{info.name}' on {modality} inputs; "
+            f"valid options: {valid}"
+        )
+    if info.needs_graph and graph is None:
+        raise UserError(f"attribution method '{info.name}' needs a causal graph; pass graph=<CausalGraph>")
+    if len(batch) == 0:
+        raise UserError("inputs hold no samples; pass a batch (N, ...) with N >= 1")
+
+
+def _checked_shape(array: np.ndarray, method: str, modality: str, batch: torch.Tensor) -> np.ndarray:
     expected = tuple(batch.shape[:2]) if modality == "tokens" else tuple(batch.shape)
     if array.shape != expected:
         raise UserError(
             f"attribution method '{method}' returned shape {array.shape} for {modality} inputs of "
             f"shape {tuple(batch.shape)}; it must return {expected}"
         )
-    return array[:, None] if channel else array
+    return array
 
 
 @contextmanager

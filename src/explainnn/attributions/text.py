@@ -186,25 +186,25 @@ def _token_groups(tokens: Tensor, pad: int | None) -> Tensor:
 
 
 @register_method("lime", modalities=TOKENS, stochastic=True)
-def lime(model: nn.Module, tokens: Tensor, target: Tensor, *, n_samples: int = 500, alpha: float = 1.0,
+def lime(model: nn.Module, tokens: Tensor, target: Tensor, *, n_perturbations: int = 500, alpha: float = 1.0,
          kernel_width: float = 0.25, replacement: int | None = None, perturbations_per_eval: int = 100) -> Tensor:
     """LIME over tokens (switched-off tokens become <pad>), ridge surrogate (captum Lime)."""
     reader = token_model(model, tokens)
     value = reader.replacement(replacement)
     scores = run_surrogate(lime_explainer(model, alpha, kernel_width), tokens, target,
                            _token_groups(tokens, reader.pad), torch.full_like(tokens, value),
-                           n_samples=n_samples, perturbations_per_eval=perturbations_per_eval)
+                           n_perturbations=n_perturbations, perturbations_per_eval=perturbations_per_eval)
     return reader.without_pads(scores.float(), tokens)
 
 
 @register_method("kernel_shap", modalities=TOKENS, stochastic=True)
-def kernel_shap(model: nn.Module, tokens: Tensor, target: Tensor, *, n_samples: int = 500,
+def kernel_shap(model: nn.Module, tokens: Tensor, target: Tensor, *, n_perturbations: int = 500,
                 replacement: int | None = None, perturbations_per_eval: int = 100) -> Tensor:
     """Kernel SHAP over tokens (switched-off tokens become <pad>; captum KernelShap)."""
     reader = token_model(model, tokens)
     value = reader.replacement(replacement)
     scores = run_surrogate(KernelShap(model), tokens, target, _token_groups(tokens, reader.pad),
-                           torch.full_like(tokens, value), n_samples=n_samples,
+                           torch.full_like(tokens, value), n_perturbations=n_perturbations,
                            perturbations_per_eval=perturbations_per_eval)
     return reader.without_pads(scores.float(), tokens)
 

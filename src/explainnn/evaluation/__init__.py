@@ -22,6 +22,7 @@ from explainnn.evaluation.evaluate import (
     evaluate,
     prepare_inputs,
     quantus_view,
+    select_evaluation_samples,
     select_samples,
 )
 from explainnn.evaluation.io import load_tables, read_csv, save_results, write_csv
@@ -45,6 +46,7 @@ from explainnn.evaluation.summary import (
     holm,
     markdown_table,
     paired_test,
+    paired_wilcoxon,
     summarise,
 )
 
@@ -68,6 +70,7 @@ def evaluation_step(
     reference: str = "causal",
     held_out: bool = True,
     engine: str = "fast",
+    include_misclassified: bool = False,
 ) -> EvaluationResults:
     """Evaluate ``methods`` with ``metrics`` on ``n_samples`` test samples of class ``target``; save to ``out_dir``.
 
@@ -77,6 +80,9 @@ def evaluation_step(
     the first correctly classified ones, as discovery picks them). ``options`` are per-metric settings
     (``evaluation.options``), ``method_options`` per-method attribution options;
     ``engine`` is ``fast`` (batched, :mod:`explainnn.evaluation.fast`) or ``quantus``.
+    With ``include_misclassified``, test samples of class ``target`` that the
+    model misclassifies follow the correctly classified ones when those are
+    fewer than ``n_samples`` (still explained and scored for ``target``).
     Writes the files listed in :mod:`explainnn.evaluation.io` and, with
     ``plots``, ``metrics_<family>.png`` and ``ranks.png``.
     """
@@ -86,9 +92,10 @@ def evaluation_step(
     in_test = metadata.get("inputs", "test split") == "test split"
     learned_from = list(metadata.get("samples", [])) if in_test else []
     inputs = prepare_inputs(model, dataset, int(target), n_samples, discovery_samples=learned_from,
-                            held_out=held_out)
+                            held_out=held_out, include_misclassified=include_misclassified)
     if len(inputs.samples) < n_samples:
-        print(f"evaluation  only {len(inputs.samples)} correctly classified test samples of class {target}; "
+        kind = "" if include_misclassified else "correctly classified "
+        print(f"evaluation  only {len(inputs.samples)} {kind}test samples of class {target}; "
               f"evaluating on those (asked for {n_samples})")
     results = evaluate(
         model, inputs, methods, metrics, graph=graph, method_options=method_options, metric_options=options,
@@ -119,7 +126,8 @@ def _describe(results: EvaluationResults, seconds: float) -> str:
             best.setdefault(row["metric"], []).append(row["method"])
     winners = "; ".join(f"{metric}: {', '.join(names)}" for metric, names in best.items())
     used = results.settings.get("samples_used_by_discovery", 0)
-    note = f", {used} of them used by discovery" if used else ""
+    missed = results.settings.get("samples_misclassified", 0)
+    note = (f", {used} of them used by discovery" if used else "") + (f", {missed} misclassified" if missed else "")
     line = (f"evaluation  {len(results.methods)} methods x {len(results.metrics)} metrics on "
             f"{len(results.samples)} samples{note} in {seconds:.0f} s ({results.settings.get('engine', 'quantus')} engine)")
     return f"{line}; best: {winners}" if winners else line
@@ -148,6 +156,7 @@ __all__ = [
     "metric_spec",
     "normalise_per_sample",
     "paired_test",
+    "paired_wilcoxon",
     "plot_evaluation",
     "plot_family",
     "plot_ranks",
@@ -155,6 +164,7 @@ __all__ = [
     "quantus_view",
     "read_csv",
     "save_results",
+    "select_evaluation_samples",
     "select_samples",
     "summarise",
     "write_csv",

@@ -47,6 +47,7 @@ from explainnn.attributions import (
     explain_func,
     method_info,
 )
+from explainnn.deprecation import deprecated_alias
 from explainnn.errors import ConfigError, UserError
 from explainnn.evaluation.fast import FAST_METRICS, Batch, run_metric
 from explainnn.evaluation.metrics import MetricContext, MetricSpec, metric_spec
@@ -77,6 +78,7 @@ class EvaluationInputs:
     masks: np.ndarray | None = None
     in_discovery: np.ndarray | None = None
     dataset: str = ""
+    misclassified: np.ndarray | None = None
 
     @property
     def method_modality(self) -> str:
@@ -112,7 +114,7 @@ def quantus_view(model: nn.Module, x: torch.Tensor, modality: str, masks: torch.
     raise UserError(f"unknown modality '{modality}'; valid modalities: image, sequence, tokens")
 
 
-def select_samples(
+def select_evaluation_samples(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -120,50 +122,71 @@ def select_samples(
     n_samples: int,
     *,
     exclude: Sequence[int] = (),
+    include_misclassified: bool = False,
     batch_size: int = 512,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of up to ``n_samples`` correctly classified samples of ``target``, and which are in ``exclude``.
+    """Indices of up to ``n_samples`` samples of class ``target`` to evaluate on, and which are in ``exclude``.
 
-    Samples outside ``exclude`` (those the causal graph was learned from) come
-    first, in order; excluded ones fill up only when too few others exist.
+    Correctly classified samples outside ``exclude`` (those the causal graph was
+    learned from) come first, in order; with ``include_misclassified`` the
+    samples labelled ``target`` that the model classifies as another class come
+    next (every method still explains ``target``, their true class); excluded
+    correctly classified ones fill up only when too few others exist.
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ConfigError(f"evaluation.n_samples must be a positive integer; got {n_samples!r}")
+    predicted = _predictions(model, x, batch_size)
+    labelled = torch.as_tensor(y).cpu() == target
+    hits = torch.nonzero((predicted == target) & labelled).flatten().tolist()
+    if not hits:
+        raise UserError(f"no test sample of class {target} is classified correctly; evaluation needs at least one "
+                        "(train the model longer or choose another discovery.target_class)")
+    used = set(int(i) for i in exclude)
+    misses = torch.nonzero((predicted != target) & labelled).flatten().tolist() if include_misclassified else []
+    ordered = ([i for i in hits if i not in used] + [i for i in misses if i not in used]
+               + [i for i in hits if i in used])
+    chosen = np.asarray(ordered[:n_samples], dtype=np.int64)
+    return chosen, np.isin(chosen, list(used))
+
+
+select_samples = deprecated_alias(select_evaluation_samples, "explainnn.evaluation.select_samples")
+
+
+def _predictions(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The predicted class of every row of ``x``, ``batch_size`` rows per pass."""
     device = model_device(model)
     predictions = []
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             predictions.append(model(x[start:start + batch_size].to(device)).argmax(dim=1).cpu())
-    predicted = torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
-    hits = torch.nonzero((predicted == target) & (torch.as_tensor(y).cpu() == target)).flatten().tolist()
-    if not hits:
-        raise UserError(f"no test sample of class {target} is classified correctly; evaluation needs at least one "
-                        "(train the model longer or choose another discovery.target_class)")
-    used = set(int(i) for i in exclude)
-    ordered = [i for i in hits if i not in used] + [i for i in hits if i in used]
-    chosen = np.asarray(ordered[:n_samples], dtype=np.int64)
-    return chosen, np.isin(chosen, list(used))
+    return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
 
 
 def prepare_inputs(model: nn.Module, dataset: Any, target: int, n_samples: int, *,
-                   discovery_samples: Sequence[int] = (), held_out: bool = True) -> EvaluationInputs:
+                   discovery_samples: Sequence[int] = (), held_out: bool = True,
+                   include_misclassified: bool = False) -> EvaluationInputs:
     """Select the evaluation samples of ``dataset``'s test split and lay them out for Quantus.
 
     ``discovery_samples`` (test indices the causal graph was learned from) come
     last when ``held_out``; either way ``in_discovery`` marks them.
+    ``include_misclassified`` admits test samples of class ``target`` that the
+    model misclassifies, after the correctly classified ones
+    (:func:`select_evaluation_samples`); ``misclassified`` marks them.
     """
     with eval_mode(model):
-        index, _ = select_samples(model, dataset.x_test, dataset.y_test, target, n_samples,
-                                  exclude=discovery_samples if held_out else ())
+        index, _ = select_evaluation_samples(model, dataset.x_test, dataset.y_test, target, n_samples,
+                                             exclude=discovery_samples if held_out else (),
+                                             include_misclassified=include_misclassified)
+        chosen = torch.as_tensor(index)
+        predicted = _predictions(model, dataset.x_test[chosen], 512)
     in_discovery = np.isin(index, np.asarray(list(discovery_samples), dtype=np.int64))
-    chosen = torch.as_tensor(index)
     masks = dataset.mask_test[chosen] if dataset.mask_test is not None else None
     view_model, x, s, options = quantus_view(model, dataset.x_test[chosen], dataset.info.modality, masks,
                                              dataset.info.pad_index)
     return EvaluationInputs(
         model=view_model, x=x, y=np.full(len(index), int(target), dtype=np.int64), samples=index,
         modality=dataset.info.modality, explain_options=options, masks=s, in_discovery=in_discovery,
-        dataset=dataset.info.name,
+        dataset=dataset.info.name, misclassified=predicted.numpy() != int(target),
     )
 
 
@@ -228,20 +251,64 @@ def evaluate(
     methods, metrics = _unique(methods, "methods"), _unique(metrics, "metrics")
     specs = [metric_spec(name) for name in metrics]
     method_options = {name: dict(values or {}) for name, values in (method_options or {}).items()}
-    metric_options = dict(metric_options or {})
-    for name in metric_options:
-        if name not in metrics:
-            raise ConfigError(f"evaluation.options has settings for '{name}', which is not among the evaluated "
-                              f"metrics; evaluated: {', '.join(metrics)}")
+    settings = _metric_settings(inputs, specs, metric_options, seed)
+    skipped: list[dict] = []
+    runnable = _runnable(specs, inputs, seed, skipped)
     infos = {name: method_info(name) for name in methods}
-    device = model_device(model)
-    context = MetricContext(
+    if engine == "quantus":
+        method_options = _reference_methods(infos, method_options)
+    explainers = _explainers(infos, inputs, graph, method_options, skipped)
+    engines = {spec.name: engine if spec.name in FAST_METRICS else "quantus" for spec in runnable}
+
+    run = _Scoring(inputs, explainers, seed, model_device(model), skipped)
+    bar = tqdm(total=len(explainers) * (1 + len(runnable)) * len(inputs.x), desc="evaluation", unit="sample",
+               disable=not progress, dynamic_ncols=True)
+    snapshot = _state(model)
+    try:
+        with eval_mode(model), eval_mode(inputs.model):
+            run.explain_all(bar, n_metrics=len(runnable))
+            for spec in runnable:
+                run.score(spec, settings[spec.name], engines[spec.name], bar)
+    finally:
+        bar.close()
+    _check_unchanged(model, snapshot)
+
+    directions = {spec.name: spec.direction for spec in specs}
+    record = _record(inputs, seed, reference, correction, method_options, explainers, methods, specs, settings)
+    record["engine"] = engine
+    for name, used in engines.items():
+        record["metrics"][name]["engine"] = used
+    return EvaluationResults(
+        scores=run.scores, summary=summarise(run.scores, directions, families={s.name: s.family for s in specs}),
+        comparisons=compare(run.scores, directions, reference=reference, correction=correction), skipped=skipped,
+        timings=run.timings, settings=record, samples=inputs.samples, attributions=run.attributions, x=inputs.x,
+        y=inputs.y, reference=reference,
+    )
+
+
+def _metric_settings(inputs: EvaluationInputs, specs: list[MetricSpec],
+                     metric_options: dict[str, dict[str, Any]] | None, seed: int) -> dict[str, tuple[dict, dict]]:
+    """Each metric's Quantus ``(init, call)`` settings for ``inputs``; options of metrics not evaluated are refused."""
+    metric_options = dict(metric_options or {})
+    names = [spec.name for spec in specs]
+    for name in metric_options:
+        if name not in names:
+            raise ConfigError(f"evaluation.options has settings for '{name}', which is not among the evaluated "
+                              f"metrics; evaluated: {', '.join(names)}")
+    context = _metric_context(inputs, seed)
+    return {spec.name: spec.settings(context, metric_options.get(spec.name)) for spec in specs}
+
+
+def _metric_context(inputs: EvaluationInputs, seed: int) -> MetricContext:
+    return MetricContext(
         modality=inputs.modality, sample_shape=tuple(inputs.x.shape[1:]), n_classes=_n_classes(inputs),
         seed=seed, dataset=inputs.dataset, has_masks=inputs.masks is not None,
     )
-    settings = {spec.name: spec.settings(context, metric_options.get(spec.name)) for spec in specs}
 
-    skipped: list[dict] = []
+
+def _runnable(specs: list[MetricSpec], inputs: EvaluationInputs, seed: int, skipped: list[dict]) -> list[MetricSpec]:
+    """The metrics that apply to ``inputs``; the others go to ``skipped`` with their reason."""
+    context = _metric_context(inputs, seed)
     runnable = []
     for spec in specs:
         reason = spec.skip_reason(context)
@@ -249,72 +316,63 @@ def evaluate(
             skipped.append({"metric": spec.name, "method": "*", "reason": reason})
         else:
             runnable.append(spec)
+    return runnable
 
-    if engine == "quantus":
-        method_options = _reference_methods(infos, method_options)
-    explainers = _explainers(infos, inputs, graph, method_options, skipped)
 
-    n = len(inputs.x)
-    total = len(explainers) * (1 + len(runnable)) * n
-    bar = tqdm(total=total, desc="evaluation", unit="sample", disable=not progress, dynamic_ncols=True)
-    batch = Batch(inputs.model, inputs.x, inputs.y, masks=inputs.masks)
-    engines = {spec.name: engine if spec.name in FAST_METRICS else "quantus" for spec in runnable}
-    snapshot = _state(model)
-    attributions: dict[str, np.ndarray] = {}
-    timings: list[dict] = []
-    scores: list[dict] = []
-    try:
-        with eval_mode(model), eval_mode(inputs.model):
-            for name, explain in list(explainers.items()):
-                bar.set_postfix_str(f"attributions / {name}", refresh=False)
-                started = time.perf_counter()
-                try:
-                    with seeded(seed, device):
-                        attributions[name] = np.asarray(explain(inputs.model, inputs.x, inputs.y), dtype=np.float32)
-                except UserError as error:
-                    skipped.append({"metric": "*", "method": name, "reason": str(error)})
-                    del explainers[name]
-                    bar.update((1 + len(runnable)) * n)
-                    continue
-                timings.append({"metric": "attributions", "method": name, "engine": "",
-                                "seconds": round(time.perf_counter() - started, 4)})
-                bar.update(n)
-            for spec in runnable:
-                init, calls = settings[spec.name]
-                for name, explain in explainers.items():
-                    bar.set_postfix_str(f"{spec.name} / {name}", refresh=False)
-                    started = time.perf_counter()
-                    try:
-                        if engines[spec.name] == "fast":
-                            values = _run_fast(spec, init, calls, batch, attributions[name], explain, seed, device)
-                        else:
-                            values = _run(spec, init, calls, inputs, attributions[name], explain, seed, device)
-                    except UserError as error:
-                        skipped.append({"metric": spec.name, "method": name, "reason": str(error)})
-                        bar.update(n)
-                        continue
-                    timings.append({"metric": spec.name, "method": name, "engine": engines[spec.name],
-                                    "seconds": round(time.perf_counter() - started, 4)})
-                    scores.extend({"method": name, "metric": spec.name, "sample": int(sample), "value": float(value)}
-                                  for sample, value in zip(inputs.samples, values))
-                    bar.update(n)
-    finally:
-        bar.close()
-    _check_unchanged(model, snapshot)
+class _Scoring:
+    """One evaluation's work: every method's attributions, then every metric on them; rows and timings collected."""
 
-    directions = {spec.name: spec.direction for spec in specs}
-    families = {spec.name: spec.family for spec in specs}
-    summary = summarise(scores, directions, families=families)
-    comparisons = compare(scores, directions, reference=reference, correction=correction)
-    record = _record(inputs, seed, reference, correction, method_options, explainers, methods, specs, settings)
-    record["engine"] = engine
-    for name, used in engines.items():
-        record["metrics"][name]["engine"] = used
-    return EvaluationResults(
-        scores=scores, summary=summary, comparisons=comparisons, skipped=skipped, timings=timings,
-        settings=record, samples=inputs.samples, attributions=attributions, x=inputs.x, y=inputs.y,
-        reference=reference,
-    )
+    def __init__(self, inputs: EvaluationInputs, explainers: dict[str, Any], seed: int, device: torch.device,
+                 skipped: list[dict]) -> None:
+        self.inputs, self.explainers, self.seed, self.device, self.skipped = inputs, explainers, seed, device, skipped
+        self.batch = Batch(inputs.model, inputs.x, inputs.y, masks=inputs.masks)
+        self.attributions: dict[str, np.ndarray] = {}
+        self.timings: list[dict] = []
+        self.scores: list[dict] = []
+
+    def explain_all(self, bar: Any, *, n_metrics: int) -> None:
+        """Each method's attributions of the samples, once (a method that refuses them is skipped from here on)."""
+        n = len(self.inputs.x)
+        for name, explain in list(self.explainers.items()):
+            bar.set_postfix_str(f"attributions / {name}", refresh=False)
+            started = time.perf_counter()
+            try:
+                with seeded(self.seed, self.device):
+                    self.attributions[name] = np.asarray(explain(self.inputs.model, self.inputs.x, self.inputs.y),
+                                                         dtype=np.float32)
+            except UserError as error:
+                self.skipped.append({"metric": "*", "method": name, "reason": str(error)})
+                del self.explainers[name]
+                bar.update((1 + n_metrics) * n)
+                continue
+            self._timed("attributions", name, "", started)
+            bar.update(n)
+
+    def score(self, spec: MetricSpec, settings: tuple[dict, dict], engine: str, bar: Any) -> None:
+        """``spec`` on every method's attributions with ``engine``; a method the metric refuses is skipped."""
+        init, calls = settings
+        for name, explain in self.explainers.items():
+            bar.set_postfix_str(f"{spec.name} / {name}", refresh=False)
+            started = time.perf_counter()
+            try:
+                if engine == "fast":
+                    values = _run_fast(spec, init, calls, self.batch, self.attributions[name], explain, self.seed,
+                                       self.device)
+                else:
+                    values = _run(spec, init, calls, self.inputs, self.attributions[name], explain, self.seed,
+                                  self.device)
+            except UserError as error:
+                self.skipped.append({"metric": spec.name, "method": name, "reason": str(error)})
+                bar.update(len(self.inputs.x))
+                continue
+            self._timed(spec.name, name, engine, started)
+            self.scores.extend({"method": name, "metric": spec.name, "sample": int(sample), "value": float(value)}
+                               for sample, value in zip(self.inputs.samples, values))
+            bar.update(len(self.inputs.x))
+
+    def _timed(self, metric: str, method: str, engine: str, started: float) -> None:
+        self.timings.append({"metric": metric, "method": method, "engine": engine,
+                             "seconds": round(time.perf_counter() - started, 4)})
 
 
 def _reference_methods(infos: dict[str, Any], method_options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -364,6 +422,7 @@ def _record(inputs: EvaluationInputs, seed: int, reference: str, correction: str
         "normalisation": "each sample divided by its largest |attribution| (normalise=True for every metric)",
         "samples": [int(i) for i in inputs.samples],
         "samples_used_by_discovery": int(inputs.in_discovery.sum()) if inputs.in_discovery is not None else 0,
+        "samples_misclassified": int(inputs.misclassified.sum()) if inputs.misclassified is not None else 0,
         "methods": {name: {**inputs.explain_options, **method_options.get(name, {})} if name in explainers
                     else "skipped" for name in methods},
         "metrics": {spec.name: {"family": spec.family, "direction": spec.direction, "note": spec.note,

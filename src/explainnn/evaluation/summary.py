@@ -20,6 +20,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from explainnn.deprecation import deprecated_alias
 from explainnn.errors import ConfigError
 
 CORRECTIONS = ("holm", "bh", "none")
@@ -133,7 +134,7 @@ def adjust(p_values: Sequence[float], correction: str = "holm") -> list[float]:
     return [float(v) for v in stats.false_discovery_control(np.asarray(p_values, dtype=np.float64), method="bh")]
 
 
-def paired_test(reference: Sequence[float], baseline: Sequence[float], direction: str) -> dict:
+def paired_wilcoxon(reference: Sequence[float], baseline: Sequence[float], direction: str) -> dict:
     """Two-sided Wilcoxon signed-rank test of paired values, oriented so that positive favours ``reference``.
 
     Zero differences are dropped (Wilcoxon's rule). Returns ``n_pairs``,
@@ -164,6 +165,9 @@ def paired_test(reference: Sequence[float], baseline: Sequence[float], direction
     return result
 
 
+paired_test = deprecated_alias(paired_wilcoxon, "explainnn.evaluation.summary.paired_test")
+
+
 def compare(
     scores: Iterable[ScoreRow],
     directions: Mapping[str, str],
@@ -174,7 +178,7 @@ def compare(
 ) -> list[dict]:
     """Paired tests of ``reference`` against every other method, per metric.
 
-    Rows: metric, direction, reference, baseline, the :func:`paired_test` fields,
+    Rows: metric, direction, reference, baseline, the :func:`paired_wilcoxon` fields,
     ``p_adjusted`` (``correction`` across the metric's baselines) and
     ``significant`` (``p_adjusted < alpha``). Empty when ``reference`` was not
     evaluated.
@@ -193,7 +197,7 @@ def compare(
             if baseline == reference:
                 continue
             shared = [sample for sample in ours if sample in values]
-            test = paired_test([ours[s] for s in shared], [values[s] for s in shared], directions[metric])
+            test = paired_wilcoxon([ours[s] for s in shared], [values[s] for s in shared], directions[metric])
             found.append({"metric": metric, "direction": directions[metric], "reference": reference,
                           "baseline": baseline, **test})
         testable = [row for row in found if math.isfinite(row["p_value"])]

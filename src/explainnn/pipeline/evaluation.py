@@ -31,6 +31,7 @@ def evaluate_classes(ctx: RunContext, options: EvaluationConfig) -> dict[int, An
             options=options.options,
             method_options=ctx.config.attribution.options,
             engine=options.engine,
+            include_misclassified=options.include_misclassified,
             **ctx.step_options(),
         )
     return ctx.evaluations

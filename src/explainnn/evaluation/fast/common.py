@@ -27,9 +27,12 @@ from explainnn.evaluation.metrics import normalise_per_sample
 Explain = Callable[..., np.ndarray]
 """A Quantus-style ``explain(model, inputs, targets) -> np.ndarray`` (:func:`explainnn.attributions.explain_func`)."""
 
-ROWS = 2048
-"""Inputs per forward pass of the model (perturbed copies of many samples together)."""
+ROWS = 1024
+"""Inputs per forward pass of the model (perturbed copies of many samples together). About a thousand rows keep
+a small network's activations in the CPU's cache; larger passes are slower per row there."""
 
+EXPLAIN_ROWS = 512
+"""Perturbed copies per call of a deterministic attribution method (:func:`explain_rows` merges Quantus' batches)."""
 
 
 @dataclass
@@ -108,20 +111,35 @@ def prepare(a: np.ndarray, x_shape: tuple[int, ...], *, normalise: bool, abs: bo
 
 def explain_rows(batch: Batch, explain: Explain, inputs: np.ndarray, targets: np.ndarray, sizes: list[int], *,
                  normalise: bool, abs: bool) -> np.ndarray:
-    """Explain perturbed copies ``(M, ...)``, one call of the method per batch of copies (``sizes``, in order).
+    """Explain perturbed copies ``(M, ...)`` in the batches Quantus hands the method (``sizes``, in order).
 
-    The batches are the ones Quantus hands the method (one per perturbation
-    step and batch of samples), so a stochastic method draws the same random
-    numbers for a copy as it did for the explanation of its sample, as under
-    Quantus. Returns the prepared attributions flattened to ``(M, features)``.
+    A stochastic method is called once per batch: each call starts from the
+    same seed, so it draws the same random numbers for a copy as it did for the
+    explanation of its sample, as under Quantus. A deterministic method (the
+    ``deterministic`` attribute of :func:`~explainnn.attributions.explain_func`'s
+    functions) gives the same attributions however its inputs are batched, so
+    consecutive batches are merged into calls of up to :data:`EXPLAIN_ROWS`
+    copies. Returns the prepared attributions flattened to ``(M, features)``.
     """
     parts = []
-    for start, stop in zip(np.cumsum([0, *sizes[:-1]]), np.cumsum(sizes)):
+    for start, stop in _calls(sizes, merge=bool(getattr(explain, "deterministic", False))):
         chunk = np.ascontiguousarray(inputs[start:stop], dtype=np.float32)
         a = explain(batch.model, chunk, np.asarray(targets[start:stop]))
         a = prepare(a, chunk.shape, normalise=normalise, abs=abs)
         parts.append(np.broadcast_to(a, chunk.shape).reshape(len(chunk), -1))
     return np.concatenate(parts) if parts else np.zeros((0, batch.n_features), dtype=np.float32)
+
+
+def _calls(sizes: list[int], *, merge: bool) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each call: one per batch, or consecutive batches merged up to :data:`EXPLAIN_ROWS`."""
+    bounds = np.cumsum([0, *sizes]).tolist()
+    calls: list[tuple[int, int]] = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        if merge and calls and stop - calls[-1][0] <= EXPLAIN_ROWS:
+            calls[-1] = (calls[-1][0], stop)
+        else:
+            calls.append((start, stop))
+    return calls
 
 
 def chunks(n: int, batch_size: int) -> Iterator[slice]:

@@ -32,6 +32,28 @@ def faithfulness_correlation(batch: Batch, a: np.ndarray, *, rng: np.random.Rand
         raise ConfigError(f"FaithfulnessCorrelation subset_size ({subset_size}) is larger than the input "
                           f"({features} features)")
     a = np.broadcast_to(a, batch.x.shape).reshape(n, -1)
+    key = ("FaithfulnessCorrelation", nr_runs, subset_size, str(perturb_baseline), softmax, batch_size, _state_key(rng))
+    if key not in batch.cache:  # the subsets and score drops depend on the seed only, not on the method
+        batch.cache[key] = (*_correlation_perturbations(batch, x, rng, nr_runs, subset_size, perturb_baseline,
+                                                        softmax, batch_size), rng.get_state())
+    index, deltas, state = batch.cache[key]
+    rng.set_state(state)
+    sums = np.take_along_axis(a, index.reshape(n, -1), axis=1).reshape(n, nr_runs, subset_size).sum(axis=-1)
+    return np.asarray(scipy.stats.pearsonr(sums, deltas, axis=1)[0], dtype=np.float64)
+
+
+def _state_key(rng: np.random.RandomState) -> tuple[bytes, int]:
+    """A hashable fingerprint of ``rng``'s state (the same seed gives the same key)."""
+    state = rng.get_state()
+    return state[1].tobytes(), int(state[2])
+
+
+def _correlation_perturbations(batch: Batch, x: np.ndarray, rng: np.random.RandomState, nr_runs: int,
+                               subset_size: int, perturb_baseline: Any, softmax: bool,
+                               batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """FaithfulnessCorrelation's random subsets ``(n, nr_runs, subset_size)`` (drawn in Quantus' order) and the
+    drop of the target score when each is set to the baseline ``(n, nr_runs)``."""
+    n, features = x.shape
     index = np.empty((n, nr_runs, subset_size), dtype=np.int64)
     values = np.empty((n, nr_runs), dtype=np.float64)
     for part in chunks(n, batch_size):
@@ -45,8 +67,7 @@ def faithfulness_correlation(batch: Batch, a: np.ndarray, *, rng: np.random.Rand
         np.put_along_axis(rows, index[i], values[i][:, None].astype(np.float32), axis=1)
         scorer.add(rows, np.full(nr_runs, batch.y[i]))
     deltas = batch.clean_scores(softmax=softmax)[:, None] - scorer.result().reshape(n, nr_runs)
-    sums = np.take_along_axis(a, index.reshape(n, -1), axis=1).reshape(n, nr_runs, subset_size).sum(axis=-1)
-    return np.asarray(scipy.stats.pearsonr(sums, deltas, axis=1)[0], dtype=np.float64)
+    return index, deltas
 
 
 def _cumulative(batch: Batch, x: np.ndarray, steps: list[np.ndarray], baseline: Any, rng: np.random.RandomState,
@@ -181,18 +202,27 @@ def irof(batch: Batch, a: np.ndarray, *, segmentation_method: str = "slic", pert
         count = len(np.unique(labels))
         if count < 2:
             raise UserError(f"IROF found {count} superpixel in sample {i}; it needs at least two")
-        relevance = np.array([np.mean(a[i][:, labels == s]) for s in range(count)])
-        value = _image_baseline(perturb_baseline, x[i])
-        current = x[i].reshape(batch.x.shape[1:]).copy()
-        for s in np.argsort(-relevance):
-            current[:, labels == s] = value
-            scorer.add(current.reshape(1, -1), batch.y[i:i + 1])
+        scorer.add(_irof_steps(a[i], x[i].reshape(batch.x.shape[1:]), labels, count, perturb_baseline),
+                   np.full(count, batch.y[i]))
         lengths.append(count)
     scores = scorer.result()
     clean = batch.clean_scores(softmax=softmax)
     bounds = np.cumsum([0, *lengths])
     return np.array([lengths[i] - np.trapezoid(scores[bounds[i]:bounds[i + 1]] / clean[i], dx=1) for i in range(n)],
                     dtype=np.float64)
+
+
+def _irof_steps(a: np.ndarray, image: np.ndarray, labels: np.ndarray, count: int, baseline: Any) -> np.ndarray:
+    """The image after each step of IROF ``(count, features)``: step ``k`` has the ``k + 1`` superpixels of highest
+    mean attribution (``labels`` ``(H, W)`` numbered ``0..count-1``) set to the baseline value."""
+    flat = labels.reshape(-1)
+    relevance = np.array([np.mean(a[:, labels == s]) for s in range(count)])
+    step_of = np.empty(count, dtype=np.int64)
+    step_of[np.argsort(-relevance)] = np.arange(count)  # the step at which each superpixel is removed
+    removed = step_of[flat][None, :] <= np.arange(count)[:, None]  # (count, H*W)
+    steps = np.where(removed[:, None, :], np.float32(_image_baseline(baseline, image)),
+                     image.reshape(len(image), -1)[None])
+    return steps.reshape(count, -1)
 
 
 def _image_baseline(value: Any, image: np.ndarray) -> float:

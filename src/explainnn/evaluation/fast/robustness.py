@@ -17,23 +17,33 @@ from explainnn.errors import ConfigError
 from explainnn.evaluation.fast.common import Batch, Explain, chunks, explain_rows
 
 
-def _perturbed(batch: Batch, draw: Any, nr_samples: int,
-               batch_size: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def _perturbed(batch: Batch, draw: Any, nr_samples: int, batch_size: int, rng: np.random.RandomState,
+               key: tuple) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """``(copies, sample, sizes)``: every perturbed copy ``(N * nr_samples, features)``, the sample each belongs
     to, and the sizes of the batches of copies (one per step and batch of samples).
 
-    ``draw(rows)`` returns the additive noise of one step for ``rows`` samples;
-    steps run inside Quantus' batches, so the draws match its order.
+    ``draw(rows)`` returns the additive noise of one step for ``rows`` samples
+    from ``rng``; steps run inside Quantus' batches, so the draws match its
+    order. The copies depend only on ``key`` (the noise's settings) and the
+    state of ``rng``, not on the method, so they are drawn once per batch and
+    reused (``rng`` is left where the draws leave it).
     """
     if isinstance(nr_samples, bool) or not isinstance(nr_samples, int) or nr_samples < 1:
         raise ConfigError(f"nr_samples must be a positive integer; got {nr_samples!r}")
-    x = batch.flat()
-    copies, owners = [], []
-    for part in chunks(len(x), batch_size):
-        for _ in range(nr_samples):
-            copies.append((x[part] + draw(part.stop - part.start)).astype(np.float32))
-            owners.append(np.arange(part.start, part.stop))
-    return np.concatenate(copies), np.concatenate(owners), [len(part) for part in owners]
+    state = rng.get_state()
+    cache_key = ("perturbed", *key, nr_samples, batch_size, state[1].tobytes(), int(state[2]))
+    if cache_key not in batch.cache:
+        x = batch.flat()
+        copies, owners = [], []
+        for part in chunks(len(x), batch_size):
+            for _ in range(nr_samples):
+                copies.append((x[part] + draw(part.stop - part.start)).astype(np.float32))
+                owners.append(np.arange(part.start, part.stop))
+        batch.cache[cache_key] = (np.concatenate(copies), np.concatenate(owners), [len(p) for p in owners],
+                                  rng.get_state())
+    copies_, owners_, sizes, after = batch.cache[cache_key]
+    rng.set_state(after)
+    return copies_, owners_, sizes
 
 
 def _changed(batch: Batch, copies: np.ndarray, owners: np.ndarray) -> np.ndarray:
@@ -68,7 +78,8 @@ def local_lipschitz_estimate(batch: Batch, a: np.ndarray, *, explain: Explain, r
     def draw(rows: int) -> np.ndarray:
         return rng.normal(perturb_mean, perturb_std, size=(rows, batch.n_features))
 
-    copies, owners, sizes = _perturbed(batch, draw, nr_samples, batch_size)
+    copies, owners, sizes = _perturbed(batch, draw, nr_samples, batch_size, rng,
+                                       ("normal", perturb_mean, perturb_std))
     a_copies = explain_rows(batch, explain, copies.reshape(-1, *batch.x.shape[1:]), batch.y[owners], sizes,
                             normalise=normalise, abs=abs)
     a = np.broadcast_to(a, batch.x.shape).reshape(n, -1)
@@ -90,7 +101,7 @@ def _sensitivity(batch: Batch, a: np.ndarray, explain: Explain, rng: np.random.R
     else:
         low, high = lower_bound, upper_bound
     copies, owners, sizes = _perturbed(batch, lambda rows: rng.uniform(low, high, size=(rows, batch.n_features)),
-                                       nr_samples, batch_size)
+                                       nr_samples, batch_size, rng, ("uniform", low, high))
     a_copies = explain_rows(batch, explain, copies.reshape(-1, *batch.x.shape[1:]), batch.y[owners], sizes,
                             normalise=normalise, abs=abs)
     a = np.broadcast_to(a, batch.x.shape).reshape(n, -1)
