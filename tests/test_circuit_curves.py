@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from explainnn.causal import faithfulness_curves, find_circuit, plot_curves
 from explainnn.causal.curves import OURS, RANDOM, baseline_orders, circuit_order
@@ -63,3 +64,32 @@ def test_files(curves_and_search, tmp_path):
     plot_curves(curves, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert curves.summary()["circuit_size"] == 8
+
+
+class SignedUnits(torch.nn.Module):
+    """Class 0 = 2 h0 + h1 - 0.5 h2 (+ 0 h3): units that help, one that hurts, one that does nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = torch.nn.Linear(4, 4)
+        self.out = torch.nn.Linear(4, 2)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.eye(4))
+            self.hidden.bias.zero_()
+            self.out.weight.zero_()
+            self.out.weight[0] = torch.tensor([2.0, 1.0, -0.5, 0.0])
+            self.out.bias.copy_(torch.tensor([0.0, 0.1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(x)))
+
+
+def test_circuit_order_grows_by_exact_gain_above_the_circuit():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([2.0 + 0.1 * torch.rand(20, 4, generator=g), 0.1 * torch.rand(20, 4, generator=g)])
+    y = torch.cat([torch.zeros(20), torch.ones(20)]).long()
+    model = SignedUnits()
+    search = find_circuit(model, x, 0, labels=y, faithfulness=0.7, n_samples=20, steps=50)
+    assert np.flatnonzero(search.mask).tolist() == [0]  # h0 alone keeps 2 / 2.5 = 0.8
+    order = circuit_order(model, search, x[search.samples], x)
+    assert order.tolist() == [0, 1, 3, 2]  # then the helpful unit, the idle one, and the harmful one last

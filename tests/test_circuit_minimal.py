@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from explainnn.causal import CausalGraph, circuit, circuit_faithfulness
-from explainnn.causal.minimal_circuit import find_circuit
+from explainnn.causal.minimal_circuit import EXACT_MARGIN, find_circuit, prune_and_exchange
 from explainnn.causal.units import HiddenUnits, normalise, target_logits
 from explainnn.errors import ConfigError, UserError
 from explainnn.interventions import InterventionRunner
@@ -219,3 +219,29 @@ def test_bad_options_are_one_line_errors(options, error, fragment):
     with pytest.raises(error, match=fragment) as info:
         circuit(PlantedMLP(), x, 0, labels=y, **options)
     assert "\n" not in str(info.value)
+
+
+def test_pruning_keeps_the_fewest_units_of_an_additive_objective():
+    # Two units carry 0.45 each, 38 carry 0.1 / 38: at 0.9 only the two big ones are needed.
+    weights = np.r_[0.45, 0.45, np.full(38, 0.1 / 38)]
+    calls = []
+
+    def objective(masks):
+        calls.append(len(masks))
+        return np.array([weights[m].sum() for m in masks])
+
+    start = np.ones(40, dtype=bool)
+    pruning = prune_and_exchange(start, np.arange(40), 0.9 - 1e-9, objective)
+    assert np.flatnonzero(pruning.mask).tolist() == [0, 1]
+    assert pruning.value == pytest.approx(0.9)
+    assert sorted(pruning.removed) == list(range(2, 40)) and len(pruning.trace) == 38
+    assert pruning.without == {0: pytest.approx(0.45), 1: pytest.approx(0.45)}
+    assert sum(n > 1 for n in calls) < 38  # fewer rounds than removals: several units go in one round
+
+
+def test_circuit_is_one_minimal_above_the_target_plus_margin():
+    x, y = _mlp_data()
+    search = find_circuit(PlantedMLP(), x, 0, labels=y, faithfulness=0.6, n_samples=30, steps=60)
+    assert search.size == 6  # three planted paths (0.75); two (0.5) are not enough
+    assert search.faithfulness >= 0.6 + EXACT_MARGIN
+    assert all(search.faithfulness - drop < 0.6 + EXACT_MARGIN for drop in search.drop.values())

@@ -166,7 +166,7 @@ class CircuitConfig(_Section):
     faithfulness: float = Field(default=0.8, gt=0.0, le=1.0)
     n_samples: int = Field(default=100, ge=2, le=100_000)
     layers: list[str] | None = None
-    steps: int = Field(default=400, ge=0, le=100_000)
+    steps: int = Field(default=200, ge=0, le=100_000)
     n_random: int = Field(default=200, ge=100, le=100_000)
     eval_samples: int = Field(default=300, ge=2, le=100_000)
     curves: bool = True

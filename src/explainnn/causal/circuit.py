@@ -56,8 +56,44 @@ def circuit_faithfulness(
     analysed layers) give the p-values (at least 100 for p < 0.01 to be reachable).
     """
     target = int(graph.metadata["target"])
-    inputs = torch.as_tensor(inputs)
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
+        raise UserError(f"n_random must be a positive integer; got {n_random!r}")
     device = next(iter(model.parameters())).device
+    samples = _evaluation_samples(torch.as_tensor(inputs), target, labels, exclude, n_eval).to(device)
+    units, causal = _graph_units(model, graph, samples[:1])
+    random_sets = _random_sets(units, causal, n_random, per_layer, np.random.default_rng(seed))
+    rows = [units.keep(causal), units.ablate(causal), units.keep(np.zeros(units.total, dtype=bool))]
+    for mask in random_sets:
+        rows.extend([units.keep(mask), units.ablate(mask)])
+    runner = InterventionRunner(model, reference=None if reference is None else reference.to(device))
+    result = runner.run(samples, rows, target)
+    logit = result.target_logit.double().mean(1).cpu().numpy()
+    accuracy = (result.logits.argmax(-1) == target).double().mean(1).cpu().numpy()
+    clean_logit = float(result.clean_target_logit.double().mean())
+    chosen_units = units.split(causal)
+    report = {
+        "n_eval": int(len(samples)),
+        "n_random": n_random,
+        "random_sets": "same size per layer" if per_layer else "same size",
+        "ablation": "mean",
+        "layers": units.names,
+        "circuit_size": {name: len(chosen_units[name]) for name in units.names},
+        "layer_size": dict(zip(units.names, units.sizes)),
+        "units": int(causal.sum()),
+        "total_units": units.total,
+        "clean_logit": clean_logit,
+        "clean_accuracy": float((result.clean_logits.argmax(-1) == target).double().mean()),
+        "empty_logit": float(logit[2]),
+        "empty_accuracy": float(accuracy[2]),
+        **_against_random(logit, accuracy, clean_logit),
+    }
+    graph.add_result("circuit", report)
+    return report
+
+
+def _evaluation_samples(inputs: torch.Tensor, target: int, labels: torch.Tensor | None,
+                        exclude: Sequence[int] | None, n_eval: int) -> torch.Tensor:
+    """Up to ``n_eval`` inputs of the target class (by label when given), the ``exclude`` indices left out."""
     if labels is not None:
         candidates = torch.nonzero(torch.as_tensor(labels) == target).flatten()
     else:
@@ -68,20 +104,25 @@ def circuit_faithfulness(
     chosen = candidates[:n_eval]
     if len(chosen) < 2:
         raise UserError(f"need at least 2 evaluation inputs of class {target}; got {len(chosen)}")
-    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
-        raise UserError(f"n_random must be a positive integer; got {n_random!r}")
-    samples = inputs[chosen].to(device)
-    hidden = HiddenUnits.of(model, samples[:1]).names
+    return inputs[chosen]
+
+
+def _graph_units(model: nn.Module, graph: CausalGraph, example: torch.Tensor) -> tuple[HiddenUnits, np.ndarray]:
+    """The analysed hidden units (the graph's layers but the output) and the mask of the graph's causes."""
+    hidden = HiddenUnits.of(model, example).names
     analysed = [name for name in graph.metadata.get("layers", graph.layers())[:-1] if name in hidden]
     if not analysed:
         raise UserError("the graph names none of the model's hidden layers; there is no circuit to check")
-    units = HiddenUnits.of(model, samples[:1], analysed)
+    units = HiddenUnits.of(model, example, analysed)
     causal = units.mask({name: graph.causes(name) for name in units.names if name in graph.layers()})
     if not causal.any():
         raise UserError("the graph has no hidden causal units; there is no circuit to check")
-    runner = InterventionRunner(model, reference=None if reference is None else reference.to(device))
+    return units, causal
 
-    rng = np.random.default_rng(seed)
+
+def _random_sets(units: HiddenUnits, causal: np.ndarray, n_random: int, per_layer: bool,
+                 rng: np.random.Generator) -> list[np.ndarray]:
+    """``n_random`` random masks with as many units as ``causal`` in every layer (or anywhere)."""
     layer_of = units.layer_of()
     random_sets = []
     for _ in range(n_random):
@@ -92,15 +133,14 @@ def circuit_faithfulness(
             size = int(causal[layer_of == layer].sum())
             mask[start + rng.choice(units.sizes[layer], size=size, replace=False)] = True
         random_sets.append(mask)
-    rows = [units.keep(causal), units.ablate(causal), units.keep(np.zeros(units.total, dtype=bool))]
-    for mask in random_sets:
-        rows.extend([units.keep(mask), units.ablate(mask)])
-    result = runner.run(samples, rows, target)
+    return random_sets
 
-    logit = result.target_logit.double().mean(1).cpu().numpy()
-    accuracy = (result.logits.argmax(-1) == target).double().mean(1).cpu().numpy()
-    clean_logit = float(result.clean_target_logit.double().mean())
-    clean_accuracy = float((result.clean_logits.argmax(-1) == target).double().mean())
+
+def _against_random(logit: np.ndarray, accuracy: np.ndarray, clean_logit: float) -> dict[str, dict[str, float]]:
+    """Sufficiency and necessity of row 0/1 (circuit kept / ablated) beside the random rows 3, 5, ... / 4, 6, ...
+
+    Row 2 is everything ablated (the empty circuit).
+    """
     empty = logit[2]
 
     def summary(values: np.ndarray, accs: np.ndarray, circuit_value: float, circuit_acc: float, better) -> dict:
@@ -124,26 +164,7 @@ def circuit_faithfulness(
     necessity["logit_drop_fraction"] = 1.0 - necessity["logit_fraction"]
     necessity["normalized"] = float(1.0 - normalise(logit[1], clean_logit, empty))
     necessity["random_normalized_mean"] = float((1.0 - normalise(random_drop, clean_logit, empty)).mean())
-    chosen_units = units.split(causal)
-    report = {
-        "n_eval": int(len(samples)),
-        "n_random": n_random,
-        "random_sets": "same size per layer" if per_layer else "same size",
-        "ablation": "mean",
-        "layers": units.names,
-        "circuit_size": {name: len(chosen_units[name]) for name in units.names},
-        "layer_size": dict(zip(units.names, units.sizes)),
-        "units": int(causal.sum()),
-        "total_units": units.total,
-        "clean_logit": clean_logit,
-        "clean_accuracy": clean_accuracy,
-        "empty_logit": float(empty),
-        "empty_accuracy": float(accuracy[2]),
-        "sufficiency": sufficiency,
-        "necessity": necessity,
-    }
-    graph.add_result("circuit", report)
-    return report
+    return {"sufficiency": sufficiency, "necessity": necessity}
 
 
 def plot_circuit(report: dict[str, Any], path=None, *, dpi: int = 120):

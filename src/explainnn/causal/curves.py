@@ -10,8 +10,8 @@ samples:
   mean-ablated (1 = as much lost as when every unit is ablated).
 
 The orderings compared: explainnn's circuits (:func:`circuit_order`: the
-circuit's units by how late exact pruning would remove them, then the units
-pruned on the way to it, then the rest by learned score), and the usual
+circuit's units by how late exact pruning would remove them, then the other
+units in the order exact forward selection adds them), and the usual
 rankings - single-unit interventional effect (mean-ablate one unit, rank by
 the absolute change of the logit), activation magnitude (mean absolute
 activation), gradient x activation (attribution patching: the first-order
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explainnn.causal.minimal_circuit import CircuitSearch, UnitGates
+from explainnn.causal.minimal_circuit import CircuitSearch, Faithfulness, UnitGates, _device
 from explainnn.causal.units import HiddenUnits, normalise, target_logits
 from explainnn.errors import UserError
 from explainnn.files import atomic_path
@@ -43,6 +43,9 @@ from explainnn.interventions.hooks import ModelPatch
 BASELINES = ("single_unit_effect", "activation_magnitude", "attribution_patching")
 OURS = "explainnn_circuit"
 RANDOM = "random"
+SHRINK, GROWTH = 0.1, 0.25
+"""Below the circuit's size each round of exact pruning removes this share of the circuit; above it each round of
+exact forward selection adds this share of the remaining units."""
 
 
 def circuit_order(model: nn.Module, search: CircuitSearch, samples: torch.Tensor,
@@ -50,31 +53,55 @@ def circuit_order(model: nn.Module, search: CircuitSearch, samples: torch.Tensor
     """explainnn's nested circuits as one ordering of all units: top-``k`` is the circuit of size ``k``.
 
     Below the circuit's size, exact pruning continues (on ``samples``, the
-    circuit's own samples) down to nothing; above it, the units pruned on the
-    way to the circuit come back in reverse order, then the rest by learned score.
+    circuit's own samples) down to nothing, a tenth of the units per round
+    (:data:`SHRINK`); above it, exact forward selection grows the circuit in
+    rounds, each adding the quarter of the remaining units whose addition raises
+    the faithfulness most (:data:`GROWTH`).
     """
-    units, mask = search.units, search.mask.copy()
-    runner = InterventionRunner(model, reference=reference)
-    removal: list[int] = []
+    reference = reference.to(_device(model))
+    objective = Faithfulness.of(model, search.units, samples.to(reference.device), search.target, reference)
+    smaller = _shrink(search.mask, objective)
+    return np.asarray(smaller[::-1] + _grow(search.mask, objective), dtype=int)
+
+
+def _shrink(mask: np.ndarray, objective: Faithfulness) -> list[int]:
+    """The units of ``mask`` in the order exact pruning removes them (least needed first).
+
+    Each round measures every single removal and removes the ``SHRINK`` share of
+    the members whose removal costs least (at least one).
+    """
+    mask, removal = mask.copy(), []
     while mask.any():
         members = np.flatnonzero(mask)
-        trials = [mask.copy() for _ in members]
-        for trial, unit in zip(trials, members):
-            trial[unit] = False
-        values = target_logits(runner, samples, search.target, [units.keep(t) for t in trials]).mean(1)
-        best = int(np.argmax(values))
-        mask = trials[best]
-        removal.append(int(members[best]))
-    order = removal[::-1]
-    for unit in [*search.removed[::-1], *(int(u) for u in search.ranking())]:
-        if unit not in order:
-            order.append(unit)
-    return np.asarray(order, dtype=int)
+        values = objective([mask & (np.arange(len(mask)) != u) for u in members])
+        chosen = members[np.argsort(-values, kind="stable")[: max(1, int(np.ceil(SHRINK * len(members))))]]
+        mask[chosen] = False
+        removal.extend(int(u) for u in chosen)
+    return removal
+
+
+def _grow(mask: np.ndarray, objective: Faithfulness) -> list[int]:
+    """The units outside ``mask`` in the order exact forward selection adds them (most helpful first)."""
+    mask, added = mask.copy(), []
+    while not mask.all():
+        outside = np.flatnonzero(~mask)
+        trials = []
+        for unit in outside:
+            trial = mask.copy()
+            trial[unit] = True
+            trials.append(trial)
+        gains = objective(trials)
+        chosen = outside[np.argsort(-gains, kind="stable")[: max(1, int(np.ceil(GROWTH * len(outside))))]]
+        mask[chosen] = True
+        added.extend(int(u) for u in chosen)
+    return added
 
 
 def baseline_orders(model: nn.Module, units: HiddenUnits, samples: torch.Tensor, target: int,
                     reference: torch.Tensor) -> dict[str, np.ndarray]:
     """The baseline rankings of the units on ``samples`` (highest first): see the module docstring."""
+    reference = reference.to(_device(model))
+    samples = samples.to(reference.device)
     runner = InterventionRunner(model, reference=reference)
     single = [np.eye(units.total, dtype=bool)[u] for u in range(units.total)]
     ablated = target_logits(runner, samples, target, [units.ablate(m) for m in single]).mean(1)
@@ -184,6 +211,7 @@ def faithfulness_curves(
     units: HiddenUnits,
     reference: torch.Tensor,
     sizes: Sequence[int] | None = None,
+    points: int = 41,
     n_random: int = 20,
     seed: int = 0,
     circuit_size: int | None = None,
@@ -192,14 +220,14 @@ def faithfulness_curves(
 
     ``orders`` maps a method name to an ordering of all ``units.total`` units;
     ``n_random`` random orderings are averaged into the ``random`` curve. ``sizes``
-    defaults to 41 evenly spaced sizes from 0 to all units, plus ``circuit_size``.
+    defaults to ``points`` evenly spaced sizes from 0 to all units, plus ``circuit_size``.
     """
     total = units.total
     for name, order in orders.items():
         if sorted(np.asarray(order).tolist()) != list(range(total)):
             raise UserError(f"ordering {name!r} is not a permutation of the {total} units")
     if sizes is None:
-        sizes = np.linspace(0, total, 41).round().astype(int).tolist()
+        sizes = np.linspace(0, total, max(2, points)).round().astype(int).tolist()
         if circuit_size is not None:
             sizes.append(int(circuit_size))
     sizes = np.unique(np.asarray(sizes, dtype=int))

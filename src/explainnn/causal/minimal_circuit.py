@@ -17,13 +17,17 @@ It combines the two families of circuit-discovery methods:
    the recurrence), a relaxation the exact steps below correct.
 2. **Exact pruning** (ACDC, Conmy et al. 2023): with exact mean-ablation
    interventions from the batched runner, the shortest prefix of the ranking
-   that reaches ``faithfulness`` is found; from that prefix plus half as many
-   units again, units are removed one at a time - each round tries every single
-   removal in one batched call and drops the unit whose removal costs least -
-   while the circuit stays faithful. A local search then exchanges a circuit
-   unit for one of the best-ranked outside units whenever that raises the
-   faithfulness, and prunes again. The result is 1-minimal: removing any one
-   unit takes it below ``faithfulness``.
+   that reaches ``faithfulness + EXACT_MARGIN`` is found; from that prefix plus
+   half as many units again, units are removed while the circuit stays at or
+   above that level - each round tries every single removal in one batched
+   call and drops the cheapest 5% of the circuit together when that stays
+   faithful (fewer, down to one, when it does not). A local search then
+   exchanges one of the cheapest circuit units for one of the best-ranked
+   outside units whenever that raises the faithfulness, and prunes again. The
+   result is 1-minimal: removing any one unit takes it below the level.
+   ``EXACT_MARGIN`` (0.01) is a small safety margin so that the circuit keeps
+   ``faithfulness`` on new samples too (chosen on training digits, never on
+   the held-out checks).
 
 The returned circuit's faithfulness is therefore always an exact number on the
 circuit samples; check it on held-out samples with
@@ -34,14 +38,14 @@ give the same circuit; the model is left exactly as it was.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from explainnn.causal.discovery import select_samples
+from explainnn.causal.discovery import indices_classified_as
 from explainnn.causal.graph import CausalGraph
 from explainnn.causal.units import HiddenUnits, normalise, target_logits
 from explainnn.errors import ConfigError, UserError
@@ -52,12 +56,18 @@ GAMMA, ZETA, TEMPERATURE = -0.1, 1.1, 2.0 / 3.0
 """Hard-concrete stretch limits and temperature (Louizos et al. 2018)."""
 N_REFERENCE = 1000
 PREFIX_GRID = 48
+PRUNE_CHUNK = 0.05
+"""Exact pruning removes up to this share of the circuit per round (the cheapest removals, checked together)."""
+EXACT_MARGIN = 0.01
+"""Exact pruning keeps at least ``faithfulness + EXACT_MARGIN`` on the circuit samples, so that the circuit still
+keeps ``faithfulness`` on new samples (set on training digits, never on the held-out checks)."""
 HEADROOM = 0.5
 """Exact pruning starts from the shortest faithful prefix of the ranking plus this share more units."""
-SWAP_CANDIDATES = 16
-MAX_SWAPS = 20
-"""Local search after pruning: exchange a circuit unit for one of the 16 best-ranked outside units when
-that raises the faithfulness, then prune again; at most 20 exchanges."""
+SWAP_MEMBERS = 4
+SWAP_CANDIDATES = 8
+MAX_SWAPS = 10
+"""Local search after pruning: exchange one of the 4 circuit units whose removal costs least for one of the
+8 best-ranked outside units when that raises the faithfulness, then prune again; at most 10 exchanges."""
 
 
 @dataclass
@@ -103,7 +113,7 @@ def circuit(
     layers: Sequence[str] | None = None,
     n_samples: int = 100,
     reference: torch.Tensor | None = None,
-    steps: int = 400,
+    steps: int = 200,
     lr: float = 0.1,
     sparsity: float = 3.0,
     margin: float = 0.05,
@@ -145,7 +155,7 @@ def find_circuit(
     layers: Sequence[str] | None = None,
     n_samples: int = 100,
     reference: torch.Tensor | None = None,
-    steps: int = 400,
+    steps: int = 200,
     lr: float = 0.1,
     sparsity: float = 3.0,
     margin: float = 0.05,
@@ -153,6 +163,29 @@ def find_circuit(
     progress: bool = False,
 ) -> CircuitSearch:
     """The search behind :func:`circuit` (same arguments), returned with its ranking and pruning trace."""
+    _check_options(faithfulness, steps, n_samples, lr, sparsity, margin)
+    inputs = torch.as_tensor(inputs)
+    device = _device(model)
+    index = indices_classified_as(model, inputs, target, n_samples, labels=labels)
+    samples = inputs[index].to(device)
+    reference = (inputs[:N_REFERENCE] if reference is None else torch.as_tensor(reference)).to(device)
+    units = HiddenUnits.of(model, samples[:1], layers)
+    objective = Faithfulness.of(model, units, samples, target, reference)
+    scores = learn_scores(model, units, samples, target, reference, faithfulness=faithfulness, steps=steps,
+                          lr=lr, sparsity=sparsity, margin=margin, seed=seed, progress=progress)
+    ranking = np.argsort(-scores, kind="stable")
+    threshold = min(1.0, faithfulness + EXACT_MARGIN)
+    prefix = _shortest_prefix(ranking, threshold, objective)
+    start = np.zeros(units.total, dtype=bool)
+    start[ranking[: min(units.total, int(np.ceil(prefix * (1 + HEADROOM))))]] = True
+    pruning = prune_and_exchange(start, ranking, threshold, objective)
+    drop = {u: pruning.value - v for u, v in pruning.without.items()}
+    return CircuitSearch(units, int(target), index.numpy(), scores, pruning.mask, pruning.value, objective.full,
+                         objective.empty, prefix, pruning.removed, pruning.trace, drop)
+
+
+def _check_options(faithfulness: float, steps: int, n_samples: int, lr: float, sparsity: float,
+                   margin: float) -> None:
     if not 0.0 < faithfulness <= 1.0:
         raise ConfigError(f"faithfulness must be in (0, 1]; got {faithfulness}")
     for key, value in (("steps", steps), ("n_samples", n_samples)):
@@ -160,51 +193,94 @@ def find_circuit(
             raise ConfigError(f"{key} must be an integer >= {0 if key == 'steps' else 2}; got {value!r}")
     if lr <= 0 or sparsity < 0 or margin < 0:
         raise ConfigError(f"lr must be > 0, sparsity and margin >= 0; got lr={lr}, sparsity={sparsity}, margin={margin}")
-    inputs = torch.as_tensor(inputs)
-    device = _device(model)
-    index = select_samples(model, inputs, target, n_samples, labels=labels)
-    samples = inputs[index].to(device)
-    reference = (inputs[:N_REFERENCE] if reference is None else torch.as_tensor(reference)).to(device)
-    units = HiddenUnits.of(model, samples[:1], layers)
-    runner = InterventionRunner(model, reference=reference)
-    logits = target_logits(runner, samples, target, [units.keep(np.zeros(units.total, dtype=bool))])
-    empty = float(logits.mean())
-    full = _clean_logit(model, samples, target)
-    if full - empty <= 0:
-        raise UserError(f"ablating every analysed unit does not lower the logit of class {target} "
-                        f"({full:.4g} -> {empty:.4g}); there is no circuit to find")
 
-    scores = learn_scores(model, units, samples, target, reference, faithfulness=faithfulness, steps=steps,
-                          lr=lr, sparsity=sparsity, margin=margin, seed=seed, progress=progress)
-    ranking = np.argsort(-scores, kind="stable")
 
-    def faithful(masks: list[np.ndarray]) -> np.ndarray:
-        values = target_logits(runner, samples, target, [units.keep(m) for m in masks]).mean(1)
-        return normalise(values, full, empty)
+@dataclass
+class Faithfulness:
+    """Exact normalised faithfulness of unit masks on fixed samples: ``(F(mask) - F(empty)) / (F(full) - F(empty))``."""
 
-    prefix = _shortest_prefix(ranking, faithfulness, faithful)
-    mask = np.zeros(units.total, dtype=bool)
-    mask[ranking[: min(units.total, int(np.ceil(prefix * (1 + HEADROOM))))]] = True
-    current = float(faithful([mask])[0])
-    removed, trace = [], []
-    for _ in range(MAX_SWAPS + 1):
-        while mask.any():  # exact pruning: drop the unit whose removal costs least, while faithful
-            members = np.flatnonzero(mask)
-            values = faithful([_without(mask, u) for u in members])
-            best = int(np.argmax(values))
-            if values[best] < faithfulness:
-                break
-            mask, current = _without(mask, members[best]), float(values[best])
-            removed.append(int(members[best]))
-            trace.append(current)
-        swapped = _best_swap(mask, current, ranking, faithful)
+    units: HiddenUnits
+    runner: InterventionRunner
+    samples: torch.Tensor
+    target: int
+    full: float
+    empty: float
+
+    @classmethod
+    def of(cls, model: nn.Module, units: HiddenUnits, samples: torch.Tensor, target: int,
+           reference: torch.Tensor) -> "Faithfulness":
+        """Measure ``F(full)`` and ``F(empty)``; an error when ablating every unit does not lower the logit."""
+        runner = InterventionRunner(model, reference=reference)
+        empty = float(target_logits(runner, samples, target, [units.keep(np.zeros(units.total, bool))]).mean())
+        full = _clean_logit(model, samples, target)
+        if full - empty <= 0:
+            raise UserError(f"ablating every analysed unit does not lower the logit of class {target} "
+                            f"({full:.4g} -> {empty:.4g}); there is no circuit to find")
+        return cls(units, runner, samples, int(target), full, empty)
+
+    def __call__(self, masks: Sequence[np.ndarray]) -> np.ndarray:
+        """``(len(masks),)`` normalised faithfulness, one batched runner call."""
+        rows = [self.units.keep(m) for m in masks]
+        return normalise(target_logits(self.runner, self.samples, self.target, rows).mean(1), self.full, self.empty)
+
+
+@dataclass
+class Pruning:
+    """The result of :func:`prune_and_exchange`: the mask, its exact faithfulness, the removals and the values
+    after each, and ``without[u]``: the faithfulness with member ``u`` removed."""
+
+    mask: np.ndarray
+    value: float
+    removed: list[int] = field(default_factory=list)
+    trace: list[float] = field(default_factory=list)
+    without: dict[int, float] = field(default_factory=dict)
+
+
+def prune_and_exchange(mask: np.ndarray, ranking: np.ndarray, faithfulness: float,
+                       objective: Callable[[Sequence[np.ndarray]], np.ndarray]) -> Pruning:
+    """Exact 1-minimal pruning from ``mask``, alternating with exchanges (see the module docstring).
+
+    Each round removes the unit whose removal costs least while the circuit stays
+    at or above ``faithfulness``; when no removal is allowed, the best exchange of
+    one of the ``SWAP_MEMBERS`` cheapest-to-remove members for one of the
+    ``SWAP_CANDIDATES`` best-ranked outside units is made if it raises the
+    faithfulness, and pruning resumes (at most ``MAX_SWAPS`` exchanges).
+    """
+    state = Pruning(mask.copy(), float(objective([mask])[0]))
+    for swaps in range(MAX_SWAPS + 1):
+        state.without = _prune(state, faithfulness, objective)
+        swapped = _best_swap(state, ranking, objective) if swaps < MAX_SWAPS else None
         if swapped is None:
-            break
-        mask, current = swapped
-    members = np.flatnonzero(mask)
-    drop = {int(u): float(current - v) for u, v in zip(members, faithful([_without(mask, u) for u in members]))}
-    return CircuitSearch(units, int(target), index.numpy(), scores, mask, current, full, empty, prefix,
-                         removed, trace, drop)
+            return state
+        state.mask, state.value = swapped
+    return state
+
+
+def _prune(state: Pruning, faithfulness: float, objective) -> dict[int, float]:
+    """Remove units while faithful; returns the faithfulness without each member of the final mask.
+
+    Each round measures every single removal; the ``PRUNE_CHUNK`` share of the
+    members whose removal costs least go together when that stays faithful (one
+    exact check; fewer are tried, down to one, when it does not).
+    """
+    while True:
+        members = np.flatnonzero(state.mask)
+        if not len(members):
+            return {}
+        values = objective([_without(state.mask, u) for u in members])
+        order = np.argsort(-values, kind="stable")
+        if values[order[0]] < faithfulness:
+            return {int(u): float(v) for u, v in zip(members, values)}
+        allowed = int((values >= faithfulness).sum())
+        for count in range(min(allowed, max(1, int(np.ceil(PRUNE_CHUNK * len(members))))), 0, -1):
+            trial = state.mask.copy()
+            trial[members[order[:count]]] = False
+            value = float(values[order[0]]) if count == 1 else float(objective([trial])[0])
+            if value >= faithfulness:
+                break
+        state.mask, state.value = trial, value
+        state.removed.extend(int(u) for u in members[order[:count]])
+        state.trace.extend([value] * count)
 
 
 def _without(mask: np.ndarray, unit: int) -> np.ndarray:
@@ -213,21 +289,21 @@ def _without(mask: np.ndarray, unit: int) -> np.ndarray:
     return out
 
 
-def _best_swap(mask: np.ndarray, current: float, ranking: np.ndarray, faithful) -> tuple[np.ndarray, float] | None:
-    """The exchange of one circuit unit for one of the best-ranked outside units that most raises faithfulness."""
-    members = np.flatnonzero(mask)
-    outside = [int(u) for u in ranking if not mask[u]][:SWAP_CANDIDATES]
-    if not len(members) or not outside:
+def _best_swap(state: Pruning, ranking: np.ndarray, objective) -> tuple[np.ndarray, float] | None:
+    """The exchange of a cheap-to-remove member for a best-ranked outside unit that most raises faithfulness."""
+    members = sorted(state.without, key=lambda u: (-state.without[u], u))[:SWAP_MEMBERS]
+    outside = [int(u) for u in ranking if not state.mask[u]][:SWAP_CANDIDATES]
+    if not members or not outside:
         return None
     trials = []
     for u in members:
         for v in outside:
-            trial = _without(mask, u)
+            trial = _without(state.mask, u)
             trial[v] = True
             trials.append(trial)
-    values = faithful(trials)
+    values = objective(trials)
     best = int(np.argmax(values))
-    return (trials[best], float(values[best])) if values[best] > current + 1e-9 else None
+    return (trials[best], float(values[best])) if values[best] > state.value + 1e-9 else None
 
 
 def _clean_logit(model: nn.Module, samples: torch.Tensor, target: int) -> float:
@@ -272,7 +348,7 @@ def learn_scores(
     reference: torch.Tensor,
     *,
     faithfulness: float = 0.8,
-    steps: int = 400,
+    steps: int = 200,
     lr: float = 0.1,
     sparsity: float = 3.0,
     margin: float = 0.05,
@@ -362,7 +438,7 @@ class UnitGates:
             patch.eval_mode(model)
             for info, _ in self.hooked:
                 patch.forward_hook(info.module, self._recorder(info, seen))
-            model(reference)
+            model(reference.to(_device(model)))
         return {name: value.clone() for name, value in seen.items()}
 
     @staticmethod

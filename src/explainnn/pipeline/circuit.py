@@ -19,6 +19,9 @@ from explainnn.files import save_figure
 from explainnn.pipeline.context import RunContext
 from explainnn.pipeline.discovery import discovery_inputs
 
+CURVE_POINTS, CURVE_RANDOM = 21, 10
+"""The run's curves: 21 sizes (every 5% of the units) plus the circuit's, 10 random orderings averaged."""
+
 
 def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CausalGraph]:
     """The minimal faithful circuit of each explained class, checked on held-out test samples.
@@ -58,7 +61,8 @@ def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CausalGr
             orders = {OURS: circuit_order(model, search, samples, reference)}
             orders.update(baseline_orders(model, search.units, samples, target, reference))
             curves = faithfulness_curves(model, dataset.x_test[held], target, orders, units=search.units,
-                                         reference=reference, seed=ctx.seed, circuit_size=search.size)
+                                         reference=reference, points=CURVE_POINTS, n_random=CURVE_RANDOM,
+                                         seed=ctx.seed, circuit_size=search.size)
             graph.add_result("curves", curves.summary())
             curves.to_csv(folder / "curves.csv")
             curves.areas_to_csv(folder / "curve_areas.csv")
