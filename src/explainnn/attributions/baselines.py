@@ -331,6 +331,7 @@ def run_batched_surrogate(forward: Forward, inputs: Tensor, target: Tensor, mask
     positive_int("n_perturbations", n_perturbations)
     rows = positive_int("perturbations_per_eval", perturbations_per_eval)
     n = len(inputs)
+    masks = masks.cpu()  # groups index the CPU coefficients (and cost a device sync each on CUDA)
     groups = [torch.unique(masks[i], return_inverse=True)[1].reshape(-1) for i in range(n)]
     counts = [int(g.max()) + 1 for g in groups]
     switches = [torch.zeros(0)] * n
