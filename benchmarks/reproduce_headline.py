@@ -41,6 +41,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -66,7 +67,7 @@ def _default_root() -> Path:
     return shared if (shared / "mnist").is_dir() else Path("data")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=_default_root(),
                         help="data folder; with mnist/t10k-*.gz inside, the test set is the real t10k")
@@ -87,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.samples, args.lipschitz_samples, args.discovery_samples = 10, 3, 30
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     try:
@@ -132,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
                 held_out=not args.on_discovery_samples, engine=engine,
             )
             seconds[f"evaluation ({engine} engine)"] = time.perf_counter() - clock
-        results = next(iter(runs.values()))
         write_report(run_dir, config_yaml=dump_config(config), training=record, graphs={TARGET: graph},
                      title="explainnn: the headline comparison (LeNet, MNIST, class 3)")
     except UserError as error:
@@ -140,6 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seconds["total"] = time.perf_counter() - started
 
+    _print_results(args, runs, seconds, dataset, record, graph, device)
+    print(f"results and report.html in {run_dir}")
+    return 0
+
+
+def _print_results(args: argparse.Namespace, runs: dict, seconds: dict[str, float], dataset: Any, record: dict,
+                   graph: Any, device: torch.device) -> None:
+    """The tables of every engine, each engine's seconds, and (with two engines) their ratio and agreement."""
+    results = next(iter(runs.values()))
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} torch threads")
     used = results.settings["samples_used_by_discovery"]
@@ -160,8 +174,6 @@ def main(argv: list[str] | None = None) -> int:
         ratio = seconds["evaluation (quantus engine)"] / seconds["evaluation (fast engine)"]
         print(f"fast engine {ratio:.1f}x faster than the Quantus engine on the same samples")
         print(agreement(runs["fast"].summary, runs["quantus"].summary))
-    print(f"results and report.html in {run_dir}")
-    return 0
 
 
 def engine_seconds(timings: list[dict]) -> str:

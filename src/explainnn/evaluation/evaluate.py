@@ -273,16 +273,23 @@ def evaluate(
         bar.close()
     _check_unchanged(model, snapshot)
 
-    directions = {spec.name: spec.direction for spec in specs}
     record = _record(inputs, seed, reference, correction, method_options, explainers, methods, specs, settings)
     record["engine"] = engine
     for name, used in engines.items():
         record["metrics"][name]["engine"] = used
+    return _results(run, specs, record, reference, correction)
+
+
+def _results(run: _Scoring, specs: list[MetricSpec], record: dict[str, Any], reference: str,
+             correction: str) -> EvaluationResults:
+    """The scores of ``run`` with their summary and paired comparisons, and the run's settings ``record``."""
+    directions = {spec.name: spec.direction for spec in specs}
+    inputs = run.inputs
     return EvaluationResults(
         scores=run.scores, summary=summarise(run.scores, directions, families={s.name: s.family for s in specs}),
-        comparisons=compare(run.scores, directions, reference=reference, correction=correction), skipped=skipped,
-        timings=run.timings, settings=record, samples=inputs.samples, attributions=run.attributions, x=inputs.x,
-        y=inputs.y, reference=reference,
+        comparisons=compare(run.scores, directions, reference=reference, correction=correction),
+        skipped=run.skipped, timings=run.timings, settings=record, samples=inputs.samples,
+        attributions=run.attributions, x=inputs.x, y=inputs.y, reference=reference,
     )
 
 
