@@ -224,3 +224,29 @@ def test_the_old_write_csv_argument_order_still_works_with_a_deprecation_warning
     with pytest.warns(DeprecationWarning, match="write_table"):
         write_csv(rows, tmp_path / "old.csv", ["method", "value"])
     assert (tmp_path / "old.csv").read_text().splitlines() == ["method,value", "ig,"]
+
+
+def _headline_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_headline.py"
+    spec = importlib.util.spec_from_file_location("reproduce_headline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_headline_benchmark_agreement_needs_overlapping_intervals_and_equal_ranks() -> None:
+    script = _headline_script()
+    fast = [{"metric": "M", "method": "a", "mean": 1.0, "ci_low": 0.9, "ci_high": 1.1, "rank": 1},
+            {"metric": "M", "method": "b", "mean": 2.0, "ci_low": 1.9, "ci_high": 2.1, "rank": 2}]
+    same = [dict(row, mean=row["mean"] + 0.05) for row in fast]
+    assert script.agreement(fast, same).startswith("engines agree")
+    outside = [dict(fast[0], mean=1.5, ci_low=1.4, ci_high=1.6), fast[1]]
+    assert "M / a" in script.agreement(fast, outside) and "M / b" not in script.agreement(fast, outside)
+    swapped = [dict(fast[0], rank=2), dict(fast[1], rank=1)]
+    assert script.agreement(fast, swapped).startswith("engines differ")
+    timings = [{"metric": "attributions", "seconds": 1.5}, {"metric": "IROF", "seconds": 2.0},
+               {"metric": "attributions", "seconds": 0.5}]
+    assert script.engine_seconds(timings) == "seconds: attributions 2.0, IROF 2.0"
