@@ -26,6 +26,8 @@ over 1,000 training samples (all classes) throughout. Models are the package's
 
     python benchmarks/circuit_faithfulness.py                      # everything (2 CPU threads: long)
     python benchmarks/circuit_faithfulness.py --only lenet --classes 3
+    # the README table (16-core machine, one process per model, 3-4 threads each):
+    python benchmarks/circuit_faithfulness.py --exhaustive --random 500 --attributions --attribution-samples 30
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from explainnn.causal import circuit_faithfulness, find_circuit
+from explainnn.causal import circuit_faithfulness, find_circuit, minimal_circuit
+from explainnn.causal import curves as curves_module
 from explainnn.causal.curves import OURS, RANDOM, baseline_orders, circuit_order, faithfulness_curves, plot_curves
 from explainnn.causal.discovery import indices_classified_as
 from explainnn.causal.minimal_circuit import circuit_graph
@@ -133,7 +136,7 @@ def run_one(name: str, dataset, model, target: int, args, out: Path) -> dict:
     clock = time.perf_counter()
     search = find_circuit(model, split["circuit_x"], target, labels=split["circuit_y"],
                           faithfulness=args.faithfulness, n_samples=args.circuit_samples, reference=reference,
-                          seed=args.seed)
+                          steps=400 if args.exhaustive else 200, seed=args.seed)
     seconds_circuit = time.perf_counter() - clock
     graph = circuit_graph(model, search, split["circuit_x"][:1], seed=args.seed,
                           options={"faithfulness": args.faithfulness, "n_samples": args.circuit_samples},
@@ -290,10 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-greedy", action="store_true", help="do not run issue 12's greedy baseline")
     parser.add_argument("--attributions", action="store_true", help="also evaluate attributions through the circuit")
     parser.add_argument("--attribution-samples", type=int, default=50)
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="the slower search: 400 mask steps, one unit per pruning round (also in the curves), "
+                             "exchanges of 8 members x 16 outside units, at most 20")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.exhaustive:
+        minimal_circuit.PRUNE_CHUNK, curves_module.SHRINK = 0.0, 0.0
+        minimal_circuit.SWAP_MEMBERS, minimal_circuit.SWAP_CANDIDATES, minimal_circuit.MAX_SWAPS = 8, 16, 20
     rows = []
     try:
         for name in args.only:
@@ -308,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     write_json(args.output / "summary.json", rows)
     print()
-    print(f"faithfulness {args.faithfulness}; mean ablation (1,000 training samples); {args.random} random sets; "
+    print(f"faithfulness {args.faithfulness}; {'exhaustive' if args.exhaustive else 'default'} search; "
+          f"mean ablation (1,000 training samples); {args.random} random sets; "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     print(markdown(rows))
     print(attribution_markdown(rows))

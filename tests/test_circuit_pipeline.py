@@ -7,6 +7,7 @@ import pytest
 from explainnn.causal import CausalGraph
 from explainnn.config import build_config
 from explainnn.pipeline import Run
+from explainnn.pipeline.circuit import CURVE_POINTS, describe_circuit
 
 SMALL = ["progress=false", "data.name=digits", "training.epochs=8", "training.lr=0.003", "device=cpu",
          "discovery.n_samples=20", "discovery.stability.enabled=false", "circuit.n_samples=20", "circuit.steps=40",
@@ -59,3 +60,14 @@ def test_test_split_discovery_leaves_its_samples_out_of_the_checks(train_run, tm
     assert circuit.results["circuit"]["n_eval"] == min(30, of_class - len(circuit.metadata["samples"]))
     graph = ctx.graphs[3]
     assert graph.results["circuit"]["n_eval"] == of_class - len(graph.metadata["samples"])
+
+
+def test_the_run_prints_the_circuit_size_and_its_held_out_sufficiency(train_run):
+    _, ctx = train_run
+    circuit = ctx.circuit_graphs[3]
+    search, check = circuit.results["circuit_search"], circuit.results["circuit"]
+    line = describe_circuit(circuit)
+    assert f"{search['size']} of {search['total_units']} hidden units" in line
+    assert f"held out ({check['n_eval']} test samples): sufficiency {check['sufficiency']['normalized']:.2f}" in line
+    sizes = circuit.results["curves"]["sizes"]
+    assert len(sizes) in (CURVE_POINTS, CURVE_POINTS + 1) and search["size"] in sizes

@@ -6,6 +6,7 @@ import torch
 
 from explainnn.causal import (
     CausalGraph,
+    CircuitSearch,
     circuit_faithfulness,
     faithfulness_curves,
     find_circuit,
@@ -53,23 +54,8 @@ def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CausalGr
                                      exclude=exclude, n_eval=options.eval_samples, n_random=options.n_random,
                                      seed=ctx.seed)
         if options.curves:
-            held = torch.nonzero(dataset.y_test == target).flatten()
-            if exclude is not None:
-                held = held[~torch.isin(held, torch.as_tensor(exclude))]
-            held = held[: options.eval_samples]
-            samples = inputs[torch.as_tensor(graph.metadata["samples"])]
-            orders = {OURS: circuit_order(model, search, samples, reference)}
-            orders.update(baseline_orders(model, search.units, samples, target, reference))
-            curves = faithfulness_curves(model, dataset.x_test[held], target, orders, units=search.units,
-                                         reference=reference, points=CURVE_POINTS, n_random=CURVE_RANDOM,
-                                         seed=ctx.seed, circuit_size=search.size)
-            graph.add_result("curves", curves.summary())
-            curves.to_csv(folder / "curves.csv")
-            curves.areas_to_csv(folder / "curve_areas.csv")
-            if ctx.plots:
-                title = (f"class {target}: circuit from {len(samples)} {split} samples, "
-                         f"curves on {curves.n_eval} held-out test samples")
-                save_figure(plot_curves(curves, dpi=ctx.dpi, title=title), folder / "curves.png")
+            circuit_curves(ctx, search, graph, inputs[torch.as_tensor(graph.metadata["samples"])], exclude,
+                           options.eval_samples, split)
         graph.to_json(folder / "circuit.json")
         graph.to_graphml(folder / "circuit.graphml")
         graph.to_csv(folder / "units.csv", table="units")
@@ -80,6 +66,34 @@ def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CausalGr
         ctx.circuit_graphs[target] = graph
         print(describe_circuit(graph))
     return ctx.circuit_graphs
+
+
+def circuit_curves(ctx: RunContext, search: CircuitSearch, graph: CausalGraph, samples: torch.Tensor, exclude,
+                   eval_samples: int, split: str) -> None:
+    """Faithfulness curves of ``search`` on up to ``eval_samples`` held-out test samples of its class.
+
+    The orderings come from the circuit's own ``samples``; writes ``curves.csv``,
+    ``curve_areas.csv`` and, with plots, ``curves.png``; stored in ``graph.results["curves"]``.
+    """
+    dataset, model, target = ctx.dataset, ctx.model, search.target
+    folder = ctx.run_dir / "circuit" / f"class_{target}"
+    reference = dataset.x_train[:1000]
+    held = torch.nonzero(dataset.y_test == target).flatten()
+    if exclude is not None:
+        held = held[~torch.isin(held, torch.as_tensor(exclude))]
+    held = held[:eval_samples]
+    orders = {OURS: circuit_order(model, search, samples, reference)}
+    orders.update(baseline_orders(model, search.units, samples, target, reference))
+    curves = faithfulness_curves(model, dataset.x_test[held], target, orders, units=search.units,
+                                 reference=reference, points=CURVE_POINTS, n_random=CURVE_RANDOM,
+                                 seed=ctx.seed, circuit_size=search.size)
+    graph.add_result("curves", curves.summary())
+    curves.to_csv(folder / "curves.csv")
+    curves.areas_to_csv(folder / "curve_areas.csv")
+    if ctx.plots:
+        title = (f"class {target}: circuit from {len(samples)} {split} samples, "
+                 f"curves on {curves.n_eval} held-out test samples")
+        save_figure(plot_curves(curves, dpi=ctx.dpi, title=title), folder / "curves.png")
 
 
 def describe_circuit(graph: CausalGraph) -> str:
