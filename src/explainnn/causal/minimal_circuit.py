@@ -77,8 +77,9 @@ class CircuitSearch:
     ``scores`` are the learned gate log-odds per unit (the ranking); ``prefix``
     the size of the shortest faithful prefix of that ranking; ``removed`` the
     units pruned on the way to the circuit, in order (a unit exchanged back in
-    later may appear), with ``trace`` the exact faithfulness after each removal; ``drop[u]`` what removing unit ``u`` alone from the final
-    circuit costs (normalised).
+    later may appear), with ``trace`` the exact faithfulness after the pruning
+    round that removed each; ``drop[u]`` what removing unit ``u`` alone from the
+    final circuit costs (normalised).
     """
 
     units: HiddenUnits
