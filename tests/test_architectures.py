@@ -161,7 +161,7 @@ def test_model_is_bit_identical_after_a_run_that_fails_midway():
     _assert_same(model, before)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "bn_mlp"])  # tabular (N, F) inputs: no attribution modality
+@pytest.mark.parametrize("name", NAMES)
 def test_discovery_reaches_every_branch_and_causal_attributions_have_the_input_shape(name):
     from explainnn.attributions import attribute
 

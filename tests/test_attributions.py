@@ -124,7 +124,7 @@ def test_registry_lists_the_standard_methods_per_modality() -> None:
     assert "deeplift" not in available_methods("sequence") and "leave_one_out" not in available_methods("image")
     assert available_methods() == sorted(METHODS)
     info = method_info("lime")
-    assert info.stochastic and not info.needs_graph and info.modalities == ("image", "sequence", "tokens")
+    assert info.stochastic and not info.needs_graph and info.modalities == ("image", "sequence", "tokens", "tabular")
     assert info.options("image")["n_perturbations"] == 500 and "mask" in info.options("image")
     assert "replacement" in info.options("tokens") and info.options("tokens")["seed"] == 0
     assert method_info("integrated_gradients").options("image")["n_steps"] == 64
@@ -181,8 +181,9 @@ def test_modality_detection(cases, gru_text) -> None:
     assert modality_of(EmbeddingSpaceModel(gru), torch.zeros(2, 1, 16, 16)) == "sequence"
     with pytest.raises(UserError, match="has no nn.Embedding layer"):
         modality_of(lenet, tokens)
+    assert modality_of(lenet, torch.zeros(2, 5)) == "tabular"
     with pytest.raises(UserError, match="cannot tell the modality of inputs of shape"):
-        modality_of(lenet, torch.zeros(2, 5))
+        modality_of(lenet, torch.zeros(2, 5, 1, 1, 1))
     with pytest.raises(UserError, match="modality 'sequence' does not fit"):
         modality_of(lenet, images.repeat(1, 3, 1, 1), "sequence")
 

@@ -39,7 +39,8 @@ from explainnn.attributions.registry import register_method
 from explainnn.errors import UserError
 
 Forward = Callable[..., Tensor]
-IMAGE_AND_SEQUENCE = ("image", "sequence")
+FLOAT_INPUTS = ("image", "sequence", "tabular")
+"""Modalities of float inputs: images, sequences and tabular (N, F) rows (one group per feature)."""
 
 
 def reference(model: nn.Module, inputs: Tensor) -> Tensor:
@@ -132,7 +133,7 @@ def run_gradient_shap(forward: Forward, inputs: Tensor, target: Tensor, baseline
     )
 
 
-@register_method("integrated_gradients", modalities=IMAGE_AND_SEQUENCE)
+@register_method("integrated_gradients", modalities=FLOAT_INPUTS)
 def integrated_gradients(model: nn.Module, inputs: Tensor, target: Tensor, *, n_steps: int = 64,
                          internal_batch_size: int = 1024) -> Tensor:
     """Integrated Gradients from the reference (zeros) to the input (captum)."""
@@ -140,26 +141,26 @@ def integrated_gradients(model: nn.Module, inputs: Tensor, target: Tensor, *, n_
                                     n_steps=n_steps, internal_batch_size=internal_batch_size)
 
 
-@register_method("saliency", modalities=IMAGE_AND_SEQUENCE)
+@register_method("saliency", modalities=FLOAT_INPUTS)
 def saliency(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
     """Absolute gradient of the target logit (captum Saliency)."""
     return Saliency(model).attribute(inputs, target=target, abs=True)
 
 
-@register_method("smoothgrad", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
+@register_method("smoothgrad", modalities=FLOAT_INPUTS, stochastic=True)
 def smoothgrad(model: nn.Module, inputs: Tensor, target: Tensor, *, nt_samples: int = 25,
                noise_level: float = 0.15) -> Tensor:
     """SmoothGrad: Saliency averaged over Gaussian noise of 0.15 x the input range (captum NoiseTunnel)."""
     return run_smoothgrad(model, inputs, target, nt_samples=nt_samples, noise_level=noise_level)
 
 
-@register_method("gradient_x_input", modalities=IMAGE_AND_SEQUENCE)
+@register_method("gradient_x_input", modalities=FLOAT_INPUTS)
 def gradient_x_input(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
     """Gradient times input (captum InputXGradient)."""
     return InputXGradient(model).attribute(inputs, target=target)
 
 
-@register_method("gradient_shap", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
+@register_method("gradient_shap", modalities=FLOAT_INPUTS, stochastic=True)
 def gradient_shap(model: nn.Module, inputs: Tensor, target: Tensor, *, n_samples: int = 20,
                   n_baselines: int = 5, baseline_noise: float = 0.15) -> Tensor:
     """GradientSHAP over the reference and noisy copies of it (captum GradientShap)."""
@@ -377,11 +378,12 @@ def _masks(model: nn.Module, inputs: Tensor, mask: str, patch: int | None, n_seg
         options = {"patch": patch} if mask == "patches" else {"n_segments": n_segments}
         return feature_mask(inputs, "image", mask, **options)
     if (mask, patch, n_segments) != ("patches", None, 64):
-        raise UserError("options mask, patch and n_segments apply to images only; sequences are grouped by time step")
-    return time_step_mask(inputs)
+        raise UserError("options mask, patch and n_segments apply to images only; sequences are grouped by time "
+                        "step, tabular rows by feature")
+    return feature_mask(inputs, "tabular") if inputs.dim() == 2 else time_step_mask(inputs)
 
 
-@register_method("lime", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
+@register_method("lime", modalities=FLOAT_INPUTS, stochastic=True)
 def lime(model: nn.Module, inputs: Tensor, target: Tensor, *, n_perturbations: int = 500, mask: str = "patches",
          patch: int | None = None, n_segments: int = 64, alpha: float = 1.0, kernel_width: float = 0.25,
          perturbations_per_eval: int = SURROGATE_ROWS, batched: bool = True) -> Tensor:
@@ -403,7 +405,7 @@ def lime(model: nn.Module, inputs: Tensor, target: Tensor, *, n_perturbations: i
                                  alpha=alpha, kernel_width=kernel_width)
 
 
-@register_method("kernel_shap", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
+@register_method("kernel_shap", modalities=FLOAT_INPUTS, stochastic=True)
 def kernel_shap(model: nn.Module, inputs: Tensor, target: Tensor, *, n_perturbations: int = 500,
                 mask: str = "patches", patch: int | None = None, n_segments: int = 64,
                 perturbations_per_eval: int = SURROGATE_ROWS, batched: bool = True) -> Tensor:
@@ -420,11 +422,11 @@ def kernel_shap(model: nn.Module, inputs: Tensor, target: Tensor, *, n_perturbat
                                  n_perturbations=n_perturbations, perturbations_per_eval=perturbations_per_eval)
 
 
-@register_method("occlusion", modalities=IMAGE_AND_SEQUENCE)
+@register_method("occlusion", modalities=FLOAT_INPUTS)
 def occlusion(model: nn.Module, inputs: Tensor, target: Tensor, *, window: int | None = None,
               stride: int | None = None, perturbations_per_eval: int = 64) -> Tensor:
-    """Occlusion with the reference: 4x4 patches, stride 2 on 32x32 images; one time step (captum)."""
-    modality = "image" if inputs.dim() == 4 else "sequence"
+    """Occlusion with the reference: 4x4 patches, stride 2 on 32x32 images; one time step; one feature (captum)."""
+    modality = {4: "image", 2: "tabular"}.get(inputs.dim(), "sequence")
     shape, strides = occlusion_window(inputs, modality, window, stride)
     return Occlusion(model).attribute(
         inputs, sliding_window_shapes=shape, strides=strides, baselines=reference(model, inputs),
@@ -451,15 +453,16 @@ def run_feature_permutation(forward: Forward, inputs: Tensor, target: Tensor, gr
     )
 
 
-@register_method("feature_permutation", modalities=IMAGE_AND_SEQUENCE, stochastic=True)
+@register_method("feature_permutation", modalities=FLOAT_INPUTS, stochastic=True)
 def feature_permutation(model: nn.Module, inputs: Tensor, target: Tensor, *, patch: int | None = None,
                         perturbations_per_eval: int = 16) -> Tensor:
     """Permutation importance of patches or time steps across the batch (captum FeaturePermutation)."""
     if inputs.dim() == 4:
         groups = patch_mask(inputs[:1], patch)
     elif patch is not None:
-        raise UserError("option patch applies to images only; sequences are grouped by time step")
+        raise UserError("option patch applies to images only; sequences are grouped by time step, tabular rows by "
+                        "feature")
     else:
-        groups = time_step_mask(inputs[:1])
+        groups = feature_mask(inputs[:1], "tabular") if inputs.dim() == 2 else time_step_mask(inputs[:1])
     return run_feature_permutation(model, inputs, target, groups, perturbations_per_eval)
 

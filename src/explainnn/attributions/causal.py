@@ -93,7 +93,7 @@ def _causal(modality: str):
     return causal
 
 
-for _modality in ("image", "sequence", "tokens"):
+for _modality in ("image", "sequence", "tokens", "tabular"):
     register_method("causal", needs_graph=True, modalities=(_modality,))(_causal(_modality))
 
 

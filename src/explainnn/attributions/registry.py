@@ -30,7 +30,7 @@ from torch import nn
 from explainnn.errors import UserError
 from explainnn.torch_utils import eval_mode, model_device, seeded
 
-MODALITIES = ("image", "sequence", "tokens")
+MODALITIES = ("image", "sequence", "tokens", "tabular")
 UNIVERSAL_OPTIONS = ("seed", "modality")
 """Options every method accepts: ``seed`` (default 0) fixes all random draws;
 ``modality="sequence"`` reads 4-D ``(N, 1, T, F)`` inputs as ``(N, T, F)`` sequences
@@ -170,6 +170,8 @@ def modality_of(model: nn.Module, inputs: torch.Tensor | np.ndarray, modality: s
                 f"inputs of shape {shape} ({dtype}) are token ids, but {type(model).__name__} has no "
                 "nn.Embedding layer to read them"
             )
+    elif not integer and len(shape) == 2:
+        found = "tabular"
     elif not integer and len(shape) == 3:
         found = "sequence"
     elif not integer and len(shape) == 4:
@@ -177,7 +179,7 @@ def modality_of(model: nn.Module, inputs: torch.Tensor | np.ndarray, modality: s
     else:
         raise UserError(
             f"cannot tell the modality of inputs of shape {shape} ({dtype}); expected float "
-            "(N, C, H, W) images, float (N, T, F) sequences or int64 (N, L) token ids"
+            "(N, C, H, W) images, float (N, T, F) sequences, float (N, F) tabular rows or int64 (N, L) token ids"
         )
     if modality is not None and modality != found:
         raise UserError(f"modality '{modality}' does not fit inputs of shape {shape} ({dtype}); they hold {found}")
