@@ -144,7 +144,7 @@ def run_one(name: str, dataset, model, target: int, args, out: Path) -> dict:
     folder = out / name / f"class_{target}"
     graph.to_json(folder / "circuit.json")
     held_x, held_y = split["held_x"], split["held_y"]
-    checks = {per_layer: circuit_faithfulness(model, graph, held_x, labels=held_y, reference=reference,
+    checks = {per_layer: circuit_faithfulness(model, held_x, graph, labels=held_y, reference=reference,
                                               n_eval=len(held_x), n_random=args.random, per_layer=per_layer,
                                               seed=args.seed)
               for per_layer in (False, True)}

@@ -197,7 +197,7 @@ def test_held_out_check_of_a_circuit_and_p_values_with_many_draws():
     x, y = _mlp_data(seed=0)
     held_x, held_y = _mlp_data(seed=1)
     graph = circuit(model, x, 0, labels=y, n_samples=30, steps=100)
-    report = circuit_faithfulness(model, graph, held_x, labels=held_y, reference=x, n_random=150)
+    report = circuit_faithfulness(model, held_x, graph, labels=held_y, reference=x, n_random=150)
     assert report["n_random"] == 150
     assert report["sufficiency"]["normalized"] == pytest.approx(1.0, abs=0.02)
     assert report["necessity"]["normalized"] == pytest.approx(1.0, abs=0.02)

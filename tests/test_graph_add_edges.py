@@ -38,3 +38,20 @@ def test_library_versions_is_read_once_and_copied() -> None:
     first = library_versions()
     first["python"] = "changed"
     assert library_versions()["python"] != "changed"
+
+
+def test_circuit_faithfulness_takes_model_inputs_graph_and_the_old_order_with_a_warning() -> None:
+    import torch
+    from torch import nn
+
+    from explainnn.causal import circuit_faithfulness, discover
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(80, 4)
+    target = int(model(x).argmax(-1).mode().values)
+    graph = discover(model, x, target, n_samples=10)
+    new = circuit_faithfulness(model, x, graph, n_random=5)
+    with pytest.warns(DeprecationWarning, match="circuit_faithfulness\\(model, inputs, graph\\)"):
+        old = circuit_faithfulness(model, graph, x, n_random=5)
+    assert new == old

@@ -17,6 +17,7 @@ ablated" (1), the usual faithfulness score of circuit discovery.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,8 +32,8 @@ from explainnn.interventions import InterventionRunner
 
 def circuit_faithfulness(
     model: nn.Module,
-    graph: CausalGraph,
     inputs: torch.Tensor,
+    graph: CausalGraph,
     *,
     labels: torch.Tensor | None = None,
     reference: torch.Tensor | None = None,
@@ -54,7 +55,14 @@ def circuit_faithfulness(
     evaluation inputs). ``n_random`` random sets with the same number of units
     per layer (``per_layer=False``: the same number of units anywhere in the
     analysed layers) give the p-values (at least 100 for p < 0.01 to be reachable).
+
+    The old order ``circuit_faithfulness(model, graph, inputs)`` still works, with a
+    ``DeprecationWarning``.
     """
+    if isinstance(inputs, CausalGraph) and not isinstance(graph, CausalGraph):
+        warnings.warn("circuit_faithfulness(model, graph, inputs) is deprecated and will be removed in 0.3; use "
+                      "circuit_faithfulness(model, inputs, graph)", DeprecationWarning, stacklevel=2)
+        inputs, graph = graph, inputs
     target = int(graph.metadata["target"])
     if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
         raise UserError(f"n_random must be a positive integer; got {n_random!r}")

@@ -37,7 +37,7 @@ def check_graphs(ctx: RunContext, options: DiscoveryConfig) -> None:
         folder = ctx.run_dir / "discovery" / f"class_{target}"
         if options.check_circuit and any(graph.units(layer) for layer in graph.layers()[1:-1]):
             ctx.faithfulness[target] = circuit_faithfulness(
-                ctx.model, graph, dataset.x_test, labels=dataset.y_test, reference=reference, seed=ctx.seed,
+                ctx.model, dataset.x_test, graph, labels=dataset.y_test, reference=reference, seed=ctx.seed,
                 exclude=graph.metadata["samples"] if split == "test" else None,
                 n_eval=ctx.config.circuit.eval_samples, n_random=ctx.config.circuit.n_random)
             if ctx.plots:

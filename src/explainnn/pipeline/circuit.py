@@ -50,7 +50,7 @@ def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CausalGr
                               metadata={"model": ctx.config.model.name, "dataset": dataset.info.name,
                                         "inputs": f"{split} split"})
         exclude = graph.metadata["samples"] if split == "test" else None
-        check = circuit_faithfulness(model, graph, dataset.x_test, labels=dataset.y_test, reference=reference,
+        check = circuit_faithfulness(model, dataset.x_test, graph, labels=dataset.y_test, reference=reference,
                                      exclude=exclude, n_eval=options.eval_samples, n_random=options.n_random,
                                      seed=ctx.seed)
         if options.curves:
