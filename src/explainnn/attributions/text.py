@@ -320,6 +320,7 @@ def attention(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
     with torch.no_grad():
         model(inputs)
     weights = inner.last_attention
+    assert isinstance(weights, Tensor), "the forward pass with attention pooling sets last_attention"
     if inputs.dim() == 2:
         return weights
     if inputs.dim() == 3:

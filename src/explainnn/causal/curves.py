@@ -70,7 +70,8 @@ def _shrink(mask: np.ndarray, objective: Faithfulness) -> list[int]:
     Each round measures every single removal and removes the ``SHRINK`` share of
     the members whose removal costs least (at least one).
     """
-    mask, removal = mask.copy(), []
+    mask = mask.copy()
+    removal: list[int] = []
     while mask.any():
         members = np.flatnonzero(mask)
         values = objective([mask & (np.arange(len(mask)) != u) for u in members])
@@ -82,7 +83,8 @@ def _shrink(mask: np.ndarray, objective: Faithfulness) -> list[int]:
 
 def _grow(mask: np.ndarray, objective: Faithfulness) -> list[int]:
     """The units outside ``mask`` in the order exact forward selection adds them (most helpful first)."""
-    mask, added = mask.copy(), []
+    mask = mask.copy()
+    added: list[int] = []
     while not mask.all():
         outside = np.flatnonzero(~mask)
         trials = []
@@ -230,8 +232,8 @@ def faithfulness_curves(
         sizes = np.linspace(0, total, max(2, points)).round().astype(int).tolist()
         if circuit_size is not None:
             sizes.append(int(circuit_size))
-    sizes = np.unique(np.asarray(sizes, dtype=int))
-    if sizes.min() < 0 or sizes.max() > total:
+    steps = np.unique(np.asarray(sizes, dtype=int))
+    if steps.min() < 0 or steps.max() > total:
         raise UserError(f"curve sizes must be in 0..{total}")
     rng = np.random.default_rng(seed)
     all_orders = dict(orders)
@@ -243,11 +245,11 @@ def faithfulness_curves(
     runner = InterventionRunner(model, reference=reference.to(device))
     rows = []
     for order in all_orders.values():
-        for k in sizes:
+        for k in steps:
             mask = np.zeros(total, dtype=bool)
             mask[np.asarray(order)[:k]] = True
             rows.extend([units.keep(mask), units.ablate(mask)])
-    logits = target_logits(runner, inputs, target, rows).mean(1).reshape(len(all_orders), len(sizes), 2)
+    logits = target_logits(runner, inputs, target, rows).mean(1).reshape(len(all_orders), len(steps), 2)
     full = float(runner.run(inputs, [], target).clean_target_logit.double().mean())
     empty = float(target_logits(runner, inputs, target, [units.keep(np.zeros(total, dtype=bool))]).mean())
     sufficiency = {name: normalise(logits[i, :, 0], full, empty) for i, name in enumerate(all_orders)}
@@ -255,7 +257,7 @@ def faithfulness_curves(
     if randoms:
         sufficiency[RANDOM] = np.mean([sufficiency.pop(name) for name in randoms], axis=0)
         necessity[RANDOM] = np.mean([necessity.pop(name) for name in randoms], axis=0)
-    return FaithfulnessCurves(sizes, total, sufficiency, necessity, int(len(inputs)), n_random, circuit_size)
+    return FaithfulnessCurves(steps, total, sufficiency, necessity, int(len(inputs)), n_random, circuit_size)
 
 
 COLOURS = {OURS: "#d62728", "single_unit_effect": "#1f77b4", "activation_magnitude": "#2ca02c",

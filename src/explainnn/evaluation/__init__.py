@@ -120,7 +120,7 @@ def _what(row: dict) -> str:
 
 
 def _describe(results: EvaluationResults, seconds: float) -> str:
-    best = {}
+    best: dict[str, list[str]] = {}
     for row in results.summary:
         if row["rank"] == 1:
             best.setdefault(row["metric"], []).append(row["method"])

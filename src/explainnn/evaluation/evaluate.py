@@ -106,7 +106,7 @@ def quantus_view(model: nn.Module, x: torch.Tensor, modality: str, masks: torch.
         return model, x[:, None].cpu().numpy(), mask, {"modality": "sequence"}
     if modality == "tokens":
         pad = getattr(model, "pad_index", pad_index)
-        words = (x != pad).any(dim=0)
+        words = x.ne(pad).any(dim=0)
         first = int(torch.nonzero(words).flatten()[0]) if bool(words.any()) else 0
         wrapper = EmbeddingSpaceModel(model)
         embedded = wrapper.embed(x[:, first:]).cpu().numpy()

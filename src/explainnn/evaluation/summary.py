@@ -93,18 +93,18 @@ def summarise(
             means[method] = float(np.mean(finite)) if finite else float("nan")
         ranks = rank_methods(means, directions[metric])
         for method, values in methods.items():
-            finite = np.asarray([v for v in values.values() if math.isfinite(v)], dtype=np.float64)
-            low, high = confidence_interval(finite.tolist(), confidence)
+            kept = np.asarray([v for v in values.values() if math.isfinite(v)], dtype=np.float64)
+            low, high = confidence_interval(kept.tolist(), confidence)
             rows.append({
                 "metric": metric,
                 "family": (families or {}).get(metric, ""),
                 "direction": directions[metric],
                 "method": method,
-                "n": int(len(finite)),
-                "n_missing": int(len(values) - len(finite)),
+                "n": int(len(kept)),
+                "n_missing": int(len(values) - len(kept)),
                 "mean": means[method],
-                "std": float(finite.std(ddof=1)) if len(finite) > 1 else float("nan"),
-                "median": float(np.median(finite)) if len(finite) else float("nan"),
+                "std": float(kept.std(ddof=1)) if len(kept) > 1 else float("nan"),
+                "median": float(np.median(kept)) if len(kept) else float("nan"),
                 "ci_low": low,
                 "ci_high": high,
                 "rank": ranks[method],

@@ -76,7 +76,7 @@ class Batch:
         ``rows`` at a time, as float32, the way Quantus' ``model.predict`` feeds them.
         """
         inputs = torch.as_tensor(inputs, dtype=torch.float32)
-        targets = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+        labels = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
         shape = (-1, *self.x.shape[1:])
         out = []
         with torch.inference_mode():
@@ -85,7 +85,7 @@ class Batch:
                 logits = self.model(chunk)
                 if softmax:
                     logits = torch.softmax(logits, dim=-1)
-                picked = logits.gather(1, targets[start:start + self.rows].to(self.device)[:, None])[:, 0]
+                picked = logits.gather(1, labels[start:start + self.rows].to(self.device)[:, None])[:, 0]
                 out.append(picked.cpu())
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 

@@ -137,7 +137,7 @@ def region_perturbation(batch: Batch, a: np.ndarray, *, rng: np.random.RandomSta
     pad_h, pad_w = _padding(height, patch_size), _padding(width, patch_size)
     padded = np.pad(batch.x, ((0, 0), (0, 0), pad_h, pad_w), mode="edge").reshape(n, -1)
     a_pad = np.pad(np.broadcast_to(a, batch.x.shape), ((0, 0), (0, 0), pad_h, pad_w), mode="constant")
-    grid = np.arange(a_pad[0].size).reshape(a_pad.shape[1:])
+    grid: np.ndarray = np.arange(a_pad[0].size).reshape(a_pad.shape[1:])
     patches = np.stack([grid[:, i:i + patch_size, j:j + patch_size].reshape(-1)
                         for i in range(0, grid.shape[1], patch_size) for j in range(0, grid.shape[2], patch_size)])
     sums = a_pad.reshape(n, -1)[:, patches].sum(axis=-1)

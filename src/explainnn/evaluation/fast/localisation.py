@@ -37,8 +37,8 @@ def pointing_game(batch: Batch, a: np.ndarray, *, weighted: bool = False) -> np.
     ``weighted`` scores a hit ``1 - mask size / input size``. An empty mask gives
     NaN (Quantus 0.6 writes NaN into a boolean array, which makes it a hit).
     """
-    a, masks = _pair(batch, a, "PointingGame")
-    hit = (masks & (a == a.max(dim=1, keepdim=True).values)).any(dim=1).double()
+    rel, masks = _pair(batch, a, "PointingGame")
+    hit = (masks & (rel == rel.max(dim=1, keepdim=True).values)).any(dim=1).double()
     if weighted:
         hit = hit * (1 - masks.sum(dim=1) / masks.shape[1])
     return _nan_where_empty(hit, masks)
@@ -53,10 +53,10 @@ def attribution_localisation(batch: Batch, a: np.ndarray, *, weighted: bool = Fa
     of the batch without its first two samples. ``max_size`` is accepted for
     Quantus' signature (there it only warns).
     """
-    a, masks = _pair(batch, a, "AttributionLocalisation")
+    rel, masks = _pair(batch, a, "AttributionLocalisation")
     if positive_attributions:
-        a = a.clamp(min=0)
-    inside = (a * masks).sum(dim=1) / (a.sum(dim=1) + 1e-9)
+        rel = rel.clamp(min=0)
+    inside = (rel * masks).sum(dim=1) / (rel.sum(dim=1) + 1e-9)
     inside[inside > 1] = float("nan")
     if weighted:
         inside = inside * masks.sum(dim=1) / masks.shape[1]
@@ -69,21 +69,21 @@ def _ranking(a: torch.Tensor) -> torch.Tensor:
 
 def top_k_intersection(batch: Batch, a: np.ndarray, *, k: int = 1000, concept_influence: bool = False) -> np.ndarray:
     """Share of the ``k`` most relevant features that lie inside the mask (Theiner et al. 2021)."""
-    a, masks = _pair(batch, a, "TopKIntersection")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= a.shape[1]:
-        raise ConfigError(f"TopKIntersection k must be an integer in 1..{a.shape[1]} (the input's features); got {k!r}")
-    score = masks.gather(1, _ranking(a)[:, :k]).double().mean(dim=1)
+    rel, masks = _pair(batch, a, "TopKIntersection")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= rel.shape[1]:
+        raise ConfigError(f"TopKIntersection k must be an integer in 1..{rel.shape[1]} (the input's features); got {k!r}")
+    score = masks.gather(1, _ranking(rel)[:, :k]).double().mean(dim=1)
     if concept_influence:
-        score = score * a.shape[1] / masks.sum(dim=1)
+        score = score * rel.shape[1] / masks.sum(dim=1)
     return _nan_where_empty(score, masks)
 
 
 def relevance_rank_accuracy(batch: Batch, a: np.ndarray) -> np.ndarray:
     """Share of the mask found among the ``|mask|`` most relevant features (Arras et al. 2022)."""
-    a, masks = _pair(batch, a, "RelevanceRankAccuracy")
+    rel, masks = _pair(batch, a, "RelevanceRankAccuracy")
     sizes = masks.sum(dim=1)
-    ranked = masks.gather(1, _ranking(a))
-    top = torch.arange(a.shape[1], device=a.device)[None, :] < sizes[:, None]
+    ranked = masks.gather(1, _ranking(rel))
+    top = torch.arange(rel.shape[1], device=rel.device)[None, :] < sizes[:, None]
     return _nan_where_empty((ranked & top).sum(dim=1) / sizes.clamp(min=1), masks)
 
 
