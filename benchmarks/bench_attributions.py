@@ -36,13 +36,13 @@ def seconds_per_hundred(method: str, model: torch.nn.Module, x: torch.Tensor, y:
                         device: torch.device) -> float | None:
     """Wall time of one batched call scaled to 100 samples; None if the model is not supported."""
     try:
-        attribute(method, model, x[:2], y[:2])
+        attribute(model, x[:2], y[:2], method)
     except UserError:
         return None
     if device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    attribute(method, model, x, y)
+    attribute(model, x, y, method)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - started) * PER / len(x)

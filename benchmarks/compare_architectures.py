@@ -127,12 +127,12 @@ def causal_graphs(model: torch.nn.Module, dataset: Dataset, classes: list[int], 
 def attributions(method: Method, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                  graphs: dict[int, object]) -> np.ndarray:
     if not method.needs_graph:
-        return attribute(method.name, model, x, y, **method.options)
+        return attribute(model, x, y, method.name, **method.options)
     scores = np.zeros(tuple(x.shape), dtype=np.float32)
     for target, graph in graphs.items():
         rows = (y == target).nonzero()[:, 0]
         if len(rows):
-            scores[rows.numpy()] = attribute(method.name, model, x[rows], target, graph=graph, **method.options)
+            scores[rows.numpy()] = attribute(model, x[rows], target, method.name, graph=graph, **method.options)
     return scores
 
 

@@ -176,7 +176,7 @@ def test_discovery_reaches_every_branch_and_causal_attributions_have_the_input_s
         children = [c for c in layers if any(link.name == layer.name for link in c.parents)]
         if any(graph.causes(c.name) for c in children if c.name in graph.layers()):
             assert layer.name in tested, layer.name
-    maps = attribute("causal", model, x[:3], target, graph=graph)
+    maps = attribute(model, x[:3], target, "causal", graph=graph)
     assert tuple(maps.shape) == tuple(x[:3].shape)
 
 

@@ -136,37 +136,37 @@ def test_registry_lists_the_standard_methods_per_modality() -> None:
 def test_unknown_method_option_and_modality_errors(cases) -> None:
     model, x, y = cases["lenet-mnist"]
     with pytest.raises(UserError, match=r"unknown attribution method 'shapley'; valid: .*integrated_gradients"):
-        attribute("shapley", model, x, y)
+        attribute(model, x, y, "shapley")
     with pytest.raises(UserError, match=r"unknown option 'steps' for attribution method 'integrated_gradients' "
                                         r"on image inputs; valid options: n_steps, internal_batch_size, seed"):
-        attribute("integrated_gradients", model, x, y, steps=3)
+        attribute(model, x, y, "integrated_gradients", steps=3)
     with pytest.raises(UserError, match="'leave_one_out' does not support image inputs; it supports: tokens"):
-        attribute("leave_one_out", model, x, y)
+        attribute(model, x, y, "leave_one_out")
     lstm, sequences, labels = cases["lstm-mnist1d"]
     with pytest.raises(UserError, match="'deeplift' does not support sequence inputs; it supports: image"):
-        attribute("deeplift", lstm, sequences, labels)
+        attribute(lstm, sequences, labels, "deeplift")
     with pytest.raises(UserError, match="n_steps must be a positive integer"):
-        attribute("integrated_gradients", model, x, y, n_steps=0)
+        attribute(model, x, y, "integrated_gradients", n_steps=0)
     with pytest.raises(UserError, match="unknown image mask 'voronoi'; valid masks: patches, slic"):
-        attribute("lime", model, x, y, mask="voronoi")
+        attribute(model, x, y, "lime", mask="voronoi")
     with pytest.raises(UserError, match="apply to images only"):
-        attribute("lime", lstm, sequences, labels, mask="slic")
+        attribute(lstm, sequences, labels, "lime", mask="slic")
     with pytest.raises(UserError, match="seed must be a non-negative integer"):
-        attribute("saliency", model, x, y, seed=-1)
+        attribute(model, x, y, "saliency", seed=-1)
 
 
 def test_target_forms_and_errors(cases) -> None:
     model, x, y = cases["lenet-mnist"]
-    by_int = attribute("saliency", model, x, 3)
-    assert np.array_equal(by_int, attribute("saliency", model, x, torch.full((BATCH,), 3)))
-    assert np.array_equal(by_int, attribute("saliency", model, x, np.array([3] * BATCH)))
-    assert np.array_equal(by_int, attribute("saliency", model, x, [3] * BATCH))
+    by_int = attribute(model, x, 3, "saliency")
+    assert np.array_equal(by_int, attribute(model, x, torch.full((BATCH,), 3), "saliency"))
+    assert np.array_equal(by_int, attribute(model, x, np.array([3] * BATCH), "saliency"))
+    assert np.array_equal(by_int, attribute(model, x, [3] * BATCH, "saliency"))
     with pytest.raises(UserError, match=r"target classes must be in 0\.\.9"):
-        attribute("saliency", model, x, 10)
+        attribute(model, x, 10, "saliency")
     with pytest.raises(UserError, match="target must be an int or 3 integer classes"):
-        attribute("saliency", model, x, torch.tensor([1, 2]))
+        attribute(model, x, torch.tensor([1, 2]), "saliency")
     with pytest.raises(UserError, match="inputs hold no samples"):
-        attribute("saliency", model, x[:0], 1)
+        attribute(model, x[:0], 1, "saliency")
 
 
 def test_modality_detection(cases, gru_text) -> None:
@@ -199,8 +199,8 @@ def test_custom_and_graph_methods_plug_in(cases) -> None:
 
     try:
         with pytest.raises(UserError, match="'test_graph_method' needs a causal graph"):
-            attribute("test_graph_method", model, x, y)
-        result = attribute("test_graph_method", model, x, 2, graph="G", seed=5, scale=2.0)
+            attribute(model, x, y, "test_graph_method")
+        result = attribute(model, x, 2, "test_graph_method", graph="G", seed=5, scale=2.0)
         assert np.allclose(result, 2 * x.numpy())
         assert seen == {"graph": "G", "seed": 5, "target": [2] * BATCH, "training": False}
         assert method_info("test_graph_method").needs_graph
@@ -219,7 +219,7 @@ def test_custom_and_graph_methods_plug_in(cases) -> None:
             return inputs[:, 0]
 
         with pytest.raises(UserError, match=r"returned shape \(3, 32, 32\) .* it must return \(3, 1, 32, 32\)"):
-            attribute("test_wrong_shape", model, x, y)
+            attribute(model, x, y, "test_wrong_shape")
     finally:
         METHODS.pop("test_graph_method", None)
         METHODS.pop("test_wrong_shape", None)
@@ -232,25 +232,25 @@ def test_custom_and_graph_methods_plug_in(cases) -> None:
 def test_method_shapes_and_determinism(cases, case: str, method: str) -> None:
     model, x, y = cases[case]
     options = FAST.get(method, {})
-    first = attribute(method, model, x, y, seed=0, **options)
+    first = attribute(model, x, y, method, seed=0, **options)
     assert first.shape == tuple(x.shape) and first.dtype == np.float32
     assert np.isfinite(first).all() and np.abs(first).sum() > 0
-    assert np.array_equal(first, attribute(method, model, x, y, seed=0, **options))
+    assert np.array_equal(first, attribute(model, x, y, method, seed=0, **options))
     if method in STOCHASTIC:
-        assert not np.array_equal(first, attribute(method, model, x, y, seed=1, **options))
+        assert not np.array_equal(first, attribute(model, x, y, method, seed=1, **options))
 
 
 @pytest.mark.parametrize("method", sorted(m for m in available_methods("tokens") if m != "attention" and not method_info(m).needs_graph))
 def test_token_method_shapes_and_determinism(gru_text, method: str) -> None:
     model, tokens, labels = gru_text
     options = FAST.get(method, {})
-    first = attribute(method, model, tokens, labels, seed=0, **options)
+    first = attribute(model, tokens, labels, method, seed=0, **options)
     assert first.shape == tuple(tokens.shape) and first.dtype == np.float32
     assert np.isfinite(first).all() and np.abs(first).sum() > 0
     assert (first[tokens.numpy() == model.pad_index] == 0).all(), "pads are not text"
-    assert np.array_equal(first, attribute(method, model, tokens, labels, seed=0, **options))
+    assert np.array_equal(first, attribute(model, tokens, labels, method, seed=0, **options))
     if method in STOCHASTIC:
-        assert not np.array_equal(first, attribute(method, model, tokens, labels, seed=1, **options))
+        assert not np.array_equal(first, attribute(model, tokens, labels, method, seed=1, **options))
 
 
 def test_model_state_inputs_and_random_state_are_left_alone(cases) -> None:
@@ -264,8 +264,8 @@ def test_model_state_inputs_and_random_state_are_left_alone(cases) -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    attribute("smoothgrad", model, x, y, nt_samples=2)
-    attribute("integrated_gradients", model, x, y, n_steps=4)
+    attribute(model, x, y, "smoothgrad", nt_samples=2)
+    attribute(model, x, y, "integrated_gradients", n_steps=4)
     assert torch.equal(torch.rand(3), expected), "attribute must not consume the caller's random numbers"
     assert model.training and all(m.training for m in model.modules())
     assert not frozen.requires_grad and all(p.requires_grad for p in list(model.parameters())[1:])
@@ -278,14 +278,14 @@ def test_model_state_inputs_and_random_state_are_left_alone(cases) -> None:
 
 def test_sequence_in_quantus_layout_matches_plain_sequence(cases) -> None:
     model, x, y = cases["lstm-mnist1d"]
-    plain = attribute("occlusion", model, x, y)
-    channel = attribute("occlusion", model, x[:, None], y, modality="sequence")
+    plain = attribute(model, x, y, "occlusion")
+    channel = attribute(model, x[:, None], y, "occlusion", modality="sequence")
     assert channel.shape == (BATCH, 1, 40, 1) and np.array_equal(channel[:, 0], plain)
 
 
 def test_integrated_gradients_completeness_on_images(cases) -> None:
     model, x, y = cases["lenet-mnist"]
-    scores = attribute("integrated_gradients", model, x, y, n_steps=128)
+    scores = attribute(model, x, y, "integrated_gradients", n_steps=128)
     with torch.no_grad():
         gap = (model(x) - model(torch.zeros_like(x))).gather(1, y[:, None])[:, 0].numpy()
     assert np.allclose(scores.reshape(BATCH, -1).sum(axis=1), gap, rtol=1e-2, atol=1e-3)
@@ -293,7 +293,7 @@ def test_integrated_gradients_completeness_on_images(cases) -> None:
 
 def test_integrated_gradients_completeness_on_tokens(gru_text) -> None:
     model, tokens, labels = gru_text
-    scores = attribute("integrated_gradients", model, tokens, labels, n_steps=128)
+    scores = attribute(model, tokens, labels, "integrated_gradients", n_steps=128)
     with torch.no_grad():
         pads = torch.full_like(tokens, model.pad_index)
         gap = (model(tokens) - model(pads)).gather(1, labels[:, None])[:, 0].numpy()
@@ -303,35 +303,35 @@ def test_integrated_gradients_completeness_on_tokens(gru_text) -> None:
 @pytest.mark.parametrize("method", ["lime", "kernel_shap"])
 def test_surrogate_methods_are_not_all_zero(cases, gru_text, method: str) -> None:
     model, x, y = cases["lenet-mnist"]
-    for sample in attribute(method, model, x, y, n_perturbations=60):
+    for sample in attribute(model, x, y, method, n_perturbations=60):
         assert np.count_nonzero(sample) > sample.size // 4
     gru, tokens, labels = gru_text
-    scores = attribute(method, gru, tokens, labels, n_perturbations=60)
+    scores = attribute(gru, tokens, labels, method, n_perturbations=60)
     real = tokens.numpy() != gru.pad_index
     assert (np.abs(scores[real]) > 0).mean() > 0.5
 
 
 def test_lime_superpixels_and_patch_options(cases) -> None:
     model, x, y = cases["lenet-mnist"]
-    slic = attribute("lime", model, x[:1], y[:1], mask="slic", n_perturbations=40)
-    patches = attribute("lime", model, x[:1], y[:1], patch=8, n_perturbations=40)
+    slic = attribute(model, x[:1], y[:1], "lime", mask="slic", n_perturbations=40)
+    patches = attribute(model, x[:1], y[:1], "lime", patch=8, n_perturbations=40)
     assert len(np.unique(patches)) <= 16 + 1 and not np.array_equal(slic, patches)
 
 
 def test_perturbation_method_requirements(cases) -> None:
     model, x, y = cases["lenet-mnist"]
     with pytest.raises(UserError, match="permutes features across the batch; pass at least 2 samples"):
-        attribute("feature_permutation", model, x[:1], y[:1])
+        attribute(model, x[:1], y[:1], "feature_permutation")
     with pytest.raises(UserError, match="occlusion window 40 is larger than the 32x32 images"):
-        attribute("occlusion", model, x, y, window=40)
+        attribute(model, x, y, "occlusion", window=40)
     lstm, rows, labels = cases["lstm-rows"]
     for method in ("deeplift", "guided_backprop"):
         with pytest.raises(UserError, match=f"{method} cannot explain RecurrentClassifier: captum cannot look "
                                             "inside nn.LSTM; it supports feed-forward models such as lenet"):
-            attribute(method, lstm, rows, labels)
+            attribute(lstm, rows, labels, method)
     with pytest.raises(UserError, match="attention needs a recurrent model built with pooling='attention'; "
                                         "this LeNet has no attention pooling"):
-        attribute("attention", model, x, y)
+        attribute(model, x, y, "attention")
 
 
 # Token methods -----------------------------------------------------------------------
@@ -339,18 +339,18 @@ def test_perturbation_method_requirements(cases) -> None:
 
 def test_leave_one_out_is_single_token_occlusion(gru_text) -> None:
     model, tokens, labels = gru_text
-    loo = attribute("leave_one_out", model, tokens, labels)
-    assert np.allclose(loo, attribute("occlusion", model, tokens, labels), atol=1e-5)
+    loo = attribute(model, tokens, labels, "leave_one_out")
+    assert np.allclose(loo, attribute(model, tokens, labels, "occlusion"), atol=1e-5)
     with torch.no_grad():
         position = int(tokens.shape[1]) - 2
         changed = tokens.clone()
         changed[0, position] = model.pad_index
         drop = (model(tokens[:1]) - model(changed[:1]))[0, labels[0]].item()
     assert loo[0, position] == pytest.approx(drop, abs=1e-5)
-    unk = attribute("leave_one_out", model, tokens, labels, replacement=1)
+    unk = attribute(model, tokens, labels, "leave_one_out", replacement=1)
     assert not np.allclose(unk, loo)
     with pytest.raises(UserError, match="replacement must be a token id in 0.."):
-        attribute("leave_one_out", model, tokens, labels, replacement=-1)
+        attribute(model, tokens, labels, "leave_one_out", replacement=-1)
 
 
 def test_likelihood_importance_follows_its_definition(gru_text) -> None:
@@ -369,21 +369,21 @@ def test_likelihood_importance_follows_its_definition(gru_text) -> None:
     removal = base - logit(rest)
     position = np.mean([base - logit(rest[:j] + [real[i]] + rest[j:]) for j in range(n) if j != i])
     slot = length - n + i
-    got = {c: attribute("likelihood_importance", model, sample, label, component=c)[0, slot]
+    got = {c: attribute(model, sample, label, "likelihood_importance", component=c)[0, slot]
            for c in ("removal", "position", "total")}
     assert got["removal"] == pytest.approx(removal, abs=1e-5)
     assert got["position"] == pytest.approx(position, abs=1e-5)
     assert got["total"] == pytest.approx(removal + position, abs=1e-5)
     with pytest.raises(UserError, match="unknown component 'order'; valid components: total, removal, position"):
-        attribute("likelihood_importance", model, sample, label, component="order")
+        attribute(model, sample, label, "likelihood_importance", component="order")
 
 
 def test_attention_weights_per_token(sst2, gru_attention) -> None:
     tokens = sst2.x_test[:BATCH]
-    weights = attribute("attention", gru_attention, tokens, 0)
+    weights = attribute(gru_attention, tokens, 0, "attention")
     real = tokens.numpy() != gru_attention.pad_index
     assert np.allclose(weights.sum(axis=1), 1, atol=1e-5) and (weights[~real] == 0).all()
-    assert np.array_equal(weights, attribute("attention", gru_attention, tokens, 1)), "class-independent"
+    assert np.array_equal(weights, attribute(gru_attention, tokens, 1, "attention")), "class-independent"
 
 
 def test_embedding_space_model(gru_text) -> None:
@@ -411,7 +411,7 @@ def test_explain_func_with_the_quantus_calling_convention(cases, gru_text) -> No
     explain = explain_func("integrated_gradients", n_steps=8)
     result = explain(model=lenet, inputs=images.numpy(), targets=labels.numpy(), **QUANTUS_KWARGS)
     assert result.shape == images.shape
-    assert np.array_equal(result, attribute("integrated_gradients", lenet, images, labels, n_steps=8))
+    assert np.array_equal(result, attribute(lenet, images, labels, "integrated_gradients", n_steps=8))
     overridden = explain(model=lenet, inputs=images.numpy(), targets=labels.numpy(), n_steps=4)
     assert not np.array_equal(result, overridden)
 
@@ -419,7 +419,7 @@ def test_explain_func_with_the_quantus_calling_convention(cases, gru_text) -> No
     quantus_layout = sequences[:, None].numpy()
     signals = sequences.transpose(1, 2).numpy()
     result = explain_func("occlusion")(ChannelFirstSequenceModel(lstm), signals, seq_labels.numpy(), **QUANTUS_KWARGS)
-    assert np.array_equal(result, attribute("occlusion", lstm, sequences, seq_labels).transpose(0, 2, 1))
+    assert np.array_equal(result, attribute(lstm, sequences, seq_labels, "occlusion").transpose(0, 2, 1))
     for method, options in (("lime", {"n_perturbations": 40}), ("saliency", {})):
         explain = explain_func(method, modality="sequence", **options)
         result = explain(lstm, quantus_layout, seq_labels.numpy(), **QUANTUS_KWARGS)
@@ -482,11 +482,21 @@ def test_quantus_metrics_run_on_explain_func(cases, gru_text) -> None:
 @pytest.mark.parametrize("method", ["lime", "kernel_shap"])
 def test_old_option_name_n_samples_still_works_with_a_warning(cases, method: str) -> None:
     model, x, y = cases["lenet-mnist"]
-    new = attribute(method, model, x[:2], y[:2], n_perturbations=30)
+    new = attribute(model, x[:2], y[:2], method, n_perturbations=30)
     with pytest.warns(DeprecationWarning, match="'n_samples' of attribution method .* use 'n_perturbations'"):
-        old = attribute(method, model, x[:2], y[:2], n_samples=30)
+        old = attribute(model, x[:2], y[:2], method, n_samples=30)
     np.testing.assert_array_equal(old, new)
     with pytest.warns(DeprecationWarning):
         assert explain_func(method, n_samples=30)(model, x[:2].numpy(), y[:2].numpy()).shape == x[:2].shape
     with pytest.raises(UserError, match="both 'n_perturbations' and its old name 'n_samples'"):
-        attribute(method, model, x[:2], y[:2], n_samples=30, n_perturbations=30)
+        attribute(model, x[:2], y[:2], method, n_samples=30, n_perturbations=30)
+
+
+@pytest.mark.parametrize("method, options", [("saliency", {}), ("lime", {"n_perturbations": 30, "seed": 3})])
+def test_old_argument_order_still_works_with_a_warning(cases, method: str, options: dict) -> None:
+    model, x, y = cases["lenet-mnist"]
+    new = attribute(model, x[:2], y[:2], method, **options)
+    with pytest.warns(DeprecationWarning, match=r"attribute\(method, model, inputs, target\) is deprecated .* use "
+                                                 r"attribute\(model, inputs, target, method\)"):
+        old = attribute(method, model, x[:2], y[:2], **options)
+    np.testing.assert_array_equal(old, new)

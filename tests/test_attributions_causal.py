@@ -52,18 +52,18 @@ LENET_CAUSES = {"conv1": [0, 2, 5], "conv2": [1, 3, 4, 9], "fc1": list(range(0, 
 def test_units_outside_the_graph_contribute_nothing():
     model, x = _lenet(), _images()
     graph = _graph(LENET_CAUSES, ("fc3", 3))
-    before = attribute("causal", model, x, 3, graph=graph)
+    before = attribute(model, x, 3, "causal", graph=graph)
     with torch.no_grad():  # rewire only what reaches the output through non-causal units
         model.conv1.weight[1].mul_(-3.0)
         model.conv2.weight[0].add_(1.0)
         model.fc1.weight[1].normal_()
         model.fc2.weight[1].normal_()
         model.fc3.weight[3, 1] = 50.0  # edge from a held fc2 unit into the target
-    after = attribute("causal", model, x, 3, graph=graph)
+    after = attribute(model, x, 3, "causal", graph=graph)
     assert np.abs(before).max() > 0 and _same(after, before)
     with torch.no_grad():  # a causal unit's weights do matter
         model.conv1.weight[0].mul_(-3.0)
-    assert not _same(attribute("causal", model, x, 3, graph=graph), before)
+    assert not _same(attribute(model, x, 3, "causal", graph=graph), before)
 
 
 def test_full_graph_equals_the_unrestricted_method():
@@ -71,22 +71,22 @@ def test_full_graph_equals_the_unrestricted_method():
     full = _graph({"conv1": list(range(6)), "conv2": list(range(16)), "fc1": list(range(120)),
                    "fc2": list(range(84))}, ("fc3", 3))
     for base in ("integrated_gradients", "saliency"):
-        ours = attribute("causal", model, x, 3, graph=full, base=base)
-        assert _same(ours, attribute(base, model, x, 3))
+        ours = attribute(model, x, 3, "causal", graph=full, base=base)
+        assert _same(ours, attribute(model, x, 3, base))
 
 
 def test_hold_at_mean_differs_from_zero_and_needs_reference():
     model, x = _lenet(), _images()
     graph = _graph(LENET_CAUSES, ("fc3", 3))
-    zero = attribute("causal", model, x, 3, graph=graph)
-    mean = attribute("causal", model, x, 3, graph=graph, hold="mean", reference=_images(16))
+    zero = attribute(model, x, 3, "causal", graph=graph)
+    mean = attribute(model, x, 3, "causal", graph=graph, hold="mean", reference=_images(16))
     assert mean.shape == zero.shape and not _same(mean, zero)
     with pytest.raises(UserError, match="reference"):
-        attribute("causal", model, x, 3, graph=graph, hold="mean")
+        attribute(model, x, 3, "causal", graph=graph, hold="mean")
     with pytest.raises(UserError, match="graph-free"):
-        attribute("causal", model, x, 3, graph=graph, base="causal")
+        attribute(model, x, 3, "causal", graph=graph, base="causal")
     with pytest.raises(UserError, match="needs a causal graph"):
-        attribute("causal", model, x, 3)
+        attribute(model, x, 3, "causal")
 
 
 def test_recurrent_units_are_held_through_the_recurrence():
@@ -95,17 +95,17 @@ def test_recurrent_units_are_held_through_the_recurrence():
     model = build_model("lstm", info, hidden_size=8).eval()
     x = torch.rand(3, 1, 12, 10, generator=torch.Generator().manual_seed(2))
     graph = _graph({"lstm": [0, 3, 5]}, ("fc", 1))
-    before = attribute("causal", model, x, 1, graph=graph)
+    before = attribute(model, x, 1, "causal", graph=graph)
     assert before.shape == x.shape  # time steps x features, in image layout
     with torch.no_grad():  # everything that drives the held unit 2, at every gate
         for gate in range(4):
             model.lstm.weight_ih_l0[gate * 8 + 2].normal_()
             model.lstm.weight_hh_l0[gate * 8 + 2].normal_()
         model.lstm.weight_hh_l0[:, 2].normal_()  # and everything it would feed back
-    assert np.abs(before).max() > 0 and _same(attribute("causal", model, x, 1, graph=graph), before)
+    assert np.abs(before).max() > 0 and _same(attribute(model, x, 1, "causal", graph=graph), before)
     with torch.no_grad():
         model.lstm.weight_ih_l0[3].normal_()  # input gate of causal unit 3
-    assert not _same(attribute("causal", model, x, 1, graph=graph), before)
+    assert not _same(attribute(model, x, 1, "causal", graph=graph), before)
 
 
 def test_token_models_get_one_score_per_token():
@@ -116,9 +116,9 @@ def test_token_models_get_one_score_per_token():
     tokens = torch.randint(2, 22, (3, 7), generator=torch.Generator().manual_seed(3))
     tokens[:, :2] = 0
     graph = _graph({"gru": [1, 4]}, ("fc", 1))
-    scores = attribute("causal", model, tokens, 1, graph=graph)
+    scores = attribute(model, tokens, 1, "causal", graph=graph)
     assert scores.shape == (3, 7)
-    np.testing.assert_array_equal(scores, attribute("causal", model, tokens, 1, graph=graph))
+    np.testing.assert_array_equal(scores, attribute(model, tokens, 1, "causal", graph=graph))
 
 
 def test_causal_paths_maps_per_unit_and_their_sum():
@@ -129,12 +129,12 @@ def test_causal_paths_maps_per_unit_and_their_sum():
     assert all(m.shape == (3, 32, 32) for m in maps.values())
     assert total.shape == (3, 1, 32, 32)
     assert torch.allclose(total.flatten(1).abs().amax(1), torch.ones(3))
-    result = attribute("causal_paths", model, x, 3, graph=graph, layer="conv2")
+    result = attribute(model, x, 3, "causal_paths", graph=graph, layer="conv2")
     np.testing.assert_allclose(result, total.numpy(), rtol=1e-6)
     # Only causal parents count: changing a non-causal conv1 channel's output weights changes nothing.
     with torch.no_grad():
         model.conv2.weight[:, 1].normal_()
-    np.testing.assert_allclose(attribute("causal_paths", model, x, 3, graph=graph, layer="conv2"), result,
+    np.testing.assert_allclose(attribute(model, x, 3, "causal_paths", graph=graph, layer="conv2"), result,
                                rtol=1e-6)
     fc_maps, _ = causal_path_maps(model, x, graph, "fc1")
     assert len(fc_maps) == len(LENET_CAUSES["fc1"])
@@ -144,3 +144,11 @@ def test_causal_paths_maps_per_unit_and_their_sum():
         causal_path_maps(model, x, _graph({"fc2": [0, 1]}, ("fc3", 3)), "conv2")
     with pytest.raises(UserError, match="unknown layer"):
         causal_path_maps(model, x, graph, "conv9")
+
+
+def test_old_argument_order_with_a_positional_graph_still_works_with_a_warning():
+    model, x = _lenet(), _images()
+    graph = _graph(LENET_CAUSES, ("fc3", 3))
+    with pytest.warns(DeprecationWarning, match=r"use attribute\(model, inputs, target, method\)"):
+        old = attribute("causal", model, x, 3, graph)
+    np.testing.assert_array_equal(old, attribute(model, x, 3, "causal", graph=graph))

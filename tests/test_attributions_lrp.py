@@ -158,12 +158,12 @@ def test_features_the_model_ignores_get_no_relevance_when_biases_absorb(cell):
 def test_images_are_explained_as_rows_in_image_shape():
     net = model("lstm", input_size=2 * 4, pooling="mean")
     images = torch.rand(3, 2, 5, 4, generator=torch.Generator().manual_seed(2))
-    scores = attribute("lrp", net, images, TARGET[:3])
+    scores = attribute(net, images, TARGET[:3], "lrp")
     assert scores.shape == images.shape and scores.dtype == np.float32
     rows = lrp_relevance(net, images_as_rows(images), TARGET[:3]).inputs
     np.testing.assert_allclose(images_as_rows(torch.from_numpy(scores)).numpy(), rows.float().numpy(), rtol=1e-5,
                                atol=1e-7)
-    np.testing.assert_array_equal(scores, attribute("lrp", net, images, TARGET[:3]))
+    np.testing.assert_array_equal(scores, attribute(net, images, TARGET[:3], "lrp"))
 
 
 @pytest.mark.parametrize("pooling", ("last", "mean"))
@@ -171,40 +171,40 @@ def test_tokens_get_their_embedding_relevance_and_padding_none(pooling):
     net = model("gru", 2, pooling, input_size=None, vocab_size=12, embedding_dim=4)
     tokens = torch.tensor([[0, 0, 3, 5, 7], [2, 9, 11, 1, 4]])
     target = torch.tensor([1, 2])
-    scores = attribute("lrp", net, tokens, target, bias_relevance=True)
+    scores = attribute(net, tokens, target, "lrp", bias_relevance=True)
     assert scores.shape == tokens.shape
     assert np.all(scores[0, :2] == 0)
     embeddings = net.embedding(tokens).detach()
     relevance = lrp_relevance(net, embeddings, target, pad_mask=tokens == 0, bias_relevance=True)
     np.testing.assert_allclose(scores[1], relevance.inputs[1].sum(dim=-1).numpy(), rtol=1e-5, atol=1e-7)
     wrapper = EmbeddingSpaceModel(net)
-    in_space = attribute("lrp", wrapper, wrapper.embed(tokens), target, modality="sequence", bias_relevance=True)
+    in_space = attribute(wrapper, wrapper.embed(tokens), target, "lrp", modality="sequence", bias_relevance=True)
     np.testing.assert_allclose(in_space[:, 0].sum(axis=-1), scores, rtol=1e-5, atol=1e-6)
 
 
 def test_sensitivity_is_the_squared_gradient_not_saliency():
     net, x = model("lstm", 2), batch().float()
-    squared = attribute("sensitivity", net, x, TARGET)
-    absolute = attribute("saliency", net, x, TARGET)
+    squared = attribute(net, x, TARGET, "sensitivity")
+    absolute = attribute(net, x, TARGET, "saliency")
     np.testing.assert_allclose(squared, absolute**2, rtol=1e-5, atol=1e-12)
     assert not np.allclose(squared, absolute)
     tokens = torch.tensor([[0, 3, 5, 7], [2, 9, 11, 1]])
     text = model("lstm", input_size=None, vocab_size=12, embedding_dim=4)
-    per_token = attribute("sensitivity", text, tokens, torch.tensor([0, 1]))
-    np.testing.assert_allclose(per_token, attribute("saliency", text, tokens, torch.tensor([0, 1])) ** 2, rtol=1e-5)
+    per_token = attribute(text, tokens, torch.tensor([0, 1]), "sensitivity")
+    np.testing.assert_allclose(per_token, attribute(text, tokens, torch.tensor([0, 1]), "saliency") ** 2, rtol=1e-5)
     assert per_token[0, 0] == 0
 
 
 def test_invalid_models_and_options_are_user_errors():
     with pytest.raises(UserError, match="RecurrentClassifier"):
-        attribute("lrp", LeNet(1, (28, 28), 10).eval(), torch.rand(1, 1, 28, 28), 0)
+        attribute(LeNet(1, (28, 28), 10).eval(), torch.rand(1, 1, 28, 28), 0, "lrp")
     net, x = model("lstm"), batch()
     with pytest.raises(UserError, match="epsilon must be a positive number"):
-        attribute("lrp", net, x, TARGET, epsilon=0)
+        attribute(net, x, TARGET, "lrp", epsilon=0)
     with pytest.raises(UserError, match="bias_relevance must be true or false"):
-        attribute("lrp", net, x, TARGET, bias_relevance="yes")
+        attribute(net, x, TARGET, "lrp", bias_relevance="yes")
     with pytest.raises(UserError, match="unknown option 'eps'"):
-        attribute("lrp", net, x, TARGET, eps=1e-3)
+        attribute(net, x, TARGET, "lrp", eps=1e-3)
     net.lstm = nn.LSTM(5, 3, batch_first=True, bidirectional=True)
     with pytest.raises(UserError, match="bidirectional=True"):
         lrp_relevance(net, x, TARGET)
@@ -214,4 +214,4 @@ def test_a_forward_lrp_cannot_reproduce_is_refused():
     net = RecurrentClassifier("gru", 5, 3, hidden_size=6, num_layers=2, dropout=0.5).train()
     with pytest.raises(UserError, match="training mode"):
         lrp_relevance(net, batch(), TARGET)
-    assert attribute("lrp", net, batch(), TARGET).shape == (4, 7, 5)  # attribute() explains in eval mode
+    assert attribute(net, batch(), TARGET, "lrp").shape == (4, 7, 5)  # attribute() explains in eval mode

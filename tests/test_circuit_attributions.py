@@ -31,8 +31,8 @@ def leaky() -> tuple[PlantedRNN, torch.Tensor, torch.Tensor, object]:
 def test_circuit_ig_gives_nothing_to_inputs_that_reach_the_class_outside_the_circuit(leaky):
     model, x, y, graph = leaky
     samples = x[y == 0][:4]
-    maps = attribute("circuit_ig", model, samples, 0, graph=graph)
-    plain = attribute("integrated_gradients", model, samples, 0)
+    maps = attribute(model, samples, 0, "circuit_ig", graph=graph)
+    plain = attribute(model, samples, 0, "integrated_gradients")
     assert np.all(maps[..., 1] == 0.0)  # feature 1 reaches class 0 only through unit 1
     assert np.abs(plain[..., 1]).sum() > 0
     np.testing.assert_allclose(maps[..., 0], plain[..., 0], rtol=1e-4, atol=1e-6)
@@ -42,19 +42,19 @@ def test_circuit_ig_gives_nothing_to_inputs_that_reach_the_class_outside_the_cir
 def test_changing_a_path_outside_the_circuit_leaves_the_attributions_unchanged(leaky, method):
     model, x, y, graph = leaky
     samples = x[y == 0][:4]
-    before = attribute(method, model, samples, 0, graph=graph)
-    after = attribute(method, _leaky(0.3), samples, 0, graph=graph)
+    before = attribute(model, samples, 0, method, graph=graph)
+    after = attribute(_leaky(0.3), samples, 0, method, graph=graph)
     np.testing.assert_allclose(before, after, rtol=1e-5, atol=1e-6)
     assert np.abs(before).sum() > 0
     base = "integrated_gradients" if method == "circuit_ig" else "occlusion"
-    assert not np.allclose(attribute(base, model, samples, 0), attribute(base, _leaky(0.3), samples, 0))
+    assert not np.allclose(attribute(model, samples, 0, base), attribute(_leaky(0.3), samples, 0, base))
 
 
 def test_model_unchanged_and_deterministic(leaky):
     model, x, y, graph = leaky
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    a = attribute("circuit_occlusion", model, x[:3], 0, graph=graph)
-    b = attribute("circuit_occlusion", model, x[:3], 0, graph=graph)
+    a = attribute(model, x[:3], 0, "circuit_occlusion", graph=graph)
+    b = attribute(model, x[:3], 0, "circuit_occlusion", graph=graph)
     assert np.array_equal(a, b)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not model.rnn._forward_hooks and "forward" not in model.rnn.__dict__

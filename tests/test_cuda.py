@@ -39,9 +39,9 @@ def test_attributions_on_cuda_equal_the_cpu_ones(method: str) -> None:
     model = LeNet(1, 32, 10).eval()
     x = torch.rand(3, 1, 32, 32)
     torch.manual_seed(1)
-    cpu = attribute(method, model, x, 3)
+    cpu = attribute(model, x, 3, method)
     torch.manual_seed(1)  # LIME/KernelSHAP draw on the CPU generator: the same draws on both devices
-    gpu = attribute(method, model.cuda(), x.cuda(), 3)
+    gpu = attribute(model.cuda(), x.cuda(), 3, method)
     model.cpu()
     assert gpu.shape == cpu.shape
     np.testing.assert_allclose(gpu, cpu, rtol=1e-2, atol=1e-3 * max(1.0, float(np.abs(cpu).max())))

@@ -209,7 +209,7 @@ def test_kernel_shap_is_exact_on_a_linear_model() -> None:
     x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
     contributions = (model[1].weight.detach()[y].reshape(4, 1, 8, 8) * x).reshape(4, 1, 2, 4, 2, 4).sum((3, 5))
     for batched in (True, False):
-        scores = attribute("kernel_shap", model, x, y, n_perturbations=120, patch=4, batched=batched)
+        scores = attribute(model, x, y, "kernel_shap", n_perturbations=120, patch=4, batched=batched)
         np.testing.assert_allclose(scores.reshape(4, 1, 2, 4, 2, 4)[..., 0, :, 0], contributions.numpy(), atol=1e-4)
 
 
@@ -221,7 +221,7 @@ def test_batched_lime_draws_from_captums_distribution() -> None:
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 64, 2))
     x, y = torch.rand(1, 1, 8, 8), torch.tensor([1])
-    runs = {flag: np.stack([attribute("lime", model, x, y, n_perturbations=60, patch=2, seed=s, batched=flag)[0, 0, ::2, ::2]
+    runs = {flag: np.stack([attribute(model, x, y, "lime", n_perturbations=60, patch=2, seed=s, batched=flag)[0, 0, ::2, ::2]
                             for s in range(30)]).reshape(30, -1) for flag in (True, False)}
     p_values = ttest_ind(runs[True], runs[False], equal_var=False).pvalue
     assert p_values.min() > 0.001 / 16, p_values.min()
@@ -259,7 +259,7 @@ def test_perturbations_shared_by_methods_give_the_scores_of_a_fresh_batch(case, 
     shared = Batch(case["model"], case["x"], case["y"])
     for method in ("saliency", "gradient_x_input", "saliency"):
         fresh = Batch(case["model"], case["x"], case["y"])
-        a = attribute(method, case["model"], case["x"], case["y"])
+        a = attribute(case["model"], case["x"], case["y"], method)
         np.testing.assert_array_equal(run_metric(spec, init, calls, shared, a, explain_func(method), 3),
                                       run_metric(spec, init, calls, fresh, a, explain_func(method), 3))
     assert len(shared.cache) >= 1

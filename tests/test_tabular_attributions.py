@@ -27,14 +27,14 @@ def test_float_rows_are_tabular(mlp) -> None:
 def test_every_float_method_gives_one_score_per_feature(mlp, method: str) -> None:
     model, x = mlp
     torch.manual_seed(0)
-    maps = attribute(method, model, x[:4], 1)
+    maps = attribute(model, x[:4], 1, method)
     assert maps.shape == (4, x.shape[1]) and np.isfinite(maps).all()
 
 
 def test_occlusion_of_one_feature_is_the_logit_drop_to_the_reference(mlp) -> None:
     """Occlusion's score of feature f is logit(x) - logit(x with f set to the reference, zero here)."""
     model, x = mlp
-    maps = attribute("occlusion", model, x[:2], 1)
+    maps = attribute(model, x[:2], 1, "occlusion")
     with torch.no_grad():
         clean = model(x[:2])[:, 1]
         for f in range(x.shape[1]):
@@ -47,5 +47,5 @@ def test_causal_attributions_of_a_tabular_model(mlp) -> None:
     model, x = mlp
     target = int(model(x).argmax(-1).mode().values)
     graph = discover(model, x, target, n_samples=10)
-    maps = attribute("causal", model, x[:3], target, graph=graph)
+    maps = attribute(model, x[:3], target, "causal", graph=graph)
     assert maps.shape == (3, x.shape[1])

@@ -126,14 +126,14 @@ def full_graph(units: dict[str, int], target: int, keep: dict[str, list[int]] | 
 @pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_every_gradient_method_scores_each_token(model_type, method):
     model, ids = built(model_type), tokens()
-    scores = attribute(method, model, ids, 1)
+    scores = attribute(model, ids, 1, method)
     assert scores.shape == (5, LENGTH) and scores.dtype == np.float32 and np.isfinite(scores).all()
     if model_type is TextCNN:  # the embedding's padding_idx is the pad id: pads are not text
         assert (scores[ids.numpy() == PAD] == 0).all()
     real = scores[ids.numpy() != PAD]
     assert np.abs(real).max() > 0
     if method_info(method).stochastic:
-        assert np.array_equal(scores, attribute(method, model, ids, 1, seed=0))
+        assert np.array_equal(scores, attribute(model, ids, 1, method, seed=0))
 
 
 @pytest.mark.parametrize("model_type", [TextCNN, BagOfWords])
@@ -145,8 +145,8 @@ def test_saliency_is_the_gradient_norm_of_each_tokens_embedding(model_type):
     expected = embedded.grad.norm(dim=-1)
     if model_type is TextCNN:
         expected = expected.masked_fill(ids == PAD, 0.0)
-    assert np.allclose(attribute("saliency", model, ids, 2), expected.numpy(), atol=1e-6)
-    assert np.allclose(attribute("sensitivity", model, ids, 2), expected.square().numpy(), atol=1e-6)
+    assert np.allclose(attribute(model, ids, 2, "saliency"), expected.numpy(), atol=1e-6)
+    assert np.allclose(attribute(model, ids, 2, "sensitivity"), expected.square().numpy(), atol=1e-6)
 
 
 def test_integrated_gradients_is_layer_ig_on_the_embedding_from_all_pads():
@@ -154,14 +154,14 @@ def test_integrated_gradients_is_layer_ig_on_the_embedding_from_all_pads():
     expected = LayerIntegratedGradients(model, model.words).attribute(
         ids, baselines=torch.full_like(ids, PAD), target=1, n_steps=32
     ).sum(-1).masked_fill(ids == PAD, 0.0)
-    scores = attribute("integrated_gradients", model, ids, 1, n_steps=32)
+    scores = attribute(model, ids, 1, "integrated_gradients", n_steps=32)
     assert np.allclose(scores, expected.detach().numpy(), atol=1e-5)
 
 
 def test_integrated_gradients_completeness_without_a_pad_id():
     """No pad id: the reference is the zero embedding, and the scores add up to f(x) - f(zero embedding)."""
     model, ids = built(BagOfWords), tokens()
-    scores = attribute("integrated_gradients", model, ids, 0, n_steps=256)
+    scores = attribute(model, ids, 0, "integrated_gradients", n_steps=256)
     with torch.no_grad():
         embedded = model.table(ids)
         gap = (model.head(embedded) - model.head(torch.zeros_like(embedded)))[:, 0]
@@ -177,11 +177,11 @@ def test_recurrent_models_give_the_same_scores_as_their_forward_embedded():
     embedded = gru.embedding(ids).detach().requires_grad_(True)
     gru.forward_embedded(embedded, pad_mask=ids == PAD)[:, 1].sum().backward()
     expected = (embedded.grad * embedded).sum(-1).masked_fill(ids == PAD, 0.0)
-    assert np.allclose(attribute("gradient_x_input", gru, ids, 1), expected.detach().numpy(), atol=1e-6)
+    assert np.allclose(attribute(gru, ids, 1, "gradient_x_input"), expected.detach().numpy(), atol=1e-6)
     expected_ig = LayerIntegratedGradients(gru, gru.embedding).attribute(
         ids, baselines=torch.full_like(ids, PAD), target=1, n_steps=16
     ).sum(-1).masked_fill(ids == PAD, 0.0)
-    assert np.allclose(attribute("integrated_gradients", gru, ids, 1, n_steps=16), expected_ig.detach().numpy(), atol=1e-5)
+    assert np.allclose(attribute(gru, ids, 1, "integrated_gradients", n_steps=16), expected_ig.detach().numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -192,9 +192,9 @@ def test_recurrent_models_give_the_same_scores_as_their_forward_embedded():
 def test_causal_with_a_full_graph_equals_the_base_method(model_type, units, base):
     model, ids = built(model_type), tokens()
     before = copy.deepcopy(model.state_dict())
-    causal = attribute("causal", model, ids, 1, graph=full_graph(units, 1), base=base)
+    causal = attribute(model, ids, 1, "causal", graph=full_graph(units, 1), base=base)
     assert causal.shape == (5, LENGTH)
-    assert np.array_equal(causal, attribute(base, model, ids, 1))
+    assert np.array_equal(causal, attribute(model, ids, 1, base))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -203,21 +203,21 @@ def test_causal_holds_a_non_causal_branch_of_the_text_cnn():
     model, ids = built(TextCNN), tokens()
     before = copy.deepcopy(model.state_dict())
     graph = full_graph({"c3": 6, "c5": 5}, 1, keep={"c5": [1]})
-    causal = attribute("causal", model, ids, 1, graph=graph)
+    causal = attribute(model, ids, 1, "causal", graph=graph)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "bit-identical afterwards"
     cut = copy.deepcopy(model)
     with torch.no_grad():
         held = [0, 2, 3, 4]
         cut.c5.weight[held] = 0
         cut.c5.bias[held] = 0
-    assert np.allclose(causal, attribute("integrated_gradients", cut, ids, 1), atol=1e-6)
-    assert not np.allclose(causal, attribute("integrated_gradients", model, ids, 1), atol=1e-3)
+    assert np.allclose(causal, attribute(cut, ids, 1, "integrated_gradients"), atol=1e-6)
+    assert not np.allclose(causal, attribute(model, ids, 1, "integrated_gradients"), atol=1e-3)
 
 
 def test_the_token_embedding_is_found_among_several():
     model, ids = built(WithPositions), tokens()
     assert token_model(model, ids).embedding is model.tokens
-    scores = attribute("gradient_x_input", model, ids, 0)
+    scores = attribute(model, ids, 0, "gradient_x_input")
     where = model.positions(torch.arange(LENGTH))
     embedded = model.tokens(ids).detach().requires_grad_(True)
     model.out((embedded + where).mean(dim=1))[:, 0].sum().backward()
@@ -228,19 +228,19 @@ def test_the_token_embedding_is_found_among_several():
 def test_what_cannot_be_scored_per_token_stops_with_one_line():
     ids = tokens()
     with pytest.raises(UserError, match="called more than once") as error:
-        attribute("saliency", built(TwoLookups), ids, 0)
+        attribute(built(TwoLookups), ids, 0, "saliency")
     assert "\n" not in str(error.value)
     with pytest.raises(UserError, match="no nn.Embedding layer"):
-        attribute("saliency", nn.Sequential(nn.Linear(LENGTH, 2)), ids, 0)
+        attribute(nn.Sequential(nn.Linear(LENGTH, 2)), ids, 0, "saliency")
     # Without a pad id, switching tokens off needs an id to switch them to.
     with pytest.raises(UserError, match="replacement=<token id>"):
-        attribute("leave_one_out", built(BagOfWords), ids, 0)
-    assert attribute("leave_one_out", built(BagOfWords), ids, 0, replacement=1).shape == (5, LENGTH)
+        attribute(built(BagOfWords), ids, 0, "leave_one_out")
+    assert attribute(built(BagOfWords), ids, 0, "leave_one_out", replacement=1).shape == (5, LENGTH)
 
 
 @pytest.mark.parametrize("method", ["lime", "occlusion", "feature_permutation", "leave_one_out"])
 def test_perturbation_methods_on_the_text_cnn(method):
     model, ids = built(TextCNN), tokens()
     options = {"n_samples": 40} if method == "lime" else {}
-    scores = attribute(method, model, ids, 1, **options)
+    scores = attribute(model, ids, 1, method, **options)
     assert scores.shape == (5, LENGTH) and (scores[ids.numpy() == PAD] == 0).all()

@@ -4,7 +4,7 @@ The main entry points::
 
     from explainnn import discover, attribute
     graph = discover(model, inputs, target=3)            # which hidden units cause class 3
-    maps = attribute("causal", model, x, 3, graph=graph)  # input attributions through them
+    maps = attribute(model, x, 3, "causal", graph=graph)  # input attributions through them
 
     run = explainnn.Run("config.yaml")                    # the whole pipeline of a config, step by step
     run.graph, run.attributions, run.evaluations          # each runs the steps it needs, once

@@ -501,7 +501,7 @@ def attention_vs_gradients(
     batch = torch.as_tensor(_numpy(inputs))
     modality = modality_of(model, batch)
     targets = resolve_targets(model, batch, target)
-    weights = _per_step(attribute("attention", model, batch, targets, seed=seed), modality, magnitude=False)
+    weights = _per_step(attribute(model, batch, targets, "attention", seed=seed), modality, magnitude=False)
     known = dict(attributions or {})
     options = dict(options or {})
     per_step = {}
@@ -772,7 +772,7 @@ def attribute_in_batches(method: str, model: nn.Module, inputs: torch.Tensor, ta
     ``BATCH`` texts at a time.
     """
     starts = range(0, len(inputs), BATCH)
-    parts = [attribute(method, model, inputs[s : s + BATCH], targets[s : s + BATCH], seed=seed + n, **options)
+    parts = [attribute(model, inputs[s : s + BATCH], targets[s : s + BATCH], method, seed=seed + n, **options)
              for n, s in enumerate(progress_bar(starts, desc=method, unit="batch", enabled=progress, leave=False))]
     return np.concatenate(parts)
 

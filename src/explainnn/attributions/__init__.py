@@ -1,6 +1,6 @@
 """Input attributions: the standard methods and the causal ones under one interface.
 
-``attribute(method, model, inputs, target, graph=None, **options)`` returns float32
+``attribute(model, inputs, target, method, graph=None, **options)`` returns float32
 numpy attributions: the shape of ``inputs`` for images ``(N, C, H, W)`` and
 sequences ``(N, T, F)``, one score per token ``(N, L)`` for int64 token ids. The
 same method name picks the implementation that suits the inputs' modality

@@ -83,9 +83,9 @@ def explain_func(method: str, **fixed_options: Any) -> Callable[..., np.ndarray]
             if batch.ndim != 3:
                 raise UserError(f"ChannelFirstSequenceModel explains (N, F, T) signals; got shape {tuple(batch.shape)}")
             steps = batch.transpose(1, 2) if isinstance(batch, torch.Tensor) else batch.transpose(0, 2, 1)
-            scores = attribute(method, model.model, steps, labels, graph=graph, **options)
+            scores = attribute(model.model, steps, labels, method, graph=graph, **options)
             return np.ascontiguousarray(scores.transpose(0, 2, 1))
-        return attribute(method, model, batch, labels, graph=graph, **options)
+        return attribute(model, batch, labels, method, graph=graph, **options)
 
     base = fixed_options.get("base")
     explain.deterministic = not info.stochastic and not (  # type: ignore[attr-defined]

@@ -209,10 +209,10 @@ def renamed_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def attribute(
-    method: str,
     model: nn.Module,
     inputs: torch.Tensor | np.ndarray,
     target: int | torch.Tensor | np.ndarray | list[int],
+    method: str,
     graph: Any = None,
     **options: Any,
 ) -> np.ndarray:
@@ -225,7 +225,14 @@ def attribute(
     touching the caller's random state. The model's train/eval mode,
     ``requires_grad`` flags and ``.grad`` are left as they were; ``inputs`` is not
     modified. Old names of renamed options (:data:`RENAMED_OPTIONS`) still work, with a warning.
+
+    The old positional order ``attribute(method, model, inputs, target)`` still works,
+    with a ``DeprecationWarning``.
     """
+    if isinstance(model, str):
+        warnings.warn("attribute(method, model, inputs, target) is deprecated and will be removed in 0.3; use "
+                      "attribute(model, inputs, target, method)", DeprecationWarning, stacklevel=2)
+        model, inputs, target, method = inputs, target, method, model  # type: ignore[assignment]
     info = method_info(method)
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be a torch.nn.Module; got {type(model).__name__}")

@@ -85,7 +85,7 @@ def attribute_methods(
             print(f"attribution {method}: skipped ({modality} inputs; it supports {', '.join(info.modalities)})")
             continue
         try:
-            results[method] = attribute(method, model, inputs, target, graph=graph, seed=seed,
+            results[method] = attribute(model, inputs, target, method, graph=graph, seed=seed,
                                         **(options or {}).get(method, {}))
         except UserError as exc:
             print(f"attribution {method}: skipped ({exc})")
