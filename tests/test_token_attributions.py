@@ -241,6 +241,6 @@ def test_what_cannot_be_scored_per_token_stops_with_one_line():
 @pytest.mark.parametrize("method", ["lime", "occlusion", "feature_permutation", "leave_one_out"])
 def test_perturbation_methods_on_the_text_cnn(method):
     model, ids = built(TextCNN), tokens()
-    options = {"n_samples": 40} if method == "lime" else {}
+    options = {"n_perturbations": 40} if method == "lime" else {}
     scores = attribute(model, ids, 1, method, **options)
     assert scores.shape == (5, LENGTH) and (scores[ids.numpy() == PAD] == 0).all()
