@@ -30,6 +30,15 @@ from explainnn.errors import UserError
 from explainnn.interventions import InterventionRunner
 
 
+def _in_order(inputs: Any, graph: Any) -> tuple[torch.Tensor, CausalGraph]:
+    """``(inputs, graph)``, also from the deprecated order ``circuit_faithfulness(model, graph, inputs)``."""
+    if isinstance(inputs, CausalGraph) and not isinstance(graph, CausalGraph):
+        warnings.warn("circuit_faithfulness(model, graph, inputs) is deprecated and will be removed in 0.3; use "
+                      "circuit_faithfulness(model, inputs, graph)", DeprecationWarning, stacklevel=3)
+        return graph, inputs
+    return inputs, graph
+
+
 def circuit_faithfulness(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -55,14 +64,9 @@ def circuit_faithfulness(
     evaluation inputs). ``n_random`` random sets with the same number of units
     per layer (``per_layer=False``: the same number of units anywhere in the
     analysed layers) give the p-values (at least 100 for p < 0.01 to be reachable).
-
-    The old order ``circuit_faithfulness(model, graph, inputs)`` still works, with a
-    ``DeprecationWarning``.
+    The old order ``(model, graph, inputs)`` still works, with a ``DeprecationWarning``.
     """
-    if isinstance(inputs, CausalGraph) and not isinstance(graph, CausalGraph):
-        warnings.warn("circuit_faithfulness(model, graph, inputs) is deprecated and will be removed in 0.3; use "
-                      "circuit_faithfulness(model, inputs, graph)", DeprecationWarning, stacklevel=2)
-        inputs, graph = graph, inputs
+    inputs, graph = _in_order(inputs, graph)
     target = int(graph.metadata["target"])
     if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
         raise UserError(f"n_random must be a positive integer; got {n_random!r}")
@@ -73,14 +77,23 @@ def circuit_faithfulness(
     rows = [units.keep(causal), units.ablate(causal), units.keep(np.zeros(units.total, dtype=bool))]
     for mask in random_sets:
         rows.extend([units.keep(mask), units.ablate(mask)])
-    runner = InterventionRunner(model, reference=None if reference is None else reference.to(device))
-    result = runner.run(samples, rows, target)
+    result = InterventionRunner(model, reference=None if reference is None else reference.to(device)).run(
+        samples, rows, target)
+    report = _report(units, causal, result, target, n_random, per_layer, len(samples))
+    graph.add_result("circuit", report)
+    return report
+
+
+def _report(units: Any, causal: np.ndarray, result: Any, target: int, n_random: int, per_layer: bool,
+            n_eval: int) -> dict[str, Any]:
+    """The JSON report of one run: rows 0-2 are the graph kept, the graph ablated and everything ablated,
+    then one (kept, ablated) pair per random set."""
     logit = result.target_logit.double().mean(1).cpu().numpy()
     accuracy = (result.logits.argmax(-1) == target).double().mean(1).cpu().numpy()
     clean_logit = float(result.clean_target_logit.double().mean())
     chosen_units = units.split(causal)
-    report = {
-        "n_eval": int(len(samples)),
+    return {
+        "n_eval": int(n_eval),
         "n_random": n_random,
         "random_sets": "same size per layer" if per_layer else "same size",
         "ablation": "mean",
@@ -95,8 +108,6 @@ def circuit_faithfulness(
         "empty_accuracy": float(accuracy[2]),
         **_against_random(logit, accuracy, clean_logit),
     }
-    graph.add_result("circuit", report)
-    return report
 
 
 def _evaluation_samples(inputs: torch.Tensor, target: int, labels: torch.Tensor | None,
