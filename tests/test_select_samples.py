@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from explainnn.causal.discovery import select_samples
+from explainnn.causal.discovery import indices_classified_as
 from explainnn.errors import UserError
 
 
@@ -27,7 +27,7 @@ def test_select_samples_matches_the_naive_scan(with_labels: bool, n: int) -> Non
     expected = _naive(model, inputs, 1, n, labels)
     if len(expected) < 2:
         with pytest.raises(UserError, match="at least 2"):
-            select_samples(model, inputs, 1, n, labels=labels, batch_size=16)
+            indices_classified_as(model, inputs, 1, n, labels=labels, batch_size=16)
         return
-    got = select_samples(model, inputs, 1, n, labels=labels, batch_size=16)
+    got = indices_classified_as(model, inputs, 1, n, labels=labels, batch_size=16)
     assert torch.equal(got, expected)
