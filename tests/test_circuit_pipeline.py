@@ -6,7 +6,7 @@ import pytest
 
 from explainnn.causal import CausalGraph
 from explainnn.config import build_config
-from explainnn.pipeline import Run
+from explainnn.pipeline import CircuitReport, Run
 from explainnn.pipeline.circuit import CURVE_POINTS, describe_circuit
 
 SMALL = ["progress=false", "data.name=digits", "training.epochs=8", "training.lr=0.003", "device=cpu",
@@ -36,6 +36,10 @@ def test_graph_and_circuit_come_from_the_training_split_and_the_checks_from_the_
     assert ctx.evaluations[3].settings["samples_used_by_discovery"] == 0
     size = circuit.results["circuit_search"]
     assert 0 < size["size"] <= size["total_units"] and size["faithfulness"] >= 0.8
+    report = run.circuits[3]  # the typed result the step carries on the context
+    assert isinstance(report, CircuitReport) and report.graph is circuit and report.target == 3
+    assert report.size == size["size"] and report.check == check and report.curves is not None
+    assert report.held_out_sufficiency == check["sufficiency"]["normalized"]
 
 
 def test_circuit_files_and_the_report(train_run):

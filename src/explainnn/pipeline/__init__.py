@@ -2,7 +2,7 @@
 
 Data flows down the list in :data:`STEPS`::
 
-    data ─► model ─► discovery ─► checks ─► attribution ─► evaluation ─► views ─► text ─► clustering ─► report
+    data ─► model ─► discovery ─► checks ─► circuit ─► attribution ─► evaluation ─► views ─► text ─► clustering ─► report
 
 ``ctx`` is the :class:`RunContext` (config, run folder, device, and every
 earlier step's result); ``options`` is the step's config section, the same
@@ -14,9 +14,9 @@ Python. From Python::
     ctx = run("config.yaml", "discovery.target_class=7")     # everything, as the command line
     graph = Run("config.yaml").graph                          # only the steps up to the graph
 
-The minimal faithful circuit (config section ``circuit``) belongs in
-``pipeline/circuit.py`` as ``Step("circuit", find_circuit, "circuit")`` after
-``checks``; it reads ``ctx.graphs`` and stores its result on ``ctx``.
+The minimal faithful circuit (config section ``circuit``) is the step
+``Step("circuit", find_circuits, "circuit")`` after ``checks``; it stores one
+:class:`CircuitReport` per class in ``ctx.circuits``.
 
 Adding a step
 -------------
@@ -32,7 +32,8 @@ Adding a step
    config section's validators, so a mistake stops the run before training.
 """
 
+from explainnn.pipeline.circuit import CircuitReport
 from explainnn.pipeline.context import RunContext
 from explainnn.pipeline.runner import STEP_NAMES, STEPS, Run, Step, run
 
-__all__ = ["STEPS", "STEP_NAMES", "Run", "RunContext", "Step", "run"]
+__all__ = ["STEPS", "STEP_NAMES", "CircuitReport", "Run", "RunContext", "Step", "run"]

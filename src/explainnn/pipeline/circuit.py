@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from explainnn.causal import (
@@ -13,7 +16,7 @@ from explainnn.causal import (
     plot_circuit,
     plot_curves,
 )
-from explainnn.causal.curves import OURS, baseline_orders, circuit_order
+from explainnn.causal.curves import OURS, FaithfulnessCurves, baseline_orders, circuit_order
 from explainnn.causal.minimal_circuit import circuit_graph
 from explainnn.config import CircuitConfig
 from explainnn.files import save_figure
@@ -24,7 +27,40 @@ CURVE_POINTS, CURVE_RANDOM = 21, 10
 """The run's curves: 21 sizes (every 5% of the units) plus the circuit's, 10 random orderings averaged."""
 
 
-def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CausalGraph]:
+@dataclass(frozen=True)
+class CircuitReport:
+    """One class's minimal circuit as the circuit step found and checked it (``ctx.circuits[k]``).
+
+    ``graph`` is the circuit as a :class:`CausalGraph` (what ``circuit.json``
+    holds; ``graph.results`` keeps the same numbers as JSON), ``search`` how it
+    was found (:func:`~explainnn.causal.find_circuit`), ``check`` its held-out
+    sufficiency and necessity against random sets
+    (:func:`~explainnn.causal.circuit_faithfulness`'s report) and ``curves`` the
+    faithfulness curves when ``circuit.curves`` is on.
+    """
+
+    graph: CausalGraph
+    search: CircuitSearch
+    check: dict[str, Any]
+    curves: FaithfulnessCurves | None = None
+
+    @property
+    def target(self) -> int:
+        """The explained class."""
+        return self.search.target
+
+    @property
+    def size(self) -> int:
+        """Hidden units in the circuit."""
+        return int(self.search.size)
+
+    @property
+    def held_out_sufficiency(self) -> float:
+        """The normalised target logit kept by the circuit alone on the held-out samples."""
+        return float(self.check["sufficiency"]["normalized"])
+
+
+def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CircuitReport]:
     """The minimal faithful circuit of each explained class, checked on held-out test samples.
 
     The circuit is found on ``options.n_samples`` samples of ``discovery.samples_from``
@@ -36,7 +72,8 @@ def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CausalGr
     ``circuit/class_<k>/``: ``circuit.json`` (a :class:`CausalGraph`; the checks
     in its results), ``circuit.graphml``, ``units.csv``, ``curves.csv``,
     ``curve_areas.csv`` and, with plots, ``circuit_graph.png``,
-    ``circuit_check.png``, ``curves.png``; fills ``ctx.circuit_graphs``.
+    ``circuit_check.png``, ``curves.png``; fills ``ctx.circuits`` (``ctx.circuit_graphs``
+    holds their graphs).
     """
     dataset, model = ctx.dataset, ctx.model
     inputs, labels, split = discovery_inputs(ctx)
@@ -53,9 +90,8 @@ def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CausalGr
         check = circuit_faithfulness(model, dataset.x_test, graph, labels=dataset.y_test, reference=reference,
                                      exclude=exclude, n_eval=options.eval_samples, n_random=options.n_random,
                                      seed=ctx.seed)
-        if options.curves:
-            circuit_curves(ctx, search, graph, inputs[torch.as_tensor(graph.metadata["samples"])], exclude,
-                           options.eval_samples, split)
+        curves = circuit_curves(ctx, search, graph, inputs[torch.as_tensor(graph.metadata["samples"])], exclude,
+                                options.eval_samples, split) if options.curves else None
         graph.to_json(folder / "circuit.json")
         graph.to_graphml(folder / "circuit.graphml")
         graph.to_csv(folder / "units.csv", table="units")
@@ -63,13 +99,13 @@ def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CausalGr
             save_figure(graph.draw(max_units_per_layer=24, dpi=ctx.dpi,
                                    title=f"Minimal faithful circuit of class {target}"), folder / "circuit_graph.png")
             save_figure(plot_circuit(check, dpi=ctx.dpi), folder / "circuit_check.png")
-        ctx.circuit_graphs[target] = graph
+        ctx.circuits[target] = CircuitReport(graph, search, check, curves)
         print(describe_circuit(graph))
-    return ctx.circuit_graphs
+    return ctx.circuits
 
 
 def circuit_curves(ctx: RunContext, search: CircuitSearch, graph: CausalGraph, samples: torch.Tensor, exclude,
-                   eval_samples: int, split: str) -> None:
+                   eval_samples: int, split: str) -> FaithfulnessCurves:
     """Faithfulness curves of ``search`` on up to ``eval_samples`` held-out test samples of its class.
 
     The orderings come from the circuit's own ``samples``; writes ``curves.csv``,
@@ -94,6 +130,7 @@ def circuit_curves(ctx: RunContext, search: CircuitSearch, graph: CausalGraph, s
         title = (f"class {target}: circuit from {len(samples)} {split} samples, "
                  f"curves on {curves.n_eval} held-out test samples")
         save_figure(plot_curves(curves, dpi=ctx.dpi, title=title), folder / "curves.png")
+    return curves
 
 
 def describe_circuit(graph: CausalGraph) -> str:

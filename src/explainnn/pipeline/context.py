@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +15,8 @@ from explainnn.config import Config
 from explainnn.data import Dataset
 from explainnn.errors import UserError
 
+if TYPE_CHECKING:
+    from explainnn.pipeline.circuit import CircuitReport
 
 class RunContext:
     """One run's shared state: the resolved config, its folder and device, and each step's result.
@@ -24,7 +26,9 @@ class RunContext:
     :class:`~explainnn.causal.DiscoveryResult` per class; ``graphs`` holds their
     graphs), ``faithfulness``, ``stability`` and ``seed_stability`` (checks:
     ``circuit_faithfulness``'s report, :class:`~explainnn.causal.StabilityResult`,
-    :class:`~explainnn.causal.SeedStability`), ``attributions``,
+    :class:`~explainnn.causal.SeedStability`), ``circuits`` (circuit: one
+    :class:`~explainnn.pipeline.circuit.CircuitReport` per class; ``circuit_graphs``
+    holds their graphs), ``attributions``,
     ``evaluations``, and ``analyses`` (views, text, clustering: what each
     wrote). Reading ``dataset`` or ``model`` before their step ran is a
     one-line error naming the step.
@@ -41,7 +45,7 @@ class RunContext:
         self.faithfulness: dict[int, dict[str, Any]] = {}
         self.stability: dict[int, StabilityResult] = {}
         self.seed_stability: dict[int, SeedStability] = {}
-        self.circuit_graphs: dict[int, CausalGraph] = {}
+        self.circuits: dict[int, CircuitReport] = {}
         self.attributions: dict[int, dict[str, np.ndarray]] = {}
         self.evaluations: dict[int, Any] = {}
         self.analyses: dict[str, Any] = {}
@@ -55,6 +59,11 @@ class RunContext:
     def graphs(self) -> dict[int, CausalGraph]:
         """The causal graph of each explained class (from :attr:`discoveries`, the discovery step's results)."""
         return {target: result.graph for target, result in self.discoveries.items()}
+
+    @property
+    def circuit_graphs(self) -> dict[int, CausalGraph]:
+        """The minimal circuit of each explained class as a graph (from :attr:`circuits`, the circuit step's results)."""
+        return {target: report.graph for target, report in self.circuits.items()}
 
     @property
     def dataset(self) -> Dataset:

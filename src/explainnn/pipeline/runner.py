@@ -18,7 +18,7 @@ from explainnn.errors import UserError
 from explainnn.files import write_csv
 from explainnn.pipeline.attribution import explain_classes
 from explainnn.pipeline.checks import check_graphs
-from explainnn.pipeline.circuit import find_circuits
+from explainnn.pipeline.circuit import CircuitReport, find_circuits
 from explainnn.pipeline.clustering import cluster_explanations
 from explainnn.pipeline.context import RunContext
 from explainnn.pipeline.data import load_data
@@ -169,6 +169,11 @@ class Run:
 
     def _only_class(self) -> int:
         return int(self.graph.metadata["target"])
+
+    @property
+    def circuits(self) -> dict[int, CircuitReport]:
+        """``{class: CircuitReport}``: each class's minimal circuit and its checks (runs the steps up to the circuit)."""
+        return self.run("circuit").circuits
 
     @property
     def attributions(self) -> dict[int, dict[str, np.ndarray]]:
