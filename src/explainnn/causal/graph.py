@@ -109,16 +109,7 @@ class CausalGraph:
 
     def add_edge(self, cause: str, effect: str, /, **stats: Any) -> None:
         """Add the edge ``cause -> effect`` between two existing units, with its statistics."""
-        for nid in (cause, effect):
-            if nid not in self.graph:
-                raise UserError(f"unknown unit {nid!r}; add it with add_unit first")
-        if self.graph.nodes[cause]["depth"] >= self.graph.nodes[effect]["depth"]:
-            raise UserError(f"edge {cause!r} -> {effect!r} must run from a lower to a higher depth")
-        reserved = _RESERVED_EDGE_KEYS.intersection(stats)
-        if reserved:
-            raise UserError(f"edge attributes may not be named {', '.join(sorted(reserved))}")
-        values = {key: _json_value(value, f"edge attribute {key!r}") for key, value in stats.items()}
-        self.graph.add_edge(cause, effect, **values)
+        self.add_edges(cause, [effect], **stats)
 
     def add_edges(self, cause: str, effects: Iterable[str], /, **stats: Any) -> None:
         """Add ``cause -> effect`` for every unit of ``effects``, all with the same statistics (checked once)."""
