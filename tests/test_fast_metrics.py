@@ -14,13 +14,16 @@ import inspect
 import numpy as np
 import pytest
 import torch
+from quantus.helpers import utils as quantus_utils
 from skimage.metrics import structural_similarity
 from torch import nn
 
 from explainnn.attributions import attribute, explain_func
 from explainnn.attributions.baselines import fit_surrogates
+from explainnn.errors import ConfigError
 from explainnn.evaluation import MetricContext, metric_spec
 from explainnn.evaluation.fast import FAST_METRICS, Batch, map_ssim, run_metric
+from explainnn.evaluation.fast import faithfulness as fast_faithfulness
 from explainnn.evaluation.fast.common import explain_rows, prepare
 from explainnn.evaluation.fast.faithfulness import irof
 
@@ -87,6 +90,40 @@ def test_irof_equals_quantus_where_quantus_follows_the_paper(case) -> None:
     first = {**case, **{key: case[key][:2] for key in ("x", "y", "a", "masks")}}
     quantus, fast = both(first, "IROF", {"perturb_baseline": "black"}, batch_size=1)
     np.testing.assert_allclose(fast, quantus, **TOL)
+
+
+@pytest.mark.parametrize("baseline", ["mean", "black", "white", 0.25])
+@pytest.mark.parametrize("batch_size", [2, 3, 64])
+def test_irof_in_quantus_batches_equals_quantus(case, baseline, batch_size, monkeypatch) -> None:
+    """``quantus_batches: true``: Quantus' batch-wide baseline and zero-padded curves, number for number.
+
+    SLIC gives every small image the same number of superpixels, so both engines
+    get stripes instead: 3 to 6 per image, curves of different lengths in one batch.
+    """
+    def stripes(img: np.ndarray, segmentation_method: str) -> np.ndarray:
+        image = img
+        count = 3 + int(abs(float(image.sum())) * 1000) % 4
+        return np.repeat(np.arange(count), -(-image.shape[1] // count))[None, :image.shape[1]].repeat(
+            image.shape[0], axis=0)
+
+    monkeypatch.setattr(quantus_utils, "get_superpixel_segments", stripes)
+    monkeypatch.setattr(fast_faithfulness, "get_superpixel_segments", stripes)
+    assert len({len(np.unique(stripes(np.moveaxis(x, 0, -1), "slic"))) for x in case["x"]}) > 1
+    quantus, fast = both(case, "IROF", {"perturb_baseline": baseline, "quantus_batches": True},
+                         batch_size=batch_size)
+    np.testing.assert_allclose(fast, quantus, **TOL)
+    _, paper = both(case, "IROF", {"perturb_baseline": baseline}, batch_size=batch_size)
+    if batch_size > 1:  # the paper's per-image curves (and, for mean, per-image baseline) give other numbers
+        assert np.abs(paper - quantus).max() > 1e-3
+
+
+def test_irof_quantus_batches_false_is_refused_by_the_quantus_engine() -> None:
+    spec = metric_spec("IROF")
+    init, _ = spec.settings(MetricContext(modality="image", sample_shape=(1, 8, 8), n_classes=2),
+                            {"quantus_batches": False})
+    with pytest.raises(ConfigError, match="quantus_batches"):
+        spec.create(init)
+    spec.create({**init, "quantus_batches": True})  # Quantus' own rule: accepted
 
 
 def test_irof_follows_the_paper_by_hand() -> None:

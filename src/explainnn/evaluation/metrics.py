@@ -104,6 +104,8 @@ class MetricSpec:
     note: str = ""
     fixed: tuple[str, ...] = ()
     """Options whose default makes the metric return one value per sample; they cannot be changed."""
+    fast_options: tuple[str, ...] = ()
+    """Options only the fast engine takes (Quantus' metric does not know them; see :meth:`create`)."""
 
     @property
     def direction(self) -> str:
@@ -133,7 +135,7 @@ class MetricSpec:
         """Keys ``evaluation.options.<metric>`` may set."""
         parameters = inspect.signature(self.cls.__init__).parameters
         names = [p for p in parameters if p not in ("self", "kwargs", "args", *OWNED_OPTIONS, *self.fixed)]
-        return sorted({*names, *CALL_OPTIONS})
+        return sorted({*names, *CALL_OPTIONS, *self.fast_options})
 
     def settings(self, context: MetricContext, overrides: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Constructor and call keyword arguments: common settings, defaults for ``context``, then ``overrides``."""
@@ -151,7 +153,16 @@ class MetricSpec:
         return init, calls
 
     def create(self, init: dict[str, Any]) -> Metric:
-        """The Quantus metric object (quiet, per-sample results, explainnn's normalisation)."""
+        """The Quantus metric object (quiet, per-sample results, explainnn's normalisation).
+
+        Fast-engine options are checked against what Quantus does: ``IROF``'s
+        ``quantus_batches`` may be left out or ``true`` (Quantus' own rule), never ``false``.
+        """
+        init = dict(init)
+        for key in self.fast_options:
+            if key in init and init.pop(key) is False:
+                raise ConfigError(f"evaluation.options.{self.name}.{key}: false is the fast engine's rule; "
+                                  f"Quantus always computes {self.name} batch by batch (use evaluation.engine: fast)")
         return self.cls(**init, normalise_func=normalise_per_sample, return_aggregate=False,
                         disable_warnings=True, display_progressbar=False)
 
@@ -314,7 +325,9 @@ METRICS: dict[str, MetricSpec] = {
                    note="subset_size defaults to min(224, features / 4)"),
         MetricSpec("IROF", "faithfulness", quantus.IROF, IMAGE_ONLY,
                    defaults=lambda c: {"segmentation_method": "slic", "perturb_baseline": "mean"},
-                   note="SLIC superpixels (scikit-image defaults; one-channel images work); needs pictures"),
+                   fast_options=("quantus_batches",),
+                   note="SLIC superpixels (scikit-image defaults; one-channel images work); needs pictures; "
+                        "the fast engine follows the paper unless quantus_batches: true"),
         MetricSpec("PixelFlipping", "faithfulness", quantus.PixelFlipping, defaults=_pixel_steps,
                    fixed=("return_auc_per_sample",),
                    note="area under the target-probability curve; features_in_step defaults to at most 64 steps"),

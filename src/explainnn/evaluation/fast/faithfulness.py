@@ -173,7 +173,7 @@ IROF_BASELINES = ("black", "white", "mean")
 
 
 def irof(batch: Batch, a: np.ndarray, *, segmentation_method: str = "slic", perturb_baseline: Any = "mean",
-         softmax: bool = True) -> np.ndarray:
+         softmax: bool = True, quantus_batches: bool = False, batch_size: int = 64) -> np.ndarray:
     """Area over the curve of the target score (relative to the clean score) while superpixels are replaced,
     most relevant (highest mean attribution) first (Rieger & Hansen 2020).
 
@@ -183,46 +183,99 @@ def irof(batch: Batch, a: np.ndarray, *, segmentation_method: str = "slic", pert
     mean of the whole batch as perturbed so far, and it pads shorter curves
     with zeros up to the batch's longest, which adds half the last step's
     score; both make one sample's score depend on the others evaluated with it.
+    ``quantus_batches=True`` computes Quantus' rule instead, over its batches of
+    ``batch_size`` samples (to compare with the Quantus engine number for number).
     The area is in steps (one per superpixel), as in Quantus.
     """
     if perturb_baseline not in IROF_BASELINES and (isinstance(perturb_baseline, bool)
                                                    or not isinstance(perturb_baseline, (int, float))):
         raise ConfigError(f"IROF perturb_baseline must be a number or one of {', '.join(IROF_BASELINES)} in the fast "
                           f"engine; got {perturb_baseline!r}")
+    if not isinstance(quantus_batches, bool):
+        raise ConfigError(f"IROF quantus_batches must be true or false; got {quantus_batches!r}")
     if batch.x.ndim != 4:
         raise UserError(f"IROF needs (N, C, H, W) images; got shape {batch.x.shape}")
-    n = len(batch)
     a = np.broadcast_to(a, batch.x.shape)
     segments = superpixels(batch, segmentation_method)
+    orders = [_irof_order(a[i], segments[i], i) for i in range(len(batch))]
+    if quantus_batches:
+        return _irof_in_quantus_batches(batch, orders, segments, perturb_baseline, softmax, batch_size)
     x = batch.flat()
     scorer = Scorer(batch, softmax=softmax)
-    lengths = []
-    for i in range(n):
-        labels = segments[i]
-        count = len(np.unique(labels))
-        if count < 2:
-            raise UserError(f"IROF found {count} superpixel in sample {i}; it needs at least two")
-        scorer.add(_irof_steps(a[i], x[i].reshape(batch.x.shape[1:]), labels, count, perturb_baseline),
-                   np.full(count, batch.y[i]))
-        lengths.append(count)
+    for i, order in enumerate(orders):
+        scorer.add(_irof_steps(order, x[i].reshape(batch.x.shape[1:]), segments[i], perturb_baseline),
+                   np.full(len(order), batch.y[i]))
     scores = scorer.result()
     clean = batch.clean_scores(softmax=softmax)
+    lengths = [len(order) for order in orders]
     bounds = np.cumsum([0, *lengths])
-    return np.array([lengths[i] - np.trapezoid(scores[bounds[i]:bounds[i + 1]] / clean[i], dx=1) for i in range(n)],
-                    dtype=np.float64)
+    return np.array([lengths[i] - np.trapezoid(scores[bounds[i]:bounds[i + 1]] / clean[i], dx=1)
+                     for i in range(len(batch))], dtype=np.float64)
 
 
-def _irof_steps(a: np.ndarray, image: np.ndarray, labels: np.ndarray, count: int, baseline: Any) -> np.ndarray:
-    """The image after each step of IROF ``(count, features)``: step ``k`` has the ``k + 1`` superpixels of highest
-    mean attribution (``labels`` ``(H, W)`` numbered ``0..count-1``) set to the baseline value."""
-    flat = labels.reshape(-1)
-    relevance = np.array([np.mean(a[:, labels == s]) for s in range(count)])
+def _irof_order(a: np.ndarray, labels: np.ndarray, index: int) -> np.ndarray:
+    """The superpixels of one sample (``labels`` ``(H, W)`` numbered ``0..count-1``), highest mean attribution
+    first, ordered as Quantus orders them (``argsort`` of the negated float64 means)."""
+    count = len(np.unique(labels))
+    if count < 2:
+        raise UserError(f"IROF found {count} superpixel in sample {index}; it needs at least two")
+    relevance = np.zeros(count)
+    for s in range(count):
+        relevance[s] = np.mean(a[:, labels == s])
+    return np.argsort(-relevance)
+
+
+def _irof_steps(order: np.ndarray, image: np.ndarray, labels: np.ndarray, baseline: Any) -> np.ndarray:
+    """The image after each step of IROF ``(count, features)``: step ``k`` has the first ``k + 1`` superpixels of
+    ``order`` set to the baseline value of the unperturbed ``image``."""
+    count = len(order)
     step_of = np.empty(count, dtype=np.int64)
-    step_of[np.argsort(-relevance)] = np.arange(count)  # the step at which each superpixel is removed
-    removed = step_of[flat][None, :] <= np.arange(count)[:, None]  # (count, H*W)
+    step_of[order] = np.arange(count)  # the step at which each superpixel is removed
+    removed = step_of[labels.reshape(-1)][None, :] <= np.arange(count)[:, None]  # (count, H*W)
     steps = np.where(removed[:, None, :], np.float32(_image_baseline(baseline, image)),
                      image.reshape(len(image), -1)[None])
     return steps.reshape(count, -1)
+
+
+def _irof_in_quantus_batches(batch: Batch, orders: list[np.ndarray], segments: np.ndarray, baseline: Any,
+                             softmax: bool, batch_size: int) -> np.ndarray:
+    """IROF as Quantus 0.6 computes it: per batch, step ``k`` replaces each sample's ``k``-th superpixel by the
+    baseline of the *whole batch as perturbed so far*; curves are padded with zeros to the batch's longest.
+
+    The perturbed images are built in NumPy exactly as Quantus builds them
+    (same operations, same float32 values); all steps of all batches then go
+    through the model together.
+    """
+    scorer = Scorer(batch, softmax=softmax)
+    padded = []
+    for part in chunks(len(batch), batch_size):
+        x, labels = batch.x[part], segments[part]
+        longest = max(len(order) for order in orders[part])
+        index = np.array([[*order, *([-1] * (longest - len(order)))] for order in orders[part]])
+        current = x.copy()
+        for step in range(longest):
+            mask = np.broadcast_to((labels == index[:, step][:, None, None])[:, None], x.shape)
+            current = np.where(mask, _batch_baseline(baseline, current), current)
+            scorer.add(current.reshape(len(x), -1), batch.y[part])
+        padded.append((part, index >= 0))
+    scores = scorer.result()
+    clean = batch.clean_scores(softmax=softmax)
+    result, start = np.empty(len(batch)), 0
+    for part, valid in padded:
+        b, longest = valid.shape
+        curve = scores[start:start + b * longest].reshape(longest, b).T / clean[part][:, None] * valid
+        result[part] = valid.sum(-1) - np.trapezoid(curve, dx=1, axis=1)
+        start += b * longest
+    return result
+
+
+def _batch_baseline(value: Any, current: np.ndarray) -> Any:
+    """Quantus' baseline value for the batch ``current``: a number as given, or the min/max/mean of every
+    value of the batch (all axes)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return np.float32(value)
+    axes = tuple(range(current.ndim))
+    return {"black": current.min(axis=axes), "white": current.max(axis=axes), "mean": current.mean(axis=axes)}[value]
 
 
 def _image_baseline(value: Any, image: np.ndarray) -> float:
@@ -237,6 +290,6 @@ def superpixels(batch: Batch, method: str) -> np.ndarray:
         raise ConfigError(f"IROF segmentation_method must be slic or felzenszwalb; got {method!r}")
     key = ("superpixels", method)
     if key not in batch.cache:
-        batch.cache[key] = np.stack([get_superpixel_segments(np.moveaxis(image, 0, -1).astype("double"), method)
-                                     for image in batch.x])
+        batch.cache[key] = np.stack([get_superpixel_segments(img=np.moveaxis(image, 0, -1).astype("double"),
+                                                             segmentation_method=method) for image in batch.x])
     return batch.cache[key]
