@@ -185,11 +185,19 @@ def _print_results(args: argparse.Namespace, runs: dict, seconds: dict[str, floa
 
 def engine_seconds(timings: list[dict]) -> str:
     """One line: an engine run's seconds split into attributions (the methods' own work, the same code in both
-    engines except LIME/KernelSHAP) and each metric (the metric's work, re-explanations included)."""
+    engines except LIME/KernelSHAP) and each metric (the metric's work, re-explanations included), then the
+    seconds of every metric outside the attribution methods (the metric's own work: perturbing, scoring, distances)."""
     parts: dict[str, float] = {}
+    own: dict[str, float] = {}
     for row in timings:
         parts[row["metric"]] = parts.get(row["metric"], 0.0) + float(row["seconds"])
-    return "seconds: " + ", ".join(f"{name} {value:.1f}" for name, value in parts.items())
+        if row["metric"] != "attributions":
+            outside = float(row["seconds"]) - float(row.get("explain_seconds", 0.0))
+            own[row["metric"]] = own.get(row["metric"], 0.0) + outside
+    line = "seconds: " + ", ".join(f"{name} {value:.1f}" for name, value in parts.items())
+    if own:
+        line += "; outside the attribution methods: " + ", ".join(f"{name} {value:.1f}" for name, value in own.items())
+    return line
 
 
 def agreement(fast: list[dict], quantus: list[dict]) -> str:

@@ -265,6 +265,9 @@ def test_both_engines_give_the_same_scores(lenet) -> None:
     for engine, run in runs.items():
         assert run.settings["engine"] == engine
         assert {row["engine"] for row in run.timings if row["metric"] != "attributions"} == {engine}
+        for row in run.timings:  # the time inside the attribution method: only where the metric re-explains
+            assert 0.0 <= row["explain_seconds"] <= row["seconds"] + 1e-3
+            assert (row["explain_seconds"] > 0) == (row["metric"] in ("attributions", "LocalLipschitzEstimate"))
     with pytest.raises(ConfigError, match="evaluation.engine must be one of fast, quantus"):
         _run(model, dataset, target, metrics=["Sparseness"], engine="numpy")
 

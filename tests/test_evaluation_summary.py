@@ -247,6 +247,9 @@ def test_headline_benchmark_agreement_needs_overlapping_intervals_and_equal_rank
     assert "M / a" in script.agreement(fast, outside) and "M / b" not in script.agreement(fast, outside)
     swapped = [dict(fast[0], rank=2), dict(fast[1], rank=1)]
     assert script.agreement(fast, swapped).startswith("engines differ")
-    timings = [{"metric": "attributions", "seconds": 1.5}, {"metric": "IROF", "seconds": 2.0},
-               {"metric": "attributions", "seconds": 0.5}]
-    assert script.engine_seconds(timings) == "seconds: attributions 2.0, IROF 2.0"
+    timings = [{"metric": "attributions", "seconds": 1.5, "explain_seconds": 1.5},
+               {"metric": "IROF", "seconds": 2.0, "explain_seconds": 0.0},
+               {"metric": "attributions", "seconds": 0.5, "explain_seconds": 0.5},
+               {"metric": "LLE", "seconds": 3.0, "explain_seconds": 2.5}]
+    assert script.engine_seconds(timings) == ("seconds: attributions 2.0, IROF 2.0, LLE 3.0; outside the attribution "
+                                              "methods: IROF 2.0, LLE 0.5")

@@ -9,7 +9,8 @@ Files written by :func:`save_results` into the evaluation folder:
 * ``comparisons.csv``: the paired tests of the reference method against each
   baseline;
 * ``skipped.csv``: every metric/method that did not run and why;
-* ``timings.csv``: seconds per attribution and per metric run, and the engine that ran the metric;
+* ``timings.csv``: seconds per attribution and per metric run, the engine that ran the metric, and
+  ``explain_seconds``: of those seconds, the time inside the attribution method (re-explanations);
 * ``settings.json``: samples, method options and every metric's settings;
 * ``attributions.npz``: the inputs as Quantus saw them (``x``, ``y``,
   ``samples``) and each method's attributions (load with
@@ -40,11 +41,11 @@ TABLES = {
                     "median_difference", "statistic", "p_value", "p_adjusted", "correction", "reference_better",
                     "significant"),
     "skipped": ("metric", "method", "reason"),
-    "timings": ("metric", "method", "engine", "seconds"),
+    "timings": ("metric", "method", "engine", "seconds", "explain_seconds"),
 }
 _INTEGERS = {"sample", "n", "n_missing", "n_pairs"}
 _FLOATS = {"value", "mean", "std", "median", "ci_low", "ci_high", "rank", "mean_difference", "median_difference",
-           "statistic", "p_value", "p_adjusted", "seconds"}
+           "statistic", "p_value", "p_adjusted", "seconds", "explain_seconds"}
 _BOOLEANS = {"reference_better", "significant"}
 
 

@@ -20,9 +20,9 @@ def _pair(batch: Batch, a: np.ndarray, metric: str) -> tuple[torch.Tensor, torch
         raise ConfigError(f"{metric} needs ground-truth masks of the inputs' shape {batch.x.shape}; got "
                           f"{None if batch.masks is None else np.shape(batch.masks)}")
     n = len(batch)
-    a = np.ascontiguousarray(np.broadcast_to(a, batch.x.shape).reshape(n, -1))
+    a = np.array(np.broadcast_to(a, batch.x.shape).reshape(n, -1), dtype=np.float64)  # a writable copy
     masks = np.asarray(batch.masks).astype(bool).reshape(n, -1)
-    return (torch.as_tensor(a).to(batch.device, torch.float64), torch.as_tensor(masks).to(batch.device))
+    return torch.as_tensor(a).to(batch.device), torch.as_tensor(masks).to(batch.device)
 
 
 def _nan_where_empty(values: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
