@@ -15,8 +15,10 @@ space.
 
 from __future__ import annotations
 
-from typing import Callable
+import hashlib
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from captum._utils.models.linear_model import SkLearnRidge
 from captum.attr import (
@@ -25,12 +27,12 @@ from captum.attr import (
     GradientShap,
     GuidedBackprop,
     InputXGradient,
-    IntegratedGradients,
     KernelShap,
     Lime,
     Occlusion,
     Saliency,
 )
+from captum.attr._utils.approximation_methods import approximation_parameters
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
@@ -71,13 +73,45 @@ def non_negative(label: str, value: object) -> float:
 
 
 def run_integrated_gradients(forward: Forward, inputs: Tensor, target: Tensor, baselines: Tensor, *,
-                             n_steps: int, internal_batch_size: int, extra: tuple = ()) -> Tensor:
+                             n_steps: int, internal_batch_size: int | None, extra: tuple = ()) -> Tensor:
+    """Integrated Gradients, captum's estimator, ``internal_batch_size`` inputs (samples x steps) per pass.
+
+    As captum's ``IntegratedGradients`` (its default ``gausslegendre`` nodes and
+    weights, from captum): the target logit's gradients at ``baseline + alpha_k *
+    (input - baseline)``, weighted and summed over the ``n_steps`` nodes, times
+    ``input - baseline``. A pass holds every step of a few samples (or, with more
+    steps than rows, ``internal_batch_size`` steps of one), so the pass size stays
+    fixed whatever the batch size; captum instead spreads a few steps of every
+    sample over each pass and, per call, recomputes the nodes and seeds each
+    output's gradient separately. A sample's attributions do not depend on the
+    other samples. Equal to captum's to float rounding (tested at 1e-6); the
+    default ``internal_batch_size`` is :func:`pass_rows` of the device.
+    """
     positive_int("n_steps", n_steps)
-    positive_int("internal_batch_size", internal_batch_size)
-    return IntegratedGradients(forward).attribute(
-        inputs, baselines=baselines, target=target, additional_forward_args=extra or None,
-        n_steps=n_steps, internal_batch_size=max(internal_batch_size, len(inputs)),
-    )
+    rows = pass_rows(inputs.device) if internal_batch_size is None else positive_int(
+        "internal_batch_size", internal_batch_size)
+    step_sizes, step_alphas = approximation_parameters("gausslegendre")
+    alphas = torch.tensor(step_alphas(n_steps), dtype=inputs.dtype, device=inputs.device)
+    weights = torch.tensor(step_sizes(n_steps), dtype=inputs.dtype, device=inputs.device)
+    difference = inputs.detach() - baselines
+    steps_per_pass = min(n_steps, rows)
+    samples_per_pass = max(1, rows // steps_per_pass)
+    total = torch.zeros_like(difference)
+    with torch.enable_grad():
+        for first in range(0, len(inputs), samples_per_pass):
+            part = slice(first, first + samples_per_pass)
+            count = len(difference[part])
+            for step in range(0, n_steps, steps_per_pass):
+                nodes = slice(step, step + steps_per_pass)
+                taken = len(alphas[nodes])
+                shape = (1, taken) + (1,) * (inputs.dim() - 1)
+                path = baselines[part, None] + alphas[nodes].view(shape) * difference[part, None]
+                path = path.reshape(count * taken, *inputs.shape[1:]).requires_grad_()
+                logits = forward(path, *(arg[part].repeat_interleave(taken, dim=0) for arg in extra))
+                chosen = logits.gather(1, target[part].repeat_interleave(taken)[:, None]).sum()
+                (gradients,) = torch.autograd.grad(chosen, path)
+                total[part] += (gradients.view(count, taken, *inputs.shape[1:]) * weights[nodes].view(shape)).sum(1)
+    return total * difference
 
 
 SMOOTHGRAD_ROWS = 1024
@@ -135,7 +169,7 @@ def run_gradient_shap(forward: Forward, inputs: Tensor, target: Tensor, baseline
 
 @register_method("integrated_gradients", modalities=FLOAT_INPUTS)
 def integrated_gradients(model: nn.Module, inputs: Tensor, target: Tensor, *, n_steps: int = 64,
-                         internal_batch_size: int = 1024) -> Tensor:
+                         internal_batch_size: int | None = None) -> Tensor:
     """Integrated Gradients from the reference (zeros) to the input (captum)."""
     return run_integrated_gradients(model, inputs, target, reference(model, inputs),
                                     n_steps=n_steps, internal_batch_size=internal_batch_size)
@@ -199,28 +233,93 @@ def guided_backprop(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
 
 # Perturbation methods ---------------------------------------------------------------
 
-SURROGATE_ROWS = 1024
-"""Default ``perturbations_per_eval`` of the batched LIME/KernelSHAP: inputs per forward pass."""
+PASS_ROWS = {"cpu": 256, "cuda": 4096}
+"""Inputs per forward/backward pass by device type, for the batched surrogates and Integrated Gradients. On 2 CPU
+threads a LeNet forward ran 56k rows/s in 256-row passes, 46k in 1024-row and 23k in 4096-row passes (a pass's
+activations stay in cache); a GPU wants large passes. Other devices use the CUDA size."""
+
+
+def pass_rows(device: torch.device) -> int:
+    """:data:`PASS_ROWS` for ``device``: the default number of inputs per pass."""
+    return PASS_ROWS["cpu" if device.type == "cpu" else "cuda"]
+
+
+def input_seeds(inputs: Tensor, seed: int) -> list[int]:
+    """One seed per sample: blake2b of ``seed``, the samples' dtype and shape and the sample's bytes on the CPU.
+
+    A sample's random draws then depend on its values and ``seed`` alone, not on
+    the batch it comes in, its position there or the device.
+    """
+    rows = inputs.detach().cpu().contiguous()
+    header = f"{seed}:{rows.dtype}:{tuple(rows.shape[1:])}:".encode()
+    data = rows.reshape(len(rows), -1).view(torch.uint8).numpy()
+    return [int.from_bytes(hashlib.blake2b(header + row.tobytes(), digest_size=8).digest(), "little") >> 1
+            for row in data]
+
+
+def surrogate_switches(kind: str, seed: int, n_perturbations: int, groups: int) -> Tensor:
+    """One sample's on/off switches ``(n_perturbations, groups)`` (float64, CPU) from its own generator.
+
+    ``kind="lime"``: each group on with probability 1/2 (as captum's
+    ``default_perturb_func``). ``kind="kernel_shap"``: captum's
+    ``kernel_shap_perturb_generator`` - all on, all off, then subsets whose size
+    ``k`` follows ``(M - 1) / (k (M - k))`` and, given ``k``, uniformly random.
+    The generator is a CPU ``torch.Generator`` seeded with ``seed`` (from
+    :func:`input_seeds`), so the draws are the same on every device.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "lime":
+        return (torch.rand(n_perturbations, groups, generator=generator) < 0.5).double()
+    if groups < 2:
+        raise UserError("kernel_shap needs at least 2 feature groups (patches, superpixels or time steps)")
+    sizes = torch.arange(groups, dtype=torch.float64)
+    probs = (groups - 1) / (sizes * (groups - sizes))
+    probs[0] = 0.0
+    k = torch.multinomial(probs, n_perturbations, replacement=True, generator=generator)
+    order = torch.from_numpy(np.argsort(torch.rand(n_perturbations, groups, generator=generator).numpy(), axis=-1))
+    chosen = (torch.arange(groups) < k[:, None]).double()
+    switches = torch.zeros(n_perturbations, groups, dtype=torch.float64).scatter_(1, order, chosen)
+    switches[0] = 1.0
+    if n_perturbations > 1:
+        switches[1] = 0.0
+    return switches
+
+
+def _replay(switches: Tensor, device: torch.device) -> Callable[..., Iterator[Tensor]]:
+    """A captum ``perturb_func`` (a generator function) yielding ``switches``' rows as ``(1, groups)`` int64."""
+
+    def perturb(original: object, **_: object) -> Iterator[Tensor]:
+        for row in switches.to(device, torch.long):
+            yield row[None]
+
+    return perturb
 
 
 def run_surrogate(explainer: Lime | KernelShap, inputs: Tensor, target: Tensor, masks: Tensor,
-                  baselines: Tensor, *, n_perturbations: int, perturbations_per_eval: int) -> Tensor:
-    """LIME or KernelSHAP one sample at a time, each with its own feature mask.
+                  baselines: Tensor, *, kind: str, seed: int, n_perturbations: int,
+                  perturbations_per_eval: int) -> Tensor:
+    """LIME or KernelSHAP one sample at a time by captum itself, each with its own feature mask and draws.
 
     Captum would size every sample's surrogate model by the largest group count of
     the batch; one call per sample keeps per-sample masks (SLIC, tokens) exact.
+    Captum's estimator and kernel are kept; only its random switches are replaced,
+    through ``perturb_func``, by :func:`surrogate_switches` with the sample's own
+    seed (:func:`input_seeds`), the switches :func:`run_batched_surrogate` draws.
     The surrogate fits are tiny least-squares problems, which multi-threaded BLAS
     only slows down (by 100x on a busy 2-core machine), so BLAS gets one thread.
     """
     positive_int("n_perturbations", n_perturbations)
     positive_int("perturbations_per_eval", perturbations_per_eval)
     parts = []
+    seeds = input_seeds(inputs, seed)
     with threadpool_limits(limits=1, user_api="blas"):
         for index in range(len(inputs)):
             one = slice(index, index + 1)
+            groups = torch.unique(masks[one], return_inverse=True)[1]
+            switches = surrogate_switches(kind, seeds[index], n_perturbations, int(groups.max()) + 1)
+            explainer.perturb_func = _replay(switches, inputs.device)
             parts.append(explainer.attribute(
-                inputs[one], target=target[one], baselines=baselines[one],
-                feature_mask=torch.unique(masks[one], return_inverse=True)[1],
+                inputs[one], target=target[one], baselines=baselines[one], feature_mask=groups,
                 n_samples=n_perturbations, perturbations_per_eval=perturbations_per_eval,
             ))
     return torch.cat(parts)
@@ -271,77 +370,60 @@ def fit_surrogates(switches: Tensor, outputs: Tensor, weights: Tensor, alpha: fl
     return solution[..., 0]
 
 
-def _shap_switches(n: int, n_perturbations: int, groups: int) -> Tensor:
-    """KernelSHAP's coalitions as captum draws them: all on, all off, then random subsets whose size ``k``
-    follows ``(M - 1) / (k (M - k))``; ``(n, n_perturbations, groups)``."""
-    if groups < 2:
-        raise UserError("kernel_shap needs at least 2 feature groups (patches, superpixels or time steps)")
-    sizes = torch.arange(groups, dtype=torch.float64)
-    probs = (groups - 1) / (sizes * (groups - sizes))
-    probs[0] = 0.0
-    k = torch.multinomial(probs.expand(n * n_perturbations, -1).float(), 1).reshape(n, n_perturbations)
-    ranks = torch.rand(n, n_perturbations, groups).argsort(dim=-1).argsort(dim=-1)
-    switches = (ranks < k[..., None]).double()
-    switches[:, 0] = 1.0
-    if n_perturbations > 1:
-        switches[:, 1] = 0.0
-    return switches
-
-
 def _surrogate_outputs(forward: Forward, inputs: Tensor, target: Tensor, baselines: Tensor, switches: list[Tensor],
                        groups: list[Tensor], rows: int) -> Tensor:
-    """The target logit of every perturbation ``(n, S)``: ``baseline + (input - baseline) * on``, with ``on``
-    each sample's switches spread over its feature groups, ``rows`` inputs per pass.
+    """The target logit of every perturbation ``(n, S)``: the input where a group is on, the baseline where it is
+    off (captum's ``default_from_interp_rep_transform``), ``rows`` inputs per pass.
 
-    Each pass writes its perturbed inputs straight into one buffer (no per-sample
-    copies to stack), sized so the activations of a pass stay in cache.
+    The perturbations of consecutive samples fill one reused buffer of ``rows``
+    inputs, so every pass but the last is full and nothing is stacked or copied.
     """
     n, n_perturbations = len(inputs), len(switches[0])
-    flat = inputs.reshape(n, -1)
-    base = baselines.reshape(n, -1)
-    difference = flat - base
-    outputs = torch.empty(n, n_perturbations, dtype=torch.float64)
-    per_pass = max(1, rows // n_perturbations)
+    device, shape = inputs.device, inputs.shape[1:]
+    flat, base = inputs.reshape(n, -1), baselines.reshape(n, -1)
+    row_targets = target.repeat_interleave(n_perturbations)[:, None]
+    buffer = torch.empty(min(rows, n * n_perturbations), flat.shape[1], device=device, dtype=inputs.dtype)
+    picked: list[Tensor] = []
+    filled = done = 0
     with torch.no_grad():
-        for start in range(0, n, per_pass):
-            part = range(start, min(n, start + per_pass))
-            perturbed = torch.empty(len(part), n_perturbations, flat.shape[1], device=inputs.device, dtype=inputs.dtype)
-            for position, i in enumerate(part):
-                on = switches[i].to(inputs.device, inputs.dtype).index_select(1, groups[i].to(inputs.device))
-                torch.addcmul(base[i], difference[i], on, out=perturbed[position])
-            batch = perturbed.reshape(-1, *inputs.shape[1:])
-            logits = torch.cat([forward(chunk) for chunk in batch.split(rows)])
-            picked = logits.gather(1, target[start:part.stop].repeat_interleave(n_perturbations)[:, None])[:, 0]
-            outputs[start:part.stop] = picked.reshape(len(part), n_perturbations).double().cpu()
-    return outputs
+        for i in range(n):
+            on = switches[i].to(device, inputs.dtype).index_select(1, groups[i].to(device))
+            start = 0
+            while start < n_perturbations:
+                take = min(n_perturbations - start, len(buffer) - filled)
+                # lerp is exact at weights 0 and 1: the baseline or the input itself
+                torch.lerp(base[i], flat[i], on[start:start + take], out=buffer[filled:filled + take])
+                filled, start = filled + take, start + take
+                if filled == len(buffer) or (i == n - 1 and start == n_perturbations):
+                    logits = forward(buffer[:filled].view(filled, *shape))
+                    picked.append(logits.gather(1, row_targets[done:done + filled])[:, 0])
+                    done, filled = done + filled, 0
+    return torch.cat(picked).double().cpu().reshape(n, n_perturbations)
 
 
 def run_batched_surrogate(forward: Forward, inputs: Tensor, target: Tensor, masks: Tensor, baselines: Tensor, *,
-                          kind: str, n_perturbations: int, perturbations_per_eval: int, alpha: float = 1.0,
-                          kernel_width: float = 0.25) -> Tensor:
+                          kind: str, seed: int, n_perturbations: int, perturbations_per_eval: int | None,
+                          alpha: float = 1.0, kernel_width: float = 0.25) -> Tensor:
     """LIME (``kind="lime"``) or KernelSHAP (``"kernel_shap"``) for a whole batch at once.
 
     The same estimator as captum's ``Lime``/``KernelShap`` (see
-    :func:`fit_surrogates`, :func:`cosine_kernel_weights`, :func:`_shap_switches`),
-    but the perturbations of all samples go through ``forward`` together,
-    ``perturbations_per_eval`` inputs per pass, and the fits are solved together.
-    Each sample keeps its own feature groups (``masks``: patches, SLIC
-    superpixels or time steps). Draws come from torch's global generator on
-    the CPU, so a seed gives the same result on CPU and CUDA.
+    :func:`fit_surrogates`, :func:`cosine_kernel_weights`) on the same switches as
+    :func:`run_surrogate` (:func:`surrogate_switches`, seeded per sample by
+    :func:`input_seeds`), but the perturbations of all samples go through
+    ``forward`` together, ``perturbations_per_eval`` inputs per pass (default
+    :func:`pass_rows` of the device), and the fits are solved together. Each
+    sample keeps its own feature groups (``masks``: patches, SLIC superpixels or
+    time steps). A sample's attributions are a function of its values, baseline,
+    target and ``seed`` alone: the same in any batch, at any position, on CPU and CUDA.
     """
     positive_int("n_perturbations", n_perturbations)
-    rows = positive_int("perturbations_per_eval", perturbations_per_eval)
+    rows = pass_rows(inputs.device) if perturbations_per_eval is None else positive_int(
+        "perturbations_per_eval", perturbations_per_eval)
     n = len(inputs)
     masks = masks.cpu()  # groups index the CPU coefficients (and cost a device sync each on CUDA)
     groups = [torch.unique(masks[i], return_inverse=True)[1].reshape(-1) for i in range(n)]
     counts = [int(g.max()) + 1 for g in groups]
-    switches = [torch.zeros(0)] * n
-    for count in sorted(set(counts)):
-        members = [i for i in range(n) if counts[i] == count]
-        drawn = (torch.bernoulli(torch.full((len(members), n_perturbations, count), 0.5, dtype=torch.float64))
-                 if kind == "lime" else _shap_switches(len(members), n_perturbations, count))
-        for position, i in enumerate(members):
-            switches[i] = drawn[position]
+    switches = [surrogate_switches(kind, s, n_perturbations, c) for s, c in zip(input_seeds(inputs, seed), counts)]
     outputs = _surrogate_outputs(forward, inputs, target, baselines, switches, groups, rows)
     result = torch.empty(n, inputs[0].numel(), dtype=torch.float64)
     for count in sorted(set(counts)):
@@ -383,43 +465,62 @@ def _masks(model: nn.Module, inputs: Tensor, mask: str, patch: int | None, n_seg
     return feature_mask(inputs, "tabular") if inputs.dim() == 2 else time_step_mask(inputs)
 
 
-@register_method("lime", modalities=FLOAT_INPUTS, stochastic=True)
+def _reference_rows(perturbations_per_eval: int | None) -> int:
+    """Inputs per pass of captum's own Lime/KernelShap: the option, at most 100 (default 100)."""
+    if perturbations_per_eval is None:
+        return 100
+    return min(positive_int("perturbations_per_eval", perturbations_per_eval), 100)
+
+
+@register_method("lime", modalities=FLOAT_INPUTS, stochastic=True, seeded_per_input=True)
 def lime(model: nn.Module, inputs: Tensor, target: Tensor, *, n_perturbations: int = 500, mask: str = "patches",
          patch: int | None = None, n_segments: int = 64, alpha: float = 1.0, kernel_width: float = 0.25,
-         perturbations_per_eval: int = SURROGATE_ROWS, batched: bool = True) -> Tensor:
+         perturbations_per_eval: int | None = None, batched: bool = True, seed: int = 0) -> Tensor:
     """LIME over patches/superpixels or time steps, ridge surrogate (captum Lime's estimator, batched).
 
-    ``batched=False`` runs captum's ``Lime`` itself, one sample at a time (the
-    reference implementation, ``perturbations_per_eval`` capped at 100 inputs per pass).
+    Seeded per input: each sample's switches come from its own generator, seeded
+    from ``seed`` and the sample's values (:func:`input_seeds`), so its
+    attributions do not depend on the batch, its position in it or the device.
+    ``batched=False`` runs captum's ``Lime`` itself, one sample at a time, on the
+    same switches (``perturbations_per_eval`` capped at 100 inputs per pass); the
+    two agree to float rounding. ``perturbations_per_eval`` defaults to
+    :func:`pass_rows` of the device.
     """
     masks = _masks(model, inputs, mask, patch, n_segments)
     if not batched:
         return run_surrogate(lime_explainer(model, alpha, kernel_width), inputs, target, masks,
-                             reference(model, inputs), n_perturbations=n_perturbations,
-                             perturbations_per_eval=min(perturbations_per_eval, 100))
+                             reference(model, inputs), kind="lime", seed=seed, n_perturbations=n_perturbations,
+                             perturbations_per_eval=_reference_rows(perturbations_per_eval))
     non_negative("alpha", alpha)
     if non_negative("kernel_width", kernel_width) == 0:
         raise UserError("kernel_width must be positive; got 0")
-    return run_batched_surrogate(model, inputs, target, masks, reference(model, inputs), kind="lime",
+    return run_batched_surrogate(model, inputs, target, masks, reference(model, inputs), kind="lime", seed=seed,
                                  n_perturbations=n_perturbations, perturbations_per_eval=perturbations_per_eval,
                                  alpha=alpha, kernel_width=kernel_width)
 
 
-@register_method("kernel_shap", modalities=FLOAT_INPUTS, stochastic=True)
+@register_method("kernel_shap", modalities=FLOAT_INPUTS, stochastic=True, seeded_per_input=True)
 def kernel_shap(model: nn.Module, inputs: Tensor, target: Tensor, *, n_perturbations: int = 500,
                 mask: str = "patches", patch: int | None = None, n_segments: int = 64,
-                perturbations_per_eval: int = SURROGATE_ROWS, batched: bool = True) -> Tensor:
+                perturbations_per_eval: int | None = None, batched: bool = True, seed: int = 0) -> Tensor:
     """Kernel SHAP over patches/superpixels or time steps (captum KernelShap's estimator, batched).
 
-    ``batched=False`` runs captum's ``KernelShap`` itself, one sample at a time (the
-    reference implementation, ``perturbations_per_eval`` capped at 100 inputs per pass).
+    Seeded per input: each sample's switches come from its own generator, seeded
+    from ``seed`` and the sample's values (:func:`input_seeds`), so its
+    attributions do not depend on the batch, its position in it or the device.
+    ``batched=False`` runs captum's ``KernelShap`` itself, one sample at a time, on the
+    same switches (``perturbations_per_eval`` capped at 100 inputs per pass); the
+    two agree to float rounding. ``perturbations_per_eval`` defaults to
+    :func:`pass_rows` of the device.
     """
     masks = _masks(model, inputs, mask, patch, n_segments)
     if not batched:
-        return run_surrogate(KernelShap(model), inputs, target, masks, reference(model, inputs),
-                             n_perturbations=n_perturbations, perturbations_per_eval=min(perturbations_per_eval, 100))
+        return run_surrogate(KernelShap(model), inputs, target, masks, reference(model, inputs), kind="kernel_shap",
+                             seed=seed, n_perturbations=n_perturbations,
+                             perturbations_per_eval=_reference_rows(perturbations_per_eval))
     return run_batched_surrogate(model, inputs, target, masks, reference(model, inputs), kind="kernel_shap",
-                                 n_perturbations=n_perturbations, perturbations_per_eval=perturbations_per_eval)
+                                 seed=seed, n_perturbations=n_perturbations,
+                                 perturbations_per_eval=perturbations_per_eval)
 
 
 @register_method("occlusion", modalities=FLOAT_INPUTS)

@@ -61,8 +61,9 @@ def explain_func(method: str, **fixed_options: Any) -> Callable[..., np.ndarray]
     ...) is ignored: the model keeps its device and outputs are logits.
 
     The function's ``deterministic`` attribute says whether its attributions of
-    a sample are the same in any batch (no random draws, no batch statistics),
-    so callers may batch its inputs as they like.
+    a sample are the same in any batch (no random draws or draws seeded per
+    input, as LIME's and KernelSHAP's: :attr:`MethodInfo.deterministic`; no batch
+    statistics), so callers may batch its inputs as they like.
     """
     info = method_info(method)
     fixed_options = renamed_options(method, fixed_options)
@@ -88,8 +89,8 @@ def explain_func(method: str, **fixed_options: Any) -> Callable[..., np.ndarray]
         return attribute(model, batch, labels, method, graph=graph, **options)
 
     base = fixed_options.get("base")
-    explain.deterministic = not info.stochastic and not (  # type: ignore[attr-defined]
-        isinstance(base, str) and base in METHODS and METHODS[base].stochastic)
+    explain.deterministic = info.deterministic and (  # type: ignore[attr-defined]
+        not isinstance(base, str) or base not in METHODS or METHODS[base].deterministic)
     explain.__name__ = f"explain_{method}"
     explain.__doc__ = f"Quantus explain_func for attribution method '{method}' (explainnn)."
     return explain

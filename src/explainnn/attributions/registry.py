@@ -48,12 +48,25 @@ CAPTUM_NOTICES = (
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """What the registry knows about one attribution method."""
+    """What the registry knows about one attribution method.
+
+    ``stochastic``: it draws random numbers (``seed`` fixes them).
+    ``seeded_per_input``: each sample's draws come from its own generator, seeded
+    from ``seed`` and the sample's values, so a stochastic method is still a
+    function of (sample, seed): see :attr:`deterministic`.
+    """
 
     name: str
     needs_graph: bool
     stochastic: bool
     implementations: dict[str, Implementation] = field(default_factory=dict)
+    seeded_per_input: bool = False
+
+    @property
+    def deterministic(self) -> bool:
+        """A sample's attributions depend on its values (and ``seed``) alone, not on its batch or position:
+        no random draws, or draws seeded per input."""
+        return not self.stochastic or self.seeded_per_input
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -97,11 +110,13 @@ def register_method(
     needs_graph: bool = False,
     modalities: tuple[str, ...] = MODALITIES,
     stochastic: bool = False,
+    seeded_per_input: bool = False,
 ) -> Callable[[Implementation], Implementation]:
     """Decorator adding an implementation of method ``name`` for ``modalities``.
 
     Registering the same name again for other modalities adds implementations to
-    the one method (``needs_graph`` and ``stochastic`` must then agree).
+    the one method (``needs_graph``, ``stochastic`` and ``seeded_per_input`` must
+    then agree; see :class:`MethodInfo`).
     """
     if not isinstance(name, str) or not name:
         raise UserError(f"an attribution method name must be a non-empty string; got {name!r}")
@@ -117,12 +132,15 @@ def register_method(
         _declared_options(function)  # fail at registration, not at the first call
         existing = METHODS.get(name)
         if existing is None:
-            METHODS[name] = MethodInfo(name, needs_graph, stochastic, {m: function for m in modalities})
+            METHODS[name] = MethodInfo(name, needs_graph, stochastic, {m: function for m in modalities},
+                                       seeded_per_input)
             return function
-        if (existing.needs_graph, existing.stochastic) != (needs_graph, stochastic):
+        flags = (existing.needs_graph, existing.stochastic, existing.seeded_per_input)
+        if flags != (needs_graph, stochastic, seeded_per_input):
             raise UserError(
                 f"method '{name}' is already registered with needs_graph={existing.needs_graph}, "
-                f"stochastic={existing.stochastic}; a new implementation must agree"
+                f"stochastic={existing.stochastic}, seeded_per_input={existing.seeded_per_input}; a new "
+                "implementation must agree"
             )
         taken = [m for m in modalities if m in existing.implementations]
         if taken:

@@ -185,27 +185,36 @@ def _token_groups(tokens: Tensor, pad: int | None) -> Tensor:
     return groups if pad is None else groups.masked_fill(tokens == pad, -1)
 
 
-@register_method("lime", modalities=TOKENS, stochastic=True)
+@register_method("lime", modalities=TOKENS, stochastic=True, seeded_per_input=True)
 def lime(model: nn.Module, tokens: Tensor, target: Tensor, *, n_perturbations: int = 500, alpha: float = 1.0,
-         kernel_width: float = 0.25, replacement: int | None = None, perturbations_per_eval: int = 100) -> Tensor:
-    """LIME over tokens (switched-off tokens become <pad>), ridge surrogate (captum Lime)."""
+         kernel_width: float = 0.25, replacement: int | None = None, perturbations_per_eval: int = 100,
+         seed: int = 0) -> Tensor:
+    """LIME over tokens (switched-off tokens become <pad>), ridge surrogate (captum Lime).
+
+    Each sentence's switches come from its own generator, seeded from ``seed``
+    and its token ids (:func:`~explainnn.attributions.baselines.input_seeds`): its
+    scores do not depend on the batch it comes in.
+    """
     reader = token_model(model, tokens)
     value = reader.replacement(replacement)
     scores = run_surrogate(lime_explainer(model, alpha, kernel_width), tokens, target,
-                           _token_groups(tokens, reader.pad), torch.full_like(tokens, value),
+                           _token_groups(tokens, reader.pad), torch.full_like(tokens, value), kind="lime", seed=seed,
                            n_perturbations=n_perturbations, perturbations_per_eval=perturbations_per_eval)
     return reader.without_pads(scores.float(), tokens)
 
 
-@register_method("kernel_shap", modalities=TOKENS, stochastic=True)
+@register_method("kernel_shap", modalities=TOKENS, stochastic=True, seeded_per_input=True)
 def kernel_shap(model: nn.Module, tokens: Tensor, target: Tensor, *, n_perturbations: int = 500,
-                replacement: int | None = None, perturbations_per_eval: int = 100) -> Tensor:
-    """Kernel SHAP over tokens (switched-off tokens become <pad>; captum KernelShap)."""
+                replacement: int | None = None, perturbations_per_eval: int = 100, seed: int = 0) -> Tensor:
+    """Kernel SHAP over tokens (switched-off tokens become <pad>; captum KernelShap).
+
+    Seeded per sentence, as :func:`lime`.
+    """
     reader = token_model(model, tokens)
     value = reader.replacement(replacement)
     scores = run_surrogate(KernelShap(model), tokens, target, _token_groups(tokens, reader.pad),
-                           torch.full_like(tokens, value), n_perturbations=n_perturbations,
-                           perturbations_per_eval=perturbations_per_eval)
+                           torch.full_like(tokens, value), kind="kernel_shap", seed=seed,
+                           n_perturbations=n_perturbations, perturbations_per_eval=perturbations_per_eval)
     return reader.without_pads(scores.float(), tokens)
 
 
