@@ -383,11 +383,12 @@ def _surrogate_outputs(forward: Forward, inputs: Tensor, target: Tensor, baselin
     flat, base = inputs.reshape(n, -1), baselines.reshape(n, -1)
     row_targets = target.repeat_interleave(n_perturbations)[:, None]
     buffer = torch.empty(min(rows, n * n_perturbations), flat.shape[1], device=device, dtype=inputs.dtype)
+    spread = torch.stack(groups).to(device)  # one copy to the device, not one per sample
     picked: list[Tensor] = []
     filled = done = 0
     with torch.no_grad():
         for i in range(n):
-            on = switches[i].to(device, inputs.dtype).index_select(1, groups[i].to(device))
+            on = switches[i].to(device, inputs.dtype).index_select(1, spread[i])
             start = 0
             while start < n_perturbations:
                 take = min(n_perturbations - start, len(buffer) - filled)
