@@ -21,15 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from explainnn.attributions.baselines import pass_rows
 from explainnn.errors import ConfigError
 from explainnn.evaluation.metrics import normalise_per_sample
 
 Explain = Callable[..., np.ndarray]
 """A Quantus-style ``explain(model, inputs, targets) -> np.ndarray`` (:func:`explainnn.attributions.explain_func`)."""
-
-ROWS = 1024
-"""Inputs per forward pass of the model (perturbed copies of many samples together). About a thousand rows keep
-a small network's activations in the CPU's cache; larger passes are slower per row there."""
 
 EXPLAIN_ROWS = 512
 """Perturbed copies per call of a deterministic attribution method (:func:`explain_rows` merges Quantus' batches)."""
@@ -49,8 +46,15 @@ class Batch:
     x: np.ndarray
     y: np.ndarray
     masks: np.ndarray | None = None
-    rows: int = ROWS
+    rows: int = 0
+    """Inputs per forward pass (perturbed copies of many samples together); 0 picks
+    :func:`~explainnn.attributions.baselines.pass_rows` for the model's device (small passes on a CPU, whose
+    activations stay in cache; large ones on a GPU)."""
     cache: dict[Any, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.rows:
+            self.rows = pass_rows(self.device)
 
     @property
     def device(self) -> torch.device:
