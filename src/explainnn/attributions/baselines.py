@@ -268,21 +268,24 @@ def surrogate_switches(kind: str, seed: int, n_perturbations: int, groups: int) 
     :func:`input_seeds`), so the draws are the same on every device.
     """
     generator = torch.Generator().manual_seed(seed)
+    # The draws come from torch; the rest runs in numpy, single-threaded: tiny per-sample work that torch would
+    # hand to its thread pool (which costs a scheduler slice per operation on a busy machine).
+    uniform = torch.rand(n_perturbations, groups, generator=generator, dtype=torch.float64).numpy()
     if kind == "lime":
-        return (torch.rand(n_perturbations, groups, generator=generator) < 0.5).double()
+        return torch.from_numpy((uniform < 0.5).astype(np.float64))
     if groups < 2:
         raise UserError("kernel_shap needs at least 2 feature groups (patches, superpixels or time steps)")
     sizes = torch.arange(groups, dtype=torch.float64)
     probs = (groups - 1) / (sizes * (groups - sizes))
     probs[0] = 0.0
-    k = torch.multinomial(probs, n_perturbations, replacement=True, generator=generator)
-    order = torch.from_numpy(np.argsort(torch.rand(n_perturbations, groups, generator=generator).numpy(), axis=-1))
-    chosen = (torch.arange(groups) < k[:, None]).double()
-    switches = torch.zeros(n_perturbations, groups, dtype=torch.float64).scatter_(1, order, chosen)
+    k = torch.multinomial(probs, n_perturbations, replacement=True, generator=generator).numpy()
+    # the k groups with the smallest uniforms: a uniformly random subset of size k (53-bit uniforms never tie)
+    threshold = np.sort(uniform, axis=-1)[np.arange(n_perturbations), k - 1]
+    switches = (uniform <= threshold[:, None]).astype(np.float64)
     switches[0] = 1.0
     if n_perturbations > 1:
         switches[1] = 0.0
-    return switches
+    return torch.from_numpy(switches)
 
 
 def _replay(switches: Tensor, device: torch.device) -> Callable[..., Iterator[Tensor]]:
