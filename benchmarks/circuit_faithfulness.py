@@ -3,7 +3,9 @@
 For each model and class:
 
 1. the circuit at ``--faithfulness`` (0.8) from 100 correctly classified samples
-   (:func:`explainnn.causal.find_circuit`); beside it the greedy baseline of
+   (:func:`explainnn.causal.find_circuit`: the smallest circuit that keeps the
+   level, then exchanges within a layer that raise its necessity on those
+   samples); beside it the greedy baseline of
    issue 12 (backward elimination of single units, mean ablation, 5% of the
    remaining units per round) on the same samples;
 2. on held-out correctly classified samples of the class (never used to find
@@ -194,7 +196,8 @@ def summary_row(name: str, search, graph, checks: dict, curves, greedy: int | No
     row = {
         "model": name, "class": search.target, "units_total": search.units.total, "circuit_units": search.size,
         "fraction": search.size / search.units.total, "greedy_units": greedy,
-        "faithfulness_circuit_samples": search.faithfulness, "n_circuit": len(search.samples),
+        "faithfulness_circuit_samples": search.faithfulness, "necessity_circuit_samples": search.necessity,
+        "necessity_exchanges": search.necessity_swaps, "n_circuit": len(search.samples),
         "n_heldout": checks[True]["n_eval"], "n_random": checks[True]["n_random"],
         "dominates_sufficiency": curves.dominates(OURS, "sufficiency"),
         "dominates_necessity": curves.dominates(OURS, "necessity"),

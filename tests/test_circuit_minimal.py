@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from explainnn.causal import CausalGraph, circuit, circuit_faithfulness
-from explainnn.causal.minimal_circuit import EXACT_MARGIN, find_circuit, prune_and_exchange
+from explainnn.causal.minimal_circuit import (
+    EXACT_MARGIN,
+    Faithfulness,
+    Pruning,
+    find_circuit,
+    prune_and_exchange,
+    raise_necessity,
+)
 from explainnn.causal.units import HiddenUnits, normalise, target_logits
 from explainnn.errors import ConfigError, UserError
 from explainnn.interventions import InterventionRunner
@@ -245,3 +252,96 @@ def test_circuit_is_one_minimal_above_the_target_plus_margin():
     assert search.size == 6  # three planted paths (0.75); two (0.5) are not enough
     assert search.faithfulness >= 0.6 + EXACT_MARGIN
     assert all(search.faithfulness - drop < 0.6 + EXACT_MARGIN for drop in search.drop.values())
+
+
+class RedundantMLP(nn.Module):
+    """Class 0 = A + max(B, D) + relu(B - A) / 2 over three copies of feature 0 in ``h1``: B = h1[0], A = h1[1],
+    D = h1[2] (h1[3] and h1[4] read feature 1 and feed class 1).
+
+    With only ``h1`` searched, {A, B} and {A, D} both keep the whole logit (sufficiency 1; {B, D} keeps 0.75 and
+    every single unit at most 0.75), but ablating {A, B} loses half the logit and ablating {A, D} only a quarter
+    (B takes over through the last term): at faithfulness 0.8 the most necessary minimal circuit is {A, B}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h1 = nn.Linear(2, 5)
+        self.h2 = nn.Linear(5, 5)
+        self.out = nn.Linear(5, 2)
+        with torch.no_grad():
+            for layer in (self.h1, self.h2, self.out):
+                layer.weight.zero_()
+                layer.bias.zero_()
+            self.h1.weight[:3, 0] = 1.0
+            self.h1.weight[3:, 1] = 1.0
+            self.h2.weight[0, [0, 2]] = torch.tensor([1.0, -1.0])  # relu(B - D)
+            self.h2.weight[1, 2] = 1.0  # D
+            self.h2.weight[2, 1] = 1.0  # A
+            self.h2.weight[3, [0, 1]] = torch.tensor([1.0, -1.0])  # relu(B - A)
+            self.h2.weight[4, 3] = self.h2.weight[4, 4] = 1.0
+            self.out.weight[0, :4] = torch.tensor([1.0, 1.0, 1.0, 0.5])
+            self.out.weight[1, 4] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.h2(torch.relu(self.h1(x)))))
+
+
+def test_of_two_equally_sufficient_circuits_the_search_keeps_the_necessary_one():
+    model = RedundantMLP()
+    g = torch.Generator().manual_seed(3)
+    x = 0.05 * torch.rand(60, 2, generator=g)
+    x[:30, 0] += 2.0
+    x[30:, 1] += 2.0
+    y = (torch.arange(60) >= 30).long()
+    units = HiddenUnits.of(model, x[:1], ["h1"])
+    objective = Faithfulness.of(model, units, x[:30], 0, x)
+    sufficiency, necessity = objective.with_necessity([units.mask({"h1": [1, 0]}), units.mask({"h1": [1, 2]})])
+    assert sufficiency == pytest.approx([1.0, 1.0], abs=1e-6)  # the planted tie
+    assert necessity == pytest.approx([0.5, 0.25], abs=0.02)
+    search = find_circuit(model, x, 0, labels=y, layers=["h1"], n_samples=30, steps=60, reference=x)
+    assert search.units.split(search.mask) == {"h1": [0, 1]}
+    assert search.necessity == pytest.approx(0.5, abs=0.02)
+
+
+def _additive(weights):
+    return lambda masks: np.array([weights[m].sum() for m in masks])
+
+
+def test_pruning_and_exchanges_keep_the_necessary_one_of_equally_sufficient_units():
+    # Units 0-2 are equally sufficient (0.45 each; 0.9 needs two); 0 and 1 are necessary, 2 is not.
+    sufficiency = _additive(np.r_[0.45, 0.45, 0.45, np.full(7, 0.01)])
+    necessity = _additive(np.r_[0.5, 0.5, 0.05, np.full(7, 0.01)])
+
+    def joint(masks):
+        return sufficiency(masks), necessity(masks)
+
+    start = np.ones(10, dtype=bool)
+    plain = prune_and_exchange(start, np.arange(10), 0.9 - 1e-9, sufficiency)
+    assert np.flatnonzero(plain.mask).tolist() == [1, 2]  # sufficiency alone: ties go by unit number
+    assert np.isnan(plain.necessity)
+    both = prune_and_exchange(start, np.arange(10), 0.9 - 1e-9, sufficiency, joint=joint,
+                              layer_of=np.zeros(10, dtype=int))
+    assert np.flatnonzero(both.mask).tolist() == [0, 1]
+    assert both.value == pytest.approx(0.9) and both.necessity == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="layer_of"):
+        prune_and_exchange(start, np.arange(10), 0.9, sufficiency, joint=joint)
+
+
+def test_necessity_exchanges_stay_in_a_layer_and_keep_the_level():
+    # From {1, 2}: unit 0 (same layer) raises necessity at the same sufficiency; unit 3 would raise it more but lies
+    # in another layer (the per-layer null would change); unit 4 too, but the circuit would lose its sufficiency.
+    sufficiency = _additive(np.r_[0.45, 0.45, 0.45, 0.45, 0.1, 0.0])
+    necessity = _additive(np.r_[0.5, 0.5, 0.05, 0.9, 0.9, 0.0])
+    layer_of = np.array([0, 0, 0, 1, 0, 0])
+
+    def joint(masks):
+        return sufficiency(masks), necessity(masks)
+
+    mask = np.zeros(6, dtype=bool)
+    mask[[1, 2]] = True
+    state = raise_necessity(Pruning(mask, 0.9), 0.9 - 1e-9, sufficiency, joint, layer_of)
+    assert np.flatnonzero(state.mask).tolist() == [0, 1]
+    assert state.necessity_swaps == 1 and state.necessity == pytest.approx(1.0) and state.value == pytest.approx(0.9)
+    assert np.bincount(layer_of[state.mask], minlength=2).tolist() == [2, 0]
+    unchanged = raise_necessity(Pruning(state.mask.copy(), 0.9), 0.9 - 1e-9, sufficiency, joint, layer_of)
+    assert unchanged.necessity_swaps == 0 and np.array_equal(unchanged.mask, state.mask)

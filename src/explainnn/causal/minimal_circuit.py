@@ -28,6 +28,15 @@ It combines the two families of circuit-discovery methods:
    ``EXACT_MARGIN`` (0.01) is a small safety margin so that the circuit keeps
    ``faithfulness`` on new samples too (chosen on training digits, never on
    the held-out checks).
+3. **Necessity**, below the level and the size: ablating the circuit (the
+   rest kept) should cost more of the logit than ablating random unit sets
+   with the same number of units per layer, the check of
+   :func:`~explainnn.causal.circuit_faithfulness`. After pruning, exchanges
+   *within a layer* raise the necessity while the
+   level holds (:func:`raise_necessity`): with the per-layer sizes fixed, the
+   random sets the check compares with are fixed too, so a higher necessity
+   is a better rank among them. Pruning resumes after each exchange, so the
+   circuit stays 1-minimal; the size is never traded for necessity.
 
 The returned circuit's faithfulness is therefore always an exact number on the
 circuit samples; check it on held-out samples with
@@ -68,6 +77,12 @@ SWAP_CANDIDATES = 8
 MAX_SWAPS = 10
 """Local search after pruning: exchange one of the 4 circuit units whose removal costs least for one of the
 8 best-ranked outside units when that raises the faithfulness, then prune again; at most 10 exchanges."""
+NECESSITY_PAIRS = 16
+MAX_NECESSITY_SWAPS = 10
+MAX_SCREENS = 3
+"""Necessity exchanges: each round checks exactly the 16 same-layer exchanges not tried yet whose estimate (from
+every single removal and addition, measured in one batched call, at most 3 times) raises necessity most; at most 10
+exchanges."""
 
 
 @dataclass
@@ -94,6 +109,10 @@ class CircuitSearch:
     removed: list[int] = field(default_factory=list)
     trace: list[float] = field(default_factory=list)
     drop: dict[int, float] = field(default_factory=dict)
+    necessity: float = float("nan")
+    necessity_swaps: int = 0
+    """``necessity``: the circuit's exact normalised necessity on the circuit samples; ``necessity_swaps``: the
+    necessity exchanges made."""
 
     @property
     def size(self) -> int:
@@ -134,15 +153,18 @@ def circuit(
     ``faithfulness`` in the training hinge) set the mask learning. Returns a
     :class:`CausalGraph` whose hidden units are the circuit, each with its
     learned ``score`` and ``drop`` (exact normalised faithfulness lost when it
-    alone is removed); ``graph.results["circuit_search"]`` holds the sizes and
-    the exact faithfulness. The model is left exactly as it was.
+    alone is removed); ``graph.results["circuit_search"]`` holds the sizes, the
+    exact faithfulness and the exact necessity on the circuit samples. Of
+    equally small circuits that keep the level, the search prefers the one
+    whose ablation costs most (module docstring, step 3). The model is left
+    exactly as it was.
     """
     search = find_circuit(model, inputs, target, labels=labels, faithfulness=faithfulness, layers=layers,
                           n_samples=n_samples, reference=reference, steps=steps, lr=lr, sparsity=sparsity,
                           margin=margin, seed=seed, progress=progress)
     options = {"faithfulness": faithfulness, "layers": list(layers) if layers else None, "n_samples": n_samples,
                "steps": steps, "lr": lr, "sparsity": sparsity, "margin": margin, "ablation": "mean",
-               "method": "learned hard-concrete masks + exact 1-minimal pruning"}
+               "method": "learned hard-concrete masks + exact 1-minimal pruning + necessity exchanges"}
     return circuit_graph(model, search, inputs[:1], options=options, seed=seed, metadata=metadata)
 
 
@@ -179,10 +201,12 @@ def find_circuit(
     prefix = _shortest_prefix(ranking, threshold, objective)
     start = np.zeros(units.total, dtype=bool)
     start[ranking[: min(units.total, int(np.ceil(prefix * (1 + HEADROOM))))]] = True
-    pruning = prune_and_exchange(start, ranking, threshold, objective)
+    pruning = prune_and_exchange(start, ranking, threshold, objective, joint=objective.with_necessity,
+                                 layer_of=units.layer_of())
     drop = {u: pruning.value - v for u, v in pruning.without.items()}
     return CircuitSearch(units, int(target), index.numpy(), scores, pruning.mask, pruning.value, objective.full,
-                         objective.empty, prefix, pruning.removed, pruning.trace, drop)
+                         objective.empty, prefix, pruning.removed, pruning.trace, drop, pruning.necessity,
+                         pruning.necessity_swaps)
 
 
 def _check_options(faithfulness: float, steps: int, n_samples: int, lr: float, sparsity: float,
@@ -224,21 +248,35 @@ class Faithfulness:
         rows = [self.units.keep(m) for m in masks]
         return normalise(target_logits(self.runner, self.samples, self.target, rows).mean(1), self.full, self.empty)
 
+    def with_necessity(self, masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised sufficiency (only the mask kept) and necessity ``(F(full) - F(mask ablated)) / (F(full) -
+        F(empty))`` of each mask, both from one batched runner call."""
+        rows = [row for m in masks for row in (self.units.keep(m), self.units.ablate(m))]
+        logits = target_logits(self.runner, self.samples, self.target, rows).mean(1).reshape(-1, 2)
+        return normalise(logits[:, 0], self.full, self.empty), 1.0 - normalise(logits[:, 1], self.full, self.empty)
+
 
 @dataclass
 class Pruning:
     """The result of :func:`prune_and_exchange`: the mask, its exact faithfulness, the removals and the values
-    after each, and ``without[u]``: the faithfulness with member ``u`` removed."""
+    after each, and ``without[u]``: the faithfulness with member ``u`` removed; with a necessity measure, the
+    mask's exact necessity and the number of necessity exchanges made."""
 
     mask: np.ndarray
     value: float
     removed: list[int] = field(default_factory=list)
     trace: list[float] = field(default_factory=list)
     without: dict[int, float] = field(default_factory=dict)
+    necessity: float = float("nan")
+    necessity_swaps: int = 0
+
+
+Joint = Callable[[Sequence[np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
 
 def prune_and_exchange(mask: np.ndarray, ranking: np.ndarray, faithfulness: float,
-                       objective: Callable[[Sequence[np.ndarray]], np.ndarray]) -> Pruning:
+                       objective: Callable[[Sequence[np.ndarray]], np.ndarray], *, joint: Joint | None = None,
+                       layer_of: np.ndarray | None = None) -> Pruning:
     """Exact 1-minimal pruning from ``mask``, alternating with exchanges (see the module docstring).
 
     Each round removes the unit whose removal costs least while the circuit stays
@@ -246,15 +284,103 @@ def prune_and_exchange(mask: np.ndarray, ranking: np.ndarray, faithfulness: floa
     one of the ``SWAP_MEMBERS`` cheapest-to-remove members for one of the
     ``SWAP_CANDIDATES`` best-ranked outside units is made if it raises the
     faithfulness, and pruning resumes (at most ``MAX_SWAPS`` exchanges).
+
+    With ``joint`` (masks -> their sufficiency and necessity, one call) and
+    ``layer_of`` (each unit's layer), necessity exchanges follow
+    (:func:`raise_necessity`): the size stays the smallest found, the level is
+    kept, and the necessity rises.
     """
     state = Pruning(mask.copy(), float(objective([mask])[0]))
     for swaps in range(MAX_SWAPS + 1):
         state.without = _prune(state, faithfulness, objective)
         swapped = _best_swap(state, ranking, objective) if swaps < MAX_SWAPS else None
         if swapped is None:
-            return state
+            break
         state.mask, state.value = swapped
+    if joint is not None:
+        if layer_of is None:
+            raise ValueError("necessity exchanges need layer_of")
+        raise_necessity(state, faithfulness, objective, joint, layer_of)
     return state
+
+
+def raise_necessity(state: Pruning, faithfulness: float, objective: Callable[[Sequence[np.ndarray]], np.ndarray],
+                    joint: Joint, layer_of: np.ndarray) -> Pruning:
+    """Exchange circuit units for outside units of the same layer while that raises the necessity (in place).
+
+    Necessity is judged against random unit sets with the same number of units
+    per layer (:func:`~explainnn.causal.circuit_faithfulness`), so exchanges stay
+    within a layer: the circuit's per-layer sizes, and with them that null
+    distribution, are unchanged, and a higher necessity is a better rank among
+    it. Every single removal and addition is measured in one batched call
+    (:func:`_screen`); each round then checks exactly the ``NECESSITY_PAIRS``
+    exchanges not tried yet whose estimate (the two single changes added)
+    raises necessity most, and makes the best one that keeps the sufficiency at
+    or above ``faithfulness``. Pruning resumes after each exchange (a removal
+    beats any exchange), so the result stays 1-minimal. The estimates are
+    measured again only when a round finds nothing after an exchange (at most
+    ``MAX_SCREENS`` times); it stops when a round on fresh estimates finds
+    nothing, or after ``MAX_NECESSITY_SWAPS`` exchanges.
+    """
+    state.necessity = float(joint([state.mask])[1][0])
+    screen, fresh, screens = None, False, 0
+    while state.necessity_swaps < MAX_NECESSITY_SWAPS:
+        if screen is None:
+            if screens == MAX_SCREENS:
+                break
+            screen, fresh, screens = _screen(state, joint, layer_of), True, screens + 1
+        members, outside, est_s, est_n, candidate = screen
+        candidate &= state.mask[members][:, None] & ~state.mask[outside][None, :]
+        pairs = _promising(candidate & (est_n > state.necessity), est_s, est_n, faithfulness)
+        candidate.ravel()[pairs] = False
+        trials = [_with(_without(state.mask, int(members[i])), int(outside[j]))
+                  for i, j in zip(*np.unravel_index(pairs, candidate.shape))]
+        values, necessities = joint(trials) if trials else (np.zeros(0), np.zeros(0))
+        gain = np.where(values >= faithfulness, necessities, -np.inf)
+        if not len(gain) or gain.max() <= state.necessity + 1e-9:
+            if fresh:
+                break
+            screen = None  # the estimates predate the last exchange: measure again
+            continue
+        pick = int(np.argmax(gain))
+        state.mask, state.value, state.necessity = trials[pick], float(values[pick]), float(necessities[pick])
+        state.necessity_swaps += 1
+        fresh = False
+        size = int(state.mask.sum())
+        state.without = _prune(state, faithfulness, objective)
+        if state.mask.sum() < size:
+            state.necessity = float(joint([state.mask])[1][0])
+    return state
+
+
+def _screen(state: Pruning, joint: Joint, layer_of: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every single removal from and addition to the circuit (within its layers), measured in one call.
+
+    Returns the members, the outside units, the estimated sufficiency and
+    necessity of each exchange (``S(C - u) + S(C + v) - S(C)``, likewise for
+    necessity) and the ``(members, outside)`` mask of same-layer exchanges.
+    """
+    members = np.flatnonzero(state.mask)
+    outside = np.flatnonzero(~state.mask & np.isin(layer_of, layer_of[members]))
+    sufficiency, necessity = joint([_without(state.mask, u) for u in members]
+                                   + [_with(state.mask, v) for v in outside])
+    k = len(members)
+    est_s = sufficiency[:k, None] + sufficiency[None, k:] - state.value
+    est_n = necessity[:k, None] + necessity[None, k:] - state.necessity
+    return members, outside, est_s, est_n, layer_of[members][:, None] == layer_of[outside][None, :]
+
+
+def _promising(allowed: np.ndarray, est_s: np.ndarray, est_n: np.ndarray, faithfulness: float) -> np.ndarray:
+    """Flat indices of the ``NECESSITY_PAIRS`` allowed exchanges to check, best estimated necessity first.
+
+    Half go to the exchanges estimated to keep the level, the rest to the best
+    estimates of all: for redundant units (one can replace the other) the
+    additive estimate of the sufficiency is far too low.
+    """
+    order = np.argsort(-est_n.ravel(), kind="stable")
+    ranked = order[allowed.ravel()[order]]
+    feasible = ranked[est_s.ravel()[ranked] >= faithfulness][: NECESSITY_PAIRS // 2]
+    return np.concatenate([feasible, ranked[~np.isin(ranked, feasible)][: NECESSITY_PAIRS - len(feasible)]])
 
 
 def _prune(state: Pruning, faithfulness: float, objective) -> dict[int, float]:
@@ -287,6 +413,12 @@ def _prune(state: Pruning, faithfulness: float, objective) -> dict[int, float]:
 def _without(mask: np.ndarray, unit: int) -> np.ndarray:
     out = mask.copy()
     out[unit] = False
+    return out
+
+
+def _with(mask: np.ndarray, unit: int) -> np.ndarray:
+    out = mask.copy()
+    out[unit] = True
     return out
 
 
@@ -540,6 +672,8 @@ def circuit_graph(model: nn.Module, search: CircuitSearch, example: torch.Tensor
         "full_logit": search.full,
         "empty_logit": search.empty,
         "pruned": [search.units.label(u) for u in search.removed],
+        "necessity": search.necessity,
+        "necessity_exchanges": search.necessity_swaps,
     })
     return graph
 
