@@ -32,11 +32,12 @@ It combines the two families of circuit-discovery methods:
    rest kept) should cost more of the logit than ablating random unit sets
    with the same number of units per layer, the check of
    :func:`~explainnn.causal.circuit_faithfulness`. After pruning, exchanges
-   *within a layer* raise the necessity while the
-   level holds (:func:`raise_necessity`): with the per-layer sizes fixed, the
-   random sets the check compares with are fixed too, so a higher necessity
-   is a better rank among them. Pruning resumes after each exchange, so the
-   circuit stays 1-minimal; the size is never traded for necessity.
+   *within a layer* raise the necessity while the sufficiency stays at least
+   where pruning left it (:func:`raise_necessity`): with the per-layer sizes
+   fixed, the random sets the check compares with are fixed too, so a higher
+   necessity is a better rank among them. Pruning resumes after each
+   exchange, so the circuit stays 1-minimal; neither the size nor the
+   sufficiency is traded for necessity.
 
 The returned circuit's faithfulness is therefore always an exact number on the
 circuit samples; check it on held-out samples with
@@ -316,13 +317,17 @@ def raise_necessity(state: Pruning, faithfulness: float, objective: Callable[[Se
     (:func:`_screen`); each round then checks exactly the ``NECESSITY_PAIRS``
     exchanges not tried yet whose estimate (the two single changes added)
     raises necessity most, and makes the best one that keeps the sufficiency at
-    or above ``faithfulness``. Pruning resumes after each exchange (a removal
+    or above its value before the exchanges (and ``faithfulness``): choosing
+    among many exchanges the ones that just reach the level would exploit the
+    noise of the circuit samples, and the circuit would lose sufficiency on new
+    samples. Pruning resumes after each exchange (a removal
     beats any exchange), so the result stays 1-minimal. The estimates are
     measured again only when a round finds nothing after an exchange (at most
     ``MAX_SCREENS`` times); it stops when a round on fresh estimates finds
     nothing, or after ``MAX_NECESSITY_SWAPS`` exchanges.
     """
     state.necessity = float(joint([state.mask])[1][0])
+    floor = max(faithfulness, state.value)
     screen, fresh, screens = None, False, 0
     while state.necessity_swaps < MAX_NECESSITY_SWAPS:
         if screen is None:
@@ -331,12 +336,12 @@ def raise_necessity(state: Pruning, faithfulness: float, objective: Callable[[Se
             screen, fresh, screens = _screen(state, joint, layer_of), True, screens + 1
         members, outside, est_s, est_n, candidate = screen
         candidate &= state.mask[members][:, None] & ~state.mask[outside][None, :]
-        pairs = _promising(candidate & (est_n > state.necessity), est_s, est_n, faithfulness)
+        pairs = _promising(candidate & (est_n > state.necessity), est_s, est_n, floor)
         candidate.ravel()[pairs] = False
         trials = [_with(_without(state.mask, int(members[i])), int(outside[j]))
                   for i, j in zip(*np.unravel_index(pairs, candidate.shape))]
         values, necessities = joint(trials) if trials else (np.zeros(0), np.zeros(0))
-        gain = np.where(values >= faithfulness, necessities, -np.inf)
+        gain = np.where(values >= floor, necessities, -np.inf)
         if not len(gain) or gain.max() <= state.necessity + 1e-9:
             if fresh:
                 break
