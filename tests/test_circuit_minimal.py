@@ -298,9 +298,13 @@ def test_of_two_equally_sufficient_circuits_the_search_keeps_the_necessary_one()
     sufficiency, necessity = objective.with_necessity([units.mask({"h1": [1, 0]}), units.mask({"h1": [1, 2]})])
     assert sufficiency == pytest.approx([1.0, 1.0], abs=1e-6)  # the planted tie
     assert necessity == pytest.approx([0.5, 0.25], abs=0.02)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     search = find_circuit(model, x, 0, labels=y, layers=["h1"], n_samples=30, steps=60, reference=x)
     assert search.units.split(search.mask) == {"h1": [0, 1]}
-    assert search.necessity == pytest.approx(0.5, abs=0.02)
+    assert search.necessity == pytest.approx(0.5, abs=0.02) and search.faithfulness == pytest.approx(1.0, abs=1e-6)
+    again = find_circuit(model, x, 0, labels=y, layers=["h1"], n_samples=30, steps=60, reference=x)
+    assert np.array_equal(again.mask, search.mask) and again.necessity_swaps == search.necessity_swaps
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not model.h1._forward_hooks
 
 
 def _additive(weights):
