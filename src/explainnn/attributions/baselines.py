@@ -246,16 +246,21 @@ def pass_rows(device: torch.device) -> int:
 
 
 def input_seeds(inputs: Tensor, seed: int) -> list[int]:
-    """One seed per sample: blake2b of ``seed``, the samples' dtype and shape and the sample's bytes on the CPU.
+    """One seed per sample: blake2b of ``seed`` and the samples' dtype and shape, the same for every sample.
 
-    A sample's random draws then depend on its values and ``seed`` alone, not on
-    the batch it comes in, its position there or the device.
+    Every sample of a shape meets the same random draws (common random
+    numbers), so a sample's attributions depend on its values and ``seed``
+    alone, not on the batch it comes in, its position there or the device; and
+    a perturbed copy of a sample meets the draws the sample met, so a
+    robustness metric measures how the seeded method changes with its input,
+    not the Monte Carlo noise between two draws (SmoothGrad and GradientSHAP,
+    which draw per call, meet the same numbers under Quantus' batches; measure
+    that noise by re-running with other seeds).
     """
-    rows = inputs.detach().cpu().contiguous()
-    header = f"{seed}:{rows.dtype}:{tuple(rows.shape[1:])}:".encode()
-    data = rows.reshape(len(rows), -1).view(torch.uint8).numpy()
-    return [int.from_bytes(hashlib.blake2b(header + row.tobytes(), digest_size=8).digest(), "little") >> 1
-            for row in data]
+    rows = inputs.detach()
+    header = f"{seed}:{rows.dtype}:{tuple(rows.shape[1:])}".encode()
+    value = int.from_bytes(hashlib.blake2b(header, digest_size=8).digest(), "little") >> 1
+    return [value] * len(rows)
 
 
 def surrogate_switches(kind: str, seed: int, n_perturbations: int, groups: int) -> Tensor:
@@ -484,7 +489,7 @@ def lime(model: nn.Module, inputs: Tensor, target: Tensor, *, n_perturbations: i
     """LIME over patches/superpixels or time steps, ridge surrogate (captum Lime's estimator, batched).
 
     Seeded per input: each sample's switches come from its own generator, seeded
-    from ``seed`` and the sample's values (:func:`input_seeds`), so its
+    from ``seed`` and the input shape (:func:`input_seeds`: common random numbers), so its
     attributions do not depend on the batch, its position in it or the device.
     ``batched=False`` runs captum's ``Lime`` itself, one sample at a time, on the
     same switches (``perturbations_per_eval`` capped at 100 inputs per pass); the
@@ -511,7 +516,7 @@ def kernel_shap(model: nn.Module, inputs: Tensor, target: Tensor, *, n_perturbat
     """Kernel SHAP over patches/superpixels or time steps (captum KernelShap's estimator, batched).
 
     Seeded per input: each sample's switches come from its own generator, seeded
-    from ``seed`` and the sample's values (:func:`input_seeds`), so its
+    from ``seed`` and the input shape (:func:`input_seeds`: common random numbers), so its
     attributions do not depend on the batch, its position in it or the device.
     ``batched=False`` runs captum's ``KernelShap`` itself, one sample at a time, on the
     same switches (``perturbations_per_eval`` capped at 100 inputs per pass); the

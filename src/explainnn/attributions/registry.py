@@ -52,8 +52,8 @@ class MethodInfo:
 
     ``stochastic``: it draws random numbers (``seed`` fixes them).
     ``seeded_per_input``: each sample's draws come from its own generator, seeded
-    from ``seed`` and the sample's values, so a stochastic method is still a
-    function of (sample, seed): see :attr:`deterministic`.
+    from ``seed`` and the input shape (every sample meets the same draws), so a
+    stochastic method is still a function of (sample, seed): see :attr:`deterministic`.
     """
 
     name: str

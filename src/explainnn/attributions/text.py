@@ -192,8 +192,8 @@ def lime(model: nn.Module, tokens: Tensor, target: Tensor, *, n_perturbations: i
     """LIME over tokens (switched-off tokens become <pad>), ridge surrogate (captum Lime).
 
     Each sentence's switches come from its own generator, seeded from ``seed``
-    and its token ids (:func:`~explainnn.attributions.baselines.input_seeds`): its
-    scores do not depend on the batch it comes in.
+    and the batch's token shape (:func:`~explainnn.attributions.baselines.input_seeds`: every
+    sentence meets the same draws): its scores do not depend on the batch it comes in.
     """
     reader = token_model(model, tokens)
     value = reader.replacement(replacement)
