@@ -250,20 +250,6 @@ def test_kernel_shap_is_exact_on_a_linear_model() -> None:
         np.testing.assert_allclose(scores.reshape(4, 1, 2, 4, 2, 4)[..., 0, :, 0], contributions.numpy(), atol=1e-4)
 
 
-def test_batched_lime_draws_from_captums_distribution() -> None:
-    """Per patch, 30 seeds of batched LIME and of captum's Lime: Welch's t-test, Bonferroni over the 16 patches
-    at a family-wise level of 0.001 (the draws differ, the estimator and its distribution must not)."""
-    from scipy.stats import ttest_ind
-
-    torch.manual_seed(1)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 64, 2))
-    x, y = torch.rand(1, 1, 8, 8), torch.tensor([1])
-    runs = {flag: np.stack([attribute(model, x, y, "lime", n_perturbations=60, patch=2, seed=s, batched=flag)[0, 0, ::2, ::2]
-                            for s in range(30)]).reshape(30, -1) for flag in (True, False)}
-    p_values = ttest_ind(runs[True], runs[False], equal_var=False).pvalue
-    assert p_values.min() > 0.001 / 16, p_values.min()
-
-
 def test_deterministic_methods_explain_merged_batches_stochastic_ones_quantus_batches(case) -> None:
     """Merging Quantus' batches of copies changes nothing for a deterministic method (fewer calls), and a
     stochastic method still gets one call per batch, each starting from the seed."""
