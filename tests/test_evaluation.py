@@ -336,3 +336,18 @@ def test_shipped_configs_name_valid_metrics_methods_and_options(path) -> None:
         assert set(options) <= set(metric_spec(name).valid_options()), name
     for name in evaluation.methods or config.attribution.methods:
         assert name in METHODS, name
+
+
+def test_stochastic_methods_are_explained_in_quantus_batches() -> None:
+    """Sample 64 + k sits at position k of its call, as its copies will in Quantus' second batch; a deterministic
+    method is explained in one call."""
+    from explainnn.evaluation.evaluate import explain_in_batches
+
+    def positions(model, x, y):
+        return np.broadcast_to(np.arange(len(x), dtype=np.float32)[:, None], (len(x), 2))
+
+    x, y = np.zeros((70, 2), dtype=np.float32), np.zeros(70, dtype=np.int64)
+    stochastic = explain_in_batches(positions, None, x, y)
+    np.testing.assert_array_equal(stochastic[:, 0], [*range(64), *range(6)])
+    positions.deterministic = True  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(explain_in_batches(positions, None, x, y)[:, 0], np.arange(70))

@@ -346,8 +346,8 @@ class _Scoring:
             started = time.perf_counter()
             try:
                 with seeded(self.seed, self.device):
-                    self.attributions[name] = np.asarray(explain(self.inputs.model, self.inputs.x, self.inputs.y),
-                                                         dtype=np.float32)
+                    self.attributions[name] = explain_in_batches(explain, self.inputs.model, self.inputs.x,
+                                                                 self.inputs.y)
             except UserError as error:
                 self.skipped.append({"metric": "*", "method": name, "reason": str(error)})
                 del self.explainers[name]
@@ -385,6 +385,27 @@ class _Scoring:
         self.timings.append({"metric": metric, "method": method, "engine": engine,
                              "seconds": round(time.perf_counter() - started, 4),
                              "explain_seconds": round(explaining, 4)})
+
+
+QUANTUS_BATCH = 64
+"""Quantus' default ``batch_size``: the metrics hand an attribution method perturbed copies this many at a time."""
+
+
+def explain_in_batches(explain: Any, model: nn.Module, x: np.ndarray, y: np.ndarray,
+                       batch_size: int = QUANTUS_BATCH) -> np.ndarray:
+    """``explain``'s attributions of ``x``, as float32: in one call for a deterministic method, else in
+    Quantus' batches of ``batch_size``.
+
+    A stochastic method draws by position in its call, from the same seed each
+    call; explained in the batches in which the robustness and randomisation
+    metrics later re-explain their copies, every sample meets the draws its
+    copies meet (common random numbers, as LIME and KernelSHAP seeded per input
+    do by construction), also beyond the first ``batch_size`` samples.
+    """
+    if getattr(explain, "deterministic", False) or len(x) <= batch_size:
+        return np.asarray(explain(model, x, y), dtype=np.float32)
+    return np.concatenate([np.asarray(explain(model, x[start:start + batch_size], y[start:start + batch_size]),
+                                      dtype=np.float32) for start in range(0, len(x), batch_size)])
 
 
 def _clocked(explain: Any, seconds: list[float]) -> Any:
