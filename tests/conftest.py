@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def one_thread():
+    """Every test on one torch thread (tiny models run fastest, and steadiest on a shared 2-core machine, on one),
+    restored after the test so no test's setting leaks into the next."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

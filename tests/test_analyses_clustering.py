@@ -26,14 +26,6 @@ from explainnn.runtime import seed_everything
 from explainnn.training import train_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def planted(k: int, per_cluster: int = 25, dims: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``k`` tight groups of vectors pointing in different directions, with random magnitudes."""
     rng = np.random.default_rng(seed)

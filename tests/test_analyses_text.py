@@ -29,14 +29,6 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VOCAB = ["<pad>", "<unk>", "good", "bad", "movie", "plot"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TokenModel(nn.Module):
     """A token model with a known reading: ``"last"`` sees only the last token, ``"bag"`` the
     mean of the real tokens' embeddings through a linear head (blind to order)."""

@@ -25,15 +25,6 @@ from explainnn.errors import UserError
 from explainnn.models import LeNet, RecurrentClassifier, build_model, images_as_rows
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest, and steadiest on a shared 2-core machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def lenet() -> LeNet:
     torch.manual_seed(0)

@@ -38,15 +38,6 @@ FAST = {
 STOCHASTIC = ("smoothgrad", "gradient_shap", "lime", "kernel_shap", "feature_permutation")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest, and steadiest on a shared 2-core machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def subset(dataset: Dataset, n_train: int, n_test: int = 32) -> Dataset:
     return replace(dataset, x_train=dataset.x_train[:n_train], y_train=dataset.y_train[:n_train],
                    x_test=dataset.x_test[:n_test], y_test=dataset.y_test[:n_test])

@@ -19,14 +19,6 @@ CELLS = ("lstm", "gru", "rnn")
 POOLINGS = ("last", "mean", "attention")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model(cell: str, layers: int = 1, pooling: str = "last", seed: int = 0, **options) -> RecurrentClassifier:
     torch.manual_seed(seed)
     net = RecurrentClassifier(cell, options.pop("input_size", 5), 3, hidden_size=6, num_layers=layers,

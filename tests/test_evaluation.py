@@ -44,14 +44,6 @@ FAST = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def subset(dataset: Dataset, n_train: int, n_test: int = 48) -> Dataset:
     def cut(tensor, n):
         return None if tensor is None else tensor[:n]

@@ -22,15 +22,6 @@ needs_cifar = pytest.mark.skipif(
 CIFAR_INFO = DatasetInfo("image_folder", "image", (3, 32, 32), 10, tuple("abcdefghij"), "test")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run fastest, and steadiest on a shared 2-core machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_the_paper_width_has_the_known_size_and_layout():
     model = ResNet18(3, 10)
     assert sum(p.numel() for p in model.parameters()) == 11_173_962  # the CIFAR ResNet-18's weights

@@ -35,15 +35,6 @@ KernelSHAP weights all-on and all-off by 1e6, which costs its float32 least squa
 target logit's range, up to 1e-2 of the largest of 64 patch attributions of an untrained LeNet."""
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest, and steadiest on a shared 2-core machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _images(n: int = 3) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     model = LeNet(1, 32, 10).eval()

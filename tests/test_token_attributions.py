@@ -27,15 +27,6 @@ GRADIENT_METHODS = ("integrated_gradients", "saliency", "smoothgrad", "gradient_
 VOCAB, LENGTH, PAD = 40, 12, 0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest, and steadiest on a shared 2-core machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TextCNN(nn.Module):
     """Kim-style text CNN: two parallel Conv1d branches (widths 3 and 5), max over time, concatenated."""
 
