@@ -433,7 +433,9 @@ def run_batched_surrogate(forward: Forward, inputs: Tensor, target: Tensor, mask
     masks = masks.cpu()  # groups index the CPU coefficients (and cost a device sync each on CUDA)
     groups = [torch.unique(masks[i], return_inverse=True)[1].reshape(-1) for i in range(n)]
     counts = [int(g.max()) + 1 for g in groups]
-    switches = [surrogate_switches(kind, s, n_perturbations, c) for s, c in zip(input_seeds(inputs, seed), counts)]
+    keys = list(zip(input_seeds(inputs, seed), counts))
+    drawn = {key: surrogate_switches(kind, key[0], n_perturbations, key[1]) for key in dict.fromkeys(keys)}
+    switches = [drawn[key] for key in keys]  # samples with the same seed and group count share their switches
     outputs = _surrogate_outputs(forward, inputs, target, baselines, switches, groups, rows)
     result = torch.empty(n, inputs[0].numel(), dtype=torch.float64)
     for count in sorted(set(counts)):
