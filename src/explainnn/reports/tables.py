@@ -56,6 +56,11 @@ def circuit_table(circuit: Mapping[str, Any]) -> Table:
         ["necessity: accuracy on the class", _percent(necessity.get("accuracy")),
          _percent(necessity.get("random_accuracy_mean")), ""],
     ]
+    chosen = circuit.get("necessity_where_chosen") or {}
+    if chosen.get("layers_left_intact"):
+        rows.append([f"necessity where the circuit chooses ({', '.join(chosen['layers_left_intact'])} left intact): "
+                     "normalised", format_number(chosen.get("normalized")),
+                     format_number(chosen.get("random_normalized_mean")), format_p(chosen.get("p_value_vs_random"))])
     sizes = ", ".join(f"{layer} {size}/{circuit.get('layer_size', {}).get(layer, '?')}"
                       for layer, size in circuit.get("circuit_size", {}).items())
     headers = ["", "causal circuit", f"random sets of the same size (mean of {circuit.get('n_random', '?')})",
