@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from explainnn.causal import CausalGraph, circuit_faithfulness
-from explainnn.causal.circuit import saturated_layers
-from explainnn.causal.units import HiddenUnits
+from explainnn.causal.minimal_circuit import Faithfulness
+from explainnn.causal.units import HiddenUnits, target_logits
 
 
 class SmallFirstLayer(nn.Module):
@@ -51,10 +51,12 @@ def test_saturated_layers_hold_every_unit_or_all_but_one():
     units = HiddenUnits.of(SmallFirstLayer(), _inputs(2))
     assert units.sizes == [3, 8]
     mask = units.mask({"h0": [0, 2], "h1": [0, 1, 2]})
-    assert saturated_layers(units, mask).tolist() == [True, False]
-    assert saturated_layers(units, units.mask({"h0": [0, 1, 2], "h1": list(range(7))})).tolist() == [True, True]
-    assert saturated_layers(units, units.mask({"h0": [1], "h1": [3]})).tolist() == [False, False]
-    assert saturated_layers(units, units.mask({"h1": [3]})).tolist() == [False, False]  # no unit: no choice made
+    assert units.saturated(mask).tolist() == [True, False]
+    assert units.saturated(units.mask({"h0": [1], "h1": [3]})).tolist() == [False, False]
+    assert units.saturated(units.mask({"h1": [3]})).tolist() == [False, False]  # no unit: no choice made
+    # Every unit of the set in saturated layers: nothing would be left to compare, so none counts as saturated.
+    assert units.saturated(units.mask({"h0": [0, 1, 2], "h1": list(range(7))})).tolist() == [False, False]
+    assert units.saturated(units.mask({"h0": [0, 1, 2]})).tolist() == [False, False]
 
 
 def test_without_a_saturated_layer_the_test_is_the_plain_one():
@@ -124,3 +126,20 @@ def test_the_run_line_and_the_report_table_show_the_test_where_the_circuit_choos
     plain.add_result("circuit_search", {"size": 3, "total_units": 11, "fraction": 3 / 11})
     circuit_faithfulness(model, _inputs(), plain, n_random=20)
     assert "left intact" not in describe_circuit(plain)
+
+
+def test_the_search_measures_the_necessity_the_check_tests():
+    model = SmallFirstLayer()
+    x, reference = _inputs(), _inputs(60, seed=2)
+    units = HiddenUnits.of(model, x[:1])
+    objective = Faithfulness.of(model, units, x, 0, reference)
+    saturating, plain = units.mask({"h0": [0, 1, 2], "h1": [0, 1]}), units.mask({"h0": [0], "h1": [0, 1]})
+    _, necessity = objective.with_necessity([saturating, plain])
+    span = objective.full - objective.empty
+    assert necessity[0] == pytest.approx((objective.full - _mean_ablated_logit(model, x, reference, [0, 1])) / span,
+                                         abs=1e-6)
+    report = circuit_faithfulness(model, x, _graph({"h0": [0, 1, 2], "h1": [0, 1]}), reference=reference, n_random=5)
+    assert necessity[0] == pytest.approx(report["necessity_where_chosen"]["normalized"], abs=1e-6)
+    ablated = units.ablate(plain)
+    logit = target_logits(objective.runner, x, 0, [ablated]).mean()
+    assert necessity[1] == pytest.approx((objective.full - logit) / span, abs=1e-9)

@@ -89,10 +89,8 @@ def circuit_faithfulness(
     rows = [units.keep(causal), units.ablate(causal), units.keep(np.zeros(units.total, dtype=bool))]
     for mask in random_sets:
         rows.extend([units.keep(mask), units.ablate(mask)])
-    saturated = saturated_layers(units, causal)
+    saturated = units.saturated(causal)
     chosen = causal & ~saturated[units.layer_of()]
-    if not chosen.any():  # every unit in saturated layers: nothing left to test
-        saturated[:] = False
     if saturated.any():
         rows.append(units.ablate(chosen))
         rows.extend(units.ablate(mask) for mask in _chosen_sets(units, chosen, random_sets, saturated, per_layer, rng))
@@ -101,12 +99,6 @@ def circuit_faithfulness(
     report = _report(units, causal, result, target, n_random, per_layer, len(samples), saturated)
     graph.add_result("circuit", report)
     return report
-
-
-def saturated_layers(units: HiddenUnits, causal: np.ndarray) -> np.ndarray:
-    """``(layers,)`` bool: the layers in which ``causal`` holds every unit or all but one (and at least one)."""
-    counts = np.bincount(units.layer_of()[np.asarray(causal, dtype=bool)], minlength=len(units.sizes))
-    return (counts > 0) & (counts >= np.asarray(units.sizes) - 1)
 
 
 def _chosen_sets(units: HiddenUnits, chosen: np.ndarray, random_sets: list[np.ndarray], saturated: np.ndarray,

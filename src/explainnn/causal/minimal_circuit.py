@@ -35,7 +35,9 @@ It combines the two families of circuit-discovery methods:
    *within a layer* raise the necessity while the sufficiency stays at least
    where pruning left it (:func:`raise_necessity`): with the per-layer sizes
    fixed, the random sets the check compares with are fixed too, so a higher
-   necessity is a better rank among them. Pruning resumes after each
+   necessity is a better rank among them. The necessity is the check's
+   "where the circuit chooses": layers the circuit holds all or all but one of
+   are left intact in the ablation. Pruning resumes after each
    exchange, so the circuit stays 1-minimal; neither the size nor the
    sufficiency is traded for necessity.
 
@@ -251,8 +253,16 @@ class Faithfulness:
 
     def with_necessity(self, masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Normalised sufficiency (only the mask kept) and necessity ``(F(full) - F(mask ablated)) / (F(full) -
-        F(empty))`` of each mask, both from one batched runner call."""
-        rows = [row for m in masks for row in (self.units.keep(m), self.units.ablate(m))]
+        F(empty))`` of each mask, both from one batched runner call.
+
+        Necessity is the one the check tests, *where the mask chooses*: layers the
+        mask holds all of, or all but one of (:meth:`HiddenUnits.saturated`), are
+        left intact in its ablation (ablating them would remove the input for
+        every set with the same per-layer sizes alike).
+        """
+        layer_of = self.units.layer_of()
+        rows = [row for m in masks
+                for row in (self.units.keep(m), self.units.ablate(m & ~self.units.saturated(m)[layer_of]))]
         logits = target_logits(self.runner, self.samples, self.target, rows).mean(1).reshape(-1, 2)
         return normalise(logits[:, 0], self.full, self.empty), 1.0 - normalise(logits[:, 1], self.full, self.empty)
 
@@ -363,7 +373,10 @@ def _screen(state: Pruning, joint: Joint, layer_of: np.ndarray) -> tuple[np.ndar
 
     Returns the members, the outside units, the estimated sufficiency and
     necessity of each exchange (``S(C - u) + S(C + v) - S(C)``, likewise for
-    necessity) and the ``(members, outside)`` mask of same-layer exchanges.
+    necessity) and the ``(members, outside)`` mask of same-layer exchanges. A
+    single removal can change which layers are saturated (5 of 6 units become
+    4 of 6), so estimates that involve a saturated layer are rough; the exact
+    check of each exchange (per-layer sizes unchanged) decides.
     """
     members = np.flatnonzero(state.mask)
     outside = np.flatnonzero(~state.mask & np.isin(layer_of, layer_of[members]))

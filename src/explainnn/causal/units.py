@@ -90,6 +90,19 @@ class HiddenUnits:
             out[[start + int(i) for i in units.get(info.name, [])]] = True
         return out
 
+    def saturated(self, mask: np.ndarray) -> np.ndarray:
+        """``(layers,)`` bool: the layers in which ``mask`` holds every unit or all but one (at least one unit).
+
+        Such a layer offers no real choice: every set with the same number of
+        units per layer ablates (nearly) all of it. None is saturated when
+        ``mask`` has no unit outside the saturated layers (nothing would be left
+        to compare). See :func:`~explainnn.causal.circuit_faithfulness`.
+        """
+        mask = np.asarray(mask, dtype=bool)
+        counts = np.bincount(self.layer_of()[mask], minlength=len(self.sizes))
+        full = (counts > 0) & (counts >= np.asarray(self.sizes) - 1)
+        return full if (mask & ~full[self.layer_of()]).any() else np.zeros_like(full)
+
     def label(self, index: int) -> str:
         """``"layer:unit"`` of a unit number."""
         layer = int(np.searchsorted(np.asarray(self.offsets), index, side="right") - 1)
