@@ -275,7 +275,7 @@ def _verdict(row: dict, which: str) -> str:
 def _chosen(row: dict) -> str:
     """The necessity test with the saturated layers left intact (see ``circuit_faithfulness``), or "as plain"."""
     if not row["left_intact"]:
-        return "as plain (no saturated layer) | "
+        return "as plain (no saturated layer) | as plain"
     return (f"{row['necessity_chosen']:.2f} ({row['necessity_chosen_random']:.2f}; "
             f"{row['necessity_chosen_random_any']:.2f}), {', '.join(row['left_intact'])} left intact | "
             f"{row['necessity_chosen_p']:.3g}; {row['necessity_chosen_p_any']:.3g}")
