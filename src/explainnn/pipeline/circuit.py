@@ -142,10 +142,10 @@ def describe_circuit(graph: CausalGraph) -> str:
             f"held out ({check['n_eval']} test samples): sufficiency {suff['normalized']:.2f} "
             f"(random {suff['random_normalized_mean']:.2f}, p={suff['p_value_vs_random']:.3g}), "
             f"necessity {nec['normalized']:.2f} (random {nec['random_normalized_mean']:.2f}, "
-            f"p={nec['p_value_vs_random']:.3g}){_where_chosen(check)}")
+            f"p={nec['p_value_vs_random']:.3g}){_left_intact_clause(check)}")
 
 
-def _where_chosen(check: dict) -> str:
+def _left_intact_clause(check: dict) -> str:
     """The necessity test with saturated layers left intact, when there are any (else nothing)."""
     chosen = check.get("necessity_where_chosen") or {}
     if not chosen.get("layers_left_intact"):
