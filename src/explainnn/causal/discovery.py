@@ -40,7 +40,7 @@ from explainnn.interventions import (
     soft_edge,
     soft_node,
 )
-from explainnn.interventions.edits import connections
+from explainnn.interventions.edits import connections, recurrent_connections
 from explainnn.interventions.layers import ParentLink, unsupported_layers
 from explainnn.interventions.spec import SOFT_RULES
 from explainnn.torch_utils import eval_mode, model_device
@@ -288,6 +288,7 @@ def _discover(model: nn.Module, inputs: torch.Tensor, target: int, options: Disc
     tests: dict[str, list[dict]] = {}
     wiring: dict = {}
     steps = _parent_steps(walk, include_input)
+    by_name = {layer.name: layer for layer in walk}
 
     bar = _progress(len(steps), progress, f"discovery class {target}")
     for parent, links in steps:
@@ -305,9 +306,91 @@ def _discover(model: nn.Module, inputs: torch.Tensor, target: int, options: Disc
                                  lambda candidate: candidate.targets(kids, causes, wiring))
         if parent != INPUT:
             causes[parent] = kept_units
+            layer = by_name[parent]
+            if layer.recurrent and kept_units:
+                tested = {c.unit for c in candidates}
+                causes[parent] = _through_recurrence(options, runner, layer, graph, depth, kept_units, tested,
+                                                     tests[parent], generator, (test_samples, clean_all, target))
     bar.close()
     graph.add_result("tests", tests)
     return graph
+
+
+def _through_recurrence(options: DiscoveryOptions, runner: InterventionRunner, layer: LayerInfo, graph: CausalGraph,
+                        depth: int, kept: list[int], tested: set[int], records: list[dict[str, Any]],
+                        generator: torch.Generator, run: tuple) -> list[int]:
+    """Causes of a recurrent layer's causal units through its own recurrence; returns all its causal units.
+
+    A unit can act on the output only through other units of its layer (unit ``i``
+    at step ``t - 1`` feeds unit ``j`` at step ``t`` through the hidden-to-hidden
+    weights, within one direction), so the units the layer's children reach are
+    closed under the recurrence, one round per new set of causal units:
+
+    * ``on="edges"``: each unit's recurrent edges into the causal units found in
+      the last round are cut (or softly scaled) together, at every step; a kept
+      unit gets those edges (``via="recurrent"``) and becomes causal;
+    * ``on="nodes"``: units not tested yet that feed a causal unit through the
+      recurrence are intervened on as nodes; a kept unit becomes causal. Edges are
+      drawn, as between layers, from the weights: a causal unit with no weight
+      into a causal unit above gets recurrent edges to the causal units it feeds
+      (a unit with weights above keeps only those, so a trained dense layer's
+      graph is not filled with every hidden-to-hidden pair).
+
+    Each round is one batched run and one Benjamini-Hochberg family. The records
+    join the layer's tests with ``child`` the layer itself and ``via="recurrent"``.
+    """
+    samples, clean_all, target = run
+    feeds = recurrent_connections(layer)  # (parent unit, child unit)
+    causal, new = set(kept), set(kept)
+    while new:
+        if options.on == "edges":
+            found = [(i, tuple(j for j in sorted(new) if j != i and feeds[i, j])) for i in range(layer.n_units)]
+            candidates = [(i, effects) for i, effects in found if effects]
+        else:
+            candidates = [(i, tuple(j for j in sorted(causal) if j != i and feeds[i, j]))
+                          for i in range(layer.n_units) if i not in causal and i not in tested]
+            candidates = [(i, effects) for i, effects in candidates if effects]
+            tested.update(i for i, _ in candidates)
+        if not candidates:
+            break
+        specs = [_recurrent_spec(options, layer.name, i, effects, generator) for i, effects in candidates]
+        decision = _test(options, runner.run(samples, specs, target), clean_all, candidates=[i for i, _ in candidates])
+        round_records = decision.to_records()
+        new = set()
+        for (i, effects), record, keep, spec in zip(candidates, round_records, decision.kept, specs):
+            record.update(intervention=options.describe(getattr(spec, "value", None) or 0.0), child=layer.name,
+                          via="recurrent")
+            if not keep:
+                continue
+            stats = _edge_stats(record)
+            cause = node_id(layer.name, i)
+            if i not in causal:
+                graph.add_unit(layer.name, i, depth=depth, **stats)
+                new.add(i)
+            if options.on == "edges":
+                graph.add_edges(cause, [node_id(layer.name, j) for j in effects], **stats, via="recurrent")
+        records.extend(round_records)
+        causal |= new
+    if options.on == "nodes":  # a causal unit whose weights reach no causal unit above acts through the recurrence
+        for i in sorted(causal):
+            cause = node_id(layer.name, i)
+            effects = [node_id(layer.name, j) for j in sorted(causal) if j != i and feeds[i, j]]
+            if graph.digraph.out_degree(cause) == 0 and effects:
+                stats = {key: value for key, value in graph.digraph.nodes[cause].items()
+                         if key not in ("layer", "index", "kind", "depth")}
+                graph.add_edges(cause, effects, **stats, via="recurrent")
+    return sorted(causal)
+
+
+def _recurrent_spec(options: DiscoveryOptions, layer: str, unit: int, effects: tuple[int, ...],
+                    generator: torch.Generator) -> EdgeIntervention | NodeIntervention:
+    """The intervention of one candidate of :func:`_through_recurrence`."""
+    soft, beta, delta, rule = options.intervention == "soft", options.beta, options.delta, options.soft_rule
+    if options.on == "edges":
+        if soft:
+            return soft_edge(layer, unit, list(effects), beta, delta, generator, recurrent=True, rule=rule)
+        return EdgeIntervention(layer, unit, effects, value=0.0, recurrent=True)
+    return soft_node(layer, unit, beta, delta, generator, rule=rule) if soft else NodeIntervention(layer, unit, "zero")
 
 
 def _empty_graph(model: nn.Module, target: int, index: torch.Tensor, options: DiscoveryOptions,

@@ -67,7 +67,9 @@ class CausalGraph:
     ``graph`` is the underlying ``networkx.DiGraph``: nodes carry ``layer``,
     ``index``, ``kind`` (input / hidden / output) and ``depth`` (0 at the input,
     growing towards the output) plus any statistics; edges run from cause to
-    effect, from lower to higher depth. ``metadata`` describes the run (model,
+    effect, from lower to higher depth, except recurrent edges (``via="recurrent"``),
+    which join two units of one recurrent layer (unit ``i`` at step ``t - 1`` to
+    unit ``j`` at step ``t``), so a graph of a recurrent model may hold cycles. ``metadata`` describes the run (model,
     dataset, target, samples, options, seed, ...); ``versions`` is filled with
     the library versions when absent, and ``results`` is a free-form JSON-only
     dict for later analyses (circuit faithfulness, stability).
@@ -119,8 +121,12 @@ class CausalGraph:
                 raise UserError(f"unknown unit {nid!r}; add it with add_unit first")
         nodes = self.graph.nodes
         depth = nodes[cause]["depth"]
+        recurrent = stats.get("via") == "recurrent"
         for effect in effects:
-            if depth >= nodes[effect]["depth"]:
+            if recurrent:  # hidden-to-hidden within one recurrent layer, from step t - 1 to step t
+                if nodes[effect]["layer"] != nodes[cause]["layer"] or effect == cause:
+                    raise UserError(f"recurrent edge {cause!r} -> {effect!r} must join two units of one layer")
+            elif depth >= nodes[effect]["depth"]:
                 raise UserError(f"edge {cause!r} -> {effect!r} must run from a lower to a higher depth")
         reserved = _RESERVED_EDGE_KEYS.intersection(stats)
         if reserved:

@@ -269,6 +269,14 @@ def connections(layer: LayerInfo, link: ParentLink) -> torch.Tensor:
     return out
 
 
+def recurrent_connections(layer: LayerInfo) -> torch.Tensor:
+    """``(units, units)`` bool of a recurrent layer: which unit at step ``t - 1`` has a non-zero hidden-to-hidden
+    weight (any gate) into which unit at step ``t``; a bidirectional layer's two directions never connect."""
+    weight = _weight(layer, True)  # (D * G * H, D * H)
+    nonzero = weight.ne(0).cpu().view(layer.directions, GATES[layer.kind], layer.module.hidden_size, -1).any(1)
+    return nonzero.flatten(0, 1).T.contiguous()
+
+
 def directions(layer: LayerInfo) -> tuple[str, ...]:
     """Parameter-name suffixes of a recurrent layer's directions."""
     return ("", "_reverse") if layer.directions == 2 else ("",)
