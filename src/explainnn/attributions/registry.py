@@ -28,13 +28,15 @@ import torch
 from torch import nn
 
 from explainnn.errors import UserError
+from explainnn.inputs import as_batch, checked_inputs
 from explainnn.torch_utils import eval_mode, model_device, seeded
 
 MODALITIES = ("image", "sequence", "tokens", "tabular")
 UNIVERSAL_OPTIONS = ("seed", "modality")
 """Options every method accepts: ``seed`` (default 0) fixes all random draws;
 ``modality="sequence"`` reads 4-D ``(N, 1, T, F)`` inputs as ``(N, T, F)`` sequences
-(how Quantus hands over sequences) and returns attributions in the 4-D shape."""
+(how Quantus hands over sequences) and returns attributions in the 4-D shape;
+``modality="tabular"`` reads 3-D ``(N, 1, F)`` inputs as ``(N, F)`` rows in the same way."""
 
 Implementation = Callable[..., Any]
 
@@ -169,11 +171,14 @@ def method_info(name: str) -> MethodInfo:
 
 
 def modality_of(model: nn.Module, inputs: torch.Tensor | np.ndarray, modality: str | None = None) -> str:
-    """``tokens`` for 2-D integer ids, ``sequence`` for 3-D floats, ``image`` for 4-D floats.
+    """``tokens`` for 2-D integer ids, ``sequence`` for 3-D floats, ``image`` for 4-D floats,
 
-    A 4-D ``(N, 1, T, F)`` input is a sequence when ``modality="sequence"`` is asked
-    for or the model declares ``input_modality = "sequence"`` (as
-    :class:`~explainnn.attributions.text.EmbeddingSpaceModel` does).
+    ``tabular`` for 2-D float rows ``(N, F)``. A 4-D ``(N, 1, T, F)`` input is a sequence
+    when ``modality="sequence"`` is asked for or the model declares
+    ``input_modality = "sequence"`` (as :class:`~explainnn.attributions.text.EmbeddingSpaceModel`
+    does); a 3-D ``(N, 1, F)`` input is tabular rows when ``modality="tabular"`` is asked for
+    or the model declares ``input_modality = "tabular"`` (as
+    :class:`~explainnn.evaluation.TabularRowsModel` does).
     """
     if modality is not None and modality not in MODALITIES:
         raise UserError(f"unknown modality '{modality}'; valid modalities: {', '.join(MODALITIES)}")
@@ -191,7 +196,7 @@ def modality_of(model: nn.Module, inputs: torch.Tensor | np.ndarray, modality: s
     elif not integer and len(shape) == 2:
         found = "tabular"
     elif not integer and len(shape) == 3:
-        found = "sequence"
+        found = "tabular" if declared == "tabular" and shape[1] == 1 else "sequence"
     elif not integer and len(shape) == 4:
         found = "sequence" if declared == "sequence" and shape[1] == 1 else "image"
     else:
@@ -236,8 +241,10 @@ def attribute(
 ) -> np.ndarray:
     """Attributions of ``method`` for ``inputs`` and class ``target`` as float32 numpy.
 
-    Same shape as ``inputs`` for images and sequences; ``(N, L)`` for token ids (one
+    Same shape as ``inputs`` for images, sequences and tabular rows; ``(N, L)`` for token ids (one
     score per token). ``target`` is one class for all samples or one per sample.
+    Inputs the model cannot read are a one-line error before any work
+    (:func:`explainnn.inputs.check_inputs`).
     ``graph`` is passed to methods that need a causal graph and ignored by the
     others. ``seed`` (default 0) makes stochastic methods reproducible without
     touching the caller's random state. The model's train/eval mode,
@@ -254,18 +261,19 @@ def attribute(
     info = method_info(method)
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    batch = _as_tensor(inputs)
+    batch = as_batch(inputs, what="attribute")
     options = renamed_options(method, options)
     seed = _seed(options.pop("seed", 0))
     modality = modality_of(model, batch, options.pop("modality", None))
+    channel = (modality == "sequence" and batch.dim() == 4) or (modality == "tabular" and batch.dim() == 3)
+    if channel:
+        batch = batch[:, 0]
+    batch, n_classes = checked_inputs(model, batch, what="attribute")
     function = info.implementation(modality)
     _check_call(info, function, modality, options, graph, batch)
 
     device = model_device(model)
     batch = batch.detach().to(device).clone()
-    channel = modality == "sequence" and batch.dim() == 4
-    if channel:
-        batch = batch[:, 0]
     kwargs = dict(options)
     if "seed" in inspect.signature(function).parameters:
         kwargs["seed"] = seed
@@ -274,7 +282,7 @@ def attribute(
     with frozen(model, device), seeded(seed, device), warnings.catch_warnings():
         for message in CAPTUM_NOTICES:
             warnings.filterwarnings("ignore", message=message)
-        targets = _targets(target, model, batch, device)
+        targets = _targets(target, n_classes, len(batch), device)
         result = function(model, batch, targets, **kwargs)
     array = _checked_shape(_as_array(result), method, modality, batch)
     return array[:, None] if channel else array
@@ -370,21 +378,7 @@ def _declared_options(function: Implementation) -> dict[str, Any]:
     return options
 
 
-def _as_tensor(inputs: torch.Tensor | np.ndarray) -> torch.Tensor:
-    if isinstance(inputs, torch.Tensor):
-        return inputs
-    if isinstance(inputs, np.ndarray):
-        array = inputs.astype(np.float32) if np.issubdtype(inputs.dtype, np.floating) else inputs.astype(np.int64)
-        return torch.from_numpy(np.ascontiguousarray(array))
-    raise UserError(f"inputs must be a torch.Tensor or numpy array; got {type(inputs).__name__}")
-
-
-def _targets(target: Any, model: nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    with torch.no_grad():
-        logits = model(batch[:1])
-    if logits.dim() != 2:
-        raise UserError(f"the model must return (N, classes) logits; it returned shape {tuple(logits.shape)}")
-    n, classes = len(batch), logits.shape[1]
+def _targets(target: Any, classes: int, n: int, device: torch.device) -> torch.Tensor:
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
         targets = torch.full((n,), int(target), dtype=torch.int64)
     elif isinstance(target, (torch.Tensor, np.ndarray, list, tuple)):

@@ -38,6 +38,7 @@ from torch import nn
 from explainnn.causal.graph import CausalGraph
 from explainnn.causal.units import HiddenUnits, normalise
 from explainnn.errors import UserError
+from explainnn.inputs import check_inputs
 from explainnn.interventions import InterventionRunner
 
 
@@ -79,6 +80,9 @@ def circuit_faithfulness(
     """
     inputs, graph = _in_order(inputs, graph)
     target = int(graph.metadata["target"])
+    inputs = check_inputs(model, inputs, labels=labels, target=target, what="circuit_faithfulness")
+    if reference is not None:
+        reference = check_inputs(model, reference, what="circuit_faithfulness", name="reference")
     if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
         raise UserError(f"n_random must be a positive integer; got {n_random!r}")
     device = next(iter(model.parameters())).device

@@ -61,6 +61,7 @@ from explainnn.causal.discovery import indices_classified_as
 from explainnn.causal.graph import CausalGraph
 from explainnn.causal.units import HiddenUnits, normalise, target_logits
 from explainnn.errors import ConfigError, UserError
+from explainnn.inputs import check_inputs
 from explainnn.interventions import InterventionRunner, LayerInfo, find_layers
 from explainnn.interventions.hooks import ModelPatch
 
@@ -162,6 +163,7 @@ def circuit(
     whose ablation costs most (module docstring, step 3). The model is left
     exactly as it was.
     """
+    inputs = check_inputs(model, inputs, labels=labels, target=target, what="circuit")
     search = find_circuit(model, inputs, target, labels=labels, faithfulness=faithfulness, layers=layers,
                           n_samples=n_samples, reference=reference, steps=steps, lr=lr, sparsity=sparsity,
                           margin=margin, seed=seed, progress=progress)
@@ -189,8 +191,10 @@ def find_circuit(
     progress: bool = False,
 ) -> CircuitSearch:
     """The search behind :func:`circuit` (same arguments), returned with its ranking and pruning trace."""
+    inputs = check_inputs(model, inputs, labels=labels, target=target, what="find_circuit")
+    if reference is not None:
+        reference = check_inputs(model, reference, what="find_circuit", name="reference")
     _check_options(faithfulness, steps, n_samples, lr, sparsity, margin)
-    inputs = torch.as_tensor(inputs)
     device = _device(model)
     index = indices_classified_as(model, inputs, target, n_samples, labels=labels)
     samples = inputs[index].to(device)
