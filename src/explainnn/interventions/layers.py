@@ -134,6 +134,39 @@ def layer_kind(module: nn.Module) -> str | None:
     return None
 
 
+FUSED_TYPES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+"""Modules whose forward may run a fused kernel on their submodules' weights (so hooks on them never fire)."""
+PASS_THROUGH_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.PReLU)
+"""Modules with weights that act on each unit alone or normalise across units, between layers (weight-free paths)."""
+LAYER_NAMES = "Linear, Conv1d/2d, Embedding, LSTM, GRU, RNN"
+
+
+def placement_reason(name: str, module: nn.Module) -> str | None:
+    """Why a module that holds weights and runs in the forward cannot be placed as units or a weight-free path.
+
+    Layers (:func:`layer_kind`) and normalisations are placed. Any other module
+    whose own parameters could mix units (a matrix, not a per-unit vector) is
+    refused, and so is a fused module (attention, transformer layers) that may
+    bypass its submodules' forwards; a layer inside one is refused too. ``name``
+    is the module's name in the model (``""`` for the model itself).
+    """
+    if isinstance(module, FUSED_TYPES):
+        return (f"{type(module).__name__} runs attention and fused kernels that interventions cannot enter exactly; "
+                "attention heads are not units")
+    if layer_kind(module) or isinstance(module, PASS_THROUGH_TYPES):
+        return None
+    if isinstance(module, (nn.RNNCellBase,)):
+        return (f"{type(module).__name__} called in a Python loop is not a supported recurrent layer; write the "
+                "recurrence with nn.RNN/nn.GRU/nn.LSTM")
+    mixing = [key for key, parameter in module.named_parameters(recurse=False)
+              if sum(size > 1 for size in parameter.shape) > 1]
+    if mixing:
+        kind = "the model's forward" if not name else f"a {type(module).__name__}"
+        return (f"{kind} uses the weight(s) {', '.join(mixing)} directly, which discovery cannot place as units or "
+                f"edges; supported layers: {LAYER_NAMES} (and normalisations between them)")
+    return None
+
+
 def unsupported_reason(module: nn.Module) -> str | None:
     """Why a layer-typed module cannot be intervened on, or ``None`` when it can."""
     if isinstance(module, tuple(RECURRENT_TYPES)):
@@ -262,11 +295,12 @@ def _find_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[LayerInf
         (calls[0].start, name, calls) for name, calls in traces[0].items() if layer_kind(calls[0].module)
     )
     layers: list[LayerInfo] = []
-    skipped: list[tuple[str, str]] = []
+    skipped = _unplaced(model, traces[0])
+    refused = {name for name, _ in skipped}
     for _, name, calls in first_calls:
         module = calls[0].module
         kind = layer_kind(module)
-        reason = unsupported_reason(module)
+        reason = unsupported_reason(module) or _inside_fused(name, refused)
         if reason is None and not _batch_on_axis(module, traces, name):
             reason = "its output does not keep the batch on the axis the engine edits"
         if reason:
@@ -290,6 +324,27 @@ def _find_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[LayerInf
                           None, None, calls=len(calls))
             )
     return _link_parents(model, example, layers), skipped
+
+
+def _unplaced(model: nn.Module, calls: dict[str, list[ModuleCall]]) -> list[tuple[str, str]]:
+    """``(module name, reason)`` for every module that ran with weights discovery cannot place (the model too)."""
+    ran = set(calls)
+    found = []
+    for name, module in model.named_modules():
+        if name and name not in ran:
+            continue
+        reason = placement_reason(name, module)
+        if reason:
+            found.append((name or type(model).__name__, reason))
+    return found
+
+
+def _inside_fused(name: str, refused: set[str]) -> str | None:
+    """The reason a layer inside a refused fused module (e.g. a TransformerEncoderLayer's linear1) is refused."""
+    for outer in refused:
+        if name.startswith(outer + "."):
+            return f"it runs inside '{outer}', whose forward may bypass it with a fused kernel"
+    return None
 
 
 def _units(module: nn.Module) -> tuple[int, int]:
@@ -554,6 +609,15 @@ def _feature_nan(child: LayerInfo, inp: torch.Tensor) -> torch.Tensor:
     return nan.flatten(1, -2).any(dim=1) if nan.dim() > 2 else nan
 
 
+def _skipped_reason(model: nn.Module, name: str) -> str | None:
+    """Why tracing left module ``name`` out (from any traced input shape of ``model``), if it did."""
+    for _, skipped in _CACHE.get(model, {}).values():
+        for skipped_name, reason in skipped:
+            if skipped_name == name:
+                return reason
+    return None
+
+
 def resolve_layer(layers: list[LayerInfo], model: nn.Module, name: str) -> LayerInfo:
     """The layer called ``name``, or a one-line error saying what is valid."""
     for layer in layers:
@@ -568,7 +632,7 @@ def resolve_layer(layers: list[LayerInfo], model: nn.Module, name: str) -> Layer
     modules = dict(model.named_modules())
     if name in modules and name:
         module = modules[name]
-        reason = unsupported_reason(module)
+        reason = unsupported_reason(module) or _skipped_reason(model, name)
         if reason is None and layer_kind(module) is None:
             reason = f"a {type(module).__name__} is not a layer we can intervene on (Linear, Conv1d/2d, LSTM, GRU, RNN, Embedding)"
         elif reason is None:
