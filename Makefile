@@ -1,6 +1,9 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   create .venv if missing, install, run the default job on config.yaml
 #   make test   create .venv if missing, install, lint (ruff), type-check (mypy), run the test suite
+# make run ARGS="..." runs src/explainnn/main.py with ARGS in .venv (created if missing), e.g.
+#   make run ARGS="discovery.target_class=7"
+#   make run ARGS="--config configs/lstm_mnist_rows.yaml"
 # make notebook re-executes demonstration.ipynb in place (its outputs are committed).
 # TORCH_SPEC picks the PyTorch build (default: the CPU wheel torch==2.13.0), e.g.
 #   make demo TORCH_SPEC="torch==2.5.1"
@@ -9,10 +12,13 @@ TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 STAMP := $(VENV)/.explainnn-installed
 
-.PHONY: demo test lint typecheck notebook setup clean-venv
+.PHONY: demo run test lint typecheck notebook setup clean-venv
 
 demo: $(STAMP)
 	$(VENV)/bin/python src/explainnn/main.py --config config.yaml
+
+run: $(STAMP)
+	$(VENV)/bin/python src/explainnn/main.py $(ARGS)
 
 test: lint typecheck
 	$(VENV)/bin/python -m pytest -q

@@ -99,7 +99,7 @@ def test_refuses_another_model(tmp_path) -> None:
     message = one_line_error(path, lstm(), identity(lstm(), "mnist1d"))
     assert message == (
         f"checkpoint {path} was trained for model 'lenet' on 'mnist', but the config asks for "
-        "'lstm' on 'mnist1d'; delete it or set training.train: always"
+        "'lstm' on 'mnist1d'; set model.checkpoint to a new file to train this model there, or delete this one"
     )
 
 

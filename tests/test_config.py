@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from explainnn.config import Config, build_config, dump_config, load_config, parse_override
+from explainnn.config import Config, build_config, dump_config, load_config, parse_override, read_yaml
 from explainnn.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +22,10 @@ def _error(raw=None, overrides=()):
     return message
 
 
-def test_config_yaml_equals_the_schema_defaults():
-    assert load_config(ROOT / "config.yaml") == Config()
+def test_config_yaml_equals_the_schema_defaults(monkeypatch):
+    monkeypatch.chdir(ROOT)  # its relative paths are relative to its folder, the repository root
+    assert load_config("config.yaml") == Config()
+    assert build_config(read_yaml(ROOT / "config.yaml")) == Config()
 
 
 def test_every_schema_key_is_commented_in_config_yaml():

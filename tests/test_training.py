@@ -253,3 +253,55 @@ def test_train_or_load_rejects_bad_mode_and_options(tmp_path) -> None:
     with pytest.raises(ConfigError, match="unknown training option 'momentum'; valid options: epochs"):
         train_or_load(fresh_lenet(dataset), dataset, checkpoint=tmp_path / "m.pt", mode="auto",
                       metadata={}, train_kwargs={**FAST, "momentum": 0.9}, device="cpu")
+
+
+def test_always_never_overwrites_another_models_checkpoint(tmp_path, monkeypatch) -> None:
+    """``always`` on a file holding another model: the file stays byte-identical; the model goes to its own path,
+    or, without one, the call stops with one line naming both models before any training."""
+    import explainnn.training as training
+
+    dataset = bars_dataset()
+    path = tmp_path / "gru.pt"
+    train_or_load(build_model("gru", dataset.info, hidden_size=4), dataset, checkpoint=path, mode="always",
+                  metadata={}, train_kwargs=FAST, device="cpu")
+    before = path.read_bytes()
+    own = tmp_path / "run" / "model.pt"
+    _, info = train_or_load(fresh_lenet(dataset), dataset, checkpoint=path, mode="always", metadata={},
+                            train_kwargs=FAST, device="cpu", fallback=own)
+    assert path.read_bytes() == before
+    assert info["checkpoint"] == str(own) and read_checkpoint(own)["metadata"]["model"]["name"] == "lenet"
+    assert info["kept"] == {"path": str(path), "holds": "the checkpoint of model 'gru' on 'bars'"}
+    # the model's own path holding this model is retrained in place
+    _, info = train_or_load(fresh_lenet(dataset), dataset, checkpoint=path, mode="always",
+                            metadata={"config_hash": "again"}, train_kwargs=FAST, device="cpu", fallback=own)
+    assert info["checkpoint"] == str(own) and read_checkpoint(own)["metadata"]["config_hash"] == "again"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(training, "train_model", no_training)
+    with pytest.raises(CheckpointError) as caught:
+        train_or_load(fresh_lenet(dataset), dataset, checkpoint=path, mode="always", metadata={},
+                      train_kwargs=FAST, device="cpu")
+    assert str(caught.value) == (
+        f"training 'lenet' on 'bars' would overwrite {path}, which holds the checkpoint of model 'gru' "
+        "on 'bars'; set model.checkpoint to a new file to train this model there, or delete this one")
+    wider = build_model("gru", dataset.info, hidden_size=6)
+    with pytest.raises(CheckpointError) as caught:
+        train_or_load(wider, dataset, checkpoint=own, mode="always", metadata={}, train_kwargs=FAST, device="cpu",
+                      fallback=path)
+    message = str(caught.value)
+    assert "\n" not in message and str(own) in message and str(path) in message
+    assert "holds the checkpoint of model 'lenet' on 'bars', and its own path" in message
+    assert "(hidden_size=4)" in message and "delete one of them" in message
+    assert path.read_bytes() == before
+
+
+def test_always_does_not_overwrite_a_file_that_is_no_checkpoint(tmp_path) -> None:
+    dataset = bars_dataset()
+    path = tmp_path / "notes.pt"
+    path.write_bytes(b"someone's file")
+    with pytest.raises(CheckpointError, match="which holds a file that is not a readable explainnn checkpoint"):
+        train_or_load(fresh_lenet(dataset), dataset, checkpoint=path, mode="always", metadata={},
+                      train_kwargs=FAST, device="cpu")
+    assert path.read_bytes() == b"someone's file"

@@ -30,7 +30,8 @@ from explainnn.files import atomic_path
 
 FORMAT = "explainnn-checkpoint"
 VERSION = 1
-RETRAIN_HINT = "delete it or set training.train: always"
+RETRAIN_HINT = "set model.checkpoint to a new file to train this model there, or delete this one"
+"""The advice of every refusal: both ways keep other checkpoints (training never overwrites another model's)."""
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -181,6 +182,43 @@ def _check_state(path: Path, state: Mapping, model: nn.Module) -> None:
     if problems:
         shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
         raise CheckpointError(f"checkpoint {path} does not fit the model ({shown}); {RETRAIN_HINT}")
+
+
+def _describe(saved: Mapping, expected: Mapping) -> str:
+    """``model 'lstm' on 'mnist'``: what a checkpoint holds, with the parameters that differ from ``expected``'s
+    when the model and dataset are the same."""
+    spec, want = saved.get("model"), expected.get("model")
+    text = f"model '{_model_name(spec)}'"
+    if _model_name(spec) == _model_name(want) and saved.get("dataset") == expected.get("dataset"):
+        saved_params = (spec.get("params") if isinstance(spec, Mapping) else None) or {}
+        want_params = cast(dict, to_jsonable(want.get("params") or {})) if isinstance(want, Mapping) else {}
+        differ = sorted(k for k in set(saved_params) | set(want_params) if saved_params.get(k) != want_params.get(k))
+        text += f" ({', '.join(f'{k}={saved_params.get(k)!r}' for k in differ)})" if differ \
+            else " (weights of other shapes)"
+    return f"{text} on '{saved.get('dataset')}'"
+
+
+def foreign_checkpoint(path: str | Path, model: nn.Module, *, expected: Mapping | None = None) -> str | None:
+    """What the file at ``path`` holds when it is not a checkpoint of ``model`` (``expected`` as for
+    :func:`load_checkpoint`), as a phrase for a message; None when no file is there or it is ``model``'s
+    (same model, parameters and dataset, weights of the same shapes; other training settings allowed).
+
+    Training writes only where this is None, so it never overwrites another model's checkpoint.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        payload = read_checkpoint(path)
+    except CheckpointError:
+        return "a file that is not a readable explainnn checkpoint"
+    saved = payload["metadata"]
+    try:
+        _check_identity(path, saved, dict(expected or {}))
+        _check_state(path, payload["state_dict"], model)
+    except CheckpointError:
+        return f"the checkpoint of {_describe(saved, dict(expected or {}))}"
+    return None
 
 
 def load_checkpoint(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
@@ -531,9 +532,43 @@ def read_yaml(path: str | Path, *, what: str = "config", option: str = "--config
     return raw
 
 
+PATH_KEYS: tuple[tuple[str, ...], ...] = (("output_dir",), ("data", "root"), ("model", "checkpoint"))
+"""The config keys that hold paths. In a config file a relative one is relative to the file's folder."""
+
+
+def _joined(folder: Path, value: Any) -> Any:
+    """``value`` joined to ``folder`` when it is a relative path; anything else (absolute, empty, not text) as it is."""
+    if not isinstance(value, str) or not value.strip() or Path(value).is_absolute():
+        return value
+    return os.path.normpath(os.path.join(folder, value))
+
+
+def rebase_paths(raw: Mapping[str, Any], folder: str | Path) -> dict:
+    """A copy of ``raw`` (a config read from a file in ``folder``) with its relative paths made relative to
+    the current folder, so they point where the file meant: ``data.root: ../data`` in ``configs/x.yaml``
+    becomes ``data``. Only the :data:`PATH_KEYS` the file sets change; defaults and overrides do not."""
+    tree: dict = json.loads(json.dumps(dict(raw), default=str))
+    for keys in PATH_KEYS:
+        node: Any = tree
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and keys[-1] in node:
+            node[keys[-1]] = _joined(Path(folder), node[keys[-1]])
+    return tree
+
+
+def read_config(path: str | Path) -> dict:
+    """The mapping in a config file, its relative paths (:data:`PATH_KEYS`) resolved against the file's folder."""
+    return rebase_paths(read_yaml(path), Path(path).parent)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read ``config.yaml`` (or defaults when ``path`` is None) and apply overrides."""
-    raw = read_yaml(path) if path is not None else {}
+    """Read a config file (or the defaults when ``path`` is None) and apply ``section.key=value`` overrides.
+
+    Relative paths in the file (``data.root``, ``output_dir``, ``model.checkpoint``) are relative to the
+    file's folder; relative paths in the overrides and the defaults are relative to the current folder.
+    """
+    raw = read_config(path) if path is not None else {}
     return build_config(raw, overrides)
 
 

@@ -2,6 +2,9 @@
 
     python src/explainnn/main.py [--config config.yaml] [section.key=value ...]
 
+Without ``--config`` the run reads ``./config.yaml``, or, when the current folder
+has none, the built-in defaults, and says so on stderr. Relative paths in a config
+file are relative to the file's folder; in overrides, to the current folder.
 The steps and their order live in :mod:`explainnn.pipeline`. A
 :class:`~explainnn.errors.UserError` anywhere becomes one line on stderr and
 exit code 2; the config is validated completely before any step starts.
@@ -32,16 +35,28 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "and compare the explanations with the standard methods.",
         epilog="Example: python src/explainnn/main.py discovery.target_class=7 discovery.intervention=soft",
     )
-    parser.add_argument("--config", help="YAML config file (default: ./config.yaml when present, else the defaults)")
+    parser.add_argument("--config", help="YAML config file; its relative paths are relative to its folder "
+                        "(default: ./config.yaml when present, else the built-in defaults, with a notice)")
     parser.add_argument("--sweep", metavar="FILE", help="run a sweep file (many runs, on Ray when installed)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override any config key, e.g. discovery.target_class=7 training.epochs=3")
     return parser.parse_args(argv)
 
 
+DEFAULT_CONFIG = "config.yaml"
+
+
 def _config_path(given: str | None) -> Path | None:
-    default = Path("config.yaml")
-    return Path(given) if given is not None else (default if default.is_file() else None)
+    """``--config`` (a missing file is an error when loaded), else ``./config.yaml`` when present, else None."""
+    if given is not None:
+        return Path(given)
+    default = Path(DEFAULT_CONFIG)
+    return default if default.is_file() else None
+
+
+def no_config_notice() -> str:
+    """The line printed on stderr when no ``--config`` is given and the current folder has no ``config.yaml``."""
+    return f"explainnn: no {DEFAULT_CONFIG} in {Path.cwd()}; using the built-in defaults (pass --config FILE)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         from explainnn.config import load_config
         from explainnn.pipeline import run
 
-        context = run(load_config(_config_path(args.config), args.overrides))
+        path = _config_path(args.config)
+        config = load_config(path, args.overrides)
+        if path is None:
+            print(no_config_notice(), file=sys.stderr)
+        context = run(config)
     except UserError as exc:
         print(f"explainnn: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainnn.checkpoint import load_checkpoint, save_checkpoint, to_jsonable
+from explainnn.checkpoint import RETRAIN_HINT, foreign_checkpoint, load_checkpoint, save_checkpoint, to_jsonable
 from explainnn.data.base import Dataset
 from explainnn.errors import CheckpointError, ConfigError, DataError
 from explainnn.progress import progress_bar
@@ -208,6 +208,7 @@ def train_or_load(
     metadata: Mapping | None = None,
     train_kwargs: Mapping | None = None,
     device: str | torch.device = "cpu",
+    fallback: str | Path | None = None,
 ) -> tuple[nn.Module, dict]:
     """Load ``model`` from ``checkpoint`` or train it and save it there.
 
@@ -216,7 +217,15 @@ def train_or_load(
     least ``config_hash`` (and may override ``model``/``dataset``, which default to
     ``model.explainnn_spec`` and ``dataset.info.name``). Returns the model (on
     ``device``, eval mode) and a JSON-able dict: ``action`` ("loaded"/"trained"),
-    ``checkpoint``, ``config_hash_matches`` and the checkpoint ``metadata``.
+    ``checkpoint`` (the file loaded or written), ``config_hash_matches``, the
+    checkpoint ``metadata`` and, when the model went to ``fallback``,
+    ``kept`` (``{"path", "holds"}``: the file left alone and what it holds).
+
+    Training never overwrites a file that is not this model's checkpoint (another
+    model, parameters or dataset, weights of other shapes, or not a checkpoint at
+    all): the model is written to ``fallback`` (its own path) when that is free or
+    holds this model; otherwise a :class:`CheckpointError` naming both stops the
+    call before any training.
     """
     if mode not in TRAIN_MODES:
         raise ConfigError(f"unknown training.train '{mode}'; valid values: {', '.join(TRAIN_MODES)}")
@@ -246,6 +255,7 @@ def train_or_load(
         return model, {"action": "loaded", "checkpoint": str(path),
                        "config_hash_matches": matches, "metadata": stored}
 
+    target, kept = _writable(path, model, identity, fallback)
     result = train_model(model, dataset, device=device, **train_kwargs)
     options = {key: value for key, value in train_kwargs.items() if key != "progress"}
     record = {
@@ -255,6 +265,26 @@ def train_or_load(
         "training": {**cast(dict, to_jsonable(options)), "seconds": round(result.seconds, 3),
                      "history": result.history},
     }
-    stored = save_checkpoint(path, model, record)
-    return model, {"action": "trained", "checkpoint": str(path),
-                   "config_hash_matches": True, "metadata": stored}
+    stored = save_checkpoint(target, model, record)
+    outcome = {"action": "trained", "checkpoint": str(target), "config_hash_matches": True, "metadata": stored}
+    if kept is not None:
+        outcome["kept"] = kept
+    return model, outcome
+
+
+def _writable(path: Path, model: nn.Module, identity: Mapping, fallback: str | Path | None) -> tuple[Path, dict | None]:
+    """Where training may write: ``path``, else ``fallback`` (with what ``path`` holds), else a one-line error."""
+    holds = foreign_checkpoint(path, model, expected=identity)
+    if holds is None:
+        return path, None
+    spec = identity.get("model")
+    name = spec.get("name") if isinstance(spec, Mapping) else spec
+    problem = (f"training '{name}' on '{identity.get('dataset')}' would overwrite {path}, which holds {holds}")
+    spare = Path(fallback) if fallback is not None else None
+    if spare is None or spare == path:
+        raise CheckpointError(f"{problem}; {RETRAIN_HINT}")
+    spare_holds = foreign_checkpoint(spare, model, expected=identity)
+    if spare_holds is not None:
+        raise CheckpointError(f"{problem}, and its own path {spare} holds {spare_holds}; set model.checkpoint "
+                              "to a new file to train this model there, or delete one of them")
+    return spare, {"path": str(path), "holds": holds}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
 from explainnn.config import ModelConfig, dump_config
@@ -19,12 +21,20 @@ def train_or_load_model(ctx: RunContext, options: ModelConfig, *, seed: int | No
     run folder and sets ``ctx.model``/``ctx.training``. Another ``seed`` (as
     the clustering step's seed agreement asks for) trains a separate model with
     its own checkpoint and leaves the context alone.
+
+    Training never overwrites another model's checkpoint: when ``model.checkpoint``
+    holds one, the model goes to its own path in the run folder (``model.pt``), the
+    run says so, and the resolved config names that file.
     """
     config = ctx.config
     own = seed is None or seed == config.seed
     seed = config.seed if seed is None else seed
-    checkpoint = ctx.checkpoint if own else ctx.checkpoint.with_name(
-        f"{ctx.checkpoint.stem}_seed{seed}{ctx.checkpoint.suffix}")
+
+    def seeded(path: Path) -> Path:
+        return path if own else path.with_name(f"{path.stem}_seed{seed}{path.suffix}")
+
+    checkpoint = seeded(ctx.checkpoint)
+    fallback = seeded(ctx.run_dir / "model.pt") if config.model.checkpoint else None
     model = build_model(options.name, ctx.dataset.info, **options.params)
     train_kwargs = {**config.training.model_dump(exclude={"train"}), "seed": seed, "progress": ctx.progress}
     model, outcome = train_or_load(
@@ -35,9 +45,16 @@ def train_or_load_model(ctx: RunContext, options: ModelConfig, *, seed: int | No
         metadata={"config_hash": config.training_hash() if own else f"seed {seed}"},
         train_kwargs=train_kwargs,
         device=ctx.device,
+        fallback=fallback,
     )
+    if "kept" in outcome:
+        print(f"note        {outcome['kept']['path']} holds {outcome['kept']['holds']} and is left as it is; "
+              f"this model was written to {outcome['checkpoint']}")
     if not own:
         return model
+    if "kept" in outcome:  # the resolved config names the file the model is in
+        config = config.model_copy(update={"model": config.model.model_copy(update={"checkpoint": outcome["checkpoint"]})})
+        ctx.config = config
     record = outcome["metadata"]
     print(f"model       {options.name}: {outcome['action']} {outcome['checkpoint']} "
           f"(train accuracy {record['train_accuracy']:.4f}, test accuracy {record['test_accuracy']:.4f})")
