@@ -22,7 +22,7 @@ TINY = ["data.name=digits", "training.epochs=3", "training.lr=0.01", "training.a
 GRID = {"seed": [0, 1], "discovery.target_class": [3, 7]}
 CHECKS = ("sufficiency", "necessity")
 COMPARED = ("label", "seed", "discovery.target_class", "status", "error", "test_accuracy", "train_accuracy",
-            "classes", "circuit_units", "circuit_fraction", "sufficiency", "necessity", "key", "folder", "report")
+            "classes", "graph_units", "graph_fraction", "sufficiency", "necessity", "key", "folder", "report")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_a_2x2_sweep_on_ray_merges_every_run(grid_sweep):
         folder = result.folder / row["folder"]
         assert (folder / RECORD).is_file() and (folder / "training.json").is_file()
         assert row["classes"] == row["discovery.target_class"]
-        assert 0 < float(row["circuit_units"]) and 0 < float(row["test_accuracy"]) <= 1
+        assert 0 < float(row["graph_units"]) and 0 < float(row["test_accuracy"]) <= 1
         assert row["sufficiency"] != "" and (result.folder / row["report"]).is_file()
     assert not (result.folder / PARTIAL).exists()
     assert len(list((result.folder / "models").glob("*.pt"))) == 2  # one model per seed, shared by its classes
@@ -71,7 +71,7 @@ def test_a_2x2_sweep_on_ray_merges_every_run(grid_sweep):
     assert [(row["a"], row["b"]) for row in agreement] == [("seed 0", "seed 1")]  # one pair of models
     assert -1 <= float(agreement[0]["ari"]) <= 1
     report = (result.folder / "sweep_report.html").read_text()
-    assert "Circuit overlap across classes" in report and f'href="{rows[0]["report"]}"' in report
+    assert "Causal-graph overlap across classes" in report and f'href="{rows[0]["report"]}"' in report
     assert (result.folder / "sweep_report.md").is_file()
 
 

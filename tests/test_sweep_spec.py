@@ -1,5 +1,5 @@
 """Sweep files without Ray: expansion into runs, one-line errors before anything runs, hashing,
-circuit overlap arithmetic, and the fault isolation of one run (failure, Ctrl-C)."""
+causal-graph overlap arithmetic, and the fault isolation of one run (failure, Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def test_config_and_sweep_do_not_mix(tmp_path, capsys):
     assert "--config and --sweep do not mix" in capsys.readouterr().err
 
 
-def _circuit(units: dict[str, list[int]], sizes: dict[str, int]) -> ClassResult:
+def _graph(units: dict[str, list[int]], sizes: dict[str, int]) -> ClassResult:
     ids = frozenset(f"{layer}:{i}" for layer, indices in units.items() for i in indices)
     return ClassResult(0, ids, {layer: len(v) for layer, v in units.items()}, sizes, {}, Path("graph.json"))
 
@@ -128,8 +128,8 @@ def _circuit(units: dict[str, list[int]], sizes: dict[str, int]) -> ClassResult:
 def test_jaccard_and_its_chance_level():
     assert jaccard(frozenset({"a:1", "a:2", "b:1"}), frozenset({"a:2", "b:1", "b:2"})) == pytest.approx(2 / 4)
     assert jaccard(frozenset(), frozenset()) != jaccard(frozenset(), frozenset())  # NaN
-    a = _circuit({"fc1": list(range(10)), "fc2": [0, 1]}, {"fc1": 100, "fc2": 4})
-    b = _circuit({"fc1": list(range(20)), "fc2": [0, 1]}, {"fc1": 100, "fc2": 4})
+    a = _graph({"fc1": list(range(10)), "fc2": [0, 1]}, {"fc1": 100, "fc2": 4})
+    b = _graph({"fc1": list(range(20)), "fc2": [0, 1]}, {"fc1": 100, "fc2": 4})
     shared = 10 * 20 / 100 + 2 * 2 / 4  # expected intersection of random sets per layer
     assert chance_jaccard(a, b) == pytest.approx(shared / (12 + 22 - shared))
 

@@ -4,7 +4,7 @@ A sweep file names a base config, overrides for every run and a grid (or a list)
 of runs; :func:`run_sweep` validates every run's config first, executes the runs
 as Ray tasks (or sequentially without Ray), skips runs finished by an earlier
 sweep, records failures, and merges everything into ``runs.csv`` and a sweep
-report with the cross-run analyses (circuit overlap across classes and seeds,
+report with the cross-run analyses (causal-graph overlap across classes and seeds,
 explanation-cluster agreement across seeds, explanation quality per run).
 
 Modules: ``spec`` (the sweep file and its runs), ``execute`` (one run),

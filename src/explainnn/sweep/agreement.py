@@ -11,8 +11,6 @@ also draws the data split, so the inputs are those of the first run's split.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from explainnn.config import Config, read_yaml
+from explainnn.data import Dataset
 from explainnn.files import write_csv
 from explainnn.sweep.results import RunResult
 
@@ -63,12 +62,10 @@ def agreement(members: Sequence[RunResult], configs: Mapping[str, Config]) -> Ag
     from explainnn.analyses.text_importance import sample_indices
     from explainnn.checkpoint import load_checkpoint
     from explainnn.models import build_model
-    from explainnn.pipeline import Run
 
     first = configs[members[0].key]
     summary = json.loads((members[0].folder / "clustering" / "summary.json").read_text(encoding="utf-8"))
-    with contextlib.redirect_stdout(io.StringIO()):
-        dataset = Run(first).dataset
+    dataset = _dataset(first)
     index = sample_indices(len(dataset.x_test), int(summary["n_samples"]), first.seed)
     models = []
     for run in members:
@@ -85,6 +82,16 @@ def agreement(members: Sequence[RunResult], configs: Mapping[str, Config]) -> Ag
     return AgreementGroup(", ".join(f"{k}={v}" for k, v in shared.items()), list(members),
                           [f"seed {configs[run.key].seed}" for run in members], matrix, summary["method"],
                           int(summary["best_k"]), len(index))
+
+
+def _dataset(config: Config) -> Dataset:
+    """The run's dataset, loaded as the pipeline's data step loads it (same split seed), without its message."""
+    from explainnn.data import load_dataset, supports_image_size
+
+    options = config.data
+    return load_dataset(options.name, options.root, download=options.download,
+                        image_size=options.image_size if supports_image_size(options.name) else None,
+                        seed=config.seed, **options.options)
 
 
 def write_agreement(groups: Sequence[AgreementGroup], sweep_dir: Path, *, plots: bool = True,

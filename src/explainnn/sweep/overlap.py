@@ -1,15 +1,15 @@
-"""Circuit overlap across runs: Jaccard similarity of the hidden causal units of runs that differ in one key.
+"""Causal-graph overlap across runs: Jaccard similarity of the hidden causal units of runs that differ in one key.
 
 Two comparisons are made from the runs of a sweep:
 
 * **across classes** (runs, or classes of one run, that differ only in the
   target class): which classes share causal units of the *same* model;
 * **across training seeds** (runs that differ only in ``seed``, same class):
-  whether re-training gives the same circuit. Hidden units of independently
+  whether re-training gives the same causal graph. Hidden units of independently
   trained networks are not aligned (unit 5 of one model has no counterpart
   "unit 5" in another), so unit identity overlap across seeds is compared with
-  its chance level (random sets of the same sizes per layer); the circuit's size
-  per layer is the comparable quantity.
+  its chance level (random sets of the same sizes per layer); the graph's number
+  of causal units per layer is the comparable quantity.
 
 Each comparison gives a matrix per group, a row per pair in ``overlap.csv``, and
 a heatmap per group (across seeds: per group of three or more seeds).
@@ -35,7 +35,7 @@ PAIR_FIELDS = ("comparison", "group", "a", "b", "jaccard", "chance", "units_a", 
 
 @dataclass(frozen=True)
 class Member:
-    """One circuit in a comparison: a run's class."""
+    """One causal graph in a comparison: a run's class."""
 
     name: str
     run: RunResult
@@ -44,7 +44,7 @@ class Member:
 
 @dataclass
 class OverlapGroup:
-    """Circuits that differ only in the compared key, with their pairwise Jaccard and chance level."""
+    """Causal graphs that differ only in the compared key, with their pairwise Jaccard and chance level."""
 
     comparison: str
     fixed: str
@@ -73,7 +73,7 @@ def chance_jaccard(a: ClassResult, b: ClassResult) -> float:
 
 
 def overlap_groups(runs: Sequence[RunResult]) -> list[OverlapGroup]:
-    """Every group of two or more circuits that differ in exactly one compared key."""
+    """Every group of two or more causal graphs that differ in exactly one compared key."""
     groups = []
     for key, comparison in COMPARISONS.items():
         buckets: dict[str, list[Member]] = {}
@@ -116,7 +116,7 @@ def plot_overlap(group: OverlapGroup, path: Path, *, dpi: int = 120) -> Figure:
             axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="x-small",
                       color="white" if value < 0.6 else "black")
     figure.colorbar(image, ax=axis, label="Jaccard similarity of hidden causal units")
-    axis.set_title(f"circuit overlap {group.comparison}" + (f"\n{group.fixed}" if group.fixed else ""),
+    axis.set_title(f"causal-graph overlap {group.comparison}" + (f"\n{group.fixed}" if group.fixed else ""),
                    fontsize="medium")
     save_figure(figure, path, dpi=dpi)
     return figure

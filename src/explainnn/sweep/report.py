@@ -1,7 +1,7 @@
 """The sweep report: ``sweep_report.html`` (one file, pictures inlined) and ``sweep_report.md``.
 
 It holds the merged run table with a link to each run's folder and report, the
-failures, the circuit overlap across classes and across training seeds, the
+failures, the causal-graph overlap across classes and across training seeds, the
 explanation-cluster agreement across seeds, and the evaluation of every run side
 by side (the architecture comparison when the runs vary ``model.*``). The same
 blocks render to both formats.
@@ -45,19 +45,20 @@ def _number(value: object) -> str:
 
 
 def runs_section(runs: Sequence[RunResult], sweep_dir: Path) -> Section:
-    headers = ["run", "overrides", "status", "test accuracy", "classes", "circuit units", "fraction of hidden units",
+    headers = ["run", "overrides", "status", "test accuracy", "classes", "graph units", "fraction of hidden units",
                "sufficiency", "necessity", "seconds", "folder", "report"]
     rows = []
     for run in runs:
         row = run.row(sweep_dir)
         rows.append([str(row["run"]), row["label"], row["status"] + (" (resumed)" if run.resumed else ""),
-                     _percent(row["test_accuracy"]), row["classes"] or "-", _number(row["circuit_units"]),
-                     _percent(row["circuit_fraction"]), _number(row["sufficiency"]), _number(row["necessity"]),
+                     _percent(row["test_accuracy"]), row["classes"] or "-", _number(row["graph_units"]),
+                     _percent(row["graph_fraction"]), _number(row["sufficiency"]), _number(row["necessity"]),
                      _number(row["seconds"]), (row["folder"], row["folder"]) if row["folder"] else "",
                      ("report", row["report"]) if row["report"] else ""])
-    return Section("Runs", ["One row per run (runs.csv). Circuit units: hidden causal units of the discovered graph, "
-                            "mean over the run's classes; sufficiency: the normalised target logit kept by the "
-                            "circuit alone, necessity: the fraction lost when it is ablated (classes.csv per class)."],
+    return Section("Runs", ["One row per run (runs.csv). Graph units: hidden causal units of the discovered causal "
+                            "graph, mean over the run's classes; sufficiency: the normalised target logit kept by "
+                            "the graph's units alone, necessity: the fraction lost when they are ablated "
+                            "(classes.csv per class)."],
                    [(headers, rows)])
 
 
@@ -83,9 +84,10 @@ def overlap_section(groups: Sequence[OverlapGroup], comparison: str) -> Section 
     if comparison == COMPARISONS["seed"]:
         text.append("Hidden units of independently trained networks are not aligned (any permutation of a layer's "
                     "units gives the same function), so overlap of unit identities across seeds is expected near "
-                    "chance even when the circuits play the same role; compare their sizes (Runs, classes.csv).")
-    pictures = [(group.picture, f"circuit overlap {comparison}: {group.fixed}") for group in chosen if group.picture]
-    return Section(f"Circuit overlap {comparison}", text, [(["shared settings", "circuits", "mean Jaccard",
+                    "chance even when the graphs' units play the same role; compare their sizes (Runs, classes.csv).")
+    pictures = [(group.picture, f"causal-graph overlap {comparison}: {group.fixed}")
+                for group in chosen if group.picture]
+    return Section(f"Causal-graph overlap {comparison}", text, [(["shared settings", "causal graphs", "mean Jaccard",
                                                              "chance"], rows)], pictures)
 
 

@@ -6,8 +6,9 @@ Everything is read from the files a run writes (``training.json``,
 wired inside. The tables:
 
 * ``runs.csv``: one row per run: its overrides (one column per varied key),
-  status and one-line error, accuracy, circuit size and faithfulness (means
-  over the run's classes), timings, and its folder and report;
+  status and one-line error, accuracy, the causal graph's size and its
+  sufficiency and necessity (means over the run's classes), timings, and its
+  folder and report;
 * ``classes.csv``: one row per run and discovered class;
 * ``evaluation.csv``: one row per run, class, metric and method (mean and 95% CI).
 """
@@ -25,29 +26,30 @@ from explainnn.evaluation.io import read_csv
 from explainnn.files import write_csv
 
 RUN_FIELDS = ("run", "label", "status", "error", "resumed", "test_accuracy", "train_accuracy", "classes",
-              "circuit_units", "circuit_fraction", "sufficiency", "necessity", "seconds", "training_seconds",
+              "graph_units", "graph_fraction", "sufficiency", "necessity", "seconds", "training_seconds",
               "host", "key", "folder", "report")
-CLASS_FIELDS = ("run", "label", "class", "circuit_units", "hidden_units", "circuit_fraction", "sufficiency",
+CLASS_FIELDS = ("run", "label", "class", "graph_units", "hidden_units", "graph_fraction", "sufficiency",
                 "random_sufficiency", "sufficiency_p", "necessity", "necessity_p", "graph")
 EVALUATION_FIELDS = ("run", "label", "class", "metric", "method", "n", "mean", "ci_low", "ci_high", "rank")
 
 
 @dataclass
 class ClassResult:
-    """One discovered class of a run: its circuit (hidden causal units) and faithfulness checks."""
+    """One discovered class of a run: its causal graph's hidden units and the graph's faithfulness checks
+    (``checks``: the sufficiency and necessity the pipeline records in the graph's ``results["circuit"]``)."""
 
     target: int
     units: frozenset[str]
     layer_units: dict[str, int]
     layer_sizes: dict[str, int]
-    circuit: dict[str, Any]
+    checks: dict[str, Any]
     graph_path: Path
 
     def row(self) -> dict[str, Any]:
         hidden = sum(self.layer_sizes.values())
-        sufficiency, necessity = self.circuit.get("sufficiency", {}), self.circuit.get("necessity", {})
-        return {"class": self.target, "circuit_units": len(self.units), "hidden_units": hidden or None,
-                "circuit_fraction": len(self.units) / hidden if hidden else None,
+        sufficiency, necessity = self.checks.get("sufficiency", {}), self.checks.get("necessity", {})
+        return {"class": self.target, "graph_units": len(self.units), "hidden_units": hidden or None,
+                "graph_fraction": len(self.units) / hidden if hidden else None,
                 "sufficiency": sufficiency.get("normalized"),
                 "random_sufficiency": sufficiency.get("random_normalized_mean"),
                 "sufficiency_p": sufficiency.get("p_value_vs_random"),
@@ -84,8 +86,8 @@ class RunResult:
             "status": self.record.get("status"), "error": self.record.get("error", ""), "resumed": self.resumed,
             "test_accuracy": self.training.get("test_accuracy"), "train_accuracy": self.training.get("train_accuracy"),
             "classes": " ".join(str(result.target) for result in self.classes),
-            "circuit_units": _mean(row["circuit_units"] for row in rows),
-            "circuit_fraction": _mean(row["circuit_fraction"] for row in rows),
+            "graph_units": _mean(row["graph_units"] for row in rows),
+            "graph_fraction": _mean(row["graph_fraction"] for row in rows),
             "sufficiency": _mean(row["sufficiency"] for row in rows),
             "necessity": _mean(row["necessity"] for row in rows),
             "seconds": self.record.get("seconds"), "training_seconds": training.get("seconds"),
@@ -95,11 +97,11 @@ class RunResult:
         }
 
 
-def hidden_circuit(graph: CausalGraph) -> tuple[frozenset[str], dict[str, int], dict[str, int]]:
+def graph_hidden_units(graph: CausalGraph) -> tuple[frozenset[str], dict[str, int], dict[str, int]]:
     """The graph's hidden causal units (``"layer:index"``), their count per layer, and each layer's size.
 
-    A layer's size is the number of its units tested by discovery (or the circuit
-    check's record of it).
+    A layer's size is the number of its units tested by discovery (or the graph's
+    sufficiency and necessity check's record of it).
     """
     hidden = graph.layers()[1:-1]
     units = frozenset(f"{layer}:{index}" for layer in hidden for index in graph.causes(layer))
@@ -115,7 +117,7 @@ def read_classes(folder: Path) -> list[ClassResult]:
     found = []
     for path in folder.glob("discovery/class_*/graph.json"):
         graph = CausalGraph.from_json(path)
-        units, counts, sizes = hidden_circuit(graph)
+        units, counts, sizes = graph_hidden_units(graph)
         found.append(ClassResult(int(graph.metadata["target"]), units, counts, sizes,
                                  dict(graph.results.get("circuit") or {}), path))
     return sorted(found, key=lambda result: result.target)

@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from explainnn.errors import ConfigError
 from explainnn.files import write_text
+from explainnn.progress import bar_shown, progress_bar
 from explainnn.sweep.agreement import agreement, seed_groups, write_agreement
-from explainnn.sweep.backends import Task, choose_backend, run_on_ray, run_sequential
+from explainnn.sweep.backends import Task, choose_backend, connect_ray, run_on_ray, run_sequential
 from explainnn.sweep.execute import PARTIAL, finished_record, run_folder
 from explainnn.sweep.overlap import overlap_groups, write_overlap
 from explainnn.sweep.report import build_sections, write_sweep_report
@@ -34,8 +35,11 @@ from explainnn.sweep.spec import PlannedRun, Sweep, flat_settings, load_sweep
 
 @dataclass
 class SweepResult:
-    """What a sweep did: its folder, every run's result, how they were executed, and the records of the
-    models trained once for several runs (``models``)."""
+    """What a sweep did: its folder, every run's result, how they were executed, the records of the models
+    trained once for several runs (``models``), and its wall times in seconds: ``wall_seconds`` from the
+    start of :func:`run_sweep` to the report written, of which ``runs_seconds`` executing the runs and
+    ``analysis_seconds`` the cross-run analyses (overlap, agreement) and the report. Each run's own time is
+    its ``seconds`` in ``runs.csv``."""
 
     folder: Path
     runs: list[RunResult]
@@ -43,7 +47,9 @@ class SweepResult:
     ran: int
     resumed: int
     failed: int
-    seconds: float
+    wall_seconds: float
+    runs_seconds: float
+    analysis_seconds: float
     models: list[dict[str, Any]]
 
     @property
@@ -51,9 +57,11 @@ class SweepResult:
         return self.folder / "runs.csv"
 
     def summary(self) -> str:
-        """One line: how many runs ran, were reused and failed, where, and how long it took."""
+        """One line: how many runs ran, were reused and failed, where, and how long the whole sweep took."""
         return (f"sweep       {len(self.runs)} runs on {self.backend}: {self.ran} ran, {self.resumed} reused, "
-                f"{self.failed} failed, {self.seconds:.1f} s; merged table runs.csv, report sweep_report.html")
+                f"{self.failed} failed; {self.wall_seconds:.1f} s wall time in all (running the runs "
+                f"{self.runs_seconds:.1f} s, overlap, agreement and report {self.analysis_seconds:.1f} s); "
+                "merged table runs.csv, report sweep_report.html")
 
 
 def note(text: str) -> None:
@@ -68,44 +76,59 @@ def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str
     ``overrides`` (``key=value``) apply to every run; ``backend`` (``auto``, ``ray``,
     ``sequential``) replaces ``sweep.backend``; ``config_given`` (a ``--config`` beside
     ``--sweep``) is refused, as the sweep file names its base. Every run's config is validated
-    before anything runs; finished runs (same resolved-config hash) are reused;
-    a failing run is recorded with its one-line error and the others go on.
+    and the Ray instance joined before anything is written; finished runs (same resolved-config
+    hash) are reused; a failing run is recorded with its one-line error and the others go on.
+    ``progress``: a bar over the runs and one over the analyses on a terminal; elsewhere (logs,
+    CI) one line per finished run and per analysis step.
     """
+    started = time.perf_counter()
     if config_given:
         raise ConfigError("--config and --sweep do not mix; name the base config in the sweep file (base: FILE)")
     plan = sweep if isinstance(sweep, Sweep) else load_sweep(sweep, overrides)
     settings = plan.settings if backend is None else plan.settings.model_copy(update={"backend": backend})
     chosen = choose_backend(settings)
     folder = plan.output_dir
-    shutil.rmtree(folder / PARTIAL, ignore_errors=True)  # scratch of an interrupted earlier sweep
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text(folder / "sweep.yaml", _describe_plan(plan))
-    started = time.perf_counter()
     results, pending = _resume(plan)
     training, tasks = _tasks(pending, folder, share_models=settings.share_models)
     resumed = len(plan.runs) - len(tasks)
-    if resumed:
-        note(f"{resumed} of {len(plan.runs)} runs already finished in {folder}; skipping them")
     if chosen == "sequential" and settings.backend == "auto":
         note("Ray is not installed; running the runs one after another (pip install 'explainnn[ray]' to run "
              "them in parallel or on a cluster)")
-    collect = _Collector(plan, results, tqdm(total=len(plan.runs), initial=resumed, desc="sweep", unit="run",
-                                             disable=not progress, file=sys.stderr))
-    where = "sequential" if tasks else "nothing new (every run reused)"
+    session = connect_ray(settings) if tasks and chosen == "ray" else None  # a ClusterError leaves no file
+    where = session.where if session else "sequential" if tasks else "nothing new (every run reused)"
     try:
-        if tasks and chosen == "ray":
-            where = run_on_ray([training, tasks], settings, collect)
-        elif tasks:
-            run_sequential([training, tasks], settings.resources, collect)
+        shutil.rmtree(folder / PARTIAL, ignore_errors=True)  # scratch of an interrupted earlier sweep
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text(folder / "sweep.yaml", _describe_plan(plan))
+        if resumed:
+            note(f"{resumed} of {len(plan.runs)} runs already finished in {folder}; skipping them")
+        running = time.perf_counter()
+        collect = _Collector(plan, results, progress_bar(total=len(plan.runs), initial=resumed, desc="sweep",
+                                                         unit="run", enabled=progress),
+                             finished=resumed, lines=progress and not bar_shown(progress), shared=len(training))
+        try:
+            if session:
+                run_on_ray([training, tasks], settings.resources, collect)
+            elif tasks:
+                run_sequential([training, tasks], settings.resources, collect)
+        finally:
+            collect.bar.close()
+            shutil.rmtree(folder / PARTIAL, ignore_errors=True)
     finally:
-        collect.bar.close()
-        shutil.rmtree(folder / PARTIAL, ignore_errors=True)
+        if session:
+            session.close()
     ordered = sorted(results.values(), key=lambda result: result.index)
     write_tables(ordered, plan.varied, folder)
-    seconds = time.perf_counter() - started
+    runs_seconds = time.perf_counter() - running
     failed = sum(not result.ok for result in ordered)
-    _analyse_and_report(plan, ordered, where, seconds)
-    return SweepResult(folder, ordered, where, len(tasks), resumed, failed, seconds, collect.models)
+    analysing = time.perf_counter()
+    _analyse_and_report(plan, ordered, where, started=started, runs_seconds=runs_seconds, progress=progress)
+    ended = time.perf_counter()
+    result = SweepResult(folder, ordered, where, len(tasks), resumed, failed, ended - started, runs_seconds,
+                         ended - analysing, collect.models)
+    if progress:
+        note(f"done: {result.wall_seconds:.1f} s wall time in all")
+    return result
 
 
 def _resume(plan: Sweep) -> tuple[dict[str, RunResult], list[PlannedRun]]:
@@ -125,10 +148,16 @@ def _resume(plan: Sweep) -> tuple[dict[str, RunResult], list[PlannedRun]]:
 
 
 class _Collector:
-    """Takes each finished task's record: fills its run's result, counts it, and rewrites the merged tables."""
+    """Takes each finished task's record: fills its run's result, counts it, and rewrites the merged tables.
 
-    def __init__(self, plan: Sweep, results: dict[str, RunResult], bar: tqdm) -> None:
-        self.plan, self.results, self.bar = plan, results, bar
+    ``lines``: where no bar is drawn (logs, CI), one line per finished run; ``shared``: the number of
+    models trained once for several runs, each reported by one line when it is done.
+    """
+
+    def __init__(self, plan: Sweep, results: dict[str, RunResult], bar: tqdm, *, finished: int = 0,
+                 lines: bool = False, shared: int = 0) -> None:
+        self.plan, self.results, self.bar, self.lines, self.shared = plan, results, bar, lines, shared
+        self.finished = finished
         self.models: list[dict[str, Any]] = []
 
     def __call__(self, task: Task, record: dict[str, Any]) -> None:
@@ -137,15 +166,25 @@ class _Collector:
             if record.get("status") != "ok":
                 note(f"training the model shared by several runs failed ({record.get('error')}); "
                      "each of its runs will train its own")
+            elif self.lines or not self.bar.disable:
+                note(f"shared model {len(self.models)} of {self.shared} trained ({_seconds(record)})")
             return
         result = self.results[task.key]
         result.record = record
+        self.bar.update(1)
+        self.finished += 1
         if record.get("status") == "ok":
             read_run(result, run_folder(self.plan.output_dir, task.key))
+            if self.lines:
+                note(f"run {self.finished} of {len(self.results)} done: {result.label} ({_seconds(record)})")
         else:
             note(f"run {result.index + 1} ({result.label}) failed: {record.get('error')}")
-        self.bar.update(1)
         write_tables(list(self.results.values()), self.plan.varied, self.plan.output_dir)
+
+
+def _seconds(record: dict[str, Any]) -> str:
+    seconds = record.get("seconds")
+    return f"{seconds:.1f} s" if isinstance(seconds, (int, float)) else "time unknown"
 
 
 def _tasks(pending: list[PlannedRun], folder: Path, *, share_models: bool) -> tuple[list[Task], list[Task]]:
@@ -169,19 +208,53 @@ def _tasks(pending: list[PlannedRun], folder: Path, *, share_models: bool) -> tu
     return training, [Task(run.key, trees[run.key], str(folder)) for run in pending]
 
 
-def _analyse_and_report(plan: Sweep, runs: list[RunResult], where: str, seconds: float) -> None:
+def _analyse_and_report(plan: Sweep, runs: list[RunResult], where: str, *, started: float, runs_seconds: float,
+                        progress: bool) -> None:
+    """Overlap, agreement (a step per group of seeds) and the report, under a bar (terminal) or a line per step."""
     done = [run for run in runs if run.ok]
-    overlaps = overlap_groups(done)
-    write_overlap(overlaps, plan.output_dir)
-    configs = {run.key: run.config for run in plan.runs}
-    agreements = [agreement(members, configs) for members in seed_groups(done)]
-    write_agreement(agreements, plan.output_dir)
-    failed = len(runs) - len(done)
-    lines = [f"{len(runs)} runs from {plan.source}: {len(done)} complete, {failed} failed, "
-             f"{sum(run.resumed for run in runs)} reused from an earlier sweep",
-             f"executed on {where} in {seconds:.1f} s; varied: {', '.join(plan.varied) or '-'}"]
-    write_sweep_report(f"Sweep {plan.name}", lines, build_sections(runs, overlaps, agreements, plan.output_dir),
-                       plan.output_dir)
+    groups = seed_groups(done)
+    lines = progress and not bar_shown(progress)
+    steps = 2 + len(groups)
+    if progress:
+        models = sum(len(members) for members in groups)
+        note(f"analysing {len(done)} completed runs in {steps} steps: causal-graph overlap, explanation-cluster "
+             f"agreement of {len(groups)} group{'s' if len(groups) != 1 else ''} of seeds ({models} models), "
+             "the report")
+    analysing = time.perf_counter()
+    step = 0
+
+    def advance(text: str, clock: float) -> None:
+        nonlocal step
+        step += 1
+        bar.update(1)
+        if lines:
+            note(f"step {step} of {steps}: {text}, {time.perf_counter() - clock:.1f} s")
+
+    with progress_bar(total=steps, desc="sweep analyses", unit="step", enabled=progress) as bar:
+        clock = time.perf_counter()
+        overlaps = overlap_groups(done)
+        write_overlap(overlaps, plan.output_dir)
+        pairs = sum(len(group.members) * (len(group.members) - 1) // 2 for group in overlaps)
+        advance(f"overlap of {len(overlaps)} groups of causal graphs ({pairs} pairs)", clock)
+        configs = {run.key: run.config for run in plan.runs}
+        agreements = []
+        for number, members in enumerate(groups, 1):
+            clock = time.perf_counter()
+            agreements.append(agreement(members, configs))
+            advance(f"explanation-cluster agreement {number} of {len(groups)} ({agreements[-1].fixed or 'all runs'}):"
+                    f" {len(members)} models, mean ARI {agreements[-1].mean:.2f}", clock)
+        clock = time.perf_counter()
+        write_agreement(agreements, plan.output_dir)
+        failed = len(runs) - len(done)
+        summary = [f"{len(runs)} runs from {plan.source}: {len(done)} complete, {failed} failed, "
+                   f"{sum(run.resumed for run in runs)} reused from an earlier sweep",
+                   f"executed on {where}; varied: {', '.join(plan.varied) or '-'}",
+                   f"wall time up to this report {time.perf_counter() - started:.1f} s: running the runs "
+                   f"{runs_seconds:.1f} s, overlap and agreement {time.perf_counter() - analysing:.1f} s "
+                   "(each run's own time: seconds in runs.csv)"]
+        write_sweep_report(f"Sweep {plan.name}", summary,
+                           build_sections(runs, overlaps, agreements, plan.output_dir), plan.output_dir)
+        advance("agreement pictures and report sweep_report.html", clock)
 
 
 def _describe_plan(plan: Sweep) -> str:
