@@ -19,6 +19,7 @@ from explainnn.causal.discovery import (
     select_samples,
 )
 from explainnn.causal.draw import draw_graph
+from explainnn.causal.edges import EdgeAblation, Edges, ablated_logits, enumerate_edges
 from explainnn.causal.graph import SCHEMA, SCHEMA_VERSION, CausalGraph, library_versions, node_id
 from explainnn.causal.minimal_circuit import CircuitSearch, circuit, find_circuit
 from explainnn.causal.stability import (
@@ -35,7 +36,11 @@ __all__ = [
     "SCHEMA",
     "CircuitSearch",
     "DiscoveryResult",
+    "EdgeAblation",
+    "Edges",
     "FaithfulnessCurves",
+    "ablated_logits",
+    "enumerate_edges",
     "SeedStability",
     "StabilityResult",
     "causal_chain",

@@ -1,0 +1,737 @@
+"""Unit-to-unit edges of a network and the exact, batched, differentiable edge-ablation forward.
+
+An *edge* runs from one unit of a parent to one unit of a child on every link of
+the layer DAG (:attr:`~explainnn.interventions.layers.LayerInfo.parents`): the
+input's units (input channels of a conv, features of a Linear or recurrent layer)
+into the first layers, consecutive layers, concatenations, skip and path links,
+grouped and depthwise convolutions (only edges within a group exist), both
+directions of bidirectional recurrent layers, and for recurrent layers also
+hidden-to-hidden across steps (unit ``i`` at step ``t - 1`` to unit ``j`` at step
+``t``, within one direction). Convolution edges are channel-level.
+
+Ablating the edge ``i -> j`` replaces only what flows along it: the input features
+of child unit ``j`` that parent unit ``i`` feeds take their *ablated* value, while
+``j``'s other inputs and ``i``'s other edges keep their current values. Parents'
+own values already reflect the ablation of their incoming edges, so a mask over
+all edges defines one forward pass (mixing happens at each child's input, as in
+Edge Pruning). For a Linear child with mask ``M[j, i]`` in ``[0, 1]`` (1 keeps):
+``y = W x_abl + b + (W * M)(x - x_abl)``; convolutions and the input-to-hidden
+and hidden-to-hidden weights of recurrent layers are masked the same way (every
+gate of a unit shares its mask).
+
+Ablated values:
+
+* ``"patch"``: the child's input features in the model's forward on a
+  counterfactual input (one counterfactual row per input row); for recurrent
+  edges the counterfactual run's ``h_{t-1}``.
+* ``"mean"``: their mean over reference inputs (the model's forward); recurrent
+  edges: the mean of ``h_{t-1}`` over the reference inputs.
+* ``"zero"``: the child's input features fed by the parent unit are set to 0
+  (whatever parameter-free operations lie between); recurrent edges carry
+  ``h_{t-1} = 0``.
+
+On a *path* link (features shared by several parents, e.g. a residual add then a
+ReLU, or attention pooling) an edge replaces the parent unit's output by its
+ablated value (``"patch"``: its output on the counterfactual; ``"mean"``: its mean
+output over the reference inputs; ``"zero"``: 0) and the weight-free path from the
+parents into the child is recomputed for every child unit with its own mixture of
+parent values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explainnn.errors import InterventionError
+from explainnn.interventions.hooks import ModelPatch
+from explainnn.interventions.layers import INPUT, LayerInfo, find_layers, trace_forward, unsupported_layers
+from explainnn.interventions.recurrent import _cell, clean_cache, format_output, kind_of, split_args, weights
+
+ABLATIONS = ("patch", "mean", "zero")
+EDGE_KINDS = ("weights", "path", "recurrent", "input")
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+DEFAULT_BUDGET_MB = 512
+"""Activation budget of one chunk of rows when the forward does not build a graph."""
+
+
+@dataclass(frozen=True)
+class Edges:
+    """Every edge of a model's layer DAG, in a fixed order.
+
+    Edge ``e`` runs from unit ``parent_unit[e]`` of ``parent_layer[e]`` (``"input"``
+    for the model's input units) to unit ``child_unit[e]`` of ``child_layer[e]``.
+    ``kind[e]`` is ``"input"`` (from the input), ``"weights"`` (through the child's
+    weights on features fed by this parent alone), ``"path"`` (features shared with
+    other parents, e.g. a residual add) or ``"recurrent"`` (hidden-to-hidden across
+    steps; parent and child layer are the same recurrent layer).
+    """
+
+    parent_layer: tuple[str, ...]
+    parent_unit: np.ndarray
+    child_layer: tuple[str, ...]
+    child_unit: np.ndarray
+    kind: tuple[str, ...]
+
+    @property
+    def n(self) -> int:
+        """The number of edges."""
+        return len(self.kind)
+
+    def ids(self) -> list[str]:
+        """Edge labels ``"parent:unit->child:unit"``, e.g. ``"conv1:0->conv2:3"`` or ``"input:0->conv1:2"``."""
+        return [
+            f"{p}:{int(i)}->{c}:{int(j)}"
+            for p, i, c, j in zip(self.parent_layer, self.parent_unit, self.child_layer, self.child_unit)
+        ]
+
+    def into_target(self, output_layer: str, target: int | Sequence[int]) -> np.ndarray:
+        """Boolean mask over the edges: ``False`` for edges into units of ``output_layer`` other than ``target``.
+
+        Parameters
+        ----------
+        output_layer : str
+            The layer whose units are the model's outputs (usually the last one).
+        target : int or sequence of int
+            The output unit(s) to keep edges into (several for a logit difference).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n,)`` bool; edges into other layers are always ``True``.
+        """
+        if output_layer not in set(self.child_layer):
+            valid = ", ".join(dict.fromkeys(self.child_layer))
+            raise InterventionError(f"no edges run into layer '{output_layer}'; layers with edges: {valid}")
+        wanted = np.atleast_1d(np.asarray(target, dtype=np.int64))
+        into = np.asarray([c == output_layer for c in self.child_layer], dtype=bool)
+        return ~into | np.isin(self.child_unit, wanted)
+
+    def subset(self, keep: np.ndarray) -> "Edges":
+        """The edges where ``keep`` (bool ``(n,)`` or integer positions) selects them, in the same order.
+
+        Parameters
+        ----------
+        keep : numpy.ndarray
+            A boolean mask over the edges or integer positions.
+
+        Returns
+        -------
+        Edges
+        """
+        index = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.int64)
+        return Edges(
+            tuple(self.parent_layer[i] for i in index), self.parent_unit[index],
+            tuple(self.child_layer[i] for i in index), self.child_unit[index],
+            tuple(self.kind[i] for i in index),
+        )
+
+
+def _check_model(model: nn.Module, example_input: torch.Tensor, layers: list[LayerInfo]) -> None:
+    skipped = unsupported_layers(model, example_input)
+    if skipped:
+        name, reason = skipped[0]
+        raise InterventionError(f"edge ablation cannot handle module '{name}': {reason}")
+    for layer in layers:
+        if layer.calls != 1:
+            raise InterventionError(
+                f"edge ablation cannot handle module '{layer.module_name}': it runs {layer.calls} times per forward pass"
+            )
+        for link in layer.parents:
+            if link.via != "path":
+                continue
+            if layer.recurrent:
+                raise InterventionError(
+                    f"edge ablation cannot handle module '{layer.module_name}': its inputs are shared by several "
+                    "parents (a path link into a recurrent layer)"
+                )
+            if link.name == INPUT:
+                raise InterventionError(
+                    f"edge ablation cannot handle module '{layer.module_name}': the input reaches it together with "
+                    "other parents along a shared path"
+                )
+            raise InterventionError(
+                f"edge ablation cannot handle module '{layer.module_name}': parent '{link.name}' reaches it along a "
+                "path shared with other parents (a residual add or pooling over several layers)"
+            )
+
+
+def _child_layers(all_layers: list[LayerInfo], names: Sequence[str] | None) -> list[LayerInfo]:
+    candidates = [layer for layer in all_layers if layer.kind != "embedding"]
+    if names is None:
+        return candidates
+    by_name = {layer.name: layer for layer in candidates}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        valid = ", ".join(by_name) or "none"
+        raise InterventionError(f"unknown layer '{unknown[0]}' for edges; layers with incoming edges: {valid}")
+    wanted = set(names)
+    return [layer for layer in candidates if layer.name in wanted]
+
+
+def _link_pairs(layer: LayerInfo, unit_map: tuple[tuple[int, ...], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(parent units, child units)`` of the edges of one link, parent-major (groups respected)."""
+    groups = getattr(layer.module, "groups", 1) if not layer.recurrent else 1
+    parents, children = [], []
+    all_children = np.arange(layer.n_units)
+    per_in = layer.in_features // groups
+    per_out = layer.n_units // groups
+    for unit, features in enumerate(unit_map):
+        if not features:
+            continue
+        if groups > 1:
+            reached = np.unique(np.asarray(features) // per_in)
+            kids = all_children[np.isin(all_children // per_out, reached)]
+        else:
+            kids = all_children
+        parents.append(np.full(len(kids), unit))
+        children.append(kids)
+    if not parents:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(parents).astype(np.int64), np.concatenate(children).astype(np.int64)
+
+
+def _recurrent_pairs(layer: LayerInfo) -> tuple[np.ndarray, np.ndarray]:
+    """Hidden-to-hidden edges ``(i, j)`` within each direction, parent-major."""
+    hidden = layer.module.hidden_size
+    parents: list[np.ndarray] = []
+    children: list[np.ndarray] = []
+    for direction in range(layer.directions):
+        units: np.ndarray = np.arange(direction * hidden, (direction + 1) * hidden)
+        parents.append(np.repeat(units, hidden))
+        children.append(np.tile(units, hidden))
+    return np.concatenate(parents).astype(np.int64), np.concatenate(children).astype(np.int64)
+
+
+def enumerate_edges(model: nn.Module, example_input: torch.Tensor, *,
+                    layers: Sequence[str] | None = None) -> Edges:
+    """Every edge of the model's layer DAG, in a fixed order.
+
+    Child layers come in execution order; within a child, its parent links in
+    :attr:`LayerInfo.parents` order, then (recurrent layers) the hidden-to-hidden
+    edges; within a link, parent-major.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    example_input : torch.Tensor
+        A batch in the form the model's forward takes (one sample is enough).
+    layers : sequence of str, optional
+        Child layers whose incoming edges are listed (default: every layer but
+        embeddings, which read token ids).
+
+    Returns
+    -------
+    Edges
+
+    Raises
+    ------
+    InterventionError
+        For models with a pattern edge ablation cannot compute exactly (a layer
+        run several times, an LSTM with ``proj_size``, a path link into a
+        recurrent layer or from the input), naming the module.
+    """
+    all_layers = find_layers(model, example_input)
+    _check_model(model, example_input, all_layers)
+    p_layer: list[str] = []
+    c_layer: list[str] = []
+    kinds: list[str] = []
+    p_units: list[np.ndarray] = []
+    c_units: list[np.ndarray] = []
+    for layer in _child_layers(all_layers, layers):
+        for link in layer.parents:
+            parents, children = _link_pairs(layer, link.unit_map)
+            kind = "input" if link.name == INPUT else link.via
+            p_layer.extend([link.name] * len(parents))
+            c_layer.extend([layer.name] * len(parents))
+            kinds.extend([kind] * len(parents))
+            p_units.append(parents)
+            c_units.append(children)
+        if layer.recurrent:
+            parents, children = _recurrent_pairs(layer)
+            p_layer.extend([layer.name] * len(parents))
+            c_layer.extend([layer.name] * len(parents))
+            kinds.extend(["recurrent"] * len(parents))
+            p_units.append(parents)
+            c_units.append(children)
+    empty = np.zeros(0, dtype=np.int64)
+    return Edges(
+        tuple(p_layer), np.concatenate(p_units) if p_units else empty,
+        tuple(c_layer), np.concatenate(c_units) if c_units else empty, tuple(kinds),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mask tables: which edge masks each weight entry of a child
+
+
+@dataclass
+class _ChildTable:
+    """Per child layer: edge positions (``n`` = keep) for the entries of its weights."""
+
+    layer: LayerInfo
+    weight_index: torch.Tensor | None = None
+    """Linear ``(C_out, C_in)``; conv ``(C_out, C_in / groups)``; recurrent: per direction ``(G H, F)``."""
+    ih: list[torch.Tensor] = field(default_factory=list)
+    hh: list[torch.Tensor] = field(default_factory=list)
+    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Positions of all edges into this child (for the all-kept shortcut)."""
+
+
+def _pair_table(n_parent: int, n_child: int, parents: np.ndarray, children: np.ndarray,
+                positions: np.ndarray, keep: int) -> np.ndarray:
+    table = np.full((n_parent, n_child), keep, dtype=np.int64)
+    table[parents, children] = positions
+    return table
+
+
+def _feature_index(layer: LayerInfo, edges: Edges, positions_by_link: dict[str, np.ndarray], keep: int) -> np.ndarray:
+    """``(units, in_features)``: the edge masking each (child unit, input feature) pair; ``keep`` where none."""
+    index = np.full((layer.n_units, layer.in_features), keep, dtype=np.int64)
+    for link in layer.parents:
+        positions = positions_by_link.get(link.name)
+        if positions is None or not len(positions):
+            continue
+        table = _pair_table(link.n_units, layer.n_units, edges.parent_unit[positions],
+                            edges.child_unit[positions], positions, keep)
+        for unit, features in enumerate(link.unit_map):
+            if features:
+                index[:, list(features)] = table[unit][:, None]
+    return index
+
+
+def _tables(model_layers: list[LayerInfo], edges: Edges) -> dict[str, _ChildTable]:
+    keep = edges.n
+    by_child: dict[str, dict[str, list[int]]] = {}
+    for e, (parent, child, kind) in enumerate(zip(edges.parent_layer, edges.child_layer, edges.kind)):
+        key = "\0recurrent" if kind == "recurrent" else parent
+        by_child.setdefault(child, {}).setdefault(key, []).append(e)
+    known = {layer.name: layer for layer in model_layers}
+    tables: dict[str, _ChildTable] = {}
+    for child, by_parent in by_child.items():
+        if child not in known:
+            raise InterventionError(f"the edges name layer '{child}', which the model does not have")
+        layer = known[child]
+        positions = {name: np.asarray(pos, dtype=np.int64) for name, pos in by_parent.items()}
+        valid = {link.name for link in layer.parents} | ({"\0recurrent"} if layer.recurrent else set())
+        for name in positions:
+            if name not in valid:
+                raise InterventionError(f"'{name}' is not a parent of layer '{child}' in this model")
+        table = _ChildTable(layer, positions=np.concatenate(list(positions.values())))
+        index = _feature_index(layer, edges, positions, keep)
+        if layer.recurrent:
+            hidden, gates = layer.module.hidden_size, GATES[layer.kind]
+            rec = positions.get("\0recurrent", np.zeros(0, dtype=np.int64))
+            rec_table = _pair_table(layer.n_units, layer.n_units, edges.parent_unit[rec], edges.child_unit[rec], rec, keep)
+            for direction in range(layer.directions):
+                block = slice(direction * hidden, (direction + 1) * hidden)
+                table.ih.append(torch.from_numpy(np.tile(index[block], (gates, 1))))
+                table.hh.append(torch.from_numpy(np.tile(rec_table[block, block].T, (gates, 1))))
+        elif isinstance(layer.module, (nn.Conv1d, nn.Conv2d)):
+            groups = layer.module.groups
+            per_in, per_out = layer.in_features // groups, layer.n_units // groups
+            rows = np.arange(layer.n_units)
+            cols = (rows // per_out)[:, None] * per_in + np.arange(per_in)[None, :]
+            table.weight_index = torch.from_numpy(index[rows[:, None], cols])
+        else:
+            table.weight_index = torch.from_numpy(index)
+        tables[child] = table
+    return tables
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ablation sources: the values ablated edges carry, computed once per batch
+
+
+@dataclass
+class _RecurrentSource:
+    """Per internal layer: the ablated input ``x`` and, per direction, ``h_{t-1}`` in that direction's step order."""
+
+    x: list[torch.Tensor]
+    prev: list[list[torch.Tensor]]
+
+
+@dataclass
+class _Source:
+    inputs: dict[str, torch.Tensor]
+    recurrent: dict[str, _RecurrentSource]
+
+
+def _recurrent_source(module: nn.Module, args: tuple, kwargs: dict, mean: bool) -> _RecurrentSource:
+    _, h0, _ = split_args(module, args, kwargs)
+    caches = clean_cache(module, args, kwargs)
+    hidden = module.hidden_size
+    directions = 2 if module.bidirectional else 1
+    xs, prevs = [], []
+    for index, cache in enumerate(caches):
+        per_direction = []
+        for direction in range(directions):
+            seq = cache.h[..., direction * hidden:(direction + 1) * hidden]
+            if direction:
+                seq = seq.flip(1)
+            start = h0[index * directions + direction].unsqueeze(1)
+            prev = torch.cat([start, seq[:, :-1]], 1)
+            per_direction.append(prev.mean(0, keepdim=True) if mean else prev)
+        xs.append(cache.x.mean(0, keepdim=True) if mean else cache.x)
+        prevs.append(per_direction)
+    return _RecurrentSource(xs, prevs)
+
+
+def _source(model: nn.Module, layers: list[LayerInfo], inputs: torch.Tensor, mean: bool) -> _Source:
+    """Child inputs (and recurrent states) of every layer in the model's forward on ``inputs``."""
+    with ModelPatch() as patch, torch.no_grad():
+        patch.eval_mode(model)
+        trace = trace_forward(model, inputs, keep=True).by_name()
+        values: dict[str, torch.Tensor] = {}
+        recurrent: dict[str, _RecurrentSource] = {}
+        for layer in layers:
+            call = trace[layer.module_name][0]
+            if layer.recurrent:
+                if layer.module_name not in recurrent:
+                    recurrent[layer.module_name] = _recurrent_source(layer.module, call.args, call.kwargs, mean)
+                continue
+            if layer.kind == "embedding":
+                continue
+            x = call.args[0]
+            values[layer.name] = x.mean(0, keepdim=True) if mean else x
+    return _Source(values, recurrent)
+
+
+def _zero_source(layers: list[LayerInfo]) -> _Source:
+    zero = torch.zeros(())
+    recurrent = {}
+    for layer in layers:
+        if layer.recurrent and layer.module_name not in recurrent:
+            module = layer.module
+            directions = 2 if module.bidirectional else 1
+            recurrent[layer.module_name] = _RecurrentSource(
+                [zero] * module.num_layers, [[zero] * directions for _ in range(module.num_layers)])
+    return _Source({layer.name: zero for layer in layers if not layer.recurrent}, recurrent)
+
+
+def _rows(value: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Rows of a per-sample source value; broadcast ones (mean, zero) are left as they are."""
+    return value if value.dim() == 0 or value.shape[0] == 1 else value[rows]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The masked forward
+
+
+def _linear_masked(module: nn.Linear, x: torch.Tensor, x_abl: torch.Tensor, factor: torch.Tensor,
+                   n_blocks: int) -> torch.Tensor:
+    """``module(x) + (W * factor)(x - x_abl)`` per block; ``factor`` ``(K, C_out, C_in)`` is ``mask - 1``."""
+    weight = module.weight
+    y = F.linear(x, weight, module.bias)
+    xs = x.unflatten(0, (n_blocks, -1))
+    diff = (xs - x_abl).flatten(1, -2)  # (K, R, F)
+    delta = torch.bmm(diff, (weight * factor).transpose(1, 2))
+    return y + delta.view(y.shape)
+
+
+def _conv_masked(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, x_abl: torch.Tensor, factor: torch.Tensor,
+                 n_blocks: int) -> torch.Tensor:
+    """``module(x) + conv(x - x_abl, W * factor)`` per block; ``factor`` ``(K, C_out, C_in / groups)``."""
+    weight = module.weight
+    y = module._conv_forward(x, weight, module.bias)
+    xs = x.unflatten(0, (n_blocks, -1))
+    diff = (xs - x_abl).movedim(0, 1)  # (N, K, C, ...)
+    diff = diff.reshape(diff.shape[0], -1, *diff.shape[3:])
+    kernel = (1,) * (weight.dim() - 2)
+    masked = (weight * factor.view(*factor.shape, *kernel)).flatten(0, 1)
+    padding: Any = module.padding
+    if module.padding_mode != "zeros":
+        diff = F.pad(diff, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+        padding = 0
+    conv = F.conv1d if weight.dim() == 3 else F.conv2d
+    delta = conv(diff, masked, None, module.stride, padding, module.dilation, module.groups * n_blocks)
+    delta = delta.unflatten(1, (n_blocks, -1)).movedim(1, 0).flatten(0, 1)
+    return y + delta
+
+
+class _Forward:
+    """One masked forward: the state its patched modules read."""
+
+    def __init__(self, masks: torch.Tensor, source: _Source, rows: slice, tables: dict[str, _ChildTable],
+                 differentiable: bool) -> None:
+        self.n_blocks = masks.shape[0]
+        self.factor = torch.cat([masks, torch.ones_like(masks[:, :1])], 1) - 1.0
+        self.source = source
+        self.rows = rows
+        self.tables = tables
+        self.differentiable = differentiable
+
+    def _kept(self, positions: np.ndarray) -> bool:
+        if self.differentiable:
+            return False
+        if not len(positions):
+            return True
+        return bool((self.factor[:, torch.from_numpy(positions).to(self.factor.device)] == 0).all())
+
+    def layer(self, layer: LayerInfo):
+        module = layer.module
+        table = self.tables.get(layer.name)
+        x_abl = _rows(self.source.inputs[layer.name], self.rows) if table is not None else None
+
+        def forward(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+            if table is None or self._kept(table.positions):
+                return type(module).forward(module, x, *args, **kwargs)
+            factor = self.factor[:, table.weight_index.to(self.factor.device)]
+            if isinstance(module, nn.Linear):
+                return _linear_masked(module, x, x_abl.to(x.dtype), factor, self.n_blocks)
+            return _conv_masked(module, x, x_abl.to(x.dtype), factor, self.n_blocks)
+
+        return forward
+
+    def recurrent(self, module: nn.Module, layers: list[LayerInfo]):
+        source = self.source.recurrent[layers[0].module_name]
+        tables = [self.tables.get(layer.name) for layer in layers]
+
+        def forward(*args: object, **kwargs: object) -> Any:
+            return self._run_recurrent(module, source, tables, args, kwargs)
+
+        return forward
+
+    def _run_recurrent(self, module: nn.Module, source: _RecurrentSource, tables: list[_ChildTable | None],
+                       args: tuple, kwargs: dict) -> Any:
+        if module.training and module.dropout and module.num_layers > 1:  # pragma: no cover - eval mode is set
+            raise InterventionError("recurrent dropout is random in training mode; call model.eval() first")
+        x, h0, c0 = split_args(module, args, kwargs)
+        kind = kind_of(module)
+        nonlinearity = getattr(module, "nonlinearity", "tanh")
+        blocks, hidden = self.n_blocks, module.hidden_size
+        directions = 2 if module.bidirectional else 1
+        length = x.shape[1]
+        inputs = x
+        finals_h: list[torch.Tensor] = []
+        finals_c: list[torch.Tensor] = []
+        device = self.factor.device
+        for index in range(module.num_layers):
+            table = tables[index]
+            masked = table is not None and not self._kept(table.positions)
+            x_abl = _rows(source.x[index], self.rows).to(inputs.dtype)
+            diff = (inputs.unflatten(0, (blocks, -1)) - x_abl) if masked else None
+            outs = []
+            for direction in range(directions):
+                w_ih, w_hh, b_ih, b_hh = weights(module, index, direction)
+                xp = F.linear(inputs, w_ih, b_ih).unflatten(0, (blocks, -1))  # (K, N, T, G H)
+                hh_factor = None
+                if masked:
+                    ih_factor = self.factor[:, table.ih[direction].to(device)]
+                    delta = torch.einsum("kntf,kgf->kntg", diff, w_ih * ih_factor)
+                    xp = xp + delta
+                    hh_factor = (w_hh * self.factor[:, table.hh[direction].to(device)]).transpose(1, 2)
+                if direction:
+                    xp = xp.flip(2)
+                prev_abl = _rows(source.prev[index][direction], self.rows).to(inputs.dtype)
+                state = index * directions + direction
+                h = h0[state].reshape(blocks, -1, hidden)
+                c = None if c0 is None else c0[state].reshape(blocks, -1, hidden)
+                steps = []
+                for t in range(length):
+                    hp = F.linear(h, w_hh, b_hh)
+                    if hh_factor is not None:
+                        before = prev_abl if prev_abl.dim() == 0 else prev_abl[:, t]
+                        hp = hp + torch.bmm(h - before, hh_factor)
+                    h, c = _cell(kind, nonlinearity, xp[:, :, t], hp, h, c)
+                    steps.append(h)
+                out = torch.stack(steps, 2)
+                outs.append(out.flip(2) if direction else out)
+                finals_h.append(h.reshape(-1, hidden))
+                if c is not None:
+                    finals_c.append(c.reshape(-1, hidden))
+            inputs = torch.cat(outs, -1).flatten(0, 1)
+        return format_output(module, inputs, finals_h, finals_c if kind == "lstm" else None)
+
+
+class EdgeAblation:
+    """The model's forward with every edge mixed between its current and its ablated value.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network; its parameters, buffers, hooks and training flags are left
+        exactly as they were (the forward runs in eval mode).
+    example_input : torch.Tensor
+        A batch in the form the model's forward takes (one sample is enough).
+    edges : Edges, optional
+        The edges the masks run over (default: :func:`enumerate_edges`). Edges of
+        the model left out are always kept.
+    ablation : {"patch", "mean", "zero"}
+        What an ablated edge carries (see the module docstring).
+    reference : torch.Tensor, optional
+        Reference inputs for ``ablation="mean"``.
+    memory_budget_mb : float, optional
+        Activation budget of one chunk of rows when the masks do not require
+        gradients (default 512).
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, edges: Edges | None = None, *,
+                 ablation: str = "patch", reference: torch.Tensor | None = None,
+                 memory_budget_mb: float | None = None) -> None:
+        if ablation not in ABLATIONS:
+            raise InterventionError(f"unknown ablation '{ablation}'; valid ablations: {', '.join(ABLATIONS)}")
+        if ablation == "mean" and reference is None:
+            raise InterventionError("ablation='mean' needs reference inputs to take the mean over")
+        self.model = model
+        self.layers = find_layers(model, example_input)
+        _check_model(model, example_input, self.layers)
+        self.edges = enumerate_edges(model, example_input) if edges is None else edges
+        self.ablation = ablation
+        self.tables = _tables(self.layers, self.edges)
+        self.memory_budget_mb = DEFAULT_BUDGET_MB if memory_budget_mb is None else float(memory_budget_mb)
+        self._mean = _source(model, self.layers, reference, mean=True) if ablation == "mean" else None
+        self._zero = _zero_source(self.layers) if ablation == "zero" else None
+        self._patch_key: tuple | None = None
+        self._patch: _Source | None = None
+        self._row_bytes: dict[tuple, int] = {}
+
+    # -- sources ---------------------------------------------------------------------------------------------
+    def _source_for(self, inputs: torch.Tensor, counterfactuals: torch.Tensor | None) -> _Source:
+        if self.ablation == "mean":
+            assert self._mean is not None
+            return self._mean
+        if self.ablation == "zero":
+            assert self._zero is not None
+            return self._zero
+        if counterfactuals is None:
+            raise InterventionError("ablation='patch' needs counterfactuals: one counterfactual input per input row")
+        if counterfactuals.shape != inputs.shape:
+            raise InterventionError(
+                f"counterfactuals must have the inputs' shape {tuple(inputs.shape)}; got {tuple(counterfactuals.shape)}"
+            )
+        key = (id(counterfactuals), counterfactuals.data_ptr(), counterfactuals._version, tuple(counterfactuals.shape))
+        if self._patch is None or self._patch_key != key:
+            self._patch = _source(self.model, self.layers, counterfactuals.detach(), mean=False)
+            self._patch_key = key
+        return self._patch
+
+    # -- the forward -----------------------------------------------------------------------------------------
+    def logits(self, inputs: torch.Tensor, masks: torch.Tensor | np.ndarray, counterfactuals: torch.Tensor | None = None,
+               *, chunk_rows: int | None = None) -> torch.Tensor:
+        """The model's outputs with every edge mixed by its mask, for ``K`` masks at once.
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            ``(N, ...)`` inputs.
+        masks : torch.Tensor or numpy.ndarray
+            ``(K, E)`` or ``(E,)`` values in ``[0, 1]`` over :attr:`edges` (1 keeps
+            the edge, 0 ablates it). Gradients flow to ``masks`` when it requires
+            them.
+        counterfactuals : torch.Tensor, optional
+            ``(N, ...)`` counterfactual inputs, one per input row (``"patch"`` only).
+        chunk_rows : int, optional
+            Rows (masks x inputs) per pass when not differentiating (default: the
+            memory budget).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(K, N, C)`` outputs.
+        """
+        masks_t = torch.as_tensor(masks)
+        if not masks_t.is_floating_point():
+            masks_t = masks_t.to(torch.float32)
+        if masks_t.dim() == 1:
+            masks_t = masks_t.unsqueeze(0)
+        if masks_t.dim() != 2 or masks_t.shape[1] != self.edges.n:
+            raise InterventionError(f"masks must be (K, {self.edges.n}) or ({self.edges.n},); got {tuple(masks_t.shape)}")
+        device = inputs.device
+        masks_t = masks_t.to(device)
+        source = self._source_for(inputs, counterfactuals)
+        differentiable = masks_t.requires_grad and torch.is_grad_enabled()
+        masks_t = masks_t.to(inputs.dtype if inputs.is_floating_point() else masks_t.dtype)
+        n = inputs.shape[0]
+        if differentiable:
+            return self._run(inputs, masks_t, source, slice(0, n), True)
+        rows = chunk_rows if chunk_rows is not None else self._budget_rows(inputs)
+        if rows < 1:
+            raise InterventionError(f"chunk_rows must be positive; got {rows}")
+        per_input = max(1, min(n, rows))
+        out = []
+        with torch.no_grad():
+            masks_t = masks_t.detach()
+            for first in range(0, n, per_input):
+                part = slice(first, min(n, first + per_input))
+                blocks = max(1, rows // (part.stop - part.start))
+                pieces = [self._run(inputs[part], masks_t[k:k + blocks], source, part, False)
+                          for k in range(0, masks_t.shape[0], blocks)]
+                out.append(torch.cat(pieces, 0))
+        return torch.cat(out, 1)
+
+    def _budget_rows(self, inputs: torch.Tensor) -> int:
+        key = (tuple(inputs.shape[1:]), inputs.dtype)
+        if key not in self._row_bytes:
+            with ModelPatch() as patch, torch.no_grad():
+                patch.eval_mode(self.model)
+                trace = trace_forward(self.model, inputs[:1])
+            count = 0
+            for call in trace.calls:
+                for shape in (call.output, *call.args):
+                    if isinstance(shape, torch.Size):
+                        count += int(np.prod(shape))
+            self._row_bytes[key] = max(1, 4 * count * 3)
+        return max(1, int(self.memory_budget_mb * 2**20 // self._row_bytes[key]))
+
+    def _run(self, inputs: torch.Tensor, masks: torch.Tensor, source: _Source, rows: slice,
+             differentiable: bool) -> torch.Tensor:
+        blocks = masks.shape[0]
+        state = _Forward(masks, source, rows, self.tables, differentiable)
+        tiled = inputs.repeat(blocks, *([1] * (inputs.dim() - 1)))
+        grads = [(param, param.requires_grad) for param in self.model.parameters()]
+        try:
+            for param, _ in grads:
+                param.requires_grad_(False)
+            with ModelPatch() as patch:
+                patch.eval_mode(self.model)
+                recurrent: dict[str, list[LayerInfo]] = {}
+                for layer in self.layers:
+                    if layer.recurrent:
+                        recurrent.setdefault(layer.module_name, []).append(layer)
+                    elif layer.kind != "embedding":
+                        patch.replace_forward(layer.module, state.layer(layer))
+                for group in recurrent.values():
+                    patch.replace_forward(group[0].module, state.recurrent(group[0].module, group))
+                out = self.model(tiled)
+        finally:
+            for param, flag in grads:
+                param.requires_grad_(flag)
+        return out.unflatten(0, (blocks, -1))
+
+
+def ablated_logits(model: nn.Module, inputs: torch.Tensor, edges: Edges, keep: np.ndarray, ablation: str = "patch",
+                   counterfactuals: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's outputs with the edges where ``keep`` is ``False`` ablated.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network (left exactly as it was).
+    inputs : torch.Tensor
+        ``(N, ...)`` inputs.
+    edges : Edges
+        The edges ``keep`` runs over (edges of the model not listed are kept).
+    keep : numpy.ndarray
+        ``(E,)`` bool: the circuit's edges.
+    ablation : {"patch", "mean", "zero"}
+        What an ablated edge carries.
+    counterfactuals : torch.Tensor, optional
+        ``(N, ...)`` counterfactual inputs (``"patch"``).
+    reference : torch.Tensor, optional
+        Reference inputs (``"mean"``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C)`` outputs.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    engine = EdgeAblation(model, inputs[:1], edges, ablation=ablation, reference=reference)
+    return engine.logits(inputs, torch.from_numpy(keep.astype(np.float32)), counterfactuals)[0]
