@@ -12,6 +12,7 @@ from explainnn.attributions import (
     image_mask,
     occlusion_window,
     plot_attribution_grid,
+    plot_causal_maps,
     plot_sequence_attributions,
     plot_text_attributions,
     text_html,
@@ -127,3 +128,20 @@ def test_text_attributions_png(tmp_path) -> None:
     assert is_png(path)
     with pytest.raises(UserError, match=r"scores of 'x' must be \(2, L\)"):
         plot_text_attributions(tokens, {"x": np.zeros(4)})
+
+
+@pytest.mark.parametrize("n_units, shown", [(3, "all 3 causal units"), (20, "the first 16 of 20 causal units")])
+def test_causal_maps_have_a_title_and_a_colour_bar_on_their_scale(tmp_path, n_units, shown) -> None:
+    rng = np.random.default_rng(0)
+    maps = {unit: rng.uniform(-1, 1, size=(2, 32, 32)) for unit in range(n_units)}
+    path = tmp_path / "causal_maps_conv2.png"
+    figure = plot_causal_maps(digits(2), maps, rng.uniform(-1, 1, size=(2, 1, 32, 32)), path, layer="conv2")
+    assert is_png(path)
+    title = figure.get_suptitle()
+    assert title.startswith("Causal maps of layer conv2") and shown in title
+    bars = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and "contribution" in bars[0].get_ylabel()
+    assert bars[0].get_ylim() == (-1.0, 1.0)
+    columns = 2 + min(n_units, 16)
+    assert len(figure.axes) == 2 * columns + 1
+    assert [ax.get_title() for ax in figure.axes[:3]] == ["input", "sum of the maps", "conv2:0"]

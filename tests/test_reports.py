@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 
 from explainnn.causal import CausalGraph
 from explainnn.errors import UserError
-from explainnn.evaluation import compare, summarise, write_csv
-from explainnn.evaluation.io import TABLES
+from explainnn.evaluation import compare, summarise
+from explainnn.evaluation.io import TABLES, write_table
 from explainnn.reports import collect, write_report
 from explainnn.reports.__main__ import main as reports_main
 
@@ -61,19 +61,20 @@ def graph() -> CausalGraph:
     return made
 
 
-def evaluation_tables(folder: Path) -> None:
+def evaluation_tables(folder: Path, misclassified: int | None = 0) -> None:
     scores = [{"method": method, "metric": metric, "sample": sample, "value": value + (method == "causal")}
               for method in ("causal", "saliency") for metric in ("IROF", "LocalLipschitzEstimate")
               for sample, value in enumerate([0.1, 0.4, 0.3, 0.2])]
     directions = {"IROF": "higher", "LocalLipschitzEstimate": "lower"}
     families = {"IROF": "faithfulness", "LocalLipschitzEstimate": "robustness"}
-    write_csv(scores, folder / "scores.csv", TABLES["scores"])
-    write_csv(summarise(scores, directions, families=families), folder / "summary.csv", TABLES["summary"])
-    write_csv(compare(scores, directions), folder / "comparisons.csv", TABLES["comparisons"])
-    write_csv([{"metric": "PointingGame", "method": "*", "reason": "needs <masks> & more"}], folder / "skipped.csv",
-              TABLES["skipped"])
+    write_table(folder / "scores.csv", scores, TABLES["scores"])
+    write_table(folder / "summary.csv", summarise(scores, directions, families=families), TABLES["summary"])
+    write_table(folder / "comparisons.csv", compare(scores, directions), TABLES["comparisons"])
+    write_table(folder / "skipped.csv", [{"metric": "PointingGame", "method": "*", "reason": "needs <masks> & more"}],
+                TABLES["skipped"])
     settings = {"reference": "causal", "samples": [0, 1, 2, 3], "target": 3, "seed": 0, "modality": "image",
                 "quantus_layout": [4, 1, 32, 32], "samples_used_by_discovery": 0,
+                **({} if misclassified is None else {"samples_misclassified": misclassified}),
                 "metrics": {"IROF": {"family": "faithfulness", "init": {"normalise": True}, "call": {}, "note": ""}}}
     (folder / "settings.json").write_text(json.dumps(settings))
     picture(folder / "ranks.png")
@@ -105,7 +106,8 @@ def test_full_report_is_one_self_contained_file(run) -> None:
                  "Jaccard", "LocalLipschitzEstimate", "needs &lt;masks&gt; &amp; more", "seed: 0",
                  '<a href="evaluation/summary.csv">', "final training loss"):
         assert text in page, text
-    assert page.index("Causal graph") < page.index("Circuit sufficiency") < page.index("Stability of the graph")
+    assert (page.index("Causal graph") < page.index("Causal graph: sufficiency and necessity")
+            < page.index("Causal graph: stability"))
 
 
 def test_markdown_links_pictures_relative_to_the_run_folder(run) -> None:
@@ -159,3 +161,70 @@ def test_command_line_rebuilds_a_report(run, capsys) -> None:
     assert (run / "report.html").is_file() and "wrote" in capsys.readouterr().out
     assert reports_main([str(run / "missing")]) == 2
     assert capsys.readouterr().err.startswith("explainnn: error: run folder")
+
+
+def minimal_circuit(folder: Path) -> None:
+    """``circuit/class_3/``: a minimal circuit of 2 fc1 units with its checks and pictures, as the circuit step writes."""
+    made = CausalGraph({"model": "lenet", "dataset": "mnist", "target": 3, "n_samples": 40, "kind": "circuit",
+                        "inputs": "train split", "samples": list(range(40))})
+    made.add_unit("fc1", 1, depth=1)
+    made.add_unit("fc1", 4, depth=1)
+    made.add_unit("fc2", 3, kind="output", depth=2)
+    made.add_edge("fc1:1", "fc2:3")
+    made.add_result("circuit_search", {"size": 2, "total_units": 8, "fraction": 0.25, "per_layer": {"fc1": 2},
+                                       "layer_size": {"fc1": 8}, "faithfulness": 0.83, "target_faithfulness": 0.8})
+    made.add_result("circuit", CIRCUIT)
+    made.to_json(folder / "circuit.json")
+    for name in ("circuit_graph.png", "circuit_check.png", "curves.png"):
+        picture(folder / name)
+
+
+@pytest.mark.parametrize("misclassified, expected", [
+    (3, "4 test samples of class 3: 1 correctly classified, 3 misclassified"),
+    (0, "4 test samples of class 3, all correctly classified"),
+    (None, "4 test samples of class 3;"),
+], ids=["three-misclassified", "none-misclassified", "not-recorded"])
+def test_the_samples_line_counts_what_the_evaluation_used(run, misclassified, expected) -> None:
+    evaluation_tables(run / "evaluation", misclassified=misclassified)
+    paths = write_report(run)
+    for text in (paths["markdown"].read_text(), paths["html"].read_text()):
+        assert expected in text
+        assert "correctly classified test samples" not in text  # the old claim, wrong with misclassified ones
+
+
+def test_the_causal_graph_and_the_minimal_circuit_have_one_name_each(run) -> None:
+    minimal_circuit(run / "circuit" / "class_3")
+    report = collect(run)
+    assert [section.target for section in report.circuits] == [3]
+    assert "Circuit" not in report.others  # the minimal circuit's pictures are in their own section
+    for text in (write_report(run)["markdown"].read_text(),):
+        graph_part, circuit_part = text.split("## Minimal circuits")
+        circuit_part = circuit_part.split("## Attributions")[0]
+        assert "Sufficiency and necessity of the causal graph" in graph_part
+        assert "|   | causal graph | random sets of the same size" in graph_part
+        assert "minimal circuit" not in graph_part.lower()
+        assert "Sufficiency and necessity of the minimal circuit" in circuit_part
+        assert "causal graph" not in circuit_part and "causal circuit" not in text
+        assert "2 of 8 hidden units (25%: fc1 2/8), found on 40 samples (train split)" in circuit_part
+        for name in ("circuit_graph.png", "circuit_check.png", "curves.png"):
+            assert f"](circuit/class_3/{name})" in circuit_part
+    page = (run / "report.html").read_text()
+    assert page.index("<h2>Causal graphs</h2>") < page.index("<h2>Minimal circuits</h2>") < page.index(
+        "<h2>Attributions</h2>")
+    assert "Sufficiency and necessity of the minimal circuit" in page
+
+
+def test_a_jaccard_of_zero_beside_kept_units_is_explained(tmp_path) -> None:
+    folder = tmp_path / "run"
+    made = graph()
+    made.add_result("stability", {**STABILITY, "soft_rule": "scale", "betas": [0.0, 1.0], "jaccard_mean": [1.0, 0.0],
+                                  "n_kept_mean": [2.0, 25.8], "n_kept_hard_mean": [2.0, 0.0]})
+    made.to_json(folder / "discovery" / "class_3" / "graph.json")
+    text = write_report(folder)["markdown"].read_text()
+    assert "| beta | Jaccard (mean ± sd) | units kept (mean) | of them hard causes (mean) |" in text
+    assert "| 1 | 0.000 ± 0.100 | 25.8 | 0.0 |" in text
+    assert "Jaccard 0 at beta 1 beside units kept" in text and "strengthens instead of cutting" in text
+
+
+def test_no_note_when_every_jaccard_is_above_zero(run) -> None:
+    assert "Jaccard 0" not in write_report(run)["markdown"].read_text()

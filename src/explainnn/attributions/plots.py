@@ -274,36 +274,46 @@ def plot_causal_maps(
     *,
     layer: str = "",
     max_units: int = 16,
+    title: str | None = None,
     dpi: int = 100,
 ) -> Figure:
     """The research code's per-node causal maps of one layer, one row per sample.
 
     Each row: the input, the sum of the maps, then one map per causal unit (up
     to ``max_units``), all on the same diverging scale [-1, 1] as
-    :func:`explainnn.attributions.causal_path_maps` normalises them.
+    :func:`explainnn.attributions.causal_path_maps` normalises them, which the
+    colour bar shows. ``title`` replaces the default title, which names the
+    layer and says how many of its causal units are shown.
     """
     images = _array(inputs, "inputs")
     units = sorted(maps)[:max_units]
     arrays = {unit: _array(maps[unit], f"map of unit {unit}") for unit in units}
     summed = _array(total, "sum of the maps")
     rows, columns = len(images), 2 + len(units)
-    figure = Figure(figsize=(1.3 * columns, 1.4 * rows + 0.4))
+    figure = Figure(figsize=(1.3 * columns + 1.0, 1.4 * rows + 0.9), layout="constrained")
     axes = np.atleast_2d(figure.subplots(rows, columns, squeeze=False))
+    shown = None
     for r in range(rows):
         picture, cmap = _as_picture(images[r])
-        panels = [(picture, cmap, "input"), (_as_map(summed[r]), "RdBu_r", "sum")]
-        panels += [(arrays[unit][r], "RdBu_r", f"{layer}:{unit}") for unit in units]
-        for c, (image, colours, title) in enumerate(panels):
+        panels = [(picture, cmap, "input"), (_as_map(summed[r]), CMAP, "sum of the maps")]
+        panels += [(arrays[unit][r], CMAP, f"{layer}:{unit}" if layer else f"unit {unit}") for unit in units]
+        for c, (image, colours, name) in enumerate(panels):
             ax = axes[r, c]
-            if colours == "RdBu_r":
-                ax.imshow(image, cmap=colours, vmin=-1, vmax=1)
+            if colours == CMAP:
+                shown = ax.imshow(image, cmap=colours, vmin=-1, vmax=1)
             else:
                 ax.imshow(image, cmap=colours)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(title, fontsize=8)
-    if len(maps) > max_units:
-        figure.suptitle(f"{len(maps)} causal units in {layer}; the first {max_units} shown", fontsize=9)
-    figure.tight_layout()
+                ax.set_title(name, fontsize=8)
+    if shown is not None:
+        figure.colorbar(shown, ax=axes[:, 1:].ravel().tolist(), shrink=min(0.8, 3.0 / max(rows, 1) + 0.3),
+                        label="contribution / max |contribution| (per sample)")
+    where = f"layer {layer}" if layer else "the layer"
+    count = (f"all {len(maps)} causal units" if len(maps) <= max_units
+             else f"the first {max_units} of {len(maps)} causal units")
+    figure.suptitle(title if title is not None else
+                    f"Causal maps of {where} ({count})\nwhat each unit's causal parents contribute to it: "
+                    "red raises the unit, blue lowers it", fontsize=10)
     return save_figure(figure, path, dpi=dpi, tight=True)

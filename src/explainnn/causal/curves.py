@@ -36,7 +36,7 @@ from torch import nn
 from explainnn.causal.minimal_circuit import CircuitSearch, Faithfulness, UnitGates, _device
 from explainnn.causal.units import HiddenUnits, normalise, target_logits
 from explainnn.errors import UserError
-from explainnn.files import atomic_path
+from explainnn.files import atomic_path, save_figure
 from explainnn.interventions import InterventionRunner
 from explainnn.interventions.hooks import ModelPatch
 
@@ -264,29 +264,94 @@ COLOURS = {OURS: "#d62728", "single_unit_effect": "#1f77b4", "activation_magnitu
            "attribution_patching": "#9467bd", RANDOM: "#7f7f7f"}
 
 
+def _curve_limits(curves: FaithfulnessCurves) -> tuple[float, float]:
+    """y limits holding every curve with a margin, and at least [-0.1, 1.1] (curves may pass 1 or fall below 0)."""
+    values = np.concatenate([np.asarray(v, dtype=float) for which in (curves.sufficiency, curves.necessity)
+                             for v in which.values()] or [np.zeros(1)])
+    values = values[np.isfinite(values)]
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    margin = 0.05 * max(high - low, 1.0)
+    return min(-0.1, low - margin), max(1.1, high + margin)
+
+
 def plot_curves(curves: FaithfulnessCurves, path: str | Path | None = None, *, dpi: int = 120, title: str = ""):
-    """Sufficiency and necessity against the fraction of units, one line per method, areas in the legend."""
+    """Sufficiency and necessity against the fraction of units, one line per method, areas in the legend.
+
+    Both panels share y limits that hold every curve (a circuit may keep more
+    than the whole model's logit, or an ordering may fall below the empty
+    model's), and the legend sits below the panels, never over a curve.
+    """
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(9, 3.6), dpi=dpi)
-    axes = figure.subplots(1, 2)
+    figure = Figure(figsize=(9, 4.6), dpi=dpi, layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
     areas = curves.areas()
+    low, high = _curve_limits(curves)
     for ax, which, key in ((axes[0], "sufficiency", "sufficiency_area"), (axes[1], "necessity", "necessity_area")):
         for method, values in getattr(curves, which).items():
-            ax.plot(curves.fractions, values, label=f"{method} ({areas[method][key]:.2f})",
+            ax.plot(curves.fractions, values, label=f"{method} (area {areas[method][key]:.2f})",
                     color=COLOURS.get(method), linewidth=2.2 if method == OURS else 1.2,
                     linestyle="--" if method == RANDOM else "-")
         if curves.circuit_size is not None:
-            ax.axvline(curves.circuit_size / curves.total, color="#d62728", linewidth=0.6, linestyle=":")
-        ax.set_xlabel("fraction of hidden units in the circuit")
-        ax.set_ylabel(f"normalised {which}")
-        ax.set_ylim(-0.1, 1.1)
+            ax.axvline(curves.circuit_size / curves.total, color=COLOURS[OURS], linewidth=0.8, linestyle=":",
+                       label=f"size of the minimal circuit ({curves.circuit_size} units)")
+        ax.set_xlabel("fraction of hidden units in the set")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(low, high)
         ax.axhline(0, color="black", linewidth=0.4)
-        ax.set_title(f"{which.capitalize()} (area under the curve)", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.axhline(1, color="black", linewidth=0.4, linestyle=(0, (1, 3)))
+        doing = "kept alone" if which == "sufficiency" else "ablated"
+        ax.set_title(f"{which.capitalize()}: the top units of each ordering {doing}", fontsize=9)
+        ax.legend(title="ordering (area under the curve)", title_fontsize=7, fontsize=7, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
+    axes[0].set_ylabel("normalised value (1 = whole model)")
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    if path is not None:
-        figure.savefig(path)
-    return figure
+    return save_figure(figure, path)
+
+
+def plot_check(report: dict, path: str | Path | None = None, *, subject: str = "causal graph", dpi: int = 120):
+    """Bar chart of a unit set's sufficiency and necessity beside random sets of the same size.
+
+    ``report`` is :func:`~explainnn.causal.circuit_faithfulness`'s; ``subject``
+    names the set in the bar labels and titles: ``"causal graph"`` for
+    discovery's graph, ``"minimal circuit"`` for the circuit step's. Bar labels
+    are wrapped onto two lines so they never run into each other, and each
+    bar's accuracy on the class is written above its error bar.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 3.8), dpi=dpi, layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    labels = ["clean\nmodel", subject.replace(" ", "\n", 1), f"random sets\n(n={report['n_random']})"]
+    parts = (("sufficiency", f"Sufficiency: only the {subject} kept"),
+             ("necessity", f"Necessity: the {subject} ablated"))
+    tops = []
+    for ax, (key, title) in zip(axes, parts):
+        part = report[key]
+        values = [report["clean_logit"], part["logit"], part["random_logit_mean"]]
+        spread = part["random_logit_std"] if np.isfinite(part["random_logit_std"]) else 0.0
+        errors = [0.0, 0.0, spread]
+        ax.bar(range(3), values, yerr=errors, color=["#999999", "#d62728", "#1f77b4"], capsize=4)
+        ax.set_xticks(range(3), labels, fontsize=8)
+        for position, (value, error, acc) in enumerate(zip(values, errors, [report["clean_accuracy"], part["accuracy"],
+                                                                           part["random_accuracy_mean"]])):
+            top = max(value, 0.0) + error
+            tops.append(top)
+            ax.annotate(f"acc {acc:.0%}", (position, top), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=8)
+        title += f"\np = {part['p_value_vs_random']:.3f} vs random"
+        chosen = report.get("necessity_where_chosen") or {}
+        if key == "necessity" and chosen.get("layers_left_intact"):
+            title += (f"; with {', '.join(chosen['layers_left_intact'])} left intact: "
+                      f"p = {chosen['p_value_vs_random']:.3f}")
+        ax.set_title(title, fontsize=9)
+        ax.axhline(0, color="black", linewidth=0.5)
+    axes[0].set_ylabel("mean target logit")
+    bottoms = [min(0.0, report[key]["logit"], report[key]["random_logit_mean"] - (
+        report[key]["random_logit_std"] if np.isfinite(report[key]["random_logit_std"]) else 0.0))
+        for key in ("sufficiency", "necessity")]
+    low, high = min(bottoms), max(tops + [report["clean_logit"]])
+    span = (high - low) or 1.0
+    axes[0].set_ylim(low - 0.05 * span, high + 0.12 * span)
+    return save_figure(figure, path)

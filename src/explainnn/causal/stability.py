@@ -70,7 +70,27 @@ class StabilityResult:
             "jaccard_mean": [float(v) for v in self.jaccard.mean(1)],
             "jaccard_std": [float(v) for v in self.jaccard.std(1)],
             "n_kept_mean": [float(v) for v in self.n_kept.mean(1)],
+            "n_kept_hard_mean": [float(v) for v in self.n_kept_hard.mean(1)],
         }
+
+    @property
+    def n_kept_hard(self) -> np.ndarray:
+        """``(B, R)``: how many of each repeat's kept units are hard-graph causes.
+
+        Recovered from the Jaccard similarity and the two set sizes: with
+        ``J = I / (K + H - I)``, ``I = J (K + H) / (1 + J)``.
+        """
+        both = self.n_kept + len(self.hard_causes)
+        return np.rint(self.jaccard * both / (1.0 + self.jaccard)).astype(int)
+
+    def amplifies(self) -> np.ndarray:
+        """Per beta, whether every draw ``u ~ U(beta, beta + delta)`` is >= 1 under the ``scale`` rule.
+
+        Such an intervention strengthens the weights (units) instead of weakening
+        them, so the one-sided test then keeps the units whose strengthening
+        lowers the target logit: inhibitory ones, not the hard graph's causes.
+        """
+        return (self.betas >= 1.0) if self.soft_rule == "scale" else np.zeros(len(self.betas), dtype=bool)
 
     def to_csv(self, folder: str | Path) -> tuple[Path, Path]:
         """Write ``stability.csv`` (beta, repeat, jaccard, n_kept) and ``appearance.csv``."""
@@ -192,30 +212,68 @@ def _jaccard(a: set, b: set) -> float:
 
 
 def plot_stability(result: StabilityResult, path: str | Path | None = None, *, dpi: int = 120):
-    """Jaccard similarity vs beta, and histograms of the units' appearance rates per beta."""
+    """Jaccard similarity vs beta beside the units kept, and histograms of the units' appearance rates per beta.
+
+    The left panel draws the Jaccard similarity to the hard graph's causes
+    (red, left axis) and, on the right axis, the units the re-test kept and how
+    many of them are hard causes (blue), so that a Jaccard of 0 beside many kept
+    units reads as "a different set", not "nothing". Under the ``scale`` rule
+    betas with ``u >= 1`` strengthen rather than weaken (shaded and labelled):
+    the units kept there are those whose strengthening lowers the target. A
+    kept set and a hard set both empty count as Jaccard 1 (the same set). The
+    histograms split the units into hard causes and the others.
+    """
     from matplotlib.figure import Figure
 
     shown = np.unique(np.linspace(0, len(result.betas) - 1, min(6, len(result.betas))).round().astype(int))
-    figure = Figure(figsize=(4 + 2.2 * len(shown), 3.4), dpi=dpi)
-    grid = figure.add_gridspec(1, 1 + len(shown), width_ratios=[2] + [1] * len(shown))
+    figure = Figure(figsize=(5.5 + 2.2 * len(shown), 4.2), dpi=dpi, layout="constrained")
+    grid = figure.add_gridspec(1, 1 + len(shown), width_ratios=[3] + [1] * len(shown))
     ax = figure.add_subplot(grid[0, 0])
     mean, std = result.jaccard.mean(1), result.jaccard.std(1)
-    ax.plot(result.betas, mean, marker="o", color="#d62728")
+    jaccard_line = ax.plot(result.betas, mean, marker="o", color="#d62728", label="Jaccard similarity (left axis)")
     ax.fill_between(result.betas, mean - std, mean + std, color="#d62728", alpha=0.2)
     ax.set_ylim(-0.02, 1.02)
     verb = "w x u" if result.soft_rule == "scale" else "w := u"
     ax.set_xlabel(f"beta ({verb}, u ~ U(beta, beta + delta))")
-    ax.set_ylabel("Jaccard similarity to the hard graph")
-    ax.set_title(f"Stability of {result.layer} (delta={result.delta:g})", fontsize=9)
+    ax.set_ylabel("Jaccard similarity to the hard graph", color="#d62728")
+    n_hard = len(result.hard_causes)
+    ax.set_title(f"Stability of {result.layer} (delta={result.delta:g}, {n_hard} hard causes)", fontsize=9)
+    counts = ax.twinx()
+    kept, kept_hard = result.n_kept.mean(1), result.n_kept_hard.mean(1)
+    kept_line = counts.plot(result.betas, kept, marker="s", color="#1f77b4", linestyle="--", linewidth=1,
+                            markersize=4, label="units kept (right axis)")
+    hard_line = counts.plot(result.betas, kept_hard, marker="^", color="#1f77b4", linewidth=1, markersize=4,
+                            label="of them hard causes (right axis)")
+    counts.set_ylim(-0.02 * max(1, kept.max(), n_hard), 1.15 * max(1, kept.max(), n_hard))
+    counts.set_ylabel("units (mean over repeats)", color="#1f77b4")
+    handles = jaccard_line + kept_line + hard_line
+    amplifies = result.amplifies()
+    if amplifies.any():
+        first = float(result.betas[amplifies].min())
+        span = max(float(np.ptp(result.betas)), 1e-6)
+        band = ax.axvspan(first - 0.04 * span, float(result.betas.max()) + 0.04 * span, color="0.85", zorder=0,
+                          label="u >= 1: strengthens, no cut; the units kept lower\nthe target when strengthened")
+        handles.append(band)
+    for b in np.flatnonzero((mean == 0) & (kept > 0)):
+        ax.annotate(f"{kept[b]:.1f} kept,\n{kept_hard[b]:.1f} of them\nhard causes", (result.betas[b], 0.0),
+                    xytext=(-40, 45), textcoords="offset points", ha="right", va="bottom", fontsize=7,
+                    bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.6", "linewidth": 0.5},
+                    arrowprops={"arrowstyle": "-", "color": "0.4", "linewidth": 0.6})
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     bins = np.linspace(0, 1, 11)
+    hard = np.zeros(result.appearance.shape[1], dtype=bool)
+    hard[list(result.hard_causes)] = True
     for column, b in enumerate(shown, start=1):
         hist = figure.add_subplot(grid[0, column])
-        hist.hist(result.appearance[b], bins=bins, color="#1f77b4")
-        hist.set_title(f"beta={result.betas[b]:g}", fontsize=9)
-        hist.set_xlabel("appearance rate")
+        hist.hist([result.appearance[b][hard], result.appearance[b][~hard]], bins=bins, stacked=True,
+                  color=["#d62728", "0.6"], label=["hard causes", "other units"])
+        note = " (u >= 1)" if amplifies[b] else ""
+        hist.set_title(f"beta={result.betas[b]:g}{note}", fontsize=9)
+        hist.set_xlabel("appearance rate", fontsize=8)
+        hist.tick_params(labelsize=7)
         if column == 1:
             hist.set_ylabel("units")
-    figure.tight_layout()
+            hist.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     return save_figure(figure, path)
 
 

@@ -1,15 +1,15 @@
-"""Step 4, checks: each causal graph checked as a circuit (sufficiency, necessity) and for stability."""
+"""Step 4, checks: each causal graph checked for sufficiency and necessity against random unit sets, and for stability."""
 
 from __future__ import annotations
 
 from explainnn.causal import (
     circuit_faithfulness,
-    plot_circuit,
     plot_seed_stability,
     plot_stability,
     seed_stability,
     stability,
 )
+from explainnn.causal.curves import plot_check
 from explainnn.config import DiscoveryConfig
 from explainnn.files import save_figure
 from explainnn.pipeline.context import RunContext
@@ -21,7 +21,7 @@ def check_graphs(ctx: RunContext, options: DiscoveryConfig) -> None:
     """Sufficiency and necessity against random unit sets (``check_circuit``) and the stability sweep.
 
     For every graph in ``ctx.graphs`` writes ``discovery/class_<k>/``:
-    ``circuit.png``, ``stability.csv``, ``appearance.csv``, ``stability.png``;
+    ``circuit.png`` (the graph's sufficiency and necessity), ``stability.csv``, ``appearance.csv``, ``stability.png``;
     the results are stored with the graph (``graph.json`` is written again
     with them) and in ``ctx.faithfulness``/``ctx.stability``. Sufficiency and
     necessity are measured on test samples the graph was not learned from; the
@@ -41,7 +41,8 @@ def check_graphs(ctx: RunContext, options: DiscoveryConfig) -> None:
                 exclude=graph.metadata["samples"] if split == "test" else None,
                 n_eval=ctx.config.circuit.eval_samples, n_random=ctx.config.circuit.n_random)
             if ctx.plots:
-                save_figure(plot_circuit(ctx.faithfulness[target], dpi=ctx.dpi), folder / "circuit.png")
+                save_figure(plot_check(ctx.faithfulness[target], subject="causal graph", dpi=ctx.dpi),
+                            folder / "circuit.png")
         if options.stability.enabled and len(graph.layers()) > 2:
             result = stability(ctx.model, inputs, graph, seed=ctx.seed, **sweep)
             graph.add_result("stability", result.summary())
@@ -67,7 +68,7 @@ def check_graphs(ctx: RunContext, options: DiscoveryConfig) -> None:
 
 
 def describe_checks(ctx: RunContext, target: int) -> str:
-    """One line: the circuit's sufficiency beside random sets, and the stability at the first beta."""
+    """One line: the causal graph's sufficiency beside random sets, and the stability at the first beta."""
     parts = []
     circuit = ctx.faithfulness.get(target)
     if circuit:

@@ -13,10 +13,9 @@ from explainnn.causal import (
     circuit_faithfulness,
     faithfulness_curves,
     find_circuit,
-    plot_circuit,
     plot_curves,
 )
-from explainnn.causal.curves import OURS, FaithfulnessCurves, baseline_orders, circuit_order
+from explainnn.causal.curves import OURS, FaithfulnessCurves, baseline_orders, circuit_order, plot_check
 from explainnn.causal.minimal_circuit import circuit_graph
 from explainnn.config import CircuitConfig
 from explainnn.files import save_figure
@@ -97,8 +96,9 @@ def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CircuitR
         graph.to_csv(folder / "units.csv", table="units")
         if ctx.plots:
             save_figure(graph.draw(max_units_per_layer=24, dpi=ctx.dpi,
-                                   title=f"Minimal faithful circuit of class {target}"), folder / "circuit_graph.png")
-            save_figure(plot_circuit(check, dpi=ctx.dpi), folder / "circuit_check.png")
+                                   title=f"Minimal circuit of class {target} ({_size_words(search)})"),
+                        folder / "circuit_graph.png")
+            save_figure(plot_check(check, subject="minimal circuit", dpi=ctx.dpi), folder / "circuit_check.png")
         ctx.circuits[target] = CircuitReport(graph, search, check, curves)
         print(describe_circuit(graph))
     return ctx.circuits
@@ -127,10 +127,15 @@ def circuit_curves(ctx: RunContext, search: CircuitSearch, graph: CausalGraph, s
     curves.to_csv(folder / "curves.csv")
     curves.areas_to_csv(folder / "curve_areas.csv")
     if ctx.plots:
-        title = (f"class {target}: circuit from {len(samples)} {split} samples, "
+        title = (f"class {target}: minimal circuit from {len(samples)} {split} samples, "
                  f"curves on {curves.n_eval} held-out test samples")
         save_figure(plot_curves(curves, dpi=ctx.dpi, title=title), folder / "curves.png")
     return curves
+
+
+def _size_words(search: CircuitSearch) -> str:
+    """The circuit's size in words, for its picture's title."""
+    return f"{search.size} of {search.units.total} hidden units, faithfulness {search.faithfulness:.2f}"
 
 
 def describe_circuit(graph: CausalGraph) -> str:

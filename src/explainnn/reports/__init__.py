@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from explainnn.reports.content import ClassSection, EvaluationSection, Picture, Report, collect
+from explainnn.reports.content import CircuitSection, ClassSection, EvaluationSection, Picture, Report, collect
 from explainnn.reports.html import render_html, write_html
 from explainnn.reports.markdown import render_markdown, write_markdown
 
@@ -42,6 +42,7 @@ def write_report(
 
 
 __all__ = [
+    "CircuitSection",
     "ClassSection",
     "EvaluationSection",
     "Picture",

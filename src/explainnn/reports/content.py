@@ -3,10 +3,14 @@
 :func:`collect` builds a :class:`Report` from whatever the run produced. The
 config, the training record and the graphs may be passed in (the pipeline has
 them in memory) or are read from the run folder (``config.yaml``,
-``training.json``, ``discovery/class_<k>/graph.json``); the evaluation tables
-are always read from ``evaluation/`` (``summary.csv`` and its neighbours, in
-that folder or in one sub-folder per class). Pictures are found by looking: every PNG under
-``discovery/class_<k>/``, ``attributions/`` and ``evaluation/``. A step that was
+``training.json``, ``discovery/class_<k>/graph.json``); the minimal circuits
+(``circuit/class_<k>/circuit.json``) and the evaluation tables are always read
+from the folder (``evaluation/summary.csv`` and its neighbours, in that folder or
+in one sub-folder per class). Pictures are found by looking: every PNG under
+``discovery/class_<k>/``, ``circuit/class_<k>/``, ``attributions/`` and
+``evaluation/``. Two names are kept apart: the *causal graph* is discovery's
+significance graph, the *minimal circuit* the circuit step's smallest faithful
+unit set. A step that was
 disabled simply leaves its section empty, so a report can be written after any
 subset of the steps, and rebuilt later from the folder alone.
 """
@@ -24,11 +28,16 @@ from explainnn.errors import UserError
 
 DISCOVERY_PICTURES = {
     "graph.png": "Causal graph",
-    "circuit.png": "Circuit sufficiency and necessity against random unit sets",
-    "stability.png": "Stability of the graph under soft interventions",
+    "circuit.png": "Causal graph: sufficiency and necessity against random unit sets",
+    "stability.png": "Causal graph: stability under soft interventions",
+}
+CIRCUIT_PICTURES = {
+    "circuit_graph.png": "Minimal circuit: its units and their connections",
+    "circuit_check.png": "Minimal circuit: sufficiency and necessity against random unit sets",
+    "curves.png": "Minimal circuit: faithfulness curves beside the baseline orderings",
 }
 TABLE_SUFFIXES = (".csv", ".json", ".graphml", ".yaml", ".npz")
-OWN_FOLDERS = ("discovery", "attributions", "evaluation")
+OWN_FOLDERS = ("discovery", "circuit", "attributions", "evaluation")
 """Run sub-folders with a section of their own; PNGs elsewhere are shown by folder."""
 
 
@@ -51,6 +60,17 @@ class ClassSection:
     metadata: dict[str, Any] = field(default_factory=dict)
     circuit: dict[str, Any] | None = None
     stability: dict[str, Any] | None = None
+    pictures: list[Picture] = field(default_factory=list)
+
+
+@dataclass
+class CircuitSection:
+    """One target class's minimal circuit: how it was found, its held-out check and its pictures."""
+
+    target: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] | None = None
+    check: dict[str, Any] | None = None
     pictures: list[Picture] = field(default_factory=list)
 
 
@@ -80,6 +100,7 @@ class Report:
     config_yaml: str | None = None
     training: dict[str, Any] | None = None
     classes: list[ClassSection] = field(default_factory=list)
+    circuits: list[CircuitSection] = field(default_factory=list)
     attributions: list[Picture] = field(default_factory=list)
     evaluations: list[EvaluationSection] = field(default_factory=list)
     others: dict[str, list[Picture]] = field(default_factory=dict)
@@ -109,9 +130,11 @@ def collect(
         training=training,
     )
     report.classes = _classes(run_dir, graphs)
+    report.circuits = _circuits(run_dir)
     report.attributions = _pictures(run_dir, run_dir / "attributions")
     report.evaluations = _evaluations(run_dir)
     shown = {picture.path.resolve() for section in report.classes for picture in section.pictures}
+    shown |= {picture.path.resolve() for section in report.circuits for picture in section.pictures}
     shown |= {picture.path.resolve() for picture in report.attributions}
     shown |= {picture.path.resolve() for section in report.evaluations for picture in section.pictures}
     for folder in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name not in OWN_FOLDERS):
@@ -206,6 +229,28 @@ def _classes(run_dir: Path, graphs: Mapping[int, Any] | None) -> list[ClassSecti
                                        "causes": len(graph.causes(layer))})
             section.circuit = graph.results.get("circuit")
             section.stability = graph.results.get("stability")
+        sections.append(section)
+    return sections
+
+
+def _circuits(run_dir: Path) -> list[CircuitSection]:
+    """Every ``circuit/class_<k>/`` folder: the minimal circuit's search and check (``circuit.json``) and pictures."""
+    root = run_dir / "circuit"
+    if not root.is_dir():
+        return []
+    sections = []
+    for folder in sorted((p for p in root.iterdir() if p.is_dir() and _class_number(p) is not None),
+                         key=lambda p: _class_number(p) or 0):
+        section = CircuitSection(target=int(_class_number(folder) or 0),
+                                 pictures=_pictures(run_dir, folder, CIRCUIT_PICTURES))
+        record = _read_json(folder / "circuit.json")
+        if record is not None:
+            metadata = dict(record.get("metadata", {}))
+            results = metadata.pop("results", {}) or {}
+            metadata.pop("samples", None)
+            section.metadata = metadata
+            section.search = results.get("circuit_search")
+            section.check = results.get("circuit")
         sections.append(section)
     return sections
 

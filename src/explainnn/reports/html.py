@@ -77,6 +77,9 @@ def render_html(report: Report) -> str:
         "<h2>Causal graphs</h2>",
     ]
     parts += _class_sections(report)
+    if report.circuits:
+        parts.append("<h2>Minimal circuits</h2>")
+        parts += _circuit_sections(report)
     parts.append("<h2>Attributions</h2>")
     if report.attributions:
         parts.extend(_picture(picture) for picture in report.attributions)
@@ -113,11 +116,30 @@ def _class_sections(report: Report) -> list[str]:
                          f"edges; {html.escape(described)}</p>")
             parts.append(_table(tables.layers_table(section), numeric=(2, 3)))
         if section.circuit:
-            parts.append("<h4>Sufficiency and necessity of the circuit</h4>")
-            parts.append(_table(tables.circuit_table(section.circuit), numeric=(1, 2, 3)))
+            parts.append("<h4>Sufficiency and necessity of the causal graph</h4>")
+            parts.append(_table(tables.circuit_table(section.circuit, "causal graph"), numeric=(1, 2, 3)))
         if section.stability:
-            parts.append(f"<h4>Stability (layer {html.escape(str(section.stability.get('layer')))})</h4>")
-            parts.append(_table(tables.stability_table(section.stability), numeric=(1, 2)))
+            parts.append(f"<h4>Stability of the causal graph (layer "
+                         f"{html.escape(str(section.stability.get('layer')))})</h4>")
+            parts.append(_table(tables.stability_table(section.stability), numeric=(1, 2, 3)))
+            note = tables.stability_note(section.stability)
+            if note:
+                parts.append(f'<p class="note">{html.escape(note)}</p>')
+        parts.extend(_picture(picture) for picture in section.pictures)
+    return parts
+
+
+def _circuit_sections(report: Report) -> list[str]:
+    """Per class: the minimal circuit's size, its held-out sufficiency and necessity, and its pictures."""
+    parts: list[str] = []
+    for section in report.circuits:
+        parts.append(f"<h3>Class {section.target}</h3>")
+        line = tables.circuit_line(section)
+        if line:
+            parts.append(f'<p class="note">{html.escape(line)}</p>')
+        if section.check:
+            parts.append("<h4>Sufficiency and necessity of the minimal circuit</h4>")
+            parts.append(_table(tables.circuit_table(section.check, "minimal circuit"), numeric=(1, 2, 3)))
         parts.extend(_picture(picture) for picture in section.pictures)
     return parts
 

@@ -46,12 +46,26 @@ def render_markdown(report: Report) -> str:
                          f"({section.metadata.get('inputs', 'test split')}); {section.n_edges} edges.\n")
             parts.append(_table(tables.layers_table(section)))
         if section.circuit:
-            parts.append("#### Sufficiency and necessity of the circuit\n")
-            parts.append(_table(tables.circuit_table(section.circuit)))
+            parts.append("#### Sufficiency and necessity of the causal graph\n")
+            parts.append(_table(tables.circuit_table(section.circuit, "causal graph")))
         if section.stability:
-            parts.append(f"#### Stability (layer {section.stability.get('layer')})\n")
+            parts.append(f"#### Stability of the causal graph (layer {section.stability.get('layer')})\n")
             parts.append(_table(tables.stability_table(section.stability)))
+            note = tables.stability_note(section.stability)
+            if note:
+                parts.append(note + "\n")
         parts.extend(_picture(picture) for picture in section.pictures)
+    if report.circuits:
+        parts.append("## Minimal circuits\n")
+    for circuit in report.circuits:
+        parts.append(f"### Class {circuit.target}\n")
+        line = tables.circuit_line(circuit)
+        if line:
+            parts.append(line + "\n")
+        if circuit.check:
+            parts.append("#### Sufficiency and necessity of the minimal circuit\n")
+            parts.append(_table(tables.circuit_table(circuit.check, "minimal circuit")))
+        parts.extend(_picture(picture) for picture in circuit.pictures)
     parts.append("## Attributions\n")
     if report.attributions:
         parts.extend(_picture(picture) for picture in report.attributions)

@@ -6,13 +6,17 @@ import math
 from typing import Any, Mapping, Sequence
 
 from explainnn.evaluation.summary import format_number, format_p, verdict
-from explainnn.reports.content import ClassSection, EvaluationSection
+from explainnn.reports.content import CircuitSection, ClassSection, EvaluationSection
 
 Table = tuple[list[str], list[list[str]]]
 
 
 def _percent(value: Any) -> str:
     return f"{100 * value:.2f}%" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def _share(value: Any) -> str:
+    return f"{value:.0%}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
 def training_table(training: Mapping[str, Any]) -> Table:
@@ -41,8 +45,12 @@ def layers_table(section: ClassSection) -> Table:
     return ["layer", "kind", "units in graph", "causes of the target"], rows
 
 
-def circuit_table(circuit: Mapping[str, Any]) -> Table:
-    """Sufficiency (keep only the causal units) and necessity (ablate them) against random unit sets."""
+def circuit_table(circuit: Mapping[str, Any], subject: str = "causal graph") -> Table:
+    """Sufficiency (keep only the units of ``subject``) and necessity (ablate them) against random unit sets.
+
+    ``subject`` names the unit set: ``"causal graph"`` (discovery's graph) or
+    ``"minimal circuit"``.
+    """
     sufficiency, necessity = circuit["sufficiency"], circuit["necessity"]
     clean = circuit.get("clean_logit")
     random_drop = (1 - necessity["random_logit_mean"] / clean) if clean else float("nan")
@@ -58,14 +66,14 @@ def circuit_table(circuit: Mapping[str, Any]) -> Table:
     ]
     chosen = circuit.get("necessity_where_chosen") or {}
     if chosen.get("layers_left_intact"):
-        rows.append([f"necessity where the circuit chooses ({', '.join(chosen['layers_left_intact'])} left intact): "
+        rows.append([f"necessity where the {subject} chooses ({', '.join(chosen['layers_left_intact'])} left intact): "
                      "normalised", format_number(chosen.get("normalized")),
                      format_number(chosen.get("random_normalized_mean")), format_p(chosen.get("p_value_vs_random"))])
     sizes = ", ".join(f"{layer} {size}/{circuit.get('layer_size', {}).get(layer, '?')}"
                       for layer, size in circuit.get("circuit_size", {}).items())
-    headers = ["", "causal circuit", f"random sets of the same size (mean of {circuit.get('n_random', '?')})",
+    headers = ["", subject, f"random sets of the same size (mean of {circuit.get('n_random', '?')})",
                "p vs random"]
-    rows.append([f"circuit size ({circuit.get('ablation', 'mean')} ablation, {circuit.get('n_eval', '?')} inputs)",
+    rows.append([f"units per layer ({circuit.get('ablation', 'mean')} ablation, {circuit.get('n_eval', '?')} inputs)",
                  sizes, "", ""])
     return headers, rows
 
@@ -75,7 +83,41 @@ def stability_table(stability: Mapping[str, Any]) -> Table:
     rows = [[f"{beta:g}", f"{mean:.3f} ± {std:.3f}", f"{kept:.1f}"]
             for beta, mean, std, kept in zip(stability["betas"], stability["jaccard_mean"], stability["jaccard_std"],
                                              stability["n_kept_mean"])]
-    return ["beta", "Jaccard (mean ± sd)", "causes kept (mean)"], rows
+    headers = ["beta", "Jaccard (mean ± sd)", "units kept (mean)"]
+    if "n_kept_hard_mean" in stability:
+        headers.append("of them hard causes (mean)")
+        for row, hard in zip(rows, stability["n_kept_hard_mean"]):
+            row.append(f"{hard:.1f}")
+    return headers, rows
+
+
+def stability_note(stability: Mapping[str, Any]) -> str:
+    """What a Jaccard of 0 beside kept units means, when the sweep has such a beta (else nothing)."""
+    betas, means, kept = stability["betas"], stability["jaccard_mean"], stability["n_kept_mean"]
+    zero = [f"{beta:g}" for beta, mean, n in zip(betas, means, kept) if mean == 0 and n > 0]
+    if not zero:
+        return ""
+    note = (f"Jaccard 0 at beta {', '.join(zero)} beside units kept: the re-test kept units, none of them a cause "
+            "in the hard graph.")
+    if stability.get("soft_rule", "scale") == "scale" and any(float(b) >= 1 for b in zero):
+        note += (" At beta >= 1 the scale rule multiplies by u >= 1, which strengthens instead of cutting, so the "
+                 "units kept are those whose strengthening lowers the target logit.")
+    return note
+
+
+def circuit_line(section: CircuitSection) -> str:
+    """The minimal circuit's size, where it was found and what it keeps."""
+    search, metadata = section.search or {}, section.metadata
+    if not search:
+        return ""
+    per_layer = ", ".join(f"{layer} {size}/{search.get('layer_size', {}).get(layer, '?')}"
+                          for layer, size in search.get("per_layer", {}).items())
+    check = section.check or {}
+    held = f"; checked on {check['n_eval']} held-out test samples" if "n_eval" in check else ""
+    return (f"{search.get('size', '?')} of {search.get('total_units', '?')} hidden units "
+            f"({_share(search.get('fraction'))}: {per_layer}), found on {metadata.get('n_samples', '?')} samples "
+            f"({metadata.get('inputs', '?')}) to keep {format_number(search.get('target_faithfulness'))} of the "
+            f"normalised target logit (kept {format_number(search.get('faithfulness'))}){held}.")
 
 
 def metrics_table(section: EvaluationSection) -> Table:
@@ -119,18 +161,26 @@ def settings_table(section: EvaluationSection) -> Table:
 
 
 def samples_line(section: EvaluationSection) -> str:
-    """Which samples the metrics ran on."""
+    """Which samples the metrics ran on: how many, how many of them misclassified, and which were held out."""
     settings = section.settings
     samples: Sequence[int] = settings.get("samples", [])
     if not samples:
         return ""
+    target = settings.get("target")
     used = settings.get("samples_used_by_discovery", 0)
     if not used:
         held = "none of them used to learn the graph"
     elif used == len(samples):
-        held = "all of them used to learn the graph: no other correctly classified one was left"
+        held = "all of them used to learn the graph: no other test sample of the class was left"
     else:
         held = f"{used} of them used to learn the graph, too few others were left"
-    return (f"{len(samples)} correctly classified test samples of class {settings.get('target')} "
-            f"({held}); {settings.get('normalisation', '')}; seed {settings.get('seed')}; "
+    missed = settings.get("samples_misclassified")
+    if missed is None:
+        kind = f"{len(samples)} test samples of class {target}"
+    elif not missed:
+        kind = f"{len(samples)} test samples of class {target}, all correctly classified"
+    else:
+        kind = (f"{len(samples)} test samples of class {target}: {len(samples) - missed} correctly classified, "
+                f"{missed} misclassified (explained for their true class {target})")
+    return (f"{kind}; {held}; {settings.get('normalisation', '')}; seed {settings.get('seed')}; "
             f"inputs as Quantus saw them: {settings.get('modality')} {tuple(settings.get('quantus_layout', []))}.")
