@@ -48,6 +48,21 @@ class BiStackedLSTM(nn.Module):
         return self.fc(out[:, -1] if self.pooling == "last" else out.mean(1))
 
 
+class AttentionLSTM(nn.Module):
+    """An LSTM whose head reads an attention-weighted sum of the steps (the scores come from a Linear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 3, batch_first=True)
+        self.score = nn.Linear(3, 1)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lstm(x)[0]
+        weights = torch.softmax(self.score(out).squeeze(-1), 1)
+        return self.fc((out * weights.unsqueeze(-1)).sum(1))
+
+
 def _images(n: int, side: int, channels: int, seed: int) -> torch.Tensor:
     return torch.rand(n, channels, side, side, generator=torch.Generator().manual_seed(seed))
 
@@ -67,12 +82,14 @@ def _model(name: str) -> tuple[nn.Module, callable]:
         return seeded(model, 3, 2.0), lambda n, seed=0: _seq(n, 4, 3, seed)
     if name in ("bilstm_last", "bilstm_mean"):
         return seeded(BiStackedLSTM(name.split("_")[1]), 4, 2.0), lambda n, seed=0: _seq(n, 3, 3, seed)
+    if name == "attention_lstm":
+        return seeded(AttentionLSTM(), 5, 2.0), lambda n, seed=0: _seq(n, 4, 3, seed)
     model, inputs = build(name)
     return model, inputs
 
 
 MODELS = ["bn_mlp", "lenet", "grouped", "densenet", "textcnn", "rnn", "gru", "lstm", "bilstm_last", "bilstm_mean",
-          "bilstm", "gru2"]
+          "bilstm", "gru2", "resnet", "preact_resnet", "mobilenetv2", "attention_lstm"]
 
 
 def _masks(n_edges: int, count: int, seed: int) -> torch.Tensor:

@@ -65,6 +65,8 @@ class Oracle:
         return torch.stack(rows)
 
     def _forward(self, x: torch.Tensor, values: dict, source: dict | None, record: dict | None) -> torch.Tensor:
+        self._x = x
+        self._current: dict[str, Any] = {}
         with ModelPatch() as patch, torch.no_grad():
             recurrent: dict[str, list[LayerInfo]] = {}
             for layer in self.layers:
@@ -72,16 +74,33 @@ class Oracle:
                     recurrent.setdefault(layer.module_name, []).append(layer)
                 elif layer.kind != "embedding":
                     patch.replace_forward(layer.module, self._layer(layer, values, source, record))
+                else:
+                    patch.replace_forward(layer.module, self._plain(layer, record))
             for group in recurrent.values():
-                patch.replace_forward(group[0].module, self._recurrent(group, values, source, record))
-            self._path_context = (patch, values, source, record)
+                patch.replace_forward(group[0].module, self._kept(group[0], self._recurrent(group, values, source,
+                                                                                            record), record))
             return self.model(x)
+
+    def _kept(self, layer: LayerInfo, forward, record: dict | None):
+        def wrapped(*args: Any) -> Any:
+            out = forward(*args)
+            self._current[layer.module_name] = out
+            if record is not None:
+                record[layer.module_name + "/out"] = out
+            return out
+
+        return wrapped
+
+    def _plain(self, layer: LayerInfo, record: dict | None):
+        return self._kept(layer, lambda *args: type(layer.module).forward(layer.module, *args), record)
 
     def _mask(self, values: dict, parent: str, i: int, child: str, j: int, recurrent: bool = False) -> float:
         return values.get((parent, i, child, j, recurrent), 1.0)
 
-    def _ablated(self, source: dict | None, name: str, like: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(like) if source is None else source[name]
+    def _ablated(self, source: dict | None, name: str, like: Any) -> Any:
+        if source is None:
+            return _zeros(like)
+        return source[name]
 
     def _layer(self, layer: LayerInfo, values: dict, source: dict | None, record: dict | None):
         module = layer.module
@@ -90,61 +109,129 @@ class Oracle:
             if record is not None:
                 record[layer.name] = x.clone()
             xa = self._ablated(source, layer.name, x)
+            shared = self._path_inputs(layer, values, source)
             if isinstance(module, nn.Linear):
-                return self._linear(layer, x, xa, values)
-            return self._conv(layer, x, xa, values)
+                return self._linear(layer, x, xa, values, shared)
+            return self._conv(layer, x, xa, values, shared)
 
-        return forward
+        return self._kept(layer, forward, record)
 
-    def _linear(self, layer: LayerInfo, x: torch.Tensor, xa: torch.Tensor, values: dict) -> torch.Tensor:
-        weight = layer.module.weight
+    # -- path links ------------------------------------------------------------------------------------------
+    def _path_inputs(self, layer: LayerInfo, values: dict, source: dict | None) -> dict[int, torch.Tensor] | None:
+        """Per child unit: the child's input when each parent on a path link is mixed for that unit."""
+        if not any(link.via == "path" for link in layer.parents):
+            return None
+        by_name = {info.name: info for info in self.layers}
+        out = {}
+        for j in range(layer.n_units):
+            outputs = {}
+            for link in layer.parents:
+                parent = by_name[link.name]
+                current = self._current[parent.module_name]
+                if link.via == "path":
+                    ablated = self._ablated(source, parent.module_name + "/out", current)
+                    units = [self._mask(values, link.name, i, layer.name, j) for i in range(link.n_units)]
+                    current = _mix_units(parent, current, ablated, units)
+                outputs[parent.module_name] = current
+            out[j] = self._rerun(layer, outputs)
+        return out
+
+    def _rerun(self, child: LayerInfo, outputs: dict[str, Any]) -> torch.Tensor:
+        """The model's forward from the input with the parents' outputs given, stopped at the child's input."""
+        captured = []
+
+        def capture(module: nn.Module, args: tuple) -> None:
+            captured.append(args[0].clone())
+            raise _Stop
+
+        with ModelPatch() as patch:
+            for info in self.layers:
+                if info.module_name in outputs:
+                    patch.replace_forward(info.module, lambda *a, value=outputs[info.module_name]: value)
+                else:
+                    patch.replace_forward(info.module, lambda *a, m=info.module: type(m).forward(m, *a))
+            patch.forward_pre_hook(child.module, capture)
+            try:
+                self.model(self._x)
+            except _Stop:
+                pass
+        return captured[0]
+
+    @staticmethod
+    def _shared(layer: LayerInfo) -> list[int]:
+        return sorted({f for link in layer.parents if link.via == "path" for f in sum(link.unit_map, ())})
+
+    def _linear(self, layer: LayerInfo, x: torch.Tensor, xa: torch.Tensor, values: dict,
+                shared: dict[int, torch.Tensor] | None) -> torch.Tensor:
+        weight = layer.module.weight.numpy()
         bias = layer.module.bias
-        x, xa = x[0], xa[0]
-        out = np.zeros(layer.n_units) if bias is None else bias.numpy().copy()
+        x_np, xa_np = x[0].numpy(), np.broadcast_to(xa[0].numpy(), x[0].shape)
+        out = np.zeros((*x_np.shape[:-1], layer.n_units))
+        if bias is not None:
+            out += bias.numpy()
         covered: set[int] = set()
         for link in layer.parents:
             for f in link.unit_map:
                 covered.update(f)
         rest = [f for f in range(layer.in_features) if f not in covered]
         if rest:
-            out += (weight[:, rest] @ x[rest]).numpy()
+            out += x_np[..., rest] @ weight[:, rest].T
         for link in layer.parents:
+            if link.via == "path":
+                continue
             # per (child unit, parent unit): the parent's features through the weights, current and ablated
-            now = np.zeros((layer.n_units, link.n_units))
-            ablated = np.zeros((layer.n_units, link.n_units))
+            now = np.zeros((*x_np.shape[:-1], layer.n_units, link.n_units))
+            ablated = np.zeros_like(now)
             for i, features in enumerate(link.unit_map):
                 f = list(features)
                 if f:
-                    now[:, i] = (weight[:, f] @ x[f]).numpy()
-                    ablated[:, i] = (weight[:, f] @ xa[f]).numpy()
+                    now[..., i] = x_np[..., f] @ weight[:, f].T
+                    ablated[..., i] = xa_np[..., f] @ weight[:, f].T
             for j in range(layer.n_units):
                 for i, features in enumerate(link.unit_map):
                     if features:
                         m = self._mask(values, link.name, i, layer.name, j)
-                        out[j] += m * now[j, i] + (1 - m) * ablated[j, i]
+                        out[..., j] += m * now[..., j, i] + (1 - m) * ablated[..., j, i]
+        if shared is not None:
+            f = self._shared(layer)
+            for j in range(layer.n_units):
+                out[..., j] += shared[j][0].numpy()[..., f] @ weight[j, f]
         return torch.from_numpy(out)[None]
 
-    def _conv(self, layer: LayerInfo, x: torch.Tensor, xa: torch.Tensor, values: dict) -> torch.Tensor:
+    def _conv(self, layer: LayerInfo, x: torch.Tensor, xa: torch.Tensor, values: dict,
+              shared: dict[int, torch.Tensor] | None) -> torch.Tensor:
         module = layer.module
         assert module.padding_mode == "zeros"
         conv = F.conv1d if module.weight.dim() == 3 else F.conv2d
         groups = module.groups
         per_in, per_out = layer.in_features // groups, layer.n_units // groups
+        xa = xa.expand_as(x)
+        covered = {f for link in layer.parents for f in sum(link.unit_map, ())}
         outs = []
         for j in range(layer.n_units):
             group = j // per_out
-            total = None
+            parts = []
             for link in layer.parents:
+                if link.via == "path":
+                    continue
                 for i, features in enumerate(link.unit_map):
                     inside = [f for f in features if f // per_in == group]
                     if not inside:
                         continue
                     m = self._mask(values, link.name, i, layer.name, j)
-                    local = [f - group * per_in for f in inside]
-                    mixed = m * x[:, inside] + (1 - m) * xa[:, inside]
-                    part = conv(mixed, module.weight[j:j + 1, local], None, module.stride, module.padding,
-                                module.dilation)
-                    total = part if total is None else total + part
+                    parts.append((inside, m * x[:, inside] + (1 - m) * xa[:, inside]))
+            rest = [f for f in range(group * per_in, (group + 1) * per_in) if f not in covered]
+            if rest:
+                parts.append((rest, x[:, rest]))
+            if shared is not None:
+                inside = [f for f in self._shared(layer) if f // per_in == group]
+                parts.append((inside, shared[j][:, inside]))
+            total = None
+            for features, value in parts:
+                local = [f - group * per_in for f in features]
+                part = conv(value, module.weight[j:j + 1, local], None, module.stride, module.padding,
+                            module.dilation)
+                total = part if total is None else total + part
             if module.bias is not None:
                 total = total + module.bias[j]
             outs.append(total)
@@ -243,12 +330,53 @@ def _cell(kind: str, nonlinearity: str, gi, gh, h, c, hidden):
     return (np.tanh(pre) if nonlinearity == "tanh" else np.maximum(pre, 0.0)), c
 
 
+class _Stop(Exception):
+    pass
+
+
+def _zeros(like: Any) -> Any:
+    if isinstance(like, tuple):
+        return tuple(_zeros(item) for item in like)
+    return torch.zeros_like(like)
+
+
+def _mix_units(layer: LayerInfo, current: Any, ablated: Any, masks: list[float]) -> Any:
+    """``m * current + (1 - m) * ablated`` unit by unit (recurrent: the sequence and the top layer's final states)."""
+    if layer.recurrent:
+        module = layer.module
+        seq, state = current
+        seq_abl, state_abl = ablated
+        seq = seq.clone()
+        states = [s.clone() for s in (state if isinstance(state, tuple) else (state,))]
+        abl_states = state_abl if isinstance(state_abl, tuple) else (state_abl,)
+        hidden, top = module.hidden_size, (module.num_layers - 1) * layer.directions
+        for u, m in enumerate(masks):
+            seq[..., u] = m * seq[..., u] + (1 - m) * seq_abl[..., u]
+            for s, a in zip(states, abl_states):
+                row = top + u // hidden
+                s[row, :, u % hidden] = m * s[row, :, u % hidden] + (1 - m) * a[row, :, u % hidden]
+        return seq, (tuple(states) if isinstance(state, tuple) else states[0])
+    out = current.clone()
+    axis = 1 if layer.kind.startswith("conv") else current.dim() - 1
+    for u, m in enumerate(masks):
+        index = [slice(None)] * current.dim()
+        index[axis] = u
+        out[tuple(index)] = m * current[tuple(index)] + (1 - m) * ablated.expand_as(current)[tuple(index)]
+    return out
+
+
 def _double(x: torch.Tensor) -> torch.Tensor:
     return x.double() if x.is_floating_point() else x
 
 
+def _mean(values: list[Any]) -> Any:
+    if isinstance(values[0], tuple):
+        return tuple(_mean([v[k] for v in values]) for k in range(len(values[0])))
+    return torch.stack(values).mean(0)
+
+
 def _average(records: list[dict]) -> dict:
-    return {key: torch.stack([r[key] for r in records]).mean(0) for key in records[0]}
+    return {key: _mean([r[key] for r in records]) for key in records[0]}
 
 
 __all__ = ["Oracle", "INPUT"]

@@ -48,7 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from explainnn.causal.edges_path import PathRegion, mix, select_blocks
 from explainnn.errors import InterventionError
+from explainnn.interventions.fxsplit import GraphSplit
 from explainnn.interventions.hooks import ModelPatch
 from explainnn.interventions.layers import INPUT, LayerInfo, find_layers, trace_forward, unsupported_layers
 from explainnn.interventions.recurrent import _cell, clean_cache, format_output, kind_of, split_args, weights
@@ -137,6 +139,7 @@ def _check_model(model: nn.Module, example_input: torch.Tensor, layers: list[Lay
     if skipped:
         name, reason = skipped[0]
         raise InterventionError(f"edge ablation cannot handle module '{name}': {reason}")
+    by_name = {layer.name: layer for layer in layers}
     for layer in layers:
         if layer.calls != 1:
             raise InterventionError(
@@ -155,10 +158,12 @@ def _check_model(model: nn.Module, example_input: torch.Tensor, layers: list[Lay
                     f"edge ablation cannot handle module '{layer.module_name}': the input reaches it together with "
                     "other parents along a shared path"
                 )
-            raise InterventionError(
-                f"edge ablation cannot handle module '{layer.module_name}': parent '{link.name}' reaches it along a "
-                "path shared with other parents (a residual add or pooling over several layers)"
-            )
+            parent = by_name.get(link.name)
+            if parent is not None and parent.recurrent and not parent.module.batch_first:
+                raise InterventionError(
+                    f"edge ablation cannot handle module '{layer.module_name}': its recurrent parent "
+                    f"'{parent.module_name}' reaches it along a shared path and is not batch_first"
+                )
 
 
 def _child_layers(all_layers: list[LayerInfo], names: Sequence[str] | None) -> list[LayerInfo]:
@@ -282,6 +287,12 @@ class _ChildTable:
     hh: list[torch.Tensor] = field(default_factory=list)
     positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """Positions of all edges into this child (for the all-kept shortcut)."""
+    path: list[tuple[LayerInfo, torch.Tensor]] = field(default_factory=list)
+    """Per parent on a path link: ``(parent units, units)`` edge positions."""
+    path_features: torch.Tensor | None = None
+    """``(in_features,)`` bool: the input features shared by several parents."""
+    roots: list[LayerInfo] = field(default_factory=list)
+    """Every parent layer of a child with path links (the roots of its weight-free path)."""
 
 
 def _pair_table(n_parent: int, n_child: int, parents: np.ndarray, children: np.ndarray,
@@ -296,7 +307,7 @@ def _feature_index(layer: LayerInfo, edges: Edges, positions_by_link: dict[str, 
     index = np.full((layer.n_units, layer.in_features), keep, dtype=np.int64)
     for link in layer.parents:
         positions = positions_by_link.get(link.name)
-        if positions is None or not len(positions):
+        if link.via == "path" or positions is None or not len(positions):
             continue
         table = _pair_table(link.n_units, layer.n_units, edges.parent_unit[positions],
                             edges.child_unit[positions], positions, keep)
@@ -325,6 +336,8 @@ def _tables(model_layers: list[LayerInfo], edges: Edges) -> dict[str, _ChildTabl
                 raise InterventionError(f"'{name}' is not a parent of layer '{child}' in this model")
         table = _ChildTable(layer, positions=np.concatenate(list(positions.values())))
         index = _feature_index(layer, edges, positions, keep)
+        if any(link.via == "path" for link in layer.parents):
+            _path_table(table, layer, known, edges, positions, keep)
         if layer.recurrent:
             hidden, gates = layer.module.hidden_size, GATES[layer.kind]
             rec = positions.get("\0recurrent", np.zeros(0, dtype=np.int64))
@@ -345,6 +358,22 @@ def _tables(model_layers: list[LayerInfo], edges: Edges) -> dict[str, _ChildTabl
     return tables
 
 
+def _path_table(table: _ChildTable, layer: LayerInfo, known: dict[str, LayerInfo], edges: Edges,
+                positions: dict[str, np.ndarray], keep: int) -> None:
+    shared = np.zeros(layer.in_features, dtype=bool)
+    for link in layer.parents:
+        if link.name != INPUT:
+            table.roots.append(known[link.name])
+        if link.via != "path":
+            continue
+        for features in link.unit_map:
+            shared[list(features)] = True
+        pos = positions.get(link.name, np.zeros(0, dtype=np.int64))
+        pair = _pair_table(link.n_units, layer.n_units, edges.parent_unit[pos], edges.child_unit[pos], pos, keep)
+        table.path.append((known[link.name], torch.from_numpy(pair)))
+    table.path_features = torch.from_numpy(shared)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Ablation sources: the values ablated edges carry, computed once per batch
 
@@ -361,6 +390,8 @@ class _RecurrentSource:
 class _Source:
     inputs: dict[str, torch.Tensor]
     recurrent: dict[str, _RecurrentSource]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    """Outputs of the parents on path links (module name -> output), for their ablated values."""
 
 
 def _recurrent_source(module: nn.Module, args: tuple, kwargs: dict, mean: bool) -> _RecurrentSource:
@@ -383,6 +414,25 @@ def _recurrent_source(module: nn.Module, args: tuple, kwargs: dict, mean: bool) 
     return _RecurrentSource(xs, prevs)
 
 
+def _mean_output(layer: LayerInfo, value: Any) -> Any:
+    if layer.recurrent:
+        seq, state = value
+        states = state if isinstance(state, tuple) else (state,)
+        means = tuple(s.mean(1, keepdim=True) for s in states)
+        return seq.mean(0, keepdim=True), (means if isinstance(state, tuple) else means[0])
+    return value.mean(0, keepdim=True)
+
+
+def _path_parents(layers: list[LayerInfo]) -> list[LayerInfo]:
+    by_name = {layer.name: layer for layer in layers}
+    found: dict[str, LayerInfo] = {}
+    for layer in layers:
+        for link in layer.parents:
+            if link.via == "path" and link.name in by_name:
+                found[link.name] = by_name[link.name]
+    return list(found.values())
+
+
 def _source(model: nn.Module, layers: list[LayerInfo], inputs: torch.Tensor, mean: bool) -> _Source:
     """Child inputs (and recurrent states) of every layer in the model's forward on ``inputs``."""
     with ModelPatch() as patch, torch.no_grad():
@@ -400,7 +450,11 @@ def _source(model: nn.Module, layers: list[LayerInfo], inputs: torch.Tensor, mea
                 continue
             x = call.args[0]
             values[layer.name] = x.mean(0, keepdim=True) if mean else x
-    return _Source(values, recurrent)
+        outputs = {}
+        for parent in _path_parents(layers):
+            output = trace[parent.module_name][0].output
+            outputs[parent.module_name] = _mean_output(parent, output) if mean else output
+    return _Source(values, recurrent, outputs)
 
 
 def _zero_source(layers: list[LayerInfo]) -> _Source:
@@ -412,12 +466,23 @@ def _zero_source(layers: list[LayerInfo]) -> _Source:
             directions = 2 if module.bidirectional else 1
             recurrent[layer.module_name] = _RecurrentSource(
                 [zero] * module.num_layers, [[zero] * directions for _ in range(module.num_layers)])
-    return _Source({layer.name: zero for layer in layers if not layer.recurrent}, recurrent)
+    outputs = {parent.module_name: zero for parent in _path_parents(layers)}
+    return _Source({layer.name: zero for layer in layers if not layer.recurrent}, recurrent, outputs)
 
 
 def _rows(value: torch.Tensor, rows: slice) -> torch.Tensor:
     """Rows of a per-sample source value; broadcast ones (mean, zero) are left as they are."""
     return value if value.dim() == 0 or value.shape[0] == 1 else value[rows]
+
+
+def _rows_output(value: Any, rows: slice) -> Any:
+    """Rows of a source output (recurrent ``(seq, state)`` tuples: states on axis 1)."""
+    if isinstance(value, tuple):
+        seq, state = value
+        states = state if isinstance(state, tuple) else (state,)
+        picked = tuple(s if s.shape[1] == 1 else s[:, rows] for s in states)
+        return _rows(seq, rows), (picked if isinstance(state, tuple) else picked[0])
+    return _rows(value, rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -459,8 +524,14 @@ class _Forward:
     """One masked forward: the state its patched modules read."""
 
     def __init__(self, masks: torch.Tensor, source: _Source, rows: slice, tables: dict[str, _ChildTable],
-                 differentiable: bool) -> None:
+                 differentiable: bool, inputs: torch.Tensor, regions: dict[str, PathRegion],
+                 frontiers: dict[str, Any]) -> None:
         self.n_blocks = masks.shape[0]
+        self.inputs = inputs
+        self.regions = regions
+        self.frontiers = frontiers
+        self.outputs: dict[str, Any] = {}
+        self.keep_outputs = {parent.module_name for table in tables.values() for parent in table.roots}
         self.factor = torch.cat([masks, torch.ones_like(masks[:, :1])], 1) - 1.0
         self.source = source
         self.rows = rows
@@ -481,20 +552,82 @@ class _Forward:
 
         def forward(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
             if table is None or self._kept(table.positions):
-                return type(module).forward(module, x, *args, **kwargs)
-            factor = self.factor[:, table.weight_index.to(self.factor.device)]
-            if isinstance(module, nn.Linear):
-                return _linear_masked(module, x, x_abl.to(x.dtype), factor, self.n_blocks)
-            return _conv_masked(module, x, x_abl.to(x.dtype), factor, self.n_blocks)
+                y = type(module).forward(module, x, *args, **kwargs)
+            else:
+                factor = self.factor[:, table.weight_index.to(self.factor.device)]
+                if isinstance(module, nn.Linear):
+                    y = _linear_masked(module, x, x_abl.to(x.dtype), factor, self.n_blocks)
+                else:
+                    y = _conv_masked(module, x, x_abl.to(x.dtype), factor, self.n_blocks)
+                if table.path:
+                    y = self._path_correction(table, x, y)
+            if layer.module_name in self.keep_outputs:
+                self.outputs[layer.module_name] = y
+            return y
 
         return forward
+
+    def _path_correction(self, table: _ChildTable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``y`` plus, per (mask, child unit), the child's weights on the change of its shared input features
+        when its parents on path links are mixed for that unit and the weight-free path is rerun."""
+        layer, blocks, device = table.layer, self.n_blocks, self.factor.device
+        factors = [self.factor[:, pairs.to(device)] for _, pairs in table.path]  # (K, parent units, units)
+        if self.differentiable:
+            active = torch.ones(blocks, layer.n_units, dtype=torch.bool, device=device)
+        else:
+            active = torch.stack([(f != 0).any(1) for f in factors]).any(0)
+        k_r, j_r = torch.nonzero(active, as_tuple=True)
+        count = len(k_r)
+        if not count:
+            return y
+        path_factor = {parent.module_name: f[k_r, :, j_r] for (parent, _), f in zip(table.path, factors)}
+        roots = {}
+        for parent in table.roots:
+            current = select_blocks(parent, self.outputs[parent.module_name], k_r, blocks)
+            if parent.module_name in path_factor:
+                ablated = _rows_output(self.source.outputs[parent.module_name], self.rows)
+                current = mix(parent, current, ablated, path_factor[parent.module_name])
+            roots[parent.module_name] = current
+        region = self.regions[layer.name]
+        rerun = region.run(roots, self.frontiers[layer.name], self.inputs, count).unflatten(0, (count, -1))
+        shared = table.path_features.to(device)
+        current_x = x.unflatten(0, (blocks, -1))[k_r]
+        module = layer.module
+        weight = module.weight
+        if isinstance(module, nn.Linear):
+            diff = (rerun - current_x) * shared.to(x.dtype)
+            delta = (diff * weight[j_r].view(count, *([1] * (diff.dim() - 2)), -1)).sum(-1)  # (R, N, ...)
+            corr = delta.new_zeros(blocks, layer.n_units, *delta.shape[1:])
+            corr = corr.index_put((k_r, j_r), delta, accumulate=True)
+            return y + corr.movedim(1, -1).flatten(0, 1)
+        diff = (rerun - current_x) * shared.to(x.dtype).view(1, 1, -1, *([1] * (x.dim() - 2)))
+        groups = module.groups
+        per_in, per_out = layer.in_features // groups, layer.n_units // groups
+        if groups > 1:
+            channels = (j_r // per_out)[:, None] * per_in + torch.arange(per_in, device=device)[None, :]
+            index = channels.view(count, 1, per_in, *([1] * (x.dim() - 2))).expand(-1, diff.shape[1], -1,
+                                                                                    *diff.shape[3:])
+            diff = torch.gather(diff, 2, index)
+        stacked = diff.movedim(0, 1).flatten(1, 2)  # (N, R * per_in, ...)
+        padding: Any = module.padding
+        if module.padding_mode != "zeros":
+            stacked = F.pad(stacked, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+            padding = 0
+        conv = F.conv1d if weight.dim() == 3 else F.conv2d
+        delta = conv(stacked, weight[j_r], None, module.stride, padding, module.dilation, count).movedim(1, 0)
+        corr = delta.new_zeros(blocks, layer.n_units, *delta.shape[1:])
+        corr = corr.index_put((k_r, j_r), delta, accumulate=True)
+        return y + corr.transpose(1, 2).flatten(0, 1)
 
     def recurrent(self, module: nn.Module, layers: list[LayerInfo]):
         source = self.source.recurrent[layers[0].module_name]
         tables = [self.tables.get(layer.name) for layer in layers]
 
         def forward(*args: object, **kwargs: object) -> Any:
-            return self._run_recurrent(module, source, tables, args, kwargs)
+            out = self._run_recurrent(module, source, tables, args, kwargs)
+            if layers[0].module_name in self.keep_outputs:
+                self.outputs[layers[0].module_name] = out
+            return out
 
         return forward
 
@@ -550,6 +683,30 @@ class _Forward:
         return format_output(module, inputs, finals_h, finals_c if kind == "lstm" else None)
 
 
+def _regions(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo],
+             tables: dict[str, _ChildTable]) -> dict[str, PathRegion]:
+    """The weight-free region into every child with path links (refused when the model does not trace)."""
+    path_children = [table.layer for table in tables.values() if table.path]
+    if not path_children:
+        return {}
+    split = GraphSplit.trace(model)
+    with ModelPatch() as patch:
+        patch.eval_mode(model)
+        ok = split is not None and split.reproduces(example[:1])
+    if not ok:
+        name = path_children[0].module_name
+        raise InterventionError(
+            f"edge ablation cannot handle module '{name}': parents share its inputs and torch.fx cannot trace "
+            "the model to rerun that shared path"
+        )
+    assert split is not None
+    modules = {layer.module_name for layer in layers}
+    return {
+        child.name: PathRegion(split, child, [root.module_name for root in tables[child.name].roots], modules)
+        for child in path_children
+    }
+
+
 class EdgeAblation:
     """The model's forward with every edge mixed between its current and its ablated value.
 
@@ -585,6 +742,9 @@ class EdgeAblation:
         self.edges = enumerate_edges(model, example_input) if edges is None else edges
         self.ablation = ablation
         self.tables = _tables(self.layers, self.edges)
+        self.regions = _regions(model, example_input, self.layers, self.tables)
+        self._frontier_key: tuple | None = None
+        self._frontiers: dict[str, Any] = {}
         self.memory_budget_mb = DEFAULT_BUDGET_MB if memory_budget_mb is None else float(memory_budget_mb)
         self._mean = _source(model, self.layers, reference, mean=True) if ablation == "mean" else None
         self._zero = _zero_source(self.layers) if ablation == "zero" else None
@@ -683,7 +843,13 @@ class EdgeAblation:
     def _run(self, inputs: torch.Tensor, masks: torch.Tensor, source: _Source, rows: slice,
              differentiable: bool) -> torch.Tensor:
         blocks = masks.shape[0]
-        state = _Forward(masks, source, rows, self.tables, differentiable)
+        key = (inputs.data_ptr(), tuple(inputs.shape), inputs._version, inputs.dtype)
+        if self.regions and key != self._frontier_key:
+            with ModelPatch() as patch:
+                patch.eval_mode(self.model)
+                self._frontiers = {name: region.frontier(inputs) for name, region in self.regions.items()}
+            self._frontier_key = key
+        state = _Forward(masks, source, rows, self.tables, differentiable, inputs, self.regions, self._frontiers)
         tiled = inputs.repeat(blocks, *([1] * (inputs.dim() - 1)))
         grads = [(param, param.requires_grad) for param in self.model.parameters()]
         try:
