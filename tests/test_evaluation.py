@@ -163,8 +163,11 @@ def test_samples_are_correct_predictions_and_discovery_samples_come_last(lenet) 
     held = prepare_inputs(model, dataset, target, 2, discovery_samples=everything[:2].tolist())
     assert len(everything) >= 4 and held.samples.tolist() == everything[2:4].tolist()
     assert not held.in_discovery.any()
-    with pytest.raises(UserError, match="no test sample of class"):
+    with pytest.raises(UserError, match="evaluation: inputs hold no samples"):
         select_evaluation_samples(model, dataset.x_test[:0], dataset.y_test[:0], target, 3)
+    with pytest.raises(UserError, match="no test sample of class"):
+        other = dataset.y_test != target
+        select_evaluation_samples(model, dataset.x_test[other], dataset.y_test[other], target, 3)
     with pytest.warns(DeprecationWarning, match="select_evaluation_samples"):
         assert select_samples(model, dataset.x_test, dataset.y_test, target, 100)[0].tolist() == everything.tolist()
 

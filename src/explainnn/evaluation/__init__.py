@@ -19,6 +19,7 @@ from explainnn.evaluation.evaluate import (
     ENGINES,
     EvaluationInputs,
     EvaluationResults,
+    TabularRowsModel,
     evaluate,
     prepare_inputs,
     quantus_view,
@@ -33,10 +34,12 @@ from explainnn.evaluation.metrics import (
     MetricContext,
     MetricSpec,
     RelevanceShareCosine,
+    WholeMapSSIM,
     available_metrics,
     directions,
     metric_spec,
     normalise_per_sample,
+    valid_metrics,
 )
 from explainnn.evaluation.plots import plot_evaluation, plot_family, plot_ranks
 from explainnn.evaluation.summary import (
@@ -143,6 +146,8 @@ __all__ = [
     "MetricContext",
     "MetricSpec",
     "RelevanceShareCosine",
+    "TabularRowsModel",
+    "WholeMapSSIM",
     "adjust",
     "available_metrics",
     "compare",
@@ -167,5 +172,6 @@ __all__ = [
     "select_evaluation_samples",
     "select_samples",
     "summarise",
+    "valid_metrics",
     "write_csv",
 ]

@@ -26,7 +26,15 @@ Inputs are handed to Quantus in the layout it accepts, channel first:
 images ``(N, C, H, W)`` as they are; sequences with one feature as signals
 ``(N, 1, T)`` through :class:`~explainnn.attributions.ChannelFirstSequenceModel`,
 wider ones as ``(N, 1, T, F)``; token models in embedding space ``(N, 1, L, E)``
-through :class:`~explainnn.attributions.EmbeddingSpaceModel`.
+through :class:`~explainnn.attributions.EmbeddingSpaceModel`; tabular rows as
+one-channel rows ``(N, 1, F)`` through :class:`TabularRowsModel` (Quantus 0.6
+mis-sizes plain ``(N, F)`` inputs: FaithfulnessCorrelation refuses every
+``subset_size`` and the localisation metrics every mask). :func:`evaluate` lays
+out ``EvaluationInputs`` of modality ``tabular`` given as ``(N, F)`` itself.
+
+:func:`evaluate` checks its inputs before any work (:func:`explainnn.inputs.check_inputs`:
+the model reads them, one target class per sample) and refuses, in one line,
+a request whose every metric would be skipped, naming the metrics that apply.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -49,10 +57,11 @@ from explainnn.attributions import (
     method_info,
 )
 from explainnn.deprecation import deprecated_alias
-from explainnn.errors import ConfigError, UserError
+from explainnn.errors import ConfigError, DataError, UserError
 from explainnn.evaluation.fast import FAST_METRICS, Batch, run_metric
-from explainnn.evaluation.metrics import MetricContext, MetricSpec, metric_spec
+from explainnn.evaluation.metrics import MetricContext, MetricSpec, metric_spec, valid_metrics
 from explainnn.evaluation.summary import compare, markdown_table, summarise
+from explainnn.inputs import check_inputs
 from explainnn.torch_utils import eval_mode, model_device, seeded
 
 ENGINES = ("fast", "quantus")
@@ -84,7 +93,29 @@ class EvaluationInputs:
     @property
     def method_modality(self) -> str:
         """The modality the attribution methods see: token models are explained in embedding space."""
-        return "image" if self.modality == "image" else "sequence"
+        return self.modality if self.modality in ("image", "tabular") else "sequence"
+
+
+class TabularRowsModel(nn.Module):
+    """A model of tabular rows ``(N, F)`` fed one-channel rows ``(N, 1, F)``, the layout Quantus sizes correctly.
+
+    It reads ``(N, F)`` rows as well, and declares ``input_modality = "tabular"``
+    so that :func:`~explainnn.attributions.attribute` explains ``(N, 1, F)``
+    inputs as rows and returns ``(N, 1, F)`` attributions.
+    """
+
+    input_modality = "tabular"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        if rows.dim() == 3 and rows.shape[1] == 1:
+            rows = rows[:, 0]
+        if rows.dim() != 2:
+            raise DataError(f"TabularRowsModel reads (N, F) or (N, 1, F) rows; got shape {tuple(rows.shape)}")
+        return self.model(rows)
 
 
 def quantus_view(model: nn.Module, x: torch.Tensor, modality: str, masks: torch.Tensor | None = None,
@@ -105,6 +136,9 @@ def quantus_view(model: nn.Module, x: torch.Tensor, modality: str, masks: torch.
             return ChannelFirstSequenceModel(model), signals.cpu().numpy(), mask, {}
         mask = None if plain is None else plain[:, None]
         return model, x[:, None].cpu().numpy(), mask, {"modality": "sequence"}
+    if modality == "tabular":
+        mask = None if plain is None else plain[:, None]
+        return TabularRowsModel(model), x[:, None].cpu().numpy(), mask, {}
     if modality == "tokens":
         pad = getattr(model, "pad_index", pad_index)
         words = x.ne(pad).any(dim=0)
@@ -112,7 +146,7 @@ def quantus_view(model: nn.Module, x: torch.Tensor, modality: str, masks: torch.
         wrapper = EmbeddingSpaceModel(model)
         embedded = wrapper.embed(x[:, first:]).cpu().numpy()
         return wrapper, embedded, None, {}
-    raise UserError(f"unknown modality '{modality}'; valid modalities: image, sequence, tokens")
+    raise UserError(f"unknown modality '{modality}'; valid modalities: image, sequence, tokens, tabular")
 
 
 def select_evaluation_samples(
@@ -136,6 +170,7 @@ def select_evaluation_samples(
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ConfigError(f"evaluation.n_samples must be a positive integer; got {n_samples!r}")
+    x = check_inputs(model, x, labels=y, target=target, what="evaluation")
     predicted = _predictions(model, x, batch_size)
     labelled = torch.as_tensor(y).cpu() == target
     hits = torch.nonzero((predicted == target) & labelled).flatten().tolist()
@@ -246,15 +281,27 @@ def evaluate(
     options of methods that are not evaluated (the attribution step's); they are
     ignored. ``engine`` is ``fast`` (batched; metrics it lacks run with Quantus)
     or ``quantus``; ``results.timings`` says which engine ran each metric.
+
+    Before any work, ``inputs`` are checked (the model reads ``inputs.x``, one
+    class in range per sample in ``inputs.y``, one index per sample in
+    ``inputs.samples``, masks of the inputs' shape), and a request whose every
+    metric cannot apply to the inputs is a one-line
+    :class:`~explainnn.errors.ConfigError` naming the modality and the metrics
+    that apply. Tabular inputs may be given as ``(N, F)`` rows; they are laid
+    out for Quantus here (:class:`TabularRowsModel`).
     """
     if engine not in ENGINES:
         raise ConfigError(f"evaluation.engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    _check_inputs(inputs)
+    inputs = _laid_out(inputs)
     methods, metrics = _unique(methods, "methods"), _unique(metrics, "metrics")
     specs = [metric_spec(name) for name in metrics]
     method_options = {name: dict(values or {}) for name, values in (method_options or {}).items()}
     settings = _metric_settings(inputs, specs, metric_options, seed)
     skipped: list[dict] = []
     runnable = _runnable(specs, inputs, seed, skipped)
+    if not runnable:
+        raise ConfigError(_nothing_applies(specs, _metric_context(inputs, seed)))
     infos = {name: method_info(name) for name in methods}
     if engine == "quantus":
         method_options = _reference_methods(infos, method_options)
@@ -279,6 +326,43 @@ def evaluate(
     for name, used in engines.items():
         record["metrics"][name]["engine"] = used
     return _results(run, specs, record, reference, correction)
+
+
+def _laid_out(inputs: EvaluationInputs) -> EvaluationInputs:
+    """``inputs`` in Quantus' layout: tabular ``(N, F)`` rows become one-channel rows through :class:`TabularRowsModel`."""
+    if inputs.modality != "tabular" or np.ndim(inputs.x) != 2:
+        return inputs
+    model = inputs.model if isinstance(inputs.model, TabularRowsModel) else TabularRowsModel(inputs.model)
+    masks = None if inputs.masks is None else np.asarray(inputs.masks)[:, None]
+    return replace(inputs, model=model, x=np.asarray(inputs.x)[:, None], masks=masks)
+
+
+def _check_inputs(inputs: EvaluationInputs) -> None:
+    """One-line errors for inputs the model cannot read and for classes, sample indices or masks that do not fit."""
+    check_inputs(inputs.model, inputs.x, labels=inputs.y, what="evaluate")
+    n = len(inputs.x)
+    if np.ndim(inputs.samples) != 1 or len(inputs.samples) != n:
+        raise UserError(f"evaluate: inputs.samples hold {np.shape(inputs.samples)[0] if np.ndim(inputs.samples) else 0} "
+                        f"indices for {n} inputs; pass one sample index per input")
+    if inputs.masks is not None and np.shape(inputs.masks) != np.shape(inputs.x):
+        raise UserError(f"evaluate: inputs.masks have shape {np.shape(inputs.masks)}; they must have the shape of "
+                        f"inputs.x, {np.shape(inputs.x)}")
+
+
+def _nothing_applies(specs: list[MetricSpec], context: MetricContext) -> str:
+    """The one-line refusal of a request whose every metric is skipped: why, and the metrics that would apply."""
+    def why(spec: MetricSpec) -> str:
+        if context.modality not in spec.modalities:
+            return f"{' and '.join(spec.modalities)} only"
+        if spec.needs_masks and not context.has_masks:
+            return "needs ground-truth masks"
+        return spec.skip_reason(context) or ""
+
+    masks = "" if context.has_masks else " without ground-truth masks"
+    valid = valid_metrics(context)
+    return (f"evaluation: none of the requested metrics applies to {context.describe}{masks} "
+            f"({'; '.join(f'{spec.name}: {why(spec)}' for spec in specs)}); metrics valid for them: "
+            f"{', '.join(valid) if valid else 'none'}")
 
 
 def _results(run: _Scoring, specs: list[MetricSpec], record: dict[str, Any], reference: str,

@@ -18,7 +18,17 @@ input (see each entry's ``note``), and the robustness metrics draw 10 instead of
 ``nr_samples`` in ``evaluation.options`` for a final run). A metric that cannot
 apply to the inputs (an image-only metric on sequences, a localisation metric
 without ground-truth masks) is skipped with the reason returned by
-:meth:`MetricSpec.skip_reason`.
+:meth:`MetricSpec.skip_reason`; :func:`valid_metrics` lists those that apply.
+
+Tabular rows ``(N, F)`` (Quantus receives them as one-channel rows ``(N, 1, F)``)
+are scored by every metric but IROF and RegionPerturbation, which remove
+superpixels and square patches of a picture. Features of a row have no order
+and no shared scale, so two defaults differ from the other modalities: removed
+features are set to 0 (``perturb_baseline: 0.0``, the mean of standardised
+features and the reference of the tabular attribution methods) instead of the
+row's smallest value, and RandomLogit compares the two maps with one SSIM
+window over all features (:class:`WholeMapSSIM`), which does not depend on the
+order of the columns.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from explainnn.attributions.masks import default_patch
 from explainnn.errors import ConfigError
 
 FAMILIES = ("faithfulness", "robustness", "complexity", "randomisation", "localisation")
-MODALITIES = ("image", "sequence", "tokens")
+MODALITIES = ("image", "sequence", "tokens", "tabular")
 DIRECTIONS = ("higher", "lower")
 CALL_OPTIONS = ("softmax", "batch_size")
 """Options of a metric's call (the rest of ``evaluation.options.<metric>`` go to its constructor)."""
@@ -63,7 +73,7 @@ class MetricContext:
 
     ``sample_shape`` is one sample as Quantus receives it (channel first):
     ``(C, H, W)`` images, ``(1, T)`` one-feature signals, ``(1, T, F)``
-    sequences and ``(1, L, E)`` token embeddings.
+    sequences, ``(1, L, E)`` token embeddings and ``(1, F)`` tabular rows.
     """
 
     modality: str
@@ -76,6 +86,11 @@ class MetricContext:
     @property
     def n_features(self) -> int:
         return int(np.prod(self.sample_shape))
+
+    @property
+    def describe(self) -> str:
+        """The inputs in words (``tabular rows``, ``images``, ...)."""
+        return _describe(self.modality)
 
 
 Defaults = Callable[[MetricContext], dict[str, Any]]
@@ -102,6 +117,8 @@ class MetricSpec:
     direction_override: str | None = None
     per_sample: Callable[[Any], np.ndarray] = _as_list
     note: str = ""
+    needs: str = ""
+    """What the metric needs of its inputs beyond :attr:`modalities` (said when it is skipped for a modality)."""
     fixed: tuple[str, ...] = ()
     """Options whose default makes the metric return one value per sample; they cannot be changed."""
     fast_options: tuple[str, ...] = ()
@@ -123,7 +140,8 @@ class MetricSpec:
         """Why the metric cannot apply to ``context`` (None when it can)."""
         if context.modality not in self.modalities:
             kinds = " and ".join(self.modalities)
-            return f"{self.name} is defined for {kinds} inputs only; these are {_describe(context.modality)}"
+            why = f" ({self.needs})" if self.needs else ""
+            return f"{self.name} is defined for {kinds} inputs only{why}; these are {_describe(context.modality)}"
         if self.needs_masks and not context.has_masks:
             return (f"{self.name} needs ground-truth masks of the relevant input region; dataset "
                     f"'{context.dataset}' has none (mnist_maj does)")
@@ -175,7 +193,8 @@ class MetricSpec:
 
 
 def _describe(modality: str) -> str:
-    return {"image": "images", "sequence": "sequences", "tokens": "token embeddings"}.get(modality, modality)
+    return {"image": "images", "sequence": "sequences", "tokens": "token embeddings",
+            "tabular": "tabular rows"}.get(modality, modality)
 
 
 def _common(cls: type[Metric]) -> dict[str, Any]:
@@ -189,16 +208,23 @@ def _common(cls: type[Metric]) -> dict[str, Any]:
 # Defaults scaled to the input ---------------------------------------------------------
 
 
+def _removed(context: MetricContext) -> Any:
+    """The value a removed feature takes: the sample's smallest (``black``), or 0 in tabular rows (whose features
+    have no common scale; 0 is the mean of standardised features and the tabular attributions' reference)."""
+    return 0.0 if context.modality == "tabular" else "black"
+
+
 def _subset_size(context: MetricContext) -> dict[str, Any]:
     """224 features (of 224x224x3) per random subset at most, a quarter of small inputs."""
-    return {"subset_size": max(1, min(224, context.n_features // 4)), "nr_runs": 100, "perturb_baseline": "black"}
+    return {"subset_size": max(1, min(224, context.n_features // 4)), "nr_runs": 100,
+            "perturb_baseline": _removed(context)}
 
 
 def _pixel_steps(context: MetricContext) -> dict[str, Any]:
     """At most 64 removal steps: the smallest divisor of the feature count that gets there."""
     n = context.n_features
     step = next(d for d in range(1, n + 1) if n % d == 0 and n // d <= 64)
-    return {"features_in_step": step, "perturb_baseline": "black", "return_auc_per_sample": True}
+    return {"features_in_step": step, "perturb_baseline": _removed(context), "return_auc_per_sample": True}
 
 
 def _regions(context: MetricContext) -> dict[str, Any]:
@@ -219,7 +245,43 @@ def _lipschitz(context: MetricContext) -> dict[str, Any]:
 
 
 def _random_logit(context: MetricContext) -> dict[str, Any]:
-    return {"num_classes": context.n_classes, "seed": context.seed}
+    defaults: dict[str, Any] = {"num_classes": context.n_classes, "seed": context.seed}
+    if context.modality == "tabular":
+        defaults["similarity_func"] = WholeMapSSIM()
+    return defaults
+
+
+class WholeMapSSIM:
+    """SSIM of two attribution maps with one window over all their features: Quantus' ``similarity_func``.
+
+    The product of the luminance, contrast and structure terms of SSIM (K1 =
+    0.01, K2 = 0.03, sample covariance, ``data_range`` the range of the pair, as
+    Quantus' ``ssim``) computed over the whole map at once; equal to scikit-image's
+    ``structural_similarity`` with ``win_size`` the number of features. It does
+    not depend on the order of the features, so it suits tabular rows, whose
+    columns have no neighbours (a sliding window would compare arbitrary groups
+    of columns). Called as Quantus calls a similarity function: ``(a, b)`` two
+    maps, or ``(a, b, batched=True)`` two ``(M, ...)`` batches of them.
+    """
+
+    def __call__(self, a: np.ndarray, b: np.ndarray, batched: bool = False, **kwargs: Any) -> Any:
+        a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if not batched:
+            return float(self(a64[None], b64[None], batched=True)[0])
+        a64, b64 = a64.reshape(len(a64), -1), b64.reshape(len(b64), -1)
+        if a64.shape[1] < 2:
+            raise ConfigError(f"RandomLogit's whole-map SSIM needs at least 2 features; got {a64.shape[1]}")
+        both = np.concatenate([a64, b64], axis=1)
+        data_range = np.abs(both.max(axis=1) - both.min(axis=1))
+        ua, ub = a64.mean(axis=1), b64.mean(axis=1)
+        va, vb = a64.var(axis=1, ddof=1), b64.var(axis=1, ddof=1)
+        cov = ((a64 - ua[:, None]) * (b64 - ub[:, None])).sum(axis=1) / (a64.shape[1] - 1)
+        c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return ((2 * ua * ub + c1) * (2 * cov + c2)) / ((ua**2 + ub**2 + c1) * (va + vb + c2))
+
+    def __repr__(self) -> str:
+        return "whole-map SSIM (one window over all features)"
 
 
 def _seeded(context: MetricContext) -> dict[str, Any]:
@@ -322,16 +384,19 @@ METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
         MetricSpec("FaithfulnessCorrelation", "faithfulness", quantus.FaithfulnessCorrelation, defaults=_subset_size,
-                   note="subset_size defaults to min(224, features / 4)"),
-        MetricSpec("IROF", "faithfulness", quantus.IROF, IMAGE_ONLY,
+                   note="subset_size defaults to min(224, features / 4); removed features are set to the "
+                        "sample's smallest value (tabular rows: 0)"),
+        MetricSpec("IROF", "faithfulness", quantus.IROF, IMAGE_ONLY, needs="it removes superpixels of a picture",
                    defaults=lambda c: {"segmentation_method": "slic", "perturb_baseline": "mean"},
                    fast_options=("quantus_batches",),
                    note="SLIC superpixels (scikit-image defaults; one-channel images work); needs pictures; "
                         "the fast engine follows the paper unless quantus_batches: true"),
         MetricSpec("PixelFlipping", "faithfulness", quantus.PixelFlipping, defaults=_pixel_steps,
                    fixed=("return_auc_per_sample",),
-                   note="area under the target-probability curve; features_in_step defaults to at most 64 steps"),
+                   note="area under the target-probability curve; features_in_step defaults to at most 64 steps; "
+                        "removed features are set to the sample's smallest value (tabular rows: 0)"),
         MetricSpec("RegionPerturbation", "faithfulness", quantus.RegionPerturbation, IMAGE_ONLY, defaults=_regions,
+                   needs="it removes square patches of a picture",
                    direction_override="higher", per_sample=_region_curves,
                    note="AOPC (mean drop of the target probability) with the most relevant patches removed "
                         "first, so higher is better; Quantus 0.6 labels it 'lower', which fits its random/LeRF "
@@ -345,7 +410,8 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("Sparseness", "complexity", quantus.Sparseness, note="Gini index of |attribution|"),
         MetricSpec("Complexity", "complexity", quantus.Complexity, note="entropy of the |attribution| shares"),
         MetricSpec("RandomLogit", "randomisation", quantus.RandomLogit, defaults=_random_logit,
-                   note="SSIM between the explanations of the target and of a random other class"),
+                   note="SSIM between the explanations of the target and of a random other class (tabular rows: "
+                        "one SSIM window over all features)"),
         MetricSpec("EfficientMPRT", "randomisation", quantus.EfficientMPRT, defaults=_seeded,
                    note="relative rise of explanation entropy when every layer of a copy of the model is "
                         "re-initialised"),
@@ -365,6 +431,11 @@ METRICS: dict[str, MetricSpec] = {
 """Metric name (the Quantus class name) -> :class:`MetricSpec`, in report order."""
 
 LOCALISATION_METRICS = [name for name, spec in METRICS.items() if spec.family == "localisation"]
+
+
+def valid_metrics(context: MetricContext) -> list[str]:
+    """The registered metrics that apply to ``context`` (:meth:`MetricSpec.skip_reason` is None), in report order."""
+    return [name for name, spec in METRICS.items() if spec.skip_reason(context) is None]
 
 
 def available_metrics(family: str | None = None) -> list[str]:

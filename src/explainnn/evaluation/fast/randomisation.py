@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -68,12 +70,17 @@ def map_ssim(a: np.ndarray, b: np.ndarray, sample_shape: tuple[int, ...]) -> np.
 
 
 def random_logit(batch: Batch, a: np.ndarray, *, explain: Explain, normalise: bool, abs: bool,
-                 num_classes: int = 1000, seed: int = 42, softmax: bool = False, batch_size: int = 64) -> np.ndarray:
+                 num_classes: int = 1000, seed: int = 42, similarity_func: Callable[..., Any] | None = None,
+                 softmax: bool = False, batch_size: int = 64) -> np.ndarray:
     """SSIM between the explanation of the target class and of a random other class (Sixt et al. 2020).
 
     The other classes are drawn as Quantus draws them: ``np.random.seed(seed)``
     at the start of every batch of ``batch_size`` samples, then one
     ``randint(0, num_classes - 1)`` index into the classes other than the target.
+    The maps are compared by :func:`map_ssim`, or by ``similarity_func`` when
+    given, called as Quantus calls it: ``similarity_func(a, a_off, batched=True)``
+    on the flattened maps (tabular rows: one window over all features,
+    :class:`~explainnn.evaluation.metrics.WholeMapSSIM`).
     """
     n = len(batch)
     if num_classes < 2:
@@ -87,4 +94,6 @@ def random_logit(batch: Batch, a: np.ndarray, *, explain: Explain, normalise: bo
     sizes = [part.stop - part.start for part in chunks(n, batch_size)]
     a_off = explain_rows(batch, explain, batch.x, off, sizes, normalise=normalise, abs=abs)
     a = np.broadcast_to(a, batch.x.shape).reshape(n, -1)
+    if similarity_func is not None:
+        return np.asarray(similarity_func(a, a_off, batched=True), dtype=np.float64)
     return map_ssim(a, a_off, batch.x.shape[1:])
