@@ -20,6 +20,7 @@ on stops the run before any work with a one-line error naming the layer.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -164,12 +165,20 @@ def indices_classified_as(
         count += len(found[-1])
         start += size
     index = torch.cat(found)[:n_samples] if found else torch.zeros(0, dtype=torch.long)
+    which = "labelled and classified" if labels is not None else "classified"
     if len(index) < 2:
         raise TooFewSamples(
-            f"only {len(index)} of {len(inputs)} inputs are classified as class {target}; "
+            f"only {len(index)} of {len(inputs)} inputs are {which} as class {target}; "
             "discovery needs at least 2 (pass more inputs or another target)"
         )
+    if len(index) < n_samples:
+        warnings.warn(f"only {len(index)} of {len(inputs)} inputs are {which} as class {target}; using "
+                      f"{len(index)} samples, not the {n_samples} asked for", FewerSamples, stacklevel=2)
     return index
+
+
+class FewerSamples(UserWarning):
+    """Fewer inputs qualify as samples than ``n_samples`` asked for; the run uses those there are."""
 
 
 select_samples = deprecated_alias(indices_classified_as, "explainnn.causal.discovery.select_samples")
