@@ -68,3 +68,28 @@ def test_always_stops_in_one_line_when_no_path_is_safe(tmp_path, monkeypatch, ca
         "train this model there, or delete this one"]
     assert "model " not in out
     assert checkpoint.read_bytes() == before and sorted((tmp_path / "out").rglob("*")) == files
+
+
+def test_a_seed_model_goes_to_its_own_seeded_path(tmp_path, monkeypatch, capsys):
+    """The models of other training seeds (stability and clustering across seeds) follow the same rule: next to
+    ``model.checkpoint`` as ``<stem>_seed<k>.pt``, or, where that holds another model, ``model_seed<k>.pt`` in the
+    run folder."""
+    from explainnn import Run
+    from explainnn.config import build_config
+    from explainnn.pipeline.model import train_or_load_model
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _main([*LSTM, "model.checkpoint=lstm.pt", "seed=1"], tmp_path, monkeypatch, capsys)
+    assert code == 0, err
+    (tmp_path / "lstm.pt").rename(tmp_path / "lstm_seed1.pt")
+    before = (tmp_path / "lstm_seed1.pt").read_bytes()
+    run = Run(build_config(overrides=[*QUIET, "model.checkpoint=lstm.pt", "training.train=always"]))
+    run.run("data")
+    train_or_load_model(run.context, run.config.model, seed=1)
+    out = capsys.readouterr().out
+    own = Path("out") / "digits" / "lenet" / "model_seed1.pt"
+    assert f"lstm_seed1.pt holds the checkpoint of model 'lstm' on 'digits' and is left as it is; this model was " \
+           f"written to {own}" in out
+    assert (tmp_path / "lstm_seed1.pt").read_bytes() == before
+    assert read_checkpoint(tmp_path / own)["metadata"]["config_hash"] == "seed 1"
+    assert run.context.config.model.checkpoint == "lstm.pt"  # the run's own model is untouched
