@@ -228,9 +228,28 @@ def plot_stability(result: StabilityResult, path: str | Path | None = None, *, d
     shown = np.unique(np.linspace(0, len(result.betas) - 1, min(6, len(result.betas))).round().astype(int))
     figure = Figure(figsize=(5.5 + 2.2 * len(shown), 4.2), dpi=dpi, layout="constrained")
     grid = figure.add_gridspec(1, 1 + len(shown), width_ratios=[3] + [1] * len(shown))
-    ax = figure.add_subplot(grid[0, 0])
+    _jaccard_panel(figure.add_subplot(grid[0, 0]), result)
+    bins = np.linspace(0, 1, 11)
+    hard = np.zeros(result.appearance.shape[1], dtype=bool)
+    hard[list(result.hard_causes)] = True
+    amplifies = result.amplifies()
+    for column, b in enumerate(shown, start=1):
+        hist = figure.add_subplot(grid[0, column])
+        hist.hist([result.appearance[b][hard], result.appearance[b][~hard]], bins=bins, stacked=True,
+                  color=["#d62728", "0.6"], label=["hard causes", "other units"])
+        hist.set_title(f"beta={result.betas[b]:g}{' (u >= 1)' if amplifies[b] else ''}", fontsize=9)
+        hist.set_xlabel("appearance rate", fontsize=8)
+        hist.tick_params(labelsize=7)
+        if column == 1:
+            hist.set_ylabel("units")
+            hist.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    return save_figure(figure, path)
+
+
+def _jaccard_panel(ax, result: StabilityResult) -> None:
+    """Jaccard (left axis) and the units kept, all and hard causes (right axis), per beta; ``u >= 1`` shaded."""
     mean, std = result.jaccard.mean(1), result.jaccard.std(1)
-    jaccard_line = ax.plot(result.betas, mean, marker="o", color="#d62728", label="Jaccard similarity (left axis)")
+    handles = ax.plot(result.betas, mean, marker="o", color="#d62728", label="Jaccard similarity (left axis)")
     ax.fill_between(result.betas, mean - std, mean + std, color="#d62728", alpha=0.2)
     ax.set_ylim(-0.02, 1.02)
     verb = "w x u" if result.soft_rule == "scale" else "w := u"
@@ -240,41 +259,25 @@ def plot_stability(result: StabilityResult, path: str | Path | None = None, *, d
     ax.set_title(f"Stability of {result.layer} (delta={result.delta:g}, {n_hard} hard causes)", fontsize=9)
     counts = ax.twinx()
     kept, kept_hard = result.n_kept.mean(1), result.n_kept_hard.mean(1)
-    kept_line = counts.plot(result.betas, kept, marker="s", color="#1f77b4", linestyle="--", linewidth=1,
-                            markersize=4, label="units kept (right axis)")
-    hard_line = counts.plot(result.betas, kept_hard, marker="^", color="#1f77b4", linewidth=1, markersize=4,
-                            label="of them hard causes (right axis)")
-    counts.set_ylim(-0.02 * max(1, kept.max(), n_hard), 1.15 * max(1, kept.max(), n_hard))
+    handles += counts.plot(result.betas, kept, marker="s", color="#1f77b4", linestyle="--", linewidth=1,
+                           markersize=4, label="units kept (right axis)")
+    handles += counts.plot(result.betas, kept_hard, marker="^", color="#1f77b4", linewidth=1, markersize=4,
+                           label="of them hard causes (right axis)")
+    largest = max(1.0, float(kept.max()), float(n_hard))
+    counts.set_ylim(-0.02 * largest, 1.15 * largest)
     counts.set_ylabel("units (mean over repeats)", color="#1f77b4")
-    handles = jaccard_line + kept_line + hard_line
     amplifies = result.amplifies()
     if amplifies.any():
-        first = float(result.betas[amplifies].min())
         span = max(float(np.ptp(result.betas)), 1e-6)
-        band = ax.axvspan(first - 0.04 * span, float(result.betas.max()) + 0.04 * span, color="0.85", zorder=0,
-                          label="u >= 1: strengthens, no cut; the units kept lower\nthe target when strengthened")
-        handles.append(band)
+        handles.append(ax.axvspan(float(result.betas[amplifies].min()) - 0.04 * span,
+                                  float(result.betas.max()) + 0.04 * span, color="0.85", zorder=0,
+                                  label="u >= 1: strengthens, no cut; the units kept lower\nthe target when strengthened"))
     for b in np.flatnonzero((mean == 0) & (kept > 0)):
         ax.annotate(f"{kept[b]:.1f} kept,\n{kept_hard[b]:.1f} of them\nhard causes", (result.betas[b], 0.0),
                     xytext=(-40, 45), textcoords="offset points", ha="right", va="bottom", fontsize=7,
                     bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.6", "linewidth": 0.5},
                     arrowprops={"arrowstyle": "-", "color": "0.4", "linewidth": 0.6})
     ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
-    bins = np.linspace(0, 1, 11)
-    hard = np.zeros(result.appearance.shape[1], dtype=bool)
-    hard[list(result.hard_causes)] = True
-    for column, b in enumerate(shown, start=1):
-        hist = figure.add_subplot(grid[0, column])
-        hist.hist([result.appearance[b][hard], result.appearance[b][~hard]], bins=bins, stacked=True,
-                  color=["#d62728", "0.6"], label=["hard causes", "other units"])
-        note = " (u >= 1)" if amplifies[b] else ""
-        hist.set_title(f"beta={result.betas[b]:g}{note}", fontsize=9)
-        hist.set_xlabel("appearance rate", fontsize=8)
-        hist.tick_params(labelsize=7)
-        if column == 1:
-            hist.set_ylabel("units")
-            hist.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
-    return save_figure(figure, path)
 
 
 @dataclass(frozen=True)
