@@ -1,10 +1,13 @@
 """Input attributions: the standard methods and the causal ones under one interface.
 
 ``attribute(model, inputs, target, method, graph=None, **options)`` returns float32
-numpy attributions: the shape of ``inputs`` for images ``(N, C, H, W)`` and
-sequences ``(N, T, F)``, one score per token ``(N, L)`` for int64 token ids. The
-same method name picks the implementation that suits the inputs' modality
-(:func:`modality_of`). Built in (captum underneath):
+numpy attributions: the shape of ``inputs`` for images ``(N, C, H, W)``,
+sequences ``(N, T, F)`` and tabular rows ``(N, F)`` (``available_methods("tabular")``;
+one group per feature), one score per token ``(N, L)`` for int64
+token ids. The same method name picks the implementation that suits the inputs'
+modality (:func:`modality_of`). Inputs the model cannot read, and targets out of
+range, are one-line errors before any work (:func:`explainnn.inputs.check_inputs`).
+Built in (captum underneath):
 
 ========================  =====================  ===================================
 method                    modalities             notes
