@@ -108,7 +108,7 @@ def _state_bytes(model: nn.Module) -> bytes:
 
 
 @pytest.mark.parametrize("ablation", ["patch", "mean", "zero"])
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS + ["vgg"])
 def test_equals_the_oracle(name: str, ablation: str) -> None:
     model, inputs = _model(name)
     x, cf, reference = inputs(2), inputs(2, seed=1), inputs(3, seed=2)
@@ -125,7 +125,7 @@ def test_equals_the_oracle(name: str, ablation: str) -> None:
     assert (got - model(x)).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS + ["vgg", "research_lenet"])
 def test_all_kept_is_the_model_and_all_ablated_is_the_counterfactual(name: str) -> None:
     model, inputs = _model(name)
     x, cf = inputs(3), inputs(3, seed=1)
@@ -289,3 +289,37 @@ def test_one_line_errors() -> None:
         with pytest.raises(InterventionError, match=f"cannot handle module '{module}'") as info:
             enumerate_edges(bad, example)
         assert "\n" not in str(info.value)
+
+
+def test_untraceable_shared_path_is_refused_in_one_line() -> None:
+    model = RecurrentClassifier("lstm", 3, 3, hidden_size=3, pooling="attention").eval()
+    example = torch.randn(1, 4, 3)
+    edges = enumerate_edges(model, example)
+    assert {"path"} <= set(edges.kind)
+    with pytest.raises(InterventionError, match="cannot handle module 'fc': parents share its inputs") as info:
+        EdgeAblation(model, example, edges)
+    assert "\n" not in str(info.value)
+
+
+def test_path_edges_change_only_their_child_unit() -> None:
+    model, inputs = _model("resnet")
+    x, cf = inputs(2), inputs(2, seed=1)
+    edges = enumerate_edges(model, x[:1])
+    engine = EdgeAblation(model, x[:1], edges, ablation="patch")
+    # ablate the identity-shortcut edge conv1:0 -> layers.1.0.conv1:5: only unit 5 of that child changes
+    picked = [e for e, (p, i, c, j) in enumerate(zip(edges.parent_layer, edges.parent_unit, edges.child_layer,
+                                                     edges.child_unit)) if c == "layers.1.0.conv1" and p == "conv1"
+              and i == 0 and j == 5]
+    assert len(picked) == 1 and edges.kind[picked[0]] == "path"
+    masks = torch.ones(edges.n)
+    masks[picked[0]] = 0.0
+    with torch.no_grad():
+        engine.logits(x, masks, cf)  # the counterfactual's pass is cached from here on
+        captured = {}
+        handle = model.layers[1][0].conv1.register_forward_hook(lambda m, a, o: captured.setdefault("y", o))
+        engine.logits(x, masks, cf)
+        handle.remove()
+        clean = model.layers[1][0].conv1(model.layers[0](torch.relu(model.bn1(model.conv1(x)))))
+    changed = (captured["y"] - clean).abs().flatten(2).amax(2).amax(0)
+    assert changed[5] > 1e-3
+    assert float(changed[torch.arange(16) != 5].max()) < 1e-5

@@ -36,6 +36,11 @@ ablated value (``"patch"``: its output on the counterfactual; ``"mean"``: its me
 output over the reference inputs; ``"zero"``: 0) and the weight-free path from the
 parents into the child is recomputed for every child unit with its own mixture of
 parent values.
+
+Refused, in one line naming the module, before any work: a layer that runs more
+than once per forward pass, an LSTM with ``proj_size``, a path link into a
+recurrent layer or from the input, and path links in a model ``torch.fx`` cannot
+trace (the shared path is rerun from the traced graph).
 """
 
 from __future__ import annotations
