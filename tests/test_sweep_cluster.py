@@ -1,5 +1,6 @@
 """A Ray cluster the sweep cannot join: one line naming the address and what to check, exit code 2,
-quickly, and nothing of the sweep written. Only loopback addresses are used."""
+quickly, and nothing of the sweep written. Only loopback addresses are used. (A real cluster with token
+authentication is not started here: its mode is read once per process.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ ray = pytest.importorskip("ray")
 
 from explainnn.errors import UserError  # noqa: E402
 from explainnn.main import main  # noqa: E402
-from explainnn.sweep import run_sweep  # noqa: E402
+from explainnn.sweep import backends, run_sweep  # noqa: E402
 from explainnn.sweep.backends import ClusterError  # noqa: E402
 
 CHECKS = ("reachable", f"Ray {ray.__version__}", "Python {}.{}".format(*sys.version_info[:2]), "RAY_AUTH_TOKEN",
@@ -71,12 +72,46 @@ def test_the_address_from_RAY_ADDRESS_is_named_as_such(tmp_path, monkeypatch, ca
 
 
 @pytest.fixture
-def listening() -> Iterator[str]:
-    """A loopback address that accepts TCP connections (so the quick probe passes and ``ray.init`` is reached)."""
+def accepting() -> Iterator[str]:
+    """A loopback address that accepts TCP connections (so the quick TCP probe passes)."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
         yield f"127.0.0.1:{server.getsockname()[1]}"
+
+
+@pytest.fixture
+def listening(accepting, monkeypatch) -> str:
+    """An accepting address whose GCS check passes, so ``ray.init`` is reached."""
+    monkeypatch.setattr(backends, "_check_gcs", lambda address, source: None)
+    return accepting
+
+
+class RejectingGcs:
+    """Ray's GCS client, as a cluster with token authentication answers a machine without its token."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    @property
+    def cluster_id(self):
+        raise ray.exceptions.AuthenticationError("RPC error: InvalidAuthToken: Authentication token is missing or "
+                                                 "incorrect")
+
+
+def test_a_rejected_token_is_one_line_before_ray_init(tmp_path, monkeypatch, accepting):
+    monkeypatch.setattr(ray._raylet, "GcsClient", RejectingGcs)
+    monkeypatch.setattr(ray, "init", lambda *a, **o: pytest.fail("ray.init must not be reached"))
+    with pytest.raises(ClusterError) as caught:
+        run_sweep({"grid": {"seed": [0, 1]},
+                   "sweep": {"backend": "ray", "ray_address": accepting, "output_dir": str(tmp_path / "sweep")}},
+                  progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(
+        f"sweep.ray_address: cannot join the Ray cluster at {accepting} (the cluster rejected this machine: RPC "
+        "error: InvalidAuthToken: Authentication token is missing or incorrect). Check")
+    assert all(check in message for check in (*CHECKS, "RAY_AUTH_MODE=token"))
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_a_connection_error_from_ray_init_becomes_a_cluster_error(tmp_path, monkeypatch, listening):

@@ -87,9 +87,10 @@ def connect_ray(settings: SweepSettings, *, probe_timeout: float = 5.0) -> RaySe
     the cluster's workers), else starts a new local instance for the sweep
     (``local_cpus`` CPUs, default all; never one found running on this machine),
     which :meth:`RaySession.close` shuts down. A cluster address that nothing
-    answers at (a TCP connection within ``probe_timeout`` seconds) fails at
-    once; any failure to join or start is a one-line :class:`ClusterError`
-    naming the address and what to check.
+    answers at (a TCP connection within ``probe_timeout`` seconds), or whose
+    cluster rejects this machine's authentication token, fails at once; any
+    failure to join or start is a one-line :class:`ClusterError` naming the
+    address and what to check.
     """
     import ray
 
@@ -102,6 +103,7 @@ def connect_ray(settings: SweepSettings, *, probe_timeout: float = 5.0) -> RaySe
             import explainnn
 
             _probe(address, source, probe_timeout)
+            _check_gcs(address, source)
             ray.init(address=address, log_to_driver=False,
                      runtime_env={"py_modules": [str(Path(explainnn.__file__).parent)]})
         else:
@@ -131,6 +133,28 @@ def _probe(address: str, source: str, timeout: float) -> None:
         raise ClusterError(_cannot_join(source, address, f"nothing answers there: {reason}")) from exc
 
 
+def _check_gcs(address: str, source: str) -> None:
+    """Ask the cluster's GCS for its id, as ``ray.init`` does first: a rejected token is known within milliseconds
+    here, where ``ray.init`` retries it for about 20 seconds and then names only the address. Ray Client
+    (``ray://``) and ``auto`` addresses, and Ray versions without this client, are left to ``ray.init``."""
+    if address.startswith("ray://") or ":" not in address:
+        return
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:
+        return
+    try:
+        GcsClient(address=address).cluster_id  # noqa: B018 - the request is the check
+    except TypeError:
+        return  # another Ray version's client
+    except AuthenticationError as exc:
+        reason = getattr(exc, "message", "") or "authentication token missing or incorrect"
+        raise ClusterError(_cannot_join(source, address, f"the cluster rejected this machine: {reason}")) from exc
+    except Exception as exc:  # noqa: BLE001 - any other failure to reach the GCS, in one line
+        raise ClusterError(_cannot_join(source, address, _reason(exc))) from exc
+
+
 def _cannot_join(source: str, address: str, reason: str) -> str:
     """The one-line error for a cluster that cannot be joined: the address, the reason and what to check."""
     import ray
@@ -139,9 +163,9 @@ def _cannot_join(source: str, address: str, reason: str) -> str:
     return (f"{source}: cannot join the Ray cluster at {address} ({reason}). Check that the address is reachable "
             "from this machine (`ray start --head` prints it; Ray Client addresses start with ray://), that the "
             f"cluster runs the same Ray and Python versions as this machine (Ray {ray.__version__}, Python "
-            f"{python}), and, if the cluster uses token authentication, that this machine has its token "
-            "(`ray get-auth-token` on the head node prints it) in RAY_AUTH_TOKEN, in a file named by "
-            "RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token")
+            f"{python}), and, if the cluster uses token authentication, that this machine sets RAY_AUTH_MODE=token "
+            "and has the cluster's token (`ray get-auth-token` on the head node prints it) in RAY_AUTH_TOKEN, in a "
+            "file named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token")
 
 
 def _reason(exc: BaseException) -> str:
