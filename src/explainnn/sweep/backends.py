@@ -140,7 +140,7 @@ def _check_gcs(address: str, source: str) -> None:
     if address.startswith("ray://") or ":" not in address:
         return
     try:
-        from ray._raylet import GcsClient
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
         from ray.exceptions import AuthenticationError
     except ImportError:
         return
