@@ -168,8 +168,24 @@ def _where_chosen(units: Any, saturated: np.ndarray, logit: np.ndarray, paired: 
         "normalized": float(1.0 - normalise(circuit, clean_logit, empty)),
         "random_normalized_mean": float(values.mean()),
         "random_normalized_q99": float(np.quantile(values, 0.99)),
-        "p_value_vs_random": float((1 + (random <= circuit).sum()) / (1 + len(random))),
+        "p_value_vs_random": _p_value(random <= circuit + _tie(clean_logit, empty)),
     }
+
+
+def _tie(clean_logit: float, empty: float) -> float:
+    """Logits this close count as equal in the comparisons with random sets (ties count against the circuit).
+
+    Two ablations that leave the same function (e.g. both cut every path) give
+    logits equal up to float32 round-off, whose sign depends on the CPU's
+    summation order; 1e-5 of the clean-to-empty span is far above round-off and
+    far below any effect the tests report.
+    """
+    return 1e-5 * max(abs(clean_logit - empty), 1e-6)
+
+
+def _p_value(at_least_as_good: np.ndarray) -> float:
+    """The permutation p-value ``(1 + #random sets at least as good) / (1 + #random sets)``."""
+    return float((1 + at_least_as_good.sum()) / (1 + len(at_least_as_good)))
 
 
 def _evaluation_samples(inputs: torch.Tensor, target: int, labels: torch.Tensor | None,
@@ -232,16 +248,17 @@ def _against_random(logit: np.ndarray, accuracy: np.ndarray, clean_logit: float)
             "random_logit_mean": float(values.mean()),
             "random_logit_std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
             "random_accuracy_mean": float(accs.mean()),
-            "p_value_vs_random": float((1 + better(values).sum()) / (1 + len(values))),
+            "p_value_vs_random": _p_value(better(values)),
         }
 
     random_keep, random_drop = logit[3::2], logit[4::2]
+    tie = _tie(clean_logit, empty)
     sufficiency = summary(random_keep, accuracy[3::2], float(logit[0]), float(accuracy[0]),
-                          lambda v: v >= logit[0])
+                          lambda v: v >= logit[0] - tie)
     sufficiency["normalized"] = float(normalise(logit[0], clean_logit, empty))
     sufficiency["random_normalized_mean"] = float(normalise(random_keep, clean_logit, empty).mean())
     necessity = summary(random_drop, accuracy[4::2], float(logit[1]), float(accuracy[1]),
-                        lambda v: v <= logit[1])
+                        lambda v: v <= logit[1] + tie)
     necessity["logit_drop_fraction"] = 1.0 - necessity["logit_fraction"]
     necessity["normalized"] = float(1.0 - normalise(logit[1], clean_logit, empty))
     necessity["random_normalized_mean"] = float((1.0 - normalise(random_drop, clean_logit, empty)).mean())

@@ -383,11 +383,11 @@ def _through_recurrence(options: DiscoveryOptions, runner: InterventionRunner, l
     if options.on == "nodes":  # a causal unit whose weights reach no causal unit above acts through the recurrence
         for i in sorted(causal):
             cause = node_id(layer.name, i)
-            effects = [node_id(layer.name, j) for j in sorted(causal) if j != i and feeds[i, j]]
-            if graph.digraph.out_degree(cause) == 0 and effects:
+            fed = [node_id(layer.name, j) for j in sorted(causal) if j != i and feeds[i, j]]
+            if graph.digraph.out_degree(cause) == 0 and fed:
                 stats = {key: value for key, value in graph.digraph.nodes[cause].items()
                          if key not in ("layer", "index", "kind", "depth")}
-                graph.add_edges(cause, effects, **stats, via="recurrent")
+                graph.add_edges(cause, fed, **stats, via="recurrent")
     return sorted(causal)
 
 
