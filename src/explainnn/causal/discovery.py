@@ -33,6 +33,7 @@ from explainnn.causal.graph import CausalGraph, node_id
 from explainnn.causal.stats import TestResult, paired_fdr_test, ztest_research
 from explainnn.deprecation import deprecated_alias
 from explainnn.errors import ConfigError, InterventionError, TooFewSamples, UserError
+from explainnn.inputs import check_inputs
 from explainnn.interventions import (
     EdgeIntervention,
     InterventionRunner,
@@ -270,7 +271,8 @@ def discover(
     options = DiscoveryOptions(on, intervention, beta, delta, n_samples, test, alpha, min_effect, seed, soft_rule)
     if device is not None:
         model = model.to(device)
-    return _discover(model, torch.as_tensor(inputs), target, options, labels=labels, layers=layers,
+    inputs = check_inputs(model, inputs, labels=labels, target=target, what="discover")
+    return _discover(model, inputs, target, options, labels=labels, layers=layers,
                      include_input=include_input, metadata=metadata, progress=progress, runner=runner)
 
 
