@@ -37,9 +37,10 @@ from explainnn.sweep.spec import PlannedRun, Sweep, flat_settings, load_sweep
 class SweepResult:
     """What a sweep did: its folder, every run's result, how they were executed, the records of the models
     trained once for several runs (``models``), and its wall times in seconds: ``wall_seconds`` from the
-    start of :func:`run_sweep` to the report written, of which ``runs_seconds`` executing the runs and
-    ``analysis_seconds`` the cross-run analyses (overlap, agreement) and the report. Each run's own time is
-    its ``seconds`` in ``runs.csv``."""
+    start of :func:`run_sweep` to the report written, made of ``setup_seconds`` (validating every run's
+    config, starting or joining Ray), ``runs_seconds`` (executing the runs) and ``analysis_seconds`` (the
+    cross-run analyses, overlap and agreement, and the report). Each run's own time is its ``seconds`` in
+    ``runs.csv``."""
 
     folder: Path
     runs: list[RunResult]
@@ -48,6 +49,7 @@ class SweepResult:
     resumed: int
     failed: int
     wall_seconds: float
+    setup_seconds: float
     runs_seconds: float
     analysis_seconds: float
     models: list[dict[str, Any]]
@@ -59,8 +61,9 @@ class SweepResult:
     def summary(self) -> str:
         """One line: how many runs ran, were reused and failed, where, and how long the whole sweep took."""
         return (f"sweep       {len(self.runs)} runs on {self.backend}: {self.ran} ran, {self.resumed} reused, "
-                f"{self.failed} failed; {self.wall_seconds:.1f} s wall time in all (running the runs "
-                f"{self.runs_seconds:.1f} s, overlap, agreement and report {self.analysis_seconds:.1f} s); "
+                f"{self.failed} failed; {self.wall_seconds:.1f} s wall time in all (setup "
+                f"{self.setup_seconds:.1f} s, running the runs {self.runs_seconds:.1f} s, overlap, agreement and "
+                f"report {self.analysis_seconds:.1f} s); "
                 "merged table runs.csv, report sweep_report.html")
 
 
@@ -122,10 +125,11 @@ def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str
     runs_seconds = time.perf_counter() - running
     failed = sum(not result.ok for result in ordered)
     analysing = time.perf_counter()
-    _analyse_and_report(plan, ordered, where, started=started, runs_seconds=runs_seconds, progress=progress)
+    _analyse_and_report(plan, ordered, where, started=started, setup_seconds=running - started,
+                        runs_seconds=runs_seconds, progress=progress)
     ended = time.perf_counter()
-    result = SweepResult(folder, ordered, where, len(tasks), resumed, failed, ended - started, runs_seconds,
-                         ended - analysing, collect.models)
+    result = SweepResult(folder, ordered, where, len(tasks), resumed, failed, ended - started, running - started,
+                         runs_seconds, ended - analysing, collect.models)
     if progress:
         note(f"done: {result.wall_seconds:.1f} s wall time in all")
     return result
@@ -208,8 +212,8 @@ def _tasks(pending: list[PlannedRun], folder: Path, *, share_models: bool) -> tu
     return training, [Task(run.key, trees[run.key], str(folder)) for run in pending]
 
 
-def _analyse_and_report(plan: Sweep, runs: list[RunResult], where: str, *, started: float, runs_seconds: float,
-                        progress: bool) -> None:
+def _analyse_and_report(plan: Sweep, runs: list[RunResult], where: str, *, started: float, setup_seconds: float,
+                        runs_seconds: float, progress: bool) -> None:
     """Overlap, agreement (a step per group of seeds) and the report, under a bar (terminal) or a line per step."""
     done = [run for run in runs if run.ok]
     groups = seed_groups(done)
@@ -241,16 +245,19 @@ def _analyse_and_report(plan: Sweep, runs: list[RunResult], where: str, *, start
         for number, members in enumerate(groups, 1):
             clock = time.perf_counter()
             agreements.append(agreement(members, configs))
-            advance(f"explanation-cluster agreement {number} of {len(groups)} ({agreements[-1].fixed or 'all runs'}):"
-                    f" {len(members)} models, mean ARI {agreements[-1].mean:.2f}", clock)
+            group = agreements[-1]
+            advance(f"explanation-cluster agreement {number} of {len(groups)}: {len(members)} models "
+                    f"({', '.join(group.names)}{'; ' + group.fixed if group.fixed else ''}), mean ARI "
+                    f"{group.mean:.2f}", clock)
         clock = time.perf_counter()
         write_agreement(agreements, plan.output_dir)
         failed = len(runs) - len(done)
         summary = [f"{len(runs)} runs from {plan.source}: {len(done)} complete, {failed} failed, "
                    f"{sum(run.resumed for run in runs)} reused from an earlier sweep",
                    f"executed on {where}; varied: {', '.join(plan.varied) or '-'}",
-                   f"wall time up to this report {time.perf_counter() - started:.1f} s: running the runs "
-                   f"{runs_seconds:.1f} s, overlap and agreement {time.perf_counter() - analysing:.1f} s "
+                   f"wall time up to this report {time.perf_counter() - started:.1f} s: setup (validating the "
+                   f"configs, starting or joining Ray) {setup_seconds:.1f} s, running the runs {runs_seconds:.1f} s, "
+                   f"overlap and agreement {time.perf_counter() - analysing:.1f} s "
                    "(each run's own time: seconds in runs.csv)"]
         write_sweep_report(f"Sweep {plan.name}", summary,
                            build_sections(runs, overlaps, agreements, plan.output_dir), plan.output_dir)
