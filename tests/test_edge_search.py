@@ -122,8 +122,10 @@ BACKEND = types.SimpleNamespace(enumerate_edges=hand_enumerate_edges, EdgeAblati
 
 
 @pytest.fixture(autouse=True)
-def hand_backend(monkeypatch):
-    monkeypatch.setattr(mib, "_backend", lambda: BACKEND)
+def hand_backend(request, monkeypatch):
+    """Every test but the LeNet ones runs on the hand-written edge forward."""
+    if "lenet" not in request.node.name:
+        monkeypatch.setattr(mib, "_backend", lambda: BACKEND)
 
 
 def mlp(w1, w2, b1=None, b2=None) -> nn.Sequential:
@@ -326,3 +328,63 @@ def test_edge_circuit_graph_layers_and_kinds():
     assert graph.layer_kind("input") == "input" and graph.layer_kind("fc2") == "output"
     assert {attrs["kind"] for _, _, attrs in graph.edges()} == {"input", "weights"}
     assert edge_search.METHODS[0] == "edge_pruning"
+
+
+# ----------------------------------------------------------------------------- LeNet, through explainnn.causal.edges
+@pytest.fixture(scope="module")
+def lenet():
+    """LeNet after 60 seeded Adam steps on the offline digits (enough for several predicted classes)."""
+    from explainnn.data import load_dataset
+    from explainnn.models import LeNet
+
+    data = load_dataset("digits", image_size=32)
+    torch.manual_seed(0)
+    model = LeNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        batch = torch.randint(0, len(data.x_train), (64,), generator=generator)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(data.x_train[batch]), data.y_train[batch]).backward()
+        optimizer.step()
+    model.eval()
+    inputs = data.x_test[:150]
+    with torch.no_grad():
+        predicted = model(inputs).argmax(1)
+    return model, inputs, int(predicted.mode().values)
+
+
+def test_lenet_eap_is_the_mask_gradient_and_a_circuit_is_exact(lenet):
+    from explainnn.causal.edges import ablated_logits
+
+    model, inputs, target = lenet
+    before, training = state(model), model.training
+    evaluator, graph = build_evaluator(model, inputs, target, ablation="mean", reference=inputs, n_samples=8)
+    assert graph.n == 6 + 96 + 1920 + 10080 + 84
+    scores = eap_scores(evaluator)
+    ones = np.ones(graph.n)
+    for e in np.argsort(-np.abs(scores))[:3]:
+        lowered = ones.copy()
+        lowered[e] -= 1e-3
+        difference = (evaluator.values(ones[None])[0] - evaluator.values(lowered[None])[0]) / 1e-3
+        assert scores[e] == pytest.approx(difference, rel=0.05, abs=1e-4)
+    search = find_edge_circuit(model, inputs, target, method="eap", ablation="mean", reference=inputs, n_samples=8)
+    assert search.faithfulness >= 0.81
+    logits = ablated_logits(model, evaluator.inputs, search.edges, search.mask, "mean", reference=inputs)
+    assert float(logits[:, target].double().mean()) == pytest.approx(
+        search.full * search.faithfulness + search.empty * (1 - search.faithfulness), rel=1e-4, abs=1e-4)
+    assert unchanged(model, before, training)
+
+
+def test_lenet_edge_pruning_and_its_mib_curve(lenet):
+    model, inputs, target = lenet
+    before, training = state(model), model.training
+    graph = edge_circuit(model, inputs, target, ablation="patch", n_samples=8, steps=20, seed=1)
+    result = graph.results["edge_circuit"]
+    assert result["faithfulness"] >= 0.81 and result["n_edges"] < result["total_edges"]
+    assert all(np.isfinite(attrs["effect"]) for _, _, attrs in graph.edges())
+    scores = np.random.default_rng(0).normal(size=result["total_edges"])
+    curve = mib.mib_curve(model, inputs, target, scores, ablation="patch", n_samples=8, levels=())
+    assert curve.total_edges == result["total_edges"] and len(curve.faithfulness) == 10
+    assert curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-5)
+    assert unchanged(model, before, training)

@@ -50,16 +50,16 @@ Rankings (:func:`edge_scores`, higher = more important):
   expected share of open gates ``d`` (the expected L0 over ``E``) and a target
   density ``t`` lowered from 1 to ``final_density`` (log-linearly, as Edge
   Pruning's "logarithmic" warmup, over the first ``warmup`` share of the
-  steps), ``l1, l2`` raised by gradient ascent. Scores: the trained
-  ``log_alpha``.
+  steps), ``l1, l2`` raised by gradient ascent; each step sees a seeded draw of
+  ``batch`` circuit samples. Scores: the trained ``log_alpha``.
 
 :func:`edge_circuit` turns a method into a circuit whose faithfulness is an
 exact number: for ``edge_pruning`` the shortest prefix of the learned ranking
 that reaches ``faithfulness + margin`` on the circuit samples (exact bisection),
-widened by ``headroom``, then exact pruning (the lowest-scored edges in chunks:
-every single removal in one call, then the removals that keep the level, tried
-together in order of their cost, the longest run that stays at or above the
-level kept; passes until no edge can go, so the circuit is 1-minimal). For the
+widened by ``headroom``, then exact pruning (:func:`prune_edges`: every single
+removal in one call, then the removals that keep the level, taken together in
+order of their cost, the longest run that stays at or above the level found by
+exact bisection; passes until no edge can go, so the circuit is 1-minimal). For the
 rankings (``eap``, ``eap_ig``, ``random``) the circuit is the shortest prefix
 reaching the level; ``acdc`` returns ACDC's circuit at ``tau``; ``nodes`` the
 node circuit's induced edges. Same inputs and seed give the same circuit; the
@@ -93,8 +93,8 @@ GAMMA, ZETA, TEMPERATURE = -0.1, 1.1, 2.0 / 3.0
 """Hard-concrete stretch limits and temperature (Louizos et al. 2018; Edge Pruning's ``l0.py``)."""
 EXACT_MARGIN = 0.01
 """Exact pruning keeps ``faithfulness + EXACT_MARGIN`` on the circuit samples, so new samples keep ``faithfulness``."""
-PRUNE_CHUNK = 64
-"""Edges tried per exact pruning step (the lowest-scored members first)."""
+PRUNE_POINTS = 16
+"""Run lengths measured per batched call while bisecting the removals of one pruning pass."""
 HEADROOM = 0.25
 """Exact pruning starts from the shortest faithful prefix plus this share more edges."""
 ACDC_TAU = 0.01
@@ -310,18 +310,25 @@ def target_density(step: int, steps: int, final_density: float, warmup: float) -
     return float(math.exp(progress * math.log(final_density)))
 
 
-def learn_edge_scores(evaluator: EdgeFaithfulness, *, faithfulness: float = 0.8, steps: int = 300,
+def learn_edge_scores(evaluator: EdgeFaithfulness, *, faithfulness: float = 0.8, steps: int = 200,
                       lr: float = 0.1, lr_lambda: float = 0.05, final_density: float = 0.01, warmup: float = 0.8,
-                      objective: str = "hinge", margin: float = 0.05, init: float = 3.0, seed: int = 0,
-                      progress: bool = False) -> np.ndarray:
-    """Edge Pruning's learned hard-concrete masks; returns the trained ``log_alpha`` per edge (module docstring)."""
+                      objective: str = "hinge", margin: float = 0.05, init: float = 3.0, batch: int | None = 32,
+                      seed: int = 0, progress: bool = False) -> np.ndarray:
+    """Edge Pruning's learned hard-concrete masks; returns the trained ``log_alpha`` per edge (module docstring).
+
+    ``steps`` Adam steps at learning rate ``lr`` (``lr_lambda`` for the
+    multipliers); ``final_density`` and ``warmup`` set the target schedule;
+    ``objective`` and ``margin`` the faithfulness loss (the hinge aims at
+    ``faithfulness + margin``); ``init``: the starting ``log_alpha``; ``batch``:
+    samples per step (a seeded draw without replacement; ``None``: all).
+    """
     if objective not in ("hinge", "kl", "mse"):
         raise ConfigError(f"objective must be 'hinge', 'kl' or 'mse'; got {objective!r}")
     if not 0 < final_density <= 1 or not 0 < warmup <= 1:
         raise ConfigError(f"final_density and warmup must be in (0, 1]; got {final_density}, {warmup}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ConfigError(f"steps must be an integer >= 0; got {steps!r}")
-    n = evaluator.n_edges
+    n, count = evaluator.n_edges, len(evaluator.samples)
     generator = torch.Generator().manual_seed(seed)
     log_alpha = torch.full((n,), float(init), dtype=torch.float32, requires_grad=True)
     lambdas = torch.zeros(2, dtype=torch.float64, requires_grad=True)
@@ -333,11 +340,13 @@ def learn_edge_scores(evaluator: EdgeFaithfulness, *, faithfulness: float = 0.8,
         u = torch.rand(n, generator=generator).clamp(1e-6, 1 - 1e-6)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / TEMPERATURE)
         z = (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)[None]
+        rows = None if batch is None or batch >= count else torch.randperm(count, generator=generator)[:batch]
         if objective == "kl":
-            logp = torch.log_softmax(evaluator.logits(z).double(), -1)[0]
-            loss = (clean.exp() * (clean - logp)).sum(-1).mean()
+            logp = torch.log_softmax(evaluator.logits(z, rows).double(), -1)[0]
+            target = clean if rows is None else clean[rows.to(clean.device)]
+            loss = (target.exp() * (target - logp)).sum(-1).mean()
         else:
-            f = (evaluator.differentiable(z)[0] - evaluator.empty) / span
+            f = (evaluator.differentiable(z, rows)[0] - evaluator.empty) / span
             loss = torch.relu(faithfulness + margin - f) if objective == "hinge" else (1.0 - f) ** 2
         density = torch.sigmoid(log_alpha - shift).double().mean()
         gap = density - target_density(step, steps, final_density, warmup)
@@ -350,43 +359,59 @@ def learn_edge_scores(evaluator: EdgeFaithfulness, *, faithfulness: float = 0.8,
 
 # ----------------------------------------------------------------------------- exact pruning
 def prune_edges(evaluator: EdgeFaithfulness, mask: np.ndarray, scores: np.ndarray, level: float, *,
-                chunk: int = PRUNE_CHUNK) -> tuple[np.ndarray, float, list[int]]:
-    """Exact pruning of ``mask`` to a 1-minimal circuit at or above ``level`` (module docstring).
+                points: int = PRUNE_POINTS) -> tuple[np.ndarray, float, list[int], dict[int, float]]:
+    """Exact pruning of ``mask`` to a 1-minimal circuit at or above ``level``.
 
-    Returns the mask, its exact faithfulness and the removed edges in order.
+    Each pass measures every single removal from the circuit (one batched call),
+    orders the removals that keep the level by their cost (cheapest first, ties by
+    lower ``scores``) and removes the longest run of them that keeps the level
+    together, found by exact bisection over the run length (``points`` lengths per
+    call). Passes repeat until no single removal keeps the level. Returns the
+    mask, its exact faithfulness, the removed edges in order and ``{edge: f(C) -
+    f(C without edge)}`` for the final members (from the last pass).
     """
     mask = np.asarray(mask, dtype=bool).copy()
     value = float(evaluator(mask[None])[0])
     removed: list[int] = []
     while True:
-        changed = False
         members = np.flatnonzero(mask)
-        members = members[np.argsort(scores[members], kind="stable")]
-        for start in range(0, len(members), chunk):
-            group = members[start : start + chunk]
-            group = group[mask[group]]
-            if not len(group):
-                continue
-            singles = evaluator(np.stack([_without(mask, e) for e in group]))
-            order = np.argsort(-singles, kind="stable")
-            order = order[singles[order] >= level]
-            if not len(order):
-                continue
-            candidates = group[order]
-            trial, steps = mask.copy(), []
-            for e in candidates:
-                trial = _without(trial, e)
-                steps.append(trial)
-            run = evaluator(np.stack(steps[1:])) if len(steps) > 1 else np.zeros(0)
-            run = np.concatenate([[singles[order[0]]], run])
-            reach = np.flatnonzero(run >= level)
-            count = int(reach[-1]) + 1
-            mask[candidates[:count]] = False
-            removed.extend(int(e) for e in candidates[:count])
-            value = float(run[count - 1])
-            changed = True
-        if not changed:
-            return mask, value, removed
+        if not len(members):
+            return mask, value, removed, {}
+        singles = evaluator(np.stack([_without(mask, e) for e in members]))
+        order = np.lexsort((scores[members], -singles))
+        order = order[singles[order] >= level]
+        if not len(order):
+            return mask, value, removed, {int(e): float(value - v) for e, v in zip(members, singles)}
+        candidates = members[order]
+
+        def cut(count: int) -> np.ndarray:
+            trial = mask.copy()
+            trial[candidates[:count]] = False
+            return trial
+
+        low, high, f_high = 1, 1, float(singles[order[0]])
+        top = len(candidates)
+        if top > 1:
+            f_top = float(evaluator(cut(top)[None])[0])
+            if f_top >= level:
+                high, f_high = top, f_top
+            else:
+                low, high = 1, top  # f(low) >= level > f(high): find the last length that keeps the level
+                while high - low > 1:
+                    sizes = np.unique(np.linspace(low, high, points + 2).round().astype(np.int64))
+                    sizes = sizes[(sizes > low) & (sizes < high)]
+                    values = evaluator(np.stack([cut(int(k)) for k in sizes]))
+                    miss = np.flatnonzero(values < level)
+                    if len(miss):
+                        high = int(sizes[miss[0]])
+                        if miss[0] > 0:
+                            low, f_high = int(sizes[miss[0] - 1]), float(values[miss[0] - 1])
+                    else:
+                        low, f_high = int(sizes[-1]), float(values[-1])
+                high = low
+        mask = cut(high)
+        removed.extend(int(e) for e in candidates[:high])
+        value = f_high
 
 
 def removal_effects(evaluator: EdgeFaithfulness, mask: np.ndarray, value: float) -> dict[int, float]:
@@ -416,7 +441,7 @@ def edge_scores(model: nn.Module, inputs: torch.Tensor, target: int, *, method: 
     ``metric``: ``F``'s metric (default ``"logit_diff"`` under patching,
     ``"logit"`` otherwise); ``edges``: the edge set (default every edge of
     ``layers`` into the target); ``steps``: IG steps (``eap_ig``, default 5) or
-    mask-training steps (``edge_pruning``, default 300); ``tau`` and
+    mask-training steps (``edge_pruning``, default 200); ``tau`` and
     ``acdc_metric``: ACDC's threshold and metric; ``faithfulness``: the level the
     ``edge_pruning`` hinge and the ``nodes`` circuit aim at; ``options``: further
     arguments of :func:`learn_edge_scores` or :func:`~explainnn.causal.find_circuit`.
@@ -451,7 +476,7 @@ def _scores(setup: _Setup, method: str, inputs: torch.Tensor, target: int, *, la
         circuit = induced_edges(graph, nodes)
         scores = circuit.astype(float) + random_scores(graph.n, seed) / (graph.n + 1.0)
     else:
-        scores = learn_edge_scores(evaluator, faithfulness=faithfulness, steps=300 if steps is None else steps,
+        scores = learn_edge_scores(evaluator, faithfulness=faithfulness, steps=200 if steps is None else steps,
                                    seed=seed, progress=progress, **options)
     return EdgeScores(method, setup.edges, np.asarray(scores, dtype=float), int(target),
                       np.asarray(evaluator.samples.index), setup.ablation, circuit)
@@ -478,6 +503,7 @@ def find_edge_circuit(model: nn.Module, inputs: torch.Tensor, target: int, *, fa
                     acdc_metric=acdc_metric, faithfulness=faithfulness, progress=progress, **options)
     scores = found.scores
     removed: list[int] = []
+    effect: dict[int, float] = {}
     prefix = 0
     if found.circuit is not None:
         mask = found.circuit
@@ -488,11 +514,12 @@ def find_edge_circuit(model: nn.Module, inputs: torch.Tensor, target: int, *, fa
         order = ranking(scores)
         if method == "edge_pruning":
             start = prefix_mask(order, min(graph.n, int(math.ceil(prefix * (1 + headroom)))), graph.n)
-            mask, value, removed = prune_edges(evaluator, start, scores, level)
+            mask, value, removed, effect = prune_edges(evaluator, start, scores, level)
         else:
             mask = prefix_mask(order, prefix, graph.n)
             value = need.faithfulness if not math.isnan(need.faithfulness) else float(evaluator(mask[None])[0])
-    effect = removal_effects(evaluator, mask, value)
+    if method != "edge_pruning" or found.circuit is not None:
+        effect = removal_effects(evaluator, mask, value)
     return EdgeSearch(method, setup.edges, graph, mask, scores, value, level, evaluator.full, evaluator.empty,
                       int(target), np.asarray(evaluator.samples.index), ablation, evaluator.metric, prefix, effect,
                       removed)

@@ -303,23 +303,29 @@ class EdgeFaithfulness:
         with torch.no_grad():
             self.clean_logits = self.logits(torch.ones(1, self.n_edges))[0]
 
-    def logits(self, masks: torch.Tensor) -> torch.Tensor:
-        """``(K, N, C)`` logits of ``K`` float masks (differentiable w.r.t. ``masks``), evaluation mode."""
+    def logits(self, masks: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``(K, N, C)`` logits of ``K`` float masks (differentiable w.r.t. ``masks``), evaluation mode; ``rows``:
+        only those samples."""
+        inputs, counterfactuals = self.inputs, self.counterfactuals
+        if rows is not None:
+            inputs = inputs[rows]
+            counterfactuals = None if counterfactuals is None else counterfactuals[rows]
         with ModelPatch() as patch:
             patch.eval_mode(self.model)
             masks = masks if masks.is_floating_point() else masks.to(torch.float32)
-            return self.ablation.logits(self.inputs, masks.to(self.device), self.counterfactuals)
+            return self.ablation.logits(inputs, masks.to(self.device), counterfactuals)
 
-    def per_sample(self, logits: torch.Tensor) -> torch.Tensor:
-        """``(K, N)`` metric of ``(K, N, C)`` logits."""
+    def per_sample(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``(K, N)`` metric of ``(K, N, C)`` logits (of the samples ``rows``, default all)."""
         value = logits[..., self.target]
         if self.other is not None:
-            value = value - logits.gather(-1, self.other.view(1, -1, 1).expand(len(logits), -1, 1))[..., 0]
+            other = self.other if rows is None else self.other[rows]
+            value = value - logits.gather(-1, other.view(1, -1, 1).expand(len(logits), -1, 1))[..., 0]
         return value
 
-    def differentiable(self, masks: torch.Tensor) -> torch.Tensor:
-        """``(K,)`` ``F`` of float masks ``(K, E)``, differentiable (one call, no chunking)."""
-        return self.per_sample(self.logits(masks)).double().mean(1)
+    def differentiable(self, masks: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``(K,)`` ``F`` of float masks ``(K, E)``, differentiable (one call); ``rows``: on those samples only."""
+        return self.per_sample(self.logits(masks, rows), rows).double().mean(1)
 
     def _chunks(self, masks: np.ndarray | torch.Tensor):
         """``masks`` as float ``(K, E)`` tensors of at most ``max_masks`` rows (the forward splits rows further)."""
