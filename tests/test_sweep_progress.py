@@ -107,6 +107,7 @@ def test_on_a_terminal_bars_show_and_the_step_lines_do_not(logged, spec, monkeyp
     err = capsys.readouterr().err
     assert again.resumed == 2 and again.ran == 0
     assert "sweep analyses" in err and "3/3" in err  # the analyses' bar, at its end
+    assert "agreement 1 of 1" in err  # the step under way, beside the bar
     assert "sweep: step " not in err and "sweep: run " not in err
     assert "sweep: analysing 2 completed runs in 3 steps" in err
 

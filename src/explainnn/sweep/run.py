@@ -236,6 +236,7 @@ def _analyse_and_report(plan: Sweep, runs: list[RunResult], where: str, *, start
 
     with progress_bar(total=steps, desc="sweep analyses", unit="step", enabled=progress) as bar:
         clock = time.perf_counter()
+        bar.set_postfix_str("overlap")
         overlaps = overlap_groups(done)
         write_overlap(overlaps, plan.output_dir)
         pairs = sum(len(group.members) * (len(group.members) - 1) // 2 for group in overlaps)
@@ -244,12 +245,14 @@ def _analyse_and_report(plan: Sweep, runs: list[RunResult], where: str, *, start
         agreements = []
         for number, members in enumerate(groups, 1):
             clock = time.perf_counter()
+            bar.set_postfix_str(f"agreement {number} of {len(groups)}")
             agreements.append(agreement(members, configs))
             group = agreements[-1]
             advance(f"explanation-cluster agreement {number} of {len(groups)}: {len(members)} models "
                     f"({', '.join(group.names)}{'; ' + group.fixed if group.fixed else ''}), mean ARI "
                     f"{group.mean:.2f}", clock)
         clock = time.perf_counter()
+        bar.set_postfix_str("report")
         write_agreement(agreements, plan.output_dir)
         failed = len(runs) - len(done)
         summary = [f"{len(runs)} runs from {plan.source}: {len(done)} complete, {failed} failed, "
