@@ -119,8 +119,8 @@ def test_the_run_line_and_the_report_table_show_the_test_where_the_circuit_choos
     chosen = report["necessity_where_chosen"]
     line = describe_circuit(graph)
     assert f"with h0 left intact: necessity {chosen['normalized']:.2f}" in line
-    _, rows = circuit_table(report)
-    assert any(row[0].startswith("necessity where the circuit chooses (h0 left intact)") for row in rows)
+    _, rows = circuit_table(report, "minimal circuit")
+    assert any(row[0].startswith("necessity where the minimal circuit chooses (h0 left intact)") for row in rows)
     plain = _graph({"h0": [0], "h1": [0, 1]})
     plain.metadata.update(n_samples=40, inputs="train split")
     plain.add_result("circuit_search", {"size": 3, "total_units": 11, "fraction": 3 / 11})

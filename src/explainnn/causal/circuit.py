@@ -265,26 +265,12 @@ def _against_random(logit: np.ndarray, accuracy: np.ndarray, clean_logit: float)
     return {"sufficiency": sufficiency, "necessity": necessity}
 
 
-def plot_circuit(report: dict[str, Any], path=None, *, dpi: int = 120):
-    """Bar chart of the circuit's sufficiency and necessity beside random sets of the same size."""
-    from matplotlib.figure import Figure
+def plot_circuit(report: dict[str, Any], path=None, *, subject: str = "causal graph", dpi: int = 120):
+    """Bar chart of a unit set's sufficiency and necessity beside random sets of the same size.
 
-    figure = Figure(figsize=(8, 3.4), dpi=dpi)
-    axes = figure.subplots(1, 2)
-    for ax, key, title in ((axes[0], "sufficiency", "Sufficiency: only these units kept"),
-                           (axes[1], "necessity", "Necessity: these units ablated")):
-        part = report[key]
-        values = [report["clean_logit"], part["logit"], part["random_logit_mean"]]
-        errors = [0.0, 0.0, part["random_logit_std"] if np.isfinite(part["random_logit_std"]) else 0.0]
-        bars = ax.bar(["clean", "causal graph", f"random (n={report['n_random']})"], values, yerr=errors,
-                      color=["#999999", "#d62728", "#1f77b4"], capsize=4)
-        for bar, acc in zip(bars, [report["clean_accuracy"], part["accuracy"], part["random_accuracy_mean"]]):
-            ax.annotate(f"acc {acc:.0%}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8)
-        ax.set_title(f"{title}\np = {part['p_value_vs_random']:.3f} vs random", fontsize=9)
-        ax.set_ylabel("mean target logit")
-        ax.axhline(0, color="black", linewidth=0.5)
-    figure.tight_layout()
-    if path is not None:
-        figure.savefig(path)
-    return figure
+    The same picture as :func:`explainnn.causal.curves.plot_check` (which the
+    pipeline draws): ``subject`` names the set, ``"causal graph"`` or ``"minimal circuit"``.
+    """
+    from explainnn.causal.curves import plot_check
+
+    return plot_check(report, path, subject=subject, dpi=dpi)
