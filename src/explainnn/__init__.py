@@ -4,6 +4,7 @@ The main entry points::
 
     from explainnn import discover, attribute
     graph = discover(model, inputs, target=3)            # which hidden units cause class 3
+    edges = circuit(model, inputs, 3)                     # the fewest unit-to-unit edges that keep class 3
     maps = attribute(model, x, 3, "causal", graph=graph)  # input attributions through them
 
     run = explainnn.Run("config.yaml")                    # the whole pipeline of a config, step by step
@@ -25,13 +26,14 @@ __version__ = "0.1.0"
 _LAZY = {
     "attribute": "explainnn.attributions",
     "CausalGraph": "explainnn.causal",
+    "circuit": "explainnn.causal",
     "discover": "explainnn.causal",
     "discover_all": "explainnn.causal",
     "run_sweep": "explainnn.sweep",
     "Run": "explainnn.pipeline",
 }
 
-__all__ = ["CausalGraph", "Run", "__version__", "attribute", "discover", "discover_all", "run_sweep"]
+__all__ = ["CausalGraph", "Run", "__version__", "attribute", "circuit", "discover", "discover_all", "run_sweep"]
 
 
 def __getattr__(name: str) -> Any:

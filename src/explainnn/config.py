@@ -160,10 +160,28 @@ class DiscoveryConfig(_Section):
         return options
 
 
+EDGE_METHODS = ("edge_pruning", "eap", "eap_ig", "acdc", "random", "nodes")
+"""The edge-circuit searches and rankings of :mod:`explainnn.causal.edge_search` (its ``METHODS``)."""
+EdgeMethod = Literal["edge_pruning", "eap", "eap_ig", "acdc", "random", "nodes"]
+
+
 class CircuitConfig(_Section):
-    """The minimal faithful circuit of the target class (see README, 'Minimal faithful circuits')."""
+    """The minimal faithful circuit of the target class (see README, 'Minimal faithful circuits').
+
+    ``level``: ``edges`` (the fewest unit-to-unit edges, found by ``method``) or
+    ``nodes`` (the fewest hidden units). ``ablation``: what a removed edge
+    carries (``patch``: its value on a counterfactual input; ``mean``; ``zero``);
+    unset, ``patch`` for edges and ``mean`` for nodes, the only ablation the node
+    circuit takes. ``mib``: score the MIB curves (f at each budget, CPR, CMD) of
+    the edge circuit's ranking and of ``methods`` on held-out test samples.
+    ``n_random`` and ``curves`` are the node circuit's checks; ``method``,
+    ``mib`` and ``methods`` the edge circuit's.
+    """
 
     enabled: bool = True
+    level: Literal["edges", "nodes"] = "edges"
+    ablation: Literal["patch", "mean", "zero"] | None = None
+    method: EdgeMethod = "edge_pruning"
     faithfulness: float = Field(default=0.8, gt=0.0, le=1.0)
     n_samples: int = Field(default=100, ge=2, le=100_000)
     layers: list[str] | None = None
@@ -171,6 +189,28 @@ class CircuitConfig(_Section):
     n_random: int = Field(default=200, ge=100, le=100_000)
     eval_samples: int = Field(default=300, ge=2, le=100_000)
     curves: bool = True
+    mib: bool = True
+    methods: list[EdgeMethod] = Field(default_factory=lambda: ["eap", "eap_ig", "random"])
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct_methods(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"lists {repeated[0]!r} more than once; name each method once")
+        return value
+
+    @model_validator(mode="after")
+    def _ablation_of_the_level(self) -> CircuitConfig:
+        if self.level == "nodes" and self.ablation not in (None, "mean"):
+            raise ValueError(f"level 'nodes' ablates units by their mean; ablation {self.ablation!r} needs "
+                             "level: edges (or leave ablation unset)")
+        return self
+
+    def edge_ablation(self) -> str:
+        """The ablation the circuit uses: ``ablation``, or the level's default (``patch`` for edges, ``mean`` for
+        nodes)."""
+        return self.ablation or ("patch" if self.level == "edges" else "mean")
 
 
 class AttributionConfig(_Section):

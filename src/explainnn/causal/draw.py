@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
 from matplotlib.path import Path as CurvePath
+from matplotlib.ticker import FuncFormatter
 
 from explainnn.errors import UserError
 from explainnn.files import save_figure
@@ -193,7 +194,7 @@ def _draw_edges(ax: Axes, shown: nx.DiGraph, pos: dict[str, tuple[float, float]]
 
 
 def _draw_within(ax: Axes, pos: dict[str, tuple[float, float]], edges: list, effect_key: str, node_size: float,
-                 largest: float) -> None:
+                 largest: float, colour_of: Any = None) -> None:
     """Edges within a column as dash-dotted arcs to its right; a self-edge is a loop beside its unit.
 
     An arc leaves its cause's right side and enters its effect's right side,
@@ -203,7 +204,8 @@ def _draw_within(ax: Axes, pos: dict[str, tuple[float, float]], edges: list, eff
     radius = math.sqrt(node_size) / 2.0
     rx, ry = radius * _data_per_point(ax, "x"), radius * _data_per_point(ax, "y")
     for u, v, attrs in edges:
-        colour, width = _edge_colour(attrs.get(effect_key)), max(0.9, _width(attrs.get(effect_key), largest))
+        colour = (colour_of or _edge_colour)(attrs.get(effect_key))
+        width = max(0.9, _width(attrs.get(effect_key), largest))
         (x0, y0), (x1, y1) = pos[u], pos[v]
         if u == v:
             start, end = _on_circle(x0, y0, rx, ry, 35.0), _on_circle(x0, y0, rx, ry, -35.0)
@@ -288,3 +290,220 @@ def _edge_colour(value: object) -> str:
     if not _is_finite(value) or value == 0:
         return UNKNOWN_COLOUR
     return LOWERS_COLOUR if value < 0 else RAISES_COLOUR
+
+
+# ----------------------------------------------------------------------------- edge circuits
+SUPPORTS_COLOUR = "tab:blue"
+OPPOSES_COLOUR = "tab:red"
+EDGE_COLOUR_LABELS = {
+    SUPPORTS_COLOUR: "removing the edge lowers f (it carries the class)",
+    OPPOSES_COLOUR: "removing the edge raises f (it works against the class)",
+    UNKNOWN_COLOUR: "no exact effect measured",
+}
+"""The legend's entry for each colour of an edge circuit's picture; only the colours drawn are listed."""
+MAX_CIRCUIT_EDGES = 250
+"""Edges an edge circuit's picture draws at most (the largest |effect|); the title counts the rest."""
+UNIT_SPACING = 0.32
+"""Inches per unit in a column of an edge circuit's picture."""
+
+
+def edge_colour(value: object) -> str:
+    """The colour of an edge-circuit edge of exact ``effect`` ``value`` (``f(C) - f(C without the edge)``)."""
+    if not _is_finite(value) or value == 0:
+        return UNKNOWN_COLOUR
+    return SUPPORTS_COLOUR if cast(float, value) > 0 else OPPOSES_COLOUR
+
+
+def draw_edge_circuit(
+    graph: CausalGraph,
+    path: str | Path | None = None,
+    *,
+    max_edges: int = MAX_CIRCUIT_EDGES,
+    title: str | None = None,
+    effect_key: str = "effect",
+    dpi: int = 150,
+) -> Figure:
+    """Draw an edge circuit (:func:`~explainnn.causal.edge_circuit`) readably; return the Figure.
+
+    Parameters
+    ----------
+    graph:
+        The circuit: its units are the units its edges touch, each edge carries
+        ``effect`` (the exact faithfulness lost when it alone is removed).
+    path:
+        Where to save a PNG (none when ``None``).
+    max_edges:
+        Draw at most this many edges, those of largest |effect| (with the units
+        they touch); the title says how many were left out.
+    title:
+        The picture's title (a line saying what was left out is added below it).
+    effect_key:
+        The edge attribute that sets width and colour.
+    dpi:
+        Resolution of the saved PNG.
+
+    Layers are columns, input to output; each unit is a dot labelled
+    ``"layer:index"`` beside it, units ordered in their column by the mean height
+    of the units they connect to (fewer crossings). An edge's width grows with
+    |effect| and its colour gives the sign: blue when removing it lowers the
+    faithfulness (it carries the class), red when removing it raises it. Edges
+    within one layer (the recurrent edges in ``results["edge_circuit"]
+    ["same_layer_edges"]``) are dash-dotted arcs beside the column. The legend
+    lists exactly the colours and line styles drawn.
+    """
+    if isinstance(max_edges, bool) or not isinstance(max_edges, int) or max_edges < 1:
+        raise UserError(f"max_edges must be a positive integer; got {max_edges!r}")
+    edges = [(u, v, dict(attrs)) for u, v, attrs in graph.edges()]
+    for extra in graph.results.get("edge_circuit", {}).get("same_layer_edges", []):
+        u, v = str(extra["edge"]).split("->", 1)
+        if u in graph.digraph and v in graph.digraph:
+            edges.append((u, v, {**extra, "via": "recurrent"}))
+    edges.sort(key=lambda edge: -_finite_abs(edge[2].get(effect_key)))
+    left_out = max(0, len(edges) - max_edges)
+    edges = edges[:max_edges]
+    touched = {u for u, _, _ in edges} | {v for _, v, _ in edges}
+    layers = [layer for layer in graph.layers() if any(n in touched for n in graph.units(layer))]
+    columns = _columns(graph, layers)
+    units = {layer: [n for n in graph.units(layer) if n in touched] for layer in layers}
+    order = _barycentre_order(columns, units, edges)
+    tallest = max((sum(len(units[layer]) for layer in column) + 1.5 * (len(column) - 1) for column in columns),
+                  default=1)
+    fig = Figure(figsize=(max(6.0, 2.6 * len(columns) + 1.0), min(60.0, max(4.0, UNIT_SPACING * tallest + 2.2))))
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    heading = title or "Edge circuit"
+    if left_out:
+        heading += f"\n{len(edges)} edges of largest |effect| drawn, {left_out} weaker ones left out"
+    ax.set_title(heading, fontsize=10)
+    if not edges:
+        ax.text(0.5, 0.5, "the circuit has no edges", ha="center", va="center", transform=ax.transAxes)
+        return save_figure(fig, path, dpi=dpi, tight=True)
+    pos: dict[str, tuple[float, float]] = {}
+    top = (tallest - 1) / 2.0
+    for x, column in enumerate(columns):
+        height = sum(len(units[layer]) for layer in column) + 1.5 * (len(column) - 1)
+        y = (height - 1) / 2.0
+        for layer in column:
+            ax.text(x, y + 0.9, layer, ha="center", va="bottom", fontsize=9, fontweight="bold")
+            for n in order[layer]:
+                pos[n] = (float(x), y)
+                y -= 1.0
+            y -= 1.5
+    ax.set_xlim(-0.5, len(columns) - 0.2)
+    ax.set_ylim(-top - 0.8, top + 1.8)
+    largest = max(_finite_abs(attrs.get(effect_key)) for _, _, attrs in edges) or 1.0
+    across = [(u, v, a) for u, v, a in edges if a.get("via") != "recurrent" and pos[u][0] != pos[v][0]]
+    beside = [(u, v, a) for u, v, a in edges if (u, v, a) not in across]
+    for u, v, attrs in sorted(across, key=lambda edge: _finite_abs(edge[2].get(effect_key))):
+        (x0, y0), (x1, y1) = pos[u], pos[v]
+        value = attrs.get(effect_key)
+        ax.add_patch(FancyArrowPatch(
+            (x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=7, shrinkA=4, shrinkB=4,
+            connectionstyle="arc3,rad=0.15" if x1 - x0 > 1 else "arc3,rad=0.0",
+            linestyle="--" if attrs.get("via") == "path" else "-",
+            color=edge_colour(value), linewidth=max(0.7, _width(value, largest)),
+            alpha=0.5 + 0.45 * _finite_abs(value) / largest,
+        ))
+    nodes = list(pos)
+    ax.scatter([pos[n][0] for n in nodes], [pos[n][1] for n in nodes], s=28, zorder=3, edgecolors="0.3",
+               linewidths=0.6, c=[KIND_COLOURS.get(str(graph.digraph.nodes[n].get("kind")), "white") for n in nodes])
+    last = len(columns) - 1
+    for n in nodes:
+        at_x, at_y = pos[n]
+        left = at_x == last and last > 0
+        ax.text(at_x + (-0.06 if left else 0.06), at_y, n, ha="right" if left else "left", va="center", fontsize=7,
+                zorder=4, bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none",
+                                "alpha": 0.8})
+    if beside:
+        _draw_within(ax, pos, beside, effect_key, 28.0, largest, colour_of=edge_colour)
+    handles = [Line2D([], [], color=colour, lw=2, label=label) for colour, label in EDGE_COLOUR_LABELS.items()
+               if colour in {edge_colour(a.get(effect_key)) for _, _, a in edges}]
+    if any(a.get("via") == "path" for _, _, a in across):
+        handles.append(Line2D([], [], color=STYLE_COLOUR, lw=1.5, ls="--", label=PATH_LABEL))
+    if beside:
+        handles.append(Line2D([], [], color=STYLE_COLOUR, lw=1.5, ls="-.", label=RECURRENT_LABEL))
+    handles.append(Line2D([], [], color=STYLE_COLOUR, lw=MAX_WIDTH, label=f"|effect| {largest:.2g} (widest)"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False, fontsize=8)
+    return save_figure(fig, path, dpi=dpi, tight=True)
+
+
+def _barycentre_order(columns: list[list[str]], units: dict[str, list[str]],
+                      edges: list[tuple[str, str, dict]]) -> dict[str, list[str]]:
+    """Each layer's units ordered by the mean position of their neighbours in earlier columns (two sweeps)."""
+    order = {layer: sorted(found, key=_index_key) for layer, found in units.items()}
+    neighbours: dict[str, list[str]] = {}
+    for u, v, _ in edges:
+        neighbours.setdefault(u, []).append(v)
+        neighbours.setdefault(v, []).append(u)
+    for sweep in (columns[1:], columns[-2::-1], columns[1:]):
+        rank = {n: i for layer in order for i, n in enumerate(order[layer])}
+        for column in sweep:
+            for layer in column:
+                size = max(len(order[layer]) - 1, 1)
+
+                def key(n: str, size: int = size, layer: str = layer) -> tuple[float, int]:
+                    others = [rank[m] / max(len(order[_layer_of(m)]) - 1, 1) for m in neighbours.get(n, [])
+                              if _layer_of(m) != layer]
+                    mean = sum(others) / len(others) if others else rank[n] / size
+                    return mean, _index_key(n)
+
+                order[layer] = sorted(order[layer], key=key)
+    return order
+
+
+def _layer_of(unit: str) -> str:
+    return unit.rsplit(":", 1)[0]
+
+
+def _index_key(unit: str) -> int:
+    tail = unit.rsplit(":", 1)[-1]
+    return int(tail) if tail.lstrip("-").isdigit() else 0
+
+
+MIB_NAMES = {"explainnn": "explainnn", "edge_pruning": "edge pruning", "eap": "EAP", "eap_ig": "EAP-IG",
+             "acdc": "ACDC", "random": "random", "nodes": "node circuit"}
+"""How pictures, run lines and tables name each edge ranking (``"explainnn"``: an edge circuit's own ranking)."""
+MIB_COLOURS = {"explainnn": "#d62728", "edge_pruning": "#9467bd", "eap": "#1f77b4", "eap_ig": "#2ca02c",
+               "acdc": "#ff7f0e", "random": "0.5", "nodes": "#8c564b"}
+
+
+def plot_mib(curves: list[Any], path: str | Path | None = None, *, names: dict[str, str] | None = None,
+             title: str = "", dpi: int = 120) -> Figure:
+    """MIB's faithfulness curves: f against the % of edges kept (log x-axis), one line per ranking.
+
+    Parameters
+    ----------
+    curves:
+        :class:`~explainnn.causal.mib.MIBCurve` objects, one per ranking.
+    path:
+        Where to save a PNG (none when ``None``).
+    names:
+        How the legend names each ``curve.method`` (default :data:`MIB_NAMES`,
+        else the method itself); each entry also gives the curve's CPR and CMD.
+    title:
+        The picture's title.
+    dpi:
+        Resolution of the saved PNG.
+
+    Dotted reference lines mark f = 0.8 and f = 1.0.
+    """
+    fig = Figure(figsize=(7.0, 4.6))
+    ax = fig.add_subplot()
+    for curve in curves:
+        method = str(curve.method)
+        label = f"{(names or MIB_NAMES).get(method, method)} (CPR {curve.cpr:.2f}, CMD {curve.cmd:.2f})"
+        ax.plot(curve.budgets, curve.faithfulness, marker="o", markersize=3.5, label=label,
+                color=MIB_COLOURS.get(method), linewidth=2.2 if method == "explainnn" else 1.3)
+    for level in (0.8, 1.0):
+        ax.axhline(level, color="0.3", linewidth=0.8, linestyle=":")
+        ax.text(0.11, level, f" f = {level:g}", va="bottom", fontsize=7, color="0.3")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}%"))
+    ax.set_xlabel("edges kept (% of all edges, log scale)")
+    ax.set_ylabel("faithfulness f on held-out samples")
+    ax.grid(True, which="major", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if curves:
+        ax.legend(fontsize=8, loc="best")
+    return save_figure(fig, path, dpi=dpi, tight=True)

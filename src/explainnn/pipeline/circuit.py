@@ -1,10 +1,16 @@
-"""Step 5, circuit: the minimal faithful circuit of each explained class, checked on held-out test samples."""
+"""Step 5, circuit: the minimal faithful circuit of each explained class, checked on held-out test samples.
+
+``circuit.level: edges`` (the default) finds the fewest unit-to-unit edges
+(:func:`edge_circuits`), ``nodes`` the fewest hidden units (:func:`node_circuits`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from explainnn.causal import (
@@ -16,9 +22,12 @@ from explainnn.causal import (
     plot_curves,
 )
 from explainnn.causal.curves import OURS, FaithfulnessCurves, baseline_orders, circuit_order, plot_check
+from explainnn.causal.draw import MIB_NAMES, draw_edge_circuit, plot_mib
+from explainnn.causal.edge_search import EdgeSearch, edge_circuit_graph, edge_scores, find_edge_circuit
+from explainnn.causal.mib import MIBCurve, build_evaluator, score_curve
 from explainnn.causal.minimal_circuit import circuit_graph
 from explainnn.config import CircuitConfig
-from explainnn.files import save_figure
+from explainnn.files import save_figure, write_csv
 from explainnn.pipeline.context import RunContext
 from explainnn.pipeline.discovery import discovery_inputs
 
@@ -59,7 +68,212 @@ class CircuitReport:
         return float(self.check["sufficiency"]["normalized"])
 
 
-def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CircuitReport]:
+EDGE_CIRCUIT = "explainnn"
+"""The MIB curves' name for the edge circuit's own ranking (its edges first, by exact effect, then the search's
+scores)."""
+
+
+@dataclass(frozen=True)
+class EdgeCircuitReport:
+    """One class's edge circuit as the circuit step found and checked it (``ctx.edge_circuits[k]``).
+
+    ``graph`` is the circuit as a :class:`CausalGraph` (what ``edge_circuit.json``
+    holds; ``graph.results`` keeps the numbers below as JSON), ``search`` how it
+    was found (:func:`~explainnn.causal.find_edge_circuit`), ``held_out`` its exact
+    faithfulness on held-out test samples (``{"faithfulness", "n_samples",
+    "metric", "ablation"}``) and ``curves`` the MIB curves on those samples, one
+    per ranking (``"explainnn"``: the circuit's own; then ``circuit.methods``),
+    empty without ``circuit.mib``.
+    """
+
+    graph: CausalGraph
+    search: EdgeSearch
+    held_out: dict[str, Any]
+    curves: dict[str, MIBCurve] = field(default_factory=dict)
+
+    @property
+    def target(self) -> int:
+        """The explained class."""
+        return int(self.search.target)
+
+    @property
+    def size(self) -> int:
+        """Edges in the circuit."""
+        return int(self.search.size)
+
+    @property
+    def total_edges(self) -> int:
+        """Edges the circuit was chosen from."""
+        return int(self.search.graph.n)
+
+    @property
+    def held_out_faithfulness(self) -> float:
+        """The circuit's exact normalised faithfulness on the held-out test samples."""
+        return float(self.held_out["faithfulness"])
+
+
+def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CircuitReport] | dict[int, EdgeCircuitReport]:
+    """The circuit of each explained class at ``circuit.level``: :func:`edge_circuits` or :func:`node_circuits`."""
+    if options.level == "edges":
+        return edge_circuits(ctx, options)
+    return node_circuits(ctx, options)
+
+
+def edge_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, EdgeCircuitReport]:
+    """The fewest unit-to-unit edges that keep each explained class, checked and MIB-scored on held-out samples.
+
+    Parameters
+    ----------
+    ctx:
+        The run (dataset, model, discovery's graphs when discovery ran).
+    options:
+        The ``circuit`` section: ``faithfulness``, ``ablation``, ``method``,
+        ``n_samples``, ``steps``, ``layers`` set the search
+        (:func:`~explainnn.causal.find_edge_circuit`) on ``n_samples`` samples
+        of ``discovery.samples_from``; ``eval_samples`` (at least
+        ``evaluation.n_samples``) the held-out test samples of the class (those
+        the model classifies correctly, none the search saw; counterfactuals
+        under patching: correctly classified test samples of other classes);
+        ``mib`` and ``methods`` the MIB curves on those samples.
+
+    Mean ablation uses 1,000 training samples. Writes ``circuit/class_<k>/``:
+    ``edge_circuit.json`` (the :class:`CausalGraph`; held-out faithfulness and MIB
+    scores in its results), ``edges.csv`` (every edge: parent, child, kind, exact
+    effect of removing it, score, and discovery's p-value, q-value and CI where
+    discovery tested the same unit pair), ``mib.csv`` (:meth:`MIBCurve.to_rows`
+    of every ranking) and, with plots, ``edge_circuit.png`` and ``mib.png``.
+    Fills ``ctx.edge_circuits`` and prints one line per class
+    (:func:`describe_edge_circuit`).
+    """
+    dataset, model = ctx.dataset, ctx.model
+    inputs, labels, split = discovery_inputs(ctx)
+    reference = dataset.x_train[:1000]
+    ablation = options.edge_ablation()
+    n_held = max(options.eval_samples, ctx.config.evaluation.n_samples)
+    search_options = {"faithfulness": options.faithfulness, "ablation": ablation, "labels": labels,
+                      "layers": options.layers, "seed": ctx.seed, "n_samples": options.n_samples,
+                      "reference": reference, "steps": options.steps, "progress": ctx.progress}
+    for target in ctx.explained_classes():
+        folder = ctx.run_dir / "circuit" / f"class_{target}"
+        search = find_edge_circuit(model, inputs, target, method=options.method, **search_options)
+        record = {"faithfulness": options.faithfulness, "ablation": ablation, "method": options.method,
+                  "layers": options.layers, "n_samples": options.n_samples, "steps": options.steps,
+                  "metric": search.metric}
+        graph = edge_circuit_graph(model, search, options=record, seed=ctx.seed,
+                                   metadata={"model": ctx.config.model.name, "dataset": dataset.info.name,
+                                             "inputs": f"{split} split"})
+        pool = torch.arange(len(dataset.x_test))
+        if split == "test":
+            pool = pool[~torch.isin(pool, torch.as_tensor(search.samples))]
+        evaluator, edge_graph = build_evaluator(model, dataset.x_test[pool], target, edges=search.edges,
+                                                labels=dataset.y_test[pool], ablation=ablation, reference=reference,
+                                                metric=search.metric, n_samples=n_held)
+        held_out = {"faithfulness": float(evaluator(search.mask[None])[0]), "n_samples": len(evaluator.samples),
+                    "samples": pool[torch.as_tensor(evaluator.samples.index)].tolist(), "split": "test",
+                    "metric": evaluator.metric, "ablation": ablation, "full": evaluator.full,
+                    "empty": evaluator.empty}
+        graph.add_result("held_out", held_out)
+        curves: dict[str, MIBCurve] = {}
+        if options.mib:
+            curves[EDGE_CIRCUIT] = score_curve(evaluator, edge_graph, own_scores(search), method=EDGE_CIRCUIT)
+            for method in options.methods:
+                found = edge_scores(model, inputs, target, method=method, edges=search.edges, metric=search.metric,
+                                    **search_options)
+                curves[method] = score_curve(evaluator, edge_graph, found.scores, method=method)
+            graph.add_result("mib", {name: mib_summary(curve) for name, curve in curves.items()})
+        discovered = ctx.discoveries[target].graph if target in ctx.discoveries else None
+        graph.to_json(folder / "edge_circuit.json")
+        write_csv(folder / "edges.csv", edge_rows(graph, discovered), fields=EDGE_FIELDS)
+        if curves:
+            write_csv(folder / "mib.csv", [row for curve in curves.values() for row in curve.to_rows()])
+        if ctx.plots:
+            save_figure(draw_edge_circuit(graph, dpi=ctx.dpi, title=_edge_title(graph)),
+                        folder / "edge_circuit.png")
+            if curves:
+                save_figure(plot_mib(list(curves.values()), dpi=ctx.dpi,
+                                     title=f"class {target}: faithfulness on {held_out['n_samples']} held-out "
+                                           f"test samples ({ablation} ablation)"),
+                            folder / "mib.png")
+        ctx.edge_circuits[target] = EdgeCircuitReport(graph, search, held_out, curves)
+        print(describe_edge_circuit(graph))
+    return ctx.edge_circuits
+
+
+def own_scores(search: EdgeSearch) -> np.ndarray:
+    """The edge circuit's ranking as scores (higher first): its edges by exact effect, then the rest by the search's
+    scores, so the circuit is a prefix of the ranking."""
+    order = np.lexsort((-np.asarray(search.scores, dtype=float),
+                        -np.array([search.effect.get(e, -math.inf) if search.mask[e] else -math.inf
+                                   for e in range(len(search.mask))]),
+                        ~search.mask))
+    scores = np.empty(len(order))
+    scores[order] = np.arange(len(order), 0, -1, dtype=float)
+    return scores
+
+
+def mib_summary(curve: MIBCurve) -> dict[str, Any]:
+    """A curve's CPR, CMD, faithfulness per budget and the edges needed for each level, as JSON."""
+    return {"cpr": curve.cpr, "cmd": curve.cmd, "budgets": list(curve.budgets),
+            "faithfulness": [float(f) for f in curve.faithfulness], "n_samples": curve.n_samples,
+            "total_edges": curve.total_edges,
+            "needed": {f"{level:g}": {"n_edges": need.n_edges, "percent": need.percent,
+                                      "faithfulness": need.faithfulness}
+                       for level, need in sorted(curve.needed.items())}}
+
+
+EDGE_FIELDS = ["parent", "child", "kind", "effect", "score", "discovery_p_value", "discovery_q_value",
+               "discovery_ci_low", "discovery_ci_high"]
+"""The columns of ``edges.csv``: discovery's columns are empty where discovery did not test the unit pair."""
+
+
+def edge_rows(graph: CausalGraph, discovered: CausalGraph | None = None) -> list[dict[str, Any]]:
+    """One row per circuit edge (recurrent same-layer edges included), by |effect|, largest first.
+
+    ``discovered``: discovery's significance graph; where it holds an edge
+    between the same two units, its p-value, q-value and CI are added.
+    """
+    rows = [{"parent": parent, "child": child, "kind": attrs.get("kind", ""), "effect": attrs.get("effect"),
+             "score": attrs.get("score")} for parent, child, attrs in graph.edges()]
+    for extra in graph.results.get("edge_circuit", {}).get("same_layer_edges", []):
+        parent, child = str(extra["edge"]).split("->", 1)
+        rows.append({"parent": parent, "child": child, "kind": extra.get("kind", ""), "effect": extra.get("effect"),
+                     "score": extra.get("score")})
+    tested = discovered.digraph if discovered is not None else None
+    for row in rows:
+        stats = tested.get_edge_data(row["parent"], row["child"]) if tested is not None else None
+        for key in ("p_value", "q_value", "ci_low", "ci_high"):
+            row[f"discovery_{key}"] = (stats or {}).get(key, "")
+    return sorted(rows, key=lambda row: -_abs(row["effect"]))
+
+
+def _abs(value: Any) -> float:
+    number = float(value) if isinstance(value, (int, float)) else math.nan
+    return abs(number) if math.isfinite(number) else -1.0
+
+
+def _edge_title(graph: CausalGraph) -> str:
+    meta, found = graph.metadata, graph.results["edge_circuit"]
+    held = graph.results.get("held_out", {})
+    faith = f", held-out f {held['faithfulness']:.2f}" if held else ""
+    return (f"Edge circuit of class {meta['target']} ({meta.get('model', '')} on {meta.get('dataset', '')}): "
+            f"{found['n_edges']:,} of {found['total_edges']:,} edges{faith}")
+
+
+def describe_edge_circuit(graph: CausalGraph) -> str:
+    """One line: the circuit's edges, their share, its held-out faithfulness and CPR beside the baselines'."""
+    meta, found = graph.metadata, graph.results["edge_circuit"]
+    held = graph.results["held_out"]
+    line = (f"circuit     class {meta['target']}: {found['n_edges']:,} of {found['total_edges']:,} edges "
+            f"({found['fraction']:.1%}), held-out f {held['faithfulness']:.2f} on {held['n_samples']} samples")
+    scores = graph.results.get("mib") or {}
+    if EDGE_CIRCUIT in scores:
+        others = ", ".join(f"{MIB_NAMES.get(name, name)} {score['cpr']:.2f}"
+                           for name, score in scores.items() if name != EDGE_CIRCUIT)
+        line += f", CPR {scores[EDGE_CIRCUIT]['cpr']:.2f}" + (f" ({others})" if others else "")
+    return line
+
+
+def node_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CircuitReport]:
     """The minimal faithful circuit of each explained class, checked on held-out test samples.
 
     The circuit is found on ``options.n_samples`` samples of ``discovery.samples_from``
@@ -77,7 +291,7 @@ def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CircuitR
     dataset, model = ctx.dataset, ctx.model
     inputs, labels, split = discovery_inputs(ctx)
     reference = dataset.x_train[:1000]
-    settings = options.model_dump(exclude={"enabled", "n_random", "eval_samples", "curves"})
+    settings = options.model_dump(include={"faithfulness", "n_samples", "layers", "steps"})
     for target in ctx.explained_classes():
         folder = ctx.run_dir / "circuit" / f"class_{target}"
         search = find_circuit(model, inputs, target, labels=labels, reference=reference, seed=ctx.seed,

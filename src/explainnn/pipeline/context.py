@@ -16,7 +16,7 @@ from explainnn.data import Dataset
 from explainnn.errors import UserError
 
 if TYPE_CHECKING:
-    from explainnn.pipeline.circuit import CircuitReport
+    from explainnn.pipeline.circuit import CircuitReport, EdgeCircuitReport
 
 class RunContext:
     """One run's shared state: the resolved config, its folder and device, and each step's result.
@@ -26,7 +26,9 @@ class RunContext:
     :class:`~explainnn.causal.DiscoveryResult` per class; ``graphs`` holds their
     graphs), ``faithfulness``, ``stability`` and ``seed_stability`` (checks:
     ``circuit_faithfulness``'s report, :class:`~explainnn.causal.StabilityResult`,
-    :class:`~explainnn.causal.SeedStability`), ``circuits`` (circuit: one
+    :class:`~explainnn.causal.SeedStability`), ``edge_circuits`` or ``circuits``
+    (circuit, ``circuit.level`` edges or nodes: one
+    :class:`~explainnn.pipeline.circuit.EdgeCircuitReport` or
     :class:`~explainnn.pipeline.circuit.CircuitReport` per class; ``circuit_graphs``
     holds their graphs), ``attributions``,
     ``evaluations``, and ``analyses`` (views, text, clustering: what each
@@ -46,6 +48,7 @@ class RunContext:
         self.stability: dict[int, StabilityResult] = {}
         self.seed_stability: dict[int, SeedStability] = {}
         self.circuits: dict[int, CircuitReport] = {}
+        self.edge_circuits: dict[int, EdgeCircuitReport] = {}
         self.attributions: dict[int, dict[str, np.ndarray]] = {}
         self.evaluations: dict[int, Any] = {}
         self.analyses: dict[str, Any] = {}
@@ -62,8 +65,11 @@ class RunContext:
 
     @property
     def circuit_graphs(self) -> dict[int, CausalGraph]:
-        """The minimal circuit of each explained class as a graph (from :attr:`circuits`, the circuit step's results)."""
-        return {target: report.graph for target, report in self.circuits.items()}
+        """The circuit of each explained class as a graph (from :attr:`edge_circuits` and :attr:`circuits`, the
+        circuit step's results; the edge circuit where a class has both)."""
+        graphs = {target: report.graph for target, report in self.circuits.items()}
+        graphs.update({target: report.graph for target, report in self.edge_circuits.items()})
+        return dict(sorted(graphs.items()))
 
     @property
     def dataset(self) -> Dataset:

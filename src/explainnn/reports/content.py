@@ -8,9 +8,12 @@ them in memory) or are read from the run folder (``config.yaml``,
 from the folder (``evaluation/summary.csv`` and its neighbours, in that folder or
 in one sub-folder per class). Pictures are found by looking: every PNG under
 ``discovery/class_<k>/``, ``circuit/class_<k>/``, ``attributions/`` and
-``evaluation/``. Two names are kept apart: the *causal graph* is discovery's
-significance graph, the *minimal circuit* the circuit step's smallest faithful
-unit set. A step that was
+``evaluation/``. Three names are kept apart: the *edge circuit*
+(``circuit/class_<k>/edge_circuit.json``, ``edges.csv``, ``mib.csv``) is a class's
+main causal graph, the fewest unit-to-unit edges that keep its behaviour, shown
+first with its strongest edges and its MIB curves; the *significance graph* is
+discovery's graph, shown after it as a secondary view; the *minimal circuit* is
+the node-level circuit's smallest faithful unit set. A step that was
 disabled simply leaves its section empty, so a report can be written after any
 subset of the steps, and rebuilt later from the folder alone.
 """
@@ -26,8 +29,16 @@ from typing import Any, Mapping
 
 from explainnn.errors import UserError
 
+EDGE_CIRCUIT_PICTURE = ("edge_circuit.png",
+                        "Causal graph: the edge circuit, the fewest unit-to-unit edges that keep the class "
+                        "(width: exact effect of removing the edge)")
+MIB_PICTURE = ("mib.png", "Circuit faithfulness (MIB): f on held-out samples against the share of edges kept")
+EDGE_CIRCUIT_FILES = {EDGE_CIRCUIT_PICTURE[0], MIB_PICTURE[0]}
+"""The edge circuit's pictures, shown in the class's section and the MIB section, not among the minimal circuit's."""
+TOP_EDGES = 15
+"""Edges of an edge circuit the report's table lists (largest |effect| first)."""
 DISCOVERY_PICTURES = {
-    "graph.png": "Causal graph",
+    "graph.png": "Significance graph (discovery): every tested cause, a secondary view",
     "circuit.png": "Causal graph: sufficiency and necessity against random unit sets",
     "stability.png": "Causal graph: stability under soft interventions",
 }
@@ -61,6 +72,13 @@ class ClassSection:
     circuit: dict[str, Any] | None = None
     stability: dict[str, Any] | None = None
     pictures: list[Picture] = field(default_factory=list)
+    edge_circuit: dict[str, Any] | None = None
+    """The edge circuit's record: ``metadata``, ``edge_circuit`` (sizes), ``held_out`` and ``mib`` of its graph."""
+    top_edges: list[dict[str, str]] = field(default_factory=list)
+    """The strongest rows of ``edges.csv`` (at most ``TOP_EDGES``)."""
+    mib: list[dict[str, str]] = field(default_factory=list)
+    """``mib.csv``'s rows."""
+    mib_picture: Picture | None = None
 
 
 @dataclass
@@ -134,6 +152,7 @@ def collect(
     report.attributions = _pictures(run_dir, run_dir / "attributions")
     report.evaluations = _evaluations(run_dir)
     shown = {picture.path.resolve() for section in report.classes for picture in section.pictures}
+    shown |= {section.mib_picture.path.resolve() for section in report.classes if section.mib_picture}
     shown |= {picture.path.resolve() for section in report.circuits for picture in section.pictures}
     shown |= {picture.path.resolve() for picture in report.attributions}
     shown |= {picture.path.resolve() for section in report.evaluations for picture in section.pictures}
@@ -209,7 +228,11 @@ def _classes(run_dir: Path, graphs: Mapping[int, Any] | None) -> list[ClassSecti
     if discovery.is_dir():
         folders = {number: p for p in discovery.iterdir()
                    if p.is_dir() and (number := _class_number(p)) is not None}
-    targets = sorted(set(folders) | set(graphs or {}))
+    edge_folders = {}
+    if (run_dir / "circuit").is_dir():
+        edge_folders = {number: p for p in (run_dir / "circuit").iterdir()
+                        if (p / "edge_circuit.json").is_file() and (number := _class_number(p)) is not None}
+    targets = sorted(set(folders) | set(graphs or {}) | set(edge_folders))
     sections = []
     for target in targets:
         folder = folders.get(target, discovery / f"class_{target}")
@@ -219,6 +242,8 @@ def _classes(run_dir: Path, graphs: Mapping[int, Any] | None) -> list[ClassSecti
 
             graph = CausalGraph.from_json(folder / "graph.json")
         section = ClassSection(target=int(target), pictures=_pictures(run_dir, folder, DISCOVERY_PICTURES))
+        if target in edge_folders:
+            _add_edge_circuit(run_dir, edge_folders[target], section)
         if graph is not None:
             section.metadata = dict(graph.metadata)
             section.n_edges = graph.digraph.number_of_edges()
@@ -233,16 +258,48 @@ def _classes(run_dir: Path, graphs: Mapping[int, Any] | None) -> list[ClassSecti
     return sections
 
 
+def _add_edge_circuit(run_dir: Path, folder: Path, section: ClassSection) -> None:
+    """The edge circuit of ``folder`` as the class's main causal graph: its record, strongest edges, MIB curves and
+    pictures (the circuit's picture first, before discovery's)."""
+    record = _read_json(folder / "edge_circuit.json") or {}
+    metadata = dict(record.get("metadata", {}))
+    results = metadata.pop("results", {}) or {}
+    metadata.pop("samples", None)
+    section.edge_circuit = {"metadata": metadata, "edge_circuit": results.get("edge_circuit") or {},
+                            "held_out": results.get("held_out") or {}, "mib": results.get("mib") or {}}
+    section.top_edges = _read_csv(folder / "edges.csv")[:TOP_EDGES]
+    section.mib = _read_csv(folder / "mib.csv")
+    name, caption = EDGE_CIRCUIT_PICTURE
+    if (folder / name).is_file():
+        section.pictures.insert(0, Picture(caption, folder / name, _relative(folder / name, run_dir)))
+    name, caption = MIB_PICTURE
+    if (folder / name).is_file():
+        section.mib_picture = Picture(caption, folder / name, _relative(folder / name, run_dir))
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
 def _circuits(run_dir: Path) -> list[CircuitSection]:
-    """Every ``circuit/class_<k>/`` folder: the minimal circuit's search and check (``circuit.json``) and pictures."""
+    """Every ``circuit/class_<k>/`` folder with a minimal (node) circuit: its search and check (``circuit.json``) and
+    pictures."""
     root = run_dir / "circuit"
     if not root.is_dir():
         return []
     sections = []
     for folder in sorted((p for p in root.iterdir() if p.is_dir() and _class_number(p) is not None),
                          key=lambda p: _class_number(p) or 0):
-        section = CircuitSection(target=int(_class_number(folder) or 0),
-                                 pictures=_pictures(run_dir, folder, CIRCUIT_PICTURES))
+        pictures = [picture for picture in _pictures(run_dir, folder, CIRCUIT_PICTURES)
+                    if not (picture.path.parent == folder and picture.path.name in EDGE_CIRCUIT_FILES)]
+        if not pictures and not (folder / "circuit.json").is_file():
+            continue
+        section = CircuitSection(target=int(_class_number(folder) or 0), pictures=pictures)
         record = _read_json(folder / "circuit.json")
         if record is not None:
             metadata = dict(record.get("metadata", {}))

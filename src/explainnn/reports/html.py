@@ -108,6 +108,23 @@ def _class_sections(report: Report) -> list[str]:
         parts.append(_missing("discovery did not run (discovery.enabled: false) or wrote nothing"))
     for section in report.classes:
         parts.append(f"<h3>Class {section.target}</h3>")
+        if section.edge_circuit:
+            parts.append(f'<p class="note">Edge circuit: {html.escape(tables.edge_circuit_line(section))}</p>')
+            main = section.pictures[:1] if section.pictures and section.pictures[0].path.name == "edge_circuit.png" \
+                else []
+            parts.extend(_picture(picture) for picture in main)
+            parts.append(f"<h4>The edge circuit's strongest edges (of {len(section.top_edges)} shown; all in "
+                         "edges.csv)</h4>")
+            parts.append(_table(tables.top_edges_table(section), numeric=(3, 4)))
+            parts.append("<h4>Circuit faithfulness (MIB)</h4>")
+            if section.mib:
+                parts.append(_table(tables.mib_table(section), numeric=(1, 2, 3, 4)))
+            else:
+                parts.append(_missing("no MIB curves (circuit.mib: false)"))
+            if section.mib_picture:
+                parts.append(_picture(section.mib_picture))
+            if section.layers:
+                parts.append("<h4>Significance graph (discovery)</h4>")
         if section.layers:
             options = section.metadata.get("options", {})
             described = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None and k != "layers")
@@ -125,7 +142,9 @@ def _class_sections(report: Report) -> list[str]:
             note = tables.stability_note(section.stability)
             if note:
                 parts.append(f'<p class="note">{html.escape(note)}</p>')
-        parts.extend(_picture(picture) for picture in section.pictures)
+        shown = section.pictures[1:] if section.edge_circuit and section.pictures and \
+            section.pictures[0].path.name == "edge_circuit.png" else section.pictures
+        parts.extend(_picture(picture) for picture in shown)
     return parts
 
 

@@ -41,6 +41,21 @@ def render_markdown(report: Report) -> str:
         parts.append("_discovery did not run (discovery.enabled: false) or wrote nothing_\n")
     for section in report.classes:
         parts.append(f"### Class {section.target}\n")
+        pictures = section.pictures
+        if section.edge_circuit:
+            parts.append(f"Edge circuit: {tables.edge_circuit_line(section)}\n")
+            if pictures and pictures[0].path.name == "edge_circuit.png":
+                parts.append(_picture(pictures[0]))
+                pictures = pictures[1:]
+            parts.append(f"#### The edge circuit's strongest edges (of {len(section.top_edges)} shown; all in "
+                         "edges.csv)\n")
+            parts.append(_table(tables.top_edges_table(section)))
+            parts.append("#### Circuit faithfulness (MIB)\n")
+            parts.append(_table(tables.mib_table(section)) if section.mib else "_no MIB curves (circuit.mib: false)_\n")
+            if section.mib_picture:
+                parts.append(_picture(section.mib_picture))
+            if section.layers:
+                parts.append("#### Significance graph (discovery)\n")
         if section.layers:
             parts.append(f"{section.metadata.get('n_samples', '?')} samples "
                          f"({section.metadata.get('inputs', 'test split')}); {section.n_edges} edges.\n")
@@ -54,7 +69,7 @@ def render_markdown(report: Report) -> str:
             note = tables.stability_note(section.stability)
             if note:
                 parts.append(note + "\n")
-        parts.extend(_picture(picture) for picture in section.pictures)
+        parts.extend(_picture(picture) for picture in pictures)
     if report.circuits:
         parts.append("## Minimal circuits\n")
     for circuit in report.circuits:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+from explainnn.causal.draw import MIB_NAMES
 from explainnn.evaluation.summary import format_number, format_p, verdict
 from explainnn.reports.content import CircuitSection, ClassSection, EvaluationSection
 
@@ -184,3 +185,61 @@ def samples_line(section: EvaluationSection) -> str:
                 f"{missed} misclassified (explained for their true class {target})")
     return (f"{kind}; {held}; {settings.get('normalisation', '')}; seed {settings.get('seed')}; "
             f"inputs as Quantus saw them: {settings.get('modality')} {tuple(settings.get('quantus_layout', []))}.")
+
+
+def _number(text: Any, digits: int = 3) -> str:
+    """A CSV cell as a rounded number (empty stays empty)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return str(text or "")
+    return f"{value:.{digits}g}" if math.isfinite(value) else "n/a"
+
+
+def edge_circuit_line(section: ClassSection) -> str:
+    """The edge circuit's size, where it was found and its exact faithfulness there and on held-out samples."""
+    record = section.edge_circuit or {}
+    found, held, meta = record.get("edge_circuit", {}), record.get("held_out", {}), record.get("metadata", {})
+    if not found:
+        return ""
+    options = meta.get("options", {})
+    line = (f"{found.get('n_edges', 0):,} of {found.get('total_edges', 0):,} edges ({_percent(found.get('fraction'))}), "
+            f"found by {MIB_NAMES.get(str(found.get('method')), found.get('method'))} on "
+            f"{meta.get('n_samples', '?')} samples ({meta.get('inputs', '?')}) to keep "
+            f"{format_number(options.get('faithfulness'))} of the normalised {found.get('metric', '')} under "
+            f"{found.get('ablation', '')} ablation (kept {format_number(found.get('faithfulness'))})")
+    if held:
+        line += (f"; held-out faithfulness {format_number(held.get('faithfulness'))} on {held.get('n_samples', '?')} "
+                 f"test samples")
+    return line + "."
+
+
+def top_edges_table(section: ClassSection) -> Table:
+    """The edge circuit's strongest edges: exact effect of removing each, and discovery's test of the unit pair."""
+    rows = [[row.get("parent", ""), row.get("child", ""), row.get("kind", ""), _number(row.get("effect")),
+             _number(row.get("discovery_p_value")) or "not in the significance graph",
+             (f"[{_number(row.get('discovery_ci_low'))}, {_number(row.get('discovery_ci_high'))}]"
+              if row.get("discovery_ci_low") not in (None, "") else "")]
+            for row in section.top_edges]
+    return ["parent", "child", "kind", "effect of removing it (f lost)", "discovery p-value",
+            "discovery 95% CI of the logit change"], rows
+
+
+def mib_table(section: ClassSection) -> Table:
+    """One row per ranking: edges needed for held-out f >= 0.8 (and 0.9), CPR (higher is better), CMD (lower)."""
+    rows, seen = [], set()
+    for row in section.mib:
+        method = row.get("method", "")
+        if method in seen:
+            continue
+        seen.add(method)
+
+        def needed(level: str, row: Mapping[str, Any] = row) -> str:
+            edges, percent = row.get(f"edges_for_{level}"), row.get(f"percent_for_{level}")
+            return f"{int(float(edges)):,} ({_number(percent)}%)" if edges not in (None, "") else "n/a"
+
+        rows.append([MIB_NAMES.get(method, method), needed("0.8"), needed("0.9"), _number(row.get("cpr")),
+                     _number(row.get("cmd"))])
+    n = section.mib[0].get("n_samples", "?") if section.mib else "?"
+    return ["method", f"edges for f >= 0.8 ({n} held-out samples)", "edges for f >= 0.9", "CPR (higher is better)",
+            "CMD (lower is better)"], rows
