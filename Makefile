@@ -4,6 +4,7 @@
 # make run ARGS="..." runs src/explainnn/main.py with ARGS in .venv (created if missing), e.g.
 #   make run ARGS="discovery.target_class=7"
 #   make run ARGS="--config configs/lstm_mnist_rows.yaml"
+# make docs builds the documentation site (mkdocs, --strict) into site/; make docs-serve serves it locally.
 # make notebook re-executes demonstration.ipynb in place (its outputs are committed).
 # TORCH_SPEC picks the PyTorch build (default: the CPU wheel torch==2.13.0), e.g.
 #   make demo TORCH_SPEC="torch==2.5.1"
@@ -12,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 STAMP := $(VENV)/.explainnn-installed
 
-.PHONY: demo run test lint typecheck notebook setup clean-venv
+.PHONY: demo run test lint typecheck docs docs-serve notebook setup clean-venv
 
 demo: $(STAMP)
 	$(VENV)/bin/python src/explainnn/main.py --config config.yaml
@@ -28,6 +29,13 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/python -m mypy
+
+# The hook docs/hooks.py regenerates docs/configuration.md and docs/methods.md from the code first.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/python -m mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/python -m mkdocs serve
 
 notebook: $(STAMP)
 	$(VENV)/bin/python scripts/run_notebook.py demonstration.ipynb

@@ -1,4 +1,5 @@
-"""The README's commands run in the project's environment as pasted (after ``make demo``), never a bare ``python``."""
+"""The commands of the README and the docs run in the project's environment as pasted (after ``make demo``), never a
+bare ``python``."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _shell_lines() -> list[str]:
-    """Every command line of the README's bash blocks, and every inline ``python ...`` run of main.py."""
-    readme = (ROOT / "README.md").read_text()
+    """Every command line of the bash blocks of the README and the docs pages, and every inline run of main.py."""
+    readme = "\n".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))])
     lines = [line.split("#")[0].strip() for block in re.findall(r"```bash\n(.*?)```", readme, re.S)
              for line in block.splitlines()]
     inline = re.findall(r"`([^`\n]*src/explainnn/main\.py[^`\n]*)`", readme)
