@@ -11,7 +11,7 @@ from explainnn.pipeline.circuit import CURVE_POINTS, describe_circuit
 
 SMALL = ["progress=false", "data.name=digits", "training.epochs=8", "training.lr=0.003", "device=cpu",
          "discovery.n_samples=20", "discovery.stability.enabled=false", "circuit.n_samples=20", "circuit.steps=40",
-         "circuit.n_random=100", "circuit.eval_samples=30", "attribution.enabled=false",
+         "circuit.level=nodes", "circuit.n_random=100", "circuit.eval_samples=30", "attribution.enabled=false",
          "evaluation.methods=[saliency]", "evaluation.metrics=[Sparseness]", "evaluation.options={}",
          "evaluation.n_samples=10", "analyses.views.enabled=false", "analyses.clustering.enabled=false",
          "analyses.text.enabled=false", "report=true"]

@@ -32,7 +32,7 @@ from explainnn.causal.discovery import (
     select_samples,
 )
 from explainnn.causal.draw import draw_edge_circuit, draw_graph
-from explainnn.causal.edge_search import edge_circuit, edge_scores, find_edge_circuit, learn_edge_scores
+from explainnn.causal.edge_search import edge_circuit, edge_scores, find_edge_circuit
 from explainnn.causal.edges import EdgeAblation, Edges, ablated_logits, enumerate_edges
 from explainnn.causal.graph import SCHEMA, SCHEMA_VERSION, CausalGraph, library_versions, node_id
 from explainnn.causal.mib import MIBCurve, edges_needed, mib_curve
@@ -112,6 +112,7 @@ def circuit(
         raise ConfigError(f"level must be one of {', '.join(LEVELS)}; got {level!r}")
     if ablation is not None and ablation not in ABLATIONS:
         raise ConfigError(f"ablation must be one of {', '.join(ABLATIONS)}; got {ablation!r}")
+    from explainnn.causal import edge_search, minimal_circuit
     from explainnn.inputs import check_inputs
 
     inputs = check_inputs(model, inputs, labels=labels, target=target, what="circuit")
@@ -123,9 +124,9 @@ def circuit(
         if counterfactuals is not None:
             raise ConfigError("level 'nodes' does not take counterfactuals (it ablates units by their mean); "
                               "use level 'edges' with ablation 'patch'")
-        _check_options("nodes", options, _keywords(node_circuit))
+        _check_options("nodes", options, _keywords(minimal_circuit.circuit))
         return node_circuit(model, inputs, target, **common, **options)
-    _check_options("edges", options, _keywords(edge_circuit) | _keywords(learn_edge_scores))
+    _check_options("edges", options, _keywords(edge_search.edge_circuit) | _keywords(edge_search.learn_edge_scores))
     return edge_circuit(model, inputs, target, ablation="patch" if ablation is None else ablation,
                         counterfactuals=counterfactuals, **common, **options)
 

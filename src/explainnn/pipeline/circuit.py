@@ -131,7 +131,8 @@ def edge_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, EdgeCirc
         ``n_samples``, ``steps``, ``layers`` set the search
         (:func:`~explainnn.causal.find_edge_circuit`) on ``n_samples`` samples
         of ``discovery.samples_from``; ``eval_samples`` (at least
-        ``evaluation.n_samples``) the held-out test samples of the class (those
+        ``evaluation.n_samples`` when the evaluation runs) the held-out test
+        samples of the class (those
         the model classifies correctly, none the search saw; counterfactuals
         under patching: correctly classified test samples of other classes);
         ``mib`` and ``methods`` the MIB curves on those samples.
@@ -149,7 +150,8 @@ def edge_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, EdgeCirc
     inputs, labels, split = discovery_inputs(ctx)
     reference = dataset.x_train[:1000]
     ablation = options.edge_ablation()
-    n_held = max(options.eval_samples, ctx.config.evaluation.n_samples)
+    evaluation = ctx.config.evaluation
+    n_held = max(options.eval_samples, evaluation.n_samples if evaluation.enabled else 0)
     search_options = {"faithfulness": options.faithfulness, "ablation": ablation, "labels": labels,
                       "layers": options.layers, "seed": ctx.seed, "n_samples": options.n_samples,
                       "reference": reference, "steps": options.steps, "progress": ctx.progress}
