@@ -179,6 +179,51 @@ def test_many_masks_equal_single_calls_and_chunks(name: str) -> None:
     torch.testing.assert_close(engine.logits(x, masks, cf, chunk_rows=2), together, rtol=1e-5, atol=1e-5)
 
 
+def _shared_masks(edges, count: int, seed: int) -> torch.Tensor:
+    """Masks that agree on most layers: copies of one mask, each changed on the edges into one child layer (the
+    same change twice for some), in shuffled order, plus the all-kept mask."""
+    rng = np.random.default_rng(seed)
+    base = _masks(edges.n, 1, seed)[0]
+    children = list(dict.fromkeys(edges.child_layer))
+    out = [base.clone(), torch.ones(edges.n)]
+    for k in range(count):
+        child = children[k % len(children)]
+        mask = base.clone()
+        into = torch.from_numpy(np.asarray([c == child for c in edges.child_layer]))
+        mask[into] = torch.from_numpy(rng.random(int(into.sum())).astype(np.float32).round())
+        out += [mask, mask.clone()] if k % 3 == 0 else [mask]
+    return torch.stack([out[i] for i in rng.permutation(len(out))])
+
+
+@pytest.mark.parametrize("ablation", ["patch", "mean", "zero"])
+@pytest.mark.parametrize("name", ["lenet", "research_lenet", "grouped", "bn_mlp", "resnet", "gru2", "bilstm_mean",
+                                  "attention_lstm"])
+def test_masks_sharing_layers_equal_the_oracle(name: str, ablation: str) -> None:
+    """Blocks that agree on the layers run so far share their values; every block still equals the oracle."""
+    model, inputs = _model(name)
+    x, cf, reference = inputs(2), inputs(2, seed=1), inputs(3, seed=2)
+    edges = enumerate_edges(model, x[:1])
+    masks = _shared_masks(edges, 7, seed=len(name))
+    engine = EdgeAblation(model, x[:1], edges, ablation=ablation, reference=reference)
+    counterfactuals = cf if ablation == "patch" else None
+    got = engine.logits(x, masks, counterfactuals)
+    again = engine.logits(x, masks, counterfactuals)  # the first layer's cached contributions
+    oracle = Oracle(model, x, edges, ablation, reference)
+    for k in range(len(masks)):
+        expected = oracle.logits(x, masks[k].numpy(), counterfactuals).float()
+        torch.testing.assert_close(got[k], expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(again, got, rtol=0, atol=0)
+    assert (got - got[:1]).abs().amax((1, 2)).max() > 1e-2
+    # masks equal up to the last child layer, all different there (one class per block, not in block order)
+    last = torch.from_numpy(np.asarray([c == edges.child_layer[-1] for c in edges.child_layer]))
+    tail = masks[:1].repeat(4, 1)
+    tail[:, last] = torch.linspace(1.0, 0.0, 4)[:, None]
+    got = engine.logits(x, tail, counterfactuals)
+    for k in range(len(tail)):
+        expected = oracle.logits(x, tail[k].numpy(), counterfactuals).float()
+        torch.testing.assert_close(got[k], expected, rtol=1e-4, atol=1e-4)
+
+
 def test_model_unchanged_also_after_an_exception() -> None:
     model, inputs = _model("lenet")
     model.train()

@@ -494,76 +494,206 @@ def _rows_output(value: Any, rows: slice) -> Any:
 # The masked forward
 
 
-def _linear_masked(module: nn.Linear, x: torch.Tensor, x_abl: torch.Tensor, factor: torch.Tensor,
+def _base(module: nn.Module, x_abl: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The layer's output on its ablated input (``W x_abl + b``): one row per sample, one row (mean) or the bias."""
+    if x_abl.dim() == 0:  # zero ablation: W 0 + b
+        bias = module.bias
+        if not isinstance(bias, torch.Tensor):
+            return like.new_zeros(())
+        if isinstance(module, nn.Linear):
+            return bias
+        return bias.view(-1, *([1] * (like.dim() - 2)))
+    return type(module).forward(module, x_abl)
+
+
+def _linear_masked(module: nn.Linear, x: torch.Tensor, x_abl: torch.Tensor, keep: torch.Tensor,
                    n_blocks: int) -> torch.Tensor:
-    """``module(x) + (W * factor)(x - x_abl)`` per block; ``factor`` ``(K, C_out, C_in)`` is ``mask - 1``."""
+    """``W x_abl + b + (W * keep)(x - x_abl)`` per block; ``keep`` ``(K, C_out, C_in)`` is the mask."""
     weight = module.weight
-    y = F.linear(x, weight, module.bias)
     xs = x.unflatten(0, (n_blocks, -1))
+    base = _base(module, x_abl, x)
     diff = (xs - x_abl).flatten(1, -2)  # (K, R, F)
-    delta = torch.bmm(diff, (weight * factor).transpose(1, 2))
-    return y + delta.view(y.shape)
+    delta = torch.bmm(diff, (weight * keep).transpose(1, 2)).view(*xs.shape[:-1], -1)
+    return (delta + base).flatten(0, 1)
 
 
-def _conv_masked(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, x_abl: torch.Tensor, factor: torch.Tensor,
+def _conv_masked(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, x_abl: torch.Tensor, keep: torch.Tensor,
                  n_blocks: int) -> torch.Tensor:
-    """``module(x) + conv(x - x_abl, W * factor)`` per block; ``factor`` ``(K, C_out, C_in / groups)``."""
+    """``conv(x_abl, W) + b + conv(x - x_abl, W * keep)`` per block; ``keep`` ``(K, C_out, C_in / groups)``."""
     weight = module.weight
-    y = module._conv_forward(x, weight, module.bias)
     xs = x.unflatten(0, (n_blocks, -1))
+    base = _base(module, x_abl, x)
     diff = (xs - x_abl).movedim(0, 1)  # (N, K, C, ...)
     diff = diff.reshape(diff.shape[0], -1, *diff.shape[3:])
     kernel = (1,) * (weight.dim() - 2)
-    masked = (weight * factor.view(*factor.shape, *kernel)).flatten(0, 1)
+    masked = (weight * keep.view(*keep.shape, *kernel)).flatten(0, 1)
+    delta = _conv(module, diff, masked, module.groups * n_blocks)
+    delta = delta.unflatten(1, (n_blocks, -1)).movedim(1, 0)  # (K, N, C_out, ...)
+    return (delta + base).flatten(0, 1)
+
+
+def _conv(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The module's convolution (stride, padding, dilation) of ``x`` with ``weight``, no bias."""
     padding: Any = module.padding
     if module.padding_mode != "zeros":
-        diff = F.pad(diff, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
         padding = 0
     conv = F.conv1d if weight.dim() == 3 else F.conv2d
-    delta = conv(diff, masked, None, module.stride, padding, module.dilation, module.groups * n_blocks)
-    delta = delta.unflatten(1, (n_blocks, -1)).movedim(1, 0).flatten(0, 1)
-    return y + delta
+    return conv(x, weight, None, module.stride, padding, module.dilation, groups)
+
+
+def _unit_contributions(module: nn.Module, diff: torch.Tensor) -> torch.Tensor:
+    """``(N, C_out, C_in, ...)``: what each input channel (feature) adds to each output unit, ``W[j, i] * diff_i``
+    (conv: the single-channel convolution), for a layer whose input is the same in every block."""
+    weight = module.weight
+    if isinstance(module, nn.Linear):
+        return diff.unsqueeze(-2) * weight  # (..., C_out, C_in)
+    c_out, c_in = weight.shape[:2]
+    per_channel = weight.transpose(0, 1).reshape(c_in * c_out, 1, *weight.shape[2:])
+    out = _conv(module, diff, per_channel, c_in)  # (N, C_in * C_out, ...)
+    return out.unflatten(1, (c_in, c_out)).transpose(1, 2)
+
+
+def _input_masked(module: nn.Module, contributions: torch.Tensor, base: torch.Tensor, keep: torch.Tensor,
+                  n_blocks: int) -> torch.Tensor:
+    """A first layer's output per block from its per-unit contributions: ``base + sum_i keep[j, i] c[j, i]``."""
+    if isinstance(module, nn.Linear):
+        delta = torch.einsum("...ji,kji->k...j", contributions, keep)
+    else:
+        delta = torch.einsum("nji...,kji->knj...", contributions, keep)
+    return (delta + base).flatten(0, 1)
+
+
+def _linear_from_input(module: nn.Linear, x: torch.Tensor, x_abl: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """A Linear layer reading only the input (``x``, one block's rows): ``W x_abl + b + (W * keep)(x - x_abl)``
+    per block, the input difference shared by the blocks."""
+    diff = (x - x_abl).flatten(0, -2)  # (R, F)
+    delta = torch.matmul(diff, (module.weight * keep).transpose(1, 2))  # (K, R, C_out)
+    out = delta.view(len(keep), *x.shape[:-1], -1) + _base(module, x_abl, x)
+    return out.flatten(0, 1)
+
+
+CONTRIBUTION_ELEMENTS = 2**24
+"""Largest per-channel contribution tensor (elements) a first convolution keeps across calls."""
+
+
+def _small(x: torch.Tensor, module: nn.Module) -> bool:
+    """Whether a first convolution's per-channel contributions on ``x`` fit :data:`CONTRIBUTION_ELEMENTS`."""
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return int(x.numel() // max(1, x.shape[1]) * weight.shape[0] * weight.shape[1]) <= CONTRIBUTION_ELEMENTS
+
+
+def _tensor_key(value: torch.Tensor) -> tuple:
+    """Identity of a tensor's values while a reference to it is held (storage, view, version)."""
+    return (value.data_ptr(), tuple(value.shape), tuple(value.stride()) if value.dim() else (), value.dtype,
+            value._version)
+
+
+class _Cache:
+    """A few values keyed by tensors' identities; an entry holds references to its tensors so that their memory
+    (and with it the key) cannot be reused by other tensors while it lives."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self.entries: dict[tuple, tuple[Any, tuple]] = {}
+
+    def get(self, key: tuple) -> Any:
+        entry = self.entries.get(key)
+        return None if entry is None else entry[0]
+
+    def put(self, key: tuple, value: Any, refs: tuple) -> None:
+        if len(self.entries) >= self.size:
+            self.entries.pop(next(iter(self.entries)))
+        self.entries[key] = (value, refs)
 
 
 class _Forward:
-    """One masked forward: the state its patched modules read."""
+    """One masked forward: the state its patched modules read.
+
+    Without gradients, blocks (masks) that agree on every layer run so far carry the
+    same values, so each layer is computed once per *class* of blocks (the masks'
+    distinct restrictions to the layers up to it, in execution order) and copied to
+    the other blocks of its class.
+    """
 
     def __init__(self, masks: torch.Tensor, source: _Source, rows: slice, tables: dict[str, _ChildTable],
                  differentiable: bool, inputs: torch.Tensor, regions: dict[str, PathRegion],
-                 frontiers: dict[str, Any]) -> None:
+                 frontiers: dict[str, Any], cache: "_Cache | None" = None) -> None:
         self.n_blocks = masks.shape[0]
         self.inputs = inputs
         self.regions = regions
         self.frontiers = frontiers
         self.outputs: dict[str, Any] = {}
         self.keep_outputs = {parent.module_name for table in tables.values() for parent in table.roots}
-        self.factor = torch.cat([masks, torch.ones_like(masks[:, :1])], 1) - 1.0
+        self.masks = torch.cat([masks, torch.ones_like(masks[:, :1])], 1)
+        self.factor = self.masks - 1.0
         self.source = source
         self.rows = rows
         self.tables = tables
         self.differentiable = differentiable
+        self.cache = cache
+        self.classes = torch.zeros(self.n_blocks, dtype=torch.long, device=masks.device)
 
-    def _kept(self, positions: np.ndarray) -> bool:
+    def _kept(self, positions: np.ndarray, blocks: torch.Tensor | None = None) -> bool:
+        """Whether every edge on ``positions`` is kept in every block (of ``blocks``); never when differentiating."""
         if self.differentiable:
             return False
         if not len(positions):
             return True
-        return bool((self.factor[:, torch.from_numpy(positions).to(self.factor.device)] == 0).all())
+        factor = self.factor if blocks is None else self.factor[blocks]
+        return bool((factor[:, torch.from_numpy(positions).to(factor.device)] == 0).all())
+
+    def _split(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Refine the block classes by the masks on ``positions``; ``(representative block per class, inverse)``
+        (``inverse`` ``None`` when every block is its own class)."""
+        blocks = self.n_blocks
+        if self.differentiable or blocks == 1:
+            return torch.arange(blocks, device=self.masks.device), None
+        values = self.masks[:, torch.from_numpy(positions).to(self.masks.device)] if len(positions) else \
+            self.masks[:, :0]
+        key = torch.cat([self.classes[:, None].to(values.dtype), values], 1)
+        _, inverse = torch.unique(key, dim=0, return_inverse=True)
+        count = int(inverse.max()) + 1
+        first = torch.full((count,), blocks, dtype=torch.long, device=inverse.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(blocks, device=inverse.device), "amin")
+        self.classes = inverse
+        if count == blocks and bool((first == torch.arange(blocks, device=first.device)).all()):
+            return first, None
+        return first, inverse
 
     def layer(self, layer: LayerInfo):
         module = layer.module
         table = self.tables.get(layer.name)
         x_abl = _rows(self.source.inputs[layer.name], self.rows) if table is not None else None
+        from_input = table is not None and all(link.name == INPUT for link in layer.parents) and \
+            isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and getattr(module, "groups", 1) == 1
 
         def forward(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-            if table is None or self._kept(table.positions):
+            if table is None:
                 y = type(module).forward(module, x, *args, **kwargs)
             else:
-                factor = self.factor[:, table.weight_index.to(self.factor.device)]
-                if isinstance(module, nn.Linear):
-                    y = _linear_masked(module, x, x_abl.to(x.dtype), factor, self.n_blocks)
+                rep, inverse = self._split(table.positions)
+                count = len(rep)
+                xs = x.unflatten(0, (self.n_blocks, -1))
+                every = inverse is None  # every block is its own class, in order
+                if self._kept(table.positions, None if every else rep):
+                    y = type(module).forward(module, x if every else xs[rep].flatten(0, 1), *args, **kwargs)
                 else:
-                    y = _conv_masked(module, x, x_abl.to(x.dtype), factor, self.n_blocks)
+                    masks = self.masks if every else self.masks[rep]
+                    keep = masks[:, table.weight_index.to(self.masks.device)]
+                    abl = x_abl.to(x.dtype)
+                    x_rep = x if every else xs[rep].flatten(0, 1)
+                    if from_input and isinstance(module, nn.Linear):
+                        y = _linear_from_input(module, xs[0], abl, keep)
+                    elif from_input and _small(xs[0], module):
+                        y = self._from_input(layer, xs[0], abl, keep, count)
+                    elif isinstance(module, nn.Linear):
+                        y = _linear_masked(module, x_rep, abl, keep, count)
+                    else:
+                        y = _conv_masked(module, x_rep, abl, keep, count)
+                if inverse is not None:
+                    y = y.unflatten(0, (count, -1))[inverse].flatten(0, 1)
                 if table.path:
                     y = self._path_correction(table, x, y)
             if layer.module_name in self.keep_outputs:
@@ -571,6 +701,21 @@ class _Forward:
             return y
 
         return forward
+
+    def _from_input(self, layer: LayerInfo, x: torch.Tensor, x_abl: torch.Tensor, keep: torch.Tensor,
+                    count: int) -> torch.Tensor:
+        """A conv that reads only the input (``x``, the same in every block): per-channel contributions, computed
+        once per input chunk (cached on the untiled inputs)."""
+        module = layer.module
+        key = ("input", layer.name, _tensor_key(self.inputs), _tensor_key(x_abl))
+        found = self.cache.get(key) if self.cache is not None else None
+        if found is None:
+            with torch.no_grad():
+                found = (_unit_contributions(module, x - x_abl), _base(module, x_abl, x))
+            if self.cache is not None:
+                self.cache.put(key, found, (self.inputs, x_abl))
+        contributions, base = found
+        return _input_masked(module, contributions, base, keep, count)
 
     def _path_correction(self, table: _ChildTable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``y`` plus, per (mask, child unit), the child's weights on the change of its shared input features
@@ -630,6 +775,9 @@ class _Forward:
 
         def forward(*args: object, **kwargs: object) -> Any:
             out = self._run_recurrent(module, source, tables, args, kwargs)
+            for table in tables:  # every block was computed; later layers still share values within classes
+                if table is not None:
+                    self._split(table.positions)
             if layers[0].module_name in self.keep_outputs:
                 self.outputs[layers[0].module_name] = out
             return out
@@ -756,6 +904,7 @@ class EdgeAblation:
         self._patch_key: tuple | None = None
         self._patch: _Source | None = None
         self._row_bytes: dict[tuple, int] = {}
+        self._cache = _Cache()
 
     # -- sources ---------------------------------------------------------------------------------------------
     def _source_for(self, inputs: torch.Tensor, counterfactuals: torch.Tensor | None) -> _Source:
@@ -854,7 +1003,8 @@ class EdgeAblation:
                 patch.eval_mode(self.model)
                 self._frontiers = {name: region.frontier(inputs) for name, region in self.regions.items()}
             self._frontier_key = key
-        state = _Forward(masks, source, rows, self.tables, differentiable, inputs, self.regions, self._frontiers)
+        state = _Forward(masks, source, rows, self.tables, differentiable, inputs, self.regions, self._frontiers,
+                         self._cache)
         tiled = inputs.repeat(blocks, *([1] * (inputs.dim() - 1)))
         grads = [(param, param.requires_grad) for param in self.model.parameters()]
         try:
