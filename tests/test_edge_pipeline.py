@@ -24,9 +24,10 @@ from explainnn.errors import ConfigError
 from explainnn.pipeline import Run
 from explainnn.pipeline.circuit import EDGE_FIELDS, EdgeCircuitReport, describe_edge_circuit
 
-SMALL = ["progress=false", "data.name=digits", "training.epochs=8", "training.lr=0.003", "device=cpu",
+SMALL = ["progress=false", "data.name=digits", "training.epochs=6", "training.lr=0.003", "device=cpu",
          "discovery.n_samples=10", "discovery.stability.enabled=false", "discovery.check_circuit=false",
-         "circuit.level=edges", "circuit.method=eap", "circuit.n_samples=10", "circuit.eval_samples=20",
+         "circuit.level=edges", "circuit.method=eap", "circuit.faithfulness=0.5", "circuit.n_samples=10",
+         "circuit.eval_samples=20",
          "circuit.methods=[eap_ig, random]", "attribution.enabled=false", "evaluation.enabled=false",
          "analyses.views.enabled=false", "analyses.clustering.enabled=false", "analyses.text.enabled=false",
          "report=true"]
@@ -58,7 +59,7 @@ def test_the_edge_circuit_step_writes_its_files(edge_run):
     assert graph == report.graph and graph.metadata["inputs"] == "train split"
     found = graph.results["edge_circuit"]
     assert 0 < found["n_edges"] == report.size < found["total_edges"] == report.total_edges
-    assert found["faithfulness"] >= 0.8  # exact, on the circuit samples
+    assert found["faithfulness"] >= 0.5  # exact, on the circuit samples
     edges = _rows(folder / "edges.csv")
     assert list(edges[0]) == EDGE_FIELDS and len(edges) == report.size
     effects = [abs(float(row["effect"])) for row in edges]

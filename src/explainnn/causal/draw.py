@@ -14,6 +14,12 @@ included) are dash-dotted arcs beside the column; cycles are drawn as they are.
 Edges without an effect (a minimal circuit's edges, for instance) are grey. The
 legend lists exactly the colours and line styles drawn. Figures are built
 without pyplot, so drawing never touches the global backend or opens a window.
+
+:func:`draw_edge_circuit` draws an edge circuit (the fewest unit-to-unit edges
+that keep a class): only the units its edges touch, labelled ``"layer:index"``,
+layers as columns, width by the exact effect of removing the edge and colour by
+its sign (blue: removing it lowers the faithfulness). :func:`plot_mib` draws
+MIB's faithfulness curves (f against the share of edges kept, log axis).
 """
 
 from __future__ import annotations
