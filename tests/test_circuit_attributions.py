@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from explainnn.attributions import attribute
-from explainnn.causal import circuit
+from explainnn.causal import node_circuit as circuit
 from test_circuit_minimal import PlantedRNN, _rnn_data
 
 

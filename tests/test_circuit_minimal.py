@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from explainnn.causal import CausalGraph, circuit, circuit_faithfulness
+from explainnn.causal import CausalGraph, circuit_faithfulness
+from explainnn.causal import node_circuit as circuit
 from explainnn.causal.minimal_circuit import (
     EXACT_MARGIN,
     Faithfulness,
