@@ -109,7 +109,7 @@ class StabilityConfig(_Section):
 
 
 class DiscoveryConfig(_Section):
-    """Causal-graph discovery (see README, 'The statistics of discovery')."""
+    """Causal-graph discovery (see docs/concepts.md, the statistics of discovery)."""
 
     enabled: bool = True
     target_class: Union[int, Literal["all"]] = 3
@@ -166,7 +166,7 @@ EdgeMethod = Literal["edge_pruning", "eap", "eap_ig", "acdc", "random", "nodes"]
 
 
 class CircuitConfig(_Section):
-    """The minimal faithful circuit of the target class (see README, 'Minimal faithful circuits').
+    """The minimal faithful circuit of the target class (see docs/concepts.md, circuits).
 
     ``level``: ``edges`` (the fewest unit-to-unit edges, found by ``method``) or
     ``nodes`` (the fewest hidden units). ``ablation``: what a removed edge
@@ -331,7 +331,7 @@ class ClusteringConfig(_Section):
 
 
 class AnalysesConfig(_Section):
-    """Further analyses from the project's seed research (see README, 'Methods')."""
+    """Further analyses from the project's seed research (see docs/methods.md)."""
 
     views: ViewsConfig = Field(default_factory=ViewsConfig)
     text: TextAnalysisConfig = Field(default_factory=TextAnalysisConfig)

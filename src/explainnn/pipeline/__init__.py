@@ -21,7 +21,7 @@ The minimal faithful circuit (config section ``circuit``) is the step
 Adding a step
 -------------
 1. Put its options in ``config.py`` as a section (a pydantic model with an
-   ``enabled`` key; document the keys in ``config.yaml`` and the README table).
+   ``enabled`` key; document the keys in ``config.yaml``; ``docs/configuration.md`` is generated from the schema by ``make docs``).
 2. Write ``pipeline/<step>.py`` with ``def my_step(ctx: RunContext, options:
    MyConfig) -> Result``: read what it needs from ``ctx``, write into
    ``ctx.run_dir / "<step>"`` through :mod:`explainnn.files`, print one line,
