@@ -18,7 +18,7 @@ from explainnn.errors import UserError
 from explainnn.files import write_csv
 from explainnn.pipeline.attribution import explain_classes
 from explainnn.pipeline.checks import check_graphs
-from explainnn.pipeline.circuit import CircuitReport, find_circuits
+from explainnn.pipeline.circuit import CircuitReport, EdgeCircuitReport, find_circuits
 from explainnn.pipeline.clustering import cluster_explanations
 from explainnn.pipeline.context import RunContext
 from explainnn.pipeline.data import load_data
@@ -172,8 +172,15 @@ class Run:
 
     @property
     def circuits(self) -> dict[int, CircuitReport]:
-        """``{class: CircuitReport}``: each class's minimal circuit and its checks (runs the steps up to the circuit)."""
+        """``{class: CircuitReport}``: each class's minimal node circuit and its checks (``circuit.level: nodes``;
+        runs the steps up to the circuit)."""
         return self.run("circuit").circuits
+
+    @property
+    def edge_circuits(self) -> dict[int, EdgeCircuitReport]:
+        """``{class: EdgeCircuitReport}``: each class's minimal edge circuit, its held-out faithfulness and MIB
+        curves (``circuit.level: edges``, the default; runs the steps up to the circuit)."""
+        return self.run("circuit").edge_circuits
 
     @property
     def attributions(self) -> dict[int, dict[str, np.ndarray]]:
