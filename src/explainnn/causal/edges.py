@@ -619,8 +619,9 @@ class _Forward:
 
     def __init__(self, masks: torch.Tensor, source: _Source, rows: slice, tables: dict[str, _ChildTable],
                  differentiable: bool, inputs: torch.Tensor, regions: dict[str, PathRegion],
-                 frontiers: dict[str, Any], cache: "_Cache | None" = None) -> None:
+                 frontiers: dict[str, Any], cache: "_Cache | None" = None, compact: bool = False) -> None:
         self.n_blocks = masks.shape[0]
+        self.compact = compact and not differentiable
         self.inputs = inputs
         self.regions = regions
         self.frontiers = frontiers
@@ -641,15 +642,21 @@ class _Forward:
             return False
         if not len(positions):
             return True
-        factor = self.factor if blocks is None else self.factor[blocks]
-        return bool((factor[:, torch.from_numpy(positions).to(factor.device)] == 0).all())
+        factor = self.factor[:, torch.from_numpy(positions).to(self.factor.device)]
+        return bool((factor if blocks is None else factor[blocks]).eq(0).all())
 
-    def _split(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Refine the block classes by the masks on ``positions``; ``(representative block per class, inverse)``
-        (``inverse`` ``None`` when every block is its own class)."""
+    def _split(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Refine the block classes by the masks on ``positions``.
+
+        Returns the representative block of each new class, ``inverse`` (block ->
+        new class; ``None`` when every block is its own class, in block order) and
+        the class each representative had before (the rows its input sits in, in
+        compact runs).
+        """
         blocks = self.n_blocks
         if self.differentiable or blocks == 1:
-            return torch.arange(blocks, device=self.masks.device), None
+            every = torch.arange(blocks, device=self.masks.device)
+            return every, None, self.classes
         values = self.masks[:, torch.from_numpy(positions).to(self.masks.device)] if len(positions) else \
             self.masks[:, :0]
         key = torch.cat([self.classes[:, None].to(values.dtype), values], 1)
@@ -657,10 +664,11 @@ class _Forward:
         count = int(inverse.max()) + 1
         first = torch.full((count,), blocks, dtype=torch.long, device=inverse.device)
         first = first.scatter_reduce(0, inverse, torch.arange(blocks, device=inverse.device), "amin")
+        before = self.classes[first]
         self.classes = inverse
-        if count == blocks and bool((first == torch.arange(blocks, device=first.device)).all()):
-            return first, None
-        return first, inverse
+        if not self.compact and count == blocks and bool((first == torch.arange(blocks, device=first.device)).all()):
+            return first, None, before
+        return first, inverse, before
 
     def layer(self, layer: LayerInfo):
         module = layer.module
@@ -673,17 +681,18 @@ class _Forward:
             if table is None:
                 y = type(module).forward(module, x, *args, **kwargs)
             else:
-                rep, inverse = self._split(table.positions)
+                rep, inverse, before = self._split(table.positions)
                 count = len(rep)
-                xs = x.unflatten(0, (self.n_blocks, -1))
+                # the rows of x: one block per block (tiled runs) or one per class so far (compact runs)
+                xs = x.unflatten(0, (-1, len(self.inputs)))
                 every = inverse is None  # every block is its own class, in order
+                x_rep = x if every else xs[before if self.compact else rep].flatten(0, 1)
                 if self._kept(table.positions, None if every else rep):
-                    y = type(module).forward(module, x if every else xs[rep].flatten(0, 1), *args, **kwargs)
+                    y = type(module).forward(module, x_rep, *args, **kwargs)
                 else:
                     masks = self.masks if every else self.masks[rep]
                     keep = masks[:, table.weight_index.to(self.masks.device)]
                     abl = x_abl.to(x.dtype)
-                    x_rep = x if every else xs[rep].flatten(0, 1)
                     if from_input and isinstance(module, nn.Linear):
                         y = _linear_from_input(module, xs[0], abl, keep)
                     elif from_input and _small(xs[0], module):
@@ -692,7 +701,7 @@ class _Forward:
                         y = _linear_masked(module, x_rep, abl, keep, count)
                     else:
                         y = _conv_masked(module, x_rep, abl, keep, count)
-                if inverse is not None:
+                if inverse is not None and not self.compact:
                     y = y.unflatten(0, (count, -1))[inverse].flatten(0, 1)
                 if table.path:
                     y = self._path_correction(table, x, y)
@@ -836,6 +845,26 @@ class _Forward:
         return format_output(module, inputs, finals_h, finals_c if kind == "lstm" else None)
 
 
+def _is_chain(model: nn.Module, example: torch.Tensor) -> bool:
+    """Whether the model's traced graph is one chain (every operation reads one value and is read once), so that
+    its forward can run on one block of rows per class of masks, the blocks' row counts changing at each layer."""
+    split = GraphSplit.trace(model)
+    if split is None:
+        return False
+    for node in split.nodes:
+        if node.op == "output":
+            continue
+        if node.op == "get_attr" or len(node.users) != 1:
+            return False
+        if node.op != "placeholder" and len(node.all_input_nodes) != 1:
+            return False
+    if sum(node.op == "placeholder" for node in split.nodes) != 1:
+        return False
+    with ModelPatch() as patch:
+        patch.eval_mode(model)
+        return split.reproduces(example[:1])
+
+
 def _regions(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo],
              tables: dict[str, _ChildTable]) -> dict[str, PathRegion]:
     """The weight-free region into every child with path links (refused when the model does not trace)."""
@@ -905,6 +934,10 @@ class EdgeAblation:
         self._patch: _Source | None = None
         self._row_bytes: dict[tuple, int] = {}
         self._cache = _Cache()
+        self.chain = not self.regions and not any(layer.recurrent for layer in self.layers) and \
+            _is_chain(model, example_input)
+        self._compact_tables = [self.tables[layer.name] for layer in self.layers if layer.name in self.tables]
+        self._row_bytes_segments: dict[tuple, np.ndarray] = {}
 
     # -- sources ---------------------------------------------------------------------------------------------
     def _source_for(self, inputs: torch.Tensor, counterfactuals: torch.Tensor | None) -> _Source:
@@ -975,10 +1008,59 @@ class EdgeAblation:
             for first in range(0, n, per_input):
                 part = slice(first, min(n, first + per_input))
                 blocks = max(1, rows // (part.stop - part.start))
-                pieces = [self._run(inputs[part], masks_t[k:k + blocks], source, part, False)
-                          for k in range(0, masks_t.shape[0], blocks)]
+                if self.chain and chunk_rows is None:
+                    groups = self._compact_groups(inputs, masks_t, part.stop - part.start)
+                else:
+                    groups = [slice(k, k + blocks) for k in range(0, masks_t.shape[0], blocks)]
+                pieces = [self._run(inputs[part], masks_t[group], source, part, False) for group in groups]
                 out.append(torch.cat(pieces, 0))
         return torch.cat(out, 1)
+
+    def _compact_groups(self, inputs: torch.Tensor, masks: torch.Tensor, n: int) -> list[slice]:
+        """Consecutive runs of masks whose compact forward fits the memory budget: each layer's activations are
+        counted once per class of masks (masks that agree on every masked layer up to it)."""
+        segments = self._segment_bytes(inputs)
+        classes = torch.zeros(len(masks), dtype=torch.long, device=masks.device)
+        ids = []
+        for table in self._compact_tables:
+            values = masks[:, torch.from_numpy(table.positions).to(masks.device)]
+            key = torch.cat([classes[:, None].to(values.dtype), values], 1)
+            classes = torch.unique(key, dim=0, return_inverse=True)[1]
+            ids.append(classes.cpu().numpy())
+        budget = self.memory_budget_mb * 2**20
+        groups, start = [], 0
+        seen: list[set[int]] = [set() for _ in ids]
+        used = float(segments[0] * n)
+        for k in range(len(masks)):
+            extra = sum(float(segments[s + 1] * n) for s, column in enumerate(ids) if int(column[k]) not in seen[s])
+            if k > start and used + extra > budget:
+                groups.append(slice(start, k))
+                start, seen, used = k, [set() for _ in ids], float(segments[0] * n)
+                extra = sum(float(segments[s + 1] * n) for s in range(len(ids)))
+            for s, column in enumerate(ids):
+                seen[s].add(int(column[k]))
+            used += extra
+        groups.append(slice(start, len(masks)))
+        return groups
+
+    def _segment_bytes(self, inputs: torch.Tensor) -> np.ndarray:
+        """Bytes per row (three times the activations) of the calls before the first masked layer and from each
+        masked layer to the next, in execution order."""
+        key = ("segments", tuple(inputs.shape[1:]), inputs.dtype)
+        if key not in self._row_bytes_segments:
+            with ModelPatch() as patch, torch.no_grad():
+                patch.eval_mode(self.model)
+                trace = trace_forward(self.model, inputs[:1])
+            index = {table.layer.module_name: i + 1 for i, table in enumerate(self._compact_tables)}
+            segments = np.zeros(len(self._compact_tables) + 1)
+            current = 0
+            for call in sorted(trace.calls, key=lambda c: c.start):
+                current = index.get(call.name, current)
+                for shape in (call.output, *call.args):
+                    if isinstance(shape, torch.Size):
+                        segments[current] += 4 * 3 * int(np.prod(shape))
+            self._row_bytes_segments[key] = segments
+        return self._row_bytes_segments[key]
 
     def _budget_rows(self, inputs: torch.Tensor) -> int:
         key = (tuple(inputs.shape[1:]), inputs.dtype)
@@ -1003,9 +1085,10 @@ class EdgeAblation:
                 patch.eval_mode(self.model)
                 self._frontiers = {name: region.frontier(inputs) for name, region in self.regions.items()}
             self._frontier_key = key
+        compact = self.chain and not differentiable
         state = _Forward(masks, source, rows, self.tables, differentiable, inputs, self.regions, self._frontiers,
-                         self._cache)
-        tiled = inputs.repeat(blocks, *([1] * (inputs.dim() - 1)))
+                         self._cache, compact)
+        tiled = inputs if compact else inputs.repeat(blocks, *([1] * (inputs.dim() - 1)))
         grads = [(param, param.requires_grad) for param in self.model.parameters()]
         try:
             for param, _ in grads:
@@ -1024,6 +1107,8 @@ class EdgeAblation:
         finally:
             for param, flag in grads:
                 param.requires_grad_(flag)
+        if compact:  # one block of rows per class of masks: copy each class to its blocks
+            return out.unflatten(0, (-1, inputs.shape[0]))[state.classes]
         return out.unflatten(0, (blocks, -1))
 
 
