@@ -180,6 +180,7 @@ class CircuitModel:
         # EdgeAblation.logits runs under torch.no_grad unless the mask requires gradients; a mask that does
         # keeps the inputs' gradients (only the inputs' are ever asked for).
         self.mask = torch.as_tensor(np.asarray(keep, dtype=np.float32)).requires_grad_(True)
+        self.first = _first_convolutions(self.engine, edges, np.asarray(keep, dtype=bool))
         self._baselines: Tensor | None = None
         self._inputs: Tensor | None = None
 
@@ -192,9 +193,53 @@ class CircuitModel:
         # version); holding the tensors last passed keeps a freed tensor's identity from being reused by a
         # different one while the cache still names it.
         self._baselines = held
-        out = self.engine.logits(inputs, self.mask.to(inputs.device), held)[0]
+        handles = []
+        if torch.is_grad_enabled() and inputs.requires_grad:
+            handles = [module.register_forward_hook(_input_gradient(keep)) for module, keep in self.first]
+        try:
+            out = self.engine.logits(inputs, self.mask.to(inputs.device), held)[0]
+        finally:
+            for handle in handles:
+                handle.remove()
         self._inputs = inputs
         return out
+
+
+def _first_convolutions(engine: EdgeAblation, edges: Edges, keep: np.ndarray) -> list[tuple[nn.Module, Tensor]]:
+    """Convolutions that read only the model's input, each with its ``(C_out, C_in)`` keep-mask of input edges."""
+    found = []
+    for layer in engine.layers:
+        module = layer.module
+        if not isinstance(module, (nn.Conv1d, nn.Conv2d)) or module.groups != 1 or \
+                not layer.parents or any(link.name != INPUT_LAYER for link in layer.parents):
+            continue
+        table = torch.ones(module.out_channels, module.in_channels)
+        into = [e for e in range(edges.n) if edges.child_layer[e] == layer.name and edges.parent_layer[e] == INPUT_LAYER]
+        for e in into:
+            table[int(edges.child_unit[e]), int(edges.parent_unit[e])] = float(keep[e])
+        found.append((module, table))
+    return found
+
+
+def _input_gradient(keep: Tensor):
+    """A forward hook giving a first convolution's output the gradient of its masked form with respect to its
+    input, ``conv(x, W * keep)``, without changing its value.
+
+    EdgeAblation computes the first convolution of a chain model from per-channel contributions cached under
+    ``torch.no_grad`` (``_Forward._from_input``), which cuts the inputs' gradient; the layer's output is linear in
+    its input with exactly that derivative, so ``y + (t - t.detach())`` restores it (``t - t.detach()`` is 0).
+    """
+
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        x = args[0]
+        if not isinstance(x, Tensor) or not x.requires_grad or x.shape[0] != output.shape[0]:
+            return output
+        weight = module.weight * keep.to(module.weight.device, module.weight.dtype).view(
+            *keep.shape, *([1] * (module.weight.dim() - 2)))
+        t = module._conv_forward(x, weight, None)
+        return output.detach() + (t - t.detach())
+
+    return hook
 
 
 def circuit_model(model: nn.Module, graph: Any, example_input: Tensor) -> CircuitModel:
