@@ -113,7 +113,7 @@ def machine(threads: int) -> dict[str, Any]:
 
 
 def machine_line(info: dict[str, Any]) -> str:
-    return (f"{info['cpu']}, {info['cores']} cores, {info['threads']} torch threads, torch {info['torch']}; "
+    return (f"{info['cpu']}, {info['cores']} cores, {info['threads']} torch thread{'s' if info['threads'] != 1 else ''}, torch {info['torch']}; "
             f"load average (1, 5, 15 min) {', '.join(f'{v:.2f}' for v in info['load'])} at the start, "
             f"{', '.join(f'{v:.2f}' for v in info.get('load_end', info['load']))} at the end")
 
@@ -202,11 +202,12 @@ def run_one(name: str, model, split, target: int, ablation: str, nodes: dict, ar
     if args.quick:
         search_options["steps"] = 10
         layers = layers or [output_layer(model, split["held_x"][:1])]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     search = find_edge_circuit(model, split["circuit_x"], target, faithfulness=LEVEL, ablation=ablation,
                                labels=split["circuit_y"], layers=layers, seed=args.seed, n_samples=n_samples,
                                reference=split["reference"], **search_options)
     seconds_circuit = time.perf_counter() - started
+    cpu_circuit = time.process_time() - cpu
     edges = search.edges
     print(f"  {ablation}: edge circuit {search.size} of {edges.n} edges ({100 * search.size / edges.n:.2f}%), "
           f"f {search.faithfulness:.3f} on {len(search.samples)} circuit samples, {seconds_circuit:.1f} s", flush=True)
@@ -231,7 +232,12 @@ def run_one(name: str, model, split, target: int, ablation: str, nodes: dict, ar
         elif method == "eap_ig":
             scores[method] = eap_ig_scores(circuit_eval)
         elif method == "acdc":
-            circuits[method], scores[method] = acdc(circuit_eval, circuit_graph)
+            acdc_eval = circuit_eval
+            if args.acdc_samples and args.acdc_samples < n_samples:
+                acdc_eval, _ = build_evaluator(model, split["circuit_x"], target, edges=edges,
+                                               labels=split["circuit_y"], ablation=ablation,
+                                               reference=split["reference"], n_samples=args.acdc_samples)
+            circuits[method], scores[method] = acdc(acdc_eval, circuit_graph)
         elif method == "nodes":
             circuits[method] = induced_edges(circuit_graph, nodes["units"])
             scores[method] = circuits[method].astype(float) + random_scores(edges.n, args.seed) / (edges.n + 1.0)
@@ -274,11 +280,11 @@ def run_one(name: str, model, split, target: int, ablation: str, nodes: dict, ar
     write_csv(folder / "curves.csv", rows)
     summary = {
         "model": name, "class": target, "ablation": ablation, "metric": search.metric, "total_edges": int(edges.n),
-        "layers": list(layers) if layers else None,
+        "layers": list(layers) if layers else None, "acdc_samples": args.acdc_samples,
         "n_circuit": int(len(search.samples)), "n_held_out": int(len(held_eval.samples)),
         "circuit_edges": search.size, "circuit_percent": 100.0 * search.size / edges.n,
         "faithfulness_circuit_samples": search.faithfulness, "faithfulness_held_out": held_f,
-        "seconds_circuit": seconds_circuit, "seconds": seconds, "full_held_out": held_eval.full,
+        "seconds_circuit": seconds_circuit, "cpu_seconds_circuit": cpu_circuit, "seconds": seconds, "full_held_out": held_eval.full,
         "empty_held_out": held_eval.empty,
         "node_circuit": {k: v for k, v in nodes.items() if k != "units"}, "own_circuits": own,
         "comparison": comparison,
@@ -287,7 +293,6 @@ def run_one(name: str, model, split, target: int, ablation: str, nodes: dict, ar
                     "needed": {f"{k:g}": {"edges": v.n_edges, "percent": v.percent, "faithfulness": v.faithfulness}
                                for k, v in c.needed.items()}} for c in curves],
     }
-    write_json(folder / "summary.json", summary)
     return summary
 
 
@@ -366,7 +371,7 @@ def goals(s: dict) -> dict[str, Any]:
             "ratio": s["comparison"].get("ratio", math.nan)}
 
 
-def markdown(summaries: list[dict], runs: dict[str, dict]) -> str:
+def markdown(summaries: list[dict]) -> str:
     order = {name: i for i, name in enumerate(MODELS)}
     summaries = sorted(summaries, key=lambda s: (order.get(s["model"], 99), s["class"], s["ablation"] != "patch"))
     lines = ["# Edge circuits, scored as MIB scores circuits", "",
@@ -378,12 +383,18 @@ def markdown(summaries: list[dict], runs: dict[str, dict]) -> str:
              "(higher is better); CMD: area under |1 - f| (lower is better). `eap|abs`, `eap_ig|abs`: the same "
              "scores ranked by absolute value (MIB takes these methods' CMD from that ranking).", ""]
     lines += ["## Runs", ""]
-    for model, run in sorted(runs.items(), key=lambda item: order.get(item[0], 99)):
-        lines.append(f"- **{model}** (test accuracy {run['accuracy']:.4f}): `{run['command']}`; "
-                     f"{run['date']}; {machine_line(run['machine'])}; {run['seconds']:.0f} s in all.")
+    commands: dict[tuple[str, str], list[dict]] = {}
+    for s in summaries:
+        commands.setdefault((s["model"], s["run"]["command"]), []).append(s)
+    for (model, command), group in commands.items():
+        run = group[0]["run"]
+        which = ", ".join(f"class {s['class']} {s['ablation']}" for s in group)
+        lines.append(f"- **{model}** (test accuracy {run['accuracy']:.4f}), {which}: `{command}`; {run['date']}; "
+                     + "; ".join(f"{machine_line(s['run']['machine'])} ({s['class']} {s['ablation']})"
+                                 for s in group) + ".")
     lines += ["", "## Edge circuits", "",
               "| model, class | ablation | circuit samples | held-out samples | edges | edge circuit | "
-              "f circuit samples | held-out f | wall time | node circuit (units) | node circuit's edges | "
+              "f circuit samples | held-out f | wall time (CPU time) | node circuit (units) | node circuit's edges | "
               "their held-out f | explainnn's edges at that f | ratio |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in summaries:
@@ -396,7 +407,7 @@ def markdown(summaries: list[dict], runs: dict[str, dict]) -> str:
             f"| {s['model']}, {s['class']} | {s['ablation']} | {s['n_circuit']} | {s['n_held_out']} | "
             f"{s['total_edges']:,} | {s['circuit_edges']} ({s['circuit_percent']:.2f}%) | "
             f"{s['faithfulness_circuit_samples']:.3f} | {s['faithfulness_held_out']:.3f} | "
-            f"{s['seconds_circuit']:.1f} s | {node.get('size', '-')} of {node.get('total', '-')} | "
+            f"{s['seconds_circuit']:.1f} s ({s.get('cpu_seconds_circuit', math.nan):.1f} s) | {node.get('size', '-')} of {node.get('total', '-')} | "
             f"{own.get('edges_connected', '-')} | "
             f"{own.get('faithfulness_held_out', math.nan):.3f} | {ours_cell} | "
             f"{'-' if math.isnan(ratio) else f'{ratio:.2f}x'} |")
@@ -437,24 +448,21 @@ def markdown(summaries: list[dict], runs: dict[str, dict]) -> str:
         lines.append(f"| {s['model']}, {s['class']} | {s['ablation']} | {two} | {every} | {cpr_cell} | {ratio_cell} |")
     speed = [s for s in summaries if s["model"] in ("lenet", "resnet")]
     if speed:
-        lines += ["", "Speed of the edge-circuit search (wall time on the threads named under Runs): "
-                  + "; ".join(f"{s['model']} class {s['class']} {s['ablation']} {s['seconds_circuit']:.1f} s"
-                              for s in speed) + ".",
+        lines += ["", "Speed of the edge-circuit search (wall time, and CPU time of all threads, with the threads "
+                  "and load named under Runs): "
+                  + "; ".join(f"{s['model']} class {s['class']} {s['ablation']} {s['seconds_circuit']:.1f} s "
+                              f"({s.get('cpu_seconds_circuit', math.nan):.1f} s CPU)" for s in speed) + ".",
                   "Goals: LeNet under 10 s, ResNet-18 under 600 s."]
-    pictures = [f"![{m}]({m}.png)" for m in runs if (Path(runs[m].get("picture", "")).name)]
-    if pictures:
-        lines += ["", "Pictures (f against % of edges, log x-axis) are written beside the CSVs: "
-                  + ", ".join(f"`{runs[m]['picture']}`" for m in runs) + "."]
+    models = list(dict.fromkeys(s["model"] for s in summaries))
+    lines += ["", "Pictures (held-out f against % of edges, log x-axis, one line per method): "
+              + ", ".join(f"`output/circuit_edges/{m}/{m}.png`" for m in models) + " (under `--output`)."]
     return "\n".join(lines) + "\n"
 
 
-def collect(output: Path) -> tuple[list[dict], dict[str, dict]]:
-    """Every run summary under ``output`` and each model's run record."""
+def collect(output: Path) -> list[dict]:
+    """Every run summary under ``output`` (those written with their run record)."""
     summaries = [json.loads(p.read_text()) for p in sorted(output.glob("*/class_*/*/summary.json"))]
-    runs = {}
-    for path in sorted(output.glob("*/run.json")):
-        runs[path.parent.name] = json.loads(path.read_text())
-    return [s for s in summaries if s["model"] in runs], runs
+    return [s for s in summaries if "run" in s]
 
 
 # ----------------------------------------------------------------------------- main
@@ -471,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="child layers whose incoming edges are searched (default all); e.g. for ResNet-18")
     parser.add_argument("--methods", nargs="*", choices=METHODS[1:], default=list(METHODS[1:]),
                         help="baselines to run beside explainnn's search")
+    parser.add_argument("--acdc-samples", type=int, default=None,
+                        help="ACDC on the first this many circuit samples only (default all)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 training epoch, 8 circuit samples, 16 held out, 10 search steps, only the "
                              "edges into the output layer (node circuit: the last hidden layer)")
@@ -487,43 +497,58 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     command = "python benchmarks/circuit_edges.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     for name in args.models:
-        info = machine(args.threads)
-        started = time.perf_counter()
         dataset, model, accuracy = setup(name, args.root, args.models_dir, args.seed, args.quick)
         split = splits(dataset, args.seed)
-        print(f"{name}: test accuracy {accuracy:.4f}; {machine_line(info)}", flush=True)
-        summaries = []
+        print(f"{name}: test accuracy {accuracy:.4f}", flush=True)
         for target in args.classes or MODELS[name]["classes"]:
             n_samples = args.samples or MODELS[name]["samples"]
-            nodes = node_circuit(model, split, target, n_samples, args.seed, args.quick) if "nodes" in args.methods \
-                else {"units": {}, "seconds": 0.0}
-            if "nodes" in args.methods:
-                print(f" class {target}: node circuit {nodes['size']} of {nodes['total']} units, "
-                      f"{nodes['seconds']:.1f} s", flush=True)
+            nodes = cached_node_circuit(model, split, target, n_samples, args, args.output / name / f"class_{target}")
             for ablation in args.ablations:
+                info = machine(args.threads)
                 folder = args.output / name / f"class_{target}" / ablation
-                summaries.append(run_one(name, model, split, target, ablation, nodes, args, folder))
-        for stale in (args.output / name).glob("class_*/*/summary.json"):
-            if not any(stale.parent == args.output / name / f"class_{s['class']}" / s["ablation"] for s in summaries):
-                stale.unlink()
-        info["load_end"] = [round(v, 2) for v in os.getloadavg()]
-        picture = args.output / name / f"{name}.png"
-        plot_model(name, summaries, picture)
-        write_csv(args.output / name / "summary.csv", [summary_row(s) for s in summaries])
-        write_csv(args.output / name / "curves.csv",
-                  [row for s in summaries for row in read_csv(args.output / name / f"class_{s['class']}" /
-                                                              s["ablation"] / "curves.csv")])
-        write_json(args.output / name / "run.json", {
-            "command": command, "machine": info, "accuracy": accuracy, "seconds": time.perf_counter() - started,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": args.quick,
-            "picture": str(picture)})
-    summaries, runs = collect(args.output)
-    text = markdown(summaries, runs)
+                summary = run_one(name, model, split, target, ablation, nodes, args, folder)
+                info["load_end"] = [round(v, 2) for v in os.getloadavg()]
+                summary["run"] = {"command": command, "machine": info, "accuracy": accuracy, "quick": args.quick,
+                                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                write_json(folder / "summary.json", summary)
+        write_model_files(name, args.output)
+    summaries = collect(args.output)
+    text = markdown(summaries)
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.doc) as tmp:
         Path(tmp).write_text(text)
     print(text)
     return 0
+
+
+def cached_node_circuit(model, split, target: int, n_samples: int, args, folder: Path) -> dict[str, Any]:
+    """The node circuit of ``target`` (ablation-independent), reused from ``folder/node_circuit.json`` when it was
+    found with the same settings."""
+    if "nodes" not in args.methods:
+        return {"units": {}, "seconds": 0.0}
+    key = {"n_samples": n_samples, "seed": args.seed, "quick": args.quick}
+    path = folder / "node_circuit.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored["nodes"]
+    nodes = node_circuit(model, split, target, n_samples, args.seed, args.quick)
+    print(f" class {target}: node circuit {nodes['size']} of {nodes['total']} units, {nodes['seconds']:.1f} s",
+          flush=True)
+    write_json(path, {"key": key, "nodes": nodes})
+    return nodes
+
+
+def write_model_files(name: str, output: Path) -> None:
+    """The model's picture, ``summary.csv`` and ``curves.csv`` from every run summary of it under ``output``."""
+    summaries = [s for s in collect(output) if s["model"] == name]
+    if not summaries:
+        return
+    plot_model(name, summaries, output / name / f"{name}.png")
+    write_csv(output / name / "summary.csv", [summary_row(s) for s in summaries])
+    write_csv(output / name / "curves.csv",
+              [row for s in summaries for row in read_csv(output / name / f"class_{s['class']}" / s["ablation"] /
+                                                          "curves.csv")])
 
 
 def summary_row(s: dict) -> dict[str, Any]:
