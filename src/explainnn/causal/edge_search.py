@@ -547,8 +547,11 @@ def edge_circuit(model: nn.Module, inputs: torch.Tensor, target: int, *, faithfu
     ``steps``, ``tau``, ``acdc_metric`` and ``options``
     (:func:`learn_edge_scores`'s) tune the methods. Each edge of the graph
     carries ``effect`` (the exact normalised faithfulness lost when it alone is
-    removed from the circuit), ``kind`` and ``score``; edges within one layer
-    (recurrent steps) are listed in ``results["edge_circuit"]["same_layer_edges"]``;
+    removed from the circuit), ``kind`` and ``score``; hidden-to-hidden edges of a
+    recurrent layer (unit ``i`` at step ``t - 1`` to unit ``j`` at step ``t``) are
+    edges of the graph with ``via="recurrent"``, except those from a unit to
+    itself, which a :class:`CausalGraph` cannot hold: they are listed in
+    ``results["edge_circuit"]["same_layer_edges"]`` (``{"edge": "layer:i->layer:i", ...}``);
     ``results["edge_circuit"]`` holds the exact faithfulness and sizes. The model
     is left exactly as it was.
     """
@@ -589,8 +592,10 @@ def edge_circuit_graph(model: nn.Module, search: EdgeSearch, *, options: dict[st
         attrs = {"effect": search.effect.get(int(e), float("nan")), "kind": graph.kinds[e],
                  "score": float(search.scores[e])}
         if graph.same_layer[e]:
-            same_layer.append({"edge": graph.label(int(e)), **attrs})
-            continue
+            if graph.parent[e] == graph.child[e]:  # unit i at step t - 1 to itself at step t: no self-loops
+                same_layer.append({"edge": graph.label(int(e)), **attrs})
+                continue
+            attrs["via"] = "recurrent"
         out.add_edge(node(int(graph.parent[e])), node(int(graph.child[e])), **attrs)
     out.add_result("edge_circuit", {
         "method": search.method, "ablation": search.ablation, "metric": search.metric,
