@@ -207,7 +207,7 @@ class CircuitModel:
 
 def _first_convolutions(engine: EdgeAblation, edges: Edges, keep: np.ndarray) -> list[tuple[nn.Module, Tensor]]:
     """Convolutions that read only the model's input, each with its ``(C_out, C_in)`` keep-mask of input edges."""
-    found = []
+    found: list[tuple[nn.Module, Tensor]] = []
     for layer in engine.layers:
         module = layer.module
         if not isinstance(module, (nn.Conv1d, nn.Conv2d)) or module.groups != 1 or \
