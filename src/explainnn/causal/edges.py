@@ -37,6 +37,19 @@ output over the reference inputs; ``"zero"``: 0) and the weight-free path from t
 parents into the child is recomputed for every child unit with its own mixture of
 parent values.
 
+How the ``K`` masks of one call are run: without gradients, masks that agree on
+every masked layer up to a layer (in execution order) give that layer the same
+input, so each layer is computed once per *class* of such masks; a layer that
+reads only the input computes each input channel's contribution to each unit
+once per input chunk (kept across calls) and mixes them per mask. For models
+whose traced graph is one chain (every operation reads one value and is read
+once: LeNet, VGG-style stacks, MLPs) the forward runs on one block of rows per
+class, so a batch of single-edge removals from one circuit costs about one
+forward of the layers after each removed edge; other models run ``K`` blocks of
+rows and copy each class's values to its blocks. Each masked Linear or conv
+layer is one (batched or grouped) product: ``W x_abl + b`` once, plus ``(W * M)
+(x - x_abl)`` per class.
+
 Refused, in one line naming the module, before any work: a layer that runs more
 than once per forward pass, an LSTM with ``proj_size``, a path link into a
 recurrent layer or from the input, and path links in a model ``torch.fx`` cannot
