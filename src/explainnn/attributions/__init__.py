@@ -31,6 +31,9 @@ causal                    image, sequence, tok.  base method (IG) on the model w
 causal_paths              image                  research per-node maps of a layer
 circuit_ig,               image, sequence, tok.  IG / occlusion counting only what flows
 circuit_occlusion                                through a circuit (through_circuit.py)
+edge_circuit_ig,          image, sequence,       IG / occlusion of the model whose edges
+edge_circuit_occlusion    tabular                outside an edge circuit carry their
+                                                 baseline values (through_edges.py)
 lrp                       image, sequence, tok.  recurrent models; Arras et al. 2017 (lrp.py)
 sensitivity               image, sequence, tok.  squared gradient (sensitivity analysis)
 ========================  =====================  ===================================
@@ -52,6 +55,7 @@ from explainnn.attributions import (  # noqa: F401  (register the methods)
     lrp,
     text,
     through_circuit,  # noqa: F401  (after the baselines it wraps)
+    through_edges,
 )
 from explainnn.attributions.causal import causal_path_maps, restriction
 from explainnn.attributions.masks import feature_mask, image_mask, occlusion_window

@@ -404,7 +404,3 @@ def _as_array(result: Any) -> np.ndarray:
     if isinstance(result, torch.Tensor):
         return result.detach().to("cpu", torch.float32).numpy()
     return np.asarray(result, dtype=np.float32)
-
-
-# Methods registered from their own modules when the registry loads (the package's __init__ imports the others).
-from explainnn.attributions import through_edges  # noqa: E402,F401  (registers edge_circuit_ig, edge_circuit_occlusion)
