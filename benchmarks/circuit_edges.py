@@ -37,9 +37,15 @@ method), ``summary.csv`` and ``curves.csv`` over every run there; and the
 markdown tables to ``--doc`` (generated from every summary in ``--output``).
 
     python benchmarks/circuit_edges.py --models lenet                   # classes 3 and 7, patch and mean
-    python benchmarks/circuit_edges.py --models lstm gru
-    python benchmarks/circuit_edges.py --models resnet --layers layer4.1.conv2 linear
+    python benchmarks/circuit_edges.py --models lstm gru --acdc-samples 20
+    python benchmarks/circuit_edges.py --models resnet --layers layer4.1.conv2 fc --samples 50 \
+        --methods eap eap_ig random                                     # the edges into the last two layers
     python benchmarks/circuit_edges.py --quick --models lenet           # smoke run, tiny sizes
+    python benchmarks/circuit_edges.py --tables-only                    # tables and pictures from the summaries
+
+Runs of different models, classes or ablations may run as separate processes
+into the same ``--output``; every summary keeps its own command, machine and
+load, and the tables are rebuilt from all of them.
 """
 
 from __future__ import annotations
@@ -490,13 +496,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("output/circuit_edges"))
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks" / "circuit_edges.md")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tables-only", action="store_true",
+                        help="run nothing: rebuild the pictures, CSVs and the markdown from the summaries in --output")
     args = parser.parse_args(argv)
     if args.quick:
         args.samples = args.samples or 8
         args.held_out = min(args.held_out, 16)
     torch.set_num_threads(args.threads)
     command = "python benchmarks/circuit_edges.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    for name in args.models:
+    for name in [] if args.tables_only else args.models:
         dataset, model, accuracy = setup(name, args.root, args.models_dir, args.seed, args.quick)
         split = splits(dataset, args.seed)
         print(f"{name}: test accuracy {accuracy:.4f}", flush=True)
@@ -512,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
                                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
                 write_json(folder / "summary.json", summary)
         write_model_files(name, args.output)
+    if args.tables_only:
+        for name in MODELS:
+            write_model_files(name, args.output)
     summaries = collect(args.output)
     text = markdown(summaries)
     args.doc.parent.mkdir(parents=True, exist_ok=True)
