@@ -368,3 +368,39 @@ def test_path_edges_change_only_their_child_unit() -> None:
     changed = (captured["y"] - clean).abs().flatten(2).amax(2).amax(0)
     assert changed[5] > 1e-3
     assert float(changed[torch.arange(16) != 5].max()) < 1e-5
+
+
+def test_a_freed_counterfactual_never_serves_a_stale_ablation_source():
+    """Counterfactuals made and freed one after another (their memory reused) each patch their own values."""
+    from explainnn.causal.edges import EdgeAblation, enumerate_edges
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)).eval()
+    x = torch.randn(4, 6)
+    ablation = EdgeAblation(model, x[:1], enumerate_edges(model, x[:1]), ablation="patch")
+    cut = torch.zeros(ablation.edges.n)
+    for seed in range(20):
+        counterfactual = torch.randn(4, 6, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            expected = model(counterfactual)
+        torch.testing.assert_close(ablation.logits(x, cut, counterfactual)[0], expected, rtol=1e-5, atol=1e-6)
+        del counterfactual
+
+
+def test_input_gradients_flow_through_a_convolution_that_reads_the_input():
+    """The first layer's cached per-channel contributions are bypassed when the inputs need a gradient."""
+    from explainnn.causal.edges import EdgeAblation, enumerate_edges
+    from explainnn.models.lenet import LeNet
+
+    torch.manual_seed(0)
+    model = LeNet().eval()
+    x = torch.rand(2, 1, 32, 32)
+    ablation = EdgeAblation(model, x[:1], enumerate_edges(model, x[:1]), ablation="mean", reference=torch.rand(8, 1, 32, 32))
+    keep = torch.ones(ablation.edges.n)
+    ablation.logits(x, keep)  # fills the cache on these inputs
+    leaf = x.clone().requires_grad_(True)
+    ablation.logits(leaf, keep)[0, :, 3].sum().backward()
+    plain = x.clone().requires_grad_(True)
+    model(plain)[:, 3].sum().backward()
+    assert leaf.grad is not None
+    torch.testing.assert_close(leaf.grad, plain.grad, rtol=1e-4, atol=1e-6)

@@ -729,6 +729,8 @@ class _Forward:
         """A conv that reads only the input (``x``, the same in every block): per-channel contributions, computed
         once per input chunk (cached on the untiled inputs)."""
         module = layer.module
+        if x.requires_grad or x_abl.requires_grad:  # gradients to the inputs (e.g. path-restricted IG): no cache
+            return _input_masked(module, _unit_contributions(module, x - x_abl), _base(module, x_abl, x), keep, count)
         key = ("input", layer.name, _tensor_key(self.inputs), _tensor_key(x_abl))
         found = self.cache.get(key) if self.cache is not None else None
         if found is None:
@@ -939,11 +941,13 @@ class EdgeAblation:
         self.tables = _tables(self.layers, self.edges)
         self.regions = _regions(model, example_input, self.layers, self.tables)
         self._frontier_key: tuple | None = None
+        self._frontier_inputs: torch.Tensor | None = None
         self._frontiers: dict[str, Any] = {}
         self.memory_budget_mb = DEFAULT_BUDGET_MB if memory_budget_mb is None else float(memory_budget_mb)
         self._mean = _source(model, self.layers, reference, mean=True) if ablation == "mean" else None
         self._zero = _zero_source(self.layers) if ablation == "zero" else None
         self._patch_key: tuple | None = None
+        self._patch_tensor: torch.Tensor | None = None
         self._patch: _Source | None = None
         self._row_bytes: dict[tuple, int] = {}
         self._cache = _Cache()
@@ -966,10 +970,11 @@ class EdgeAblation:
             raise InterventionError(
                 f"counterfactuals must have the inputs' shape {tuple(inputs.shape)}; got {tuple(counterfactuals.shape)}"
             )
-        key = (id(counterfactuals), counterfactuals.data_ptr(), counterfactuals._version, tuple(counterfactuals.shape))
-        if self._patch is None or self._patch_key != key:
+        # The key holds only while the tensor lives: keep a reference, so its memory cannot go to another tensor.
+        key = _tensor_key(counterfactuals)
+        if self._patch is None or self._patch_key != key or self._patch_tensor is not counterfactuals:
             self._patch = _source(self.model, self.layers, counterfactuals.detach(), mean=False)
-            self._patch_key = key
+            self._patch_key, self._patch_tensor = key, counterfactuals
         return self._patch
 
     # -- the forward -----------------------------------------------------------------------------------------
@@ -983,8 +988,8 @@ class EdgeAblation:
             ``(N, ...)`` inputs.
         masks : torch.Tensor or numpy.ndarray
             ``(K, E)`` or ``(E,)`` values in ``[0, 1]`` over :attr:`edges` (1 keeps
-            the edge, 0 ablates it). Gradients flow to ``masks`` when it requires
-            them.
+            the edge, 0 ablates it). Gradients flow to ``masks`` and to ``inputs``
+            when they require them (the ablation source is a constant).
         counterfactuals : torch.Tensor, optional
             ``(N, ...)`` counterfactual inputs, one per input row (``"patch"`` only).
         chunk_rows : int, optional
@@ -1006,7 +1011,7 @@ class EdgeAblation:
         device = inputs.device
         masks_t = masks_t.to(device)
         source = self._source_for(inputs, counterfactuals)
-        differentiable = masks_t.requires_grad and torch.is_grad_enabled()
+        differentiable = (masks_t.requires_grad or inputs.requires_grad) and torch.is_grad_enabled()
         masks_t = masks_t.to(inputs.dtype if inputs.is_floating_point() else masks_t.dtype)
         n = inputs.shape[0]
         if differentiable:
@@ -1092,12 +1097,12 @@ class EdgeAblation:
     def _run(self, inputs: torch.Tensor, masks: torch.Tensor, source: _Source, rows: slice,
              differentiable: bool) -> torch.Tensor:
         blocks = masks.shape[0]
-        key = (inputs.data_ptr(), tuple(inputs.shape), inputs._version, inputs.dtype)
-        if self.regions and key != self._frontier_key:
+        key = _tensor_key(inputs)
+        if self.regions and (key != self._frontier_key or self._frontier_inputs is not inputs):
             with ModelPatch() as patch:
                 patch.eval_mode(self.model)
                 self._frontiers = {name: region.frontier(inputs) for name, region in self.regions.items()}
-            self._frontier_key = key
+            self._frontier_key, self._frontier_inputs = key, inputs  # held, so the key stays this tensor's
         compact = self.chain and not differentiable
         state = _Forward(masks, source, rows, self.tables, differentiable, inputs, self.regions, self._frontiers,
                          self._cache, compact)
