@@ -19,7 +19,14 @@ lazily, so ``import explainnn`` stays quick.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
+
+from tqdm import TqdmWarning
+
+# captum and Quantus import tqdm.auto, which warns in a notebook without ipywidgets (tqdm then draws plain text
+# bars); explainnn's own bars are plain tqdm, so this one warning tells a user of explainnn nothing.
+warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
 
 __version__ = "0.1.0"
 

@@ -34,20 +34,13 @@ order of the columns.
 from __future__ import annotations
 
 import inspect
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from tqdm import TqdmExperimentalWarning, TqdmWarning
-
-with warnings.catch_warnings():
-    # Quantus imports tqdm.auto, which warns in a notebook without ipywidgets; explainnn's own bars are plain tqdm.
-    warnings.simplefilter("ignore", TqdmWarning)
-    warnings.simplefilter("ignore", TqdmExperimentalWarning)
-    import quantus
-    from quantus.helpers.enums import DataType, EvaluationCategory, ModelType, ScoreDirection
-    from quantus.metrics.base import Metric
+import quantus
+from quantus.helpers.enums import DataType, EvaluationCategory, ModelType, ScoreDirection
+from quantus.metrics.base import Metric
 
 from explainnn.attributions.masks import default_patch
 from explainnn.errors import ConfigError
