@@ -195,7 +195,8 @@ def node_circuit(model, split, target: int, n_samples: int, seed: int, quick: bo
                           layers=layers)
     seconds = time.perf_counter() - started
     layer_of = search.units.layer_of()
-    units = {name: np.flatnonzero(search.mask & (layer_of == i)).tolist() for i, name in enumerate(search.units.names)}
+    units = {name: (np.flatnonzero(search.mask & (layer_of == i)) - offset).tolist()
+             for i, (name, offset) in enumerate(zip(search.units.names, search.units.offsets()))}
     return {"units": units, "size": search.size, "total": search.units.total, "faithfulness": search.faithfulness,
             "seconds": seconds}
 
@@ -293,7 +294,7 @@ def run_one(name: str, model, split, target: int, ablation: str, nodes: dict, ar
         "seconds_circuit": seconds_circuit, "cpu_seconds_circuit": cpu_circuit, "seconds": seconds, "full_held_out": held_eval.full,
         "empty_held_out": held_eval.empty,
         "node_circuit": {k: v for k, v in nodes.items() if k != "units"}, "own_circuits": own,
-        "comparison": comparison,
+        "comparison": comparison, "node_indices": "within layer",
         "curves": [{"method": c.method, "cpr": c.cpr, "cmd": c.cmd, "faithfulness": c.faithfulness.tolist(),
                     "n_kept": c.n_kept.tolist(),
                     "needed": {f"{k:g}": {"edges": v.n_edges, "percent": v.percent, "faithfulness": v.faithfulness}
@@ -348,6 +349,10 @@ def plot_model(name: str, summaries: list[dict], path: Path) -> None:
         figure.savefig(tmp, format="png")
 
 
+def _f(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
 def _pct(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}%"
 
@@ -357,6 +362,12 @@ def _needed(curve: dict, level: str) -> str:
     if math.isnan(need["faithfulness"]):
         return "not reached"
     return f"{need['percent']:.2f}% ({need['edges']})"
+
+
+def nodes_valid(s: dict) -> bool:
+    """Whether the run's node-circuit numbers are valid: runs without ``node_indices`` read the node circuit's
+    units by their index over all hidden units instead of within their layer (wrong induced edges)."""
+    return s.get("node_indices") == "within layer"
 
 
 def goals(s: dict) -> dict[str, Any]:
@@ -374,7 +385,7 @@ def goals(s: dict) -> dict[str, Any]:
             "largest_gap": float(np.max(best - np.asarray(ours["faithfulness"]), initial=0.0)) if best is not None
             else math.nan,
             "cpr_at_least_best": ours["cpr"] >= best_cpr - 1e-12, "best_baseline_cpr": best_cpr,
-            "ratio": s["comparison"].get("ratio", math.nan)}
+            "ratio": s["comparison"].get("ratio", math.nan) if nodes_valid(s) else math.nan}
 
 
 def markdown(summaries: list[dict]) -> str:
@@ -398,6 +409,13 @@ def markdown(summaries: list[dict]) -> str:
         lines.append(f"- **{model}** (test accuracy {run['accuracy']:.4f}), {which}: `{command}`; {run['date']}; "
                      + "; ".join(f"{machine_line(s['run']['machine'])} ({s['class']} {s['ablation']})"
                                  for s in group) + ".")
+    missing = [m for m in MODELS if m not in {s["model"] for s in summaries}]
+    if missing:
+        lines += ["", "No finished run of " + ", ".join(missing) + " is stored."]
+    acdc_limited = sorted({(s["model"], s["acdc_samples"]) for s in summaries if s.get("acdc_samples")})
+    if acdc_limited:
+        lines += ["", "ACDC ran on the first " + ", ".join(f"{k} circuit samples ({m})" for m, k in acdc_limited)
+                  + "; every other method on all of them."]
     lines += ["", "## Edge circuits", "",
               "| model, class | ablation | circuit samples | held-out samples | edges | edge circuit | "
               "f circuit samples | held-out f | wall time (CPU time) | node circuit (units) | node circuit's edges | "
@@ -405,6 +423,8 @@ def markdown(summaries: list[dict]) -> str:
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in summaries:
         node, own, comp = s["node_circuit"], s["own_circuits"].get("nodes", {}), s["comparison"]
+        if not nodes_valid(s):
+            own, comp = {}, {}
         ratio = comp.get("ratio", math.nan)
         ours_at = comp.get("explainnn_edges")
         ours_cell = "-" if ours_at is None else (
@@ -415,8 +435,13 @@ def markdown(summaries: list[dict]) -> str:
             f"{s['faithfulness_circuit_samples']:.3f} | {s['faithfulness_held_out']:.3f} | "
             f"{s['seconds_circuit']:.1f} s ({s.get('cpu_seconds_circuit', math.nan):.1f} s) | {node.get('size', '-')} of {node.get('total', '-')} | "
             f"{own.get('edges_connected', '-')} | "
-            f"{own.get('faithfulness_held_out', math.nan):.3f} | {ours_cell} | "
+            f"{_f(own.get('faithfulness_held_out'))} | {ours_cell} | "
             f"{'-' if math.isnan(ratio) else f'{ratio:.2f}x'} |")
+    invalid = [f"{s['model']} class {s['class']} {s['ablation']}" for s in summaries if not nodes_valid(s)]
+    if invalid:
+        lines += ["", "Node-circuit comparison left out for " + ", ".join(invalid) + ": these runs read the node "
+                  "circuit's units by their index over all hidden units, not within their layer, so their induced "
+                  "edge sets were wrong; the node circuit's size stands."]
     lines += ["", "Node circuit: `find_circuit` (mean ablation of units, 0.8 of the target logit) on the same "
               "circuit samples; its edges are those between kept units (input and output units count as kept), "
               "counted after MIB's pruning to input-to-output paths. Ratio: the node circuit's edges over the edges "
@@ -468,6 +493,11 @@ def markdown(summaries: list[dict]) -> str:
 def collect(output: Path) -> list[dict]:
     """Every run summary under ``output`` (those written with their run record)."""
     summaries = [json.loads(p.read_text()) for p in sorted(output.glob("*/class_*/*/summary.json"))]
+    for s in summaries:
+        if not nodes_valid(s):
+            s["curves"] = [c for c in s["curves"] if c["method"] != "nodes"]
+            s["own_circuits"].pop("nodes", None)
+            s["comparison"] = {}
     return [s for s in summaries if "run" in s]
 
 
@@ -537,7 +567,7 @@ def cached_node_circuit(model, split, target: int, n_samples: int, args, folder:
     found with the same settings."""
     if "nodes" not in args.methods:
         return {"units": {}, "seconds": 0.0}
-    key = {"n_samples": n_samples, "seed": args.seed, "quick": args.quick}
+    key = {"n_samples": n_samples, "seed": args.seed, "quick": args.quick, "indices": "within layer"}
     path = folder / "node_circuit.json"
     if path.exists():
         stored = json.loads(path.read_text())
