@@ -66,6 +66,21 @@ def test_notebook_is_committed_with_bounded_outputs():
         assert pictures >= MIN_PICTURES, f"the committed notebook shows {pictures} pictures; run `make notebook`"
 
 
+def test_notebook_outputs_show_no_machine_path_and_no_warning():
+    """What a reader sees holds no folder of the machine that ran it and no library warning."""
+    import re
+
+    texts = []
+    for output in _outputs(_notebook()):
+        texts.append(output.get("text", ""))
+        texts.append(str(output.get("data", {}).get("text/plain", "")))
+    shown = "\n".join(texts)
+    paths = re.findall(r"(?:/work/|/home/|/root/|/tmp/|/Users/|\.venv/)\S*", shown)
+    assert not paths, f"outputs show machine paths: {paths[:3]}"
+    warnings = re.findall(r"\w*Warning\b.*", shown)
+    assert not warnings, f"outputs show warnings: {warnings[:3]}"
+
+
 def test_notebook_uses_only_the_public_api():
     cells = [cell.source for cell in _notebook().cells if cell.cell_type == "code"]
     assert cells, "demonstration.ipynb has no code cells"
