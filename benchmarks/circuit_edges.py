@@ -339,7 +339,8 @@ def plot_model(name: str, summaries: list[dict], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("% of edges (MIB budget)")
         ax.set_ylabel(f"held-out faithfulness ({s['metric']})")
-        ax.set_ylim(-0.3, 1.3)
+        top = max([1.3] + [max(c["faithfulness"]) + 0.05 for c in s["curves"]])
+        ax.set_ylim(-0.3, top)
         ax.set_title(f"{name}, class {s['class']}, {s['ablation']} ablation: {s['n_held_out']} held-out samples",
                      fontsize=8)
         ax.legend(fontsize=6, loc="lower right")
