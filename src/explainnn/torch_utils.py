@@ -115,3 +115,28 @@ def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
+
+
+class Adam:
+    """Adam (Kingma and Ba 2015) on one tensor, written out: ``torch.optim`` imports the compiler stack (seconds).
+
+    ``maximize`` ascends (the Lagrange multipliers of a constrained search).
+    """
+
+    def __init__(self, parameter: torch.Tensor, lr: float, maximize: bool = False,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.parameter, self.lr, self.sign, self.betas, self.eps = parameter, lr, -1.0 if maximize else 1.0, betas, eps
+        self.m = torch.zeros_like(parameter)
+        self.v = torch.zeros_like(parameter)
+        self.t = 0
+
+    def step(self, grad: torch.Tensor) -> None:
+        """One update of the parameter (in place) from its gradient ``grad``."""
+        b1, b2 = self.betas
+        self.t += 1
+        self.m.mul_(b1).add_(grad, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        m_hat = self.m / (1 - b1**self.t)
+        v_hat = self.v / (1 - b2**self.t)
+        with torch.no_grad():
+            self.parameter -= self.sign * self.lr * m_hat / (v_hat.sqrt() + self.eps)

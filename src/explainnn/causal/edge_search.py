@@ -87,6 +87,7 @@ from explainnn.causal.mib import (
     ranking,
 )
 from explainnn.errors import ConfigError, UserError
+from explainnn.torch_utils import Adam
 
 METHODS = ("edge_pruning", "eap", "eap_ig", "acdc", "random", "nodes")
 GAMMA, ZETA, TEMPERATURE = -0.1, 1.1, 2.0 / 3.0
@@ -281,25 +282,6 @@ def _without(mask: np.ndarray, edge: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- Edge Pruning
-class _Adam:
-    """Adam (Kingma and Ba 2015) on one tensor (``maximize`` for the Lagrange multipliers)."""
-
-    def __init__(self, parameter: torch.Tensor, lr: float, maximize: bool = False,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        self.parameter, self.lr, self.sign, self.betas, self.eps = parameter, lr, -1.0 if maximize else 1.0, betas, eps
-        self.m = torch.zeros_like(parameter)
-        self.v = torch.zeros_like(parameter)
-        self.t = 0
-
-    def step(self, grad: torch.Tensor) -> None:
-        b1, b2 = self.betas
-        self.t += 1
-        self.m.mul_(b1).add_(grad, alpha=1 - b1)
-        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        m_hat = self.m / (1 - b1**self.t)
-        v_hat = self.v / (1 - b2**self.t)
-        with torch.no_grad():
-            self.parameter -= self.sign * self.lr * m_hat / (v_hat.sqrt() + self.eps)
 
 
 def target_density(step: int, steps: int, final_density: float, warmup: float) -> float:
@@ -332,7 +314,7 @@ def learn_edge_scores(evaluator: EdgeFaithfulness, *, faithfulness: float = 0.8,
     generator = torch.Generator().manual_seed(seed)
     log_alpha = torch.full((n,), float(init), dtype=torch.float32, requires_grad=True)
     lambdas = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    adam, ascent = _Adam(log_alpha, lr), _Adam(lambdas, lr_lambda, maximize=True)
+    adam, ascent = Adam(log_alpha, lr), Adam(lambdas, lr_lambda, maximize=True)
     shift = TEMPERATURE * math.log(-GAMMA / ZETA)
     span = evaluator.full - evaluator.empty
     clean = torch.log_softmax(evaluator.clean_logits.double(), -1).detach()

@@ -64,6 +64,7 @@ from explainnn.errors import ConfigError, UserError
 from explainnn.inputs import check_inputs
 from explainnn.interventions import InterventionRunner, LayerInfo, find_layers
 from explainnn.interventions.hooks import ModelPatch
+from explainnn.torch_utils import Adam
 
 GAMMA, ZETA, TEMPERATURE = -0.1, 1.1, 2.0 / 3.0
 """Hard-concrete stretch limits and temperature (Louizos et al. 2018)."""
@@ -520,7 +521,7 @@ def learn_scores(
     gates = UnitGates(model, units, reference)
     generator = torch.Generator().manual_seed(seed)
     log_alpha = torch.full((units.total,), 3.0, dtype=torch.float32, requires_grad=True)
-    adam = _Adam(log_alpha, lr)
+    adam = Adam(log_alpha, lr)
     shift = TEMPERATURE * float(np.log(-GAMMA / ZETA))
     with ModelPatch() as patch:
         patch.eval_mode(model)
@@ -543,27 +544,6 @@ def learn_scores(
     scores = log_alpha.detach().double().numpy().copy()
     scores[~gates.gated] = np.inf
     return scores
-
-
-class _Adam:
-    """Adam (Kingma and Ba 2015) on one tensor, written out: ``torch.optim`` imports the compiler stack (seconds)."""
-
-    def __init__(self, parameter: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
-        self.parameter, self.lr, self.betas, self.eps = parameter, lr, betas, eps
-        self.m = torch.zeros_like(parameter)
-        self.v = torch.zeros_like(parameter)
-        self.t = 0
-
-    def step(self, grad: torch.Tensor) -> None:
-        b1, b2 = self.betas
-        self.t += 1
-        self.m.mul_(b1).add_(grad, alpha=1 - b1)
-        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        m_hat = self.m / (1 - b1**self.t)
-        v_hat = self.v / (1 - b2**self.t)
-        with torch.no_grad():
-            self.parameter -= self.lr * m_hat / (v_hat.sqrt() + self.eps)
 
 
 class UnitGates:
