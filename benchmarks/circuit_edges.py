@@ -196,7 +196,7 @@ def node_circuit(model, split, target: int, n_samples: int, seed: int, quick: bo
     seconds = time.perf_counter() - started
     layer_of = search.units.layer_of()
     units = {name: (np.flatnonzero(search.mask & (layer_of == i)) - offset).tolist()
-             for i, (name, offset) in enumerate(zip(search.units.names, search.units.offsets()))}
+             for i, (name, offset) in enumerate(zip(search.units.names, search.units.offsets))}
     return {"units": units, "size": search.size, "total": search.units.total, "faithfulness": search.faithfulness,
             "seconds": seconds}
 
