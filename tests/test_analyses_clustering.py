@@ -1,4 +1,4 @@
-"""Clustering of explanation vectors: planted clusters, seed agreement, clustering_step."""
+"""Clustering of explanation vectors: planted clusters, seed agreement, and the clustering step."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score
 
 from explainnn.analyses.clustering import (
+    ExplanationClusters,
     cluster_explanations,
-    clustering_step,
+    explanation_clusters,
     explanation_vectors,
     plot_clusters,
     prepare,
@@ -116,7 +117,21 @@ def test_token_explanations_are_zero_at_padding():
         explanation_vectors(model, tokens, method="causal")
 
 
-def test_clustering_step_writes_files_and_seed_agreement(digits, tmp_path, capsys):
+def _clustering_step(model, dataset, run_dir, *overrides, retrain=None):
+    """The pipeline's clustering step on ``model`` and ``dataset`` alone (``retrain``: the model step's seed models)."""
+    from explainnn.config import build_config
+    from explainnn.pipeline.clustering import cluster_explanations as clustering_step
+    from explainnn.pipeline.context import RunContext, SeedModels
+
+    ctx = RunContext(build_config(overrides=["progress=false", "plots.dpi=40", *overrides]), run_dir,
+                     torch.device("cpu"))
+    ctx.dataset, ctx.model = dataset, model
+    if retrain is not None:
+        ctx.seed_models = SeedModels(retrain)
+    return ctx, clustering_step(ctx, ctx.config.analyses.clustering)
+
+
+def test_the_clustering_step_writes_files_and_seed_agreement(digits, tmp_path, capsys):
     model = trained_lstm(digits, 0)
     retrained = []
 
@@ -124,27 +139,40 @@ def test_clustering_step_writes_files_and_seed_agreement(digits, tmp_path, capsy
         retrained.append(seed)
         return trained_lstm(digits, seed)
 
-    result = clustering_step(model, digits, tmp_path, method="saliency", n_samples=30, max_clusters=4, seeds=[1],
-                             retrain=retrain, seed=0, dpi=40, progress=False)
-    assert retrained == [1]
+    ctx, result = _clustering_step(model, digits, tmp_path, "analyses.clustering.method=saliency",
+                                   "analyses.clustering.n_samples=30", "analyses.clustering.max_clusters=4",
+                                   "analyses.clustering.seeds=[1]", retrain=retrain)
+    assert retrained == [1] and ctx.analyses.clustering is result
+    folder = tmp_path / "clustering"
     for name in ("explanations.npz", "clusters.csv", "silhouette.csv", "summary.json", "clusters.png",
                  "seed_agreement.csv", "seed_agreement.png"):
-        assert (tmp_path / name).is_file(), name
-    summary = json.loads((tmp_path / "summary.json").read_text())
+        assert (folder / name).is_file(), name
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary()))
     assert summary["n_samples"] == 30 and summary["best_k"] in (2, 3, 4)
     assert sum(summary["cluster_sizes"]) == 30 and -1 <= summary["seed_ari_mean"] <= 1
-    assert result["explanations"].shape == (30, 64)
-    assert result["agreement"].shape == (2, 2)
-    assert len((tmp_path / "clusters.csv").read_text().splitlines()) == 31
+    assert result.vectors.shape == (30, 64)
+    assert result.agreement is not None and result.agreement.shape == (2, 2)
+    assert result.agreement_names == ["this model", "seed 1"]
+    assert len((folder / "clusters.csv").read_text().splitlines()) == 31
+    assert (folder / "seed_agreement.csv").read_text().splitlines()[0] == "model,this model,seed 1"
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("clustering  saliency on 30 samples")
 
 
-def test_clustering_step_without_seeds_skips_agreement(digits, tmp_path, capsys):
+def test_explanation_clusters_without_seeds_leave_agreement_out(digits, tmp_path, monkeypatch, capsys):
     model = trained_lstm(digits, 0)
-    result = clustering_step(model, digits, tmp_path, method="saliency", n_samples=20, max_clusters=3, seeds=[],
-                             retrain=None, plots=False, progress=False)
-    assert result["agreement"] is None
-    assert "seed agreement: skipped" in capsys.readouterr().out
-    assert not (tmp_path / "seed_agreement.csv").exists() and not (tmp_path / "clusters.png").exists()
+    monkeypatch.chdir(tmp_path)
+    result = explanation_clusters(model, digits, method="saliency", n_samples=20, max_clusters=3)
+    assert isinstance(result, ExplanationClusters) and result.agreement is None and result.agreement_rows() == []
+    assert capsys.readouterr() == ("", "") and not any(tmp_path.iterdir())
+    assert [row["sample"] for row in result.cluster_rows()] == result.index.tolist()
+    assert result.summary()["seed_ari_mean"] is None
     with pytest.raises(UserError, match="retrain"):
-        clustering_step(model, digits, tmp_path, method="saliency", n_samples=20, seeds=[1], retrain=None)
+        explanation_clusters(model, digits, method="saliency", n_samples=20, seeds=[1], retrain=None)
+    _, stepped = _clustering_step(model, digits, tmp_path / "run", "analyses.clustering.method=saliency",
+                                  "analyses.clustering.n_samples=20", "analyses.clustering.max_clusters=3",
+                                  "plots.enabled=false")
+    assert "clustering  seed agreement: skipped" in capsys.readouterr().out
+    folder = tmp_path / "run" / "clustering"
+    assert not (folder / "seed_agreement.csv").exists() and not (folder / "clusters.png").exists()
+    assert np.array_equal(stepped.clustering.best_labels, result.clustering.best_labels)

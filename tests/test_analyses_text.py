@@ -1,4 +1,4 @@
-"""Dataset-level text analyses: word statistics, word-order importance, attention vs gradients, text_step."""
+"""Dataset-level text analyses: word statistics, word-order importance, attention vs gradients, and the text step."""
 
 from __future__ import annotations
 
@@ -10,15 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from explainnn.analyses.text_importance import (
-    agreement_statistics,
-    attention_vs_gradients,
-    permutation_importance,
-    plot_top_words,
-    text_step,
-    token_importance,
-    word_statistics,
-)
+from explainnn.analyses.attention import agreement_statistics, attention_vs_gradients
+from explainnn.analyses.text import TextAnalysis, analyse_texts, runnable_methods
+from explainnn.analyses.word_importance import plot_top_words, token_importance, word_statistics
+from explainnn.analyses.word_order import permutation_importance
+from explainnn.config import build_config
 from explainnn.data import Dataset, DatasetInfo, load_dataset
 from explainnn.errors import UserError
 from explainnn.models import RecurrentClassifier, build_model
@@ -206,36 +202,70 @@ def sst2_gru():
     return model, dataset
 
 
-def test_text_step_writes_word_tables_permutation_and_attention_files(sst2_gru, tmp_path, capsys):
+def _text_step(model, dataset, run_dir, *overrides):
+    """The pipeline's text step on ``model`` and ``dataset`` alone, writing ``run_dir/text``."""
+    from explainnn.pipeline.context import RunContext
+    from explainnn.pipeline.text import analyse_text
+
+    ctx = RunContext(build_config(overrides=["progress=false", "plots.dpi=40", *overrides]), run_dir, torch.device("cpu"))
+    ctx.dataset, ctx.model = dataset, model
+    return ctx, analyse_text(ctx, ctx.config.analyses.text)
+
+
+def test_the_text_step_writes_word_tables_permutation_and_attention_files(sst2_gru, tmp_path, capsys):
     model, dataset = sst2_gru
-    methods = ["leave_one_out", "attention", "causal"]
-    result = text_step(model, dataset, tmp_path, methods=methods, n_samples=16, top_k=4, seed=0, dpi=40,
-                       progress=False, n_repeats=2, options={"integrated_gradients": {"n_steps": 8}})
+    ctx, result = _text_step(model, dataset, tmp_path, "analyses.text.methods=[leave_one_out, attention, causal]",
+                             "analyses.text.n_samples=16", "analyses.text.top_k=4")
     printed = capsys.readouterr().out
-    assert "causal: skipped (needs a causal graph)" in printed
+    assert "text        causal: skipped (needs a causal graph)" in printed
     last = printed.strip().splitlines()[-1]
     assert last.startswith("text        sst2: 2 methods on 16 texts")
     assert "words that raise each class (leave_one_out): negative <- " in last and "; positive <- " in last
+    folder = tmp_path / "text"
     for method in ("leave_one_out", "attention"):
-        table = (tmp_path / f"words_{method}.csv").read_text().splitlines()
+        table = (folder / f"words_{method}.csv").read_text().splitlines()
         assert table[0].startswith("target,word,token_id,count,mean")
         assert {row.split(",")[0] for row in table[1:]} == {"negative", "positive"}
-        assert (tmp_path / f"top_words_{method}.png").stat().st_size > 0
+        assert (folder / f"top_words_{method}.png").stat().st_size > 0
     for name in ("token_scores.npz", "permutation.csv", "permutation_positions.csv", "permutation_positions.png",
                  "attention_agreement.csv", "attention_agreement_summary.csv", "attention_agreement.png"):
-        assert (tmp_path / name).is_file(), name
-    summary = json.loads((tmp_path / "summary.json").read_text())
+        assert (folder / name).is_file(), name
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary()))
     assert summary["methods"] == ["leave_one_out", "attention"] and summary["target"] == "each"
     assert set(summary["top_words"]["leave_one_out"]) == {"min_count", "negative", "positive"}
     assert set(summary["top_words"]["leave_one_out"]["positive"]) == {"raise", "lower"}
     assert [row["method"] for row in summary["attention_agreement"]] == ["saliency", "integrated_gradients"]
-    with np.load(tmp_path / "token_scores.npz", allow_pickle=False) as stored:
+    with np.load(folder / "token_scores.npz", allow_pickle=False) as stored:
         assert stored["tokens"].shape == (16, 10) and stored["leave_one_out__positive"].shape == (16, 10)
         assert np.all(stored["targets__negative"] == 0) and np.all(stored["targets__positive"] == 1)
         assert np.all(stored["attention__negative"][stored["tokens"] == 0] == 0)
-    assert set(result["importance"]) == {"negative", "positive"}
-    assert result["importance"]["positive"].words["attention"].score.min() >= 0
-    assert result["importance"]["positive"].target_name == "positive"
+    assert ctx.analyses.text is result and isinstance(result, TextAnalysis)
+    assert result.skipped == {"causal": "needs a causal graph"}
+    assert set(result.importance) == {"negative", "positive"}
+    assert result.importance["positive"].words["attention"].score.min() >= 0
+    assert result.importance["positive"].target_name == "positive"
+
+
+def test_analyse_texts_returns_the_analyses_and_writes_nothing(sst2_gru, tmp_path, monkeypatch, capsys):
+    model, dataset = sst2_gru
+    monkeypatch.chdir(tmp_path)
+    result = analyse_texts(model, dataset, methods=["leave_one_out", "attention"], n_samples=8, top_k=3,
+                           target="predicted", n_repeats=1, min_count=1)
+    assert capsys.readouterr() == ("", "") and not any(tmp_path.iterdir())
+    assert result.methods == ["leave_one_out", "attention"] and result.skipped == {}
+    assert list(result.importance) == ["the predicted class"] and result.n_texts == 8
+    assert result.permutation.permuted_accuracy.shape == (1,) and result.attention is not None
+    assert result.shown == {"leave_one_out": 1, "attention": 1}
+    lists = result.top_word_lists("leave_one_out")
+    assert lists["min_count"] == 1 and set(lists["the predicted class"]) == {"raise", "lower"}
+
+
+def test_runnable_methods_name_why_a_method_cannot_explain_tokens():
+    model = TokenModel("bag")
+    runnable, skipped = runnable_methods(model, ["saliency", "causal", "attention", "saliency"])
+    assert runnable == ["saliency"]
+    assert skipped == {"causal": "needs a causal graph", "attention": "the model pools with 'None', not attention"}
 
 
 def test_word_scores_say_which_class_a_word_pushes(tmp_path):
@@ -261,24 +291,26 @@ def test_word_scores_say_which_class_a_word_pushes(tmp_path):
     texts = torch.tensor([[1, 3, 3], [2, 3, 3], [1, 1, 3], [2, 2, 3]] * 3)
     labels = torch.tensor([1, 0, 1, 0] * 3)
     dataset = Dataset(info, texts, labels, texts, labels)
-    result = text_step(Polarity(), dataset, tmp_path, methods=["leave_one_out"], n_samples=12, top_k=2, min_count=1,
-                       plots=False, progress=False, n_repeats=1)
-    lists = result["summary"]["top_words"]["leave_one_out"]
+    result = analyse_texts(Polarity(), dataset, methods=["leave_one_out"], n_samples=12, top_k=2, min_count=1,
+                           n_repeats=1)
+    lists = result.summary()["top_words"]["leave_one_out"]
     assert lists["positive"]["raise"][0] == "good" and lists["positive"]["lower"][0] == "bad"
     assert lists["negative"]["raise"][0] == "bad" and lists["negative"]["lower"][0] == "good"
 
 
-def test_text_step_skips_non_token_data(tmp_path, capsys):
+def test_the_text_step_skips_non_token_data_and_the_analyses_refuse_it(tmp_path, capsys):
     info = DatasetInfo("toy", "sequence", (4, 2), 2, ("a", "b"), "hand-made")
     x, y = torch.zeros(4, 4, 2), torch.zeros(4, dtype=torch.int64)
     dataset = Dataset(info, x, y, x, y)
     model = RecurrentClassifier("rnn", 2, 2, hidden_size=3)
-    assert text_step(model, dataset, tmp_path, methods=["saliency"]) == {}
-    assert "text        skipped (toy holds sequence" in capsys.readouterr().out
-    assert not any(tmp_path.iterdir())
+    ctx, result = _text_step(model, dataset, tmp_path)
+    assert result is None and ctx.analyses.text is None
+    assert capsys.readouterr().out == "" and not any(tmp_path.iterdir())
+    with pytest.raises(UserError, match="toy holds sequence, not token ids"):
+        analyse_texts(model, dataset, methods=["saliency"])
 
 
-def test_text_step_rejects_unknown_methods(sst2_gru, tmp_path):
+def test_analyse_texts_rejects_unknown_methods(sst2_gru):
     model, dataset = sst2_gru
     with pytest.raises(UserError, match="unknown attribution method 'integrated_gradient'"):
-        text_step(model, dataset, tmp_path, methods=["integrated_gradient"], n_samples=4, progress=False)
+        analyse_texts(model, dataset, methods=["integrated_gradient"], n_samples=4)

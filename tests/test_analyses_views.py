@@ -1,4 +1,4 @@
-"""Views: filter pictures, activation maps, activation maximisation, hidden representations, views_step."""
+"""Views: filter pictures, activation maps, activation maximisation, hidden representations, the views step."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from explainnn.analyses.views import (
     plot_activation_maps,
     plot_filters,
     plot_maximization,
-    views_step,
 )
+from explainnn.analyses.views import learned_views as compute_views
 from explainnn.causal import CausalGraph
 from explainnn.data import Dataset, DatasetInfo, load_dataset
 from explainnn.errors import UserError
@@ -216,43 +216,70 @@ def read_csv(path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_views_step_lenet_on_digits(tmp_path, capsys):
+def _views_step(model, dataset, run_dir, *overrides, graph=None):
+    """The pipeline's views step on ``model`` and ``dataset`` (and ``graph``, as discovery's result) alone."""
+    from explainnn.causal import DiscoveryResult
+    from explainnn.config import build_config
+    from explainnn.pipeline.context import RunContext
+    from explainnn.pipeline.views import draw_views
+
+    ctx = RunContext(build_config(overrides=["progress=false", "plots.dpi=40", *overrides]), run_dir,
+                     torch.device("cpu"))
+    ctx.dataset, ctx.model = dataset, model
+    if graph is not None:
+        ctx.discoveries[int(graph.metadata["target"])] = DiscoveryResult.of(graph)
+    return ctx, draw_views(ctx, ctx.config.analyses.views)
+
+
+def test_the_views_step_writes_every_view_of_lenet_on_digits(tmp_path, capsys):
     digits = small(load_dataset("digits", image_size=32), 60)
     torch.manual_seed(0)
     model = build_model("lenet", digits.info)
     graph = graph_for(int(digits.y_test[3]), {"conv2": [2], "fc2": [10, 20]})
-    written = views_step(model, digits, tmp_path, graph=graph, n_samples=40, maximize_steps=5, progress=False)
+    ctx, written = _views_step(model, digits, tmp_path, "analyses.views.n_samples=40", graph=graph)
     names = {"filters.png", "activation_maps_conv2.png", "maximization_fc2.png", "maximization_fc2.npz",
              "embedding_fc2.png", "embedding_fc2.csv"}
-    assert {p.name for p in written.values()} == names
-    assert {p.name for p in tmp_path.iterdir()} == names
-    rows = read_csv(tmp_path / "embedding_fc2.csv")
+    folder = tmp_path / "views"
+    assert {p.name for p in written.values()} == names and ctx.analyses.view_files == written
+    assert {p.name for p in folder.iterdir()} == names
+    rows = read_csv(folder / "embedding_fc2.csv")
     assert len(rows) == 40 and list(rows[0]) == ["index", "x", "y", "label", "class"]
     assert all(r["class"] == digits.info.class_names[int(r["label"])] for r in rows)
-    with np.load(tmp_path / "maximization_fc2.npz", allow_pickle=False) as saved:
+    with np.load(folder / "maximization_fc2.npz", allow_pickle=False) as saved:
         assert saved["units"].tolist() == [10, 20] and saved["inputs"].shape == (2, 1, 32, 32)
+    views = ctx.analyses.views
+    assert views is not None and views.filters == "conv1" and views.skipped == ()
+    first = int(torch.nonzero(digits.y_test == digits.y_test[3])[0])  # the first test sample of the graph's class
+    assert views.activation_maps is not None and views.activation_maps.sample == first
     line = capsys.readouterr().out
+    assert line.startswith(f"views       filters conv1; activation maps conv2 (test #{first}, class ")
     assert "maximisation fc2 (2 causal units)" in line and "embedding fc2 (pca, 40 samples)" in line
 
-    views_step(model, digits, tmp_path / "fc1", layer="fc1", maximize=False, n_samples=20, plots=False,
-               progress=False)
-    assert {p.name for p in (tmp_path / "fc1").iterdir()} == {"embedding_fc1.csv"}
+    _views_step(model, digits, tmp_path / "fc1", "analyses.views.layer=fc1", "analyses.views.maximize=false",
+                "analyses.views.n_samples=20", "plots.enabled=false")
+    assert {p.name for p in (tmp_path / "fc1" / "views").iterdir()} == {"embedding_fc1.csv"}
+    assert "views       filters and activation maps: skipped (they are pictures and plots are disabled)" in \
+        capsys.readouterr().out
     with pytest.raises(UserError, match="unknown layer 'fc9'"):
-        views_step(model, digits, tmp_path, layer="fc9", progress=False)
+        compute_views(model, digits, layer="fc9")
 
 
-def test_views_step_lstm_on_mnist_rows(tmp_path, capsys):
+def test_learned_views_of_an_lstm_on_mnist_rows(tmp_path, capsys):
     mnist = small(load_dataset("mnist", tmp_path / "data"), 50)
     torch.manual_seed(0)
     model = build_model("lstm", mnist.info, hidden_size=8)
-    written = views_step(model, mnist, tmp_path / "out", n_samples=30, projection="tsne", maximize_steps=5,
-                         progress=False)
-    assert {p.name for p in written.values()} == {"maximization_lstm.png", "maximization_lstm.npz",
-                                                  "embedding_lstm.png", "embedding_lstm.csv"}
-    assert "filters and activation maps: skipped (the model has no convolutional layer)" in capsys.readouterr().out
+    views = compute_views(model, mnist, n_samples=30, projection="tsne", maximize_steps=5)
+    assert capsys.readouterr() == ("", "")
+    assert views.filters is None and views.activation_maps is None
+    assert views.skipped == (("filters and activation maps", "the model has no convolutional layer"),)
+    assert views.maximization is not None and views.maximization.layer == "lstm"
+    assert views.maximization.source == "most active" and len(views.maximization.units) == 8
+    assert views.maximization.inputs.shape == (8, *mnist.x_test.shape[1:])
+    assert views.embedding is not None and views.embedding.coords.shape == (30, 2)
+    assert views.embedding.projection == "tsne" and views.embedding.n_units == 8
 
 
-def test_views_step_skips_maximisation_for_token_models(tmp_path, capsys):
+def test_learned_views_skip_maximisation_for_token_models():
     vocab = ("<pad>", "<unk>", "good", "bad", "film")
     info = DatasetInfo("toy", "tokens", (4,), 2, ("neg", "pos"), "test", vocab=vocab, pad_index=0, unk_index=1)
     tokens = torch.randint(1, 5, (12, 4), generator=torch.Generator().manual_seed(0))
@@ -260,9 +287,10 @@ def test_views_step_skips_maximisation_for_token_models(tmp_path, capsys):
     toy = Dataset(info, tokens, labels, tokens, labels)
     torch.manual_seed(0)
     model = build_model("gru", info, hidden_size=4, embedding_dim=4)
-    written = views_step(model, toy, tmp_path, n_samples=10, progress=False)
-    assert {p.name for p in written.values()} == {"embedding_gru.png", "embedding_gru.csv"}
-    assert "maximisation: skipped (token model" in capsys.readouterr().out
+    views = compute_views(model, toy, n_samples=10)
+    assert views.maximization is None and views.embedding is not None and views.embedding.layer == "gru"
+    assert [view for view, _ in views.skipped] == ["filters and activation maps", "maximisation"]
+    assert views.skipped[1][1].startswith("token model")
 
 
 def test_the_old_name_project_still_works_with_a_deprecation_warning():

@@ -7,8 +7,8 @@ picks k by silhouette; :func:`plot_clusters` draws them in 2-D (PCA or t-SNE)
 coloured by cluster and marked by class. Whether such clusters are a property of
 the task or an accident of one training run is what :func:`seed_agreement` asks:
 the adjusted Rand index between the clusterings of the same inputs' explanations
-from models trained with different seeds. :func:`clustering_step` does it all and
-writes CSV, PNG and JSON.
+from models trained with different seeds. :func:`explanation_clusters` does it all
+for a dataset's test samples and returns an :class:`ExplanationClusters`.
 """
 
 from __future__ import annotations
@@ -27,17 +27,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 from torch import nn
 
+from explainnn.analyses.common import attribute_in_batches, check_positive, resolve_targets, sample_indices
 from explainnn.analyses.embeddings import PROJECTIONS, project_2d
-from explainnn.analyses.text_importance import (
-    attribute_in_batches,
-    resolve_targets,
-    sample_indices,
-)
 from explainnn.attributions import method_info, modality_of
 from explainnn.data import Dataset
 from explainnn.deprecation import deprecated_alias
 from explainnn.errors import UserError
-from explainnn.files import atomic_path, save_figure, write_csv, write_json
+from explainnn.files import save_figure
 from explainnn.progress import progress_bar
 
 N_INIT = 10
@@ -105,7 +101,7 @@ def cluster_explanations(
     distinct vectors minus one (where silhouette is undefined) are dropped.
     """
     rows = prepare(explanations, normalize=normalize)
-    ks = list(range(2, _positive("max_clusters", max_clusters) + 1) if k_range is None else k_range)
+    ks = list(range(2, check_positive("max_clusters", max_clusters) + 1) if k_range is None else k_range)
     if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2 for k in ks):
         raise UserError(f"k_range must hold cluster counts >= 2; got {list(ks)}")
     distinct = len(np.unique(rows, axis=0))
@@ -249,7 +245,7 @@ def seed_agreement(
     """
     if len(models) < 2:
         raise UserError(f"seed agreement compares at least 2 models; got {len(models)}")
-    _positive("k", k)
+    check_positive("k", k)
     clusterings = []
     for model in progress_bar(models, desc="seed agreement", unit="model", enabled=progress, leave=False):
         vectors = explanation_vectors(model, inputs, method=method, target=target, seed=seed, options=options)
@@ -289,10 +285,65 @@ def plot_seed_agreement(matrix: np.ndarray, names: Sequence[str], *, title: str 
     return save_figure(figure, path, dpi=dpi)
 
 
-def clustering_step(
+@dataclass(frozen=True)
+class ExplanationClusters:
+    """Explanations of test samples clustered, and the clusters compared across training seeds.
+
+    ``index`` are the test samples, ``classes`` their true classes (the target each
+    was explained for), ``predicted`` this model's classes, ``vectors`` the
+    explanations (one row each) and ``clustering`` their k-means. With training
+    ``seeds``, ``agreement`` is the pairwise adjusted Rand index ``(S + 1, S + 1)``
+    of this model's clustering (best k) and those of the models trained with them.
+    """
+
+    dataset: str
+    method: str
+    index: np.ndarray
+    classes: np.ndarray
+    predicted: np.ndarray
+    vectors: np.ndarray
+    clustering: ClusteringResult
+    seeds: list[int]
+    agreement: np.ndarray | None = None
+
+    @property
+    def agreement_names(self) -> list[str]:
+        """The models the agreement matrix compares: "this model", then "seed <s>" for each seed."""
+        return ["this model", *(f"seed {s}" for s in self.seeds)]
+
+    def cluster_rows(self) -> list[dict[str, int]]:
+        """One row per sample: its index, class, prediction and cluster (best k)."""
+        return [{"sample": int(i), "class": int(c), "predicted": int(p), "cluster": int(k)}
+                for i, c, p, k in zip(self.index, self.classes, self.predicted, self.clustering.best_labels)]
+
+    def agreement_rows(self) -> list[dict[str, Any]]:
+        """The agreement matrix as rows: ``{"model", <each model>: ARI}``; empty without seeds."""
+        if self.agreement is None:
+            return []
+        names = self.agreement_names
+        return [{"model": name, **{other: float(v) for other, v in zip(names, row)}}
+                for name, row in zip(names, self.agreement)]
+
+    def summary(self) -> dict[str, Any]:
+        """Best k, silhouettes, cluster sizes, agreement with the classes and across seeds, as one record."""
+        result, agreement = self.clustering, self.agreement
+        return {
+            "dataset": self.dataset,
+            "method": self.method,
+            "n_samples": len(self.classes),
+            "best_k": result.best_k,
+            "silhouette": dict(zip(map(str, result.ks), map(float, result.silhouette))),
+            "cluster_sizes": np.bincount(result.best_labels, minlength=result.best_k).tolist(),
+            "class_ari": float(adjusted_rand_score(self.classes, result.best_labels)),
+            "class_nmi": float(normalized_mutual_info_score(self.classes, result.best_labels)),
+            "seeds": self.seeds,
+            "seed_ari_mean": None if agreement is None else float(agreement[np.triu_indices(len(agreement), 1)].mean()),
+        }
+
+
+def explanation_clusters(
     model: nn.Module,
     dataset: Dataset,
-    out_dir: str | Path,
     *,
     method: str = "integrated_gradients",
     n_samples: int = 300,
@@ -300,24 +351,16 @@ def clustering_step(
     seeds: Sequence[int] = (),
     retrain: Callable[[int], nn.Module] | None = None,
     seed: int = 0,
-    plots: bool = True,
-    dpi: int = 120,
-    progress: bool = True,
-    projection: str = "pca",
+    progress: bool = False,
     options: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Cluster ``method``'s explanations of a seeded random subset of test samples.
+) -> ExplanationClusters:
+    """Cluster ``method``'s explanations of a seeded random subset of ``n_samples`` test samples.
 
     Explanations are of each sample's true class (the same target for every model).
-    Writes to ``out_dir``: ``explanations.npz``, ``clusters.csv`` (sample, class,
-    prediction, cluster for the best k), ``silhouette.csv``, ``summary.json`` and,
-    with ``plots``, ``clusters.png``. When ``seeds`` lists training seeds,
-    ``retrain(seed)`` supplies a model trained with each, and
-    ``seed_agreement.csv``/``.png`` hold the pairwise adjusted Rand index of their
-    clusterings (best k) with this model's. Returns ``{"explanations",
-    "clustering", "agreement", "summary"}``.
+    When ``seeds`` lists training seeds, ``retrain(seed)`` supplies a model trained
+    with each, and their clusterings (this model's best k) are compared with this
+    model's by the adjusted Rand index.
     """
-    out_dir = Path(out_dir)
     seeds = [int(s) for s in seeds]
     if seeds and retrain is None:
         raise UserError("clustering seeds were given but no retrain(seed) function to train those models; "
@@ -328,89 +371,17 @@ def clustering_step(
                                   progress=progress)
     result = cluster_explanations(vectors, max_clusters=max_clusters, seed=seed)
     predicted = resolve_targets(model, inputs, "predicted").numpy()
-    _write_clusters(out_dir, vectors, result, index=index, classes=classes, predicted=predicted)
-    if plots:
-        plot_clusters(vectors, result, classes=classes, class_names=dataset.info.class_names, projection=projection,
-                      title=f"{method} explanations of {len(index)} {dataset.info.name} test samples",
-                      path=out_dir / "clusters.png", dpi=dpi)
-
     agreement = None
-    if not seeds:
-        print("clustering  seed agreement: skipped (no training seeds listed in analyses.clustering.seeds)")
-    else:
+    if seeds:
         assert retrain is not None  # checked above
-        agreement = _seed_agreement(inputs, classes, result, out_dir, method=method, seeds=seeds, retrain=retrain,
-                                    seed=seed, options=options, plots=plots, dpi=dpi, progress=progress)
-    summary = _clustering_summary(result, classes, agreement, dataset=dataset.info.name, method=method, seeds=seeds)
-    write_json(out_dir / "summary.json", summary)
-    print(_summary_line(result, summary))
-    return {"explanations": vectors, "clustering": result, "agreement": agreement, "summary": summary}
-
-
-def _clustering_summary(result: ClusteringResult, classes: np.ndarray, agreement: np.ndarray | None, *,
-                        dataset: str, method: str, seeds: list[int]) -> dict[str, Any]:
-    """The ``summary.json`` record: best k, silhouettes, cluster sizes, agreement with classes and across seeds."""
-    return {
-        "dataset": dataset,
-        "method": method,
-        "n_samples": len(classes),
-        "best_k": result.best_k,
-        "silhouette": dict(zip(map(str, result.ks), map(float, result.silhouette))),
-        "cluster_sizes": np.bincount(result.best_labels, minlength=result.best_k).tolist(),
-        "class_ari": float(adjusted_rand_score(classes, result.best_labels)),
-        "class_nmi": float(normalized_mutual_info_score(classes, result.best_labels)),
-        "seeds": seeds,
-        "seed_ari_mean": None if agreement is None else float(agreement[np.triu_indices(len(agreement), 1)].mean()),
-    }
-
-
-def _summary_line(result: ClusteringResult, summary: dict[str, Any]) -> str:
-    """The step's one printed line: best k, its silhouette, ARI with the classes and across seeds."""
-    line = (f"clustering  {summary['method']} on {summary['n_samples']} samples: best k {result.best_k} "
-            f"(silhouette {result.silhouette[result.ks.index(result.best_k)]:.2f}), "
-            f"ARI with classes {summary['class_ari']:.2f}")
-    if summary["seed_ari_mean"] is not None:
-        line += f"; ARI across {len(summary['seeds']) + 1} training seeds {summary['seed_ari_mean']:.2f}"
-    return line
-
-
-def _write_clusters(out_dir: Path, vectors: np.ndarray, result: ClusteringResult, *, index: np.ndarray,
-                    classes: np.ndarray, predicted: np.ndarray) -> None:
-    """``explanations.npz``, ``clusters.csv`` (best k) and ``silhouette.csv`` of one clustering."""
-    with atomic_path(out_dir / "explanations.npz") as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, explanations=vectors, index=index, classes=classes, predicted=predicted,
-                            clusters=result.best_labels)
-    write_csv(out_dir / "clusters.csv",
-               [{"sample": int(i), "class": int(c), "predicted": int(p), "cluster": int(k)}
-                for i, c, p, k in zip(index, classes, predicted, result.best_labels)],
-               ["sample", "class", "predicted", "cluster"])
-    write_csv(out_dir / "silhouette.csv", result.rows(), ["k", "silhouette", "inertia", "best"])
-
-
-def _seed_agreement(inputs: torch.Tensor, classes: np.ndarray, result: ClusteringResult, out_dir: Path, *,
-                    method: str, seeds: list[int], retrain: Callable[[int], nn.Module], seed: int,
-                    options: Mapping[str, Any] | None, plots: bool, dpi: int, progress: bool) -> np.ndarray:
-    """Pairwise ARI of this clustering (best k) and those of models retrained with ``seeds``; written as CSV/PNG."""
-    clusterings = [result.best_labels]
-    for other in progress_bar(seeds, desc="seed agreement", unit="model", enabled=progress, leave=False):
-        others = explanation_vectors(retrain(other), inputs, method=method, target=classes, seed=seed,
-                                     options=options)
-        clusterings.append(cluster_explanations(others, k_range=[result.best_k], seed=seed).labels[result.best_k])
-    agreement = rand_index_matrix(clusterings)
-    names = ["this model", *(f"seed {s}" for s in seeds)]
-    write_csv(out_dir / "seed_agreement.csv",
-               [{"model": name, **{other: float(v) for other, v in zip(names, row)}}
-                for name, row in zip(names, agreement)], ["model", *names])
-    if plots:
-        plot_seed_agreement(agreement, names, title=f"{method} clusters (k={result.best_k}) across seeds",
-                            path=out_dir / "seed_agreement.png", dpi=dpi)
-    return agreement
-
-
-def _positive(label: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UserError(f"{label} must be a positive integer; got {value!r}")
-    return int(value)
+        clusterings = [result.best_labels]
+        for other in progress_bar(seeds, desc="seed agreement", unit="model", enabled=progress, leave=False):
+            others = explanation_vectors(retrain(other), inputs, method=method, target=classes, seed=seed,
+                                         options=options)
+            clusterings.append(cluster_explanations(others, k_range=[result.best_k], seed=seed).labels[result.best_k])
+        agreement = rand_index_matrix(clusterings)
+    return ExplanationClusters(dataset.info.name, method, index, classes, predicted, vectors, result, seeds,
+                               agreement)
 
 
 def _as_int(values: Any) -> np.ndarray:

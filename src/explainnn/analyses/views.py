@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,14 +31,12 @@ from torch import nn
 from explainnn.analyses.embeddings import (
     hidden_representations,
     layer_info,
-    plot_embedding,
     project_2d,
     run_to_layer,
     unit_activations,
-    write_embedding_csv,
 )
 from explainnn.errors import UserError
-from explainnn.files import atomic_path, save_figure
+from explainnn.files import save_figure
 from explainnn.interventions.hooks import ModelPatch
 from explainnn.interventions.layers import RECURRENT_TYPES, LayerInfo, find_layers, resolve_layer
 from explainnn.progress import progress_bar
@@ -54,7 +53,7 @@ CELL = 1.3
 MAX_FILTERS = 64
 MAX_CHANNELS = 16
 MAX_UNITS = 16
-"""Units maximised by :func:`views_step` (the causal ones first, else the most active)."""
+"""Units maximised by :func:`learned_views` (the causal ones first, else the most active)."""
 COLUMNS = 8
 NOISE = 0.01
 """Start noise, as a fraction of the value range: it breaks ties while keeping the penalties near 0."""
@@ -387,11 +386,66 @@ def draw_maximization(
     return save_figure(figure, path, tight=True)
 
 
-# ------------------------------------------------------------------------- step
-def views_step(
+# -------------------------------------------------------------------- all views
+@dataclass(frozen=True)
+class ActivationMapView:
+    """Which activation maps to draw: conv ``layer`` on test sample ``sample`` (of class ``class_name``)."""
+
+    layer: str
+    sample: int
+    class_name: str
+
+
+@dataclass(frozen=True)
+class MaximizationView:
+    """The inputs ``(U, *input_shape)`` that maximise ``units`` of ``layer`` and the ``activations`` they reach.
+
+    ``source`` says how the units were chosen ("causal": the graph's causal units of
+    the layer, else "most active" on the samples); ``causal`` and ``note`` are the
+    graph's causal units there and a title note saying what the red frames mean.
+    """
+
+    layer: str
+    units: list[int]
+    source: str
+    inputs: torch.Tensor
+    activations: np.ndarray
+    value_range: tuple[float, float]
+    causal: frozenset[int]
+    note: str
+
+
+@dataclass(frozen=True)
+class EmbeddingView:
+    """The 2-D ``projection`` ``coords`` of the representations at ``layer`` of the test samples ``chosen``
+    (``labels`` their classes; ``n_units`` the layer's width)."""
+
+    layer: str
+    projection: str
+    chosen: np.ndarray
+    labels: np.ndarray
+    coords: np.ndarray
+    n_units: int
+
+
+@dataclass(frozen=True)
+class Views:
+    """What :func:`learned_views` found to show: each view, or None where it does not apply.
+
+    ``filters`` is the conv layer whose kernels to draw; ``skipped`` lists
+    ``(view, reason)`` for the views that do not apply, in the order they were met.
+    """
+
+    filters: str | None = None
+    activation_maps: ActivationMapView | None = None
+    maximization: MaximizationView | None = None
+    embedding: EmbeddingView | None = None
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+def learned_views(
     model: nn.Module,
     dataset: Dataset,
-    out_dir: Path,
     *,
     graph: CausalGraph | None = None,
     filters: bool = True,
@@ -403,139 +457,88 @@ def views_step(
     maximize_steps: int = 200,
     seed: int = 0,
     plots: bool = True,
-    dpi: int = 120,
-    progress: bool = True,
-) -> dict[str, Path]:
-    """Write the views of ``model`` under ``out_dir`` and return ``{view: path}`` of what was written.
+    progress: bool = False,
+) -> Views:
+    """The views of ``model`` on ``dataset``'s test split, computed (pictures are drawn by the caller).
 
-    * ``filters.png``: the first conv layer's kernels;
-    * ``activation_maps_<layer>.png``: one test input (the first of the graph's
-      target class, else the first) at ``layer`` if it is a conv layer, else at
-      the last conv layer;
-    * ``maximization_<layer>.png`` and ``.npz`` (``inputs``, ``units``,
-      ``activations``): the inputs that maximise up to 16 units of ``layer``
-      (default: the last hidden layer before the output) - the graph's causal
-      units there, else the most active units on the samples (``maximize_steps``
-      gradient steps);
-    * ``embedding_<layer>.png`` and ``.csv`` (``index, x, y, label, class``):
-      ``projection`` (pca or tsne; "none" skips it) of ``n_samples`` seeded test
-      samples' representations at ``layer``.
+    * ``filters``: the first conv layer (its kernels are :func:`plot_filters`);
+    * ``activation_maps``: one test input (the first of the graph's target class,
+      else the first) at ``layer`` if it is a conv layer, else at the last conv
+      layer (:func:`plot_activation_maps`);
+    * ``maximize``: the inputs that maximise up to 16 units of ``layer`` (default:
+      the last hidden layer before the output) - the graph's causal units there,
+      else the most active units on the samples (``maximize_steps`` gradient steps);
+    * ``projection`` (pca or tsne; "none" skips it): the 2-D projection of
+      ``n_samples`` seeded test samples' representations at ``layer``.
 
-    Views that do not apply (no conv layer; maximisation for token models) are
-    skipped with the reason printed. Without ``plots`` only the npz and csv files
-    are written.
+    Views that do not apply (no conv layer; maximisation for token models; filters
+    and maps, which are only pictures, without ``plots``) are listed in
+    :attr:`Views.skipped` with the reason.
     """
     if projection not in ("pca", "tsne", "none"):
         raise UserError(f"unknown projection '{projection}'; valid projections: pca, tsne, none")
-    out_dir = Path(out_dir)
     layers = find_layers(model, dataset.x_test[:1].to(model_device(model)))
     if layer is not None:
         resolve_layer(layers, model, layer)
     convs = [info.name for info in layers if info.kind.startswith("conv")]
     hidden = layer or _last_hidden(layers)
-    written: dict[str, Path] = {}
-    done: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    first_conv, maps = None, None
     if (filters or activation_maps) and not convs:
-        _skip("filters and activation maps", "the model has no convolutional layer")
+        skipped.append(("filters and activation maps", "the model has no convolutional layer"))
     elif (filters or activation_maps) and not plots:
-        _skip("filters and activation maps", "they are pictures and plots are disabled")
+        skipped.append(("filters and activation maps", "they are pictures and plots are disabled"))
     else:
-        done += _picture_views(model, dataset, out_dir, written, convs=convs, layer=layer, graph=graph,
-                               filters=filters, activation_maps=activation_maps, dpi=dpi)
-    done += _representation_views(model, dataset, layers, hidden, out_dir, written, graph=graph, maximize=maximize,
-                                  projection=projection, n_samples=n_samples, maximize_steps=maximize_steps,
-                                  seed=seed, plots=plots, dpi=dpi, progress=progress)
-    print(f"views       {'; '.join(done) or 'nothing applied'}")
-    return written
-
-
-def _skip(view: str, reason: str) -> None:
-    print(f"views       {view}: skipped ({reason})")
+        first_conv = convs[0] if filters else None
+        if activation_maps:
+            sample = _example_index(graph, dataset.y_test)
+            maps = ActivationMapView(layer if layer in convs else convs[-1], sample,
+                                     str(dataset.info.class_names[int(dataset.y_test[sample])]))
+    maximization, embedding = _representation_views(model, dataset, layers, hidden, skipped, graph=graph,
+                                                    maximize=maximize, projection=projection, n_samples=n_samples,
+                                                    maximize_steps=maximize_steps, seed=seed, progress=progress)
+    return Views(first_conv, maps, maximization, embedding, tuple(skipped))
 
 
 def _representation_views(model: nn.Module, dataset: Dataset, layers: list[LayerInfo], hidden: str | None,
-                          out_dir: Path, written: dict[str, Path], *, graph: CausalGraph | None, maximize: bool,
-                          projection: str, n_samples: int, maximize_steps: int, seed: int, plots: bool, dpi: int,
-                          progress: bool) -> list[str]:
+                          skipped: list[tuple[str, str]], *, graph: CausalGraph | None, maximize: bool,
+                          projection: str, n_samples: int, maximize_steps: int, seed: int,
+                          progress: bool) -> tuple[MaximizationView | None, EmbeddingView | None]:
     """The views of layer ``hidden``'s representations: maximising inputs and the 2-D embedding."""
     x = dataset.x_test
-    done: list[str] = []
     chosen = np.sort(np.random.default_rng(seed).choice(len(x), size=min(n_samples, len(x)), replace=False))
     features = None
     if (maximize or projection != "none") and hidden is None:
-        _skip("maximisation and embedding", "the model has no hidden layer before its output")
+        skipped.append(("maximisation and embedding", "the model has no hidden layer before its output"))
     elif maximize or projection != "none":
         features = hidden_representations(model, x[torch.from_numpy(chosen)], hidden)
 
+    maximization = embedding = None
     if maximize and features is not None and hidden is not None:
         if dataset.info.modality == "tokens" or any(info.kind == "embedding" for info in layers):
-            _skip("maximisation", "token model: an input optimised in embedding space matches no token")
+            skipped.append(("maximisation", "token model: an input optimised in embedding space matches no token"))
         else:
-            done.append(_maximization_view(model, x, hidden, features, out_dir, written, graph=graph,
-                                           steps=maximize_steps, seed=seed, plots=plots, dpi=dpi,
-                                           progress=progress))
+            maximization = _maximization_view(model, x, hidden, features, graph=graph, steps=maximize_steps,
+                                              seed=seed, progress=progress)
     if projection == "none":
-        _skip("embedding", "projection: none")
+        skipped.append(("embedding", "projection: none"))
     elif features is not None and hidden is not None:
-        done.append(_embedding_view(dataset, chosen, hidden, features, out_dir, written, projection=projection,
-                                    seed=seed, plots=plots, dpi=dpi))
-
-    return done
-
-
-def _picture_views(model: nn.Module, dataset: Dataset, out_dir: Path, written: dict[str, Path], *,
-                   convs: list[str], layer: str | None, graph: CausalGraph | None, filters: bool,
-                   activation_maps: bool, dpi: int) -> list[str]:
-    """The filter and activation-map pictures (into ``written``); returns what was drawn, one line each."""
-    x, y = dataset.x_test, dataset.y_test
-    done = []
-    if filters:
-        written["filters"] = out_dir / "filters.png"
-        plot_filters(model, written["filters"], layer=convs[0], example_input=x[:1], dpi=dpi)
-        done.append(f"filters {convs[0]}")
-    if activation_maps:
-        map_layer = layer if layer in convs else convs[-1]
-        sample = _example_index(graph, y)
-        written["activation_maps"] = out_dir / f"activation_maps_{map_layer}.png"
-        plot_activation_maps(model, x[sample], map_layer, written["activation_maps"], graph=graph, dpi=dpi)
-        done.append(f"activation maps {map_layer} (test #{sample}, class {dataset.info.class_names[int(y[sample])]})")
-    return done
+        coords = project_2d(features, projection, seed=seed)
+        labels = dataset.y_test[torch.from_numpy(chosen)].numpy()
+        embedding = EmbeddingView(hidden, projection, chosen, labels, coords, int(features.shape[1]))
+    return maximization, embedding
 
 
-def _embedding_view(dataset: Dataset, chosen: np.ndarray, hidden: str, features: np.ndarray, out_dir: Path,
-                    written: dict[str, Path], *, projection: str, seed: int, plots: bool, dpi: int) -> str:
-    """The 2-D ``projection`` of the ``chosen`` test samples' representations at ``hidden``, as CSV and picture."""
-    coords = project_2d(features, projection, seed=seed)
-    labels = dataset.y_test[torch.from_numpy(chosen)].numpy()
-    class_names = dataset.info.class_names
-    written["embedding_csv"] = write_embedding_csv(out_dir / f"embedding_{hidden}.csv", coords, labels,
-                                                   class_names, chosen)
-    if plots:
-        written["embedding"] = out_dir / f"embedding_{hidden}.png"
-        title = (f"{hidden} on {dataset.info.name}: {projection.upper()} of {len(chosen)} test samples "
-                 f"({features.shape[1]} units)")
-        plot_embedding(coords, labels, class_names, written["embedding"], title, dpi=dpi)
-    return f"embedding {hidden} ({projection}, {len(chosen)} samples)"
-
-
-def _maximization_view(model: nn.Module, x: torch.Tensor, hidden: str, features: np.ndarray, out_dir: Path,
-                       written: dict[str, Path], *, graph: CausalGraph | None, steps: int, seed: int, plots: bool,
-                       dpi: int, progress: bool) -> str:
-    """The maximising inputs of ``hidden``'s causal (else most active) units, as npz and picture."""
+def _maximization_view(model: nn.Module, x: torch.Tensor, hidden: str, features: np.ndarray, *,
+                       graph: CausalGraph | None, steps: int, seed: int, progress: bool) -> MaximizationView:
+    """The maximising inputs of ``hidden``'s causal (else most active) units."""
     units, source = _units_to_maximize(graph, hidden, features)
     value_range = (float(x.min()), float(x.max()))
     inputs = maximize_activation(model, hidden, units, input_shape=tuple(x.shape[1:]), seed=seed,
                                  steps=steps, value_range=value_range, progress=progress)
     reached = hidden_representations(model, inputs, hidden)[np.arange(len(units)), units]
-    written["maximization_npz"] = out_dir / f"maximization_{hidden}.npz"
-    with atomic_path(written["maximization_npz"]) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, inputs=inputs.numpy(), units=np.asarray(units), activations=reached)
-    if plots:
-        causal, note = _causal_units(graph, hidden)
-        written["maximization"] = out_dir / f"maximization_{hidden}.png"
-        draw_maximization(inputs, units, written["maximization"], layer=hidden, activations=reached,
-                          causal=causal, value_range=value_range, note=note, dpi=dpi)
-    return f"maximisation {hidden} ({len(units)} {source} units)"
+    causal, note = _causal_units(graph, hidden)
+    return MaximizationView(hidden, units, source, inputs, reached, value_range, frozenset(causal), note)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from explainnn.causal import (
     circuit_faithfulness,
     plot_seed_stability,
@@ -10,14 +12,29 @@ from explainnn.causal import (
     stability,
 )
 from explainnn.causal.curves import plot_check
-from explainnn.config import DiscoveryConfig
+from explainnn.config import Config, DiscoveryConfig
 from explainnn.files import save_figure
 from explainnn.pipeline.context import RunContext
 from explainnn.pipeline.discovery import discovery_inputs
-from explainnn.pipeline.model import train_or_load_model
 
 
-def check_graphs(ctx: RunContext, options: DiscoveryConfig) -> None:
+@dataclass(frozen=True)
+class ChecksOptions:
+    """The checks step's options: the ``discovery`` section (``check_circuit``, ``stability``) and the
+    size of the sufficiency/necessity check, ``circuit.n_random`` random unit sets on
+    ``circuit.eval_samples`` held-out samples (the graph is checked as the circuit is)."""
+
+    discovery: DiscoveryConfig
+    n_random: int
+    eval_samples: int
+
+    @classmethod
+    def of(cls, config: Config) -> ChecksOptions:
+        """The checks' options in ``config``."""
+        return cls(config.discovery, config.circuit.n_random, config.circuit.eval_samples)
+
+
+def check_graphs(ctx: RunContext, options: ChecksOptions) -> None:
     """Sufficiency and necessity against random unit sets (``check_circuit``) and the stability sweep.
 
     For every graph in ``ctx.graphs`` writes ``discovery/class_<k>/``:
@@ -26,35 +43,36 @@ def check_graphs(ctx: RunContext, options: DiscoveryConfig) -> None:
     with them) and in ``ctx.faithfulness``/``ctx.stability``. Sufficiency and
     necessity are measured on test samples the graph was not learned from; the
     stability sweep re-learns on the graph's own samples. With
-    ``stability.seeds``, models trained with those seeds are swept too
-    (``stability_seeds.csv``, ``stability_seeds.png``).
+    ``stability.seeds``, models trained with those seeds (``ctx.seed_models``)
+    are swept too (``stability_seeds.csv``, ``stability_seeds.png``).
     """
+    discovery = options.discovery
     dataset = ctx.dataset
     reference = dataset.x_train[:500]
     inputs, labels, split = discovery_inputs(ctx)
-    sweep = options.stability.model_dump(exclude={"enabled", "seeds"})
+    sweep = discovery.stability.model_dump(exclude={"enabled", "seeds"})
     for target, graph in ctx.graphs.items():
         folder = ctx.run_dir / "discovery" / f"class_{target}"
-        if options.check_circuit and any(graph.units(layer) for layer in graph.layers()[1:-1]):
+        if discovery.check_circuit and any(graph.units(layer) for layer in graph.layers()[1:-1]):
             ctx.faithfulness[target] = circuit_faithfulness(
                 ctx.model, dataset.x_test, graph, labels=dataset.y_test, reference=reference, seed=ctx.seed,
                 exclude=graph.metadata["samples"] if split == "test" else None,
-                n_eval=ctx.config.circuit.eval_samples, n_random=ctx.config.circuit.n_random)
+                n_eval=options.eval_samples, n_random=options.n_random)
             if ctx.plots:
                 save_figure(plot_check(ctx.faithfulness[target], subject="causal graph", dpi=ctx.dpi),
                             folder / "circuit.png")
-        if options.stability.enabled and len(graph.layers()) > 2:
+        if discovery.stability.enabled and len(graph.layers()) > 2:
             result = stability(ctx.model, inputs, graph, seed=ctx.seed, **sweep)
             graph.add_result("stability", result.summary())
             result.to_csv(folder)
             ctx.stability[target] = result
             if ctx.plots:
                 save_figure(plot_stability(result, dpi=ctx.dpi), folder / "stability.png")
-        seeds = [s for s in options.stability.seeds if s != ctx.seed]
-        if options.stability.enabled and seeds:
+        seeds = [s for s in discovery.stability.seeds if s != ctx.seed]
+        if discovery.stability.enabled and seeds:
             models = {ctx.seed: ctx.model}
-            models.update({s: train_or_load_model(ctx, ctx.config.model, seed=s) for s in seeds})
-            across = seed_stability(models, inputs, target, labels=labels, discovery=options.discover_options(),
+            models.update({s: ctx.seed_models.model(s) for s in seeds})
+            across = seed_stability(models, inputs, target, labels=labels, discovery=discovery.discover_options(),
                                     betas=sweep["betas"], repeats=sweep["repeats"], bootstrap=sweep["bootstrap"],
                                     seed=ctx.seed)
             graph.add_result("stability_seeds", across.summary())

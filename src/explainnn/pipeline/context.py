@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,41 @@ from explainnn.data import Dataset
 from explainnn.errors import UserError
 
 if TYPE_CHECKING:
+    from explainnn.analyses.clustering import ExplanationClusters
+    from explainnn.analyses.text import TextAnalysis
+    from explainnn.analyses.views import Views
     from explainnn.pipeline.circuit import CircuitReport, EdgeCircuitReport
+
+
+@dataclass
+class Analyses:
+    """The analysis steps' results (``ctx.analyses``); None where a step did not run or does not apply.
+
+    ``views`` (:class:`~explainnn.analyses.views.Views`) and ``view_files`` (``{view: path}`` of
+    the files the views step wrote), ``text`` (:class:`~explainnn.analyses.text.TextAnalysis`,
+    token data only), ``clustering`` (:class:`~explainnn.analyses.clustering.ExplanationClusters`).
+    """
+
+    views: Views | None = None
+    view_files: dict[str, Path] = field(default_factory=dict)
+    text: TextAnalysis | None = None
+    clustering: ExplanationClusters | None = None
+
+
+@dataclass(frozen=True)
+class SeedModels:
+    """The model step's result for later steps that compare training seeds (``ctx.seed_models``).
+
+    ``model(seed)`` is the run's model trained with another ``seed`` (or loaded from
+    its own checkpoint): the stability sweep across seeds and the clustering's seed
+    agreement ask for them, without reading the model or training sections.
+    """
+
+    train: Callable[[int], nn.Module]
+
+    def model(self, seed: int) -> nn.Module:
+        """The model of this run's config trained with ``seed``."""
+        return self.train(seed)
 
 class RunContext:
     """One run's shared state: the resolved config, its folder and device, and each step's result.
@@ -31,9 +67,10 @@ class RunContext:
     :class:`~explainnn.pipeline.circuit.EdgeCircuitReport` or
     :class:`~explainnn.pipeline.circuit.CircuitReport` per class; ``circuit_graphs``
     holds their graphs), ``attributions``,
-    ``evaluations``, and ``analyses`` (views, text, clustering: what each
-    wrote). Reading ``dataset`` or ``model`` before their step ran is a
-    one-line error naming the step.
+    ``evaluations``, and ``analyses`` (an :class:`Analyses`: views, text,
+    clustering). ``seed_models`` (a :class:`SeedModels`, set with the model)
+    trains the same model with another seed. Reading ``dataset``, ``model`` or
+    ``seed_models`` before their step ran is a one-line error naming the step.
     """
 
     def __init__(self, config: Config, run_dir: str | Path | None = None, device: torch.device | None = None):
@@ -51,11 +88,12 @@ class RunContext:
         self.edge_circuits: dict[int, EdgeCircuitReport] = {}
         self.attributions: dict[int, dict[str, np.ndarray]] = {}
         self.evaluations: dict[int, Any] = {}
-        self.analyses: dict[str, Any] = {}
+        self.analyses = Analyses()
         self.report: dict[str, Path] = {}
         self.step_seconds: dict[str, float] = {}
         self._dataset: Dataset | None = None
         self._model: nn.Module | None = None
+        self._seed_models: SeedModels | None = None
 
     # ------------------------------------------------------------- step results
     @property
@@ -93,6 +131,17 @@ class RunContext:
     def model(self, value: nn.Module) -> None:
         self._model = value
 
+    @property
+    def seed_models(self) -> SeedModels:
+        """The run's model trained with other seeds (the model step's result, beside :attr:`model`)."""
+        if self._seed_models is None:
+            raise UserError("no seed models yet: the model step has not run")
+        return self._seed_models
+
+    @seed_models.setter
+    def seed_models(self, value: SeedModels) -> None:
+        self._seed_models = value
+
     # ------------------------------------------------------------ settings
     @property
     def checkpoint(self) -> Path:
@@ -122,7 +171,3 @@ class RunContext:
         """The classes later steps explain: those with a graph, else ``discovery.target_class`` unless ``all``."""
         target = self.config.discovery.target_class
         return sorted(self.graphs) or ([] if target == "all" else [int(target)])
-
-    def step_options(self) -> dict[str, Any]:
-        """The keywords every step function shares: ``seed``, ``plots``, ``dpi``, ``progress``."""
-        return {"seed": self.seed, "plots": self.plots, "dpi": self.dpi, "progress": self.progress}

@@ -12,15 +12,15 @@ import numpy as np
 from torch import nn
 
 from explainnn.causal import CausalGraph
-from explainnn.config import Config, build_config, load_config
+from explainnn.config import Config, ModelConfig, build_config, load_config
 from explainnn.data import Dataset
 from explainnn.errors import UserError
 from explainnn.files import write_csv
 from explainnn.pipeline.attribution import explain_classes
-from explainnn.pipeline.checks import check_graphs
+from explainnn.pipeline.checks import ChecksOptions, check_graphs
 from explainnn.pipeline.circuit import CircuitReport, EdgeCircuitReport, find_circuits
 from explainnn.pipeline.clustering import cluster_explanations
-from explainnn.pipeline.context import RunContext
+from explainnn.pipeline.context import RunContext, SeedModels
 from explainnn.pipeline.data import load_data
 from explainnn.pipeline.discovery import discover_graphs
 from explainnn.pipeline.evaluation import evaluate_classes
@@ -36,24 +36,37 @@ class Step:
     """One step: its ``name``, the function ``run(ctx, options)`` and the config ``section`` holding its options.
 
     The step runs when its options say ``enabled`` (a boolean section such as
-    ``report`` is its own flag), unless ``enabled`` decides otherwise.
+    ``report`` is its own flag), unless ``enabled`` decides otherwise. A step whose
+    options are more than its section reads them through ``options_of(config)``
+    (a typed record of exactly what it uses), so a step never reads the config.
     """
 
     name: str
     run: Callable[[RunContext, Any], Any]
     section: str
     enabled: Callable[[Config], bool] | None = None
+    options_of: Callable[[Config], Any] | None = None
 
     def options(self, config: Config) -> Any:
-        """The step's options: the pydantic model of its config section."""
+        """The step's options: the pydantic model of its config section, or ``options_of(config)``."""
+        if self.options_of is not None:
+            return self.options_of(config)
         return attrgetter(self.section)(config)
 
     def is_enabled(self, config: Config) -> bool:
         """Whether ``config`` runs this step."""
         if self.enabled is not None:
             return self.enabled(config)
-        options = self.options(config)
+        options = attrgetter(self.section)(config)
         return options if isinstance(options, bool) else getattr(options, "enabled", True)
+
+
+def load_model(ctx: RunContext, options: ModelConfig) -> nn.Module:
+    """The model step: :func:`~explainnn.pipeline.model.train_or_load_model`, and ``ctx.seed_models``, the same
+    model trained with another seed, for the steps that compare seeds."""
+    model = train_or_load_model(ctx, options)
+    ctx.seed_models = SeedModels(lambda seed: train_or_load_model(ctx, options, seed=seed))
+    return model
 
 
 def _checks_enabled(config: Config) -> bool:
@@ -63,9 +76,9 @@ def _checks_enabled(config: Config) -> bool:
 
 STEPS: tuple[Step, ...] = (
     Step("data", load_data, "data"),
-    Step("model", train_or_load_model, "model"),
+    Step("model", load_model, "model"),
     Step("discovery", discover_graphs, "discovery"),
-    Step("checks", check_graphs, "discovery", enabled=_checks_enabled),
+    Step("checks", check_graphs, "discovery", enabled=_checks_enabled, options_of=ChecksOptions.of),
     Step("circuit", find_circuits, "circuit"),
     Step("attribution", explain_classes, "attribution"),
     Step("evaluation", evaluate_classes, "evaluation"),

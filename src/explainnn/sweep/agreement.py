@@ -59,7 +59,7 @@ def seed_groups(runs: Sequence[RunResult]) -> list[list[RunResult]]:
 def agreement(members: Sequence[RunResult], configs: Mapping[str, Config]) -> AgreementGroup:
     """The pairwise ARI of the members' explanation clusters on the first member's clustering samples."""
     from explainnn.analyses.clustering import seed_agreement
-    from explainnn.analyses.text_importance import sample_indices
+    from explainnn.analyses.common import sample_indices
     from explainnn.checkpoint import load_checkpoint
     from explainnn.models import build_model
 
