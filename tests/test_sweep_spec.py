@@ -139,7 +139,7 @@ def _tiny_tree(tmp_path: Path) -> dict:
 
 
 def test_a_failing_run_is_recorded_with_one_line_and_leaves_no_run_folder(tmp_path, monkeypatch):
-    def fail(config, *overrides, run_dir=None):
+    def fail(config, *overrides, run_dir=None, out=None):
         Path(run_dir, "half_written.txt").write_text("x")
         raise RuntimeError("boom\nsecond line")
 
@@ -151,7 +151,7 @@ def test_a_failing_run_is_recorded_with_one_line_and_leaves_no_run_folder(tmp_pa
 
 
 def test_ctrl_c_leaves_only_complete_run_folders(tmp_path, monkeypatch):
-    def interrupted(config, *overrides, run_dir=None):
+    def interrupted(config, *overrides, run_dir=None, out=None):
         Path(run_dir, "training.json").write_text("{}")
         raise KeyboardInterrupt
 
@@ -164,7 +164,7 @@ def test_ctrl_c_leaves_only_complete_run_folders(tmp_path, monkeypatch):
 def test_sequential_sweep_records_failures_and_goes_on(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def flaky(config, *overrides, run_dir=None):
+    def flaky(config, *overrides, run_dir=None, out=None):
         calls.append(config.seed)
         if config.seed == 1:
             raise ConfigError("discovery.target_class: 12 is out of range")
@@ -191,7 +191,7 @@ def test_the_shipped_sweep_files_are_valid(name, monkeypatch):
 
 
 def test_the_command_line_prints_the_sweep_folder_last(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(explainnn.pipeline, "run", lambda config, *o, run_dir=None: None)
+    monkeypatch.setattr(explainnn.pipeline, "run", lambda config, *o, run_dir=None, out=None: None)
     path = _write(tmp_path, {"grid": {"seed": [0, 1]},
                              "sweep": {"backend": "sequential", "output_dir": str(tmp_path / "s")}})
     assert main(["--sweep", str(path), "training.epochs=1"]) == 0

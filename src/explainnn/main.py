@@ -24,6 +24,7 @@ import argparse
 import time
 
 from explainnn.errors import UserError
+from explainnn.progress import show_log_lines
 
 EXIT_USER_ERROR = 2
 
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run every enabled step, and map user mistakes to one line and exit code 2."""
     args = _parse_args(argv)
     started = time.perf_counter()
+    show_log_lines()  # the library's log messages (info and above) as lines on stderr
     try:
         if args.sweep is not None:
             return _sweep(args)

@@ -82,7 +82,7 @@ def check_graphs(ctx: RunContext, options: ChecksOptions) -> None:
                 save_figure(plot_seed_stability(across, dpi=ctx.dpi), folder / "stability_seeds.png")
         graph.to_json(folder / "graph.json")
         graph.to_graphml(folder / "graph.graphml")
-        print(describe_checks(ctx, target))
+        ctx.echo(describe_checks(ctx, target))
 
 
 def describe_checks(ctx: RunContext, target: int) -> str:

@@ -36,7 +36,7 @@ def cluster_explanations(ctx: RunContext, options: ClusteringConfig) -> Explanat
                       projection="pca", title=f"{result.method} explanations of {len(result.index)} "
                       f"{result.dataset} test samples", path=out_dir / "clusters.png", dpi=ctx.dpi)
     if result.agreement is None:
-        print("clustering  seed agreement: skipped (no training seeds listed in analyses.clustering.seeds)")
+        ctx.echo("clustering  seed agreement: skipped (no training seeds listed in analyses.clustering.seeds)")
     else:
         names = result.agreement_names
         write_csv(out_dir / "seed_agreement.csv", result.agreement_rows(), ["model", *names])
@@ -45,7 +45,7 @@ def cluster_explanations(ctx: RunContext, options: ClusteringConfig) -> Explanat
                                 title=f"{result.method} clusters (k={clustering.best_k}) across seeds")
     summary = result.summary()
     write_json(out_dir / "summary.json", summary)
-    print(describe_clusters(result, summary))
+    ctx.echo(describe_clusters(result, summary))
     ctx.analyses.clustering = result
     return result
 

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import torch
@@ -71,12 +71,16 @@ class RunContext:
     clustering). ``seed_models`` (a :class:`SeedModels`, set with the model)
     trains the same model with another seed. Reading ``dataset``, ``model`` or
     ``seed_models`` before their step ran is a one-line error naming the step.
+    Steps print their lines through :meth:`echo`, on ``out`` (a text stream, such
+    as a sweep run's log file) or, by default, stdout.
     """
 
-    def __init__(self, config: Config, run_dir: str | Path | None = None, device: torch.device | None = None):
+    def __init__(self, config: Config, run_dir: str | Path | None = None, device: torch.device | None = None,
+                 out: TextIO | None = None):
         from explainnn.torch_utils import resolve_device
 
         self.config = config
+        self.out = out
         self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
         self.device = device if device is not None else resolve_device(config.device)
         self.training: dict[str, Any] = {}
@@ -141,6 +145,10 @@ class RunContext:
     @seed_models.setter
     def seed_models(self, value: SeedModels) -> None:
         self._seed_models = value
+
+    def echo(self, line: str) -> None:
+        """Print one line of the run's output: on ``out`` when the run was given one, else on stdout."""
+        print(line, file=self.out if self.out is not None else sys.stdout)
 
     # ------------------------------------------------------------ settings
     @property

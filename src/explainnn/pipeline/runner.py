@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 import numpy as np
 from torch import nn
@@ -99,18 +99,19 @@ class Run:
 
     ``config`` is a :class:`~explainnn.config.Config`, a path to a YAML file or
     None (the defaults); ``overrides`` are ``section.key=value`` strings as on
-    the command line; ``run_dir`` replaces ``<output_dir>/<dataset>/<model>``.
+    the command line; ``run_dir`` replaces ``<output_dir>/<dataset>/<model>``;
+    ``out`` is where the steps print their lines (default stdout).
     Each property runs the enabled steps up to the one that produces it, once.
     """
 
     def __init__(self, config: Config | str | Path | None = None, *overrides: str,
-                 run_dir: str | Path | None = None):
+                 run_dir: str | Path | None = None, out: TextIO | None = None):
         if isinstance(config, Config):
             config = build_config(config.model_dump(mode="json"), overrides) if overrides else config
         else:
             config = load_config(config, overrides)
         seed_everything(config.seed)
-        self.context = RunContext(config, run_dir)
+        self.context = RunContext(config, run_dir, out=out)
         self.done: list[str] = []
 
     def run(self, until: str | None = None) -> RunContext:
@@ -206,10 +207,12 @@ class Run:
         return self.run("evaluation").evaluations
 
 
-def run(config: Config | str | Path | None = None, *overrides: str, run_dir: str | Path | None = None) -> RunContext:
-    """Run every enabled step of ``config`` into ``run_dir`` (default ``<output_dir>/<dataset>/<model>``).
+def run(config: Config | str | Path | None = None, *overrides: str, run_dir: str | Path | None = None,
+        out: TextIO | None = None) -> RunContext:
+    """Run every enabled step of ``config`` into ``run_dir`` (default ``<output_dir>/<dataset>/<model>``),
+    the steps' lines printed on ``out`` (default stdout).
 
     The one call the command line, the notebook and sweeps share; returns the
     :class:`RunContext` holding every step's result.
     """
-    return Run(config, *overrides, run_dir=run_dir).all()
+    return Run(config, *overrides, run_dir=run_dir, out=out).all()

@@ -33,7 +33,7 @@ def analyse_text(ctx: RunContext, options: TextAnalysisConfig) -> TextAnalysis |
     result = analyse_texts(ctx.model, ctx.dataset, **options.model_dump(exclude={"enabled"}), seed=ctx.seed,
                            progress=ctx.progress)
     for method, reason in result.skipped.items():
-        print(f"text        {method}: skipped ({reason})")
+        ctx.echo(f"text        {method}: skipped ({reason})")
     out_dir = ctx.run_dir / "text"
     _write_scores(result.importance, result.methods, out_dir)
     result.permutation.to_csv(out_dir)
@@ -43,7 +43,7 @@ def analyse_text(ctx: RunContext, options: TextAnalysisConfig) -> TextAnalysis |
         _draw(result, out_dir, dpi=ctx.dpi)
     summary = result.summary()
     write_json(out_dir / "summary.json", summary)
-    print(describe_text(summary))
+    ctx.echo(describe_text(summary))
     ctx.analyses.text = result
     return result
 

@@ -61,8 +61,8 @@ def draw_views(ctx: RunContext, options: ViewsConfig) -> dict[str, Path]:
                      f"samples ({shown.n_units} units)")
             plot_embedding(shown.coords, shown.labels, class_names, written["embedding"], title, dpi=dpi)
     for view, reason in views.skipped:
-        print(f"views       {view}: skipped ({reason})")
-    print(f"views       {'; '.join(describe_views(views)) or 'nothing applied'}")
+        ctx.echo(f"views       {view}: skipped ({reason})")
+    ctx.echo(f"views       {'; '.join(describe_views(views)) or 'nothing applied'}")
     ctx.analyses.views, ctx.analyses.view_files = views, written
     return written
 

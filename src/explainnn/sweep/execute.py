@@ -81,15 +81,17 @@ def execute_run(tree: dict[str, Any], key: str, sweep_dir: str | Path, threads: 
     try:
         if threads:
             torch.set_num_threads(threads)
+        # The run's log holds its steps' lines (``out``) and everything else the run writes on stdout and
+        # stderr (warnings, log messages, a traceback), so a worker's output never mixes with the sweep's.
         with open(folder / LOG, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
                 contextlib.redirect_stderr(log):
             try:
                 if until is None:
-                    run(config, run_dir=folder)
+                    run(config, run_dir=folder, out=log)
                 else:
-                    Run(config, run_dir=folder).run(until)
+                    Run(config, run_dir=folder, out=log).run(until)
             except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the sweep
-                traceback.print_exc()
+                traceback.print_exc(file=log)
                 record.update(status="failed", error=one_line(exc))
         record["seconds"] = round(time.perf_counter() - clock, 3)
         if record["status"] == "ok" and until is None:

@@ -2,7 +2,7 @@
 
     from explainnn import run_sweep
     result = run_sweep("sweeps/lenet_seeds.yaml")       # or a mapping with the same keys
-    print(result.folder / "runs.csv")
+    result.table                                        # <sweep folder>/runs.csv
 
 The sweep folder (``sweep.output_dir``, default ``<output_dir>/sweeps/<name>``)
 holds ``runs/<hash>/`` (each completed run's own folder and report),
@@ -12,8 +12,8 @@ holds ``runs/<hash>/`` (each completed run's own folder and report),
 
 from __future__ import annotations
 
+import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from explainnn.errors import ConfigError
 from explainnn.files import write_text
-from explainnn.progress import bar_shown, progress_bar
+from explainnn.progress import bar_shown, progress_bar, show_log_lines
 from explainnn.sweep.agreement import agreement, seed_groups, write_agreement
 from explainnn.sweep.backends import Task, choose_backend, connect_ray, run_on_ray, run_sequential
 from explainnn.sweep.execute import PARTIAL, finished_record, run_folder
@@ -31,6 +31,8 @@ from explainnn.sweep.overlap import overlap_groups, write_overlap
 from explainnn.sweep.report import build_sections, write_sweep_report
 from explainnn.sweep.results import RunResult, read_run, write_tables
 from explainnn.sweep.spec import PlannedRun, Sweep, flat_settings, load_sweep
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,8 +70,8 @@ class SweepResult:
 
 
 def note(text: str) -> None:
-    """One line on stderr, beside the progress bar."""
-    tqdm.write(f"sweep: {text}", file=sys.stderr)
+    """One line of the sweep's log (``sweep: <text>``; on stderr, above the bar, through :func:`show_log_lines`)."""
+    logger.info("sweep: %s", text)
 
 
 def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str, ...] = (), *,
@@ -82,9 +84,11 @@ def run_sweep(sweep: str | Path | dict | Sweep, overrides: list[str] | tuple[str
     and the Ray instance joined before anything is written; finished runs (same resolved-config
     hash) are reused; a failing run is recorded with its one-line error and the others go on.
     ``progress``: a bar over the runs and one over the analyses on a terminal; elsewhere (logs,
-    CI) one line per finished run and per analysis step.
+    CI) one line per finished run and per analysis step. The sweep's lines are log messages
+    (logger ``explainnn.sweep.run``, level info), shown on stderr (:func:`show_log_lines`).
     """
     started = time.perf_counter()
+    show_log_lines()
     if config_given:
         raise ConfigError("--config and --sweep do not mix; name the base config in the sweep file (base: FILE)")
     plan = sweep if isinstance(sweep, Sweep) else load_sweep(sweep, overrides)
