@@ -24,18 +24,23 @@ with identical settings for every method:
 LIME/KernelSHAP, the default), ``quantus`` (Quantus' metrics and captum's own
 LIME/KernelSHAP, one sample at a time: the reference implementations) or
 ``both``: the two, one after the other in the same process on the same samples,
-with the seconds of each, their ratio, and whether they agree (every mean inside
-the other engine's 95% CI, and the same ranks). With ``both``, IROF runs with
-Quantus' batch rule in the fast engine too (``quantus_batches: true``: the
-baseline is the mean of the whole batch as perturbed so far), so the two engines
-compute the same definition; alone, the fast engine follows the paper (each
-image's own mean).
+with the seconds of each, their ratio, whether their summaries agree (every mean
+inside the other engine's 95% CI, and the same ranks) and the largest difference
+of their per-sample scores per metric. ``--definitions`` is
+``evaluation.definitions``: ``quantus`` (the default; Quantus 0.6's definition of
+every metric, so both engines compute the same numbers) or ``paper`` (the
+papers' definitions, fast engine only: IROF then replaces superpixels by each
+image's own mean). ``--metrics default`` evaluates the default config's metrics
+with its options instead of the two headline metrics; ``--methods`` picks a
+subset of the methods.
 
     python benchmarks/reproduce_headline.py --threads 2                      # fast engine, 100 samples
     python benchmarks/reproduce_headline.py --threads 2 --engine both --samples 20   # side by side
     python benchmarks/reproduce_headline.py --threads 2 --lipschitz-samples 200      # Quantus' own count
     python benchmarks/reproduce_headline.py --device cuda
     python benchmarks/reproduce_headline.py --quick --engine both   # a few minutes
+    python benchmarks/reproduce_headline.py --quick --engine both --metrics default \
+        --methods causal,integrated_gradients     # fast = Quantus on the default config's metrics
 """
 
 from __future__ import annotations
@@ -50,12 +55,13 @@ from typing import Any
 import torch
 
 from explainnn.causal import discover
-from explainnn.config import build_config, dump_config
+from explainnn.config import EvaluationConfig, build_config, dump_config
 from explainnn.data import load_dataset
 from explainnn.errors import UserError
-from explainnn.evaluation import evaluation_step
+from explainnn.evaluation import evaluate_class
 from explainnn.files import write_json, write_text
 from explainnn.models import build_model
+from explainnn.pipeline.evaluation import describe, write_evaluation
 from explainnn.reports import write_report
 from explainnn.torch_utils import resolve_device, seed_everything
 from explainnn.training import train_or_load
@@ -78,8 +84,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=Path("output/headline"), help="run folder")
     parser.add_argument("--samples", type=int, default=100, help="evaluation samples (default 100)")
     parser.add_argument("--discovery-samples", type=int, default=100, help="samples to learn the graph (100)")
-    parser.add_argument("--lipschitz-samples", type=int, default=10,
-                        help="perturbations per sample for LocalLipschitzEstimate (default 10)")
+    parser.add_argument("--lipschitz-samples", type=int, default=None,
+                        help="perturbations per sample for LocalLipschitzEstimate (default 10; with --metrics default, "
+                             "the default config's)")
     parser.add_argument("--on-discovery-samples", action="store_true",
                         help="evaluate on the digits the graph was learned from, as the research code did")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -87,12 +94,30 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", choices=["fast", "quantus", "both"], default="fast",
                         help="evaluation engine; both = side by side in this run (default fast)")
+    parser.add_argument("--definitions", choices=["quantus", "paper"], default="quantus",
+                        help="evaluation.definitions (default quantus; paper needs --engine fast)")
+    parser.add_argument("--metrics", choices=["headline", "default"], default="headline",
+                        help="headline: LocalLipschitzEstimate and IROF; default: the default config's metrics")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated attribution methods (default {','.join(METHODS)})")
     parser.add_argument("--quick", action="store_true",
                         help="a few minutes' check: 10 samples, 3 LocalLipschitzEstimate copies, graph from 30 digits")
     args = parser.parse_args(argv)
     if args.quick:
-        args.samples, args.lipschitz_samples, args.discovery_samples = 10, 3, 30
+        args.samples, args.lipschitz_samples, args.discovery_samples = 10, args.lipschitz_samples or 3, 30
+    args.methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     return args
+
+
+def _metrics(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The evaluated metrics and their ``evaluation.options``."""
+    if args.metrics == "default":
+        defaults = EvaluationConfig()
+        options = {name: dict(values) for name, values in defaults.options.items()}
+        if args.lipschitz_samples is not None:
+            options["LocalLipschitzEstimate"] = {"nr_samples": args.lipschitz_samples}
+        return list(defaults.metrics), options
+    return METRICS, {"LocalLipschitzEstimate": {"nr_samples": args.lipschitz_samples or 10}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,19 +156,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"discovery  {graph.summary().splitlines()[0]}")
 
         runs = {}
-        metric_options: dict[str, dict[str, Any]] = {"LocalLipschitzEstimate": {"nr_samples": args.lipschitz_samples}}
-        if args.engine == "both":
-            metric_options["IROF"] = {"quantus_batches": True}
+        metrics, metric_options = _metrics(args)
         for engine in (["fast", "quantus"] if args.engine == "both" else [args.engine]):
             clock = time.perf_counter()
-            runs[engine] = evaluation_step(
-                model, dataset, TARGET, graph, run_dir / ("evaluation" if engine == "fast" or args.engine != "both"
-                                                          else "evaluation_quantus"),
-                methods=METHODS, metrics=METRICS, n_samples=args.samples,
-                options=metric_options,
-                seed=config.seed, progress=True, plots=True, dpi=config.plots.dpi,
-                held_out=not args.on_discovery_samples, engine=engine,
+            runs[engine] = evaluate_class(
+                model, dataset, TARGET, graph, methods=args.methods, metrics=metrics, n_samples=args.samples,
+                options=metric_options, seed=config.seed, progress=True, held_out=not args.on_discovery_samples,
+                engine=engine, definitions=args.definitions,
             )
+            write_evaluation(runs[engine], run_dir / ("evaluation" if engine == "fast" or args.engine != "both"
+                                                      else "evaluation_quantus"), dpi=config.plots.dpi)
+            print(describe(runs[engine]))
             seconds[f"evaluation ({engine} engine)"] = time.perf_counter() - clock
         write_report(run_dir, config_yaml=dump_config(config), training=record, graphs={TARGET: graph},
                      title="explainnn: the headline comparison (LeNet, MNIST, class 3)")
@@ -163,13 +186,14 @@ def _print_results(args: argparse.Namespace, runs: dict, seconds: dict[str, floa
     results = next(iter(runs.values()))
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} torch threads")
-    used = results.settings["samples_used_by_discovery"]
+    used = results.samples_used_by_discovery
+    lipschitz = results.settings["metrics"].get("LocalLipschitzEstimate", {}).get("init", {}).get("nr_samples")
     print()
     print(f"LeNet on MNIST ({dataset.info.source}), test accuracy {record['test_accuracy']:.2%}; class {TARGET}; "
           f"graph from {graph.metadata['n_samples']} digits; evaluated on {len(results.samples)} correctly "
           f"classified digits ({used} of them used by discovery); LocalLipschitzEstimate with "
-          f"{args.lipschitz_samples} perturbations; every attribution normalised per sample by its max |value|; "
-          f"{hardware}; torch {torch.__version__}.\n")
+          f"{lipschitz} perturbations; every attribution normalised per sample by its max |value|; "
+          f"definitions: {results.definitions}; {hardware}; torch {torch.__version__}.\n")
     for engine, run in runs.items():
         print(f"{engine} engine:\n")
         print(run.markdown())
@@ -181,6 +205,7 @@ def _print_results(args: argparse.Namespace, runs: dict, seconds: dict[str, floa
         ratio = seconds["evaluation (quantus engine)"] / seconds["evaluation (fast engine)"]
         print(f"fast engine {ratio:.1f}x faster than the Quantus engine on the same samples")
         print(agreement(runs["fast"].summary, runs["quantus"].summary))
+        print(score_agreement(runs["fast"].scores, runs["quantus"].scores, runs["fast"].definitions))
 
 
 def engine_seconds(timings: list[dict]) -> str:
@@ -216,6 +241,26 @@ def agreement(fast: list[dict], quantus: list[dict]) -> str:
     head = ("engines agree: every mean inside the other's 95% CI, same ranks" if agree
             else "engines differ:")
     return "\n".join([head, *lines])
+
+
+def score_agreement(fast: list[dict], quantus: list[dict], definitions: str, rtol: float = 1e-4,
+                    atol: float = 1e-5) -> str:
+    """One line: the largest difference of the two engines' per-sample scores per metric (over every method and
+    sample), and whether all of them are within ``rtol``/``atol`` (NaN equals NaN)."""
+    other = {(row["method"], row["metric"], row["sample"]): float(row["value"]) for row in quantus}
+    largest: dict[str, float] = {}
+    close = True
+    for row in fast:
+        a, b = float(row["value"]), other[(row["method"], row["metric"], row["sample"])]
+        both_nan = a != a and b != b
+        difference = 0.0 if both_nan else abs(a - b)
+        largest[row["metric"]] = max(largest.get(row["metric"], 0.0), difference)
+        close &= both_nan or difference <= atol + rtol * abs(b)
+    verdict = (f"all within rtol {rtol:g}, atol {atol:g}" if close
+               else f"not all within rtol {rtol:g}, atol {atol:g}")
+    parts = ", ".join(f"{metric} {value:.1e}" for metric, value in largest.items())
+    return (f"per-sample scores, fast vs Quantus engine (definitions: {definitions}): largest |difference| "
+            f"{parts}; {verdict}")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 * attribution methods from ``explainnn.attributions.registry.METHODS``: modalities, whether a causal graph
   is needed, random draws, options with their defaults, and the first line of the implementation's docstring;
-* metrics from ``explainnn.evaluation.metrics.METRICS``: family, direction (which scores are better),
-  modalities, what each needs, explainnn's defaults, and which engine computes it;
-* the fast engine's definition of each metric, from the docstrings of ``explainnn.evaluation.fast``,
-  with every departure from Quantus 0.6 and its reason listed first.
+* metrics from the registry ``explainnn.evaluation.metrics.METRICS``: family, direction (which scores are
+  better), modalities, what each needs, explainnn's defaults, which engine computes it and whether
+  ``evaluation.definitions`` changes it;
+* what ``definitions: paper`` changes in each metric and why, from each declaration's ``paper``;
+* the batched definition of each metric, from the docstrings of its ``fast`` function.
 
     .venv/bin/python scripts/methods_reference.py           # write docs/methods.md
     .venv/bin/python scripts/methods_reference.py --check   # exit 1 when the committed page differs
@@ -30,9 +31,6 @@ if str(ROOT / "src") not in sys.path:
     sys.path.append(str(ROOT / "src"))  # a checkout without the package installed
 
 OUTPUT = ROOT / "docs" / "methods.md"
-FAST_MODULES = ("common", "faithfulness", "robustness", "complexity", "randomisation", "localisation")
-DEPARTURE = re.compile(r"Quantus 0\.6|departure from Quantus|where Quantus|Quantus leaves", re.I)
-SAME = re.compile(r"computes what Quantus")
 
 
 def markdown(text: str) -> str:
@@ -84,44 +82,34 @@ def methods_table() -> list[str]:
 
 
 def metrics_table() -> list[str]:
-    from explainnn.evaluation.fast import FAST_METRICS
     from explainnn.evaluation.metrics import METRICS
 
-    lines = ["| metric | family | better | inputs | needs | fast engine | explainnn's settings |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| metric | family | better | inputs | needs | fast engine | `definitions` | explainnn's settings |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, spec in METRICS.items():
         needs = "ground-truth masks" if spec.needs_masks else ""
         if spec.needs:
             needs = f"{needs}; {spec.needs}" if needs else spec.needs
-        engine = "batched" if name in FAST_METRICS else "runs with Quantus"
+        engine = "batched" if spec.fast is not None else "runs with Quantus"
+        differs = "[paper differs](#quantus-06-and-the-papers)" if spec.differs else "the same"
         lines.append(f"| `{name}` | {spec.family} | {spec.direction} | {', '.join(spec.modalities)} | {cell(needs)} "
-                     f"| {engine} | {cell(markdown(spec.note))} |")
+                     f"| {engine} | {differs} | {cell(markdown(spec.note))} |")
     return lines
 
 
 def fast_sections() -> tuple[list[str], list[str]]:
-    """(departures from Quantus as bullets, the definition of every batched metric as sections).
+    """(what ``definitions: paper`` changes, one bullet per metric; the definition of every batched metric).
 
-    A departure is a docstring paragraph of the fast engine (a module, a metric or a helper such as the
-    SSIM of RandomLogit) that says where Quantus 0.6 computes something else.
+    The bullets come from each declaration's ``paper``; the definitions from the docstrings of the ``fast``
+    functions.
     """
-    from explainnn.evaluation.fast import FAST_METRICS
+    from explainnn.evaluation.metrics import METRICS
 
-    metric_of = {function: name for name, function in FAST_METRICS.items()}
-    departures: list[str] = []
-    for module_name in FAST_MODULES:
-        module = importlib.import_module(f"explainnn.evaluation.fast.{module_name}")
-        members = [(f"{module_name} metrics", module)]
-        members += [(metric_of.get(function, f"{name}()"), function) for name, function in vars(module).items()
-                    if inspect.isfunction(function) and function.__module__ == module.__name__
-                    and not name.startswith("_")]
-        for label, member in members:
-            for paragraph in paragraphs(inspect.getdoc(member) or ""):
-                if DEPARTURE.search(paragraph) and not SAME.search(paragraph):
-                    departures.append(f"* **{label}**: {paragraph}")
+    departures = [f"* **{name}**: {markdown(spec.paper)}" for name, spec in METRICS.items() if spec.differs]
     definitions: list[str] = []
-    for name, function in FAST_METRICS.items():
-        definitions += [f"### {name}", "", *[p + "\n" for p in paragraphs(inspect.getdoc(function) or "")]]
+    for name, spec in METRICS.items():
+        if spec.fast is not None:
+            definitions += [f"### {name}", "", *[p + "\n" for p in paragraphs(inspect.getdoc(spec.fast) or "")]]
     return departures, definitions
 
 
@@ -135,7 +123,7 @@ def render() -> str:
         "# Methods and metrics",
         "",
         "<!-- Generated by scripts/methods_reference.py from the registries explainnn.attributions.registry and",
-        "     explainnn.evaluation.metrics and the docstrings of explainnn.evaluation.fast. Do not edit: `make docs`",
+        "     explainnn.evaluation.metrics (each metric's declaration and batched function). Do not edit: `make docs`",
         "     rewrites it, and tests/test_docs.py compares the two. -->",
         "",
         "## Attribution methods",
@@ -161,9 +149,18 @@ def render() -> str:
         "## The fast engine and Quantus",
         "",
         *[p + "\n" for p in paragraphs(inspect.getdoc(fast) or "")],
-        "### Where the fast engine departs from Quantus 0.6, and why",
+        "### Quantus 0.6 and the papers",
+        "",
+        "`evaluation.definitions` chooses, for every metric at once, Quantus 0.6's definition (`quantus`, the",
+        "default: both engines give the same scores) or the paper's (`paper`, computed by the fast engine only).",
+        "They differ in these metrics; what `paper` changes, and why:",
         "",
         *departures,
+        "",
+        "RegionPerturbation is ranked with higher as better under both definitions: with the most relevant",
+        "patches removed first (`order: morf`, explainnn's default) a larger drop of the target score is better,",
+        "whereas Quantus 0.6 labels the metric 'lower' (which fits its random and LeRF orders). The scores are",
+        "Quantus' under both.",
         "",
         "## Definitions of the batched metrics",
         "",

@@ -96,7 +96,7 @@ def test_extending_examples_run():
     try:
         for block in blocks[:2]:
             exec(compile(block, "docs/extending.md", "exec"), {})
-        assert "gradient_power" in METHODS and "Monotonicity" in METRICS
+        assert "gradient_power" in METHODS and "EffectiveComplexity" in METRICS
     finally:
         METHODS.pop("gradient_power", None)
-        METRICS.pop("Monotonicity", None)
+        METRICS.pop("EffectiveComplexity", None)

@@ -21,7 +21,7 @@ from explainnn.evaluation import (
     EvaluationInputs,
     MetricContext,
     evaluate,
-    evaluation_step,
+    evaluate_class,
     metric_spec,
     prepare_inputs,
     quantus_view,
@@ -287,17 +287,23 @@ def test_unsupported_methods_and_bad_options_are_stated(cases) -> None:
         evaluate(lenet_model, inputs, ["salency"], ["Sparseness"], progress=False)
 
 
-def test_evaluation_step_writes_tables_pictures_and_a_report(lenet, graph, tmp_path, capsys) -> None:
+def test_evaluate_class_writes_nothing_the_step_writes_tables_pictures_and_a_report(lenet, graph, tmp_path,
+                                                                                    capsys) -> None:
+    from explainnn.pipeline.evaluation import describe, write_evaluation
     from explainnn.reports import write_report
 
     model, dataset, target = lenet
     run = tmp_path / "run"
-    results = evaluation_step(model, dataset, target, graph, run / "evaluation", methods=["causal", "saliency"],
-                              metrics=["FaithfulnessCorrelation", "IROF", "Sparseness", "LocalLipschitzEstimate"],
-                              n_samples=N, options={k: v for k, v in FAST.items() if k in ("FaithfulnessCorrelation",
-                                                                                           "LocalLipschitzEstimate")},
-                              seed=0, progress=False, plots=True, dpi=40)
+    results = evaluate_class(model, dataset, target, graph, methods=["causal", "saliency"],
+                             metrics=["FaithfulnessCorrelation", "IROF", "Sparseness", "LocalLipschitzEstimate"],
+                             n_samples=N, options={k: v for k, v in FAST.items() if k in ("FaithfulnessCorrelation",
+                                                                                          "LocalLipschitzEstimate")},
+                             seed=0, progress=False)
+    assert not run.exists() and capsys.readouterr().out == ""
+    assert (results.engine, results.definitions, results.samples_used_by_discovery) == ("fast", "quantus", 0)
+    assert results.seconds > 0
     folder = run / "evaluation"
+    write_evaluation(results, folder, plots=True, dpi=40)
     for name in ("scores.csv", "summary.csv", "comparisons.csv", "skipped.csv", "timings.csv", "settings.json",
                  "metrics_faithfulness.png", "metrics_robustness.png", "metrics_complexity.png", "ranks.png"):
         assert (folder / name).is_file(), name
@@ -305,10 +311,12 @@ def test_evaluation_step_writes_tables_pictures_and_a_report(lenet, graph, tmp_p
     assert header == "method,metric,sample,value" and len(rows) == 2 * 4 * N
     settings = json.loads((folder / "settings.json").read_text())
     assert settings["metrics"]["IROF"]["init"]["normalise"] is True and settings["samples_used_by_discovery"] == 0
+    assert settings["definitions"] == "quantus"
     arrays = np.load(folder / "attributions.npz", allow_pickle=False)
     assert arrays["attribution_causal"].shape == arrays["x"].shape == (N, 1, 32, 32)
     assert len(results.comparisons) == 4
-    assert "evaluation  2 methods x 4 metrics" in capsys.readouterr().out
+    line = describe(results)
+    assert line.startswith("evaluation  2 methods x 4 metrics") and "(fast engine, Quantus 0.6 definitions)" in line
 
     paths = write_report(run, training={"model": {"name": "lenet", "params": {}}, "dataset": "mnist",
                                         "train_accuracy": 0.9, "test_accuracy": 0.8}, graphs={target: graph})
@@ -318,6 +326,7 @@ def test_evaluation_step_writes_tables_pictures_and_a_report(lenet, graph, tmp_p
     assert f"Class {target}" in page and "LocalLipschitzEstimate" in page and "80.00%" in page
     markdown = paths["markdown"].read_text()
     assert "](evaluation/ranks.png)" in markdown and "| IROF |" in markdown
+    assert "metrics as Quantus 0.6 defines them (evaluation.definitions: quantus)" in markdown
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

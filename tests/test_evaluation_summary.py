@@ -254,3 +254,12 @@ def test_headline_benchmark_agreement_needs_overlapping_intervals_and_equal_rank
                {"metric": "LLE", "seconds": 3.0, "explain_seconds": 2.5}]
     assert script.engine_seconds(timings) == ("seconds: attributions 2.0, IROF 2.0, LLE 3.0; outside the attribution "
                                               "methods: IROF 2.0, LLE 0.5")
+
+
+def test_headline_benchmark_states_the_largest_per_sample_difference_of_the_engines() -> None:
+    script = _headline_script()
+    scores = [{"method": "a", "metric": "M", "sample": 0, "value": 1.0},
+              {"method": "a", "metric": "N", "sample": 0, "value": float("nan")}]
+    line = script.score_agreement(scores, [dict(scores[0], value=1.00001), scores[1]], "quantus")
+    assert "(definitions: quantus)" in line and "M 1.0e-05, N 0.0e+00" in line and line.endswith("atol 1e-05")
+    assert "not all within" in script.score_agreement(scores, [dict(scores[0], value=1.1), scores[1]], "quantus")

@@ -121,7 +121,9 @@ def test_both_engines_score_tabular_rows_and_agree(trained) -> None:
 
 
 @pytest.mark.parametrize("name", PAPER)
-def test_sensitivity_on_tabular_rows_is_quantus_with_the_papers_denominator(trained, name) -> None:
+@pytest.mark.parametrize("definitions", ["quantus", "paper"])
+def test_sensitivity_on_tabular_rows_is_quantus_or_quantus_with_the_papers_denominator(trained, name,
+                                                                                       definitions) -> None:
     inputs = _inputs(trained, n=7)
     model, x, _, _ = quantus_view(inputs.model, torch.as_tensor(inputs.x), "tabular")
     spec = metric_spec(name)
@@ -129,10 +131,11 @@ def test_sensitivity_on_tabular_rows_is_quantus_with_the_papers_denominator(trai
     explain = explain_func("gradient_x_input")
     a = attribute(model, x, inputs.y, "gradient_x_input")
     np.random.seed(5)
-    quantus = spec.create({**init, "norm_denominator": lambda a: np.ones(len(a))})(
+    paper = {"norm_denominator": lambda a: np.ones(len(a))} if definitions == "paper" else {}
+    quantus = spec.create({**init, **paper})(
         model=model, x_batch=x, y_batch=inputs.y, a_batch=a.copy(), channel_first=True, explain_func=explain,
         explain_func_kwargs={}, device="cpu", **calls)
-    fast = run_metric(spec, init, calls, Batch(model, x, inputs.y, rows=64), a, explain, 5)
+    fast = run_metric(spec, init, calls, Batch(model, x, inputs.y, rows=64), a, explain, 5, definitions)
     np.testing.assert_allclose(spec.scores(fast, len(x)), spec.scores(quantus, len(x)), **TOL)
 
 

@@ -1,10 +1,11 @@
 """The batched engine gives Quantus' scores: same inputs, attributions, options and seed -> equal values.
 
 Tolerance: ``rtol=1e-4, atol=1e-5`` (both engines compute in float32; they
-differ only in how many rows share a forward pass). Where the engine follows a
-metric's paper instead of Quantus 0.6, Quantus is given the paper's choice
-through its own options (a similarity or norm function, a baseline on which
-both agree) and the paper's definition is checked on a hand-computed example.
+differ only in how many rows share a forward pass). With ``definitions="quantus"``
+(the default) every metric equals Quantus 0.6. Where ``definitions="paper"``
+differs, Quantus is given the paper's choice through its own options (a
+similarity or norm function, a batch of one) where it has one, and the paper's
+definition is checked on a hand-computed example.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from torch import nn
 from explainnn.attributions import attribute, explain_func
 from explainnn.attributions.baselines import fit_surrogates
 from explainnn.errors import ConfigError
-from explainnn.evaluation import MetricContext, metric_spec
-from explainnn.evaluation.fast import FAST_METRICS, Batch, map_ssim, run_metric
-from explainnn.evaluation.fast import faithfulness as fast_faithfulness
+from explainnn.evaluation import METRICS, MetricContext, MetricSpec, metric_spec, register_metric
+from explainnn.evaluation.fast import Batch, run_metric
 from explainnn.evaluation.fast.common import explain_rows, prepare
-from explainnn.evaluation.fast.faithfulness import irof
+from explainnn.evaluation.metrics import faithfulness as fast_faithfulness
+from explainnn.evaluation.metrics import map_ssim
+from explainnn.evaluation.metrics.faithfulness import irof
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 N, SIZE, CLASSES = 5, 16, 4
@@ -51,8 +53,9 @@ def case() -> dict:
 
 
 def both(case: dict, name: str, options: dict | None = None, *, quantus_only: dict | None = None,
-         batch_size: int = 3, method: str = "saliency", seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of ``name`` from Quantus and from the batched engine, with the same settings and seed."""
+         batch_size: int = 3, method: str = "saliency", seed: int = 3,
+         definitions: str = "quantus") -> tuple[np.ndarray, np.ndarray]:
+    """Scores of ``name`` from Quantus and from the batched engine (with ``definitions``), same settings and seed."""
     spec = metric_spec(name)
     init, calls = spec.settings(case["context"], {**(options or {}), "batch_size": batch_size})
     explain = explain_func(method)
@@ -61,7 +64,7 @@ def both(case: dict, name: str, options: dict | None = None, *, quantus_only: di
         model=case["model"], x_batch=case["x"], y_batch=case["y"], a_batch=case["a"].copy(), s_batch=case["masks"],
         channel_first=True, explain_func=explain, explain_func_kwargs={}, device="cpu", **calls)
     batch = Batch(case["model"], case["x"], case["y"], masks=case["masks"], rows=64)
-    fast = run_metric(spec, init, calls, batch, case["a"], explain, seed)
+    fast = run_metric(spec, init, calls, batch, case["a"], explain, seed, definitions)
     return spec.scores(raw, len(case["x"])), spec.scores(fast, len(case["x"]))
 
 
@@ -85,17 +88,17 @@ def test_region_perturbation(case, order) -> None:
     np.testing.assert_allclose(fast, quantus, **TOL)
 
 
-def test_irof_equals_quantus_where_quantus_follows_the_paper(case) -> None:
+def test_irof_paper_equals_quantus_where_quantus_follows_the_paper(case) -> None:
     """One image per Quantus batch and a baseline every image shares: Quantus' batch quirks vanish."""
     first = {**case, **{key: case[key][:2] for key in ("x", "y", "a", "masks")}}
-    quantus, fast = both(first, "IROF", {"perturb_baseline": "black"}, batch_size=1)
+    quantus, fast = both(first, "IROF", {"perturb_baseline": "black"}, batch_size=1, definitions="paper")
     np.testing.assert_allclose(fast, quantus, **TOL)
 
 
 @pytest.mark.parametrize("baseline", ["mean", "black", "white", 0.25])
 @pytest.mark.parametrize("batch_size", [2, 3, 64])
-def test_irof_in_quantus_batches_equals_quantus(case, baseline, batch_size, monkeypatch) -> None:
-    """``quantus_batches: true``: Quantus' batch-wide baseline and zero-padded curves, number for number.
+def test_irof_quantus_definition_equals_quantus(case, baseline, batch_size, monkeypatch) -> None:
+    """``definitions: quantus``: Quantus' batch-wide baseline and zero-padded curves, number for number.
 
     SLIC gives every small image the same number of superpixels, so both engines
     get stripes instead: 3 to 6 per image, curves of different lengths in one batch.
@@ -109,21 +112,18 @@ def test_irof_in_quantus_batches_equals_quantus(case, baseline, batch_size, monk
     monkeypatch.setattr(quantus_utils, "get_superpixel_segments", stripes)
     monkeypatch.setattr(fast_faithfulness, "get_superpixel_segments", stripes)
     assert len({len(np.unique(stripes(np.moveaxis(x, 0, -1), "slic"))) for x in case["x"]}) > 1
-    quantus, fast = both(case, "IROF", {"perturb_baseline": baseline, "quantus_batches": True},
-                         batch_size=batch_size)
+    quantus, fast = both(case, "IROF", {"perturb_baseline": baseline}, batch_size=batch_size)
     np.testing.assert_allclose(fast, quantus, **TOL)
-    _, paper = both(case, "IROF", {"perturb_baseline": baseline}, batch_size=batch_size)
+    _, paper = both(case, "IROF", {"perturb_baseline": baseline}, batch_size=batch_size, definitions="paper")
     if batch_size > 1:  # the paper's per-image curves (and, for mean, per-image baseline) give other numbers
         assert np.abs(paper - quantus).max() > 1e-3
 
 
-def test_irof_quantus_batches_false_is_refused_by_the_quantus_engine() -> None:
-    spec = metric_spec("IROF")
-    init, _ = spec.settings(MetricContext(modality="image", sample_shape=(1, 8, 8), n_classes=2),
-                            {"quantus_batches": False})
-    with pytest.raises(ConfigError, match="quantus_batches"):
-        spec.create(init)
-    spec.create({**init, "quantus_batches": True})  # Quantus' own rule: accepted
+@pytest.mark.parametrize("value", [True, False])
+def test_the_old_per_metric_switch_names_definitions(value) -> None:
+    context = MetricContext(modality="image", sample_shape=(1, 8, 8), n_classes=2)
+    with pytest.raises(ConfigError, match=r"quantus_batches was replaced by evaluation.definitions"):
+        metric_spec("IROF").settings(context, {"quantus_batches": value})
 
 
 def test_irof_follows_the_paper_by_hand() -> None:
@@ -141,7 +141,7 @@ def test_irof_follows_the_paper_by_hand() -> None:
     after_two = 2 * (1 + 2 + 3 + 4)  # 20
     curve = np.array([after_one, after_two]) / clean
     expected = 2 - (curve[0] + curve[1]) / 2
-    np.testing.assert_allclose(irof(batch, a, softmax=False), [expected], rtol=1e-6)
+    np.testing.assert_allclose(irof(batch, a, definitions="paper", softmax=False), [expected], rtol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["gradient_x_input", "smoothgrad"])
@@ -152,17 +152,25 @@ def test_local_lipschitz_estimate(case, method) -> None:
 
 
 @pytest.mark.parametrize("name", ["MaxSensitivity", "AvgSensitivity"])
-def test_sensitivity_is_the_papers_unnormalised_difference(case, name) -> None:
-    ones = {"norm_denominator": lambda a: np.ones(len(a))}
-    quantus, fast = both(case, name, {"nr_samples": 3}, quantus_only=ones, method="gradient_x_input")
+def test_sensitivity_quantus_divides_by_the_attribution_norm_the_paper_does_not(case, name) -> None:
+    quantus, fast = both(case, name, {"nr_samples": 3}, method="gradient_x_input")
     np.testing.assert_allclose(fast, quantus, **TOL)
+    ones = {"norm_denominator": lambda a: np.ones(len(a))}
+    quantus, paper = both(case, name, {"nr_samples": 3}, quantus_only=ones, method="gradient_x_input",
+                          definitions="paper")
+    np.testing.assert_allclose(paper, quantus, **TOL)
+    assert np.abs(paper - fast).max() > 1e-3
 
 
-def test_random_logit_draws_quantus_classes_and_compares_maps_as_pictures(case) -> None:
+@pytest.mark.parametrize("batch_size", [2, 64])
+def test_random_logit_draws_quantus_classes_and_compares_flat_maps_or_pictures(case, batch_size) -> None:
+    quantus, fast = both(case, "RandomLogit", batch_size=batch_size)
+    np.testing.assert_allclose(fast, quantus, **TOL)
     shape = case["x"].shape[1:]
     pictures = {"similarity_func": lambda a, b, batched=True, **_: map_ssim(a, b, shape)}
-    quantus, fast = both(case, "RandomLogit", quantus_only=pictures, batch_size=2)
-    np.testing.assert_allclose(fast, quantus, **TOL)
+    quantus, paper = both(case, "RandomLogit", quantus_only=pictures, batch_size=batch_size, definitions="paper")
+    np.testing.assert_allclose(paper, quantus, **TOL)
+    assert np.abs(paper - fast).max() > 1e-3
 
 
 @pytest.mark.parametrize("shape", [(1, 16, 16), (2, 9, 12), (1, 40)])
@@ -191,16 +199,41 @@ def test_relevance_share_cosine(case) -> None:
     np.testing.assert_allclose(fast, quantus, **TOL)
 
 
+@pytest.mark.parametrize("name, options", [("PointingGame", {}), ("AttributionLocalisation", {"weighted": True}),
+                                           ("AttributionLocalisation", {})])
+@pytest.mark.parametrize("batch_size", [3, 4, 64])
+def test_localisation_quantus_definition_with_an_empty_mask_and_weights(case, name, options, batch_size) -> None:
+    """Quantus' own values where it slips: an empty mask is a PointingGame hit, the weighted ratio divides by the
+    size of its batch without two samples."""
+    masks = case["masks"].copy()
+    masks[2] = False
+    quantus, fast = both({**case, "masks": masks}, name, options, batch_size=batch_size)
+    np.testing.assert_allclose(fast, quantus, **TOL)
+    if name == "PointingGame":
+        assert fast[2] == 1.0
+
+
+@pytest.mark.parametrize("name, options", [("TopKIntersection", {"k": 30}), ("RelevanceRankAccuracy", {})])
+def test_rankings_with_ties_are_quantus_under_its_definition(case, name, options) -> None:
+    """Attributions with many equal values (rounded, most of them 0): Quantus' order among ties, not positions."""
+    tied = {**case, "a": np.round(np.clip(case["a"], 0, None), 0).astype(np.float32)}
+    assert (tied["a"] == 0).mean() > 0.4
+    quantus, fast = both(tied, name, options)
+    np.testing.assert_allclose(fast, quantus, **TOL)
+
+
 def test_localisation_follows_the_papers_where_quantus_slips(case) -> None:
     """Empty masks are NaN (Quantus: a hit); the weighted ratio uses the input's size (Quantus: the batch's)."""
     masks = case["masks"].copy()
     masks[2] = False
     batch = Batch(case["model"], case["x"], case["y"], masks=masks)
     a = np.abs(case["a"])
-    assert np.isnan(FAST_METRICS["PointingGame"](batch, a)[2])
+    pointing, localisation = metric_spec("PointingGame").fast, metric_spec("AttributionLocalisation").fast
+    assert pointing is not None and localisation is not None
+    assert np.isnan(pointing(batch, a, definitions="paper")[2])
     share = masks.reshape(N, -1).mean(axis=1)
-    plain = FAST_METRICS["AttributionLocalisation"](batch, a)
-    weighted = FAST_METRICS["AttributionLocalisation"](batch, a, weighted=True)
+    plain = localisation(batch, a, definitions="paper")
+    weighted = localisation(batch, a, definitions="paper", weighted=True)
     np.testing.assert_allclose(weighted[[0, 1, 3, 4]], (plain * share)[[0, 1, 3, 4]], rtol=1e-12)
     inside = (a * masks).reshape(N, -1).sum(1) / a.reshape(N, -1).sum(1)
     np.testing.assert_allclose(plain[[0, 1, 3, 4]], inside[[0, 1, 3, 4]], rtol=1e-6)
@@ -209,12 +242,34 @@ def test_localisation_follows_the_papers_where_quantus_slips(case) -> None:
 def test_defaults_are_quantus_defaults() -> None:
     """Every option the batched engine shares with the Quantus metric has Quantus' default (softmax included)."""
     fixed = {("PixelFlipping", "return_auc_per_sample")}
-    for name, function in FAST_METRICS.items():
-        cls = metric_spec(name).cls
+    for name, spec in METRICS.items():
+        function, cls = spec.fast, spec.quantus
+        if function is None:
+            continue
         quantus = {**inspect.signature(cls.__init__).parameters, **inspect.signature(cls.__call__).parameters}
         for option, parameter in inspect.signature(function).parameters.items():
             if option in quantus and parameter.default is not inspect.Parameter.empty and (name, option) not in fixed:
                 assert parameter.default == quantus[option].default, (name, option)
+
+
+def test_a_declaration_says_what_the_papers_definition_changes_exactly_when_it_takes_definitions() -> None:
+    import quantus
+
+    def plain(batch, a):
+        return np.zeros(len(batch))
+
+    def switched(batch, a, *, definitions="quantus"):
+        return np.zeros(len(batch))
+
+    assert [name for name, spec in METRICS.items() if spec.differs] == [
+        "IROF", "MaxSensitivity", "AvgSensitivity", "RandomLogit", "PointingGame", "AttributionLocalisation",
+        "TopKIntersection", "RelevanceRankAccuracy"]
+    for fast, paper in ((switched, ""), (plain, "the paper differs")):
+        with pytest.raises(ValueError, match="definitions"):
+            register_metric(MetricSpec("Tiny", "complexity", quantus.Sparseness, fast, paper=paper))
+    with pytest.raises(ValueError, match="already registered"):
+        register_metric(metric_spec("Sparseness"))
+    assert "Tiny" not in METRICS
 
 
 def test_options_only_quantus_has_are_refused(case) -> None:

@@ -263,6 +263,7 @@ class EvaluationConfig(_Section):
     n_samples: int = Field(default=100, ge=1, le=100_000)
     include_misclassified: bool = True
     engine: Literal["fast", "quantus"] = "fast"
+    definitions: Literal["quantus", "paper"] = "quantus"
     options: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"LocalLipschitzEstimate": {"nr_samples": 5}, "FaithfulnessCorrelation": {"nr_runs": 50}}
     )
@@ -279,10 +280,18 @@ class EvaluationConfig(_Section):
 
     @model_validator(mode="after")
     def _options_of_evaluated_metrics(self) -> EvaluationConfig:
+        from explainnn.evaluation.metrics import check_definitions, metric_spec
+
         for name in self.options:
             if name not in self.metrics:
                 raise ValueError(f"options has settings for '{name}', which is not among the evaluated metrics "
                                  f"({', '.join(self.metrics)}); add it to evaluation.metrics or remove its settings")
+        try:
+            check_definitions(self.definitions, self.engine)
+            for name, values in self.options.items():
+                metric_spec(name).check_options(dict(values or {}))
+        except ConfigError as error:
+            raise ValueError(str(error).removeprefix("evaluation.")) from None
         return self
 
 

@@ -18,9 +18,11 @@ Fairness is built in rather than left to the caller:
 Two engines compute the metrics (``engine``): ``fast``, the batched
 re-implementation in :mod:`explainnn.evaluation.fast` (the default; metrics it
 does not implement run with Quantus), and ``quantus``, Quantus itself. With the
-same seed both draw the same perturbations, and their scores are equal
-(``tests/test_fast_metrics.py``) except where the fast engine follows a
-metric's paper instead of Quantus (listed in :mod:`explainnn.evaluation.fast`).
+same seed both draw the same perturbations, and with ``definitions="quantus"``
+(the default) their scores are equal (``tests/test_fast_metrics.py``,
+``tests/test_definitions.py``); ``definitions="paper"`` has the fast engine
+compute the papers' definitions where Quantus 0.6 departs from them (each
+metric's :attr:`~explainnn.evaluation.metrics.MetricSpec.paper`).
 
 Inputs are handed to Quantus in the layout it accepts, channel first:
 images ``(N, C, H, W)`` as they are; sequences with one feature as signals
@@ -40,6 +42,7 @@ a request whose every metric would be skipped, naming the metrics that apply.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -48,7 +51,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from explainnn.attributions import (
     ChannelFirstSequenceModel,
@@ -58,11 +60,14 @@ from explainnn.attributions import (
 )
 from explainnn.deprecation import deprecated_alias
 from explainnn.errors import ConfigError, DataError, UserError
-from explainnn.evaluation.fast import FAST_METRICS, Batch, run_metric
-from explainnn.evaluation.metrics import MetricContext, MetricSpec, metric_spec, valid_metrics
+from explainnn.evaluation.fast import Batch, run_metric
+from explainnn.evaluation.metrics import MetricContext, MetricSpec, check_definitions, metric_spec, valid_metrics
 from explainnn.evaluation.summary import compare, markdown_table, summarise
 from explainnn.inputs import check_inputs
+from explainnn.progress import progress_bar
 from explainnn.torch_utils import eval_mode, model_device, seeded
+
+logger = logging.getLogger(__name__)
 
 ENGINES = ("fast", "quantus")
 """``evaluation.engine`` choices: the batched re-implementation or Quantus itself."""
@@ -228,7 +233,13 @@ def prepare_inputs(model: nn.Module, dataset: Any, target: int, n_samples: int, 
 
 @dataclass
 class EvaluationResults:
-    """Everything one evaluation produced; :meth:`save` writes it in open formats."""
+    """Everything one evaluation produced; :func:`~explainnn.evaluation.io.save_results` writes it in open formats.
+
+    ``scores``, ``summary``, ``comparisons``, ``skipped`` and ``timings`` are the
+    rows of the tables of the same names (:data:`~explainnn.evaluation.io.TABLES`);
+    ``settings`` is ``settings.json``. The fields after ``reference`` say how the
+    scores were computed and on which samples.
+    """
 
     scores: list[dict]
     summary: list[dict]
@@ -241,6 +252,16 @@ class EvaluationResults:
     x: np.ndarray
     y: np.ndarray
     reference: str = "causal"
+    engine: str = "fast"
+    """``fast`` or ``quantus``; metrics without a batched implementation ran with Quantus (``timings``)."""
+    definitions: str = "quantus"
+    """``quantus`` (Quantus 0.6's definition of every metric) or ``paper``."""
+    samples_used_by_discovery: int = 0
+    """How many of the samples the causal graph was learned from (too few others were left)."""
+    samples_misclassified: int = 0
+    """How many of the samples the model misclassifies (``include_misclassified``)."""
+    seconds: float = 0.0
+    """Wall time of the evaluation (sample selection included when :func:`evaluate_class` ran it)."""
 
     @property
     def methods(self) -> list[str]:
@@ -269,6 +290,7 @@ def evaluate(
     reference: str = "causal",
     correction: str = "holm",
     engine: str = "fast",
+    definitions: str = "quantus",
 ) -> EvaluationResults:
     """Score every method with every metric on ``inputs``; see the module docstring for the rules.
 
@@ -281,6 +303,9 @@ def evaluate(
     options of methods that are not evaluated (the attribution step's); they are
     ignored. ``engine`` is ``fast`` (batched; metrics it lacks run with Quantus)
     or ``quantus``; ``results.timings`` says which engine ran each metric.
+    ``definitions`` is ``quantus`` (Quantus 0.6's definition of every metric,
+    so both engines give the same scores) or ``paper`` (the papers' where they
+    differ; fast engine only).
 
     Before any work, ``inputs`` are checked (the model reads ``inputs.x``, one
     class in range per sample in ``inputs.y``, one index per sample in
@@ -290,8 +315,10 @@ def evaluate(
     that apply. Tabular inputs may be given as ``(N, F)`` rows; they are laid
     out for Quantus here (:class:`TabularRowsModel`).
     """
+    started = time.perf_counter()
     if engine not in ENGINES:
         raise ConfigError(f"evaluation.engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    check_definitions(definitions, engine)
     _check_inputs(inputs)
     inputs = _laid_out(inputs)
     methods, metrics = _unique(methods, "methods"), _unique(metrics, "metrics")
@@ -306,11 +333,11 @@ def evaluate(
     if engine == "quantus":
         method_options = _reference_methods(infos, method_options)
     explainers = _explainers(infos, inputs, graph, method_options, skipped)
-    engines = {spec.name: engine if spec.name in FAST_METRICS else "quantus" for spec in runnable}
+    engines = {spec.name: engine if spec.fast is not None else "quantus" for spec in runnable}
 
-    run = _Scoring(inputs, explainers, seed, model_device(model), skipped)
-    bar = tqdm(total=len(explainers) * (1 + len(runnable)) * len(inputs.x), desc="evaluation", unit="sample",
-               disable=not progress, dynamic_ncols=True)
+    run = _Scoring(inputs, explainers, seed, model_device(model), skipped, definitions)
+    bar = progress_bar(total=len(explainers) * (1 + len(runnable)) * len(inputs.x), desc="evaluation", unit="sample",
+                       enabled=progress, dynamic_ncols=True)
     snapshot = _state(model)
     try:
         with eval_mode(model), eval_mode(inputs.model):
@@ -323,9 +350,63 @@ def evaluate(
 
     record = _record(inputs, seed, reference, correction, method_options, explainers, methods, specs, settings)
     record["engine"] = engine
+    record["definitions"] = definitions
     for name, used in engines.items():
         record["metrics"][name]["engine"] = used
-    return _results(run, specs, record, reference, correction)
+    results = _results(run, specs, record, reference, correction)
+    return replace(results, engine=engine, definitions=definitions, seconds=time.perf_counter() - started)
+
+
+def evaluate_class(
+    model: nn.Module,
+    dataset: Any,
+    target: int,
+    graph: Any = None,
+    *,
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    n_samples: int = 20,
+    options: dict[str, dict[str, Any]] | None = None,
+    method_options: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    reference: str = "causal",
+    held_out: bool = True,
+    engine: str = "fast",
+    definitions: str = "quantus",
+    include_misclassified: bool = False,
+) -> EvaluationResults:
+    """Evaluate ``methods`` with ``metrics`` on up to ``n_samples`` test samples of class ``target`` of ``dataset``.
+
+    The samples are chosen by :func:`prepare_inputs`: correctly classified test
+    samples of the class first, those ``graph`` (a
+    :class:`~explainnn.causal.CausalGraph` or None, handed to the methods that
+    need one) was learned from last when ``held_out``, and with
+    ``include_misclassified`` the class's misclassified test samples after the
+    correctly classified ones (still explained and scored for ``target``).
+    ``options`` are per-metric settings (``evaluation.options``),
+    ``method_options`` per-method attribution options; ``engine`` and
+    ``definitions`` as in :func:`evaluate`. Fewer samples than ``n_samples``
+    are evaluated when the class has fewer (``len(results.samples)`` says how
+    many). Nothing is written: :func:`~explainnn.evaluation.io.save_results`
+    and :func:`~explainnn.evaluation.plots.plot_evaluation` write the results.
+    """
+    started = time.perf_counter()
+    check_definitions(definitions, engine)
+    metadata = getattr(graph, "metadata", {}) if graph is not None else {}
+    # Graph samples are test indices unless the graph was learned from another split (discovery.samples_from).
+    in_test = metadata.get("inputs", "test split") == "test split"
+    learned_from = list(metadata.get("samples", [])) if in_test else []
+    inputs = prepare_inputs(model, dataset, int(target), n_samples, discovery_samples=learned_from,
+                            held_out=held_out, include_misclassified=include_misclassified)
+    if len(inputs.samples) < n_samples:
+        logger.info("only %d test samples of class %d to evaluate on (asked for %d)", len(inputs.samples),
+                    int(target), n_samples)
+    results = evaluate(
+        model, inputs, methods, metrics, graph=graph, method_options=method_options, metric_options=options,
+        seed=seed, progress=progress, reference=reference, engine=engine, definitions=definitions,
+    )
+    return replace(results, seconds=time.perf_counter() - started)
 
 
 def _laid_out(inputs: EvaluationInputs) -> EvaluationInputs:
@@ -375,6 +456,8 @@ def _results(run: _Scoring, specs: list[MetricSpec], record: dict[str, Any], ref
         comparisons=compare(run.scores, directions, reference=reference, correction=correction),
         skipped=run.skipped, timings=run.timings, settings=record, samples=inputs.samples,
         attributions=run.attributions, x=inputs.x, y=inputs.y, reference=reference,
+        samples_used_by_discovery=int(record["samples_used_by_discovery"]),
+        samples_misclassified=int(record["samples_misclassified"]),
     )
 
 
@@ -415,8 +498,9 @@ class _Scoring:
     """One evaluation's work: every method's attributions, then every metric on them; rows and timings collected."""
 
     def __init__(self, inputs: EvaluationInputs, explainers: dict[str, Any], seed: int, device: torch.device,
-                 skipped: list[dict]) -> None:
+                 skipped: list[dict], definitions: str = "quantus") -> None:
         self.inputs, self.explainers, self.seed, self.device, self.skipped = inputs, explainers, seed, device, skipped
+        self.definitions = definitions
         self.batch = Batch(inputs.model, inputs.x, inputs.y, masks=inputs.masks)
         self.attributions: dict[str, np.ndarray] = {}
         self.timings: list[dict] = []
@@ -450,7 +534,7 @@ class _Scoring:
             try:
                 if engine == "fast":
                     values = _run_fast(spec, init, calls, self.batch, self.attributions[name], explain, self.seed,
-                                       self.device)
+                                       self.device, self.definitions)
                 else:
                     values = _run(spec, init, calls, self.inputs, self.attributions[name], explain, self.seed,
                                   self.device)
@@ -577,9 +661,9 @@ def _run(spec: MetricSpec, init: dict, calls: dict, inputs: EvaluationInputs, a_
 
 
 def _run_fast(spec: MetricSpec, init: dict, calls: dict, batch: Batch, a_batch: np.ndarray, explain: Any, seed: int,
-              device: torch.device) -> np.ndarray:
+              device: torch.device, definitions: str) -> np.ndarray:
     with seeded(seed, device):
-        raw = run_metric(spec, init, calls, batch, a_batch, explain, seed)
+        raw = run_metric(spec, init, calls, batch, a_batch, explain, seed, definitions)
     return spec.scores(raw, len(batch))
 
 

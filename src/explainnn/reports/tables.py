@@ -183,8 +183,12 @@ def samples_line(section: EvaluationSection) -> str:
     else:
         kind = (f"{len(samples)} test samples of class {target}: {len(samples) - missed} correctly classified, "
                 f"{missed} misclassified (explained for their true class {target})")
+    definitions = {"quantus": "metrics as Quantus 0.6 defines them (evaluation.definitions: quantus)",
+                   "paper": "metrics as their papers define them where Quantus 0.6 differs (evaluation.definitions: "
+                            "paper)"}.get(settings.get("definitions", ""), "")
     return (f"{kind}; {held}; {settings.get('normalisation', '')}; seed {settings.get('seed')}; "
-            f"inputs as Quantus saw them: {settings.get('modality')} {tuple(settings.get('quantus_layout', []))}.")
+            + (f"{definitions}; " if definitions else "")
+            + f"inputs as Quantus saw them: {settings.get('modality')} {tuple(settings.get('quantus_layout', []))}.")
 
 
 def _number(text: Any, digits: int = 3) -> str:

@@ -23,7 +23,7 @@ from torch import nn
 
 from explainnn.attributions.baselines import pass_rows
 from explainnn.errors import ConfigError
-from explainnn.evaluation.metrics import normalise_per_sample
+from explainnn.evaluation.normalisation import normalise_per_sample
 
 Explain = Callable[..., np.ndarray]
 """A Quantus-style ``explain(model, inputs, targets) -> np.ndarray`` (:func:`explainnn.attributions.explain_func`)."""

@@ -1,11 +1,14 @@
-"""Complexity, batched: Sparseness (Gini index) and Complexity (entropy), computed in float64 on the model's device."""
+"""Complexity: Sparseness (Gini index) and Complexity (entropy), declared and batched (float64, on the model's
+device)."""
 
 from __future__ import annotations
 
 import numpy as np
+import quantus
 import torch
 
 from explainnn.evaluation.fast.common import Batch
+from explainnn.evaluation.metrics.spec import MetricSpec, register_metric
 
 
 def _flat(batch: Batch, a: np.ndarray) -> torch.Tensor:
@@ -26,3 +29,8 @@ def complexity(batch: Batch, a: np.ndarray) -> np.ndarray:
     values = _flat(batch, a)
     shares = values / values.abs().sum(dim=1, keepdim=True)
     return (-(shares * torch.log(shares + 1e-12)).sum(dim=1)).cpu().numpy()
+
+
+register_metric(MetricSpec("Sparseness", "complexity", quantus.Sparseness, sparseness, note="Gini index of |attribution|"))
+register_metric(MetricSpec("Complexity", "complexity", quantus.Complexity, complexity,
+                           note="entropy of the |attribution| shares"))

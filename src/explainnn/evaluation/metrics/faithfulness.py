@@ -1,6 +1,6 @@
-"""Faithfulness, batched: FaithfulnessCorrelation, PixelFlipping, RegionPerturbation, IROF.
+"""Faithfulness: FaithfulnessCorrelation, PixelFlipping, RegionPerturbation, IROF, declared and batched.
 
-Each function takes the :class:`~.common.Batch`, the prepared attributions
+Each batched function takes the :class:`~.common.Batch`, the prepared attributions
 ``a`` (normalised and ``abs`` as the metric asks, see :func:`~.common.prepare`)
 and the metric's Quantus options; it returns what the Quantus metric returns
 (one value, or one curve, per sample). All perturbed inputs of all samples go
@@ -13,11 +13,14 @@ import math
 from typing import Any
 
 import numpy as np
+import quantus
 import scipy.stats
 from quantus.helpers.utils import get_superpixel_segments
 
+from explainnn.attributions.masks import default_patch
 from explainnn.errors import ConfigError, UserError
 from explainnn.evaluation.fast.common import Batch, Scorer, baseline_values, check_baseline, chunks
+from explainnn.evaluation.metrics.spec import MetricContext, MetricSpec, register_metric, removed_value
 
 
 def faithfulness_correlation(batch: Batch, a: np.ndarray, *, rng: np.random.RandomState, nr_runs: int = 100,
@@ -172,33 +175,29 @@ def _cumulative_cropped(batch: Batch, padded: np.ndarray, steps: list[np.ndarray
 IROF_BASELINES = ("black", "white", "mean")
 
 
-def irof(batch: Batch, a: np.ndarray, *, segmentation_method: str = "slic", perturb_baseline: Any = "mean",
-         softmax: bool = True, quantus_batches: bool = False, batch_size: int = 64) -> np.ndarray:
+def irof(batch: Batch, a: np.ndarray, *, definitions: str = "quantus", segmentation_method: str = "slic",
+         perturb_baseline: Any = "mean", softmax: bool = True, batch_size: int = 64) -> np.ndarray:
     """Area over the curve of the target score (relative to the clean score) while superpixels are replaced,
     most relevant (highest mean attribution) first (Rieger & Hansen 2020).
 
-    Follows the paper where Quantus 0.6 does not: a superpixel is replaced by
-    a value of *its own* unperturbed image (``mean``: the image's mean), and
-    each sample's area is taken over its own curve. Quantus' ``mean`` is the
-    mean of the whole batch as perturbed so far, and it pads shorter curves
-    with zeros up to the batch's longest, which adds half the last step's
-    score; both make one sample's score depend on the others evaluated with it.
-    ``quantus_batches=True`` computes Quantus' rule instead, over its batches of
-    ``batch_size`` samples (to compare with the Quantus engine number for number).
+    ``definitions="quantus"`` computes Quantus 0.6's rule over its batches of
+    ``batch_size`` samples: step ``k`` replaces each sample's ``k``-th superpixel
+    by the baseline of the whole batch as perturbed so far, and shorter curves
+    are padded with zeros to the batch's longest. ``definitions="paper"``
+    replaces a superpixel by a value of its own unperturbed image and takes each
+    sample's area over its own curve (see the ``paper`` note of the declaration).
     The area is in steps (one per superpixel), as in Quantus.
     """
     if perturb_baseline not in IROF_BASELINES and (isinstance(perturb_baseline, bool)
                                                    or not isinstance(perturb_baseline, (int, float))):
         raise ConfigError(f"IROF perturb_baseline must be a number or one of {', '.join(IROF_BASELINES)} in the fast "
                           f"engine; got {perturb_baseline!r}")
-    if not isinstance(quantus_batches, bool):
-        raise ConfigError(f"IROF quantus_batches must be true or false; got {quantus_batches!r}")
     if batch.x.ndim != 4:
         raise UserError(f"IROF needs (N, C, H, W) images; got shape {batch.x.shape}")
     a = np.broadcast_to(a, batch.x.shape)
     segments = superpixels(batch, segmentation_method)
     orders = [_irof_order(a[i], segments[i], i) for i in range(len(batch))]
-    if quantus_batches:
+    if definitions == "quantus":
         return _irof_in_quantus_batches(batch, orders, segments, perturb_baseline, softmax, batch_size)
     x = batch.flat()
     scorer = Scorer(batch, softmax=softmax)
@@ -293,3 +292,66 @@ def superpixels(batch: Batch, method: str) -> np.ndarray:
         batch.cache[key] = np.stack([get_superpixel_segments(img=np.moveaxis(image, 0, -1).astype("double"),
                                                              segmentation_method=method) for image in batch.x])
     return batch.cache[key]
+
+
+# Declarations ------------------------------------------------------------------------------
+
+
+def _subset_size(context: MetricContext) -> dict[str, Any]:
+    """224 features (of 224x224x3) per random subset at most, a quarter of small inputs."""
+    return {"subset_size": max(1, min(224, context.n_features // 4)), "nr_runs": 100,
+            "perturb_baseline": removed_value(context)}
+
+
+def _pixel_steps(context: MetricContext) -> dict[str, Any]:
+    """At most 64 removal steps: the smallest divisor of the feature count that gets there."""
+    n = context.n_features
+    step = next(d for d in range(1, n + 1) if n % d == 0 and n // d <= 64)
+    return {"features_in_step": step, "perturb_baseline": removed_value(context), "return_auc_per_sample": True}
+
+
+def _regions(context: MetricContext) -> dict[str, Any]:
+    """Patches as in the attribution masks (4x4 on 32x32), at most 100 removed, most relevant first."""
+    height, width = context.sample_shape[-2:]
+    patch = default_patch(height, width)
+    patches = -(-height // patch) * -(-width // patch)
+    return {"patch_size": patch, "regions_evaluation": min(100, patches), "order": "morf",
+            "perturb_baseline": "black"}
+
+
+def _region_curves(scores: Any) -> np.ndarray:
+    """AOPC: the mean drop of the target score over the region-removal curve of each sample."""
+    return np.asarray([np.mean(curve) for curve in scores], dtype=np.float64)
+
+
+IMAGE_ONLY = ("image",)
+
+register_metric(MetricSpec(
+    "FaithfulnessCorrelation", "faithfulness", quantus.FaithfulnessCorrelation, faithfulness_correlation,
+    defaults=_subset_size,
+    note="subset_size defaults to min(224, features / 4); removed features are set to the sample's smallest value "
+         "(tabular rows: 0)",
+))
+register_metric(MetricSpec(
+    "IROF", "faithfulness", quantus.IROF, irof, IMAGE_ONLY, needs="it removes superpixels of a picture",
+    defaults=lambda context: {"segmentation_method": "slic", "perturb_baseline": "mean"},
+    note="SLIC superpixels (scikit-image defaults; one-channel images work); needs pictures",
+    paper="a superpixel is replaced by a value of *its own* unperturbed image (`mean`: the image's mean) and each "
+          "sample's area is taken over its own curve. Quantus 0.6 takes `mean` (and `black`, `white`) of the whole "
+          "batch of `batch_size` samples as perturbed so far, and pads shorter curves with zeros up to the batch's "
+          "longest, which adds half the last step's score; both make one sample's score depend on the samples "
+          "evaluated with it.",
+))
+register_metric(MetricSpec(
+    "PixelFlipping", "faithfulness", quantus.PixelFlipping, pixel_flipping, defaults=_pixel_steps,
+    fixed=("return_auc_per_sample",),
+    note="area under the target-probability curve; features_in_step defaults to at most 64 steps; removed features "
+         "are set to the sample's smallest value (tabular rows: 0)",
+))
+register_metric(MetricSpec(
+    "RegionPerturbation", "faithfulness", quantus.RegionPerturbation, region_perturbation, IMAGE_ONLY,
+    defaults=_regions, needs="it removes square patches of a picture", direction_override="higher",
+    per_sample=_region_curves,
+    note="AOPC (mean drop of the target probability) with the most relevant patches removed first, so higher is "
+         "better; Quantus 0.6 labels it 'lower', which fits its random/LeRF orders, not MoRF",
+))

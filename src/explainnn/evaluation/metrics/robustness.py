@@ -1,4 +1,4 @@
-"""Robustness, batched: LocalLipschitzEstimate, MaxSensitivity, AvgSensitivity.
+"""Robustness: LocalLipschitzEstimate, MaxSensitivity, AvgSensitivity, declared and batched.
 
 Every perturbed copy of every sample is drawn first (in Quantus' order), then
 the attribution method explains them one batch of copies per call (the batches
@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import quantus
 import torch
 
 from explainnn.errors import ConfigError
 from explainnn.evaluation.fast.common import Batch, Explain, chunks, explain_rows
+from explainnn.evaluation.metrics.spec import MetricContext, MetricSpec, register_metric
 
 
 def _perturbed(batch: Batch, draw: Any, nr_samples: int, batch_size: int, rng: np.random.RandomState,
@@ -90,8 +92,8 @@ def local_lipschitz_estimate(batch: Batch, a: np.ndarray, *, explain: Explain, r
     return _worst(batch, numerator / (denominator + 1e-10), owners, changed, reduce)
 
 
-def _sensitivity(batch: Batch, a: np.ndarray, explain: Explain, rng: np.random.RandomState, normalise: bool,
-                 abs: bool, nr_samples: int, lower_bound: float, upper_bound: float | None,
+def _sensitivity(batch: Batch, a: np.ndarray, explain: Explain, rng: np.random.RandomState, definitions: str,
+                 normalise: bool, abs: bool, nr_samples: int, lower_bound: float, upper_bound: float | None,
                  return_nan_when_prediction_changes: bool, batch_size: int, reduce: Any) -> np.ndarray:
     n = len(batch)
     if upper_bound is None:
@@ -106,31 +108,64 @@ def _sensitivity(batch: Batch, a: np.ndarray, explain: Explain, rng: np.random.R
                             normalise=normalise, abs=abs)
     a = np.broadcast_to(a, batch.x.shape).reshape(n, -1)
     distance = np.linalg.norm(a[owners] - a_copies, axis=-1)
+    if definitions == "quantus":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            distance = distance / np.linalg.norm(a, axis=-1)[owners]
     changed = _changed(batch, copies, owners) if return_nan_when_prediction_changes else None
     return _worst(batch, distance, owners, changed, reduce)
 
 
-def max_sensitivity(batch: Batch, a: np.ndarray, *, explain: Explain, rng: np.random.RandomState, normalise: bool,
-                    abs: bool, nr_samples: int = 200, lower_bound: float = 0.2, upper_bound: float | None = None,
+def max_sensitivity(batch: Batch, a: np.ndarray, *, explain: Explain, rng: np.random.RandomState,
+                    definitions: str = "quantus", normalise: bool, abs: bool, nr_samples: int = 200,
+                    lower_bound: float = 0.2, upper_bound: float | None = None,
                     return_nan_when_prediction_changes: bool = False, softmax: bool = False,
                     batch_size: int = 64) -> np.ndarray:
-    """max over uniform perturbations (each element within ``lower_bound``) of ``||a(x) - a(x')||_2``.
-
-    This is the paper's definition (Yeh et al. 2019). Quantus 0.6 divides by
-    ``||a(x)||_2`` (its default ``norm_denominator``); here every attribution is
-    already normalised to a largest ``|value|`` of 1, and the paper's absolute
-    difference is kept.
-    """
+    """max over uniform perturbations (each element within ``lower_bound``) of ``||a(x) - a(x')||_2``, divided by
+    ``||a(x)||_2`` under ``definitions="quantus"`` (Quantus 0.6's default ``norm_denominator``), not under
+    ``"paper"`` (Yeh et al. 2019)."""
     reduce = np.max if return_nan_when_prediction_changes else np.nanmax
-    return _sensitivity(batch, a, explain, rng, normalise, abs, nr_samples, lower_bound, upper_bound,
+    return _sensitivity(batch, a, explain, rng, definitions, normalise, abs, nr_samples, lower_bound, upper_bound,
                         return_nan_when_prediction_changes, batch_size, reduce)
 
 
-def avg_sensitivity(batch: Batch, a: np.ndarray, *, explain: Explain, rng: np.random.RandomState, normalise: bool,
-                    abs: bool, nr_samples: int = 200, lower_bound: float = 0.2, upper_bound: float | None = None,
+def avg_sensitivity(batch: Batch, a: np.ndarray, *, explain: Explain, rng: np.random.RandomState,
+                    definitions: str = "quantus", normalise: bool, abs: bool, nr_samples: int = 200,
+                    lower_bound: float = 0.2, upper_bound: float | None = None,
                     return_nan_when_prediction_changes: bool = False, softmax: bool = False,
                     batch_size: int = 64) -> np.ndarray:
-    """The mean instead of the max of :func:`max_sensitivity` (Yeh et al. 2019; the same departure from Quantus)."""
+    """The mean instead of the max of :func:`max_sensitivity` (Yeh et al. 2019; the same two definitions)."""
     reduce = np.mean if return_nan_when_prediction_changes else np.nanmean
-    return _sensitivity(batch, a, explain, rng, normalise, abs, nr_samples, lower_bound, upper_bound,
+    return _sensitivity(batch, a, explain, rng, definitions, normalise, abs, nr_samples, lower_bound, upper_bound,
                         return_nan_when_prediction_changes, batch_size, reduce)
+
+
+# Declarations ------------------------------------------------------------------------------
+
+
+def _robustness(context: MetricContext) -> dict[str, Any]:
+    return {"nr_samples": 10}
+
+
+def _lipschitz(context: MetricContext) -> dict[str, Any]:
+    return {"nr_samples": 10, "perturb_std": 0.1, "perturb_mean": 0.0}
+
+
+SENSITIVITY_PAPER = (
+    "the score is the distance `||a(x) - a(x')||_2` itself, as in the paper (Yeh et al. 2019). Quantus 0.6 divides "
+    "it by `||a(x)||_2` (its default `norm_denominator`), which turns it into a relative change and rewards a method "
+    "whose attributions spread over many features; here every attribution is already normalised to a largest "
+    "|value| of 1, so the paper's absolute difference compares methods on one scale."
+)
+
+register_metric(MetricSpec(
+    "LocalLipschitzEstimate", "robustness", quantus.LocalLipschitzEstimate, local_lipschitz_estimate,
+    defaults=_lipschitz, note="Gaussian perturbations (std 0.1); nr_samples defaults to 10 (Quantus: 200)",
+))
+register_metric(MetricSpec(
+    "MaxSensitivity", "robustness", quantus.MaxSensitivity, max_sensitivity, defaults=_robustness,
+    note="uniform perturbations (radius 0.2); nr_samples defaults to 10 (Quantus: 200)", paper=SENSITIVITY_PAPER,
+))
+register_metric(MetricSpec(
+    "AvgSensitivity", "robustness", quantus.AvgSensitivity, avg_sensitivity, defaults=_robustness,
+    note="uniform perturbations (radius 0.2); nr_samples defaults to 10 (Quantus: 200)", paper=SENSITIVITY_PAPER,
+))
