@@ -38,13 +38,13 @@ def evaluate_classes(ctx: RunContext, options: EvaluationConfig) -> dict[int, Ev
         )
         if len(results.samples) < options.n_samples:
             kind = "" if options.include_misclassified else "correctly classified "
-            print(f"evaluation  only {len(results.samples)} {kind}test samples of class {target}; "
+            ctx.echo(f"evaluation  only {len(results.samples)} {kind}test samples of class {target}; "
                   f"evaluating on those (asked for {options.n_samples})")
         write_evaluation(results, ctx.run_dir / "evaluation" / (f"class_{target}" if len(classes) > 1 else ""),
                          plots=ctx.plots, dpi=ctx.dpi)
         for row in results.skipped:
-            print(f"evaluation  skipped {_what(row)}: {row['reason']}")
-        print(describe(results))
+            ctx.echo(f"evaluation  skipped {_what(row)}: {row['reason']}")
+        ctx.echo(describe(results))
         ctx.evaluations[target] = results
     return ctx.evaluations
 
