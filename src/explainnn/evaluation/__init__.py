@@ -24,7 +24,7 @@ from explainnn.evaluation.evaluate import (
     select_evaluation_samples,
     select_samples,
 )
-from explainnn.evaluation.io import load_tables, read_csv, save_results, write_csv
+from explainnn.evaluation.io import EvaluationTables, load_tables, read_csv, save_results, write_csv
 from explainnn.evaluation.metrics import (
     DEFINITIONS,
     FAMILIES,
@@ -59,6 +59,7 @@ __all__ = [
     "METRICS",
     "EvaluationInputs",
     "EvaluationResults",
+    "EvaluationTables",
     "MetricContext",
     "MetricSpec",
     "RelevanceShareCosine",

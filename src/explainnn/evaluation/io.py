@@ -16,7 +16,7 @@ Files written by :func:`save_results` into the evaluation folder:
   ``samples``) and each method's attributions (load with
   ``numpy.load(path, allow_pickle=False)``).
 
-:func:`load_tables` reads the tables back with their types, for reports.
+:func:`load_tables` reads the tables back with their types (an :class:`EvaluationTables`), for reports.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -101,15 +102,28 @@ def save_results(results: Any, folder: str | Path) -> dict[str, Path]:
     return written
 
 
-def load_tables(folder: str | Path) -> dict[str, Any]:
-    """The tables (and ``settings``) found in an evaluation folder; missing files are left out."""
+@dataclass
+class EvaluationTables:
+    """The tables of an evaluation folder, read back with their types; a table whose file is missing is None."""
+
+    scores: list[dict[str, Any]] | None = None
+    summary: list[dict[str, Any]] | None = None
+    comparisons: list[dict[str, Any]] | None = None
+    skipped: list[dict[str, Any]] | None = None
+    timings: list[dict[str, Any]] | None = None
+    settings: dict[str, Any] | None = None
+    """``settings.json``."""
+
+
+def load_tables(folder: str | Path) -> EvaluationTables:
+    """The tables (and ``settings``) found in an evaluation folder; missing files are None."""
     folder = Path(folder)
-    found: dict[str, Any] = {}
+    found = EvaluationTables()
     for name in TABLES:
         path = folder / f"{name}.csv"
         if path.is_file():
-            found[name] = read_csv(path)
+            setattr(found, name, read_csv(path))
     settings = folder / "settings.json"
     if settings.is_file():
-        found["settings"] = json.loads(settings.read_text(encoding="utf-8"))
+        found.settings = json.loads(settings.read_text(encoding="utf-8"))
     return found

@@ -333,11 +333,11 @@ def _evaluations(run_dir: Path) -> list[EvaluationSection]:
     sections = []
     for folder in [root] + sorted(p for p in root.rglob("*") if p.is_dir()):
         tables = load_tables(folder)
-        if "summary" not in tables:
+        if tables.summary is None:
             continue
         name = "Evaluation" if folder == root else f"Evaluation: {_relative(folder, root)}"
-        section = EvaluationSection(name, summary=tables["summary"], comparisons=tables.get("comparisons", []),
-                                    skipped=tables.get("skipped", []), settings=tables.get("settings", {}))
+        section = EvaluationSection(name, summary=tables.summary, comparisons=tables.comparisons or [],
+                                    skipped=tables.skipped or [], settings=tables.settings or {})
         pictures = [p for p in _pictures(run_dir, folder) if p.path.parent == folder]
         section.pictures = sorted(pictures, key=_evaluation_order)
         sections.append(section)
