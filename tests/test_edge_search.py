@@ -388,3 +388,53 @@ def test_lenet_edge_pruning_and_its_mib_curve(lenet):
     assert curve.total_edges == result["total_edges"] and len(curve.faithfulness) == 10
     assert curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-5)
     assert unchanged(model, before, training)
+
+
+def test_circuit_ranking_nests_exact_circuits_inside_the_circuit_and_ranks_gains_outside():
+    from explainnn.causal.edge_search import circuit_ranking
+    from explainnn.causal.mib import prefix_mask, ranking
+
+    model, inputs = random_mlp(4)
+    before, training = state(model), model.training
+    search = find_edge_circuit(model, inputs, 0, ablation="mean", reference=inputs, n_samples=60, steps=60)
+    evaluator, graph = build_evaluator(model, inputs, 0, ablation="mean", reference=inputs, n_samples=60)
+    scores = circuit_ranking(search, evaluator, shells=4)
+    assert np.array_equal(scores, circuit_ranking(search, shells=4))
+    order = ranking(scores)
+    assert sorted(scores) == list(range(1, graph.n + 1))
+    assert set(order[: search.size]) == set(np.flatnonzero(search.mask))  # the circuit is a prefix
+    # every prefix inside the circuit that ends a shell keeps its shell's level, exactly
+    values = evaluator(np.stack([prefix_mask(order, k, graph.n) for k in range(1, search.size + 1)]))
+    for k in range(1, 4):
+        level = search.faithfulness * k / 4
+        assert values.max() >= level
+    assert values[-1] == pytest.approx(search.faithfulness)
+    # outside the circuit: highest first-order gain of adding the edge first
+    masks = torch.as_tensor(search.mask.astype(np.float32))[None].requires_grad_(True)
+    (grad,) = torch.autograd.grad(evaluator.differentiable(masks).sum(), [masks])
+    outside = order[search.size:]
+    gains = grad[0].double().numpy()[outside]
+    assert np.all(np.diff(gains) <= 1e-12)
+    assert unchanged(model, before, training)
+
+
+def test_lenet_rows_reuse_the_whole_batch_source_and_equal_a_run_on_those_rows(lenet):
+    from explainnn.causal.edges import EdgeAblation
+
+    model, inputs, target = lenet
+    counterfactuals = inputs.flip(0)
+    engine = EdgeAblation(model, inputs[:1], ablation="patch")
+    masks = torch.rand(2, engine.edges.n, generator=torch.Generator().manual_seed(0))
+    rows = torch.tensor([5, 0, 17, 3])
+    every = engine.logits(inputs, masks, counterfactuals)
+    picked = engine.logits(inputs, masks, counterfactuals, rows=rows)
+    alone = EdgeAblation(model, inputs[:1], ablation="patch").logits(inputs[rows], masks, counterfactuals[rows])
+    assert torch.allclose(picked, alone, atol=1e-5) and torch.allclose(picked, every[:, rows], atol=1e-5)
+    masks.requires_grad_(True)
+    (grad,) = torch.autograd.grad(engine.logits(inputs, masks, counterfactuals, rows=rows)[..., target].sum(), [masks])
+    masks_alone = masks.detach().clone().requires_grad_(True)
+    (grad_alone,) = torch.autograd.grad(
+        EdgeAblation(model, inputs[:1], ablation="patch").logits(inputs[rows], masks_alone,
+                                                                  counterfactuals[rows])[..., target].sum(),
+        [masks_alone])
+    assert torch.allclose(grad, grad_alone, atol=1e-4)

@@ -51,7 +51,7 @@ Rankings (:func:`edge_scores`, higher = more important):
   density ``t`` lowered from 1 to ``final_density`` (log-linearly, as Edge
   Pruning's "logarithmic" warmup, over the first ``warmup`` share of the
   steps), ``l1, l2`` raised by gradient ascent; each step sees a seeded draw of
-  ``batch`` circuit samples. Scores: the trained ``log_alpha``.
+  ``batch`` circuit samples (default all of them). Scores: the trained ``log_alpha``.
 
 :func:`edge_circuit` turns a method into a circuit whose faithfulness is an
 exact number: for ``edge_pruning`` the shortest prefix of the learned ranking
@@ -100,6 +100,8 @@ HEADROOM = 0.25
 """Exact pruning starts from the shortest faithful prefix plus this share more edges."""
 ACDC_TAU = 0.01
 IG_STEPS = 5
+SHELLS = 8
+"""Levels of the nested ranking inside an edge circuit (:func:`circuit_ranking`)."""
 
 
 @dataclass
@@ -142,6 +144,8 @@ class EdgeSearch:
     prefix: int = 0
     effect: dict[int, float] = field(default_factory=dict)
     removed: list[int] = field(default_factory=list)
+    evaluator: EdgeFaithfulness | None = field(default=None, repr=False, compare=False)
+    """The exact faithfulness on the circuit samples the search used (for :func:`circuit_ranking`)."""
 
     @property
     def size(self) -> int:
@@ -294,7 +298,7 @@ def target_density(step: int, steps: int, final_density: float, warmup: float) -
 
 def learn_edge_scores(evaluator: EdgeFaithfulness, *, faithfulness: float = 0.8, steps: int = 200,
                       lr: float = 0.1, lr_lambda: float = 0.05, final_density: float = 0.01, warmup: float = 0.8,
-                      objective: str = "hinge", margin: float = 0.05, init: float = 3.0, batch: int | None = 32,
+                      objective: str = "hinge", margin: float = 0.05, init: float = 3.0, batch: int | None = None,
                       seed: int = 0, progress: bool = False) -> np.ndarray:
     """Edge Pruning's learned hard-concrete masks; returns the trained ``log_alpha`` per edge (module docstring).
 
@@ -344,26 +348,39 @@ def prune_edges(evaluator: EdgeFaithfulness, mask: np.ndarray, scores: np.ndarra
                 points: int = PRUNE_POINTS) -> tuple[np.ndarray, float, list[int], dict[int, float]]:
     """Exact pruning of ``mask`` to a 1-minimal circuit at or above ``level``.
 
-    Each pass measures every single removal from the circuit (one batched call),
+    Each pass measures single removals from the circuit (one batched call),
     orders the removals that keep the level by their cost (cheapest first, ties by
     lower ``scores``) and removes the longest run of them that keeps the level
     together, found by exact bisection over the run length (``points`` lengths per
-    call). Passes repeat until no single removal keeps the level. Returns the
-    mask, its exact faithfulness, the removed edges in order and ``{edge: f(C) -
-    f(C without edge)}`` for the final members (from the last pass).
+    call). The first pass measures every member; later passes only the members
+    whose single removal kept the level last time but were not taken (removing
+    edges rarely makes another edge cheaper to remove), and when none of those can
+    go, a full pass over every member checks again. Pruning ends when a full pass
+    finds no single removal that keeps the level, so the circuit is 1-minimal.
+    Returns the mask, its exact faithfulness, the removed edges in order and
+    ``{edge: f(C) - f(C without edge)}`` for the final members (from the last full
+    pass).
     """
     mask = np.asarray(mask, dtype=bool).copy()
     value = float(evaluator(mask[None])[0])
     removed: list[int] = []
+    pending: np.ndarray | None = None  # members to measure in the next partial pass; None: every member
     while True:
-        members = np.flatnonzero(mask)
+        members = np.flatnonzero(mask) if pending is None else pending[mask[pending]]
+        full_pass = pending is None
         if not len(members):
-            return mask, value, removed, {}
+            if full_pass:
+                return mask, value, removed, {}
+            pending = None
+            continue
         singles = evaluator(np.stack([_without(mask, e) for e in members]))
         order = np.lexsort((scores[members], -singles))
         order = order[singles[order] >= level]
         if not len(order):
-            return mask, value, removed, {int(e): float(value - v) for e, v in zip(members, singles)}
+            if full_pass:
+                return mask, value, removed, {int(e): float(value - v) for e, v in zip(members, singles)}
+            pending = None
+            continue
         candidates = members[order]
 
         def cut(count: int) -> np.ndarray:
@@ -371,29 +388,11 @@ def prune_edges(evaluator: EdgeFaithfulness, mask: np.ndarray, scores: np.ndarra
             trial[candidates[:count]] = False
             return trial
 
-        low, high, f_high = 1, 1, float(singles[order[0]])
-        top = len(candidates)
-        if top > 1:
-            f_top = float(evaluator(cut(top)[None])[0])
-            if f_top >= level:
-                high, f_high = top, f_top
-            else:
-                low, high = 1, top  # f(low) >= level > f(high): find the last length that keeps the level
-                while high - low > 1:
-                    sizes = np.unique(np.linspace(low, high, points + 2).round().astype(np.int64))
-                    sizes = sizes[(sizes > low) & (sizes < high)]
-                    values = evaluator(np.stack([cut(int(k)) for k in sizes]))
-                    miss = np.flatnonzero(values < level)
-                    if len(miss):
-                        high = int(sizes[miss[0]])
-                        if miss[0] > 0:
-                            low, f_high = int(sizes[miss[0] - 1]), float(values[miss[0] - 1])
-                    else:
-                        low, f_high = int(sizes[-1]), float(values[-1])
-                high = low
+        high, f_high = _longest_run(evaluator, cut, len(candidates), float(singles[order[0]]), level, points)
         mask = cut(high)
         removed.extend(int(e) for e in candidates[:high])
         value = f_high
+        pending = candidates[high:]
 
 
 def removal_effects(evaluator: EdgeFaithfulness, mask: np.ndarray, value: float) -> dict[int, float]:
@@ -403,6 +402,99 @@ def removal_effects(evaluator: EdgeFaithfulness, mask: np.ndarray, value: float)
         return {}
     values = evaluator(np.stack([_without(mask, e) for e in members]))
     return {int(e): float(value - v) for e, v in zip(members, values)}
+
+
+def circuit_ranking(search: EdgeSearch, evaluator: EdgeFaithfulness | None = None, *, shells: int = SHELLS,
+                    points: int = PRUNE_POINTS) -> np.ndarray:
+    """The edge circuit as a ranking of every edge (scores, higher first), for MIB curves.
+
+    Inside the circuit the ranking is nested: from the circuit ``C`` (exact
+    faithfulness ``f0``), the circuit is pruned on the circuit samples to the
+    levels ``f0 (shells - 1) / shells, ..., f0 / shells`` in turn, each from the
+    one before (one exact pass per level: every single removal measured, the
+    cheapest run that keeps the level taken together, found by exact bisection).
+    Edges that survive more levels rank higher; within a level, edges removed
+    later rank higher, and the edges of the last level rank by their exact
+    single-removal cost. So every prefix up to the circuit's size is a circuit the
+    exact search chose for that budget. Outside the circuit edges rank by the first-order gain
+    of adding each to the circuit, ``dF/dm_e`` at the circuit's mask (attribution
+    patching around the circuit: one backward pass). Costs ``shells`` passes over
+    the circuit's members; ``evaluator``: the circuit samples' exact faithfulness
+    (default the search's own). The model is left as it was.
+    """
+    evaluator = search.evaluator if evaluator is None else evaluator
+    if evaluator is None:
+        raise UserError("circuit_ranking needs the search's evaluator: pass the circuit samples' EdgeFaithfulness")
+    if isinstance(shells, bool) or not isinstance(shells, int) or shells < 1:
+        raise ConfigError(f"shells must be an integer >= 1; got {shells!r}")
+    mask = np.asarray(search.mask, dtype=bool).copy()
+    n = len(mask)
+    order: list[int] = []  # least important first
+    value = float(search.faithfulness)
+    for k in range(shells - 1, 0, -1):
+        if mask.sum() <= 1:
+            break
+        level = search.faithfulness * k / shells
+        mask, value, removed = _prune_pass(evaluator, mask, value, search.scores, level, points)
+        order.extend(removed)
+    members = np.flatnonzero(mask)
+    if len(members):
+        singles = evaluator(np.stack([_without(mask, e) for e in members])) if len(members) > 1 else np.zeros(1)
+        order.extend(int(e) for e in members[np.lexsort((search.scores[members], value - singles))])
+    masks = torch.as_tensor(np.asarray(search.mask, dtype=np.float32))[None].requires_grad_(True)
+    (grad,) = torch.autograd.grad(evaluator.differentiable(masks).sum(), [masks])
+    gain = grad[0].double().cpu().numpy()
+    outside = np.flatnonzero(~np.asarray(search.mask, dtype=bool))
+    outside = outside[np.lexsort((-search.scores[outside], -gain[outside]))][::-1]  # least gain first
+    ranked = np.concatenate([outside, np.array(order, dtype=np.int64)]).astype(np.int64)
+    scores = np.empty(n)
+    scores[ranked] = np.arange(1, n + 1, dtype=float)
+    return scores
+
+
+def _prune_pass(evaluator: EdgeFaithfulness, mask: np.ndarray, value: float, scores: np.ndarray, level: float,
+                points: int) -> tuple[np.ndarray, float, list[int]]:
+    """One pass of :func:`prune_edges` at ``level`` (every single removal measured, the longest cheapest run that
+    keeps the level removed); returns the mask, its faithfulness and the removed edges in order."""
+    members = np.flatnonzero(mask)
+    singles = evaluator(np.stack([_without(mask, e) for e in members]))
+    order = np.lexsort((scores[members], -singles))
+    order = order[singles[order] >= level]
+    if not len(order):
+        return mask, value, []
+    candidates = members[order]
+
+    def cut(count: int) -> np.ndarray:
+        trial = mask.copy()
+        trial[candidates[:count]] = False
+        return trial
+
+    count, f_count = _longest_run(evaluator, cut, len(candidates), float(singles[order[0]]), level, points)
+    return cut(count), f_count, [int(e) for e in candidates[:count]]
+
+
+def _longest_run(evaluator: EdgeFaithfulness, cut, top: int, f_one: float, level: float,
+                 points: int) -> tuple[int, float]:
+    """The longest run length ``1 .. top`` whose circuit ``cut(length)`` keeps ``level`` (exact bisection, ``points``
+    lengths per call), given that length 1 keeps it with faithfulness ``f_one``; with its faithfulness."""
+    if top <= 1:
+        return 1, f_one
+    f_top = float(evaluator(cut(top)[None])[0])
+    if f_top >= level:
+        return top, f_top
+    low, high, f_low = 1, top, f_one  # f(low) >= level > f(high)
+    while high - low > 1:
+        sizes = np.unique(np.linspace(low, high, points + 2).round().astype(np.int64))
+        sizes = sizes[(sizes > low) & (sizes < high)]
+        values = evaluator(np.stack([cut(int(k)) for k in sizes]))
+        miss = np.flatnonzero(values < level)
+        if len(miss):
+            high = int(sizes[miss[0]])
+            if miss[0] > 0:
+                low, f_low = int(sizes[miss[0] - 1]), float(values[miss[0] - 1])
+        else:
+            low, f_low = int(sizes[-1]), float(values[-1])
+    return low, f_low
 
 
 # ----------------------------------------------------------------------------- public entries
@@ -504,7 +596,7 @@ def find_edge_circuit(model: nn.Module, inputs: torch.Tensor, target: int, *, fa
         effect = removal_effects(evaluator, mask, value)
     return EdgeSearch(method, setup.edges, graph, mask, scores, value, level, evaluator.full, evaluator.empty,
                       int(target), np.asarray(evaluator.samples.index), ablation, evaluator.metric, prefix, effect,
-                      removed)
+                      removed, evaluator)
 
 
 def edge_circuit(model: nn.Module, inputs: torch.Tensor, target: int, *, faithfulness: float = 0.8,
@@ -599,6 +691,7 @@ __all__ = [
     "EdgeScores",
     "EdgeSearch",
     "acdc",
+    "circuit_ranking",
     "eap_ig_scores",
     "eap_scores",
     "edge_circuit",

@@ -488,12 +488,12 @@ def _zero_source(layers: list[LayerInfo]) -> _Source:
     return _Source({layer.name: zero for layer in layers if not layer.recurrent}, recurrent, outputs)
 
 
-def _rows(value: torch.Tensor, rows: slice) -> torch.Tensor:
+def _rows(value: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
     """Rows of a per-sample source value; broadcast ones (mean, zero) are left as they are."""
     return value if value.dim() == 0 or value.shape[0] == 1 else value[rows]
 
 
-def _rows_output(value: Any, rows: slice) -> Any:
+def _rows_output(value: Any, rows: slice | torch.Tensor) -> Any:
     """Rows of a source output (recurrent ``(seq, state)`` tuples: states on axis 1)."""
     if isinstance(value, tuple):
         seq, state = value
@@ -501,6 +501,15 @@ def _rows_output(value: Any, rows: slice) -> Any:
         picked = tuple(s if s.shape[1] == 1 else s[:, rows] for s in states)
         return _rows(seq, rows), (picked if isinstance(state, tuple) else picked[0])
     return _rows(value, rows)
+
+
+def _select_rows(source: _Source, rows: torch.Tensor) -> _Source:
+    """The per-sample source of the samples ``rows`` (an index into the source's batch)."""
+    recurrent = {name: _RecurrentSource([_rows(x, rows) for x in value.x],
+                                        [[_rows(p, rows) for p in prev] for prev in value.prev])
+                 for name, value in source.recurrent.items()}
+    return _Source({name: _rows(value, rows) for name, value in source.inputs.items()}, recurrent,
+                   {name: _rows_output(value, rows) for name, value in source.outputs.items()})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -979,7 +988,7 @@ class EdgeAblation:
 
     # -- the forward -----------------------------------------------------------------------------------------
     def logits(self, inputs: torch.Tensor, masks: torch.Tensor | np.ndarray, counterfactuals: torch.Tensor | None = None,
-               *, chunk_rows: int | None = None) -> torch.Tensor:
+               *, chunk_rows: int | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The model's outputs with every edge mixed by its mask, for ``K`` masks at once.
 
         Parameters
@@ -995,6 +1004,10 @@ class EdgeAblation:
         chunk_rows : int, optional
             Rows (masks x inputs) per pass when not differentiating (default: the
             memory budget).
+        rows : torch.Tensor, optional
+            Run on ``inputs[rows]`` only, with the ablated values of those rows
+            taken from the source of the whole ``counterfactuals`` batch (computed
+            once and reused while the same tensor is passed).
 
         Returns
         -------
@@ -1011,21 +1024,26 @@ class EdgeAblation:
         device = inputs.device
         masks_t = masks_t.to(device)
         source = self._source_for(inputs, counterfactuals)
+        if rows is not None:
+            rows = torch.as_tensor(rows, dtype=torch.long, device=device)
+            inputs = inputs[rows]
+            if self.ablation == "patch":
+                source = _select_rows(source, rows)
         differentiable = (masks_t.requires_grad or inputs.requires_grad) and torch.is_grad_enabled()
         masks_t = masks_t.to(inputs.dtype if inputs.is_floating_point() else masks_t.dtype)
         n = inputs.shape[0]
         if differentiable:
             return self._run(inputs, masks_t, source, slice(0, n), True)
-        rows = chunk_rows if chunk_rows is not None else self._budget_rows(inputs)
-        if rows < 1:
-            raise InterventionError(f"chunk_rows must be positive; got {rows}")
-        per_input = max(1, min(n, rows))
+        per_chunk = chunk_rows if chunk_rows is not None else self._budget_rows(inputs)
+        if per_chunk < 1:
+            raise InterventionError(f"chunk_rows must be positive; got {per_chunk}")
+        per_input = max(1, min(n, per_chunk))
         out = []
         with torch.no_grad():
             masks_t = masks_t.detach()
             for first in range(0, n, per_input):
                 part = slice(first, min(n, first + per_input))
-                blocks = max(1, rows // (part.stop - part.start))
+                blocks = max(1, per_chunk // (part.stop - part.start))
                 if self.chain and chunk_rows is None:
                     groups = self._compact_groups(inputs, masks_t, part.stop - part.start)
                 else:

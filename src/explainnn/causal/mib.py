@@ -306,14 +306,12 @@ class EdgeFaithfulness:
     def logits(self, masks: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``(K, N, C)`` logits of ``K`` float masks (differentiable w.r.t. ``masks``), evaluation mode; ``rows``:
         only those samples."""
-        inputs, counterfactuals = self.inputs, self.counterfactuals
-        if rows is not None:
-            inputs = inputs[rows]
-            counterfactuals = None if counterfactuals is None else counterfactuals[rows]
         with ModelPatch() as patch:
             patch.eval_mode(self.model)
             masks = masks if masks.is_floating_point() else masks.to(torch.float32)
-            return self.ablation.logits(inputs, masks.to(self.device), counterfactuals)
+            if rows is None:
+                return self.ablation.logits(self.inputs, masks.to(self.device), self.counterfactuals)
+            return self.ablation.logits(self.inputs, masks.to(self.device), self.counterfactuals, rows=rows)
 
     def per_sample(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``(K, N)`` metric of ``(K, N, C)`` logits (of the samples ``rows``, default all)."""

@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from explainnn.causal import (
@@ -23,7 +22,7 @@ from explainnn.causal import (
 )
 from explainnn.causal.curves import OURS, FaithfulnessCurves, baseline_orders, circuit_order, plot_check
 from explainnn.causal.draw import MIB_NAMES, draw_edge_circuit, plot_mib
-from explainnn.causal.edge_search import EdgeSearch, edge_circuit_graph, edge_scores, find_edge_circuit
+from explainnn.causal.edge_search import EdgeSearch, circuit_ranking, edge_circuit_graph, edge_scores, find_edge_circuit
 from explainnn.causal.mib import MIBCurve, build_evaluator, score_curve
 from explainnn.causal.minimal_circuit import circuit_graph
 from explainnn.config import CircuitConfig
@@ -69,8 +68,8 @@ class CircuitReport:
 
 
 EDGE_CIRCUIT = "explainnn"
-"""The MIB curves' name for the edge circuit's own ranking (its edges first, by exact effect, then the search's
-scores)."""
+"""The MIB curves' name for the edge circuit's own ranking (:func:`~explainnn.causal.edge_search.circuit_ranking`:
+nested exact circuits inside the circuit, the gain of adding each edge outside it)."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,7 @@ def edge_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, EdgeCirc
         graph.add_result("held_out", held_out)
         curves: dict[str, MIBCurve] = {}
         if options.mib:
-            curves[EDGE_CIRCUIT] = score_curve(evaluator, edge_graph, own_scores(search), method=EDGE_CIRCUIT)
+            curves[EDGE_CIRCUIT] = score_curve(evaluator, edge_graph, circuit_ranking(search), method=EDGE_CIRCUIT)
             for method in options.methods:
                 found = edge_scores(model, inputs, target, method=method, edges=search.edges, metric=search.metric,
                                     **search_options)
@@ -199,18 +198,6 @@ def edge_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, EdgeCirc
         ctx.edge_circuits[target] = EdgeCircuitReport(graph, search, held_out, curves)
         print(describe_edge_circuit(graph))
     return ctx.edge_circuits
-
-
-def own_scores(search: EdgeSearch) -> np.ndarray:
-    """The edge circuit's ranking as scores (higher first): its edges by exact effect, then the rest by the search's
-    scores, so the circuit is a prefix of the ranking."""
-    order = np.lexsort((-np.asarray(search.scores, dtype=float),
-                        -np.array([search.effect.get(e, -math.inf) if search.mask[e] else -math.inf
-                                   for e in range(len(search.mask))]),
-                        ~search.mask))
-    scores = np.empty(len(order))
-    scores[order] = np.arange(len(order), 0, -1, dtype=float)
-    return scores
 
 
 def mib_summary(curve: MIBCurve) -> dict[str, Any]:
