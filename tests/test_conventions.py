@@ -16,7 +16,7 @@ PRINTING = {
 }
 """Modules outside ``pipeline/`` that may print: command-line entry points only."""
 CAPTURING = {
-    "sweep/execute.py": "one sweep run's output (its steps' lines, warnings, a traceback) goes to the run's log file",
+    "sweep/execute.py": "one sweep run's stderr (warnings, log messages, a traceback) goes to the run's log file",
 }
 """Modules that may redirect the standard streams, and why."""
 
@@ -36,6 +36,7 @@ def test_nothing_silences_output_by_redirecting_the_standard_streams():
     redirecting = sorted(name for name, text in _sources().items()
                          if re.search(r"redirect_std(out|err)", text) and name not in CAPTURING)
     assert redirecting == []
+    assert not any("redirect_stdout" in text for text in _sources().values()), "steps print through ctx.echo"
 
 
 def test_the_analysis_steps_read_only_their_options_and_earlier_results():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,15 +49,15 @@ def explain_classes(ctx: RunContext, options: AttributionConfig) -> dict[int, di
             raise UserError(f"the test split has no samples of class {target} to explain")
         inputs, graph = dataset.x_test[index], ctx.graphs.get(target)
         results = attribute_methods(ctx.model, inputs, target, graph, options.methods, options=options.options,
-                                    seed=ctx.seed, progress=ctx.progress)
+                                    seed=ctx.seed, progress=ctx.progress, echo=ctx.echo)
         folder = ctx.run_dir / "attributions" / f"class_{target}"
         with atomic_path(folder / "attributions.npz") as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(handle, inputs=inputs.numpy(), labels=dataset.y_test[index].numpy(), **results)
         if ctx.plots and results:
             labels = [f"#{int(i)} ({dataset.info.class_names[target]})" for i in index]
             _draw(ctx.model, dataset, inputs, results, folder, labels=labels, graph=graph,
-                  causal_paths_layer=options.causal_paths_layer, dpi=ctx.dpi)
-        print(f"attribution class {target}: {', '.join(results) or 'no method ran'} on {len(inputs)} samples")
+                  causal_paths_layer=options.causal_paths_layer, dpi=ctx.dpi, echo=ctx.echo)
+        ctx.echo(f"attribution class {target}: {', '.join(results) or 'no method ran'} on {len(inputs)} samples")
         ctx.attributions[target] = results
     return ctx.attributions
 
@@ -72,6 +72,7 @@ def attribute_methods(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int = 0,
     progress: bool = False,
+    echo: Callable[[str], None] = print,
 ) -> dict[str, np.ndarray]:
     """``{method: attributions}`` of every method that can run on these inputs; the others are skipped, saying why."""
     modality = modality_of(model, inputs)
@@ -79,21 +80,22 @@ def attribute_methods(
     for method in progress_bar(methods, desc="attributions", unit="method", enabled=progress, leave=False):
         info = method_info(method)
         if info.needs_graph and graph is None:
-            print(f"attribution {method}: skipped (needs the causal graph; enable discovery)")
+            echo(f"attribution {method}: skipped (needs the causal graph; enable discovery)")
             continue
         if modality not in info.modalities:
-            print(f"attribution {method}: skipped ({modality} inputs; it supports {', '.join(info.modalities)})")
+            echo(f"attribution {method}: skipped ({modality} inputs; it supports {', '.join(info.modalities)})")
             continue
         try:
             results[method] = attribute(model, inputs, target, method, graph=graph, seed=seed,
                                         **(options or {}).get(method, {}))
         except UserError as exc:
-            print(f"attribution {method}: skipped ({exc})")
+            echo(f"attribution {method}: skipped ({exc})")
     return results
 
 
 def _draw(model: nn.Module, dataset: Dataset, inputs: torch.Tensor, results: dict[str, np.ndarray], folder: Path, *,
-          labels: list[str], graph: CausalGraph | None, causal_paths_layer: str | None, dpi: int) -> None:
+          labels: list[str], graph: CausalGraph | None, causal_paths_layer: str | None, dpi: int,
+          echo: Callable[[str], None]) -> None:
     """The pictures of one class's attributions, as fits the modality."""
     modality = modality_of(model, inputs)
     if modality == "image":
@@ -111,7 +113,7 @@ def _draw(model: nn.Module, dataset: Dataset, inputs: torch.Tensor, results: dic
         try:
             maps, total = causal_path_maps(model, inputs, graph, causal_paths_layer)
         except UserError as exc:
-            print(f"attribution causal maps: skipped ({exc})")
+            echo(f"attribution causal maps: skipped ({exc})")
             return
         plot_causal_maps(inputs, {u: m.numpy() for u, m in maps.items()}, total.numpy(),
                          folder / f"causal_maps_{causal_paths_layer}.png", layer=causal_paths_layer, dpi=dpi)

@@ -196,7 +196,7 @@ def edge_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, EdgeCirc
                                            f"test samples ({ablation} ablation)"),
                             folder / "mib.png")
         ctx.edge_circuits[target] = EdgeCircuitReport(graph, search, held_out, curves)
-        print(describe_edge_circuit(graph))
+        ctx.echo(describe_edge_circuit(graph))
     return ctx.edge_circuits
 
 
@@ -303,7 +303,7 @@ def node_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CircuitR
                         folder / "circuit_graph.png")
             save_figure(plot_check(check, subject="minimal circuit", dpi=ctx.dpi), folder / "circuit_check.png")
         ctx.circuits[target] = CircuitReport(graph, search, check, curves)
-        print(describe_circuit(graph))
+        ctx.echo(describe_circuit(graph))
     return ctx.circuits
 
 

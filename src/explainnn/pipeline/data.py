@@ -27,6 +27,6 @@ def load_data(ctx: RunContext, options: DataConfig) -> Dataset:
     if target != "all" and target >= info.n_classes:
         raise ConfigError(f"discovery.target_class: {target} is out of range; "
                           f"{info.name} has classes 0-{info.n_classes - 1} or 'all'")
-    print(f"data        {info.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test, {info.source}")
+    ctx.echo(f"data        {info.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test, {info.source}")
     ctx.dataset = dataset
     return dataset

@@ -34,12 +34,12 @@ def discover_graphs(ctx: RunContext, options: DiscoveryConfig) -> dict[int, Caus
         except TooFewSamples as exc:
             if len(targets) == 1:
                 raise
-            print(f"discovery   class {target}: skipped ({exc})")
+            ctx.echo(f"discovery   class {target}: skipped ({exc})")
             continue
         result = DiscoveryResult.of(graph, split)
         save_graph(result, ctx.run_dir / "discovery" / f"class_{target}", plots=ctx.plots, dpi=ctx.dpi)
         ctx.discoveries[target] = result
-        print(describe_graph(graph))
+        ctx.echo(describe_graph(graph))
     return ctx.graphs
 
 

@@ -48,7 +48,7 @@ def train_or_load_model(ctx: RunContext, options: ModelConfig, *, seed: int | No
         fallback=fallback,
     )
     if "kept" in outcome:
-        print(f"note        {outcome['kept']['path']} holds {outcome['kept']['holds']} and is left as it is; "
+        ctx.echo(f"note        {outcome['kept']['path']} holds {outcome['kept']['holds']} and is left as it is; "
               f"this model was written to {outcome['checkpoint']}")
     if not own:
         return model
@@ -56,10 +56,10 @@ def train_or_load_model(ctx: RunContext, options: ModelConfig, *, seed: int | No
         config = config.model_copy(update={"model": config.model.model_copy(update={"checkpoint": outcome["checkpoint"]})})
         ctx.config = config
     record = outcome["metadata"]
-    print(f"model       {options.name}: {outcome['action']} {outcome['checkpoint']} "
+    ctx.echo(f"model       {options.name}: {outcome['action']} {outcome['checkpoint']} "
           f"(train accuracy {record['train_accuracy']:.4f}, test accuracy {record['test_accuracy']:.4f})")
     if not outcome["config_hash_matches"]:
-        print("warning     the checkpoint was trained with other data/model/training settings than this config; "
+        ctx.echo("warning     the checkpoint was trained with other data/model/training settings than this config; "
               "set training.train: always to retrain")
     write_text(ctx.run_dir / "config.yaml", dump_config(config))
     write_json(ctx.run_dir / "training.json", record)

@@ -13,6 +13,6 @@ def write_run_report(ctx: RunContext, options: bool = True) -> dict[str, Path]:
     """Write ``report.html`` and ``report.md`` into the run folder (``options`` is the ``report`` key)."""
     written = write_report(ctx.run_dir, config_yaml=dump_config(ctx.config), training=ctx.training,
                            graphs=ctx.graphs)
-    print(f"report      {written['html']} and {written['markdown'].name}")
+    ctx.echo(f"report      {written['html']} and {written['markdown'].name}")
     ctx.report = written
     return written

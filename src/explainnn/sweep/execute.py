@@ -81,10 +81,9 @@ def execute_run(tree: dict[str, Any], key: str, sweep_dir: str | Path, threads: 
     try:
         if threads:
             torch.set_num_threads(threads)
-        # The run's log holds its steps' lines (``out``) and everything else the run writes on stdout and
-        # stderr (warnings, log messages, a traceback), so a worker's output never mixes with the sweep's.
-        with open(folder / LOG, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
-                contextlib.redirect_stderr(log):
+        # The run's log holds its steps' lines (``out``) and what the run writes on stderr (warnings, log
+        # messages, a traceback), so a worker's output never mixes with the sweep's.
+        with open(folder / LOG, "w", encoding="utf-8") as log, contextlib.redirect_stderr(log):
             try:
                 if until is None:
                     run(config, run_dir=folder, out=log)
