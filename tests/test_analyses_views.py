@@ -10,7 +10,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from explainnn.analyses.embeddings import hidden_representations, plot_embedding, project, project_2d
+from explainnn.analyses.embeddings import hidden_representations, plot_embedding, project_2d
 from explainnn.analyses.views import (
     activation_maps,
     maximize_activation,
@@ -291,9 +291,3 @@ def test_learned_views_skip_maximisation_for_token_models():
     assert views.maximization is None and views.embedding is not None and views.embedding.layer == "gru"
     assert [view for view, _ in views.skipped] == ["filters and activation maps", "maximisation"]
     assert views.skipped[1][1].startswith("token model")
-
-
-def test_the_old_name_project_still_works_with_a_deprecation_warning():
-    features = np.random.default_rng(0).normal(size=(10, 3))
-    with pytest.warns(DeprecationWarning, match="project_2d"):
-        np.testing.assert_array_equal(project(features), project_2d(features))

@@ -261,11 +261,3 @@ def test_research_rule_checks_sample_counts_and_probabilities():
         intervened_prob=np.array([[0.1, 0.2]]), clean_prob=np.array([0.3, 0.4, 0.5]),
     )
     assert result.prob_effect == pytest.approx([0.15 - 0.4])
-
-
-def test_the_old_name_paired_test_still_works_with_a_deprecation_warning(planted):
-    from explainnn.causal.stats import paired_test
-
-    with pytest.warns(DeprecationWarning, match="paired_fdr_test"):
-        old = paired_test(*planted)
-    assert old.to_records() == paired_fdr_test(*planted).to_records()

@@ -192,15 +192,13 @@ def test_samples_are_the_first_classified_as_target_in_order():
     assert issubclass(TooFewSamples, UserError)  # one line and exit 2 from the command line
 
 
-def test_discover_all_skips_classes_with_too_few_samples_by_error_type_and_the_old_name_warns():
-    from explainnn.causal import discover_all, select_samples
+def test_discover_all_skips_classes_with_too_few_samples_by_error_type():
+    from explainnn.causal import discover_all
 
     model, x = PlantedMLP(), _mlp_inputs(10)
     predicted = set(model(x).argmax(1).tolist())
     assert set(discover_all(model, x, n_samples=4)) == {c for c in predicted
                                                         if (model(x).argmax(1) == c).sum() >= 2}
-    with pytest.warns(DeprecationWarning, match="indices_classified_as"):
-        assert select_samples(model, x, 0, 4).tolist() == indices_classified_as(model, x, 0, 4).tolist()
 
 
 def test_ztest_reproduces_the_research_rule_with_n_plus_one_clean_samples():

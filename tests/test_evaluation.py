@@ -26,7 +26,6 @@ from explainnn.evaluation import (
     prepare_inputs,
     quantus_view,
     select_evaluation_samples,
-    select_samples,
 )
 from explainnn.models import RecurrentClassifier, build_model
 from explainnn.runtime import seed_everything
@@ -168,8 +167,6 @@ def test_samples_are_correct_predictions_and_discovery_samples_come_last(lenet) 
     with pytest.raises(UserError, match="no test sample of class"):
         other = dataset.y_test != target
         select_evaluation_samples(model, dataset.x_test[other], dataset.y_test[other], target, 3)
-    with pytest.warns(DeprecationWarning, match="select_evaluation_samples"):
-        assert select_samples(model, dataset.x_test, dataset.y_test, target, 100)[0].tolist() == everything.tolist()
 
 
 def test_misclassified_samples_of_the_class_follow_the_correct_ones(lenet) -> None:

@@ -22,7 +22,6 @@ from explainnn.evaluation import (
     markdown_table,
     metric_spec,
     normalise_per_sample,
-    paired_test,
     paired_wilcoxon,
     read_csv,
     summarise,
@@ -117,12 +116,6 @@ def test_adjusted_p_values_are_per_metric(scores) -> None:
 def test_paired_wilcoxon_without_pairs() -> None:
     result = paired_wilcoxon([float("nan")], [1.0], "higher")
     assert result["n_pairs"] == 0 and math.isnan(result["p_value"]) and result["reference_better"] is None
-
-
-def test_paired_test_is_a_deprecated_alias_of_paired_wilcoxon() -> None:
-    with pytest.warns(DeprecationWarning, match="paired_wilcoxon"):
-        old = paired_test([1.0, 2.0, 3.5], [0.5, 2.5, 1.0], "higher")
-    assert old == paired_wilcoxon([1.0, 2.0, 3.5], [0.5, 2.5, 1.0], "higher")
 
 
 def test_missing_direction_is_an_error(scores) -> None:

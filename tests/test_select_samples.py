@@ -19,7 +19,7 @@ def _naive(model, inputs, target, n, labels=None):
 
 @pytest.mark.parametrize("with_labels", [True, False])
 @pytest.mark.parametrize("n", [1, 2, 7, 40, 1000])
-def test_select_samples_matches_the_naive_scan(with_labels: bool, n: int) -> None:
+def test_indices_classified_as_matches_the_naive_scan(with_labels: bool, n: int) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 3)).eval()
     inputs = torch.randn(300, 5)

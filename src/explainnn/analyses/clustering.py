@@ -31,7 +31,6 @@ from explainnn.analyses.common import attribute_in_batches, check_positive, reso
 from explainnn.analyses.embeddings import PROJECTIONS, project_2d
 from explainnn.attributions import method_info, modality_of
 from explainnn.data import Dataset
-from explainnn.deprecation import deprecated_alias
 from explainnn.errors import UserError
 from explainnn.files import save_figure
 from explainnn.progress import progress_bar
@@ -137,9 +136,6 @@ def project_explanations(explanations: np.ndarray | torch.Tensor, *, projection:
     if len(rows) < 3:
         raise UserError(f"a 2-D projection needs at least 3 explanations; got {len(rows)}")
     return project_2d(rows, projection, seed)
-
-
-project = deprecated_alias(project_explanations, "explainnn.analyses.clustering.project")
 
 
 def plot_clusters(

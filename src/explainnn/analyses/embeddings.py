@@ -29,7 +29,6 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import nn
 
-from explainnn.deprecation import deprecated_alias
 from explainnn.errors import UserError
 from explainnn.files import save_figure, write_csv
 from explainnn.interventions.hooks import ModelPatch
@@ -139,9 +138,6 @@ def project_2d(features: np.ndarray, method: str = "pca", seed: int = 0) -> np.n
         if components == 1:
             coords = np.hstack([coords, np.zeros_like(coords)])
     return coords.astype(np.float32)
-
-
-project = deprecated_alias(project_2d, "explainnn.analyses.embeddings.project")
 
 
 def plot_embedding(

@@ -8,9 +8,6 @@ Circuits come at two levels (:func:`circuit`): the fewest unit-to-unit edges
 that keep a class's behaviour (:mod:`explainnn.causal.edge_search`, scored as
 MIB scores circuits by :mod:`explainnn.causal.mib`), or the fewest hidden units
 (:mod:`explainnn.causal.minimal_circuit`).
-
-``select_samples`` and ``paired_test`` are the deprecated names of
-``indices_classified_as`` and ``paired_fdr_test`` (kept for one release).
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from explainnn.causal.discovery import (
     discover,
     discover_all,
     indices_classified_as,
-    select_samples,
 )
 from explainnn.causal.draw import draw_edge_circuit, draw_graph
 from explainnn.causal.edge_search import edge_circuit, edge_scores, find_edge_circuit
@@ -46,7 +42,7 @@ from explainnn.causal.stability import (
     seed_stability,
     stability,
 )
-from explainnn.causal.stats import TestResult, fdr_qvalues, paired_fdr_test, paired_test, ztest_research
+from explainnn.causal.stats import TestResult, fdr_qvalues, paired_fdr_test, ztest_research
 from explainnn.errors import ConfigError
 
 LEVELS = ("edges", "nodes")
@@ -179,7 +175,6 @@ __all__ = [
     "plot_circuit",
     "plot_stability",
     "indices_classified_as",
-    "select_samples",
     "stability",
     "SCHEMA_VERSION",
     "CausalGraph",
@@ -189,6 +184,5 @@ __all__ = [
     "library_versions",
     "node_id",
     "paired_fdr_test",
-    "paired_test",
     "ztest_research",
 ]

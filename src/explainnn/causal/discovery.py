@@ -31,7 +31,6 @@ from tqdm import tqdm
 
 from explainnn.causal.graph import CausalGraph, node_id
 from explainnn.causal.stats import TestResult, paired_fdr_test, ztest_research
-from explainnn.deprecation import deprecated_alias
 from explainnn.errors import ConfigError, InterventionError, TooFewSamples, UserError
 from explainnn.inputs import check_inputs
 from explainnn.interventions import (
@@ -180,9 +179,6 @@ def indices_classified_as(
 
 class FewerSamples(UserWarning):
     """Fewer inputs qualify as samples than ``n_samples`` asked for; the run uses those there are."""
-
-
-select_samples = deprecated_alias(indices_classified_as, "explainnn.causal.discovery.select_samples")
 
 
 def _predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:

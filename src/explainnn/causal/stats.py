@@ -38,7 +38,6 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from scipy import stats as st
 
-from explainnn.deprecation import deprecated_alias
 from explainnn.errors import ConfigError, DataError
 
 Alternative = Literal["less", "two-sided", "greater"]
@@ -185,9 +184,6 @@ def paired_fdr_test(intervened: Any, clean: Any, *, alpha: float = 0.05, min_eff
                       ci_low=effect - half, ci_high=effect + half, statistic=statistic, p_value=p, q_value=q,
                       n=np.full(k_count, n, dtype=np.int64), kept=kept,
                       prob_effect=_prob_effect(intervened_prob, clean_prob, (k_count, n), n))
-
-
-paired_test = deprecated_alias(paired_fdr_test, "explainnn.causal.stats.paired_test")
 
 
 def _check_paired_options(*, alpha: float, min_effect: float, alternative: str, method: str,

@@ -22,7 +22,6 @@ from explainnn.evaluation.evaluate import (
     prepare_inputs,
     quantus_view,
     select_evaluation_samples,
-    select_samples,
 )
 from explainnn.evaluation.io import EvaluationTables, load_tables, read_csv, save_results, write_csv
 from explainnn.evaluation.metrics import (
@@ -47,7 +46,6 @@ from explainnn.evaluation.summary import (
     confidence_interval,
     holm,
     markdown_table,
-    paired_test,
     paired_wilcoxon,
     summarise,
 )
@@ -77,7 +75,6 @@ __all__ = [
     "markdown_table",
     "metric_spec",
     "normalise_per_sample",
-    "paired_test",
     "paired_wilcoxon",
     "plot_evaluation",
     "plot_family",
@@ -88,7 +85,6 @@ __all__ = [
     "register_metric",
     "save_results",
     "select_evaluation_samples",
-    "select_samples",
     "summarise",
     "valid_metrics",
     "write_csv",

@@ -58,7 +58,6 @@ from explainnn.attributions import (
     explain_func,
     method_info,
 )
-from explainnn.deprecation import deprecated_alias
 from explainnn.errors import ConfigError, DataError, UserError
 from explainnn.evaluation.fast import Batch, run_metric
 from explainnn.evaluation.metrics import MetricContext, MetricSpec, check_definitions, metric_spec, valid_metrics
@@ -188,9 +187,6 @@ def select_evaluation_samples(
                + [i for i in hits if i in used])
     chosen = np.asarray(ordered[:n_samples], dtype=np.int64)
     return chosen, np.isin(chosen, list(used))
-
-
-select_samples = deprecated_alias(select_evaluation_samples, "explainnn.evaluation.select_samples")
 
 
 def _predictions(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:

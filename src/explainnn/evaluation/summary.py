@@ -20,7 +20,6 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from explainnn.deprecation import deprecated_alias
 from explainnn.errors import ConfigError
 
 CORRECTIONS = ("holm", "bh", "none")
@@ -163,9 +162,6 @@ def paired_wilcoxon(reference: Sequence[float], baseline: Sequence[float], direc
     result["p_value"] = float(test.pvalue)
     result["reference_better"] = None if in_favour == against else in_favour > against
     return result
-
-
-paired_test = deprecated_alias(paired_wilcoxon, "explainnn.evaluation.summary.paired_test")
 
 
 def compare(
