@@ -21,7 +21,7 @@ from pathlib import Path
 from explainnn.data import load_dataset
 from explainnn.errors import UserError
 from explainnn.models import build_model
-from explainnn.runtime import seed_everything
+from explainnn.torch_utils import seed_everything
 from explainnn.training import train_model
 
 

@@ -27,7 +27,7 @@ from explainnn.attributions import attribute, available_methods, method_info
 from explainnn.data import load_dataset
 from explainnn.errors import UserError
 from explainnn.models import build_model
-from explainnn.runtime import resolve_device, seed_everything
+from explainnn.torch_utils import resolve_device, seed_everything
 
 PER = 100
 

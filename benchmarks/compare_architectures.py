@@ -48,7 +48,7 @@ from explainnn.data import Dataset, load_dataset
 from explainnn.errors import UserError
 from explainnn.evaluation.metrics import MetricContext, metric_spec
 from explainnn.models import build_model
-from explainnn.runtime import resolve_device, seed_everything
+from explainnn.torch_utils import resolve_device, seed_everything
 from explainnn.training import predict, train_model
 
 METRIC = "RelevanceShareCosine"

@@ -23,7 +23,7 @@ from explainnn.analyses.clustering import (
 from explainnn.data import Dataset, DatasetInfo
 from explainnn.errors import UserError
 from explainnn.models import RecurrentClassifier, build_model
-from explainnn.runtime import seed_everything
+from explainnn.torch_utils import seed_everything
 from explainnn.training import train_model
 
 

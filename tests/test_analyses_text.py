@@ -18,7 +18,7 @@ from explainnn.config import build_config
 from explainnn.data import Dataset, DatasetInfo, load_dataset
 from explainnn.errors import UserError
 from explainnn.models import RecurrentClassifier, build_model
-from explainnn.runtime import seed_everything
+from explainnn.torch_utils import seed_everything
 from explainnn.training import train_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -23,7 +23,7 @@ from explainnn.attributions import (
 from explainnn.data import Dataset, load_dataset, pad_images
 from explainnn.errors import DataError, UserError
 from explainnn.models import build_model
-from explainnn.runtime import seed_everything
+from explainnn.torch_utils import seed_everything
 from explainnn.training import train_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

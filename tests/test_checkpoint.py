@@ -14,7 +14,7 @@ from explainnn.checkpoint import load_checkpoint, read_checkpoint, save_checkpoi
 from explainnn.data.base import DatasetInfo
 from explainnn.errors import CheckpointError
 from explainnn.models import build_model
-from explainnn.runtime import seed_everything
+from explainnn.torch_utils import seed_everything
 
 IMAGES = DatasetInfo("mnist", "image", (1, 28, 28), 10, tuple(str(i) for i in range(10)), "synthetic")
 SIGNALS = DatasetInfo("mnist1d", "sequence", (40, 1), 10, tuple(str(i) for i in range(10)), "synthetic")

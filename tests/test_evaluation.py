@@ -28,7 +28,7 @@ from explainnn.evaluation import (
     select_evaluation_samples,
 )
 from explainnn.models import RecurrentClassifier, build_model
-from explainnn.runtime import seed_everything
+from explainnn.torch_utils import seed_everything
 from explainnn.training import train_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from explainnn.checkpoint import read_checkpoint
 from explainnn.data.base import Dataset, DatasetInfo
 from explainnn.errors import CheckpointError, ConfigError, DataError, UserError
 from explainnn.models import build_model
-from explainnn.runtime import resolve_device, seed_everything
+from explainnn.torch_utils import resolve_device, seed_everything
 from explainnn.training import TrainResult, evaluate_accuracy, predict, random_translate, train_model, train_or_load
 
 FAST = {"epochs": 2, "batch_size": 16, "lr": 1e-2, "progress": False}
