@@ -471,23 +471,15 @@ def test_quantus_metrics_run_on_explain_func(cases, gru_text) -> None:
 
 
 @pytest.mark.parametrize("method", ["lime", "kernel_shap"])
-def test_old_option_name_n_samples_still_works_with_a_warning(cases, method: str) -> None:
+def test_n_samples_is_not_an_option_of_lime_and_kernel_shap(cases, method: str) -> None:
     model, x, y = cases["lenet-mnist"]
-    new = attribute(model, x[:2], y[:2], method, n_perturbations=30)
-    with pytest.warns(DeprecationWarning, match="'n_samples' of attribution method .* use 'n_perturbations'"):
-        old = attribute(model, x[:2], y[:2], method, n_samples=30)
-    np.testing.assert_array_equal(old, new)
-    with pytest.warns(DeprecationWarning):
-        assert explain_func(method, n_samples=30)(model, x[:2].numpy(), y[:2].numpy()).shape == x[:2].shape
-    with pytest.raises(UserError, match="both 'n_perturbations' and its old name 'n_samples'"):
-        attribute(model, x[:2], y[:2], method, n_samples=30, n_perturbations=30)
+    with pytest.raises(UserError, match=f"unknown option 'n_samples' for attribution method '{method}'"):
+        attribute(model, x[:2], y[:2], method, n_samples=30)
+    with pytest.raises(UserError, match=f"unknown option 'n_samples' for attribution method '{method}'"):
+        explain_func(method, n_samples=30)
 
 
-@pytest.mark.parametrize("method, options", [("saliency", {}), ("lime", {"n_perturbations": 30, "seed": 3})])
-def test_old_argument_order_still_works_with_a_warning(cases, method: str, options: dict) -> None:
+def test_the_model_comes_first(cases) -> None:
     model, x, y = cases["lenet-mnist"]
-    new = attribute(model, x[:2], y[:2], method, **options)
-    with pytest.warns(DeprecationWarning, match=r"attribute\(method, model, inputs, target\) is deprecated .* use "
-                                                 r"attribute\(model, inputs, target, method\)"):
-        old = attribute(method, model, x[:2], y[:2], **options)
-    np.testing.assert_array_equal(old, new)
+    with pytest.raises(UserError, match="model must be a torch.nn.Module; got str"):
+        attribute("saliency", model, x[:2], y[:2])  # type: ignore[arg-type]

@@ -144,11 +144,3 @@ def test_causal_paths_maps_per_unit_and_their_sum():
         causal_path_maps(model, x, _graph({"fc2": [0, 1]}, ("fc3", 3)), "conv2")
     with pytest.raises(UserError, match="unknown layer"):
         causal_path_maps(model, x, graph, "conv9")
-
-
-def test_old_argument_order_with_a_positional_graph_still_works_with_a_warning():
-    model, x = _lenet(), _images()
-    graph = _graph(LENET_CAUSES, ("fc3", 3))
-    with pytest.warns(DeprecationWarning, match=r"use attribute\(model, inputs, target, method\)"):
-        old = attribute("causal", model, x, 3, graph)
-    np.testing.assert_array_equal(old, attribute(model, x, 3, "causal", graph=graph))

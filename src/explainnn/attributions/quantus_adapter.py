@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explainnn.attributions.registry import METHODS, attribute, method_info, renamed_options
+from explainnn.attributions.registry import METHODS, attribute, method_info
 from explainnn.attributions.text import EmbeddingSpaceModel
 from explainnn.errors import DataError, UserError
 
@@ -66,7 +66,6 @@ def explain_func(method: str, **fixed_options: Any) -> Callable[..., np.ndarray]
     statistics), so callers may batch its inputs as they like.
     """
     info = method_info(method)
-    fixed_options = renamed_options(method, fixed_options)
     known = set(info.options()) | {"graph"}
     unknown = sorted(set(fixed_options) - known)
     if unknown:

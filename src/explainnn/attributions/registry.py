@@ -209,28 +209,6 @@ def modality_of(model: nn.Module, inputs: torch.Tensor | np.ndarray, modality: s
     return found
 
 
-RENAMED_OPTIONS: dict[str, dict[str, str]] = {
-    "lime": {"n_samples": "n_perturbations"},
-    "kernel_shap": {"n_samples": "n_perturbations"},
-}
-"""Old option names still accepted (with a ``DeprecationWarning``): method -> {old name: new name}."""
-
-
-def renamed_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with the old names of ``method``'s renamed options (:data:`RENAMED_OPTIONS`) replaced, warning
-    for each; giving an option under both names is a one-line error."""
-    renamed = dict(options)
-    for old, new in RENAMED_OPTIONS.get(method, {}).items():
-        if old not in renamed:
-            continue
-        if new in renamed:
-            raise UserError(f"attribution method '{method}' got both '{new}' and its old name '{old}'; keep '{new}'")
-        warnings.warn(f"option '{old}' of attribution method '{method}' is deprecated and will be removed in 0.3; "
-                      f"use '{new}'", DeprecationWarning, stacklevel=3)
-        renamed[new] = renamed.pop(old)
-    return renamed
-
-
 def attribute(
     model: nn.Module,
     inputs: torch.Tensor | np.ndarray,
@@ -249,20 +227,12 @@ def attribute(
     others. ``seed`` (default 0) makes stochastic methods reproducible without
     touching the caller's random state. The model's train/eval mode,
     ``requires_grad`` flags and ``.grad`` are left as they were; ``inputs`` is not
-    modified. Old names of renamed options (:data:`RENAMED_OPTIONS`) still work, with a warning.
-
-    The old positional order ``attribute(method, model, inputs, target)`` still works,
-    with a ``DeprecationWarning``.
+    modified.
     """
-    if isinstance(model, str):
-        warnings.warn("attribute(method, model, inputs, target) is deprecated and will be removed in 0.3; use "
-                      "attribute(model, inputs, target, method)", DeprecationWarning, stacklevel=2)
-        model, inputs, target, method = inputs, target, method, model  # type: ignore[assignment]
-    info = method_info(method)
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    info = method_info(method)
     batch = as_batch(inputs, what="attribute")
-    options = renamed_options(method, options)
     seed = _seed(options.pop("seed", 0))
     modality = modality_of(model, batch, options.pop("modality", None))
     channel = (modality == "sequence" and batch.dim() == 4) or (modality == "tabular" and batch.dim() == 3)
