@@ -62,10 +62,10 @@ def test_saturated_layers_hold_every_unit_or_all_but_one():
 def test_without_a_saturated_layer_the_test_is_the_plain_one():
     model = SmallFirstLayer()
     report = circuit_faithfulness(model, _inputs(), _graph({"h0": [0], "h1": [0, 1]}), n_random=30)
-    chosen = report["necessity_where_chosen"]
-    assert chosen["layers_left_intact"] == []
-    assert chosen["normalized"] == report["necessity"]["normalized"]
-    assert chosen["p_value_vs_random"] == report["necessity"]["p_value_vs_random"]
+    chosen = report.necessity_where_chosen
+    assert chosen.layers_left_intact == []
+    assert chosen.normalized == report.necessity.normalized
+    assert chosen.p_value_vs_random == report.necessity.p_value_vs_random
 
 
 def _mean_ablated_logit(model: SmallFirstLayer, x: torch.Tensor, reference: torch.Tensor, units: list[int]) -> float:
@@ -92,18 +92,18 @@ def test_saturated_first_layer_is_left_intact_and_matches_a_hand_computation(per
     x, reference = _inputs(), _inputs(60, seed=2)
     graph = _graph({"h0": [0, 1, 2], "h1": [0, 1]})
     report = circuit_faithfulness(model, x, graph, reference=reference, n_random=40, per_layer=per_layer, seed=3)
-    chosen = report["necessity_where_chosen"]
-    assert chosen["layers_left_intact"] == ["h0"]
-    clean, empty = report["clean_logit"], report["empty_logit"]
+    chosen = report.necessity_where_chosen
+    assert chosen.layers_left_intact == ["h0"]
+    clean, empty = report.clean_logit, report.empty_logit
     expected = (clean - _mean_ablated_logit(model, x, reference, [0, 1])) / (clean - empty)
-    assert chosen["normalized"] == pytest.approx(expected, abs=1e-6)
+    assert chosen.normalized == pytest.approx(expected, abs=1e-6)
     if per_layer:
         # The plain test ablates all of h0 for the circuit and every random set: the network's output is a
         # constant, so the circuit's necessity is no different from the random sets' (ties count against it).
-        assert report["necessity"]["p_value_vs_random"] > 0.5
+        assert report.necessity.p_value_vs_random > 0.5
     # With h0 intact the circuit's two h1 units (the heaviest class-0 weights) beat random pairs of h1 units.
-    assert chosen["normalized"] > chosen["random_normalized_mean"]
-    assert chosen["p_value_vs_random"] < report["necessity"]["p_value_vs_random"]
+    assert chosen.normalized > chosen.random_normalized_mean
+    assert chosen.p_value_vs_random < report.necessity.p_value_vs_random
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
@@ -116,9 +116,9 @@ def test_the_run_line_and_the_report_table_show_the_test_where_the_circuit_choos
     graph.metadata.update(n_samples=40, inputs="train split")
     graph.add_result("circuit_search", {"size": 5, "total_units": 11, "fraction": 5 / 11})
     report = circuit_faithfulness(model, _inputs(), graph, reference=_inputs(60, seed=2), n_random=20)
-    chosen = report["necessity_where_chosen"]
+    chosen = report.necessity_where_chosen
     line = describe_circuit(graph)
-    assert f"with h0 left intact: necessity {chosen['normalized']:.2f}" in line
+    assert f"with h0 left intact: necessity {chosen.normalized:.2f}" in line
     _, rows = circuit_table(report, "minimal circuit")
     assert any(row[0].startswith("necessity where the minimal circuit chooses (h0 left intact)") for row in rows)
     plain = _graph({"h0": [0], "h1": [0, 1]})
@@ -139,7 +139,7 @@ def test_the_search_measures_the_necessity_the_check_tests():
     assert necessity[0] == pytest.approx((objective.full - _mean_ablated_logit(model, x, reference, [0, 1])) / span,
                                          abs=1e-6)
     report = circuit_faithfulness(model, x, _graph({"h0": [0, 1, 2], "h1": [0, 1]}), reference=reference, n_random=5)
-    assert necessity[0] == pytest.approx(report["necessity_where_chosen"]["normalized"], abs=1e-6)
+    assert necessity[0] == pytest.approx(report.necessity_where_chosen.normalized, abs=1e-6)
     ablated = units.ablate(plain)
     logit = target_logits(objective.runner, x, 0, [ablated]).mean()
     assert necessity[1] == pytest.approx((objective.full - logit) / span, abs=1e-9)

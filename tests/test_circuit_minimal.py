@@ -206,14 +206,14 @@ def test_held_out_check_of_a_circuit_and_p_values_with_many_draws():
     held_x, held_y = _mlp_data(seed=1)
     graph = circuit(model, x, 0, labels=y, n_samples=30, steps=100)
     report = circuit_faithfulness(model, held_x, graph, labels=held_y, reference=x, n_random=150)
-    assert report["n_random"] == 150
-    assert report["sufficiency"]["normalized"] == pytest.approx(1.0, abs=0.02)
-    assert report["necessity"]["normalized"] == pytest.approx(1.0, abs=0.02)
+    assert report.n_random == 150
+    assert report.sufficiency.normalized == pytest.approx(1.0, abs=0.02)
+    assert report.necessity.normalized == pytest.approx(1.0, abs=0.02)
     # 1 in 1,050 random sets of 4 + 4 units is the planted one: p is small but not always < 0.01
-    assert 1 / 151 <= report["sufficiency"]["p_value_vs_random"] < 0.05
+    assert 1 / 151 <= report.sufficiency.p_value_vs_random < 0.05
     # Ablating 4 of 6 h2 units at random usually cuts every planted path too: necessity ties are common here
-    assert 1 / 151 <= report["necessity"]["p_value_vs_random"] <= 1.0
-    assert report["necessity"]["random_normalized_mean"] < report["necessity"]["normalized"]
+    assert 1 / 151 <= report.necessity.p_value_vs_random <= 1.0
+    assert report.necessity.random_normalized_mean < report.necessity.normalized
 
 
 @pytest.mark.parametrize(

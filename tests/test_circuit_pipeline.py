@@ -38,7 +38,7 @@ def test_graph_and_circuit_come_from_the_training_split_and_the_checks_from_the_
     assert 0 < size["size"] <= size["total_units"] and size["faithfulness"] >= 0.8
     report = run.circuits[3]  # the typed result the step carries on the context
     assert isinstance(report, CircuitReport) and report.graph is circuit and report.target == 3
-    assert report.size == size["size"] and report.check == check and report.curves is not None
+    assert report.size == size["size"] and report.check.to_dict() == check and report.curves is not None
     assert report.held_out_sufficiency == check["sufficiency"]["normalized"]
 
 

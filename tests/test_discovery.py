@@ -249,11 +249,11 @@ def test_circuit_of_a_planted_network_is_sufficient_and_necessary():
     model = PlantedMLP()
     graph = discover(model, _mlp_inputs(), 0)
     report = circuit_faithfulness(model, _mlp_inputs(60, seed=5), graph, n_random=10)
-    assert report["sufficiency"]["normalized"] == pytest.approx(1.0, abs=1e-5)
-    assert report["sufficiency"]["accuracy"] == 1.0
-    assert report["necessity"]["logit"] == pytest.approx(report["empty_logit"], abs=1e-5)
-    assert report["sufficiency"]["random_normalized_mean"] < 1.0
-    assert graph.results["circuit"] == report
+    assert report.sufficiency.normalized == pytest.approx(1.0, abs=1e-5)
+    assert report.sufficiency.accuracy == 1.0
+    assert report.necessity.logit == pytest.approx(report.empty_logit, abs=1e-5)
+    assert report.sufficiency.random_normalized_mean < 1.0
+    assert graph.results["circuit"] == report.to_dict()
 
 
 def test_stability_of_planted_units_under_soft_edges():

@@ -17,19 +17,25 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
 from matplotlib.path import Path as CurvePath
 
-from explainnn.causal import CausalGraph, draw_graph
+from explainnn.causal import CausalGraph, CircuitCheck, Necessity, NecessityWhereChosen, Sufficiency, draw_graph
 from explainnn.causal.curves import OURS, RANDOM, FaithfulnessCurves, plot_check, plot_curves
 from explainnn.causal.draw import COLOUR_LABELS, PATH_LABEL, RECURRENT_LABEL, STYLE_COLOUR
 from explainnn.causal.stability import StabilityResult, plot_stability
 
-CHECK = {
-    "n_eval": 50, "n_random": 200, "ablation": "mean", "clean_logit": 10.9, "clean_accuracy": 0.97,
-    "sufficiency": {"logit": 8.8, "accuracy": 1.0, "random_logit_mean": 0.01, "random_logit_std": 0.4,
-                    "random_accuracy_mean": 0.0, "p_value_vs_random": 0.005},
-    "necessity": {"logit": -0.9, "accuracy": 0.0, "random_logit_mean": -0.1, "random_logit_std": 0.8,
-                  "random_accuracy_mean": 0.0, "p_value_vs_random": 0.179},
-    "necessity_where_chosen": {"layers_left_intact": ["conv1"], "p_value_vs_random": 0.00995},
-}
+CHECK = CircuitCheck(
+    n_eval=50, n_random=200, random_sets="same size per layer", ablation="mean", layers=["conv1", "fc1"],
+    circuit_size={"conv1": 6, "fc1": 10}, layer_size={"conv1": 6, "fc1": 120}, units=16, total_units=126,
+    clean_logit=10.9, clean_accuracy=0.97, empty_logit=-0.5, empty_accuracy=0.0,
+    sufficiency=Sufficiency(logit=8.8, logit_fraction=8.8 / 10.9, accuracy=1.0, random_logit_mean=0.01,
+                            random_logit_std=0.4, random_accuracy_mean=0.0, p_value_vs_random=0.005,
+                            normalized=0.82, random_normalized_mean=0.05),
+    necessity=Necessity(logit=-0.9, logit_fraction=-0.9 / 10.9, accuracy=0.0, random_logit_mean=-0.1,
+                        random_logit_std=0.8, random_accuracy_mean=0.0, p_value_vs_random=0.179,
+                        logit_drop_fraction=1 + 0.9 / 10.9, normalized=1.0, random_normalized_mean=0.95),
+    necessity_where_chosen=NecessityWhereChosen(layers_left_intact=["conv1"], normalized=0.4,
+                                                random_normalized_mean=0.1, random_normalized_q99=0.3,
+                                                p_value_vs_random=0.00995),
+)
 
 
 def rendered(figure: Figure):

@@ -1,8 +1,10 @@
 """CausalGraph.add_edges: the same graph as one add_edge per effect, with the same checks."""
 
+import json
+
 import pytest
 
-from explainnn.causal import CausalGraph
+from explainnn.causal import CausalGraph, CircuitCheck
 from explainnn.causal.graph import library_versions
 from explainnn.errors import UserError
 
@@ -40,7 +42,7 @@ def test_library_versions_is_read_once_and_copied() -> None:
     assert library_versions()["python"] != "changed"
 
 
-def test_circuit_faithfulness_takes_model_inputs_graph_and_the_old_order_with_a_warning() -> None:
+def test_circuit_faithfulness_takes_model_inputs_graph_in_that_order() -> None:
     import torch
     from torch import nn
 
@@ -51,7 +53,8 @@ def test_circuit_faithfulness_takes_model_inputs_graph_and_the_old_order_with_a_
     x = torch.randn(80, 4)
     target = int(model(x).argmax(-1).mode().values)
     graph = discover(model, x, target, n_samples=10)
-    new = circuit_faithfulness(model, x, graph, n_random=5)
-    with pytest.warns(DeprecationWarning, match="circuit_faithfulness\\(model, inputs, graph\\)"):
-        old = circuit_faithfulness(model, graph, x, n_random=5)
-    assert new == old
+    check = circuit_faithfulness(model, x, graph, n_random=5)
+    assert graph.results["circuit"] == check.to_dict()
+    assert CircuitCheck.from_dict(json.loads(json.dumps(check.to_dict()))) == check
+    with pytest.raises(UserError, match="graph must be a CausalGraph; got Tensor"):
+        circuit_faithfulness(model, graph, x, n_random=5)  # type: ignore[arg-type]

@@ -26,15 +26,19 @@ TRAINING = {
                                                                                                   "loss": 0.25}]},
 }
 CIRCUIT = {
-    "n_eval": 50, "n_random": 20, "ablation": "mean", "layers": ["fc1"], "circuit_size": {"fc1": 2},
-    "layer_size": {"fc1": 8}, "clean_logit": 10.0, "clean_accuracy": 1.0, "empty_logit": 1.0, "empty_accuracy": 0.0,
+    "n_eval": 50, "n_random": 20, "random_sets": "same size per layer", "ablation": "mean", "layers": ["fc1"],
+    "circuit_size": {"fc1": 2}, "layer_size": {"fc1": 8}, "units": 2, "total_units": 8,
+    "clean_logit": 10.0, "clean_accuracy": 1.0, "empty_logit": 1.0, "empty_accuracy": 0.0,
     "sufficiency": {"logit": 8.0, "logit_fraction": 0.8, "accuracy": 0.9, "random_logit_mean": 3.0,
                     "random_logit_std": 1.0, "random_accuracy_mean": 0.1, "p_value_vs_random": 0.047619,
                     "normalized": 0.7778, "random_normalized_mean": 0.2222},
     "necessity": {"logit": 2.0, "logit_fraction": 0.2, "accuracy": 0.05, "random_logit_mean": 9.0,
                   "random_logit_std": 0.5, "random_accuracy_mean": 0.95, "p_value_vs_random": 0.047619,
-                  "logit_drop_fraction": 0.8},
+                  "logit_drop_fraction": 0.8, "normalized": 0.8889, "random_normalized_mean": 0.1111},
+    "necessity_where_chosen": {"layers_left_intact": [], "normalized": 0.8889, "random_normalized_mean": 0.1111,
+                               "random_normalized_q99": 0.3, "p_value_vs_random": 0.047619},
 }
+"""A graph's ``results["circuit"]``, as :meth:`explainnn.causal.CircuitCheck.to_dict` writes it."""
 STABILITY = {"layer": "fc1", "delta": 0.1, "bootstrap": True, "repeats": 5, "hard_causes": [1, 4],
              "betas": [0.0, 0.5], "jaccard_mean": [1.0, 0.5], "jaccard_std": [0.0, 0.1], "n_kept_mean": [2.0, 1.4]}
 

@@ -18,7 +18,16 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from explainnn.causal.circuit import circuit_faithfulness, plot_circuit
+from explainnn.causal.circuit import (
+    CircuitCheck,
+    CircuitReport,
+    Necessity,
+    NecessityWhereChosen,
+    Sufficiency,
+    VersusRandom,
+    circuit_faithfulness,
+    plot_circuit,
+)
 from explainnn.causal.curves import FaithfulnessCurves, faithfulness_curves, plot_curves
 from explainnn.causal.discovery import (
     DiscoveryResult,
@@ -153,7 +162,13 @@ __all__ = [
     "find_edge_circuit",
     "mib_curve",
     "node_circuit",
+    "CircuitCheck",
+    "CircuitReport",
     "CircuitSearch",
+    "Necessity",
+    "NecessityWhereChosen",
+    "Sufficiency",
+    "VersusRandom",
     "DiscoveryResult",
     "EdgeAblation",
     "Edges",

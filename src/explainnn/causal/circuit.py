@@ -28,8 +28,9 @@ p = 0.13-0.33 on LeNet; both are always reported.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Sequence
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,14 +42,136 @@ from explainnn.errors import UserError
 from explainnn.inputs import check_inputs
 from explainnn.interventions import InterventionRunner
 
+if TYPE_CHECKING:
+    from explainnn.causal.curves import FaithfulnessCurves
+    from explainnn.causal.minimal_circuit import CircuitSearch
 
-def _in_order(inputs: Any, graph: Any) -> tuple[torch.Tensor, CausalGraph]:
-    """``(inputs, graph)``, also from the deprecated order ``circuit_faithfulness(model, graph, inputs)``."""
-    if isinstance(inputs, CausalGraph) and not isinstance(graph, CausalGraph):
-        warnings.warn("circuit_faithfulness(model, graph, inputs) is deprecated and will be removed in 0.3; use "
-                      "circuit_faithfulness(model, inputs, graph)", DeprecationWarning, stacklevel=3)
-        return graph, inputs
-    return inputs, graph
+
+@dataclass(frozen=True)
+class VersusRandom:
+    """One ablation of the unit set beside the same ablation of random sets of the same size.
+
+    ``logit`` and ``accuracy`` are the mean target logit and the accuracy on the
+    class with the ablation; ``logit_fraction`` is ``logit`` over the clean
+    logit; the ``random_*`` fields are the same over the random sets;
+    ``p_value_vs_random`` is the permutation p-value
+    ``(1 + #random sets at least as good) / (1 + #random sets)``;
+    ``normalized`` puts the logit between everything ablated (0) and nothing
+    ablated (1), ``random_normalized_mean`` the random sets' mean of it.
+    """
+
+    logit: float
+    logit_fraction: float
+    accuracy: float
+    random_logit_mean: float
+    random_logit_std: float
+    random_accuracy_mean: float
+    p_value_vs_random: float
+
+
+@dataclass(frozen=True)
+class Sufficiency(VersusRandom):
+    """Only the unit set kept (every other analysed unit mean-ablated)."""
+
+    normalized: float
+    random_normalized_mean: float
+
+
+@dataclass(frozen=True)
+class Necessity(VersusRandom):
+    """The unit set ablated; ``logit_drop_fraction`` is ``1 - logit_fraction``, ``normalized`` ``1 -`` the
+    normalised logit (1: the ablation removes everything the analysed layers carry)."""
+
+    logit_drop_fraction: float
+    normalized: float
+    random_normalized_mean: float
+
+
+@dataclass(frozen=True)
+class NecessityWhereChosen:
+    """The necessity test with the saturated layers (``layers_left_intact``: the unit set holds all or all but one
+    of their units) left intact in every ablation; the plain test's numbers when there is no such layer."""
+
+    layers_left_intact: list[str]
+    normalized: float
+    random_normalized_mean: float
+    random_normalized_q99: float
+    p_value_vs_random: float
+
+
+@dataclass(frozen=True)
+class CircuitCheck:
+    """Sufficiency and necessity of a unit set against random sets (:func:`circuit_faithfulness`'s result).
+
+    ``n_eval`` inputs were measured, against ``n_random`` random sets (``random_sets``: "same size per layer" or
+    "same size"), units removed by ``ablation`` ("mean"); ``layers`` are the analysed layers, ``circuit_size`` and
+    ``layer_size`` the set's and the layers' units per layer, ``units`` and ``total_units`` their sums. ``clean_*``
+    are the model's mean target logit and accuracy on the class, ``empty_*`` those with every analysed unit ablated.
+    :meth:`to_dict` is the JSON stored as ``graph.results["circuit"]``; :meth:`from_dict` reads it back.
+    """
+
+    n_eval: int
+    n_random: int
+    random_sets: str
+    ablation: str
+    layers: list[str]
+    circuit_size: dict[str, int]
+    layer_size: dict[str, int]
+    units: int
+    total_units: int
+    clean_logit: float
+    clean_accuracy: float
+    empty_logit: float
+    empty_accuracy: float
+    sufficiency: Sufficiency
+    necessity: Necessity
+    necessity_where_chosen: NecessityWhereChosen
+
+    def to_dict(self) -> dict[str, Any]:
+        """The check as JSON-able nested dicts, fields in declaration order."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CircuitCheck:
+        """The check from :meth:`to_dict`'s dicts (``graph.results["circuit"]`` of a saved graph)."""
+        parts = {"sufficiency": Sufficiency, "necessity": Necessity, "necessity_where_chosen": NecessityWhereChosen}
+        fields = {name: parts[name](**data[name]) if name in parts else data[name]
+                  for name in (field.name for field in dataclasses.fields(cls))}
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class CircuitReport:
+    """One class's minimal node circuit, as found and checked on held-out samples (the pipeline's
+    ``ctx.circuits[k]``).
+
+    ``graph`` is the circuit as a :class:`CausalGraph` (``graph.results`` keeps
+    the same numbers as JSON), ``search`` how it was found
+    (:func:`~explainnn.causal.find_circuit`), ``check`` its held-out sufficiency
+    and necessity against random sets (:func:`circuit_faithfulness`) and
+    ``curves`` its faithfulness curves beside the baseline orderings
+    (:func:`~explainnn.causal.faithfulness_curves`), when measured.
+    """
+
+    graph: CausalGraph
+    search: CircuitSearch
+    check: CircuitCheck
+    curves: FaithfulnessCurves | None = None
+
+    @property
+    def target(self) -> int:
+        """The explained class."""
+        return self.search.target
+
+    @property
+    def size(self) -> int:
+        """Hidden units in the circuit."""
+        return int(self.search.size)
+
+    @property
+    def held_out_sufficiency(self) -> float:
+        """The normalised target logit kept by the circuit alone on the held-out samples."""
+        return self.check.sufficiency.normalized
 
 
 def circuit_faithfulness(
@@ -63,8 +186,9 @@ def circuit_faithfulness(
     n_random: int = 200,
     per_layer: bool = True,
     seed: int = 0,
-) -> dict[str, Any]:
-    """Sufficiency and necessity of ``graph`` against random unit sets; stored in ``graph.results["circuit"]``.
+) -> CircuitCheck:
+    """Sufficiency and necessity of ``graph`` against random unit sets; stored in ``graph.results["circuit"]``
+    (:meth:`CircuitCheck.to_dict`).
 
     Evaluated on up to ``n_eval`` inputs of the target class (by ``labels`` when
     given, else by the model's prediction), leaving out the indices in
@@ -76,9 +200,10 @@ def circuit_faithfulness(
     evaluation inputs). ``n_random`` random sets with the same number of units
     per layer (``per_layer=False``: the same number of units anywhere in the
     analysed layers) give the p-values (at least 100 for p < 0.01 to be reachable).
-    The old order ``(model, graph, inputs)`` still works, with a ``DeprecationWarning``.
     """
-    inputs, graph = _in_order(inputs, graph)
+    if not isinstance(graph, CausalGraph):
+        raise UserError(f"circuit_faithfulness(model, inputs, graph): graph must be a CausalGraph; got "
+                        f"{type(graph).__name__}")
     target = int(graph.metadata["target"])
     inputs = check_inputs(model, inputs, labels=labels, target=target, what="circuit_faithfulness")
     if reference is not None:
@@ -101,7 +226,7 @@ def circuit_faithfulness(
     result = InterventionRunner(model, reference=None if reference is None else reference.to(device)).run(
         samples, rows, target)
     report = _report(units, causal, result, target, n_random, per_layer, len(samples), saturated)
-    graph.add_result("circuit", report)
+    graph.add_result("circuit", report.to_dict())
     return report
 
 
@@ -125,8 +250,8 @@ def _chosen_sets(units: HiddenUnits, chosen: np.ndarray, random_sets: list[np.nd
 
 
 def _report(units: Any, causal: np.ndarray, result: Any, target: int, n_random: int, per_layer: bool,
-            n_eval: int, saturated: np.ndarray) -> dict[str, Any]:
-    """The JSON report of one run: rows 0-2 are the graph kept, the graph ablated and everything ablated,
+            n_eval: int, saturated: np.ndarray) -> CircuitCheck:
+    """The check of one run: rows 0-2 are the graph kept, the graph ablated and everything ablated,
     then one (kept, ablated) pair per random set, then (with saturated layers) the graph and each random set
     ablated with those layers left intact."""
     logit = result.target_logit.double().mean(1).cpu().numpy()
@@ -134,27 +259,29 @@ def _report(units: Any, causal: np.ndarray, result: Any, target: int, n_random: 
     accuracy = (result.logits.argmax(-1) == target).double().mean(1).cpu().numpy()
     clean_logit = float(result.clean_target_logit.double().mean())
     chosen_units = units.split(causal)
-    return {
-        "n_eval": int(n_eval),
-        "n_random": n_random,
-        "random_sets": "same size per layer" if per_layer else "same size",
-        "ablation": "mean",
-        "layers": units.names,
-        "circuit_size": {name: len(chosen_units[name]) for name in units.names},
-        "layer_size": dict(zip(units.names, units.sizes)),
-        "units": int(causal.sum()),
-        "total_units": units.total,
-        "clean_logit": clean_logit,
-        "clean_accuracy": float((result.clean_logits.argmax(-1) == target).double().mean()),
-        "empty_logit": float(logit[2]),
-        "empty_accuracy": float(accuracy[2]),
-        **_against_random(logit[:paired], accuracy[:paired], clean_logit),
-        "necessity_where_chosen": _where_chosen(units, saturated, logit, paired, clean_logit),
-    }
+    sufficiency, necessity = _against_random(logit[:paired], accuracy[:paired], clean_logit)
+    return CircuitCheck(
+        n_eval=int(n_eval),
+        n_random=n_random,
+        random_sets="same size per layer" if per_layer else "same size",
+        ablation="mean",
+        layers=list(units.names),
+        circuit_size={name: len(chosen_units[name]) for name in units.names},
+        layer_size=dict(zip(units.names, units.sizes)),
+        units=int(causal.sum()),
+        total_units=units.total,
+        clean_logit=clean_logit,
+        clean_accuracy=float((result.clean_logits.argmax(-1) == target).double().mean()),
+        empty_logit=float(logit[2]),
+        empty_accuracy=float(accuracy[2]),
+        sufficiency=sufficiency,
+        necessity=necessity,
+        necessity_where_chosen=_where_chosen(units, saturated, logit, paired, clean_logit),
+    )
 
 
 def _where_chosen(units: Any, saturated: np.ndarray, logit: np.ndarray, paired: int,
-                  clean_logit: float) -> dict[str, Any]:
+                  clean_logit: float) -> NecessityWhereChosen:
     """Necessity with the saturated layers left intact (the plain test's numbers when there are none)."""
     intact = [name for name, flag in zip(units.names, saturated) if flag]
     if len(logit) == paired:  # nothing saturated (or nothing else): the plain test
@@ -163,13 +290,13 @@ def _where_chosen(units: Any, saturated: np.ndarray, logit: np.ndarray, paired: 
         circuit, random = logit[paired], logit[paired + 1 :]
     empty = logit[2]
     values = 1.0 - normalise(random, clean_logit, empty)
-    return {
-        "layers_left_intact": intact,
-        "normalized": float(1.0 - normalise(circuit, clean_logit, empty)),
-        "random_normalized_mean": float(values.mean()),
-        "random_normalized_q99": float(np.quantile(values, 0.99)),
-        "p_value_vs_random": _p_value(random <= circuit + _tie(clean_logit, empty)),
-    }
+    return NecessityWhereChosen(
+        layers_left_intact=intact,
+        normalized=float(1.0 - normalise(circuit, clean_logit, empty)),
+        random_normalized_mean=float(values.mean()),
+        random_normalized_q99=float(np.quantile(values, 0.99)),
+        p_value_vs_random=_p_value(random <= circuit + _tie(clean_logit, empty)),
+    )
 
 
 def _tie(clean_logit: float, empty: float) -> float:
@@ -233,14 +360,15 @@ def _random_sets(units: HiddenUnits, causal: np.ndarray, n_random: int, per_laye
     return random_sets
 
 
-def _against_random(logit: np.ndarray, accuracy: np.ndarray, clean_logit: float) -> dict[str, dict[str, float]]:
+def _against_random(logit: np.ndarray, accuracy: np.ndarray, clean_logit: float) -> tuple[Sufficiency, Necessity]:
     """Sufficiency and necessity of row 0/1 (circuit kept / ablated) beside the random rows 3, 5, ... / 4, 6, ...
 
     Row 2 is everything ablated (the empty circuit).
     """
     empty = logit[2]
 
-    def summary(values: np.ndarray, accs: np.ndarray, circuit_value: float, circuit_acc: float, better) -> dict:
+    def summary(values: np.ndarray, accs: np.ndarray, circuit_value: float, circuit_acc: float,
+                better: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
         return {
             "logit": circuit_value,
             "logit_fraction": circuit_value / clean_logit if clean_logit else float("nan"),
@@ -253,19 +381,18 @@ def _against_random(logit: np.ndarray, accuracy: np.ndarray, clean_logit: float)
 
     random_keep, random_drop = logit[3::2], logit[4::2]
     tie = _tie(clean_logit, empty)
-    sufficiency = summary(random_keep, accuracy[3::2], float(logit[0]), float(accuracy[0]),
-                          lambda v: v >= logit[0] - tie)
-    sufficiency["normalized"] = float(normalise(logit[0], clean_logit, empty))
-    sufficiency["random_normalized_mean"] = float(normalise(random_keep, clean_logit, empty).mean())
-    necessity = summary(random_drop, accuracy[4::2], float(logit[1]), float(accuracy[1]),
-                        lambda v: v <= logit[1] + tie)
-    necessity["logit_drop_fraction"] = 1.0 - necessity["logit_fraction"]
-    necessity["normalized"] = float(1.0 - normalise(logit[1], clean_logit, empty))
-    necessity["random_normalized_mean"] = float((1.0 - normalise(random_drop, clean_logit, empty)).mean())
-    return {"sufficiency": sufficiency, "necessity": necessity}
+    kept = summary(random_keep, accuracy[3::2], float(logit[0]), float(accuracy[0]), lambda v: v >= logit[0] - tie)
+    sufficiency = Sufficiency(**kept, normalized=float(normalise(logit[0], clean_logit, empty)),
+                              random_normalized_mean=float(normalise(random_keep, clean_logit, empty).mean()))
+    dropped = summary(random_drop, accuracy[4::2], float(logit[1]), float(accuracy[1]), lambda v: v <= logit[1] + tie)
+    necessity = Necessity(
+        **dropped, logit_drop_fraction=1.0 - dropped["logit_fraction"],
+        normalized=float(1.0 - normalise(logit[1], clean_logit, empty)),
+        random_normalized_mean=float((1.0 - normalise(random_drop, clean_logit, empty)).mean()))
+    return sufficiency, necessity
 
 
-def plot_circuit(report: dict[str, Any], path=None, *, subject: str = "causal graph", dpi: int = 120):
+def plot_circuit(report: CircuitCheck, path=None, *, subject: str = "causal graph", dpi: int = 120):
     """Bar chart of a unit set's sufficiency and necessity beside random sets of the same size.
 
     The same picture as :func:`explainnn.causal.curves.plot_check` (which the

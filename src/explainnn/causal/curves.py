@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from explainnn.causal.circuit import CircuitCheck, VersusRandom
 from explainnn.causal.minimal_circuit import CircuitSearch, Faithfulness, UnitGates, _device
 from explainnn.causal.units import HiddenUnits, normalise, target_logits
 from explainnn.errors import UserError
@@ -229,9 +230,8 @@ def faithfulness_curves(
         if sorted(np.asarray(order).tolist()) != list(range(total)):
             raise UserError(f"ordering {name!r} is not a permutation of the {total} units")
     if sizes is None:
-        sizes = np.linspace(0, total, max(2, points)).round().astype(int).tolist()
-        if circuit_size is not None:
-            sizes.append(int(circuit_size))
+        grid = np.linspace(0, total, max(2, points)).round().astype(int).tolist()
+        sizes = grid + ([int(circuit_size)] if circuit_size is not None else [])
     steps = np.unique(np.asarray(sizes, dtype=int))
     if steps.min() < 0 or steps.max() > total:
         raise UserError(f"curve sizes must be in 0..{total}")
@@ -310,7 +310,8 @@ def plot_curves(curves: FaithfulnessCurves, path: str | Path | None = None, *, d
     return save_figure(figure, path)
 
 
-def plot_check(report: dict, path: str | Path | None = None, *, subject: str = "causal graph", dpi: int = 120):
+def plot_check(report: CircuitCheck, path: str | Path | None = None, *, subject: str = "causal graph",
+               dpi: int = 120):
     """Bar chart of a unit set's sufficiency and necessity beside random sets of the same size.
 
     ``report`` is :func:`~explainnn.causal.circuit_faithfulness`'s; ``subject``
@@ -323,35 +324,34 @@ def plot_check(report: dict, path: str | Path | None = None, *, subject: str = "
 
     figure = Figure(figsize=(8, 3.8), dpi=dpi, layout="constrained")
     axes = figure.subplots(1, 2, sharey=True)
-    labels = ["clean\nmodel", subject.replace(" ", "\n", 1), f"random sets\n(n={report['n_random']})"]
-    parts = (("sufficiency", f"Sufficiency: only the {subject} kept"),
-             ("necessity", f"Necessity: the {subject} ablated"))
+    labels = ["clean\nmodel", subject.replace(" ", "\n", 1), f"random sets\n(n={report.n_random})"]
+    parts: tuple[tuple[str, VersusRandom, str], ...] = (
+        ("sufficiency", report.sufficiency, f"Sufficiency: only the {subject} kept"),
+        ("necessity", report.necessity, f"Necessity: the {subject} ablated"))
     tops = []
-    for ax, (key, title) in zip(axes, parts):
-        part = report[key]
-        values = [report["clean_logit"], part["logit"], part["random_logit_mean"]]
-        spread = part["random_logit_std"] if np.isfinite(part["random_logit_std"]) else 0.0
+    for ax, (key, part, title) in zip(axes, parts):
+        values = [report.clean_logit, part.logit, part.random_logit_mean]
+        spread = part.random_logit_std if np.isfinite(part.random_logit_std) else 0.0
         errors = [0.0, 0.0, spread]
         ax.bar(range(3), values, yerr=errors, color=["#999999", "#d62728", "#1f77b4"], capsize=4)
         ax.set_xticks(range(3), labels, fontsize=8)
-        for position, (value, error, acc) in enumerate(zip(values, errors, [report["clean_accuracy"], part["accuracy"],
-                                                                           part["random_accuracy_mean"]])):
+        for position, (value, error, acc) in enumerate(zip(values, errors, [report.clean_accuracy, part.accuracy,
+                                                                           part.random_accuracy_mean])):
             top = max(value, 0.0) + error
             tops.append(top)
             ax.annotate(f"acc {acc:.0%}", (position, top), xytext=(0, 2), textcoords="offset points",
                         ha="center", va="bottom", fontsize=8)
-        title += f"\np = {part['p_value_vs_random']:.3f} vs random"
-        chosen = report.get("necessity_where_chosen") or {}
-        if key == "necessity" and chosen.get("layers_left_intact"):
-            title += (f"; with {', '.join(chosen['layers_left_intact'])} left intact: "
-                      f"p = {chosen['p_value_vs_random']:.3f}")
+        title += f"\np = {part.p_value_vs_random:.3f} vs random"
+        chosen = report.necessity_where_chosen
+        if key == "necessity" and chosen.layers_left_intact:
+            title += (f"; with {', '.join(chosen.layers_left_intact)} left intact: "
+                      f"p = {chosen.p_value_vs_random:.3f}")
         ax.set_title(title, fontsize=9)
         ax.axhline(0, color="black", linewidth=0.5)
     axes[0].set_ylabel("mean target logit")
-    bottoms = [min(0.0, report[key]["logit"], report[key]["random_logit_mean"] - (
-        report[key]["random_logit_std"] if np.isfinite(report[key]["random_logit_std"]) else 0.0))
-        for key in ("sufficiency", "necessity")]
-    low, high = min(bottoms), max(tops + [report["clean_logit"]])
+    bottoms = [min(0.0, part.logit, part.random_logit_mean - (
+        part.random_logit_std if np.isfinite(part.random_logit_std) else 0.0)) for _, part, _ in parts]
+    low, high = min(bottoms), max(tops + [report.clean_logit])
     span = (high - low) or 1.0
     axes[0].set_ylim(low - 0.05 * span, high + 0.12 * span)
     return save_figure(figure, path)

@@ -89,9 +89,9 @@ def describe_checks(ctx: RunContext, target: int) -> str:
     """One line: the causal graph's sufficiency beside random sets, and the stability at the first beta."""
     parts = []
     circuit = ctx.faithfulness.get(target)
-    if circuit:
-        parts.append(f"sufficiency {circuit['sufficiency']['normalized']:.2f} "
-                     f"(random {circuit['sufficiency']['random_normalized_mean']:.2f})")
+    if circuit is not None:
+        parts.append(f"sufficiency {circuit.sufficiency.normalized:.2f} "
+                     f"(random {circuit.sufficiency.random_normalized_mean:.2f})")
     stable = ctx.stability.get(target)
     if stable is not None:
         parts.append(f"Jaccard at beta={stable.betas[0]:g}: {stable.jaccard.mean(1)[0]:.2f}")

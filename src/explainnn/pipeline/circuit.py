@@ -14,12 +14,14 @@ import torch
 
 from explainnn.causal import (
     CausalGraph,
+    CircuitReport,
     CircuitSearch,
     circuit_faithfulness,
     faithfulness_curves,
     find_circuit,
     plot_curves,
 )
+from explainnn.causal.circuit import CircuitCheck
 from explainnn.causal.curves import OURS, FaithfulnessCurves, baseline_orders, circuit_order, plot_check
 from explainnn.causal.draw import MIB_NAMES, draw_edge_circuit, plot_mib
 from explainnn.causal.edge_search import EdgeSearch, circuit_ranking, edge_circuit_graph, edge_scores, find_edge_circuit
@@ -32,39 +34,6 @@ from explainnn.pipeline.discovery import discovery_inputs
 
 CURVE_POINTS, CURVE_RANDOM = 21, 10
 """The run's curves: 21 sizes (every 5% of the units) plus the circuit's, 10 random orderings averaged."""
-
-
-@dataclass(frozen=True)
-class CircuitReport:
-    """One class's minimal circuit as the circuit step found and checked it (``ctx.circuits[k]``).
-
-    ``graph`` is the circuit as a :class:`CausalGraph` (what ``circuit.json``
-    holds; ``graph.results`` keeps the same numbers as JSON), ``search`` how it
-    was found (:func:`~explainnn.causal.find_circuit`), ``check`` its held-out
-    sufficiency and necessity against random sets
-    (:func:`~explainnn.causal.circuit_faithfulness`'s report) and ``curves`` the
-    faithfulness curves when ``circuit.curves`` is on.
-    """
-
-    graph: CausalGraph
-    search: CircuitSearch
-    check: dict[str, Any]
-    curves: FaithfulnessCurves | None = None
-
-    @property
-    def target(self) -> int:
-        """The explained class."""
-        return self.search.target
-
-    @property
-    def size(self) -> int:
-        """Hidden units in the circuit."""
-        return int(self.search.size)
-
-    @property
-    def held_out_sufficiency(self) -> float:
-        """The normalised target logit kept by the circuit alone on the held-out samples."""
-        return float(self.check["sufficiency"]["normalized"])
 
 
 EDGE_CIRCUIT = "explainnn"
@@ -342,21 +311,22 @@ def _size_words(search: CircuitSearch) -> str:
 
 
 def describe_circuit(graph: CausalGraph) -> str:
-    """One line: the circuit's size and its held-out sufficiency and necessity against random sets."""
-    search, check = graph.results["circuit_search"], graph.results["circuit"]
-    suff, nec = check["sufficiency"], check["necessity"]
+    """One line: the circuit's size and its held-out sufficiency and necessity against random sets (the circuit
+    search and check stored in ``graph.results``)."""
+    search, check = graph.results["circuit_search"], CircuitCheck.from_dict(graph.results["circuit"])
+    suff, nec = check.sufficiency, check.necessity
     return (f"circuit     class {graph.metadata['target']}: {search['size']} of {search['total_units']} hidden units "
             f"({search['fraction']:.0%}) from {graph.metadata['n_samples']} {graph.metadata['inputs']} samples; "
-            f"held out ({check['n_eval']} test samples): sufficiency {suff['normalized']:.2f} "
-            f"(random {suff['random_normalized_mean']:.2f}, p={suff['p_value_vs_random']:.3g}), "
-            f"necessity {nec['normalized']:.2f} (random {nec['random_normalized_mean']:.2f}, "
-            f"p={nec['p_value_vs_random']:.3g}){_left_intact_clause(check)}")
+            f"held out ({check.n_eval} test samples): sufficiency {suff.normalized:.2f} "
+            f"(random {suff.random_normalized_mean:.2f}, p={suff.p_value_vs_random:.3g}), "
+            f"necessity {nec.normalized:.2f} (random {nec.random_normalized_mean:.2f}, "
+            f"p={nec.p_value_vs_random:.3g}){_left_intact_clause(check)}")
 
 
-def _left_intact_clause(check: dict) -> str:
+def _left_intact_clause(check: CircuitCheck) -> str:
     """The necessity test with saturated layers left intact, when there are any (else nothing)."""
-    chosen = check.get("necessity_where_chosen") or {}
-    if not chosen.get("layers_left_intact"):
+    chosen = check.necessity_where_chosen
+    if not chosen.layers_left_intact:
         return ""
-    return (f"; with {', '.join(chosen['layers_left_intact'])} left intact: necessity {chosen['normalized']:.2f} "
-            f"(random {chosen['random_normalized_mean']:.2f}, p={chosen['p_value_vs_random']:.3g})")
+    return (f"; with {', '.join(chosen.layers_left_intact)} left intact: necessity {chosen.normalized:.2f} "
+            f"(random {chosen.random_normalized_mean:.2f}, p={chosen.p_value_vs_random:.3g})")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explainnn.causal import CausalGraph, DiscoveryResult, SeedStability, StabilityResult
+from explainnn.causal import CausalGraph, CircuitCheck, CircuitReport, DiscoveryResult, SeedStability, StabilityResult
 from explainnn.config import Config
 from explainnn.data import Dataset
 from explainnn.errors import UserError
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from explainnn.analyses.clustering import ExplanationClusters
     from explainnn.analyses.text import TextAnalysis
     from explainnn.analyses.views import Views
-    from explainnn.pipeline.circuit import CircuitReport, EdgeCircuitReport
+    from explainnn.evaluation import EvaluationResults
+    from explainnn.pipeline.circuit import EdgeCircuitReport
 
 
 @dataclass
@@ -61,13 +62,13 @@ class RunContext:
     ``training`` (model), ``discoveries`` (discovery, one
     :class:`~explainnn.causal.DiscoveryResult` per class; ``graphs`` holds their
     graphs), ``faithfulness``, ``stability`` and ``seed_stability`` (checks:
-    ``circuit_faithfulness``'s report, :class:`~explainnn.causal.StabilityResult`,
+    :class:`~explainnn.causal.CircuitCheck`, :class:`~explainnn.causal.StabilityResult`,
     :class:`~explainnn.causal.SeedStability`), ``edge_circuits`` or ``circuits``
     (circuit, ``circuit.level`` edges or nodes: one
     :class:`~explainnn.pipeline.circuit.EdgeCircuitReport` or
-    :class:`~explainnn.pipeline.circuit.CircuitReport` per class; ``circuit_graphs``
+    :class:`~explainnn.causal.CircuitReport` per class; ``circuit_graphs``
     holds their graphs), ``attributions``,
-    ``evaluations``, and ``analyses`` (an :class:`Analyses`: views, text,
+    ``evaluations`` (one :class:`~explainnn.evaluation.EvaluationResults` per class), and ``analyses`` (an :class:`Analyses`: views, text,
     clustering). ``seed_models`` (a :class:`SeedModels`, set with the model)
     trains the same model with another seed. Reading ``dataset``, ``model`` or
     ``seed_models`` before their step ran is a one-line error naming the step.
@@ -85,13 +86,13 @@ class RunContext:
         self.device = device if device is not None else resolve_device(config.device)
         self.training: dict[str, Any] = {}
         self.discoveries: dict[int, DiscoveryResult] = {}
-        self.faithfulness: dict[int, dict[str, Any]] = {}
+        self.faithfulness: dict[int, CircuitCheck] = {}
         self.stability: dict[int, StabilityResult] = {}
         self.seed_stability: dict[int, SeedStability] = {}
         self.circuits: dict[int, CircuitReport] = {}
         self.edge_circuits: dict[int, EdgeCircuitReport] = {}
         self.attributions: dict[int, dict[str, np.ndarray]] = {}
-        self.evaluations: dict[int, Any] = {}
+        self.evaluations: dict[int, EvaluationResults] = {}
         self.analyses = Analyses()
         self.report: dict[str, Path] = {}
         self.step_seconds: dict[str, float] = {}

@@ -39,7 +39,7 @@ def evaluate_classes(ctx: RunContext, options: EvaluationConfig) -> dict[int, Ev
         if len(results.samples) < options.n_samples:
             kind = "" if options.include_misclassified else "correctly classified "
             ctx.echo(f"evaluation  only {len(results.samples)} {kind}test samples of class {target}; "
-                  f"evaluating on those (asked for {options.n_samples})")
+                     f"evaluating on those (asked for {options.n_samples})")
         write_evaluation(results, ctx.run_dir / "evaluation" / (f"class_{target}" if len(classes) > 1 else ""),
                          plots=ctx.plots, dpi=ctx.dpi)
         for row in results.skipped:

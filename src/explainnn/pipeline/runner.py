@@ -11,10 +11,11 @@ from typing import Any, Callable, TextIO
 import numpy as np
 from torch import nn
 
-from explainnn.causal import CausalGraph
+from explainnn.causal import CausalGraph, CircuitCheck, StabilityResult
 from explainnn.config import Config, ModelConfig, build_config, load_config
 from explainnn.data import Dataset
 from explainnn.errors import UserError
+from explainnn.evaluation import EvaluationResults
 from explainnn.files import write_csv
 from explainnn.pipeline.attribution import explain_classes
 from explainnn.pipeline.checks import ChecksOptions, check_graphs
@@ -172,12 +173,12 @@ class Run:
         return next(iter(graphs.values()))
 
     @property
-    def faithfulness(self) -> dict[str, Any]:
-        """The one graph's sufficiency and necessity against random unit sets (``circuit_faithfulness``'s report)."""
+    def faithfulness(self) -> CircuitCheck:
+        """The one graph's sufficiency and necessity against random unit sets (``circuit_faithfulness``'s result)."""
         return self.run("checks").faithfulness[self._only_class()]
 
     @property
-    def stability(self) -> Any:
+    def stability(self) -> StabilityResult:
         """The one graph's stability sweep (a :class:`~explainnn.causal.StabilityResult`)."""
         return self.run("checks").stability[self._only_class()]
 
@@ -202,7 +203,7 @@ class Run:
         return self.run("attribution").attributions
 
     @property
-    def evaluations(self) -> dict[int, Any]:
+    def evaluations(self) -> dict[int, EvaluationResults]:
         """``{class: EvaluationResults}`` (runs the steps up to the evaluation step)."""
         return self.run("evaluation").evaluations
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from explainnn.causal.circuit import CircuitCheck
 from explainnn.errors import UserError
 
 EDGE_CIRCUIT_PICTURE = ("edge_circuit.png",
@@ -69,7 +70,7 @@ class ClassSection:
     layers: list[dict[str, Any]] = field(default_factory=list)
     n_edges: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
-    circuit: dict[str, Any] | None = None
+    circuit: CircuitCheck | None = None
     stability: dict[str, Any] | None = None
     pictures: list[Picture] = field(default_factory=list)
     edge_circuit: dict[str, Any] | None = None
@@ -88,7 +89,7 @@ class CircuitSection:
     target: int
     metadata: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] | None = None
-    check: dict[str, Any] | None = None
+    check: CircuitCheck | None = None
     pictures: list[Picture] = field(default_factory=list)
 
 
@@ -175,6 +176,17 @@ def _read_text(path: Path) -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
+def _circuit_check(record: Any) -> CircuitCheck | None:
+    """The sufficiency/necessity check stored in a graph's results, or None where there is none (or it holds
+    other fields than :class:`~explainnn.causal.CircuitCheck`'s, as a run folder of another version may)."""
+    if not isinstance(record, Mapping):
+        return None
+    try:
+        return CircuitCheck.from_dict(record)
+    except (KeyError, TypeError):
+        return None
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -252,7 +264,7 @@ def _classes(run_dir: Path, graphs: Mapping[int, Any] | None) -> list[ClassSecti
                 kind = graph.layer_kind(layer) if units else ""
                 section.layers.append({"layer": layer, "kind": kind, "units": len(units),
                                        "causes": len(graph.causes(layer))})
-            section.circuit = graph.results.get("circuit")
+            section.circuit = _circuit_check(graph.results.get("circuit"))
             section.stability = graph.results.get("stability")
         sections.append(section)
     return sections
@@ -307,7 +319,7 @@ def _circuits(run_dir: Path) -> list[CircuitSection]:
             metadata.pop("samples", None)
             section.metadata = metadata
             section.search = results.get("circuit_search")
-            section.check = results.get("circuit")
+            section.check = _circuit_check(results.get("circuit"))
         sections.append(section)
     return sections
 

@@ -132,7 +132,7 @@ def _class_sections(report: Report) -> list[str]:
                          f'({html.escape(str(section.metadata.get("inputs", "test split")))}); {section.n_edges} '
                          f"edges; {html.escape(described)}</p>")
             parts.append(_table(tables.layers_table(section), numeric=(2, 3)))
-        if section.circuit:
+        if section.circuit is not None:
             parts.append("<h4>Sufficiency and necessity of the causal graph</h4>")
             parts.append(_table(tables.circuit_table(section.circuit, "causal graph"), numeric=(1, 2, 3)))
         if section.stability:
@@ -156,7 +156,7 @@ def _circuit_sections(report: Report) -> list[str]:
         line = tables.circuit_line(section)
         if line:
             parts.append(f'<p class="note">{html.escape(line)}</p>')
-        if section.check:
+        if section.check is not None:
             parts.append("<h4>Sufficiency and necessity of the minimal circuit</h4>")
             parts.append(_table(tables.circuit_table(section.check, "minimal circuit"), numeric=(1, 2, 3)))
         parts.extend(_picture(picture) for picture in section.pictures)

@@ -60,7 +60,7 @@ def render_markdown(report: Report) -> str:
             parts.append(f"{section.metadata.get('n_samples', '?')} samples "
                          f"({section.metadata.get('inputs', 'test split')}); {section.n_edges} edges.\n")
             parts.append(_table(tables.layers_table(section)))
-        if section.circuit:
+        if section.circuit is not None:
             parts.append("#### Sufficiency and necessity of the causal graph\n")
             parts.append(_table(tables.circuit_table(section.circuit, "causal graph")))
         if section.stability:
@@ -77,7 +77,7 @@ def render_markdown(report: Report) -> str:
         line = tables.circuit_line(circuit)
         if line:
             parts.append(line + "\n")
-        if circuit.check:
+        if circuit.check is not None:
             parts.append("#### Sufficiency and necessity of the minimal circuit\n")
             parts.append(_table(tables.circuit_table(circuit.check, "minimal circuit")))
         parts.extend(_picture(picture) for picture in circuit.pictures)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+from explainnn.causal.circuit import CircuitCheck
 from explainnn.causal.draw import MIB_NAMES
 from explainnn.evaluation.summary import format_number, format_p, verdict
 from explainnn.reports.content import CircuitSection, ClassSection, EvaluationSection
@@ -46,36 +47,34 @@ def layers_table(section: ClassSection) -> Table:
     return ["layer", "kind", "units in graph", "causes of the target"], rows
 
 
-def circuit_table(circuit: Mapping[str, Any], subject: str = "causal graph") -> Table:
+def circuit_table(circuit: CircuitCheck, subject: str = "causal graph") -> Table:
     """Sufficiency (keep only the units of ``subject``) and necessity (ablate them) against random unit sets.
 
     ``subject`` names the unit set: ``"causal graph"`` (discovery's graph) or
     ``"minimal circuit"``.
     """
-    sufficiency, necessity = circuit["sufficiency"], circuit["necessity"]
-    clean = circuit.get("clean_logit")
-    random_drop = (1 - necessity["random_logit_mean"] / clean) if clean else float("nan")
+    sufficiency, necessity = circuit.sufficiency, circuit.necessity
+    clean = circuit.clean_logit
+    random_drop = (1 - necessity.random_logit_mean / clean) if clean else float("nan")
     rows = [
-        ["sufficiency: normalised target logit kept", format_number(sufficiency.get("normalized")),
-         format_number(sufficiency.get("random_normalized_mean")), format_p(sufficiency.get("p_value_vs_random"))],
-        ["sufficiency: accuracy on the class", _percent(sufficiency.get("accuracy")),
-         _percent(sufficiency.get("random_accuracy_mean")), ""],
-        ["necessity: fraction of the target logit lost", format_number(necessity.get("logit_drop_fraction")),
-         format_number(random_drop), format_p(necessity.get("p_value_vs_random"))],
-        ["necessity: accuracy on the class", _percent(necessity.get("accuracy")),
-         _percent(necessity.get("random_accuracy_mean")), ""],
+        ["sufficiency: normalised target logit kept", format_number(sufficiency.normalized),
+         format_number(sufficiency.random_normalized_mean), format_p(sufficiency.p_value_vs_random)],
+        ["sufficiency: accuracy on the class", _percent(sufficiency.accuracy),
+         _percent(sufficiency.random_accuracy_mean), ""],
+        ["necessity: fraction of the target logit lost", format_number(necessity.logit_drop_fraction),
+         format_number(random_drop), format_p(necessity.p_value_vs_random)],
+        ["necessity: accuracy on the class", _percent(necessity.accuracy),
+         _percent(necessity.random_accuracy_mean), ""],
     ]
-    chosen = circuit.get("necessity_where_chosen") or {}
-    if chosen.get("layers_left_intact"):
-        rows.append([f"necessity where the {subject} chooses ({', '.join(chosen['layers_left_intact'])} left intact): "
-                     "normalised", format_number(chosen.get("normalized")),
-                     format_number(chosen.get("random_normalized_mean")), format_p(chosen.get("p_value_vs_random"))])
-    sizes = ", ".join(f"{layer} {size}/{circuit.get('layer_size', {}).get(layer, '?')}"
-                      for layer, size in circuit.get("circuit_size", {}).items())
-    headers = ["", subject, f"random sets of the same size (mean of {circuit.get('n_random', '?')})",
-               "p vs random"]
-    rows.append([f"units per layer ({circuit.get('ablation', 'mean')} ablation, {circuit.get('n_eval', '?')} inputs)",
-                 sizes, "", ""])
+    chosen = circuit.necessity_where_chosen
+    if chosen.layers_left_intact:
+        rows.append([f"necessity where the {subject} chooses ({', '.join(chosen.layers_left_intact)} left intact): "
+                     "normalised", format_number(chosen.normalized),
+                     format_number(chosen.random_normalized_mean), format_p(chosen.p_value_vs_random)])
+    sizes = ", ".join(f"{layer} {size}/{circuit.layer_size.get(layer, '?')}"
+                      for layer, size in circuit.circuit_size.items())
+    headers = ["", subject, f"random sets of the same size (mean of {circuit.n_random})", "p vs random"]
+    rows.append([f"units per layer ({circuit.ablation} ablation, {circuit.n_eval} inputs)", sizes, "", ""])
     return headers, rows
 
 
@@ -113,8 +112,7 @@ def circuit_line(section: CircuitSection) -> str:
         return ""
     per_layer = ", ".join(f"{layer} {size}/{search.get('layer_size', {}).get(layer, '?')}"
                           for layer, size in search.get("per_layer", {}).items())
-    check = section.check or {}
-    held = f"; checked on {check['n_eval']} held-out test samples" if "n_eval" in check else ""
+    held = f"; checked on {section.check.n_eval} held-out test samples" if section.check is not None else ""
     return (f"{search.get('size', '?')} of {search.get('total_units', '?')} hidden units "
             f"({_share(search.get('fraction'))}: {per_layer}), found on {metadata.get('n_samples', '?')} samples "
             f"({metadata.get('inputs', '?')}) to keep {format_number(search.get('target_faithfulness'))} of the "
