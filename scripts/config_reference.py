@@ -1,7 +1,7 @@
 """Write docs/configuration.md, the configuration reference, from the pydantic schema in ``explainnn.config``.
 
 Every key of :class:`explainnn.config.Config` gets one row: its dotted name, type, default, constraints
-(ranges, choices, aliases) and meaning. The meaning is the field's ``description`` where the schema gives
+(ranges, choices) and meaning. The meaning is the field's ``description`` where the schema gives
 one, else the comment beside the key in ``config.yaml`` (the commented default config), so the page
 says what the file says. Each section starts with its model's docstring. The valid dataset, model,
 attribution-method and metric names come from the registries.
@@ -30,7 +30,7 @@ if str(ROOT / "src") not in sys.path:
 
 import annotated_types  # noqa: E402
 import yaml  # noqa: E402
-from pydantic import AliasChoices, BaseModel  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 from pydantic.fields import FieldInfo  # noqa: E402
 from pydantic_core import PydanticUndefined  # noqa: E402
 
@@ -137,11 +137,6 @@ def constraints(field: FieldInfo) -> list[str]:
     choices = literal_choices(field.annotation)
     if choices:
         found.append("one of " + ", ".join(f"`{inline_yaml(choice)}`" for choice in choices))
-    alias = field.validation_alias
-    if isinstance(alias, AliasChoices):
-        others = [name for name in alias.choices if isinstance(name, str)]
-        if len(others) > 1:
-            found.append("also read as " + ", ".join(f"`{name}`" for name in others[1:]))
     return found
 
 

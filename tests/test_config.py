@@ -72,9 +72,15 @@ def test_invalid_choice_names_the_key_not_the_section():
     assert _error(overrides=["training.train=sometimes"]).startswith("training.train: 'sometimes'")
 
 
-def test_on_is_an_alias_of_intervene_on():
-    assert build_config({"discovery": {"on": "nodes"}}).discovery.intervene_on == "nodes"
-    assert build_config(overrides=["discovery.on=nodes"]).discovery.intervene_on == "nodes"
+def test_on_is_not_a_key_and_the_error_names_intervene_on(tmp_path):
+    expected = "discovery: has a key 'on', which is not a key of this section; write intervene_on: edges|nodes"
+    assert _error({"discovery": {"on": "nodes"}}) == expected
+    assert _error(overrides=["discovery.on=nodes"]) == expected
+    path = tmp_path / "config.yaml"
+    path.write_text("discovery:\n  on: nodes\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == expected
     assert "intervene_on: edges" in dump_config(Config())
 
 
@@ -186,7 +192,7 @@ def test_file_errors(tmp_path):
 
 
 def test_dump_round_trips():
-    config = build_config({"seed": 5, "discovery": {"target_class": "all", "on": "nodes"}})
+    config = build_config({"seed": 5, "discovery": {"target_class": "all", "intervene_on": "nodes"}})
     assert build_config(yaml.safe_load(dump_config(config))) == config
 
 

@@ -64,8 +64,10 @@ def _write(path: Path, content: bytes | str) -> str:
         ("data:\n  name: [unclosed\n", "at line"),
         ("- a list\n", "top level must be a mapping"),
         ("discovery:\n  true: nodes\n", "YAML 1.1"),
+        ("discovery:\n  on: nodes\n", "discovery: has a key 'on', which is not a key of this section; write "
+                                      "intervene_on: edges|nodes"),
     ],
-    ids=["missing", "folder", "binary", "invalid-yaml", "not-a-mapping", "yaml-1.1-on"],
+    ids=["missing", "folder", "binary", "invalid-yaml", "not-a-mapping", "yaml-1.1-on", "on"],
 )
 def test_bad_config_files(tmp_path, monkeypatch, capsys, config_file, fragment):
     if config_file is None:
@@ -92,7 +94,7 @@ def test_bad_config_files(tmp_path, monkeypatch, capsys, config_file, fragment):
         (["evaluation.metrics=[IROFF]", "evaluation.options={}"], "not a valid metric"),
         (["discovery.intervention=medium"], "discovery.intervention: 'medium'"),
         (["discovery.intervene_on=nodes", "discovery.test=ztest"], "needs intervene_on: edges"),  # combinations
-        (["discovery.on=nodes", "discovery.test=ztest"], "needs intervene_on: edges"),
+        (["discovery.on=nodes"], "has a key 'on', which is not a key of this section; write intervene_on"),
         (["training.epochs"], "section.key=value"),                                       # malformed overrides
         (["=3"], "empty key"),
         (["seed.x=1"], "is a value, not a section"),
@@ -310,7 +312,7 @@ def test_a_run_writes_graph_checks_and_pictures_and_python_gives_the_same_files(
     lazy = Run(build_config(overrides=[*SMALL_RUN, "training.train=never", f"model.checkpoint={run_dir / 'model.pt'}"]),
                run_dir=tmp_path / "lazy")
     assert lazy.graph == graph and lazy.done == ["data", "model", "discovery", "checks"]
-    assert lazy.faithfulness["sufficiency"]["normalized"] == graph.results["circuit"]["sufficiency"]["normalized"]
+    assert lazy.faithfulness.to_dict() == graph.results["circuit"]
     assert lazy.stability.summary() == graph.results["stability"]
     assert not (tmp_path / "lazy" / "attributions").exists()
 

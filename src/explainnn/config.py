@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from explainnn.errors import ConfigError
 
@@ -114,9 +114,7 @@ class DiscoveryConfig(_Section):
     enabled: bool = True
     target_class: Union[int, Literal["all"]] = 3
     layers: list[str] | None = None
-    # ``on`` is still read (an alias for one release) but YAML 1.1 tools read an ``on:`` key as true.
-    intervene_on: Literal["edges", "nodes"] = Field(default="edges",
-                                                    validation_alias=AliasChoices("intervene_on", "on"))
+    intervene_on: Literal["edges", "nodes"] = "edges"
     intervention: Literal["hard", "soft"] = "hard"
     beta: float = Field(default=0.0, ge=0.0, le=1.0)
     delta: float = Field(default=0.1, ge=0.0, le=1.0)
@@ -131,7 +129,10 @@ class DiscoveryConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _yaml_11_on(cls, data: Any) -> Any:
+    def _no_key_on(cls, data: Any) -> Any:
+        """A key ``on`` (or the ``true`` a YAML 1.1 tool reads it as) is one line naming ``intervene_on``."""
+        if isinstance(data, dict) and "on" in data:
+            raise ValueError("has a key 'on', which is not a key of this section; write intervene_on: edges|nodes")
         if isinstance(data, dict) and ("true" in data or True in data):
             raise ValueError("has a key 'true': a YAML 1.1 tool (such as PyYAML's safe_load) read the key 'on' "
                              "as true; write intervene_on: edges|nodes instead")
