@@ -115,7 +115,9 @@ def test_adjusted_p_values_are_per_metric(scores) -> None:
 
 def test_paired_wilcoxon_without_pairs() -> None:
     result = paired_wilcoxon([float("nan")], [1.0], "higher")
-    assert result["n_pairs"] == 0 and math.isnan(result["p_value"]) and result["reference_better"] is None
+    assert result.n_pairs == 0 and math.isnan(result.p_value) and result.reference_better is None
+    assert list(result.to_dict()) == ["n_pairs", "mean_difference", "median_difference", "statistic", "p_value",
+                                      "reference_better"]
 
 
 def test_missing_direction_is_an_error(scores) -> None:
@@ -211,13 +213,9 @@ def test_relevance_share_cosine_by_hand() -> None:
     assert scores == pytest.approx([1.0, 0.0, 1 / math.sqrt(2)])
 
 
-def test_the_old_write_csv_argument_order_still_works_with_a_deprecation_warning(tmp_path) -> None:
-    from explainnn.evaluation.io import write_csv
-
-    rows = [{"method": "ig", "value": float("nan")}]
-    with pytest.warns(DeprecationWarning, match="write_table"):
-        write_csv(rows, tmp_path / "old.csv", ["method", "value"])
-    assert (tmp_path / "old.csv").read_text().splitlines() == ["method,value", "ig,"]
+def test_write_table_takes_the_path_first_and_writes_nan_as_an_empty_cell(tmp_path) -> None:
+    write_table(tmp_path / "table.csv", [{"method": "ig", "value": float("nan")}], ["method", "value"])
+    assert (tmp_path / "table.csv").read_text().splitlines() == ["method,value", "ig,"]
 
 
 def _headline_script():

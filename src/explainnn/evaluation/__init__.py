@@ -23,7 +23,7 @@ from explainnn.evaluation.evaluate import (
     quantus_view,
     select_evaluation_samples,
 )
-from explainnn.evaluation.io import EvaluationTables, load_tables, read_csv, save_results, write_csv
+from explainnn.evaluation.io import EvaluationTables, load_tables, read_csv, save_results, write_table
 from explainnn.evaluation.metrics import (
     DEFINITIONS,
     FAMILIES,
@@ -41,6 +41,7 @@ from explainnn.evaluation.metrics import (
 )
 from explainnn.evaluation.plots import plot_evaluation, plot_family, plot_ranks
 from explainnn.evaluation.summary import (
+    WilcoxonTest,
     adjust,
     compare,
     confidence_interval,
@@ -63,6 +64,7 @@ __all__ = [
     "RelevanceShareCosine",
     "TabularRowsModel",
     "WholeMapSSIM",
+    "WilcoxonTest",
     "adjust",
     "available_metrics",
     "compare",
@@ -87,5 +89,5 @@ __all__ = [
     "select_evaluation_samples",
     "summarise",
     "valid_metrics",
-    "write_csv",
+    "write_table",
 ]

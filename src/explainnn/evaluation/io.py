@@ -24,15 +24,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from explainnn import files
 from explainnn.files import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from explainnn.evaluation.evaluate import EvaluationResults
 
 TABLES = {
     "scores": ("method", "metric", "sample", "value"),
@@ -63,13 +65,6 @@ def write_table(path: str | Path, rows: Iterable[Mapping[str, Any]], fields: Seq
     return files.write_csv(path, ({key: _cell(row.get(key)) for key in fields} for row in rows), fields)
 
 
-def write_csv(rows: Iterable[Mapping[str, Any]], path: str | Path, fields: Sequence[str]) -> Path:
-    """Deprecated (removed in 0.3): :func:`write_table` takes the path first, as every writer does."""
-    warnings.warn("explainnn.evaluation.io.write_csv(rows, path, fields) is deprecated; use "
-                  "write_table(path, rows, fields)", DeprecationWarning, stacklevel=2)
-    return write_table(path, rows, fields)
-
-
 def _typed(key: str, text: str) -> Any:
     if key in _FLOATS:
         return float(text) if text != "" else float("nan") if key != "rank" else None
@@ -86,7 +81,7 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
         return [{key: _typed(key, value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
-def save_results(results: Any, folder: str | Path) -> dict[str, Path]:
+def save_results(results: EvaluationResults, folder: str | Path) -> dict[str, Path]:
     """Write an :class:`~explainnn.evaluation.evaluate.EvaluationResults` into ``folder``; return the paths."""
     folder = Path(folder)
     written = {name: write_table(folder / f"{name}.csv", getattr(results, name), fields)

@@ -13,9 +13,11 @@ outweigh the others.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
-from typing import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -133,35 +135,47 @@ def adjust(p_values: Sequence[float], correction: str = "holm") -> list[float]:
     return [float(v) for v in stats.false_discovery_control(np.asarray(p_values, dtype=np.float64), method="bh")]
 
 
-def paired_wilcoxon(reference: Sequence[float], baseline: Sequence[float], direction: str) -> dict:
+@dataclass(frozen=True)
+class WilcoxonTest:
+    """One paired comparison (:func:`paired_wilcoxon`): ``n_pairs`` finite pairs, ``mean_difference`` and
+    ``median_difference`` (reference - baseline, raw), the signed-rank ``statistic``, the two-sided ``p_value``
+    (1.0 when every difference is zero, NaN without pairs) and ``reference_better`` (True, False, or None for a
+    tie). :meth:`to_dict` gives the fields as the columns of ``comparisons.csv``."""
+
+    n_pairs: int
+    mean_difference: float = float("nan")
+    median_difference: float = float("nan")
+    statistic: float = float("nan")
+    p_value: float = float("nan")
+    reference_better: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields by name, in declaration order."""
+        return dataclasses.asdict(self)
+
+
+def paired_wilcoxon(reference: Sequence[float], baseline: Sequence[float], direction: str) -> WilcoxonTest:
     """Two-sided Wilcoxon signed-rank test of paired values, oriented so that positive favours ``reference``.
 
-    Zero differences are dropped (Wilcoxon's rule). Returns ``n_pairs``,
-    ``mean_difference`` and ``median_difference`` (reference - baseline, raw),
-    ``statistic``, ``p_value`` (1.0 when every difference is zero, NaN without
-    pairs) and ``reference_better`` (True, False, or None for a tie).
+    Pairs where either value is NaN are dropped, and so are zero differences
+    (Wilcoxon's rule); see :class:`WilcoxonTest` for what it returns.
     """
     a, b = np.asarray(reference, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     keep = np.isfinite(a) & np.isfinite(b)
     difference = a[keep] - b[keep]
-    result = {"n_pairs": int(keep.sum()), "mean_difference": float("nan"), "median_difference": float("nan"),
-              "statistic": float("nan"), "p_value": float("nan"), "reference_better": None}
     if not len(difference):
-        return result
-    result["mean_difference"] = float(difference.mean())
-    result["median_difference"] = float(np.median(difference))
+        return WilcoxonTest(n_pairs=0)
+    found = WilcoxonTest(n_pairs=int(keep.sum()), mean_difference=float(difference.mean()),
+                         median_difference=float(np.median(difference)))
     oriented = difference if direction == "higher" else -difference
     nonzero = oriented[oriented != 0]
     if not len(nonzero):
-        result["p_value"] = 1.0
-        return result
+        return dataclasses.replace(found, p_value=1.0)
     ranks = stats.rankdata(np.abs(nonzero))
     in_favour, against = float(ranks[nonzero > 0].sum()), float(ranks[nonzero < 0].sum())
     test = stats.wilcoxon(nonzero, alternative="two-sided", zero_method="wilcox")
-    result["statistic"] = float(test.statistic)
-    result["p_value"] = float(test.pvalue)
-    result["reference_better"] = None if in_favour == against else in_favour > against
-    return result
+    return dataclasses.replace(found, statistic=float(test.statistic), p_value=float(test.pvalue),
+                               reference_better=None if in_favour == against else in_favour > against)
 
 
 def compare(
@@ -174,7 +188,7 @@ def compare(
 ) -> list[dict]:
     """Paired tests of ``reference`` against every other method, per metric.
 
-    Rows: metric, direction, reference, baseline, the :func:`paired_wilcoxon` fields,
+    Rows (of ``comparisons.csv``): metric, direction, reference, baseline, the :class:`WilcoxonTest` fields,
     ``p_adjusted`` (``correction`` across the metric's baselines) and
     ``significant`` (``p_adjusted < alpha``). Empty when ``reference`` was not
     evaluated.
@@ -195,7 +209,7 @@ def compare(
             shared = [sample for sample in ours if sample in values]
             test = paired_wilcoxon([ours[s] for s in shared], [values[s] for s in shared], directions[metric])
             found.append({"metric": metric, "direction": directions[metric], "reference": reference,
-                          "baseline": baseline, **test})
+                          "baseline": baseline, **test.to_dict()})
         testable = [row for row in found if math.isfinite(row["p_value"])]
         for row, p in zip(testable, adjust([row["p_value"] for row in testable], correction)):
             row["p_adjusted"] = p
