@@ -38,7 +38,7 @@ from explainnn.analyses.embeddings import (
 from explainnn.errors import UserError
 from explainnn.files import save_figure
 from explainnn.interventions.hooks import ModelPatch
-from explainnn.interventions.layers import RECURRENT_TYPES, LayerInfo, find_layers, resolve_layer
+from explainnn.interventions.layers import LayerInfo, find_layers, is_stateful, resolve_layer
 from explainnn.progress import progress_bar
 from explainnn.torch_utils import model_device
 
@@ -69,7 +69,7 @@ def conv_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> 
     """
     if example_input is not None:
         example = example_input[:1].to(model_device(model))
-        return [(layer.name, layer.module) for layer in find_layers(model, example) if layer.kind.startswith("conv")]
+        return [(layer.name, layer.module) for layer in find_layers(model, example) if layer.unit_kind.spatial]
     return [(name, module) for name, module in model.named_modules() if isinstance(module, (nn.Conv1d, nn.Conv2d))]
 
 
@@ -176,7 +176,7 @@ def activation_maps(model: nn.Module, inputs: torch.Tensor, layer: str) -> torch
         raise UserError("inputs must be a non-empty batch tensor (N, ...)")
     device = model_device(model)
     info = layer_info(model, inputs[:1].to(device), layer)
-    if not info.kind.startswith("conv"):
+    if not info.unit_kind.spatial:
         convs = [name for name, _ in conv_layers(model, inputs)]
         raise UserError(f"activation maps need a convolutional layer; '{layer}' is {info.kind}; "
                         f"conv layers: {', '.join(convs) or 'none'}")
@@ -279,7 +279,7 @@ def maximize_activation(
     low, high = _range(value_range)
     device = model_device(model)
     info = layer_info(model, torch.zeros((1, *shape), device=device), layer)
-    if info.kind == "embedding":
+    if info.unit_kind.reads_ids:
         raise UserError(f"layer '{layer}' is an embedding of token ids; it has no continuous input to optimise")
     units = _check_units(info, units)
 
@@ -480,7 +480,7 @@ def learned_views(
     layers = find_layers(model, dataset.x_test[:1].to(model_device(model)))
     if layer is not None:
         resolve_layer(layers, model, layer)
-    convs = [info.name for info in layers if info.kind.startswith("conv")]
+    convs = [info.name for info in layers if info.unit_kind.spatial]
     hidden = layer or _last_hidden(layers)
     skipped: list[tuple[str, str]] = []
     first_conv, maps = None, None
@@ -515,7 +515,7 @@ def _representation_views(model: nn.Module, dataset: Dataset, layers: list[Layer
 
     maximization = embedding = None
     if maximize and features is not None and hidden is not None:
-        if dataset.info.modality == "tokens" or any(info.kind == "embedding" for info in layers):
+        if dataset.info.modality == "tokens" or any(info.unit_kind.reads_ids for info in layers):
             skipped.append(("maximisation", "token model: an input optimised in embedding space matches no token"))
         else:
             maximization = _maximization_view(model, x, hidden, features, graph=graph, steps=maximize_steps,
@@ -548,7 +548,7 @@ def _last_hidden(layers: list[LayerInfo]) -> str | None:
     output = layers[-1]
     if output.parent in names:
         return output.parent
-    wide = [info.name for info in layers[:-1] if info.n_units > 1 and info.kind != "embedding"]
+    wide = [info.name for info in layers[:-1] if info.n_units > 1 and not info.unit_kind.reads_ids]
     return wide[-1] if wide else None
 
 
@@ -665,7 +665,7 @@ def _check_units(info: LayerInfo, units: list) -> list[int]:
 @contextlib.contextmanager
 def _rnn_backward_without_cudnn(model: nn.Module) -> Iterator[None]:
     """cuDNN's RNN backward only runs in training mode; maximisation needs it in eval mode."""
-    recurrent = any(isinstance(m, tuple(RECURRENT_TYPES)) for m in model.modules())
+    recurrent = any(is_stateful(m) for m in model.modules())
     saved = torch.backends.cudnn.enabled
     torch.backends.cudnn.enabled = saved and not recurrent
     try:

@@ -263,11 +263,11 @@ def input_seeds(inputs: Tensor, seed: int) -> list[int]:
     return [value] * len(rows)
 
 
-def surrogate_switches(kind: str, seed: int, n_perturbations: int, groups: int) -> Tensor:
+def surrogate_switches(surrogate: str, seed: int, n_perturbations: int, groups: int) -> Tensor:
     """One sample's on/off switches ``(n_perturbations, groups)`` (float64, CPU) from its own generator.
 
-    ``kind="lime"``: each group on with probability 1/2 (as captum's
-    ``default_perturb_func``). ``kind="kernel_shap"``: captum's
+    ``surrogate="lime"``: each group on with probability 1/2 (as captum's
+    ``default_perturb_func``). ``surrogate="kernel_shap"``: captum's
     ``kernel_shap_perturb_generator`` - all on, all off, then subsets whose size
     ``k`` follows ``(M - 1) / (k (M - k))`` and, given ``k``, uniformly random.
     The generator is a CPU ``torch.Generator`` seeded with ``seed`` (from
@@ -277,7 +277,7 @@ def surrogate_switches(kind: str, seed: int, n_perturbations: int, groups: int) 
     # The draws come from torch; the rest runs in numpy, single-threaded: tiny per-sample work that torch would
     # hand to its thread pool (which costs a scheduler slice per operation on a busy machine).
     uniform = torch.rand(n_perturbations, groups, generator=generator, dtype=torch.float64).numpy()
-    if kind == "lime":
+    if surrogate == "lime":
         return torch.from_numpy((uniform < 0.5).astype(np.float64))
     if groups < 2:
         raise UserError("kernel_shap needs at least 2 feature groups (patches, superpixels or time steps)")
@@ -305,7 +305,7 @@ def _replay(switches: Tensor, device: torch.device) -> Callable[..., Iterator[Te
 
 
 def run_surrogate(explainer: Lime | KernelShap, inputs: Tensor, target: Tensor, masks: Tensor,
-                  baselines: Tensor, *, kind: str, seed: int, n_perturbations: int,
+                  baselines: Tensor, *, surrogate: str, seed: int, n_perturbations: int,
                   perturbations_per_eval: int) -> Tensor:
     """LIME or KernelSHAP one sample at a time by captum itself, each with its own feature mask and draws.
 
@@ -325,7 +325,7 @@ def run_surrogate(explainer: Lime | KernelShap, inputs: Tensor, target: Tensor, 
         for index in range(len(inputs)):
             one = slice(index, index + 1)
             groups = torch.unique(masks[one], return_inverse=True)[1]
-            switches = surrogate_switches(kind, seeds[index], n_perturbations, int(groups.max()) + 1)
+            switches = surrogate_switches(surrogate, seeds[index], n_perturbations, int(groups.max()) + 1)
             explainer.perturb_func = _replay(switches, inputs.device)
             parts.append(explainer.attribute(
                 inputs[one], target=target[one], baselines=baselines[one], feature_mask=groups,
@@ -412,9 +412,9 @@ def _surrogate_outputs(forward: Forward, inputs: Tensor, target: Tensor, baselin
 
 
 def run_batched_surrogate(forward: Forward, inputs: Tensor, target: Tensor, masks: Tensor, baselines: Tensor, *,
-                          kind: str, seed: int, n_perturbations: int, perturbations_per_eval: int | None,
+                          surrogate: str, seed: int, n_perturbations: int, perturbations_per_eval: int | None,
                           alpha: float = 1.0, kernel_width: float = 0.25) -> Tensor:
-    """LIME (``kind="lime"``) or KernelSHAP (``"kernel_shap"``) for a whole batch at once.
+    """LIME (``surrogate="lime"``) or KernelSHAP (``"kernel_shap"``) for a whole batch at once.
 
     The same estimator as captum's ``Lime``/``KernelShap`` (see
     :func:`fit_surrogates`, :func:`cosine_kernel_weights`) on the same switches as
@@ -434,14 +434,14 @@ def run_batched_surrogate(forward: Forward, inputs: Tensor, target: Tensor, mask
     groups = [torch.unique(masks[i], return_inverse=True)[1].reshape(-1) for i in range(n)]
     counts = [int(g.max()) + 1 for g in groups]
     keys = list(zip(input_seeds(inputs, seed), counts))
-    drawn = {key: surrogate_switches(kind, key[0], n_perturbations, key[1]) for key in dict.fromkeys(keys)}
+    drawn = {key: surrogate_switches(surrogate, key[0], n_perturbations, key[1]) for key in dict.fromkeys(keys)}
     switches = [drawn[key] for key in keys]  # samples with the same seed and group count share their switches
     outputs = _surrogate_outputs(forward, inputs, target, baselines, switches, groups, rows)
     result = torch.empty(n, inputs[0].numel(), dtype=torch.float64)
     for count in sorted(set(counts)):
         members = [i for i in range(n) if counts[i] == count]
         z = torch.stack([switches[i] for i in members])
-        if kind == "lime":
+        if surrogate == "lime":
             weights, penalty = cosine_kernel_weights(z, kernel_width), alpha
         else:
             weights = torch.where((z.sum(-1) == 0) | (z.sum(-1) == count), 1e6, 1.0).double()
@@ -501,12 +501,12 @@ def lime(model: nn.Module, inputs: Tensor, target: Tensor, *, n_perturbations: i
     masks = _masks(model, inputs, mask, patch, n_segments)
     if not batched:
         return run_surrogate(lime_explainer(model, alpha, kernel_width), inputs, target, masks,
-                             reference(model, inputs), kind="lime", seed=seed, n_perturbations=n_perturbations,
+                             reference(model, inputs), surrogate="lime", seed=seed, n_perturbations=n_perturbations,
                              perturbations_per_eval=_reference_rows(perturbations_per_eval))
     non_negative("alpha", alpha)
     if non_negative("kernel_width", kernel_width) == 0:
         raise UserError("kernel_width must be positive; got 0")
-    return run_batched_surrogate(model, inputs, target, masks, reference(model, inputs), kind="lime", seed=seed,
+    return run_batched_surrogate(model, inputs, target, masks, reference(model, inputs), surrogate="lime", seed=seed,
                                  n_perturbations=n_perturbations, perturbations_per_eval=perturbations_per_eval,
                                  alpha=alpha, kernel_width=kernel_width)
 
@@ -527,10 +527,10 @@ def kernel_shap(model: nn.Module, inputs: Tensor, target: Tensor, *, n_perturbat
     """
     masks = _masks(model, inputs, mask, patch, n_segments)
     if not batched:
-        return run_surrogate(KernelShap(model), inputs, target, masks, reference(model, inputs), kind="kernel_shap",
+        return run_surrogate(KernelShap(model), inputs, target, masks, reference(model, inputs), surrogate="kernel_shap",
                              seed=seed, n_perturbations=n_perturbations,
                              perturbations_per_eval=_reference_rows(perturbations_per_eval))
-    return run_batched_surrogate(model, inputs, target, masks, reference(model, inputs), kind="kernel_shap",
+    return run_batched_surrogate(model, inputs, target, masks, reference(model, inputs), surrogate="kernel_shap",
                                  seed=seed, n_perturbations=n_perturbations,
                                  perturbations_per_eval=perturbations_per_eval)
 

@@ -57,7 +57,7 @@ def restriction(model: nn.Module, graph: Any, example: Tensor) -> list[NodeInter
             if isinstance(wrapped, nn.Embedding):
                 continue  # embeddings are the input representation here; never held
             raise UserError(f"the graph's layer '{name}' is not a layer of this model; valid: {', '.join(layers)}")
-        if found.kind == "embedding":
+        if found.unit_kind.reads_ids:
             continue
         held = sorted(set(range(found.n_units)) - set(graph.causes(name)))
         if held:
@@ -132,12 +132,12 @@ def causal_path_maps(model: nn.Module, inputs: Tensor, graph: Any, layer: str = 
     size = inputs.shape[-2:]
     maps: dict[int, Tensor] = {}
     for unit in units:
-        if info.kind == "conv2d":
+        if isinstance(info.module, nn.Conv2d):
             kept = torch.zeros_like(weight[unit : unit + 1])
             kept[:, features] = weight[unit : unit + 1, features]
             module = info.module
             raw = F.conv2d(x, kept, None, module.stride, module.padding, module.dilation)
-        elif info.kind == "linear" and info.parent_map is not None and len(info.parent_map[0]) > 1:
+        elif isinstance(info.module, nn.Linear) and info.parent_map is not None and len(info.parent_map[0]) > 1:
             raw = _linear_map(x, weight[unit], info, parents)
         else:
             raise UserError(

@@ -198,7 +198,7 @@ def lime(model: nn.Module, tokens: Tensor, target: Tensor, *, n_perturbations: i
     reader = token_model(model, tokens)
     value = reader.replacement(replacement)
     scores = run_surrogate(lime_explainer(model, alpha, kernel_width), tokens, target,
-                           _token_groups(tokens, reader.pad), torch.full_like(tokens, value), kind="lime", seed=seed,
+                           _token_groups(tokens, reader.pad), torch.full_like(tokens, value), surrogate="lime", seed=seed,
                            n_perturbations=n_perturbations, perturbations_per_eval=perturbations_per_eval)
     return reader.without_pads(scores.float(), tokens)
 
@@ -213,7 +213,7 @@ def kernel_shap(model: nn.Module, tokens: Tensor, target: Tensor, *, n_perturbat
     reader = token_model(model, tokens)
     value = reader.replacement(replacement)
     scores = run_surrogate(KernelShap(model), tokens, target, _token_groups(tokens, reader.pad),
-                           torch.full_like(tokens, value), kind="kernel_shap", seed=seed,
+                           torch.full_like(tokens, value), surrogate="kernel_shap", seed=seed,
                            n_perturbations=n_perturbations, perturbations_per_eval=perturbations_per_eval)
     return reader.without_pads(scores.float(), tokens)
 

@@ -60,7 +60,7 @@ def held_outside(model: nn.Module, graph: Any, example: Tensor) -> list[NodeInte
                 continue
             raise UserError(f"the graph's layer '{name}' is not a layer of this model; "
                             f"valid: {', '.join(info.name for info in layers)}")
-        if found.kind == "embedding":
+        if found.unit_kind.reads_ids:
             continue
         kept = set(graph.causes(name)) if name in present else set()
         held = sorted(set(range(found.n_units)) - kept)

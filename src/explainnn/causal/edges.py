@@ -59,7 +59,7 @@ trace (the shared path is rerun from the traced graph).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -70,12 +70,22 @@ from explainnn.causal.edges_path import PathRegion, mix, select_blocks
 from explainnn.errors import InterventionError
 from explainnn.interventions.fxsplit import GraphSplit
 from explainnn.interventions.hooks import ModelPatch
+from explainnn.interventions.kinds.recurrent import (
+    cell,
+    format_output,
+    gates,
+    has_cell_state,
+    rnn,
+    split_args,
+    weights,
+)
 from explainnn.interventions.layers import INPUT, LayerInfo, find_layers, trace_forward, unsupported_layers
-from explainnn.interventions.recurrent import _cell, clean_cache, format_output, kind_of, split_args, weights
+from explainnn.interventions.recurrent import clean_cache
 
 ABLATIONS = ("patch", "mean", "zero")
 EDGE_KINDS = ("weights", "path", "recurrent", "input")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+WITHIN = "\0recurrent"
+"""The key of a recurrent layer's own hidden-to-hidden edges among its parents' edge positions."""
 DEFAULT_BUDGET_MB = 512
 """Activation budget of one chunk of rows when the forward does not build a graph."""
 
@@ -166,7 +176,7 @@ def _check_model(model: nn.Module, example_input: torch.Tensor, layers: list[Lay
         for link in layer.parents:
             if link.via != "path":
                 continue
-            if layer.recurrent:
+            if layer.unit_kind.stateful:
                 raise InterventionError(
                     f"edge ablation cannot handle module '{layer.module_name}': its inputs are shared by several "
                     "parents (a path link into a recurrent layer)"
@@ -177,7 +187,7 @@ def _check_model(model: nn.Module, example_input: torch.Tensor, layers: list[Lay
                     "other parents along a shared path"
                 )
             parent = by_name.get(link.name)
-            if parent is not None and parent.recurrent and not parent.module.batch_first:
+            if parent is not None and parent.unit_kind.batch_axis(parent.module) != 0:
                 raise InterventionError(
                     f"edge ablation cannot handle module '{layer.module_name}': its recurrent parent "
                     f"'{parent.module_name}' reaches it along a shared path and is not batch_first"
@@ -185,7 +195,7 @@ def _check_model(model: nn.Module, example_input: torch.Tensor, layers: list[Lay
 
 
 def _child_layers(all_layers: list[LayerInfo], names: Sequence[str] | None) -> list[LayerInfo]:
-    candidates = [layer for layer in all_layers if layer.kind != "embedding"]
+    candidates = [layer for layer in all_layers if not layer.unit_kind.reads_ids]
     if names is None:
         return candidates
     by_name = {layer.name: layer for layer in candidates}
@@ -199,7 +209,7 @@ def _child_layers(all_layers: list[LayerInfo], names: Sequence[str] | None) -> l
 
 def _link_pairs(layer: LayerInfo, unit_map: tuple[tuple[int, ...], ...]) -> tuple[np.ndarray, np.ndarray]:
     """``(parent units, child units)`` of the edges of one link, parent-major (groups respected)."""
-    groups = getattr(layer.module, "groups", 1) if not layer.recurrent else 1
+    groups = layer.unit_kind.groups(layer)
     parents, children = [], []
     all_children = np.arange(layer.n_units)
     per_in = layer.in_features // groups
@@ -221,7 +231,7 @@ def _link_pairs(layer: LayerInfo, unit_map: tuple[tuple[int, ...], ...]) -> tupl
 
 def _recurrent_pairs(layer: LayerInfo) -> tuple[np.ndarray, np.ndarray]:
     """Hidden-to-hidden edges ``(i, j)`` within each direction, parent-major."""
-    hidden = layer.module.hidden_size
+    hidden = layer.n_units // layer.directions
     parents: list[np.ndarray] = []
     children: list[np.ndarray] = []
     for direction in range(layer.directions):
@@ -276,7 +286,7 @@ def enumerate_edges(model: nn.Module, example_input: torch.Tensor, *,
             kinds.extend([kind] * len(parents))
             p_units.append(parents)
             c_units.append(children)
-        if layer.recurrent:
+        if layer.unit_kind.stateful:
             parents, children = _recurrent_pairs(layer)
             p_layer.extend([layer.name] * len(parents))
             c_layer.extend([layer.name] * len(parents))
@@ -338,8 +348,8 @@ def _feature_index(layer: LayerInfo, edges: Edges, positions_by_link: dict[str, 
 def _tables(model_layers: list[LayerInfo], edges: Edges) -> dict[str, _ChildTable]:
     keep = edges.n
     by_child: dict[str, dict[str, list[int]]] = {}
-    for e, (parent, child, kind) in enumerate(zip(edges.parent_layer, edges.child_layer, edges.kind)):
-        key = "\0recurrent" if kind == "recurrent" else parent
+    for e, (parent, child, via) in enumerate(zip(edges.parent_layer, edges.child_layer, edges.kind)):
+        key = WITHIN if via == "recurrent" else parent
         by_child.setdefault(child, {}).setdefault(key, []).append(e)
     known = {layer.name: layer for layer in model_layers}
     tables: dict[str, _ChildTable] = {}
@@ -348,7 +358,7 @@ def _tables(model_layers: list[LayerInfo], edges: Edges) -> dict[str, _ChildTabl
             raise InterventionError(f"the edges name layer '{child}', which the model does not have")
         layer = known[child]
         positions = {name: np.asarray(pos, dtype=np.int64) for name, pos in by_parent.items()}
-        valid = {link.name for link in layer.parents} | ({"\0recurrent"} if layer.recurrent else set())
+        valid = {link.name for link in layer.parents} | ({WITHIN} if layer.unit_kind.stateful else set())
         for name in positions:
             if name not in valid:
                 raise InterventionError(f"'{name}' is not a parent of layer '{child}' in this model")
@@ -356,16 +366,16 @@ def _tables(model_layers: list[LayerInfo], edges: Edges) -> dict[str, _ChildTabl
         index = _feature_index(layer, edges, positions, keep)
         if any(link.via == "path" for link in layer.parents):
             _path_table(table, layer, known, edges, positions, keep)
-        if layer.recurrent:
-            hidden, gates = layer.module.hidden_size, GATES[layer.kind]
-            rec = positions.get("\0recurrent", np.zeros(0, dtype=np.int64))
+        if layer.unit_kind.stateful:
+            hidden, n_gates = layer.n_units // layer.directions, gates(layer.module)
+            rec = positions.get(WITHIN, np.zeros(0, dtype=np.int64))
             rec_table = _pair_table(layer.n_units, layer.n_units, edges.parent_unit[rec], edges.child_unit[rec], rec, keep)
             for direction in range(layer.directions):
                 block = slice(direction * hidden, (direction + 1) * hidden)
-                table.ih.append(torch.from_numpy(np.tile(index[block], (gates, 1))))
-                table.hh.append(torch.from_numpy(np.tile(rec_table[block, block].T, (gates, 1))))
-        elif isinstance(layer.module, (nn.Conv1d, nn.Conv2d)):
-            groups = layer.module.groups
+                table.ih.append(torch.from_numpy(np.tile(index[block], (n_gates, 1))))
+                table.hh.append(torch.from_numpy(np.tile(rec_table[block, block].T, (n_gates, 1))))
+        elif layer.unit_kind.spatial:
+            groups = layer.unit_kind.groups(layer)
             per_in, per_out = layer.in_features // groups, layer.n_units // groups
             rows = np.arange(layer.n_units)
             cols = (rows // per_out)[:, None] * per_in + np.arange(per_in)[None, :]
@@ -407,7 +417,7 @@ class _RecurrentSource:
 @dataclass
 class _Source:
     inputs: dict[str, torch.Tensor]
-    recurrent: dict[str, _RecurrentSource]
+    states: dict[str, _RecurrentSource]
     outputs: dict[str, Any] = field(default_factory=dict)
     """Outputs of the parents on path links (module name -> output), for their ablated values."""
 
@@ -433,12 +443,7 @@ def _recurrent_source(module: nn.Module, args: tuple, kwargs: dict, mean: bool) 
 
 
 def _mean_output(layer: LayerInfo, value: Any) -> Any:
-    if layer.recurrent:
-        seq, state = value
-        states = state if isinstance(state, tuple) else (state,)
-        means = tuple(s.mean(1, keepdim=True) for s in states)
-        return seq.mean(0, keepdim=True), (means if isinstance(state, tuple) else means[0])
-    return value.mean(0, keepdim=True)
+    return layer.unit_kind.mean_output(layer, value)
 
 
 def _path_parents(layers: list[LayerInfo]) -> list[LayerInfo]:
@@ -457,14 +462,14 @@ def _source(model: nn.Module, layers: list[LayerInfo], inputs: torch.Tensor, mea
         patch.eval_mode(model)
         trace = trace_forward(model, inputs, keep=True).by_name()
         values: dict[str, torch.Tensor] = {}
-        recurrent: dict[str, _RecurrentSource] = {}
+        states: dict[str, _RecurrentSource] = {}
         for layer in layers:
             call = trace[layer.module_name][0]
-            if layer.recurrent:
-                if layer.module_name not in recurrent:
-                    recurrent[layer.module_name] = _recurrent_source(layer.module, call.args, call.kwargs, mean)
+            if layer.unit_kind.stateful:
+                if layer.module_name not in states:
+                    states[layer.module_name] = _recurrent_source(layer.module, call.args, call.kwargs, mean)
                 continue
-            if layer.kind == "embedding":
+            if layer.unit_kind.reads_ids:
                 continue
             x = call.args[0]
             values[layer.name] = x.mean(0, keepdim=True) if mean else x
@@ -472,20 +477,19 @@ def _source(model: nn.Module, layers: list[LayerInfo], inputs: torch.Tensor, mea
         for parent in _path_parents(layers):
             output = trace[parent.module_name][0].output
             outputs[parent.module_name] = _mean_output(parent, output) if mean else output
-    return _Source(values, recurrent, outputs)
+    return _Source(values, states, outputs)
 
 
 def _zero_source(layers: list[LayerInfo]) -> _Source:
     zero = torch.zeros(())
-    recurrent = {}
+    states: dict[str, _RecurrentSource] = {}
     for layer in layers:
-        if layer.recurrent and layer.module_name not in recurrent:
-            module = layer.module
-            directions = 2 if module.bidirectional else 1
-            recurrent[layer.module_name] = _RecurrentSource(
-                [zero] * module.num_layers, [[zero] * directions for _ in range(module.num_layers)])
+        if layer.unit_kind.stateful and layer.module_name not in states:
+            stack = rnn(layer.module).num_layers
+            states[layer.module_name] = _RecurrentSource(
+                [zero] * stack, [[zero] * layer.directions for _ in range(stack)])
     outputs = {parent.module_name: zero for parent in _path_parents(layers)}
-    return _Source({layer.name: zero for layer in layers if not layer.recurrent}, recurrent, outputs)
+    return _Source({layer.name: zero for layer in layers if not layer.unit_kind.stateful}, states, outputs)
 
 
 def _rows(value: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
@@ -505,10 +509,10 @@ def _rows_output(value: Any, rows: slice | torch.Tensor) -> Any:
 
 def _select_rows(source: _Source, rows: torch.Tensor) -> _Source:
     """The per-sample source of the samples ``rows`` (an index into the source's batch)."""
-    recurrent = {name: _RecurrentSource([_rows(x, rows) for x in value.x],
-                                        [[_rows(p, rows) for p in prev] for prev in value.prev])
-                 for name, value in source.recurrent.items()}
-    return _Source({name: _rows(value, rows) for name, value in source.inputs.items()}, recurrent,
+    states = {name: _RecurrentSource([_rows(x, rows) for x in value.x],
+                                     [[_rows(p, rows) for p in prev] for prev in value.prev])
+              for name, value in source.states.items()}
+    return _Source({name: _rows(value, rows) for name, value in source.inputs.items()}, states,
                    {name: _rows_output(value, rows) for name, value in source.outputs.items()})
 
 
@@ -516,22 +520,24 @@ def _select_rows(source: _Source, rows: torch.Tensor) -> _Source:
 # The masked forward
 
 
-def _base(module: nn.Module, x_abl: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The layer's output on its ablated input (``W x_abl + b``): one row per sample, one row (mean) or the bias."""
+def _base(module: nn.Module, x_abl: torch.Tensor, like: torch.Tensor, dense: bool = True) -> torch.Tensor:
+    """The layer's output on its ablated input (``W x_abl + b``): one row per sample, one row (mean) or the bias.
+
+    ``dense``: the units are on the last axis (not channels over a spatial map)."""
     if x_abl.dim() == 0:  # zero ablation: W 0 + b
         bias = module.bias
         if not isinstance(bias, torch.Tensor):
             return like.new_zeros(())
-        if isinstance(module, nn.Linear):
+        if dense:
             return bias
         return bias.view(-1, *([1] * (like.dim() - 2)))
     return type(module).forward(module, x_abl)
 
 
-def _linear_masked(module: nn.Linear, x: torch.Tensor, x_abl: torch.Tensor, keep: torch.Tensor,
-                   n_blocks: int) -> torch.Tensor:
-    """``W x_abl + b + (W * keep)(x - x_abl)`` per block; ``keep`` ``(K, C_out, C_in)`` is the mask."""
-    weight = module.weight
+def _linear_masked(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, x_abl: torch.Tensor,
+                   keep: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """``W x_abl + b + (W * keep)(x - x_abl)`` per block; ``keep`` ``(K, C_out, C_in)`` is the mask, ``weight``
+    the layer's edge weight ``W`` (its kind's)."""
     xs = x.unflatten(0, (n_blocks, -1))
     base = _base(module, x_abl, x)
     diff = (xs - x_abl).flatten(1, -2)  # (K, R, F)
@@ -544,7 +550,7 @@ def _conv_masked(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, x_abl: torch.Te
     """``conv(x_abl, W) + b + conv(x - x_abl, W * keep)`` per block; ``keep`` ``(K, C_out, C_in / groups)``."""
     weight = module.weight
     xs = x.unflatten(0, (n_blocks, -1))
-    base = _base(module, x_abl, x)
+    base = _base(module, x_abl, x, dense=False)
     diff = (xs - x_abl).movedim(0, 1)  # (N, K, C, ...)
     diff = diff.reshape(diff.shape[0], -1, *diff.shape[3:])
     kernel = (1,) * (weight.dim() - 2)
@@ -564,33 +570,28 @@ def _conv(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, 
     return conv(x, weight, None, module.stride, padding, module.dilation, groups)
 
 
-def _unit_contributions(module: nn.Module, diff: torch.Tensor) -> torch.Tensor:
-    """``(N, C_out, C_in, ...)``: what each input channel (feature) adds to each output unit, ``W[j, i] * diff_i``
-    (conv: the single-channel convolution), for a layer whose input is the same in every block."""
+def _unit_contributions(module: nn.Conv1d | nn.Conv2d, diff: torch.Tensor) -> torch.Tensor:
+    """``(N, C_out, C_in, ...)``: what each input channel adds to each output unit, the single-channel convolution
+    ``W[j, i] * diff_i``, for a conv whose input is the same in every block."""
     weight = module.weight
-    if isinstance(module, nn.Linear):
-        return diff.unsqueeze(-2) * weight  # (..., C_out, C_in)
     c_out, c_in = weight.shape[:2]
     per_channel = weight.transpose(0, 1).reshape(c_in * c_out, 1, *weight.shape[2:])
     out = _conv(module, diff, per_channel, c_in)  # (N, C_in * C_out, ...)
     return out.unflatten(1, (c_in, c_out)).transpose(1, 2)
 
 
-def _input_masked(module: nn.Module, contributions: torch.Tensor, base: torch.Tensor, keep: torch.Tensor,
-                  n_blocks: int) -> torch.Tensor:
-    """A first layer's output per block from its per-unit contributions: ``base + sum_i keep[j, i] c[j, i]``."""
-    if isinstance(module, nn.Linear):
-        delta = torch.einsum("...ji,kji->k...j", contributions, keep)
-    else:
-        delta = torch.einsum("nji...,kji->knj...", contributions, keep)
+def _input_masked(contributions: torch.Tensor, base: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """A first conv's output per block from its per-unit contributions: ``base + sum_i keep[j, i] c[j, i]``."""
+    delta = torch.einsum("nji...,kji->knj...", contributions, keep)
     return (delta + base).flatten(0, 1)
 
 
-def _linear_from_input(module: nn.Linear, x: torch.Tensor, x_abl: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """A Linear layer reading only the input (``x``, one block's rows): ``W x_abl + b + (W * keep)(x - x_abl)``
-    per block, the input difference shared by the blocks."""
+def _linear_from_input(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, x_abl: torch.Tensor,
+                       keep: torch.Tensor) -> torch.Tensor:
+    """A dense layer reading only the input (``x``, one block's rows): ``W x_abl + b + (W * keep)(x - x_abl)``
+    per block, the input difference shared by the blocks (``weight``: its kind's edge weight ``W``)."""
     diff = (x - x_abl).flatten(0, -2)  # (R, F)
-    delta = torch.matmul(diff, (module.weight * keep).transpose(1, 2))  # (K, R, C_out)
+    delta = torch.matmul(diff, (weight * keep).transpose(1, 2))  # (K, R, C_out)
     out = delta.view(len(keep), *x.shape[:-1], -1) + _base(module, x_abl, x)
     return out.flatten(0, 1)
 
@@ -696,8 +697,10 @@ class _Forward:
         module = layer.module
         table = self.tables.get(layer.name)
         x_abl = _rows(self.source.inputs[layer.name], self.rows) if table is not None else None
+        dense = not layer.unit_kind.spatial
+        weight = layer.unit_kind.edge_weight(layer) if dense else None
         from_input = table is not None and all(link.name == INPUT for link in layer.parents) and \
-            isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and getattr(module, "groups", 1) == 1
+            layer.unit_kind.groups(layer) == 1
 
         def forward(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
             if table is None:
@@ -715,12 +718,11 @@ class _Forward:
                     masks = self.masks if every else self.masks[rep]
                     keep = masks[:, table.weight_index.to(self.masks.device)]
                     abl = x_abl.to(x.dtype)
-                    if from_input and isinstance(module, nn.Linear):
-                        y = _linear_from_input(module, xs[0], abl, keep)
+                    if weight is not None:
+                        y = _linear_from_input(module, weight, xs[0], abl, keep) if from_input else \
+                            _linear_masked(module, weight, x_rep, abl, keep, count)
                     elif from_input and _small(xs[0], module):
                         y = self._from_input(layer, xs[0], abl, keep, count)
-                    elif isinstance(module, nn.Linear):
-                        y = _linear_masked(module, x_rep, abl, keep, count)
                     else:
                         y = _conv_masked(module, x_rep, abl, keep, count)
                 if inverse is not None and not self.compact:
@@ -738,17 +740,18 @@ class _Forward:
         """A conv that reads only the input (``x``, the same in every block): per-channel contributions, computed
         once per input chunk (cached on the untiled inputs)."""
         module = layer.module
+        assert isinstance(module, (nn.Conv1d, nn.Conv2d))
         if x.requires_grad or x_abl.requires_grad:  # gradients to the inputs (e.g. path-restricted IG): no cache
-            return _input_masked(module, _unit_contributions(module, x - x_abl), _base(module, x_abl, x), keep, count)
+            return _input_masked(_unit_contributions(module, x - x_abl), _base(module, x_abl, x, dense=False), keep)
         key = ("input", layer.name, _tensor_key(self.inputs), _tensor_key(x_abl))
         found = self.cache.get(key) if self.cache is not None else None
         if found is None:
             with torch.no_grad():
-                found = (_unit_contributions(module, x - x_abl), _base(module, x_abl, x))
+                found = (_unit_contributions(module, x - x_abl), _base(module, x_abl, x, dense=False))
             if self.cache is not None:
                 self.cache.put(key, found, (self.inputs, x_abl))
         contributions, base = found
-        return _input_masked(module, contributions, base, keep, count)
+        return _input_masked(contributions, base, keep)
 
     def _path_correction(self, table: _ChildTable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``y`` plus, per (mask, child unit), the child's weights on the change of its shared input features
@@ -776,13 +779,15 @@ class _Forward:
         shared = table.path_features.to(device)
         current_x = x.unflatten(0, (blocks, -1))[k_r]
         module = layer.module
-        weight = module.weight
-        if isinstance(module, nn.Linear):
+        if not layer.unit_kind.spatial:
+            weight = layer.unit_kind.edge_weight(layer)
             diff = (rerun - current_x) * shared.to(x.dtype)
             delta = (diff * weight[j_r].view(count, *([1] * (diff.dim() - 2)), -1)).sum(-1)  # (R, N, ...)
             corr = delta.new_zeros(blocks, layer.n_units, *delta.shape[1:])
             corr = corr.index_put((k_r, j_r), delta, accumulate=True)
             return y + corr.movedim(1, -1).flatten(0, 1)
+        assert isinstance(module, (nn.Conv1d, nn.Conv2d))
+        weight = module.weight
         diff = (rerun - current_x) * shared.to(x.dtype).view(1, 1, -1, *([1] * (x.dim() - 2)))
         groups = module.groups
         per_in, per_out = layer.in_features // groups, layer.n_units // groups
@@ -802,8 +807,8 @@ class _Forward:
         corr = corr.index_put((k_r, j_r), delta, accumulate=True)
         return y + corr.transpose(1, 2).flatten(0, 1)
 
-    def recurrent(self, module: nn.Module, layers: list[LayerInfo]):
-        source = self.source.recurrent[layers[0].module_name]
+    def unrolled(self, module: nn.Module, layers: list[LayerInfo]) -> Callable[..., Any]:
+        source = self.source.states[layers[0].module_name]
         tables = [self.tables.get(layer.name) for layer in layers]
 
         def forward(*args: object, **kwargs: object) -> Any:
@@ -822,8 +827,6 @@ class _Forward:
         if module.training and module.dropout and module.num_layers > 1:  # pragma: no cover - eval mode is set
             raise InterventionError("recurrent dropout is random in training mode; call model.eval() first")
         x, h0, c0 = split_args(module, args, kwargs)
-        kind = kind_of(module)
-        nonlinearity = getattr(module, "nonlinearity", "tanh")
         blocks, hidden = self.n_blocks, module.hidden_size
         directions = 2 if module.bidirectional else 1
         length = x.shape[1]
@@ -858,7 +861,7 @@ class _Forward:
                     if hh_factor is not None:
                         before = prev_abl if prev_abl.dim() == 0 else prev_abl[:, t]
                         hp = hp + torch.bmm(h - before, hh_factor)
-                    h, c = _cell(kind, nonlinearity, xp[:, :, t], hp, h, c)
+                    h, c = cell(module, xp[:, :, t], hp, h, c)
                     steps.append(h)
                 out = torch.stack(steps, 2)
                 outs.append(out.flip(2) if direction else out)
@@ -866,7 +869,7 @@ class _Forward:
                 if c is not None:
                     finals_c.append(c.reshape(-1, hidden))
             inputs = torch.cat(outs, -1).flatten(0, 1)
-        return format_output(module, inputs, finals_h, finals_c if kind == "lstm" else None)
+        return format_output(module, inputs, finals_h, finals_c if has_cell_state(module) else None)
 
 
 def _is_chain(model: nn.Module, example: torch.Tensor) -> bool:
@@ -960,7 +963,7 @@ class EdgeAblation:
         self._patch: _Source | None = None
         self._row_bytes: dict[tuple, int] = {}
         self._cache = _Cache()
-        self.chain = not self.regions and not any(layer.recurrent for layer in self.layers) and \
+        self.chain = not self.regions and not any(layer.unit_kind.stateful for layer in self.layers) and \
             _is_chain(model, example_input)
         self._compact_tables = [self.tables[layer.name] for layer in self.layers if layer.name in self.tables]
         self._row_bytes_segments: dict[tuple, np.ndarray] = {}
@@ -1131,14 +1134,14 @@ class EdgeAblation:
                 param.requires_grad_(False)
             with ModelPatch() as patch:
                 patch.eval_mode(self.model)
-                recurrent: dict[str, list[LayerInfo]] = {}
+                unrolled: dict[str, list[LayerInfo]] = {}
                 for layer in self.layers:
-                    if layer.recurrent:
-                        recurrent.setdefault(layer.module_name, []).append(layer)
-                    elif layer.kind != "embedding":
+                    if layer.unit_kind.stateful:
+                        unrolled.setdefault(layer.module_name, []).append(layer)
+                    elif not layer.unit_kind.reads_ids:
                         patch.replace_forward(layer.module, state.layer(layer))
-                for group in recurrent.values():
-                    patch.replace_forward(group[0].module, state.recurrent(group[0].module, group))
+                for group in unrolled.values():
+                    patch.replace_forward(group[0].module, state.unrolled(group[0].module, group))
                 out = self.model(tiled)
         finally:
             for param, flag in grads:

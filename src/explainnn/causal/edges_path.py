@@ -97,13 +97,7 @@ class PathRegion:
 
 def select_blocks(layer: LayerInfo, value: Any, blocks: torch.Tensor, n_blocks: int) -> Any:
     """The rows of blocks ``blocks`` (``R``) of a layer output over ``n_blocks`` blocks: ``R * N`` rows."""
-    if layer.recurrent:
-        seq, state = value
-        states = state if isinstance(state, tuple) else (state,)
-        picked = tuple(s.unflatten(1, (n_blocks, -1))[:, blocks].flatten(1, 2) for s in states)
-        seq = seq.unflatten(0, (n_blocks, -1))[blocks].flatten(0, 1)
-        return seq, (picked if isinstance(state, tuple) else picked[0])
-    return value.unflatten(0, (n_blocks, -1))[blocks].flatten(0, 1)
+    return layer.unit_kind.select_blocks(layer, value, blocks, n_blocks)
 
 
 def mix(layer: LayerInfo, current: Any, ablated: Any, factor: torch.Tensor) -> Any:
@@ -111,41 +105,6 @@ def mix(layer: LayerInfo, current: Any, ablated: Any, factor: torch.Tensor) -> A
 
     ``current`` holds ``R * N`` rows; ``ablated`` ``N`` rows, one row (mean) or a
     scalar (zero). Recurrent outputs ``(seq, state)`` mix the sequence and the top
-    layer's final states.
+    layer's final states (the layer's kind says how).
     """
-    rows = factor.shape[0]
-    if layer.recurrent:
-        module = layer.module
-        seq, state = current
-        seq_abl, state_abl = ablated if isinstance(ablated, tuple) else (ablated, None)
-        shape = (rows, 1, 1, factor.shape[1])
-        mixed_seq = _mix_rows(seq, seq_abl, factor.view(shape), rows, 0)
-        states = state if isinstance(state, tuple) else (state,)
-        abl_states = (state_abl if isinstance(state_abl, tuple) else (state_abl,)) if state_abl is not None \
-            else (None,) * len(states)
-        mixed_states = []
-        hidden, directions = module.hidden_size, layer.directions
-        top = (module.num_layers - 1) * directions
-        for s, s_abl in zip(states, abl_states):
-            parts = []
-            for index in range(s.shape[0]):
-                direction = index - top
-                if direction < 0:
-                    parts.append(s[index])
-                    continue
-                f = factor[:, direction * hidden:(direction + 1) * hidden].view(rows, 1, hidden)
-                a = torch.zeros((), dtype=s.dtype) if s_abl is None else s_abl[index]
-                parts.append(_mix_rows(s[index], a, f, rows, 0))
-            mixed_states.append(torch.stack(parts))
-        out_state = tuple(mixed_states) if isinstance(state, tuple) else mixed_states[0]
-        return mixed_seq, out_state
-    axis = 1 if layer.kind.startswith("conv") else current.dim() - 1
-    view = [rows] + [1] * current.dim()
-    view[axis + 1] = factor.shape[1]
-    return _mix_rows(current, ablated, factor.view(view), rows, 0)
-
-
-def _mix_rows(current: torch.Tensor, ablated: torch.Tensor, factor: torch.Tensor, rows: int, axis: int) -> torch.Tensor:
-    view = current.unflatten(axis, (rows, -1))
-    ablated = ablated.to(current.dtype)
-    return (view + factor * (view - ablated)).flatten(axis, axis + 1)
+    return layer.unit_kind.mix(layer, current, ablated, factor)

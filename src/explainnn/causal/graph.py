@@ -192,7 +192,7 @@ class CausalGraph:
         the output layer itself the output units (the targets) are returned.
         """
         self._check_layer(layer)
-        outputs = [n for n, kind in self.graph.nodes(data="kind") if kind == "output"]
+        outputs = [n for n, role in self.graph.nodes(data="kind") if role == "output"]
         reach = set(outputs).union(*(nx.ancestors(self.graph, n) for n in outputs))
         return sorted(self.graph.nodes[n]["index"] for n in reach if self.graph.nodes[n]["layer"] == layer)
 

@@ -562,7 +562,7 @@ class UnitGates:
         self.gated = np.zeros(units.total, dtype=bool)
         self.hooked: list[tuple[LayerInfo, int]] = []
         for info, start in zip(units.layers, units.offsets):
-            if not info.recurrent or (info.sublayer or 0) == info.module.num_layers - 1:
+            if info.is_output:
                 self.hooked.append((info, start))
                 self.gated[start : start + info.n_units] = True
         self.means = self._means(model, reference)
@@ -601,28 +601,17 @@ class UnitGates:
             shape[axis] = info.n_units
             mean = self.means[info.name]
             blended = mean + z.view(shape) * (sequence - mean)
-            if not info.recurrent:
-                return blended
-            state = output[1]
-            last = blended[:, -1] if module.batch_first else blended[-1]
-            if isinstance(state, tuple):
-                h, c = state
-                return blended, (torch.cat([h[:-1], last[None]]), c)
-            return blended, torch.cat([state[:-1], last[None]])
+            return info.unit_kind.replace_output(info, output, blended)
 
         return hook
 
 
 def _sequence(info: LayerInfo, output: Any) -> tuple[torch.Tensor, int]:
     """The gated tensor of a layer's output, and its batch axis."""
-    if info.recurrent:
-        return output[0], 0 if info.module.batch_first else 1
-    return output, 0
+    return info.unit_kind.output_tensor(info, output)
 
 
 def _unit_axis(info: LayerInfo, module: nn.Module) -> int:
-    if info.recurrent:
-        return 2
     return info.unit_axis
 
 

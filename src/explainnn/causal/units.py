@@ -41,7 +41,7 @@ class HiddenUnits:
         if len(found) < 2:
             raise UserError("the model has no hidden analysable layers (Linear, Conv1d/2d, LSTM, GRU, RNN) "
                             "below its output layer; there is no circuit to find")
-        hidden = [info for info in found[:-1] if info.kind != "embedding"]
+        hidden = [info for info in found[:-1] if not info.unit_kind.reads_ids]
         if names is not None:
             valid = {info.name: info for info in hidden}
             unknown = [name for name in names if name not in valid]

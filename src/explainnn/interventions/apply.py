@@ -29,7 +29,7 @@ Means = Callable[[LayerInfo], torch.Tensor]
 
 def is_path_edge(layer: LayerInfo, spec: Intervention) -> bool:
     """Whether ``spec`` is an edge from a parent that reaches ``layer`` along a shared weight-free path."""
-    return (isinstance(spec, EdgeIntervention) and not spec.recurrent and layer.kind != "embedding"
+    return (isinstance(spec, EdgeIntervention) and not spec.within_layer and not layer.unit_kind.reads_ids
             and layer.link(spec.parent_layer).via == "path")
 
 
@@ -92,7 +92,7 @@ class EditPlan:
         for module_name, layers in self.modules().items():
             module = layers[0].module
             cached = start_cache if start_cache is not None and start_cache.module is module else None
-            if layers[0].recurrent:
+            if layers[0].unit_kind.stateful:
                 patch.replace_forward(module, self._recurrent_forward(module, layers, cached))
             elif cached is not None:
                 patch.replace_forward(module, self._cached_forward(layers[0], cached))

@@ -35,7 +35,7 @@ class CleanPass:
 
     def activation(self, layer: LayerInfo) -> torch.Tensor:
         """The layer's clean output, batch-first (recurrent: ``(N, T, H)``)."""
-        if layer.recurrent:
+        if layer.unit_kind.stateful:
             return self.rnn(layer.module_name)[layer.sublayer or 0].h
         return self.call(layer.module_name).output
 

@@ -18,13 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from explainnn.errors import InterventionError
 from explainnn.interventions.layers import LayerInfo, ParentLink
 from explainnn.interventions.spec import Intervention, NodeIntervention
-
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 @dataclass
@@ -128,7 +125,7 @@ def compile_edits(
                     )
                 seen_units.update(spec.units)
                 node_rows.append((k, spec, steps))
-            elif spec.recurrent:
+            elif spec.within_layer:
                 edge_rec.append((k, spec, steps))
             elif _link(layer, spec).via == "path":
                 edge_path.append((k, spec, steps))
@@ -148,8 +145,8 @@ def compile_edits(
     return edits
 
 
-def _link(layer: LayerInfo, spec) -> ParentLink:
-    if layer.kind == "embedding":
+def _link(layer: LayerInfo, spec: Any) -> ParentLink:
+    if layer.unit_kind.reads_ids:
         raise InterventionError(
             f"layer '{layer.name}' is an embedding and has no incoming edges; intervene on its units instead"
         )
@@ -158,7 +155,7 @@ def _link(layer: LayerInfo, spec) -> ParentLink:
 
 def path_entries(layer: LayerInfo, rows: list) -> list[PathEntry]:
     """Group a layer's path edges by block: a block's path edges act jointly and must share their children."""
-    if layer.recurrent:
+    if layer.unit_kind.stateful:
         raise InterventionError(
             f"layer '{layer.name}' is recurrent and its inputs are shared by several parents; "
             "path edges into recurrent layers are not supported"
@@ -234,35 +231,21 @@ def _compile_nodes(layer, rows, rest, length, means, device, dtype) -> NodeEdits
 
 
 def _weight(layer: LayerInfo, recurrent: bool) -> torch.Tensor:
-    """The weight the edges edit: ``(C_out, C_in, *kernel)``; recurrent: ``(D * G * H, F)``, directions stacked.
-
-    A bidirectional layer's recurrent weights are block-diagonal over the
-    directions (``(D * G * H, D * H)``), so unit ``i`` of one direction has no
-    recurrent edge into the other.
-    """
-    module = layer.module
-    if layer.recurrent:
-        kind = "hh" if recurrent else "ih"
-        index = layer.sublayer or 0
-        parts = [getattr(module, f"weight_{kind}_l{index}{suffix}").detach() for suffix in directions(layer)]
-        if recurrent and len(parts) > 1:
-            return torch.block_diag(*parts)
-        return torch.cat(parts)
-    return module.weight.detach()
+    """The weight the edges edit, as the layer's kind gives it (recurrent: directions stacked)."""
+    return layer.unit_kind.edge_weight(layer, recurrent)
 
 
 def connections(layer: LayerInfo, link: ParentLink) -> torch.Tensor:
     """``(parent units, units)`` bool: which parent units have a non-zero weight into which units (groups respected)."""
     out = torch.zeros(link.n_units, layer.n_units, dtype=torch.bool)
-    if layer.kind == "embedding":
+    if layer.unit_kind.reads_ids:
         return out
     weight = _weight(layer, False)
-    groups = getattr(layer.module, "groups", 1)
+    groups = layer.unit_kind.groups(layer)
     if groups > 1:
         weight = _ungrouped(weight, groups, layer.in_features)
     nonzero = weight.ne(0).reshape(weight.shape[0], weight.shape[1], -1).any(2).cpu()  # (rows, in_features)
-    if layer.recurrent:
-        nonzero = nonzero.view(layer.directions, GATES[layer.kind], layer.module.hidden_size, -1).any(1).flatten(0, 1)
+    nonzero = layer.unit_kind.unit_rows(layer, nonzero)
     for unit, features in enumerate(link.unit_map):
         if features:
             out[unit] = nonzero[:, list(features)].any(1)
@@ -273,26 +256,13 @@ def recurrent_connections(layer: LayerInfo) -> torch.Tensor:
     """``(units, units)`` bool of a recurrent layer: which unit at step ``t - 1`` has a non-zero hidden-to-hidden
     weight (any gate) into which unit at step ``t``; a bidirectional layer's two directions never connect."""
     weight = _weight(layer, True)  # (D * G * H, D * H)
-    nonzero = weight.ne(0).cpu().view(layer.directions, GATES[layer.kind], layer.module.hidden_size, -1).any(1)
-    return nonzero.flatten(0, 1).T.contiguous()
+    return layer.unit_kind.unit_rows(layer, weight.ne(0).cpu()).T.contiguous()
 
 
-def directions(layer: LayerInfo) -> tuple[str, ...]:
-    """Parameter-name suffixes of a recurrent layer's directions."""
-    return ("", "_reverse") if layer.directions == 2 else ("",)
-
-
-def recurrent_rows(layer: LayerInfo, child_mask: torch.Tensor) -> torch.Tensor:
-    """Units ``(E, D * H)`` -> rows of the stacked gate weights ``(E, D * G * H)`` (every gate of a unit)."""
-    hidden = layer.module.hidden_size
-    per_direction = child_mask.unflatten(1, (layer.directions, hidden))
-    return per_direction.repeat(1, 1, GATES[layer.kind]).flatten(1)
-
-
-def _check_recurrent_direction(layer: LayerInfo, spec) -> None:
+def _check_recurrent_direction(layer: LayerInfo, spec: Any) -> None:
     if layer.directions == 1:
         return
-    hidden = layer.module.hidden_size
+    hidden = layer.n_units // layer.directions
     sides = {p // hidden for p in spec.parents}
     kids = range(layer.n_units) if spec.children is None else spec.children
     if spec.children is not None and len(sides | {c // hidden for c in kids}) > 1:
@@ -321,7 +291,7 @@ def _compile_edges(
     With ``path`` the rows are :class:`PathEntry` blocks and the coefficients are
     the weights themselves (applied to the change of the input features).
     """
-    if recurrent and not layer.recurrent:
+    if recurrent and not layer.unit_kind.stateful:
         raise InterventionError(f"recurrent=True needs a recurrent layer; '{layer.name}' is a {layer.kind}")
     if path:
         features: list[list[int]] = [entry.features for _, entry, _ in rows]
@@ -348,7 +318,7 @@ def _edge_features(
     features: list[list[int]] = []
     children: list[tuple[int, ...] | None] = []
     for _, spec, steps in rows:
-        if steps is not None and not layer.recurrent:
+        if steps is not None and not layer.unit_kind.stateful:
             raise InterventionError(f"edge steps apply to recurrent layers only; '{layer.name}' is a {layer.kind}")
         if recurrent:
             _check_units(layer, spec.parents, "recurrent parent", layer.n_units)
@@ -405,10 +375,9 @@ def _edge_coefficients(
     """
     child_mask = _child_mask(layer, children)
     weight = _weight(layer, recurrent).to(dtype)
-    if layer.recurrent:
-        child_mask = recurrent_rows(layer, child_mask)
+    child_mask = layer.unit_kind.child_rows(layer, child_mask)
     mask = feat_mask[:, :, None] & child_mask[:, None, :]
-    groups = getattr(layer.module, "groups", 1)
+    groups = layer.unit_kind.groups(layer)
     if groups > 1:
         mask = mask & _same_group(layer, feats, feat_mask, children, groups, weight.shape[0])
         weight = _ungrouped(weight, groups, layer.in_features)
@@ -497,7 +466,7 @@ def apply_nodes_step(h: torch.Tensor, node: NodeEdits, step: int, n_blocks: int)
     view[node.blocks, :, node.units] = picked * node.scale[:, step, None] + node.shift[:, step, None]
 
 
-def _gather_features(x: torch.Tensor, edge: EdgeEdits, n_blocks: int, shared: bool, axis: int) -> torch.Tensor:
+def gather_features(x: torch.Tensor, edge: EdgeEdits, n_blocks: int, shared: bool, axis: int) -> torch.Tensor:
     """Parent features per entry: ``(E, N, ..., F)`` with the features on the last axis.
 
     ``x`` holds N shared rows (the clean input, the same for every block) or
@@ -514,29 +483,10 @@ def _gather_features(x: torch.Tensor, edge: EdgeEdits, n_blocks: int, shared: bo
 
 def linear_delta(x: torch.Tensor, edge: EdgeEdits, n_blocks: int, shared: bool) -> torch.Tensor:
     """``(E, N, ..., C_out)`` pre-activation deltas of a Linear (or recurrent input) layer."""
-    feats = _gather_features(x, edge, n_blocks, shared, x.dim() - 1)
+    feats = gather_features(x, edge, n_blocks, shared, x.dim() - 1)
     flat = feats.flatten(1, -2)
     delta = torch.bmm(flat, edge.coef)
     return delta.view(*feats.shape[:-1], edge.coef.shape[-1])
-
-
-def conv_delta(
-    x: torch.Tensor, module: torch.nn.Conv1d | torch.nn.Conv2d, edge: EdgeEdits, n_blocks: int, shared: bool
-) -> torch.Tensor:
-    """``(E, N, C_out, *spatial)`` output deltas of a Conv1d/2d: features convolved with kernel diffs."""
-    entries, width = edge.features.shape
-    spatial = x.shape[2:]
-    feats = _gather_features(x, edge, n_blocks, shared, 1).movedim(-1, 2).movedim(0, 1)
-    feats = feats.reshape(feats.shape[0], entries * width, *spatial)
-    out_channels = edge.coef.shape[2]
-    weight = edge.coef.movedim(2, 1).reshape(entries * out_channels, width, *edge.coef.shape[3:])
-    conv = F.conv1d if module.weight.dim() == 3 else F.conv2d
-    padding: str | tuple[int, ...] | int = module.padding
-    if module.padding_mode != "zeros":
-        feats = F.pad(feats, module._reversed_padding_repeated_twice, mode=module.padding_mode)
-        padding = 0
-    out = conv(feats, weight, None, module.stride, padding, module.dilation, entries)
-    return out.unflatten(1, (entries, out_channels)).movedim(1, 0)
 
 
 def add_deltas(y: torch.Tensor, edge: EdgeEdits, delta: torch.Tensor, n_blocks: int) -> None:
@@ -550,17 +500,11 @@ def add_deltas(y: torch.Tensor, edge: EdgeEdits, delta: torch.Tensor, n_blocks: 
 
 def rest_shape(layer: LayerInfo, per_sample: tuple[int, ...]) -> tuple[int, ...]:
     """A layer's per-sample output shape without the unit axis (recurrent: ``(T,)``)."""
-    if layer.recurrent:
-        return (per_sample[0],)
-    if layer.kind.startswith("conv"):
-        return tuple(per_sample[1:])
-    return tuple(per_sample[:-1])
+    return layer.unit_kind.rest_shape(layer, per_sample)
 
 
 def _input_delta(layer: LayerInfo, x: torch.Tensor, edge: EdgeEdits, n_blocks: int, shared: bool) -> torch.Tensor:
-    if isinstance(layer.module, (torch.nn.Conv1d, torch.nn.Conv2d)):
-        return conv_delta(x, layer.module, edge, n_blocks, shared)
-    return linear_delta(x, edge, n_blocks, shared)
+    return layer.unit_kind.input_delta(layer, x, edge, n_blocks, shared)
 
 
 def apply_layer(y: torch.Tensor, x: torch.Tensor, edits: LayerEdits, shared: bool,

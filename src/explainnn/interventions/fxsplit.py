@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from explainnn.interventions.layers import tile_output
+from explainnn.interventions.layers import is_stateful, tile_output
 
 
 class GraphSplit:
@@ -177,7 +177,7 @@ class GraphSplit:
             return value
         if node.op == "call_module":
             module = self.graph_module.get_submodule(node.target)
-            if isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
+            if is_stateful(module):
                 return tile_output(value, module, n_blocks)
         return _tile_batch(value, n, n_blocks)
 

@@ -17,6 +17,10 @@ other units (a residual add, an identity shortcut, attention pooling) the link i
 ``via="path"``: an edge is then intervened on along the weight-free path itself.
 Bidirectional recurrent layers have ``2 H`` units: ``0..H-1`` forward, ``H..2H-1``
 backward (PyTorch's output layout).
+
+What a unit is comes from the module's unit kind (:mod:`explainnn.interventions.kinds`):
+which modules are layers, their units and output layout, how a unit is marked in
+an output and read at an input. This module only asks the kinds.
 """
 
 from __future__ import annotations
@@ -24,15 +28,20 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
 from explainnn.errors import InterventionError
 from explainnn.interventions.hooks import ModelPatch
+from explainnn.interventions.kinds import kind_names, kind_of
+from explainnn.interventions.kinds.base import UnitKind
+from explainnn.interventions.kinds.passthrough import cell_loop_reason, fused_reason, is_pass_through
 
-RECURRENT_TYPES = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}
+if TYPE_CHECKING:
+    from explainnn.interventions.fxsplit import GraphSplit
+
 PROBE_ROWS = 256
 
 
@@ -59,6 +68,8 @@ class ParentLink:
 class LayerInfo:
     """One analysable layer: a module (or one internal layer of a stacked RNN).
 
+    ``unit_kind`` says what its units are (layout, parent maps, how edits apply);
+    ``kind`` is its name for people (``linear``, ``conv2d``, ``lstm``, ...).
     ``output_shape`` is per sample and batch-first; recurrent layers report
     ``(T, hidden)`` (bidirectional: ``(T, 2 hidden)``). ``parents`` lists every
     parent link, nearest first; ``parent`` and ``parent_map`` are those of the first
@@ -70,7 +81,7 @@ class LayerInfo:
     name: str
     module_name: str
     module: nn.Module = field(repr=False)
-    kind: str
+    unit_kind: UnitKind = field(repr=False)
     n_units: int
     in_features: int
     output_shape: tuple[int, ...]
@@ -83,13 +94,19 @@ class LayerInfo:
     parents: tuple[ParentLink, ...] = ()
 
     @property
+    def kind(self) -> str:
+        """The layer's kind as shown to people (``linear``, ``conv2d``, ``lstm``, ...); ask ``unit_kind`` instead."""
+        return self.unit_kind.label(self.module)
+
+    @property
     def recurrent(self) -> bool:
-        return self.kind in RECURRENT_TYPES.values()
+        """Whether its units read their own values at the previous step (``unit_kind.stateful``)."""
+        return self.unit_kind.stateful
 
     @property
     def directions(self) -> int:
         """2 for a bidirectional recurrent layer, else 1."""
-        return 2 if self.recurrent and self.module.bidirectional else 1
+        return self.unit_kind.directions(self)
 
     def link(self, parent: str | None = None) -> ParentLink:
         """The link to ``parent`` (``None``: the primary parent), or a one-line error naming the valid ones."""
@@ -110,69 +127,49 @@ class LayerInfo:
     @property
     def time_axis(self) -> bool:
         """Whether the per-sample output has a leading time/position axis."""
-        return self.recurrent or (self.kind in ("linear", "embedding") and len(self.output_shape) == 2)
+        return self.unit_kind.time_axis(self)
 
     @property
     def unit_axis(self) -> int:
         """Axis of the units in the batch-first output (recurrent: of ``(N, T, H)``)."""
-        return 1 if self.kind.startswith("conv") else len(self.output_shape)
+        return self.unit_kind.unit_axis(self)
 
-
-def layer_kind(module: nn.Module) -> str | None:
-    """The layer kind of an analysable module, ``None`` for modules that are not layers."""
-    for cls, kind in RECURRENT_TYPES.items():
-        if isinstance(module, cls):
-            return kind
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, nn.Conv1d):
-        return "conv1d"
-    if isinstance(module, nn.Conv2d):
-        return "conv2d"
-    if isinstance(module, nn.Embedding):
-        return "embedding"
-    return None
-
-
-FUSED_TYPES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
-"""Modules whose forward may run a fused kernel on their submodules' weights (so hooks on them never fire)."""
-PASS_THROUGH_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.PReLU)
-"""Modules with weights that act on each unit alone or normalise across units, between layers (weight-free paths)."""
-LAYER_NAMES = "Linear, Conv1d/2d, Embedding, LSTM, GRU, RNN"
+    @property
+    def is_output(self) -> bool:
+        """Whether its units are its module's output (all but the lower layers of a stacked RNN)."""
+        return self.unit_kind.is_output(self)
 
 
 def placement_reason(name: str, module: nn.Module) -> str | None:
     """Why a module that holds weights and runs in the forward cannot be placed as units or a weight-free path.
 
-    Layers (:func:`layer_kind`) and normalisations are placed. Any other module
+    Layers (modules with a registered unit kind) and normalisations are placed. Any other module
     whose own parameters could mix units (a matrix, not a per-unit vector) is
     refused, and so is a fused module (attention, transformer layers) that may
     bypass its submodules' forwards; a layer inside one is refused too. ``name``
     is the module's name in the model (``""`` for the model itself).
     """
-    if isinstance(module, FUSED_TYPES):
-        return (f"{type(module).__name__} runs attention and fused kernels that interventions cannot enter exactly; "
-                "attention heads are not units")
-    if layer_kind(module) or isinstance(module, PASS_THROUGH_TYPES):
+    fused = fused_reason(module)
+    if fused:
+        return fused
+    if kind_of(module) is not None or is_pass_through(module):
         return None
-    if isinstance(module, (nn.RNNCellBase,)):
-        return (f"{type(module).__name__} called in a Python loop is not a supported recurrent layer; write the "
-                "recurrence with nn.RNN/nn.GRU/nn.LSTM")
+    loop = cell_loop_reason(module)
+    if loop:
+        return loop
     mixing = [key for key, parameter in module.named_parameters(recurse=False)
               if sum(size > 1 for size in parameter.shape) > 1]
     if mixing:
         kind = "the model's forward" if not name else f"a {type(module).__name__}"
         return (f"{kind} uses the weight(s) {', '.join(mixing)} directly, which discovery cannot place as units or "
-                f"edges; supported layers: {LAYER_NAMES} (and normalisations between them)")
+                f"edges; supported layers: {kind_names()} (and normalisations between them)")
     return None
 
 
 def unsupported_reason(module: nn.Module) -> str | None:
     """Why a layer-typed module cannot be intervened on, or ``None`` when it can."""
-    if isinstance(module, tuple(RECURRENT_TYPES)):
-        if getattr(module, "proj_size", 0):
-            return "LSTMs with proj_size are not supported"
-    return None
+    kind = kind_of(module)
+    return None if kind is None else kind.unsupported_reason(module)
 
 
 @dataclass
@@ -260,7 +257,13 @@ def _rows(example: torch.Tensor, n: int) -> torch.Tensor:
     return example[index]
 
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[Any, tuple[list[LayerInfo], list[tuple[str, str]]]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def forget_traces() -> None:
+    """Drop every cached layer list (the registered kinds changed)."""
+    _CACHE.clear()
 
 
 def find_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:
@@ -292,36 +295,25 @@ def _traced(model: nn.Module, example_input: torch.Tensor) -> tuple[list[LayerIn
 def _find_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[LayerInfo], list[tuple[str, str]]]:
     traces = [trace_forward(model, _rows(example, n)).by_name() for n in (2, 3)]
     first_calls = sorted(
-        (calls[0].start, name, calls) for name, calls in traces[0].items() if layer_kind(calls[0].module)
+        (calls[0].start, name, calls) for name, calls in traces[0].items() if kind_of(calls[0].module) is not None
     )
     layers: list[LayerInfo] = []
     skipped = _unplaced(model, traces[0])
     refused = {name for name, _ in skipped}
     for _, name, calls in first_calls:
         module = calls[0].module
-        kind = layer_kind(module)
-        reason = unsupported_reason(module) or _inside_fused(name, refused)
-        if reason is None and not _batch_on_axis(module, traces, name):
+        kind = kind_of(module)
+        assert kind is not None
+        reason = kind.unsupported_reason(module) or _inside_fused(name, refused)
+        if reason is None and not _batch_on_axis(kind, module, traces, name):
             reason = "its output does not keep the batch on the axis the engine edits"
         if reason:
             skipped.append((name, reason))
             continue
-        if kind in RECURRENT_TYPES.values():
-            out_shape = calls[0].output[0]
-            steps = out_shape[1] if module.batch_first else out_shape[0]
-            units = module.hidden_size * (2 if module.bidirectional else 1)
-            for index in range(module.num_layers):
-                label = name if module.num_layers == 1 else f"{name}.l{index}"
-                width = module.input_size if index == 0 else units
-                layers.append(
-                    LayerInfo(label, name, module, kind, units, width, (steps, units),
-                              len(layers), None, None, sublayer=index, calls=len(calls))
-                )
-        else:
-            n_units, width = _units(module)
+        for found in kind.layers(name, module, calls[0].output):
             layers.append(
-                LayerInfo(name, name, module, kind, n_units, width, tuple(calls[0].output[1:]), len(layers),
-                          None, None, calls=len(calls))
+                LayerInfo(found.name, name, module, kind, found.n_units, found.in_features, found.output_shape,
+                          len(layers), None, None, sublayer=found.sublayer, calls=len(calls))
             )
     return _link_parents(model, example, layers), skipped
 
@@ -347,19 +339,9 @@ def _inside_fused(name: str, refused: set[str]) -> str | None:
     return None
 
 
-def _units(module: nn.Module) -> tuple[int, int]:
-    """``(units, input features)`` of a Linear, Embedding or Conv1d/2d layer (``layer_kind`` admits no other)."""
-    if isinstance(module, nn.Linear):
-        return module.out_features, module.in_features
-    if isinstance(module, nn.Embedding):
-        return module.embedding_dim, 0
-    assert isinstance(module, (nn.Conv1d, nn.Conv2d)), type(module).__name__
-    return module.out_channels, module.in_channels
-
-
-def _batch_on_axis(module: nn.Module, traces: list[dict], name: str) -> bool:
+def _batch_on_axis(kind: UnitKind, module: nn.Module, traces: list[dict[str, list[ModuleCall]]], name: str) -> bool:
     """Whether the layer keeps the batch on the axis the engine edits (checked at N = 2, 3)."""
-    axis = 1 if isinstance(module, tuple(RECURRENT_TYPES)) and not module.batch_first else 0
+    axis = kind.batch_axis(module)
     for n, trace in zip((2, 3), traces):
         call = trace[name][0]
         out = call.output
@@ -371,18 +353,18 @@ def _batch_on_axis(module: nn.Module, traces: list[dict], name: str) -> bool:
 
 
 def tile_output(output: Any, module: nn.Module, n_blocks: int) -> Any:
-    """A fresh copy of a module output repeated ``n_blocks`` times along its batch axis.
-
-    Recurrent outputs ``(seq, state)`` keep their batch axes (``seq``: 0 when
-    batch-first, else 1; states: 1).
-    """
-    if isinstance(output, torch.Tensor):
+    """A fresh copy of a module output repeated ``n_blocks`` times along its batch axis (the module's kind says
+    where that is: recurrent outputs ``(seq, state)`` keep their batch axes)."""
+    kind = kind_of(module)
+    if kind is None:
         return _repeat(output, n_blocks, 0)
-    axis = 0 if module.batch_first else 1
-    seq, state = output
-    if isinstance(state, tuple):
-        return _repeat(seq, n_blocks, axis), tuple(_repeat(s, n_blocks, 1) for s in state)
-    return _repeat(seq, n_blocks, axis), _repeat(state, n_blocks, 1)
+    return kind.tile_output(output, module, n_blocks)
+
+
+def is_stateful(module: nn.Module) -> bool:
+    """Whether the module's kind re-runs it step by step (its output carries states beside the sequence)."""
+    kind = kind_of(module)
+    return kind is not None and kind.stateful
 
 
 def _repeat(t: torch.Tensor, n_blocks: int, axis: int) -> torch.Tensor:
@@ -420,7 +402,7 @@ class HeldClean:
 
 
 def _link_parents(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo]) -> list[LayerInfo]:
-    children = [layer for layer in layers if layer.kind != "embedding" and not layer.sublayer]
+    children = [layer for layer in layers if not layer.unit_kind.reads_ids and not layer.sublayer]
     try:
         reach = _probe_all(model, example, layers, children)
     except Exception:  # noqa: BLE001 - a model that cannot take NaN falls back to the chain by dims
@@ -429,7 +411,7 @@ def _link_parents(model: nn.Module, example: torch.Tensor, layers: list[LayerInf
     for index, layer in enumerate(layers):
         note = ""
         links: tuple[ParentLink, ...] = ()
-        if layer.kind == "embedding":
+        if layer.unit_kind.reads_ids:
             note = "reads token ids; it has no incoming edges"
         elif layer.sublayer:
             links = (ParentLink(layers[index - 1].name, tuple((i,) for i in range(layer.in_features))),)
@@ -462,10 +444,7 @@ INPUT = "input"
 
 def _sources(layers: list[LayerInfo]) -> list[LayerInfo]:
     """Layers whose units can feed later layers: all but the lower layers of a recurrent stack."""
-    return [
-        layer for layer in layers
-        if not (layer.recurrent and layer.sublayer is not None and layer.sublayer != layer.module.num_layers - 1)
-    ]
+    return [layer for layer in layers if layer.is_output]
 
 
 def _probe_all(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo],
@@ -486,7 +465,7 @@ def _probe_all(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo],
             if graph is not None:
                 seen = _probe_region(graph, example, clean, layers, source, units, children)
             else:
-                mark = {source.module_name: lambda out, units=units: _mark_nan(source, out, units)}
+                mark = {source.module_name: _marker(source, units)}
                 seen = _probe_pass(model, _rows(example, len(units)), held, children, mark)
             for child in children:
                 if child.order <= source.order or seen[child.name] is None:
@@ -496,7 +475,11 @@ def _probe_all(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo],
     return reach
 
 
-def _graph(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo]):
+def _marker(source: LayerInfo, units: torch.Tensor) -> Callable[[Any], Any]:
+    return lambda out: source.unit_kind.mark_units(source, out, units, float("nan"))
+
+
+def _graph(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo]) -> GraphSplit | None:
     """The model's fx graph when it traces, reproduces the model and calls every layer once; else ``None``."""
     from explainnn.interventions.fxsplit import GraphSplit
 
@@ -506,18 +489,19 @@ def _graph(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo]):
     return graph if graph.reproduces(example) else None
 
 
-def _probe_region(graph, example: torch.Tensor, clean: dict[str, list[ModuleCall]], layers: list[LayerInfo],
+def _probe_region(graph: GraphSplit, example: torch.Tensor, clean: dict[str, list[ModuleCall]], layers: list[LayerInfo],
                   source: LayerInfo, units: torch.Tensor, children: list[LayerInfo]) -> dict[str, torch.Tensor | None]:
     """The probe through the fx graph: only the weight-free region after ``source`` runs."""
     call = clean[source.module_name][0]
-    marked = _mark_nan(source, tile_output(call.output, source.module, len(units)), units)
+    marked = source.unit_kind.mark_units(source, tile_output(call.output, source.module, len(units)), units,
+                                         float("nan"))
     blockers = {layer.module_name for layer in layers} - {source.module_name}
     captured = graph.region({source.module_name: marked}, blockers, example, len(units),
                             {child.module_name for child in children})
     seen: dict[str, torch.Tensor | None] = {}
     for child in children:
         if child.module_name in captured:
-            seen[child.name] = _feature_nan(child, captured[child.module_name])
+            seen[child.name] = child.unit_kind.input_features(child, captured[child.module_name])
         else:
             seen[child.name] = torch.zeros(len(units), child.in_features, dtype=torch.bool)
     return seen
@@ -530,7 +514,7 @@ def _probe_pass(model, inputs, held: HeldClean, children: list[LayerInfo], mark)
     def capture(child: LayerInfo):
         def hook(module: nn.Module, args: tuple) -> None:
             if seen[child.name] is None and args and isinstance(args[0], torch.Tensor):
-                seen[child.name] = _feature_nan(child, args[0])
+                seen[child.name] = child.unit_kind.input_features(child, args[0])
 
         return hook
 
@@ -559,56 +543,6 @@ def _links(reach: dict[str, dict[str, list[set[int]]]], child: LayerInfo) -> tup
                                                  -order[link.name])))
 
 
-def _mark_nan(parent: LayerInfo, output: Any, rows: torch.Tensor) -> Any:
-    """Set unit ``rows[r]`` of row ``r`` of a layer's output to NaN."""
-    r = torch.arange(len(rows), device=rows.device)
-    if parent.recurrent:
-        out, state = output
-        out = out.clone()
-        if parent.module.batch_first:
-            out[r, :, rows] = float("nan")
-        else:
-            out[:, r, rows] = float("nan")
-        states = state if isinstance(state, tuple) else (state,)
-        marked = [mark_final_state(parent, s.clone(), r, rows, float("nan")) for s in states]
-        return out, (tuple(marked) if isinstance(state, tuple) else marked[0])
-    out = output.clone()
-    if parent.kind.startswith("conv"):
-        out[r, rows] = float("nan")
-    else:
-        out[r, ..., rows] = float("nan")
-    return out
-
-
-def mark_final_state(layer: LayerInfo, state: torch.Tensor, rows: torch.Tensor, units: torch.Tensor,
-                     value: float | torch.Tensor, scale: bool = False) -> torch.Tensor:
-    """In place on a recurrent final state ``(L * D, N, H)``: unit ``units[r]`` of row ``rows[r]`` of the top layer.
-
-    Units ``>= H`` of a bidirectional layer are the backward direction's. With
-    ``scale`` the entries are multiplied by ``value`` instead of set to it.
-    """
-    hidden = layer.module.hidden_size
-    directions = layer.directions
-    index = (layer.module.num_layers - 1) * directions + torch.div(units, hidden, rounding_mode="floor")
-    col = units % hidden
-    if scale:
-        state[index, rows, col] = state[index, rows, col] * value
-    else:
-        state[index, rows, col] = value
-    return state
-
-
-def _feature_nan(child: LayerInfo, inp: torch.Tensor) -> torch.Tensor:
-    """``(rows, in_features)`` bool: which input features of each probe row are NaN."""
-    nan = torch.isnan(inp)
-    if child.recurrent:
-        nan = nan if child.module.batch_first else nan.transpose(0, 1)
-        return nan.any(dim=1)
-    if child.kind.startswith("conv"):
-        return nan.flatten(2).any(dim=2)
-    return nan.flatten(1, -2).any(dim=1) if nan.dim() > 2 else nan
-
-
 def _skipped_reason(model: nn.Module, name: str) -> str | None:
     """Why tracing left module ``name`` out (from any traced input shape of ``model``), if it did."""
     for _, skipped in _CACHE.get(model, {}).values():
@@ -633,8 +567,8 @@ def resolve_layer(layers: list[LayerInfo], model: nn.Module, name: str) -> Layer
     if name in modules and name:
         module = modules[name]
         reason = unsupported_reason(module) or _skipped_reason(model, name)
-        if reason is None and layer_kind(module) is None:
-            reason = f"a {type(module).__name__} is not a layer we can intervene on (Linear, Conv1d/2d, LSTM, GRU, RNN, Embedding)"
+        if reason is None and kind_of(module) is None:
+            reason = f"a {type(module).__name__} is not a layer we can intervene on ({kind_names()})"
         elif reason is None:
             reason = "it does not run in the traced forward pass or does not keep the batch on dim 0"
         raise InterventionError(f"cannot intervene on module '{name}': {reason}; valid layers: {valid}")

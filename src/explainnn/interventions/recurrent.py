@@ -19,11 +19,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
 
 from explainnn.errors import InterventionError
 from explainnn.interventions.edits import EdgeEdits, LayerEdits, NodeEdits, apply_nodes_step, linear_delta
-from explainnn.interventions.layers import RECURRENT_TYPES
+from explainnn.interventions.kinds.recurrent import cell, format_output, has_cell_state, split_args, weights
+
+__all__ = ["LayerCache", "clean_cache", "direction_edits", "format_output", "run_layer", "run_module",
+           "split_args", "weights"]
 
 
 @dataclass
@@ -36,88 +38,6 @@ class LayerCache:
     c: torch.Tensor | None
     h0: torch.Tensor
     c0: torch.Tensor | None
-
-
-def kind_of(module: nn.Module) -> str:
-    for cls, kind in RECURRENT_TYPES.items():
-        if isinstance(module, cls):
-            return kind
-    raise InterventionError(f"{type(module).__name__} is not a recurrent layer")
-
-
-def weights(
-    module: nn.Module, index: int, direction: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``(w_ih, w_hh, b_ih, b_hh)`` of one internal layer and direction (biases ``None`` without ``bias``)."""
-    suffix = "_reverse" if direction else ""
-    w_ih = getattr(module, f"weight_ih_l{index}{suffix}")
-    w_hh = getattr(module, f"weight_hh_l{index}{suffix}")
-    b_ih = getattr(module, f"bias_ih_l{index}{suffix}") if module.bias else None
-    b_hh = getattr(module, f"bias_hh_l{index}{suffix}") if module.bias else None
-    return w_ih, w_hh, b_ih, b_hh
-
-
-def split_args(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(x (B, T, F), h0 (L, B, H), c0 or None)`` from a recurrent module's call arguments."""
-    x = args[0]
-    hx = args[1] if len(args) > 1 else kwargs.get("hx")
-    if isinstance(x, PackedSequence):
-        raise InterventionError("packed sequences are not supported; pass padded (N, T, F) tensors")
-    if x.dim() != 3:
-        raise InterventionError(f"recurrent layers need batched (N, T, F) input; got shape {tuple(x.shape)}")
-    if not module.batch_first:
-        x = x.transpose(0, 1)
-    shape = (module.num_layers * (2 if module.bidirectional else 1), x.shape[0], module.hidden_size)
-    lstm = kind_of(module) == "lstm"
-    if hx is None:
-        zeros = torch.zeros(shape, dtype=x.dtype, device=x.device)
-        return x, zeros, (zeros if lstm else None)
-    if lstm:
-        return x, hx[0], hx[1]
-    return x, hx, None
-
-
-def format_output(module: nn.Module, out: torch.Tensor, h_n: list, c_n: list | None) -> Any:
-    if not module.batch_first:
-        out = out.transpose(0, 1)
-    h_last = torch.stack(h_n)
-    if c_n is None:
-        return out, h_last
-    return out, (h_last, torch.stack(c_n))
-
-
-def _cell(kind: str, nonlinearity: str, xp: torch.Tensor, hp: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None):
-    """One step in ``(K, N, ...)`` layout; ``xp`` may broadcast over ``K``.
-
-    ``hp`` (the hidden projection) is a fresh tensor owned by the step. Without
-    autograd the gate math runs in place in it, as PyTorch's own cells do.
-    """
-    inplace = not torch.is_grad_enabled()
-    if kind == "lstm":
-        if inplace:
-            i, f, g, o = hp.add_(xp).unsafe_chunk(4, -1)
-            c = f.sigmoid_().mul_(c).addcmul_(i.sigmoid_(), g.tanh_())
-            return torch.tanh(c).mul_(o.sigmoid_()), c
-        i, f, g, o = (hp + xp).unsafe_chunk(4, -1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
-    if kind == "gru":
-        i_r, i_z, i_n = xp.unsafe_chunk(3, -1)
-        h_r, h_z, h_n = hp.unsafe_chunk(3, -1)
-        if inplace:
-            r = h_r.add_(i_r).sigmoid_()
-            z = h_z.add_(i_z).sigmoid_()
-            n = h_n.mul_(r).add_(i_n).tanh_()
-            return (h - n).mul_(z).add_(n), None
-        r = torch.sigmoid(h_r + i_r)
-        z = torch.sigmoid(h_z + i_z)
-        n = torch.tanh(i_n + h_n * r)
-        return (h - n) * z + n, None
-    if inplace:
-        pre = hp.add_(xp)
-        return (pre.tanh_() if nonlinearity == "tanh" else pre.relu_()), None
-    pre = hp + xp
-    return (torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)), None
 
 
 def _active(edge, length: int) -> list[bool]:
@@ -173,8 +93,6 @@ def run_layer(
     before ``start``. Returns all outputs ``(K * N, T, H)``, the final ``h``, ``c``
     and (with ``keep_c``) every ``c``.
     """
-    kind = kind_of(module)
-    nonlinearity = getattr(module, "nonlinearity", "tanh")
     _, w_hh, _, b_hh = weights(module, index, direction)
     length = x.shape[1]
     rows = x.shape[0] if not shared else x.shape[0] * n_blocks
@@ -195,7 +113,7 @@ def run_layer(
         hp = F.linear(h, w_hh, b_hh)
         if rec_active[t]:
             hp = _add_edge_delta(hp, h.reshape(-1, h.shape[-1]), edge_rec, t, n_blocks, False)
-        h, c = _cell(kind, nonlinearity, xp, hp, h, c)
+        h, c = cell(module, xp, hp, h, c)
         if t in node_steps:
             h = h.clone()
             apply_nodes_step(h.view(-1, h.shape[-1]), node, t, n_blocks)
@@ -282,7 +200,7 @@ def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, La
         raise InterventionError("recurrent dropout is random in training mode; call model.eval() first")
     if module.bidirectional:
         return _run_bidirectional(module, args, kwargs, edits, n_blocks)
-    lstm = kind_of(module) == "lstm"
+    lstm = has_cell_state(module)
     if cache is None:
         x, h0, c0 = split_args(module, args, kwargs)
         if x.shape[0] % n_blocks:
@@ -332,7 +250,7 @@ def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, La
 
 def _run_bidirectional(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, LayerEdits], n_blocks: int) -> Any:
     """Both directions of every layer from step 0 on ``K * N`` rows (the backward one over reversed time)."""
-    lstm = kind_of(module) == "lstm"
+    lstm = has_cell_state(module)
     x, h0, c0 = split_args(module, args, kwargs)
     if x.shape[0] % n_blocks:
         raise InterventionError(f"{x.shape[0]} rows do not split into {n_blocks} intervention blocks")

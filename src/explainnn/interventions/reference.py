@@ -15,16 +15,15 @@ too.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from explainnn.interventions.kinds.recurrent import CELLS
 from explainnn.interventions.layers import LayerInfo, find_layers, resolve_layer
 from explainnn.interventions.runner import InterventionResult, InterventionRunner
 from explainnn.interventions.spec import EdgeIntervention, Intervention, InterventionSet, NodeIntervention, as_rows
-
-CELLS = {nn.LSTM: nn.LSTMCell, nn.GRU: nn.GRUCell, nn.RNN: nn.RNNCell}
 
 
 def _edit_weight(weight: torch.Tensor, rows: Sequence[int], cols: Sequence[int], spec: EdgeIntervention) -> None:
@@ -39,22 +38,21 @@ def _edit_weight(weight: torch.Tensor, rows: Sequence[int], cols: Sequence[int],
 def _edge_weight_rows(layer: LayerInfo, spec: EdgeIntervention) -> tuple[list[int], list[int]]:
     """Weight rows (children, all gates) and columns (parent features) of an edge spec."""
     children = list(range(layer.n_units)) if spec.children is None else list(spec.children)
-    if spec.recurrent:
+    if spec.within_layer:
         cols = list(spec.parents)
     else:
         cols = [f for p in spec.parents for f in layer.link(spec.parent_layer).unit_map[p]]
-    if layer.recurrent:
-        assert isinstance(layer.module, nn.RNNBase)
-        gates, hidden = GATES_PER_KIND[layer.kind], layer.module.hidden_size
-        return [(j // hidden) * gates * hidden + g * hidden + j % hidden for g in range(gates) for j in children], cols
-    return children, cols
+    mask = torch.zeros(1, layer.n_units, dtype=torch.bool)
+    mask[0, children] = True
+    rows = torch.nonzero(layer.unit_kind.child_rows(layer, mask)[0]).flatten().tolist()
+    return rows, cols
 
 
 def _edit_plain_layer(module: nn.Module, layer: LayerInfo, spec: EdgeIntervention) -> None:
     rows, cols = _edge_weight_rows(layer, spec)
     weight = module.weight
     assert isinstance(weight, torch.Tensor)
-    groups = getattr(module, "groups", 1)
+    groups = layer.unit_kind.groups(layer)
     per_in, per_out = layer.in_features // groups, weight.shape[0] // groups
     with torch.no_grad():
         for r in rows:
@@ -64,7 +62,7 @@ def _edit_plain_layer(module: nn.Module, layer: LayerInfo, spec: EdgeInterventio
 
 
 def _unit_view(out: torch.Tensor, layer: LayerInfo, unit: int) -> torch.Tensor:
-    return out[:, unit] if layer.kind.startswith("conv") else out[..., unit]
+    return layer.unit_kind.unit_view(layer, out, unit)
 
 
 def _set_unit(view: torch.Tensor, spec: NodeIntervention, mean: torch.Tensor | None) -> None:
@@ -97,26 +95,23 @@ def _node_hook(layer: LayerInfo, specs: list[NodeIntervention], means: dict):
 
 def _direction_part(layer: LayerInfo, rows: list[int], cols: list[int], recurrent: bool, direction: int):
     """Rows and columns of one direction's own weight (bidirectional layers stack forward, then backward)."""
-    per_rows = GATES_PER_KIND[layer.kind] * layer.module.hidden_size
-    hidden = layer.module.hidden_size
     if layer.directions == 1:
         return rows, cols
+    per_rows = layer.unit_kind.edge_weight(layer).shape[0] // layer.directions
+    hidden = layer.n_units // layer.directions
     own_rows = [r - direction * per_rows for r in rows if direction * per_rows <= r < (direction + 1) * per_rows]
     own_cols = [c - direction * hidden for c in cols if direction * hidden <= c < (direction + 1) * hidden] \
         if recurrent else cols
     return own_rows, own_cols
 
 
-GATES_PER_KIND = {"lstm": 4, "gru": 3, "rnn": 1}
-
-
 def _edit_recurrent_weights(module: nn.Module, index: int, layer: LayerInfo, spec: EdgeIntervention) -> None:
     rows, cols = _edge_weight_rows(layer, spec)
-    kind = "hh" if spec.recurrent else "ih"
+    part = "hh" if spec.within_layer else "ih"
     for direction in range(layer.directions):
-        own_rows, own_cols = _direction_part(layer, rows, cols, spec.recurrent, direction)
+        own_rows, own_cols = _direction_part(layer, rows, cols, spec.within_layer, direction)
         suffix = "_reverse" if direction else ""
-        _edit_weight(getattr(module, f"weight_{kind}_l{index}{suffix}"), own_rows, own_cols, spec)
+        _edit_weight(getattr(module, f"weight_{part}_l{index}{suffix}"), own_rows, own_cols, spec)
 
 
 class UnrolledRNN(nn.Module):
@@ -152,8 +147,8 @@ class UnrolledRNN(nn.Module):
                 if spec.steps is None or step in [s % length for s in spec.steps]:
                     layer = self.layers[index]
                     rows, cols = _edge_weight_rows(layer, spec)
-                    rows, cols = _direction_part(layer, rows, cols, spec.recurrent, direction)
-                    _edit_weight(cell.weight_hh if spec.recurrent else cell.weight_ih, rows, cols, spec)
+                    rows, cols = _direction_part(layer, rows, cols, spec.within_layer, direction)
+                    _edit_weight(cell.weight_hh if spec.within_layer else cell.weight_ih, rows, cols, spec)
         return cell.to(getattr(module, "weight_ih_l0").device)
 
     def forward(self, x: torch.Tensor, hx=None):
@@ -235,7 +230,7 @@ def intervened_copy(model: nn.Module, layers: list[LayerInfo], specs: Sequence[I
         module = modules[module_name]
         infos = _module_layers(layers, module_name)
         named = {info.name: info for info in infos}
-        if infos[0].recurrent:
+        if infos[0].unit_kind.stateful:
             edges: dict[int, list] = {}
             nodes: dict[int, list] = {}
             for spec in group:
@@ -264,31 +259,13 @@ def intervened_copy(model: nn.Module, layers: list[LayerInfo], specs: Sequence[I
 
 
 def _is_path(layer: LayerInfo, spec: Intervention) -> bool:
-    return (isinstance(spec, EdgeIntervention) and not spec.recurrent and layer.kind != "embedding"
+    return (isinstance(spec, EdgeIntervention) and not spec.within_layer and not layer.unit_kind.reads_ids
             and layer.link(spec.parent_layer).via == "path")
 
 
-def _scale_unit(layer: LayerInfo, out, unit: int, factor: float):
+def _scale_unit(layer: LayerInfo, out: Any, unit: int, factor: float) -> Any:
     """A copy of a layer module's output with one unit multiplied by ``factor`` (recurrent: outputs and final states)."""
-    if layer.recurrent:
-        seq, state = out
-        seq = seq.clone()
-        seq[..., unit] *= factor
-        hidden, directions = layer.module.hidden_size, (2 if layer.module.bidirectional else 1)
-        top = (layer.module.num_layers - 1) * directions + unit // hidden
-        states = state if isinstance(state, tuple) else (state,)
-        scaled = []
-        for st in states:
-            st = st.clone()
-            st[top, :, unit % hidden] *= factor
-            scaled.append(st)
-        return seq, (tuple(scaled) if isinstance(state, tuple) else scaled[0])
-    out = out.clone()
-    if layer.kind.startswith("conv"):
-        out[:, unit] *= factor
-    else:
-        out[..., unit] *= factor
-    return out
+    return layer.unit_kind.scale_unit(layer, out, unit, factor)
 
 
 def path_input(model: nn.Module, layers: list[LayerInfo], sample: torch.Tensor, child: LayerInfo,
@@ -354,7 +331,7 @@ def reference_means(model: nn.Module, layers: list[LayerInfo], names: set[str], 
         layer = resolve_layer(layers, model, name)
         copied = copy.deepcopy(model).eval()
         samples = []
-        if layer.recurrent:
+        if layer.unit_kind.stateful:
             module = copied.get_submodule(layer.module_name)
             unrolled = UnrolledRNN(module, _module_layers(layers, layer.module_name), {}, {}, {})
             _set_module(copied, layer.module_name, unrolled)

@@ -27,7 +27,15 @@ from explainnn.interventions.clean import CleanPass, clean_pass
 from explainnn.interventions.edits import path_entries
 from explainnn.interventions.fxsplit import GraphSplit
 from explainnn.interventions.hooks import ModelPatch
-from explainnn.interventions.layers import HeldClean, LayerInfo, ModuleCall, find_layers, resolve_layer, tile_output
+from explainnn.interventions.layers import (
+    HeldClean,
+    LayerInfo,
+    ModuleCall,
+    find_layers,
+    is_stateful,
+    resolve_layer,
+    tile_output,
+)
 from explainnn.interventions.spec import Intervention, InterventionSet, as_rows
 
 DEFAULT_CPU_BUDGET_MB = 512
@@ -98,31 +106,8 @@ class _Stop(Exception):
 
 def scale_units(layer: LayerInfo, out: Any, factors: torch.Tensor) -> Any:
     """A layer's module output ``(E * N, ...)`` with unit ``u`` of block ``e`` scaled by ``factors[e, u]``."""
-    blocks = factors.shape[0]
     factors = factors.to(device=_first(out).device, dtype=_first(out).dtype)
-    if layer.recurrent:
-        seq, state = out
-        module = layer.module
-        if module.batch_first:
-            seq = (seq.unflatten(0, (blocks, -1)) * factors[:, None, None, :]).flatten(0, 1)
-        else:
-            seq = (seq.unflatten(1, (blocks, -1)) * factors[None, :, None, :]).flatten(1, 2)
-        states = state if isinstance(state, tuple) else (state,)
-        scaled = []
-        top = (module.num_layers - 1) * layer.directions
-        for s in states:
-            s = s.clone()
-            for d in range(layer.directions):
-                part = factors[:, d * module.hidden_size : (d + 1) * module.hidden_size]
-                s[top + d] = (s[top + d].unflatten(0, (blocks, -1)) * part[:, None, :]).flatten(0, 1)
-            scaled.append(s)
-        return seq, (tuple(scaled) if isinstance(state, tuple) else scaled[0])
-    view = out.unflatten(0, (blocks, -1))
-    if layer.kind.startswith("conv"):
-        shape = (blocks, 1, factors.shape[1]) + (1,) * (out.dim() - 2)
-    else:
-        shape = (blocks,) + (1,) * (out.dim() - 1) + (factors.shape[1],)
-    return (view * factors.view(shape)).flatten(0, 1)
+    return layer.unit_kind.scale_units(layer, out, factors)
 
 
 def _first(out: Any) -> torch.Tensor:
@@ -133,7 +118,7 @@ def _tileable(call: ModuleCall, n: int) -> bool:
     out = call.output
     if isinstance(out, torch.Tensor):
         return out.dim() > 0 and out.shape[0] == n
-    return isinstance(call.module, (nn.LSTM, nn.GRU, nn.RNN)) and isinstance(out, tuple)
+    return is_stateful(call.module) and isinstance(out, tuple)
 
 
 class InterventionRunner:
@@ -358,7 +343,7 @@ class InterventionRunner:
         for call in clean.calls:
             if call.end > start.start or path:
                 per_row += _nbytes(call.output) // n
-        if isinstance(start.module, (nn.LSTM, nn.GRU, nn.RNN)):
+        if is_stateful(start.module):
             for layer in clean.rnn(module_name):
                 projected = 0 if layer.xproj is None else layer.xproj[0].numel()
                 per_row += (layer.h[0].numel() + projected) * layer.h.element_size()
@@ -436,7 +421,7 @@ class InterventionRunner:
 
     @staticmethod
     def _start_cache(clean: CleanPass, start: ModuleCall) -> StartCache:
-        if isinstance(start.module, (nn.LSTM, nn.GRU, nn.RNN)):
+        if is_stateful(start.module):
             return StartCache(start.module, rnn=clean.rnn(start.name), args=start.args, kwargs=start.kwargs)
         return StartCache(start.module, start.args[0], start.output)
 

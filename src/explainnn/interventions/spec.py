@@ -149,6 +149,11 @@ class EdgeIntervention:
             raise InterventionError("a recurrent edge's parents are the layer's own units; drop parent_layer")
         object.__setattr__(self, "parent_layer", None if parent_layer is None else _layer_name(parent_layer))
 
+    @property
+    def within_layer(self) -> bool:
+        """Whether the edge runs within its layer, from its units at one step to the next (``recurrent=True``)."""
+        return bool(getattr(self, "recurrent"))
+
 
 Intervention = Union[NodeIntervention, EdgeIntervention]
 InterventionSet = Union[Intervention, Sequence[Intervention]]

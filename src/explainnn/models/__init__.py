@@ -49,13 +49,16 @@ def _jsonable(value: object) -> bool:
     return isinstance(value, _SCALARS)
 
 
+_NAMED_PARAMETERS = {inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY}
+
+
 def model_parameters(name: str) -> dict[str, object]:
     """The configurable parameters of a registered model and their defaults."""
     signature = inspect.signature(_builder(name))
     return {
         p.name: (None if p.default is inspect.Parameter.empty else p.default)
         for p in list(signature.parameters.values())[1:]
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        if p.kind in _NAMED_PARAMETERS
     }
 
 

@@ -1,0 +1,49 @@
+"""Modules between layers: weight-free paths, and modules that cannot be entered exactly.
+
+A pass-through module holds weights that act on each unit alone or normalise
+across units (BatchNorm, LayerNorm, GroupNorm, RMSNorm, PReLU): it is part of the
+weight-free path from one layer's units to the next layer's input features, which
+the NaN probe traces. A fused module (attention, transformer layers) may run a
+fused kernel on its submodules' weights, so hooks on them never fire: it and the
+layers inside it are refused in one line before any work.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+PASS_THROUGH_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.PReLU,
+)
+"""Modules with weights that act on each unit alone or normalise across units, between layers (weight-free paths)."""
+FUSED_TYPES: tuple[type[nn.Module], ...] = (
+    nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+)
+"""Modules whose forward may run a fused kernel on their submodules' weights (so hooks on them never fire)."""
+
+
+def register_pass_through(module_type: type[nn.Module]) -> None:
+    """Declare ``module_type`` a weight-free path (its weights act per unit or normalise across units)."""
+    global PASS_THROUGH_TYPES
+    if module_type not in PASS_THROUGH_TYPES:
+        PASS_THROUGH_TYPES = PASS_THROUGH_TYPES + (module_type,)
+
+
+def is_pass_through(module: nn.Module) -> bool:
+    return isinstance(module, PASS_THROUGH_TYPES)
+
+
+def fused_reason(module: nn.Module) -> str | None:
+    """Why a fused module cannot be entered exactly, or ``None``."""
+    if isinstance(module, FUSED_TYPES):
+        return (f"{type(module).__name__} runs attention and fused kernels that interventions cannot enter exactly; "
+                "attention heads are not units")
+    return None
+
+
+def cell_loop_reason(module: nn.Module) -> str | None:
+    """Why a recurrent cell (called in a Python loop) is refused, or ``None``."""
+    if isinstance(module, nn.RNNCellBase):
+        return (f"{type(module).__name__} called in a Python loop is not a supported recurrent layer; write the "
+                "recurrence with nn.RNN/nn.GRU/nn.LSTM")
+    return None

@@ -1,0 +1,345 @@
+"""``nn.LSTM``/``nn.GRU``/``nn.RNN``: one unit per hidden feature at every step, recurrent edges between steps.
+
+A stacked module holds one analysable layer per internal layer (``<name>.l0``,
+``<name>.l1``; a single-layer module is ``<name>``); a bidirectional layer has
+``2 H`` units, ``0..H-1`` forward and ``H..2H-1`` backward (PyTorch's output
+layout). The module's output is ``(sequence, state)``: every value this kind reads
+or writes keeps the top layer's final states in step with the sequence. Edits are
+applied by re-running the module exactly from the first edited step
+(:mod:`explainnn.interventions.recurrent`), with the cell arithmetic below.
+
+Not yet covered (refused in one line before any work): ``proj_size`` (its units
+would be the projected ``h``, its recurrent edges run through ``weight_hr``) and
+cells (``nn.LSTMCell`` ...) called in a Python loop (a kind that matches the cell
+and counts its calls as steps).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from explainnn.errors import InterventionError
+from explainnn.interventions.kinds.base import KindLayer, UnitKind, mix_rows
+
+if TYPE_CHECKING:
+    from explainnn.interventions.layers import LayerInfo
+
+RECURRENT_TYPES: dict[type[nn.RNNBase], str] = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+CELLS: dict[type[nn.RNNBase], type[nn.RNNCellBase]] = {nn.LSTM: nn.LSTMCell, nn.GRU: nn.GRUCell, nn.RNN: nn.RNNCell}
+
+
+def cell_name(module: nn.Module) -> str:
+    """``lstm``, ``gru`` or ``rnn``."""
+    for cls, name in RECURRENT_TYPES.items():
+        if isinstance(module, cls):
+            return name
+    raise InterventionError(f"{type(module).__name__} is not a recurrent layer")
+
+
+def rnn(module: nn.Module) -> nn.RNNBase:
+    """``module`` as a recurrent module (a one-line error otherwise)."""
+    if not isinstance(module, nn.RNNBase):
+        raise InterventionError(f"{type(module).__name__} is not a recurrent layer")
+    return module
+
+
+def has_cell_state(module: nn.Module) -> bool:
+    """Whether the module carries a cell state ``c`` beside ``h`` (an LSTM)."""
+    return isinstance(module, nn.LSTM)
+
+
+def gates(module: nn.Module) -> int:
+    """Gate blocks stacked in the module's weights (LSTM 4, GRU 3, RNN 1)."""
+    return GATES[cell_name(module)]
+
+
+def weights(
+    module: nn.Module, index: int, direction: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(w_ih, w_hh, b_ih, b_hh)`` of one internal layer and direction (biases ``None`` without ``bias``)."""
+    suffix = "_reverse" if direction else ""
+    w_ih = getattr(module, f"weight_ih_l{index}{suffix}")
+    w_hh = getattr(module, f"weight_hh_l{index}{suffix}")
+    b_ih = getattr(module, f"bias_ih_l{index}{suffix}") if module.bias else None
+    b_hh = getattr(module, f"bias_hh_l{index}{suffix}") if module.bias else None
+    return w_ih, w_hh, b_ih, b_hh
+
+
+def split_args(module: nn.Module, args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(x (B, T, F), h0 (L, B, H), c0 or None)`` from a recurrent module's call arguments."""
+    module = rnn(module)
+    x = args[0]
+    hx = args[1] if len(args) > 1 else kwargs.get("hx")
+    if isinstance(x, PackedSequence):
+        raise InterventionError("packed sequences are not supported; pass padded (N, T, F) tensors")
+    if x.dim() != 3:
+        raise InterventionError(f"recurrent layers need batched (N, T, F) input; got shape {tuple(x.shape)}")
+    if not module.batch_first:
+        x = x.transpose(0, 1)
+    shape = (module.num_layers * (2 if module.bidirectional else 1), x.shape[0], module.hidden_size)
+    lstm = has_cell_state(module)
+    if hx is None:
+        zeros = torch.zeros(shape, dtype=x.dtype, device=x.device)
+        return x, zeros, (zeros if lstm else None)
+    if lstm:
+        return x, hx[0], hx[1]
+    return x, hx, None
+
+
+def format_output(module: nn.Module, out: torch.Tensor, h_n: list[torch.Tensor],
+                  c_n: list[torch.Tensor] | None) -> Any:
+    if not rnn(module).batch_first:
+        out = out.transpose(0, 1)
+    h_last = torch.stack(h_n)
+    if c_n is None:
+        return out, h_last
+    return out, (h_last, torch.stack(c_n))
+
+
+def cell(module: nn.Module, xp: torch.Tensor, hp: torch.Tensor, h: torch.Tensor,
+         c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One step of the module's cell in ``(K, N, ...)`` layout; ``xp`` may broadcast over ``K``.
+
+    ``hp`` (the hidden projection) is a fresh tensor owned by the step. Without
+    autograd the gate math runs in place in it, as PyTorch's own cells do.
+    """
+    inplace = not torch.is_grad_enabled()
+    if isinstance(module, nn.LSTM):
+        assert c is not None
+        if inplace:
+            i, f, g, o = hp.add_(xp).unsafe_chunk(4, -1)
+            c = f.sigmoid_().mul_(c).addcmul_(i.sigmoid_(), g.tanh_())
+            return torch.tanh(c).mul_(o.sigmoid_()), c
+        i, f, g, o = (hp + xp).unsafe_chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    if isinstance(module, nn.GRU):
+        i_r, i_z, i_n = xp.unsafe_chunk(3, -1)
+        h_r, h_z, h_n = hp.unsafe_chunk(3, -1)
+        if inplace:
+            r = h_r.add_(i_r).sigmoid_()
+            z = h_z.add_(i_z).sigmoid_()
+            n = h_n.mul_(r).add_(i_n).tanh_()
+            return (h - n).mul_(z).add_(n), None
+        r = torch.sigmoid(h_r + i_r)
+        z = torch.sigmoid(h_z + i_z)
+        n = torch.tanh(i_n + h_n * r)
+        return (h - n) * z + n, None
+    tanh = getattr(module, "nonlinearity", "tanh") == "tanh"
+    if inplace:
+        pre = hp.add_(xp)
+        return (pre.tanh_() if tanh else pre.relu_()), None
+    pre = hp + xp
+    return (torch.tanh(pre) if tanh else torch.relu(pre)), None
+
+
+def _repeat(t: torch.Tensor, n_blocks: int, axis: int) -> torch.Tensor:
+    repeats = [1] * t.dim()
+    repeats[axis] = n_blocks
+    return t.repeat(repeats)
+
+
+def _states(state: Any) -> tuple[torch.Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def _like(state: Any, parts: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> Any:
+    return tuple(parts) if isinstance(state, tuple) else parts[0]
+
+
+def mark_final_state(layer: LayerInfo, state: torch.Tensor, rows: torch.Tensor, units: torch.Tensor,
+                     value: float | torch.Tensor, scale: bool = False) -> torch.Tensor:
+    """In place on a recurrent final state ``(L * D, N, H)``: unit ``units[r]`` of row ``rows[r]`` of the top layer.
+
+    Units ``>= H`` of a bidirectional layer are the backward direction's. With
+    ``scale`` the entries are multiplied by ``value`` instead of set to it.
+    """
+    module = rnn(layer.module)
+    hidden = module.hidden_size
+    index = (module.num_layers - 1) * layer.directions + torch.div(units, hidden, rounding_mode="floor")
+    col = units % hidden
+    if scale:
+        state[index, rows, col] = state[index, rows, col] * value
+    else:
+        state[index, rows, col] = value
+    return state
+
+
+class RecurrentKind(UnitKind):
+    name = "recurrent"
+    module_types = (nn.LSTM, nn.GRU, nn.RNN)
+    stateful = True
+
+    def label(self, module: nn.Module) -> str:
+        return cell_name(module)
+
+    def unsupported_reason(self, module: nn.Module) -> str | None:
+        if getattr(module, "proj_size", 0):
+            return "LSTMs with proj_size are not supported"
+        return None
+
+    def units(self, module: nn.Module) -> tuple[int, int]:
+        module = rnn(module)
+        return module.hidden_size * (2 if module.bidirectional else 1), module.input_size
+
+    def layers(self, name: str, module: nn.Module, output: Any) -> list[KindLayer]:
+        module = rnn(module)
+        out_shape = output[0]
+        steps = out_shape[1] if module.batch_first else out_shape[0]
+        units, _ = self.units(module)
+        found = []
+        for index in range(module.num_layers):
+            label = name if module.num_layers == 1 else f"{name}.l{index}"
+            width = module.input_size if index == 0 else units
+            found.append(KindLayer(label, units, width, (steps, units), index))
+        return found
+
+    # -- layout -----------------------------------------------------------------------------------------------
+    def batch_axis(self, module: nn.Module) -> int:
+        return 0 if rnn(module).batch_first else 1
+
+    def time_axis(self, layer: LayerInfo) -> bool:
+        return True
+
+    def is_output(self, layer: LayerInfo) -> bool:
+        return layer.sublayer is None or layer.sublayer == rnn(layer.module).num_layers - 1
+
+    def directions(self, layer: LayerInfo) -> int:
+        return 2 if rnn(layer.module).bidirectional else 1
+
+    # -- values in the module's output ``(sequence, state)`` --------------------------------------------------
+    def tile_output(self, output: Any, module: nn.Module, n_blocks: int) -> Any:
+        if isinstance(output, torch.Tensor):
+            return _repeat(output, n_blocks, 0)
+        axis = self.batch_axis(module)
+        seq, state = output
+        return _repeat(seq, n_blocks, axis), _like(state, [_repeat(s, n_blocks, 1) for s in _states(state)])
+
+    def select_blocks(self, layer: LayerInfo, value: Any, blocks: torch.Tensor, n_blocks: int) -> Any:
+        seq, state = value
+        picked = [s.unflatten(1, (n_blocks, -1))[:, blocks].flatten(1, 2) for s in _states(state)]
+        seq = seq.unflatten(0, (n_blocks, -1))[blocks].flatten(0, 1)
+        return seq, _like(state, picked)
+
+    def mark_units(self, layer: LayerInfo, output: Any, units: torch.Tensor, value: float) -> Any:
+        r = torch.arange(len(units), device=units.device)
+        out, state = output
+        out = out.clone()
+        if rnn(layer.module).batch_first:
+            out[r, :, units] = value
+        else:
+            out[:, r, units] = value
+        marked = [mark_final_state(layer, s.clone(), r, units, value) for s in _states(state)]
+        return out, _like(state, marked)
+
+    def scale_units(self, layer: LayerInfo, out: Any, factors: torch.Tensor) -> Any:
+        blocks = factors.shape[0]
+        seq, state = out
+        module = rnn(layer.module)
+        if module.batch_first:
+            seq = (seq.unflatten(0, (blocks, -1)) * factors[:, None, None, :]).flatten(0, 1)
+        else:
+            seq = (seq.unflatten(1, (blocks, -1)) * factors[None, :, None, :]).flatten(1, 2)
+        scaled = []
+        top = (module.num_layers - 1) * layer.directions
+        for s in _states(state):
+            s = s.clone()
+            for d in range(layer.directions):
+                part = factors[:, d * module.hidden_size : (d + 1) * module.hidden_size]
+                s[top + d] = (s[top + d].unflatten(0, (blocks, -1)) * part[:, None, :]).flatten(0, 1)
+            scaled.append(s)
+        return seq, _like(state, scaled)
+
+    def scale_unit(self, layer: LayerInfo, out: Any, unit: int, factor: float) -> Any:
+        seq, state = out
+        seq = seq.clone()
+        seq[..., unit] *= factor
+        module = rnn(layer.module)
+        hidden, directions = module.hidden_size, (2 if module.bidirectional else 1)
+        top = (module.num_layers - 1) * directions + unit // hidden
+        scaled = []
+        for st in _states(state):
+            st = st.clone()
+            st[top, :, unit % hidden] *= factor
+            scaled.append(st)
+        return seq, _like(state, scaled)
+
+    def mix(self, layer: LayerInfo, current: Any, ablated: Any, factor: torch.Tensor) -> Any:
+        rows = factor.shape[0]
+        module = rnn(layer.module)
+        seq, state = current
+        seq_abl, state_abl = ablated if isinstance(ablated, tuple) else (ablated, None)
+        shape = (rows, 1, 1, factor.shape[1])
+        mixed_seq = mix_rows(seq, seq_abl, factor.view(shape), rows, 0)
+        states = _states(state)
+        abl_states = _states(state_abl) if state_abl is not None else (None,) * len(states)
+        mixed_states = []
+        hidden, directions = module.hidden_size, layer.directions
+        top = (module.num_layers - 1) * directions
+        for s, s_abl in zip(states, abl_states):
+            parts = []
+            for index in range(s.shape[0]):
+                direction = index - top
+                if direction < 0:
+                    parts.append(s[index])
+                    continue
+                f = factor[:, direction * hidden:(direction + 1) * hidden].view(rows, 1, hidden)
+                a = torch.zeros((), dtype=s.dtype) if s_abl is None else s_abl[index]
+                parts.append(mix_rows(s[index], a, f, rows, 0))
+            mixed_states.append(torch.stack(parts))
+        return mixed_seq, _like(state, mixed_states)
+
+    def mean_output(self, layer: LayerInfo, value: Any) -> Any:
+        seq, state = value
+        means = [s.mean(1, keepdim=True) for s in _states(state)]
+        return seq.mean(0, keepdim=True), _like(state, means)
+
+    def output_tensor(self, layer: LayerInfo, output: Any) -> tuple[torch.Tensor, int]:
+        return output[0], self.batch_axis(layer.module)
+
+    def replace_output(self, layer: LayerInfo, output: Any, tensor: torch.Tensor) -> Any:
+        state = output[1]
+        last = tensor[:, -1] if rnn(layer.module).batch_first else tensor[-1]
+        if isinstance(state, tuple):
+            h, c = state
+            return tensor, (torch.cat([h[:-1], last[None]]), c)
+        return tensor, torch.cat([state[:-1], last[None]])
+
+    def unit_values(self, layer: LayerInfo, output: Any) -> torch.Tensor:
+        hidden = _states(output[1])[0]
+        return hidden[layer.sublayer or 0]
+
+    # -- inputs and edges -------------------------------------------------------------------------------------
+    def batch_first_input(self, layer: LayerInfo, inp: torch.Tensor) -> torch.Tensor:
+        return inp if rnn(layer.module).batch_first else inp.transpose(0, 1)
+
+    def edge_weight(self, layer: LayerInfo, recurrent: bool = False) -> torch.Tensor:
+        """Input-to-hidden ``(D * G * H, F)``, directions stacked; ``recurrent``: hidden-to-hidden.
+
+        A bidirectional layer's recurrent weights are block-diagonal over the
+        directions (``(D * G * H, D * H)``), so unit ``i`` of one direction has no
+        recurrent edge into the other.
+        """
+        module = layer.module
+        part = "hh" if recurrent else "ih"
+        index = layer.sublayer or 0
+        suffixes = ("", "_reverse") if layer.directions == 2 else ("",)
+        parts = [getattr(module, f"weight_{part}_l{index}{suffix}").detach() for suffix in suffixes]
+        if recurrent and len(parts) > 1:
+            return torch.block_diag(*parts)
+        return torch.cat(parts)
+
+    def unit_rows(self, layer: LayerInfo, per_row: torch.Tensor) -> torch.Tensor:
+        hidden = rnn(layer.module).hidden_size
+        return per_row.view(layer.directions, gates(layer.module), hidden, -1).any(1).flatten(0, 1)
+
+    def child_rows(self, layer: LayerInfo, child_mask: torch.Tensor) -> torch.Tensor:
+        hidden = rnn(layer.module).hidden_size
+        per_direction = child_mask.unflatten(1, (layer.directions, hidden))
+        return per_direction.repeat(1, 1, gates(layer.module)).flatten(1)
