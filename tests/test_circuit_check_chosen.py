@@ -1,4 +1,4 @@
-"""The necessity test where the circuit chooses: saturated layers left intact (explainnn.causal.circuit)."""
+"""The necessity test where the circuit chooses: saturated layers left intact (explainnn.causal.circuit_check)."""
 
 from __future__ import annotations
 

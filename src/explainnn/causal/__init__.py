@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from explainnn.causal.circuit import (
+from explainnn.causal.circuit_check import (
     CircuitCheck,
     CircuitReport,
     Necessity,

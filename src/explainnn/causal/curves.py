@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explainnn.causal.circuit import CircuitCheck, VersusRandom
+from explainnn.causal.circuit_check import CircuitCheck, VersusRandom
 from explainnn.causal.minimal_circuit import CircuitSearch, Faithfulness, UnitGates, _device
 from explainnn.causal.units import HiddenUnits, normalise, target_logits
 from explainnn.errors import UserError

@@ -21,7 +21,7 @@ from explainnn.causal import (
     find_circuit,
     plot_curves,
 )
-from explainnn.causal.circuit import CircuitCheck
+from explainnn.causal.circuit_check import CircuitCheck
 from explainnn.causal.curves import OURS, FaithfulnessCurves, baseline_orders, circuit_order, plot_check
 from explainnn.causal.draw import MIB_NAMES, draw_edge_circuit, plot_mib
 from explainnn.causal.edge_search import EdgeSearch, circuit_ranking, edge_circuit_graph, edge_scores, find_edge_circuit
@@ -120,9 +120,10 @@ def edge_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, EdgeCirc
     ablation = options.edge_ablation()
     evaluation = ctx.config.evaluation
     n_held = max(options.eval_samples, evaluation.n_samples if evaluation.enabled else 0)
-    search_options = {"faithfulness": options.faithfulness, "ablation": ablation, "labels": labels,
-                      "layers": options.layers, "seed": ctx.seed, "n_samples": options.n_samples,
-                      "reference": reference, "steps": options.steps, "progress": ctx.progress}
+    search_options: dict[str, Any] = {
+        "faithfulness": options.faithfulness, "ablation": ablation, "labels": labels, "layers": options.layers,
+        "seed": ctx.seed, "n_samples": options.n_samples, "reference": reference, "steps": options.steps,
+        "progress": ctx.progress}
     for target in ctx.explained_classes():
         folder = ctx.run_dir / "circuit" / f"class_{target}"
         search = find_edge_circuit(model, inputs, target, method=options.method, **search_options)

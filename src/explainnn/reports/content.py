@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from explainnn.causal.circuit import CircuitCheck
+from explainnn.causal.circuit_check import CircuitCheck
 from explainnn.errors import UserError
 
 EDGE_CIRCUIT_PICTURE = ("edge_circuit.png",

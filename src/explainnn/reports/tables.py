@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from explainnn.causal.circuit import CircuitCheck
+from explainnn.causal.circuit_check import CircuitCheck
 from explainnn.causal.draw import MIB_NAMES
 from explainnn.evaluation.summary import format_number, format_p, verdict
 from explainnn.reports.content import CircuitSection, ClassSection, EvaluationSection
