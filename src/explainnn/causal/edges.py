@@ -422,7 +422,9 @@ class _Source:
     """Outputs of the parents on path links (module name -> output), for their ablated values."""
 
 
-def _recurrent_source(module: nn.Module, args: tuple, kwargs: dict, mean: bool) -> _RecurrentSource:
+def _recurrent_source(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                      mean: bool) -> _RecurrentSource:
+    module = rnn(module)
     _, h0, _ = split_args(module, args, kwargs)
     caches = clean_cache(module, args, kwargs)
     hidden = module.hidden_size
@@ -716,6 +718,7 @@ class _Forward:
                     y = type(module).forward(module, x_rep, *args, **kwargs)
                 else:
                     masks = self.masks if every else self.masks[rep]
+                    assert table.weight_index is not None and x_abl is not None
                     keep = masks[:, table.weight_index.to(self.masks.device)]
                     abl = x_abl.to(x.dtype)
                     if weight is not None:
@@ -724,6 +727,7 @@ class _Forward:
                     elif from_input and _small(xs[0], module):
                         y = self._from_input(layer, xs[0], abl, keep, count)
                     else:
+                        assert isinstance(module, (nn.Conv1d, nn.Conv2d))
                         y = _conv_masked(module, x_rep, abl, keep, count)
                 if inverse is not None and not self.compact:
                     y = y.unflatten(0, (count, -1))[inverse].flatten(0, 1)
@@ -776,6 +780,7 @@ class _Forward:
             roots[parent.module_name] = current
         region = self.regions[layer.name]
         rerun = region.run(roots, self.frontiers[layer.name], self.inputs, count).unflatten(0, (count, -1))
+        assert table.path_features is not None
         shared = table.path_features.to(device)
         current_x = x.unflatten(0, (blocks, -1))[k_r]
         module = layer.module
@@ -823,7 +828,8 @@ class _Forward:
         return forward
 
     def _run_recurrent(self, module: nn.Module, source: _RecurrentSource, tables: list[_ChildTable | None],
-                       args: tuple, kwargs: dict) -> Any:
+                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        module = rnn(module)
         if module.training and module.dropout and module.num_layers > 1:  # pragma: no cover - eval mode is set
             raise InterventionError("recurrent dropout is random in training mode; call model.eval() first")
         x, h0, c0 = split_args(module, args, kwargs)
@@ -837,6 +843,10 @@ class _Forward:
         for index in range(module.num_layers):
             table = tables[index]
             masked = table is not None and not self._kept(table.positions)
+            ih = hh = None
+            if masked:
+                assert table is not None
+                ih, hh = table.ih, table.hh
             x_abl = _rows(source.x[index], self.rows).to(inputs.dtype)
             diff = (inputs.unflatten(0, (blocks, -1)) - x_abl) if masked else None
             outs = []
@@ -844,11 +854,11 @@ class _Forward:
                 w_ih, w_hh, b_ih, b_hh = weights(module, index, direction)
                 xp = F.linear(inputs, w_ih, b_ih).unflatten(0, (blocks, -1))  # (K, N, T, G H)
                 hh_factor = None
-                if masked:
-                    ih_factor = self.factor[:, table.ih[direction].to(device)]
+                if ih is not None and hh is not None:
+                    ih_factor = self.factor[:, ih[direction].to(device)]
                     delta = torch.einsum("kntf,kgf->kntg", diff, w_ih * ih_factor)
                     xp = xp + delta
-                    hh_factor = (w_hh * self.factor[:, table.hh[direction].to(device)]).transpose(1, 2)
+                    hh_factor = (w_hh * self.factor[:, hh[direction].to(device)]).transpose(1, 2)
                 if direction:
                     xp = xp.flip(2)
                 prev_abl = _rows(source.prev[index][direction], self.rows).to(inputs.dtype)
@@ -956,7 +966,10 @@ class EdgeAblation:
         self._frontier_inputs: torch.Tensor | None = None
         self._frontiers: dict[str, Any] = {}
         self.memory_budget_mb = DEFAULT_BUDGET_MB if memory_budget_mb is None else float(memory_budget_mb)
-        self._mean = _source(model, self.layers, reference, mean=True) if ablation == "mean" else None
+        self._mean: _Source | None = None
+        if ablation == "mean":
+            assert reference is not None
+            self._mean = _source(model, self.layers, reference, mean=True)
         self._zero = _zero_source(self.layers) if ablation == "zero" else None
         self._patch_key: tuple | None = None
         self._patch_tensor: torch.Tensor | None = None

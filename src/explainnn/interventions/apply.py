@@ -110,10 +110,11 @@ class EditPlan:
 
     def _cached_forward(self, layer: LayerInfo, cached: "StartCache"):
         def forward(*args: object, **kwargs: object) -> torch.Tensor:
-            clean_out = cached.output
+            clean_out, inputs = cached.output, cached.inputs
+            assert clean_out is not None and inputs is not None
             y = clean_out.repeat(self.n_blocks, *([1] * (clean_out.dim() - 1)))
             edits = self.compiled(layer, rest_shape(layer, tuple(clean_out.shape[1:])), y)
-            apply_layer(y, cached.inputs, edits, shared=True, path_change=self.path_changes.get(layer.name))
+            apply_layer(y, inputs, edits, shared=True, path_change=self.path_changes.get(layer.name))
             return y
 
         return forward
@@ -137,7 +138,7 @@ class EditPlan:
 def _check_path_row(resolved: list[tuple[LayerInfo, Intervention]], allow_path: bool) -> None:
     """A row's path edges into a layer combine only with specs on that layer or later ones."""
     for layer, spec in resolved:
-        if not is_path_edge(layer, spec):
+        if not isinstance(spec, EdgeIntervention) or not is_path_edge(layer, spec):
             continue
         if not allow_path:
             raise InterventionError(

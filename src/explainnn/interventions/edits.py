@@ -139,7 +139,7 @@ def compile_edits(
         edits.edge_rec = _compile_edges(layer, edge_rec, length, True, len(blocks), device, dtype)
     if edge_path:
         entries = path_entries(layer, edge_path)
-        rows = [(entry.block, entry, None) for entry in entries]
+        rows: list[EdgeRow] = [(entry.block, entry, None) for entry in entries]
         edits.edge_path = _compile_edges(layer, rows, length, False, len(blocks), device, dtype, path=True)
     edits.first_step = min((s[0] if s else 0 for _, _, s in node_rows + edge_in + edge_rec), default=0)
     return edits
@@ -401,6 +401,7 @@ def _edge_steps_mask(
     """``(E, T)``: 1 at the steps each row's edges act on, 0 elsewhere; ``None`` when all rows act on every step."""
     if all(steps is None for _, _, steps in rows):
         return None
+    assert length is not None
     steps_mask = torch.ones(len(rows), length, dtype=dtype)
     for row, (_, _, steps) in enumerate(rows):
         if steps is not None:

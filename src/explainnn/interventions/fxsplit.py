@@ -156,7 +156,7 @@ class GraphSplit:
         """
         live, values = self._frontier(module_name, inputs)
         n = inputs.shape[0]
-        start = self.start_node(module_name)
+        start = self._node_of(module_name)
         env: dict[fx.Node, Any] = {}
         for node in self.nodes:
             if node.op == "output":
@@ -164,7 +164,7 @@ class GraphSplit:
             if node not in live:
                 continue
             if node is start:
-                env[node] = self.graph_module.get_submodule(node.target)()
+                env[node] = self.graph_module.get_submodule(_name(node.target))()
                 continue
             for arg in node.all_input_nodes:
                 if arg not in env:
@@ -176,24 +176,31 @@ class GraphSplit:
         if node not in self._batch:
             return value
         if node.op == "call_module":
-            module = self.graph_module.get_submodule(node.target)
+            module = self.graph_module.get_submodule(_name(node.target))
             if is_stateful(module):
                 return tile_output(value, module, n_blocks)
         return _tile_batch(value, n, n_blocks)
 
-    def _run_node(self, node: fx.Node, env: dict, inputs: torch.Tensor) -> Any:
+    def _run_node(self, node: fx.Node, env: dict[fx.Node, Any], inputs: torch.Tensor) -> Any:
         if node.op == "placeholder":
             return inputs
         args = fx.graph.map_arg(node.args, lambda a: env[a])
         kwargs = fx.graph.map_arg(node.kwargs, lambda a: env[a])
         if node.op == "get_attr":
-            return _attr(self.graph_module, node.target)
+            return _attr(self.graph_module, _name(node.target))
         if node.op == "call_function":
+            assert callable(node.target)
             return node.target(*args, **kwargs)
         if node.op == "call_method":
             self_arg, *rest = args
-            return getattr(self_arg, node.target)(*rest, **kwargs)
-        return self.graph_module.get_submodule(node.target)(*args, **kwargs)
+            return getattr(self_arg, _name(node.target))(*rest, **kwargs)
+        return self.graph_module.get_submodule(_name(node.target))(*args, **kwargs)
+
+
+def _name(target: Any) -> str:
+    """A node's target that names a module, attribute or method (``call_module``, ``get_attr``, ``call_method``)."""
+    assert isinstance(target, str), target
+    return target
 
 
 def _attr(module: nn.Module, target: str) -> Any:

@@ -456,7 +456,8 @@ def _probe_all(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo],
     if example.is_floating_point():
         seen = _probe_pass(model, torch.full_like(example, float("nan")), held, children, None)
         for child in children:
-            if seen[child.name] is not None and bool(seen[child.name].any()):
+            nan = seen[child.name]
+            if nan is not None and bool(nan.any()):
                 reach[child.name][INPUT] = [{f} for f in range(child.in_features)]
     graph = _graph(model, example, layers)
     for source in _sources(layers):
@@ -468,10 +469,11 @@ def _probe_all(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo],
                 mark = {source.module_name: _marker(source, units)}
                 seen = _probe_pass(model, _rows(example, len(units)), held, children, mark)
             for child in children:
-                if child.order <= source.order or seen[child.name] is None:
+                reached = seen[child.name]
+                if child.order <= source.order or reached is None:
                     continue
                 rows = reach[child.name].setdefault(source.name, [])
-                rows.extend(set(torch.nonzero(row).flatten().tolist()) for row in seen[child.name])
+                rows.extend(set(torch.nonzero(row).flatten().tolist()) for row in reached)
     return reach
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from explainnn.errors import InterventionError
 from explainnn.interventions.edits import EdgeEdits, LayerEdits, NodeEdits, apply_nodes_step, linear_delta
-from explainnn.interventions.kinds.recurrent import cell, format_output, has_cell_state, split_args, weights
+from explainnn.interventions.kinds.recurrent import cell, format_output, has_cell_state, rnn, split_args, weights
 
 __all__ = ["LayerCache", "clean_cache", "direction_edits", "format_output", "run_layer", "run_module",
            "split_args", "weights"]
@@ -33,14 +33,15 @@ class LayerCache:
     """Clean activations of one internal layer, batch-first ``(N, T, ...)``."""
 
     x: torch.Tensor
-    xproj: torch.Tensor
+    xproj: torch.Tensor | None
+    """The input projections (``None`` for a bidirectional module, which re-runs from the first step)."""
     h: torch.Tensor
     c: torch.Tensor | None
     h0: torch.Tensor
     c0: torch.Tensor | None
 
 
-def _active(edge, length: int) -> list[bool]:
+def _active(edge: EdgeEdits | None, length: int) -> list[bool]:
     if edge is None:
         return [False] * length
     if edge.steps is None:
@@ -93,6 +94,7 @@ def run_layer(
     before ``start``. Returns all outputs ``(K * N, T, H)``, the final ``h``, ``c``
     and (with ``keep_c``) every ``c``.
     """
+    module = rnn(module)
     _, w_hh, _, b_hh = weights(module, index, direction)
     length = x.shape[1]
     rows = x.shape[0] if not shared else x.shape[0] * n_blocks
@@ -101,24 +103,26 @@ def run_layer(
     edge_rec = edits.edge_rec if edits else None
     node = edits.node if edits else None
     in_active, rec_active = _active(edge_in, length), _active(edge_rec, length)
-    node_steps = set(node.steps) if node else set()
+    node_steps = set(node.steps or ()) if node else set()
     out = xproj.new_empty(n_blocks, rows // n_blocks, length, module.hidden_size)
     if start:
+        assert prefix is not None
         out[:, :, :start] = prefix[:, :start]
-    cells = []
+    cells: list[torch.Tensor] = []
     for t in range(start, length):
         xp = xproj[:, t if shared else t - start].view(k_rows, -1, xproj.shape[-1])
-        if in_active[t]:
+        if edge_in is not None and in_active[t]:
             xp = _add_edge_delta(xp, x[:, t], edge_in, t, n_blocks, shared)
         hp = F.linear(h, w_hh, b_hh)
-        if rec_active[t]:
+        if edge_rec is not None and rec_active[t]:
             hp = _add_edge_delta(hp, h.reshape(-1, h.shape[-1]), edge_rec, t, n_blocks, False)
         h, c = cell(module, xp, hp, h, c)
-        if t in node_steps:
+        if node is not None and t in node_steps:
             h = h.clone()
             apply_nodes_step(h.view(-1, h.shape[-1]), node, t, n_blocks)
         out[:, :, t] = h
         if keep_c:
+            assert c is not None
             cells.append(c)
     cells_out = torch.stack(cells, 2).flatten(0, 1) if keep_c else None
     return out.flatten(0, 1), h, c, cells_out
@@ -129,12 +133,13 @@ def _tile(t: torch.Tensor, n_blocks: int) -> torch.Tensor:
     return t.repeat(n_blocks, *([1] * (t.dim() - 1)))
 
 
-def clean_cache(module: nn.Module, args: tuple, kwargs: dict) -> list[LayerCache]:
+def clean_cache(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[LayerCache]:
     """Unroll the module once on clean inputs and keep every layer's states.
 
     Bidirectional modules keep each layer's inputs and outputs ``(N, T, 2 H)`` only
     (they are re-run from the first step).
     """
+    module = rnn(module)
     if module.bidirectional:
         return _bidirectional_cache(module, args, kwargs)
     x, h0, c0 = split_args(module, args, kwargs)
@@ -168,7 +173,7 @@ def direction_edits(edits: LayerEdits | None, direction: int, hidden: int, lengt
             steps = node.steps
             if direction:
                 scale, shift = scale.flip(1), shift.flip(1)
-                steps = sorted(length - 1 - t for t in steps)
+                steps = sorted(length - 1 - t for t in steps or ())
             out.node = NodeEdits(node.blocks[keep], node.units[keep] - direction * hidden, scale.contiguous(),
                                  shift.contiguous(), steps)
     for name in ("edge_in", "edge_rec"):
@@ -187,8 +192,8 @@ def direction_edits(edits: LayerEdits | None, direction: int, hidden: int, lengt
     return out
 
 
-def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, LayerEdits], n_blocks: int,
-               cache: list[LayerCache] | None = None) -> Any:
+def run_module(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], edits: dict[int, LayerEdits],
+               n_blocks: int, cache: list[LayerCache] | None = None) -> Any:
     """The module's output on ``K * N`` rows with each block's edits.
 
     Without ``cache`` every layer is unrolled from step 0 on the given inputs.
@@ -196,6 +201,7 @@ def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, La
     layers below the first edited one are reused, and the rest resume at the first
     step where anything changes.
     """
+    module = rnn(module)
     if module.training and module.dropout and module.num_layers > 1:
         raise InterventionError("recurrent dropout is random in training mode; call model.eval() first")
     if module.bidirectional:
@@ -208,15 +214,18 @@ def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, La
         length = x.shape[1]
     else:
         length = cache[0].x.shape[1]
-    finals_h, finals_c = [], []
-    prev_out, prev_start = None, length
+    finals_h: list[torch.Tensor] = []
+    finals_c: list[torch.Tensor] = []
+    prev_out: torch.Tensor | None = None
+    prev_start = length
     for index in range(module.num_layers):
         edit = edits.get(index)
         w_ih, _, b_ih, _ = weights(module, index)
         prefix = None
+        c: torch.Tensor | None
         if cache is None:
             start = 0
-            inputs = x if index == 0 else prev_out
+            inputs = x if prev_out is None else prev_out
             xproj, shared = F.linear(inputs, w_ih, b_ih), False
             h = h0[index].view(n_blocks, -1, h0.shape[-1])
             c = None if c0 is None else c0[index].view(n_blocks, -1, c0.shape[-1])
@@ -226,14 +235,17 @@ def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, La
             if start == length:
                 finals_h.append(_tile(layer.h[:, -1], n_blocks))
                 if lstm:
+                    assert layer.c is not None
                     finals_c.append(_tile(layer.c[:, -1], n_blocks))
                 continue
             prefix = layer.h
             h = (layer.h[:, start - 1] if start else layer.h0).expand(n_blocks, -1, -1)
             c = None
             if lstm:
+                assert layer.c is not None and layer.c0 is not None
                 c = (layer.c[:, start - 1] if start else layer.c0).expand(n_blocks, -1, -1)
             if prev_out is None:
+                assert layer.xproj is not None
                 xproj, inputs, shared = layer.xproj, layer.x, True
             else:
                 inputs, shared = prev_out, False
@@ -242,20 +254,24 @@ def run_module(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, La
         prev_start = start
         finals_h.append(h.reshape(-1, h.shape[-1]))
         if lstm:
+            assert c is not None
             finals_c.append(c.reshape(-1, c.shape[-1]))
     if prev_out is None:
+        assert cache is not None
         prev_out = _tile(cache[-1].h, n_blocks)
     return format_output(module, prev_out, finals_h, finals_c if lstm else None)
 
 
-def _run_bidirectional(module: nn.Module, args: tuple, kwargs: dict, edits: dict[int, LayerEdits], n_blocks: int) -> Any:
+def _run_bidirectional(module: nn.RNNBase, args: tuple[Any, ...], kwargs: dict[str, Any],
+                       edits: dict[int, LayerEdits], n_blocks: int) -> Any:
     """Both directions of every layer from step 0 on ``K * N`` rows (the backward one over reversed time)."""
     lstm = has_cell_state(module)
     x, h0, c0 = split_args(module, args, kwargs)
     if x.shape[0] % n_blocks:
         raise InterventionError(f"{x.shape[0]} rows do not split into {n_blocks} intervention blocks")
     length, hidden = x.shape[1], module.hidden_size
-    finals_h, finals_c = [], []
+    finals_h: list[torch.Tensor] = []
+    finals_c: list[torch.Tensor] = []
     inputs = x
     for index in range(module.num_layers):
         outs = []
@@ -271,12 +287,13 @@ def _run_bidirectional(module: nn.Module, args: tuple, kwargs: dict, edits: dict
             outs.append(out.flip(1) if direction else out)
             finals_h.append(h.reshape(-1, hidden))
             if lstm:
+                assert c is not None
                 finals_c.append(c.reshape(-1, hidden))
         inputs = torch.cat(outs, -1)
     return format_output(module, inputs, finals_h, finals_c if lstm else None)
 
 
-def _bidirectional_cache(module: nn.Module, args: tuple, kwargs: dict) -> list[LayerCache]:
+def _bidirectional_cache(module: nn.RNNBase, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[LayerCache]:
     x, h0, c0 = split_args(module, args, kwargs)
     caches = []
     for index in range(module.num_layers):

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from explainnn.interventions.kinds.recurrent import CELLS
+from explainnn.interventions.kinds.recurrent import CELLS, rnn
 from explainnn.interventions.layers import LayerInfo, find_layers, resolve_layer
 from explainnn.interventions.runner import InterventionResult, InterventionRunner
 from explainnn.interventions.spec import EdgeIntervention, Intervention, InterventionSet, NodeIntervention, as_rows
@@ -69,10 +69,13 @@ def _set_unit(view: torch.Tensor, spec: NodeIntervention, mean: torch.Tensor | N
     if spec.mode == "zero":
         view.zero_()
     elif spec.mode == "constant":
+        assert spec.value is not None
         view.fill_(spec.value)
     elif spec.mode == "scale":
+        assert spec.value is not None
         view.mul_(spec.value)
     else:
+        assert mean is not None
         view.copy_(mean.expand_as(view))
 
 
@@ -124,9 +127,10 @@ class UnrolledRNN(nn.Module):
     reference means).
     """
 
-    def __init__(self, module: nn.Module, layers: list[LayerInfo], edges: dict, nodes: dict, means: dict) -> None:
+    def __init__(self, module: nn.Module, layers: list[LayerInfo], edges: dict[int, list[EdgeIntervention]],
+                 nodes: dict[int, list[NodeIntervention]], means: dict[str, torch.Tensor]) -> None:
         super().__init__()
-        self.source, self.layers = module, layers
+        self.source, self.layers = rnn(module), layers
         self.edges, self.nodes, self.means = edges, nodes, means
         self.recorded: list[torch.Tensor] = []
 
@@ -151,7 +155,7 @@ class UnrolledRNN(nn.Module):
                     _edit_weight(cell.weight_hh if spec.within_layer else cell.weight_ih, rows, cols, spec)
         return cell.to(getattr(module, "weight_ih_l0").device)
 
-    def forward(self, x: torch.Tensor, hx=None):
+    def forward(self, x: torch.Tensor, hx: Any = None) -> Any:
         module = self.source
         x = x if module.batch_first else x.transpose(0, 1)
         lstm = isinstance(module, nn.LSTM)
@@ -160,13 +164,16 @@ class UnrolledRNN(nn.Module):
         if hx is None:
             hx = (x.new_zeros(shape), x.new_zeros(shape)) if lstm else x.new_zeros(shape)
         h0, c0 = hx if lstm else (hx, None)
-        finals_h, finals_c, length = [], [], x.shape[1]
+        finals_h: list[torch.Tensor] = []
+        finals_c: list[torch.Tensor] = []
+        length = x.shape[1]
         self.recorded = []
         for index in range(module.num_layers):
             per_direction = []
             for direction in range(directions):
                 state = index * directions + direction
-                h, c, outs = h0[state], None if c0 is None else c0[state], {}
+                h, c = h0[state], None if c0 is None else c0[state]
+                outs: dict[int, torch.Tensor] = {}
                 steps = range(length - 1, -1, -1) if direction else range(length)
                 for step in steps:
                     cell = self._cell(index, step, length, direction)
@@ -178,7 +185,8 @@ class UnrolledRNN(nn.Module):
                     outs[step] = h
                 per_direction.append(torch.stack([outs[t] for t in range(length)], 1))
                 finals_h.append(h)
-                finals_c.append(c)
+                if c is not None:
+                    finals_c.append(c)
             x = torch.cat(per_direction, -1)
             self.recorded.append(x)
         out = x if module.batch_first else x.transpose(0, 1)
@@ -188,7 +196,7 @@ class UnrolledRNN(nn.Module):
 
     def _edit_nodes(self, index: int, step: int, length: int, h: torch.Tensor, direction: int) -> torch.Tensor:
         h = h.clone()
-        hidden = self.source.hidden_size
+        hidden = int(self.source.hidden_size)
         for spec in self.nodes.get(index, []):
             if spec.steps is not None and step not in [s % length for s in spec.steps]:
                 continue
@@ -220,7 +228,7 @@ def intervened_copy(model: nn.Module, layers: list[LayerInfo], specs: Sequence[I
     sample_box = [None]
     copied = copy.deepcopy(model).eval()
     for module in copied.modules():
-        if isinstance(module, tuple(CELLS)):
+        if isinstance(module, nn.RNNBase):
             module.flatten_parameters()
     modules = dict(copied.named_modules())
     by_module: dict[str, list[Intervention]] = {}
@@ -246,7 +254,7 @@ def intervened_copy(model: nn.Module, layers: list[LayerInfo], specs: Sequence[I
             continue
         layer = infos[0]
         node_specs = [s for s in group if isinstance(s, NodeIntervention)]
-        path_specs = [s for s in group if _is_path(layer, s)]
+        path_specs = [s for s in group if isinstance(s, EdgeIntervention) and _is_path(layer, s)]
         for spec in group:
             if isinstance(spec, EdgeIntervention) and spec not in path_specs:
                 _edit_plain_layer(module, layer, spec)
