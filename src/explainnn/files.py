@@ -67,6 +67,15 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def write_npz(path: str | Path, arrays: Mapping[str, Any]) -> Path:
+    """Write ``arrays`` (name -> array) as a compressed NPZ, atomically (read back with ``allow_pickle=False``)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **dict(arrays))
+    return Path(path)
+
+
 def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fields: Sequence[str] | None = None) -> Path:
     """Write ``rows`` (mappings) as a CSV table with a header, atomically.
 

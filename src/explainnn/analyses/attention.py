@@ -142,7 +142,7 @@ def attention_vs_gradients(
             values = attribute_in_batches(method, model, batch, targets, seed, options.get(method, {}), False)
         steps[method] = per_step(values, modality, magnitude=True)
     pad = getattr(model, "pad_index", None)
-    mask = batch.ne(pad).numpy() if modality == "tokens" else None
+    mask = batch.ne(pad).numpy() if modality == "tokens" and pad is not None else None
     return agreement_statistics(weights, steps, mask)
 
 

@@ -31,7 +31,7 @@ from explainnn.analyses.common import (
 from explainnn.data import Dataset
 from explainnn.data.text import PAD, UNK
 from explainnn.errors import UserError
-from explainnn.files import atomic_path, save_figure, write_csv
+from explainnn.files import save_figure, write_csv, write_npz
 from explainnn.progress import progress_bar
 
 SIGNS = ("positive", "negative")
@@ -152,10 +152,8 @@ class TokenImportance:
 
     def to_npz(self, path: str | Path) -> Path:
         """Tokens, targets and every method's ``(N, L)`` scores (load with ``allow_pickle=False``)."""
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez_compressed(handle, tokens=self.tokens, targets=self.targets,
-                                vocab=np.asarray(self.vocab, dtype=str), **self.attributions)
-        return Path(path)
+        return write_npz(path, {"tokens": self.tokens, "targets": self.targets,
+                                "vocab": np.asarray(self.vocab, dtype=str), **self.attributions})
 
 
 def token_importance(
@@ -191,7 +189,7 @@ def token_importance(
     scores = {method: attribute_in_batches(method, model, tokens, targets, seed, options.get(method, {}), progress)
               for method in progress_bar(methods, desc="token importance", unit="method", enabled=progress,
                                  leave=False)}
-    exclude = [int(model.pad_index), *([vocab.index(UNK)] if UNK in vocab else [])]
+    exclude = [int(getattr(model, "pad_index")), *([vocab.index(UNK)] if UNK in vocab else [])]
     ids = tokens.numpy()
     words = {method: word_statistics(ids, values, vocab, method=method, exclude=exclude)
              for method, values in scores.items()}

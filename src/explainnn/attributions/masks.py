@@ -20,6 +20,8 @@ on the inputs' device; groups never span two samples.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -102,7 +104,7 @@ def token_mask(tokens: torch.Tensor) -> torch.Tensor:
     return torch.arange(length, device=tokens.device)[None].expand(n, length).clone()
 
 
-def feature_mask(inputs: torch.Tensor, modality: str, mask: str = "patches", **options: object) -> torch.Tensor:
+def feature_mask(inputs: torch.Tensor, modality: str, mask: str = "patches", **options: Any) -> torch.Tensor:
     """The default groups of ``inputs`` for ``modality`` (``mask`` applies to images only)."""
     if modality == "image":
         return image_mask(inputs, mask, **options)

@@ -139,6 +139,7 @@ def _reader(model: nn.Module, embeddings: list[nn.Embedding], tokens: Tensor) ->
 
     def record(module: nn.Module, args: tuple) -> None:
         if args and isinstance(args[0], Tensor) and args[0].shape == sample.shape and torch.equal(args[0], sample):
+            assert isinstance(module, nn.Embedding)
             fed.append(module)
 
     handles = [embedding.register_forward_pre_hook(record) for embedding in embeddings]

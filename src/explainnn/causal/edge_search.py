@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -658,7 +658,8 @@ def edge_circuit_graph(model: nn.Module, search: EdgeSearch, *, options: dict[st
 
     def node(unit: int) -> str:
         layer, index = graph.units[unit]
-        kind = "output" if layer in sink_layers else ("input" if layer in source_layers else "hidden")
+        kind: Literal["input", "hidden", "output"] = (
+            "output" if layer in sink_layers else ("input" if layer in source_layers else "hidden"))
         return out.add_unit(layer, index, kind=kind, depth=ranks[layer])
 
     same_layer = []

@@ -89,7 +89,7 @@ def budget_sizes(total: int, fractions: Sequence[float] = MIB_FRACTIONS) -> np.n
     return np.array([int(fraction * total) for fraction in fractions], dtype=np.int64)
 
 
-def area_under(fractions: Sequence[float], values: Sequence[float]) -> float:
+def area_under(fractions: Sequence[float], values: Sequence[float] | np.ndarray) -> float:
     """Trapezoidal area under ``values`` over ``fractions`` (linear axis, not normalised)."""
     x = np.asarray(fractions, dtype=float)
     y = np.asarray(values, dtype=float)
@@ -98,12 +98,12 @@ def area_under(fractions: Sequence[float], values: Sequence[float]) -> float:
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
 
 
-def cpr(fractions: Sequence[float], faithfulness: Sequence[float]) -> float:
+def cpr(fractions: Sequence[float], faithfulness: Sequence[float] | np.ndarray) -> float:
     """MIB's CPR: the area under the faithfulness curve (higher is better)."""
     return area_under(fractions, faithfulness)
 
 
-def cmd(fractions: Sequence[float], faithfulness: Sequence[float]) -> float:
+def cmd(fractions: Sequence[float], faithfulness: Sequence[float] | np.ndarray) -> float:
     """MIB's CMD: the area under ``|1 - f|`` (lower is better)."""
     return area_under(fractions, np.abs(1.0 - np.asarray(faithfulness, dtype=float)))
 
@@ -493,7 +493,7 @@ def edges_needed(evaluator: EdgeFaithfulness, graph: EdgeGraph, scores: np.ndarr
     total = graph.n
     order = ranking(scores, absolute)
 
-    def measure(sizes: Sequence[int]) -> np.ndarray:
+    def measure(sizes: Sequence[int] | np.ndarray) -> np.ndarray:
         masks = [prefix_mask(order, int(k), total) for k in sizes]
         return evaluator(np.stack([graph.connected(m) if prune else m for m in masks]))
 

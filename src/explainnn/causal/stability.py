@@ -235,7 +235,7 @@ def plot_stability(result: StabilityResult, path: str | Path | None = None, *, d
     amplifies = result.amplifies()
     for column, b in enumerate(shown, start=1):
         hist = figure.add_subplot(grid[0, column])
-        hist.hist([result.appearance[b][hard], result.appearance[b][~hard]], bins=bins, stacked=True,
+        hist.hist([result.appearance[b][hard], result.appearance[b][~hard]], bins=bins.tolist(), stacked=True,
                   color=["#d62728", "0.6"], label=["hard causes", "other units"])
         hist.set_title(f"beta={result.betas[b]:g}{' (u >= 1)' if amplifies[b] else ''}", fontsize=9)
         hist.set_xlabel("appearance rate", fontsize=8)

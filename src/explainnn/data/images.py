@@ -217,7 +217,10 @@ def read_cifar10(folder: Path, download: bool = False) -> tuple[dict[str, bytes]
                 raise DataError(
                     f"{archive} lacks {', '.join(missing)}; it must be the binary version of CIFAR-10"
                 )
-            return {batch: tar.extractfile(members[batch]).read() for batch in CIFAR10_BATCHES}, str(archive)
+            files = {batch: tar.extractfile(members[batch]) for batch in CIFAR10_BATCHES}
+            if any(handle is None for handle in files.values()):
+                raise DataError(f"{archive}: a CIFAR-10 batch is not a regular file")
+            return {batch: handle.read() for batch, handle in files.items() if handle is not None}, str(archive)
     except (tarfile.TarError, EOFError, OSError) as error:
         raise DataError(f"cannot read {archive} ({error}); delete it and download it again") from None
 

@@ -24,7 +24,7 @@ from explainnn.causal import CausalGraph
 from explainnn.config import AttributionConfig
 from explainnn.data import Dataset
 from explainnn.errors import UserError
-from explainnn.files import atomic_path, write_text
+from explainnn.files import write_npz, write_text
 from explainnn.pipeline.context import RunContext
 from explainnn.progress import progress_bar
 
@@ -51,8 +51,8 @@ def explain_classes(ctx: RunContext, options: AttributionConfig) -> dict[int, di
         results = attribute_methods(ctx.model, inputs, target, graph, options.methods, options=options.options,
                                     seed=ctx.seed, progress=ctx.progress, echo=ctx.echo)
         folder = ctx.run_dir / "attributions" / f"class_{target}"
-        with atomic_path(folder / "attributions.npz") as tmp, open(tmp, "wb") as handle:
-            np.savez_compressed(handle, inputs=inputs.numpy(), labels=dataset.y_test[index].numpy(), **results)
+        write_npz(folder / "attributions.npz",
+                  {"inputs": inputs.numpy(), "labels": dataset.y_test[index].numpy(), **results})
         if ctx.plots and results:
             labels = [f"#{int(i)} ({dataset.info.class_names[target]})" for i in index]
             _draw(ctx.model, dataset, inputs, results, folder, labels=labels, graph=graph,

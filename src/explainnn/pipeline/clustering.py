@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from explainnn.analyses.clustering import ExplanationClusters, explanation_clusters, plot_clusters, plot_seed_agreement
 from explainnn.config import ClusteringConfig
-from explainnn.files import atomic_path, write_csv, write_json
+from explainnn.files import write_csv, write_json, write_npz
 from explainnn.pipeline.context import RunContext
 
 
@@ -26,9 +24,9 @@ def cluster_explanations(ctx: RunContext, options: ClusteringConfig) -> Explanat
                                   progress=ctx.progress)
     out_dir = ctx.run_dir / "clustering"
     clustering = result.clustering
-    with atomic_path(out_dir / "explanations.npz") as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, explanations=result.vectors, index=result.index, classes=result.classes,
-                            predicted=result.predicted, clusters=clustering.best_labels)
+    write_npz(out_dir / "explanations.npz", {"explanations": result.vectors, "index": result.index,
+                                             "classes": result.classes, "predicted": result.predicted,
+                                             "clusters": clustering.best_labels})
     write_csv(out_dir / "clusters.csv", result.cluster_rows(), ["sample", "class", "predicted", "cluster"])
     write_csv(out_dir / "silhouette.csv", clustering.rows(), ["k", "silhouette", "inertia", "best"])
     if ctx.plots:

@@ -12,7 +12,7 @@ from explainnn.analyses.text import TextAnalysis, analyse_texts
 from explainnn.analyses.word_importance import WORD_FIELDS, TokenImportance, plot_top_words
 from explainnn.analyses.word_order import plot_permutation
 from explainnn.config import TextAnalysisConfig
-from explainnn.files import atomic_path, write_csv, write_json
+from explainnn.files import write_csv, write_json, write_npz
 from explainnn.pipeline.context import RunContext
 
 
@@ -61,8 +61,8 @@ def _write_scores(importances: Mapping[str, TokenImportance], methods: list[str]
               for name, result in importances.items() for method, values in result.attributions.items()}
     arrays.update({f"targets__{name}" if several else "targets": result.targets
                    for name, result in importances.items()})
-    with atomic_path(out_dir / "token_scores.npz") as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, tokens=first.tokens, vocab=np.asarray(first.vocab, dtype=str), **arrays)
+    write_npz(out_dir / "token_scores.npz", {"tokens": first.tokens, "vocab": np.asarray(first.vocab, dtype=str),
+                                             **arrays})
 
 
 def _draw(result: TextAnalysis, out_dir: Path, *, dpi: int) -> None:

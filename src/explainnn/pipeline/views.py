@@ -48,7 +48,7 @@ def draw_views(ctx: RunContext, options: ViewsConfig) -> dict[str, Path]:
         if ctx.plots:
             written["maximization"] = out_dir / f"maximization_{best.layer}.png"
             draw_maximization(best.inputs, best.units, written["maximization"], layer=best.layer,
-                              activations=best.activations, causal=best.causal, value_range=best.value_range,
+                              activations=best.activations, causal=sorted(best.causal), value_range=best.value_range,
                               note=best.note, dpi=dpi)
     if views.embedding is not None:
         shown = views.embedding

@@ -64,15 +64,15 @@ def agreement(members: Sequence[RunResult], configs: Mapping[str, Config]) -> Ag
     from explainnn.models import build_model
 
     first = configs[members[0].key]
-    summary = json.loads((members[0].folder / "clustering" / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((_folder(members[0]) / "clustering" / "summary.json").read_text(encoding="utf-8"))
     dataset = _dataset(first)
     index = sample_indices(len(dataset.x_test), int(summary["n_samples"]), first.seed)
     models = []
     for run in members:
         config = configs[run.key]
         model = build_model(config.model.name, dataset.info, **config.model.params)
-        used = read_yaml(run.folder / "config.yaml").get("model", {}).get("checkpoint")  # maybe a shared model
-        checkpoint = Path(used) if used else run.folder / "model.pt"
+        used = read_yaml(_folder(run) / "config.yaml").get("model", {}).get("checkpoint")  # maybe a shared model
+        checkpoint = Path(used) if used else _folder(run) / "model.pt"
         load_checkpoint(checkpoint, model)
         models.append(model.eval())
     matrix = seed_agreement(models, dataset.x_test[index], method=summary["method"], k=int(summary["best_k"]),
@@ -110,3 +110,9 @@ def write_agreement(groups: Sequence[AgreementGroup], sweep_dir: Path, *, plots:
                                 title=f"{group.method} clusters (k={group.k}) across seeds"
                                 + (f"\n{group.fixed}" if group.fixed else ""))
     return write_csv(sweep_dir / "agreement.csv", rows, ("group", "a", "b", "ari", "method", "k", "n_samples"))
+
+
+def _folder(run: RunResult) -> Path:
+    """A finished run's folder (the callers keep only runs that have one)."""
+    assert run.folder is not None
+    return run.folder
