@@ -70,9 +70,9 @@ class Oracle:
         with ModelPatch() as patch, torch.no_grad():
             recurrent: dict[str, list[LayerInfo]] = {}
             for layer in self.layers:
-                if layer.recurrent:
+                if layer.unit_kind.stateful:
                     recurrent.setdefault(layer.module_name, []).append(layer)
-                elif layer.kind != "embedding":
+                elif not layer.unit_kind.reads_ids:
                     patch.replace_forward(layer.module, self._layer(layer, values, source, record))
                 else:
                     patch.replace_forward(layer.module, self._plain(layer, record))
@@ -342,7 +342,7 @@ def _zeros(like: Any) -> Any:
 
 def _mix_units(layer: LayerInfo, current: Any, ablated: Any, masks: list[float]) -> Any:
     """``m * current + (1 - m) * ablated`` unit by unit (recurrent: the sequence and the top layer's final states)."""
-    if layer.recurrent:
+    if layer.unit_kind.stateful:
         module = layer.module
         seq, state = current
         seq_abl, state_abl = ablated
@@ -357,7 +357,7 @@ def _mix_units(layer: LayerInfo, current: Any, ablated: Any, masks: list[float])
                 s[row, :, u % hidden] = m * s[row, :, u % hidden] + (1 - m) * a[row, :, u % hidden]
         return seq, (tuple(states) if isinstance(state, tuple) else states[0])
     out = current.clone()
-    axis = 1 if layer.kind.startswith("conv") else current.dim() - 1
+    axis = layer.unit_axis
     for u, m in enumerate(masks):
         index = [slice(None)] * current.dim()
         index[axis] = u

@@ -1,8 +1,9 @@
 """Installing compiled edits on a model, and the ``intervene`` context manager.
 
-Linear/Conv/Embedding layers get a forward hook that edits their output (edge
-edits as activation deltas computed from the layer's actual input); recurrent
-modules get their forward replaced by the exact unrolled re-execution. The same
+A layer gets a forward hook that edits its output (edge edits as activation
+deltas computed from the layer's actual input), unless its unit kind replaces the
+module's forward (``UnitKind.edited_forward``: recurrent modules are re-executed
+exactly, unrolled from the first edited step). The same
 installer serves the context manager (one block: every row gets the same
 interventions) and the batched runner (``K`` blocks of rows).
 """
@@ -21,7 +22,7 @@ from explainnn.interventions.clean import clean_pass
 from explainnn.interventions.edits import LayerEdits, apply_layer, compile_edits, rest_shape
 from explainnn.interventions.hooks import ModelPatch
 from explainnn.interventions.layers import LayerInfo, find_layers, resolve_layer
-from explainnn.interventions.recurrent import LayerCache, run_module, split_args
+from explainnn.interventions.recurrent import LayerCache, split_args
 from explainnn.interventions.spec import EdgeIntervention, Intervention, InterventionSet, as_rows
 
 Means = Callable[[LayerInfo], torch.Tensor]
@@ -92,8 +93,9 @@ class EditPlan:
         for module_name, layers in self.modules().items():
             module = layers[0].module
             cached = start_cache if start_cache is not None and start_cache.module is module else None
-            if layers[0].unit_kind.stateful:
-                patch.replace_forward(module, self._recurrent_forward(module, layers, cached))
+            forward = layers[0].unit_kind.edited_forward(self, layers, cached)
+            if forward is not None:
+                patch.replace_forward(module, forward)
             elif cached is not None:
                 patch.replace_forward(module, self._cached_forward(layers[0], cached))
             else:
@@ -116,21 +118,6 @@ class EditPlan:
             edits = self.compiled(layer, rest_shape(layer, tuple(clean_out.shape[1:])), y)
             apply_layer(y, inputs, edits, shared=True, path_change=self.path_changes.get(layer.name))
             return y
-
-        return forward
-
-    def _recurrent_forward(self, module: nn.Module, layers: list[LayerInfo], cached: "StartCache | None"):
-        def forward(*args: object, **kwargs: object):
-            rnn = None if cached is None else cached.rnn
-            if cached is not None and module.bidirectional:
-                args, kwargs, rnn = cached.tiled_args(self.n_blocks), {}, None
-            if rnn is not None:
-                length, like = rnn[0].x.shape[1], rnn[0].x
-            else:
-                x = split_args(module, args, kwargs)[0]
-                length, like = x.shape[1], x
-            edits = {layer.sublayer or 0: self.compiled(layer, (length,), like) for layer in layers}
-            return run_module(module, args, kwargs, edits, self.n_blocks, rnn)
 
         return forward
 

@@ -15,12 +15,13 @@ Callers never compare kind names; they ask ``layer.unit_kind``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from explainnn.interventions.apply import EditPlan, StartCache
     from explainnn.interventions.edits import EdgeEdits
     from explainnn.interventions.layers import LayerInfo
 
@@ -196,6 +197,14 @@ class UnitKind:
     def child_rows(self, layer: LayerInfo, child_mask: torch.Tensor) -> torch.Tensor:
         """Units ``(E, units)`` -> the weight rows they own ``(E, rows)``."""
         return child_mask
+
+    def edited_forward(self, plan: EditPlan, layers: list[LayerInfo],
+                       cached: StartCache | None) -> Callable[..., Any] | None:
+        """A forward replacing the module's that applies ``plan``'s edits to ``layers`` (the module's analysable
+        layers), or ``None`` (the default): the engine then edits the module's output in a forward hook, node
+        edits as an affine map per unit and edge edits as deltas from :meth:`input_delta` on the module's input.
+        ``cached`` holds the module's clean activations when the run starts at this module."""
+        return None
 
     def input_delta(self, layer: LayerInfo, x: torch.Tensor, edge: EdgeEdits, n_blocks: int,
                     shared: bool) -> torch.Tensor:

@@ -16,7 +16,7 @@ and counts its calls as steps).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ from explainnn.errors import InterventionError
 from explainnn.interventions.kinds.base import KindLayer, UnitKind, mix_rows
 
 if TYPE_CHECKING:
+    from explainnn.interventions.apply import EditPlan, StartCache
     from explainnn.interventions.layers import LayerInfo
 
 RECURRENT_TYPES: dict[type[nn.RNNBase], str] = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}
@@ -314,6 +315,29 @@ class RecurrentKind(UnitKind):
     def unit_values(self, layer: LayerInfo, output: Any) -> torch.Tensor:
         hidden = _states(output[1])[0]
         return hidden[layer.sublayer or 0]
+
+    # -- edits ------------------------------------------------------------------------------------------------
+    def edited_forward(self, plan: EditPlan, layers: list[LayerInfo],
+                       cached: StartCache | None) -> Callable[..., Any] | None:
+        """The module re-run exactly from the first edited step (:func:`~explainnn.interventions.recurrent.run_module`),
+        resuming from the clean states in ``cached`` (a bidirectional module re-runs both directions from step 0)."""
+        from explainnn.interventions.recurrent import run_module
+
+        module = rnn(layers[0].module)
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            caches = None if cached is None else cached.rnn
+            if cached is not None and module.bidirectional:
+                args, kwargs, caches = cached.tiled_args(plan.n_blocks), {}, None
+            if caches is not None:
+                length, like = caches[0].x.shape[1], caches[0].x
+            else:
+                x = split_args(module, args, kwargs)[0]
+                length, like = x.shape[1], x
+            edits = {layer.sublayer or 0: plan.compiled(layer, (length,), like) for layer in layers}
+            return run_module(module, args, kwargs, edits, plan.n_blocks, caches)
+
+        return forward
 
     # -- inputs and edges -------------------------------------------------------------------------------------
     def batch_first_input(self, layer: LayerInfo, inp: torch.Tensor) -> torch.Tensor:
