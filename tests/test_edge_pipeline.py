@@ -17,12 +17,12 @@ from torch import nn
 
 import explainnn
 import explainnn.causal as causal
-from explainnn.causal import CausalGraph
+from explainnn.causal import CausalGraph, EdgeCircuitReport
 from explainnn.causal.draw import EDGE_COLOUR_LABELS, OPPOSES_COLOUR, SUPPORTS_COLOUR, draw_edge_circuit
 from explainnn.config import EDGE_METHODS, build_config
 from explainnn.errors import ConfigError
 from explainnn.pipeline import Run
-from explainnn.pipeline.circuit import EDGE_FIELDS, EdgeCircuitReport, describe_edge_circuit
+from explainnn.pipeline.circuit import EDGE_FIELDS, describe_edge_circuit
 
 SMALL = ["progress=false", "data.name=digits", "training.epochs=6", "training.lr=0.003", "device=cpu",
          "discovery.n_samples=10", "discovery.stability.enabled=false", "discovery.check_circuit=false",
@@ -83,13 +83,14 @@ def test_held_out_faithfulness_and_the_mib_curves_use_test_samples_the_search_ne
     held = report.held_out
     x = ctx.dataset
     of_class = int((x.y_test == 3).sum())
-    assert 2 <= held["n_samples"] <= min(20, of_class) and held["split"] == "test"
-    assert all(int(x.y_test[i]) == 3 for i in held["samples"])
+    assert 2 <= held.n_samples <= min(20, of_class) and held.split == "test"
+    assert all(int(x.y_test[i]) == 3 for i in held.samples)
+    assert report.graph.results["held_out"] == held.to_dict()
     assert np.isfinite(report.held_out_faithfulness)
     rows = _rows(run.run_dir / "circuit" / "class_3" / "mib.csv")
     methods = [row["method"] for row in rows]
     assert list(dict.fromkeys(methods)) == ["explainnn", "eap_ig", "random"] and len(rows) == 30
-    assert {int(row["n_samples"]) for row in rows} == {held["n_samples"]}
+    assert {int(row["n_samples"]) for row in rows} == {held.n_samples}
     own = [row for row in rows if row["method"] == "explainnn"]
     assert [float(row["budget_percent"]) for row in own] == [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
     assert float(own[-1]["faithfulness"]) == pytest.approx(1.0)  # every edge kept is the full model

@@ -37,7 +37,13 @@ from explainnn.causal.discovery import (
     indices_classified_as,
 )
 from explainnn.causal.draw import draw_edge_circuit, draw_graph
-from explainnn.causal.edge_search import edge_circuit, edge_scores, find_edge_circuit
+from explainnn.causal.edge_search import (
+    EdgeCircuitReport,
+    HeldOutFaithfulness,
+    edge_circuit,
+    edge_scores,
+    find_edge_circuit,
+)
 from explainnn.causal.edges import EdgeAblation, Edges, ablated_logits, enumerate_edges
 from explainnn.causal.graph import SCHEMA, SCHEMA_VERSION, CausalGraph, library_versions, node_id
 from explainnn.causal.mib import MIBCurve, edges_needed, mib_curve
@@ -164,6 +170,8 @@ __all__ = [
     "node_circuit",
     "CircuitCheck",
     "CircuitReport",
+    "EdgeCircuitReport",
+    "HeldOutFaithfulness",
     "CircuitSearch",
     "Necessity",
     "NecessityWhereChosen",

@@ -81,6 +81,7 @@ from explainnn.causal.graph import CausalGraph
 from explainnn.causal.mib import (
     EdgeFaithfulness,
     EdgeGraph,
+    MIBCurve,
     build_evaluator,
     edges_needed,
     prefix_mask,
@@ -150,6 +151,61 @@ class EdgeSearch:
     @property
     def size(self) -> int:
         return int(self.mask.sum())
+
+
+@dataclass(frozen=True)
+class HeldOutFaithfulness:
+    """An edge circuit's exact faithfulness on held-out samples (``graph.results["held_out"]`` is :meth:`to_dict`).
+
+    ``samples``: the held-out inputs' indices in their ``split``; ``full`` and
+    ``empty``: ``F`` with every edge kept and ablated on them."""
+
+    faithfulness: float
+    n_samples: int
+    samples: list[int]
+    split: str
+    metric: str
+    ablation: str
+    full: float
+    empty: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"faithfulness": self.faithfulness, "n_samples": self.n_samples, "samples": list(self.samples),
+                "split": self.split, "metric": self.metric, "ablation": self.ablation, "full": self.full,
+                "empty": self.empty}
+
+
+@dataclass(frozen=True)
+class EdgeCircuitReport:
+    """One class's edge circuit, found and checked: ``graph`` (the circuit as a :class:`CausalGraph`; its
+    ``results`` keep the numbers below as JSON), ``search`` how it was found (:func:`find_edge_circuit`),
+    ``held_out`` its exact faithfulness on held-out samples and ``curves`` the MIB curves on those samples, one
+    per ranking (``"explainnn"``: :func:`circuit_ranking`; then the baselines), empty when none was measured."""
+
+    graph: CausalGraph
+    search: EdgeSearch
+    held_out: HeldOutFaithfulness
+    curves: dict[str, MIBCurve] = field(default_factory=dict)
+
+    @property
+    def target(self) -> int:
+        """The explained class."""
+        return int(self.search.target)
+
+    @property
+    def size(self) -> int:
+        """Edges in the circuit."""
+        return int(self.search.size)
+
+    @property
+    def total_edges(self) -> int:
+        """Edges the circuit was chosen from."""
+        return int(self.search.graph.n)
+
+    @property
+    def held_out_faithfulness(self) -> float:
+        """The circuit's exact normalised faithfulness on the held-out samples."""
+        return float(self.held_out.faithfulness)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -689,8 +745,10 @@ def _check_method(method: str) -> None:
 
 __all__ = [
     "METHODS",
+    "EdgeCircuitReport",
     "EdgeScores",
     "EdgeSearch",
+    "HeldOutFaithfulness",
     "acdc",
     "circuit_ranking",
     "eap_ig_scores",

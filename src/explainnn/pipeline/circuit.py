@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,7 +23,14 @@ from explainnn.causal import (
 from explainnn.causal.circuit_check import CircuitCheck
 from explainnn.causal.curves import OURS, FaithfulnessCurves, baseline_orders, circuit_order, plot_check
 from explainnn.causal.draw import MIB_NAMES, draw_edge_circuit, plot_mib
-from explainnn.causal.edge_search import EdgeSearch, circuit_ranking, edge_circuit_graph, edge_scores, find_edge_circuit
+from explainnn.causal.edge_search import (
+    EdgeCircuitReport,
+    HeldOutFaithfulness,
+    circuit_ranking,
+    edge_circuit_graph,
+    edge_scores,
+    find_edge_circuit,
+)
 from explainnn.causal.mib import MIBCurve, build_evaluator, score_curve
 from explainnn.causal.minimal_circuit import circuit_graph
 from explainnn.config import CircuitConfig
@@ -39,45 +45,6 @@ CURVE_POINTS, CURVE_RANDOM = 21, 10
 EDGE_CIRCUIT = "explainnn"
 """The MIB curves' name for the edge circuit's own ranking (:func:`~explainnn.causal.edge_search.circuit_ranking`:
 nested exact circuits inside the circuit, the gain of adding each edge outside it)."""
-
-
-@dataclass(frozen=True)
-class EdgeCircuitReport:
-    """One class's edge circuit as the circuit step found and checked it (``ctx.edge_circuits[k]``).
-
-    ``graph`` is the circuit as a :class:`CausalGraph` (what ``edge_circuit.json``
-    holds; ``graph.results`` keeps the numbers below as JSON), ``search`` how it
-    was found (:func:`~explainnn.causal.find_edge_circuit`), ``held_out`` its exact
-    faithfulness on held-out test samples (``{"faithfulness", "n_samples",
-    "metric", "ablation"}``) and ``curves`` the MIB curves on those samples, one
-    per ranking (``"explainnn"``: the circuit's own; then ``circuit.methods``),
-    empty without ``circuit.mib``.
-    """
-
-    graph: CausalGraph
-    search: EdgeSearch
-    held_out: dict[str, Any]
-    curves: dict[str, MIBCurve] = field(default_factory=dict)
-
-    @property
-    def target(self) -> int:
-        """The explained class."""
-        return int(self.search.target)
-
-    @property
-    def size(self) -> int:
-        """Edges in the circuit."""
-        return int(self.search.size)
-
-    @property
-    def total_edges(self) -> int:
-        """Edges the circuit was chosen from."""
-        return int(self.search.graph.n)
-
-    @property
-    def held_out_faithfulness(self) -> float:
-        """The circuit's exact normalised faithfulness on the held-out test samples."""
-        return float(self.held_out["faithfulness"])
 
 
 def find_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, CircuitReport] | dict[int, EdgeCircuitReport]:
@@ -139,11 +106,10 @@ def edge_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, EdgeCirc
         evaluator, edge_graph = build_evaluator(model, dataset.x_test[pool], target, edges=search.edges,
                                                 labels=dataset.y_test[pool], ablation=ablation, reference=reference,
                                                 metric=search.metric, n_samples=n_held)
-        held_out = {"faithfulness": float(evaluator(search.mask[None])[0]), "n_samples": len(evaluator.samples),
-                    "samples": pool[torch.as_tensor(evaluator.samples.index)].tolist(), "split": "test",
-                    "metric": evaluator.metric, "ablation": ablation, "full": evaluator.full,
-                    "empty": evaluator.empty}
-        graph.add_result("held_out", held_out)
+        held_out = HeldOutFaithfulness(float(evaluator(search.mask[None])[0]), len(evaluator.samples),
+                                       pool[torch.as_tensor(evaluator.samples.index)].tolist(), "test",
+                                       evaluator.metric, ablation, evaluator.full, evaluator.empty)
+        graph.add_result("held_out", held_out.to_dict())
         curves: dict[str, MIBCurve] = {}
         if options.mib:
             curves[EDGE_CIRCUIT] = score_curve(evaluator, edge_graph, circuit_ranking(search), method=EDGE_CIRCUIT)
@@ -162,7 +128,7 @@ def edge_circuits(ctx: RunContext, options: CircuitConfig) -> dict[int, EdgeCirc
                         folder / "edge_circuit.png")
             if curves:
                 save_figure(plot_mib(list(curves.values()), dpi=ctx.dpi,
-                                     title=f"class {target}: faithfulness on {held_out['n_samples']} held-out "
+                                     title=f"class {target}: faithfulness on {held_out.n_samples} held-out "
                                            f"test samples ({ablation} ablation)"),
                             folder / "mib.png")
         ctx.edge_circuits[target] = EdgeCircuitReport(graph, search, held_out, curves)

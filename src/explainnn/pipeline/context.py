@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from explainnn.analyses.clustering import ExplanationClusters
     from explainnn.analyses.text import TextAnalysis
     from explainnn.analyses.views import Views
+    from explainnn.causal.edge_search import EdgeCircuitReport
     from explainnn.evaluation import EvaluationResults
-    from explainnn.pipeline.circuit import EdgeCircuitReport
 
 
 @dataclass
@@ -65,7 +65,7 @@ class RunContext:
     :class:`~explainnn.causal.CircuitCheck`, :class:`~explainnn.causal.StabilityResult`,
     :class:`~explainnn.causal.SeedStability`), ``edge_circuits`` or ``circuits``
     (circuit, ``circuit.level`` edges or nodes: one
-    :class:`~explainnn.pipeline.circuit.EdgeCircuitReport` or
+    :class:`~explainnn.causal.EdgeCircuitReport` or
     :class:`~explainnn.causal.CircuitReport` per class; ``circuit_graphs``
     holds their graphs), ``attributions``,
     ``evaluations`` (one :class:`~explainnn.evaluation.EvaluationResults` per class), and ``analyses`` (an :class:`Analyses`: views, text,

@@ -12,6 +12,7 @@ import numpy as np
 from torch import nn
 
 from explainnn.causal import CausalGraph, CircuitCheck, StabilityResult
+from explainnn.causal.edge_search import EdgeCircuitReport
 from explainnn.config import Config, ModelConfig, build_config, load_config
 from explainnn.data import Dataset
 from explainnn.errors import UserError
@@ -19,7 +20,7 @@ from explainnn.evaluation import EvaluationResults
 from explainnn.files import write_csv
 from explainnn.pipeline.attribution import explain_classes
 from explainnn.pipeline.checks import ChecksOptions, check_graphs
-from explainnn.pipeline.circuit import CircuitReport, EdgeCircuitReport, find_circuits
+from explainnn.pipeline.circuit import CircuitReport, find_circuits
 from explainnn.pipeline.clustering import cluster_explanations
 from explainnn.pipeline.context import RunContext, SeedModels
 from explainnn.pipeline.data import load_data
