@@ -47,16 +47,9 @@ def layer_info(model: nn.Module, example: torch.Tensor, layer: str) -> LayerInfo
 
 
 def unit_activations(info: LayerInfo, output: Any) -> torch.Tensor:
-    """``(N, n_units)``: one value per unit from the layer's raw forward output (see module doc)."""
-    if info.recurrent:
-        state = output[1]
-        hidden = state[0] if isinstance(state, tuple) else state
-        return hidden[info.sublayer or 0]
-    if info.kind.startswith("conv"):
-        return output.flatten(2).mean(dim=2)
-    if info.time_axis:
-        return output[:, -1]
-    return output.flatten(1)
+    """``(N, n_units)``: one value per unit from the layer's raw forward output (see module doc), as the layer's
+    unit kind reads it."""
+    return info.unit_kind.unit_values(info, output)
 
 
 class _LayerDone(Exception):

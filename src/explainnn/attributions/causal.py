@@ -119,7 +119,9 @@ def causal_path_maps(model: nn.Module, inputs: Tensor, graph: Any, layer: str = 
     if not units:
         raise UserError(f"the graph has no causal units in layer '{layer}'; choose one of: {', '.join(_hidden(graph))}")
     parents = _causal_parents(graph, info)
-    features = sorted({f for i in parents for f in info.parent_map[i]})
+    parent_map = info.parent_map
+    assert parent_map is not None  # _causal_parents refuses a layer without one
+    features = sorted({f for i in parents for f in parent_map[i]})
     seen: list[Tensor] = []
     handle = info.module.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
     try:
@@ -128,7 +130,9 @@ def causal_path_maps(model: nn.Module, inputs: Tensor, graph: Any, layer: str = 
     finally:
         handle.remove()
     x = seen[0]
-    weight = info.module.weight.detach()
+    module_weight = info.module.weight
+    assert isinstance(module_weight, Tensor)
+    weight = module_weight.detach()
     size = inputs.shape[-2:]
     maps: dict[int, Tensor] = {}
     for unit in units:
@@ -172,8 +176,10 @@ def _causal_parents(graph: Any, info: LayerInfo) -> list[int]:
 def _linear_map(x: Tensor, weight_row: Tensor, info: LayerInfo, parents: list[int]) -> Tensor:
     """Contributions ``W[j, f] * x_f`` of the causal parents' features, laid out as the parent's spatial map."""
     contributions = x.flatten(1) * weight_row
-    blocks = [contributions[:, list(info.parent_map[i])] for i in parents]
-    width = len(info.parent_map[parents[0]])
+    parent_map = info.parent_map
+    assert parent_map is not None
+    blocks = [contributions[:, list(parent_map[i])] for i in parents]
+    width = len(parent_map[parents[0]])
     side = int(round(width**0.5))
     if side * side != width:
         raise UserError(f"causal_paths cannot lay out {width} features per parent unit of '{info.name}' as a square map")

@@ -314,7 +314,7 @@ def _discover(model: nn.Module, inputs: torch.Tensor, target: int, options: Disc
         if parent != INPUT:
             causes[parent] = kept_units
             layer = by_name[parent]
-            if layer.recurrent and kept_units:
+            if layer.unit_kind.stateful and kept_units:
                 tested = {c.unit for c in candidates}
                 causes[parent] = _through_recurrence(options, runner, layer, graph, depth, kept_units, tested,
                                                      tests[parent], generator, (test_samples, clean_all, target))
@@ -529,7 +529,7 @@ def _preflight(model: nn.Module, example: torch.Tensor, walk: list[LayerInfo], i
                 f"layer '{layer.name}' runs {layer.calls} times per forward pass; interventions need a layer that runs once"
             )
         tested = [link for link in layer.parents if link.name in names or (link.name == INPUT and include_input)]
-        if layer is not walk[0] and not layer.parents and layer.kind != "embedding":
+        if layer is not walk[0] and not layer.parents and not layer.unit_kind.reads_ids:
             raise InterventionError(f"layer '{layer.name}' has no traced parent: {layer.note}")
         for link in tested:
             if link.via == "path" and link.name == INPUT:
@@ -537,7 +537,7 @@ def _preflight(model: nn.Module, example: torch.Tensor, walk: list[LayerInfo], i
                     f"layer '{layer.name}': the input reaches it together with other parents; edges from the "
                     "input along a shared path are not supported (pass include_input=False)"
                 )
-            if link.via == "path" and layer.recurrent:
+            if link.via == "path" and layer.unit_kind.stateful:
                 raise InterventionError(
                     f"layer '{layer.name}': its inputs are shared by several parents ({link.name}, ...); path "
                     "edges into recurrent layers are not supported"
