@@ -142,7 +142,8 @@ def _check_path_row(resolved: list[tuple[LayerInfo, Intervention]], allow_path: 
 
 @dataclass
 class StartCache:
-    """Clean activations of the first intervened module: its input/output, or its RNN states."""
+    """Clean activations of the first intervened module: its call (``args``, ``kwargs``), its input and output, or
+    its RNN states."""
 
     module: nn.Module
     inputs: torch.Tensor | None = None

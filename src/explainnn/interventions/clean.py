@@ -34,10 +34,8 @@ class CleanPass:
         return self._rnn[module_name]
 
     def activation(self, layer: LayerInfo) -> torch.Tensor:
-        """The layer's clean output, batch-first (recurrent: ``(N, T, H)``)."""
-        if layer.unit_kind.stateful:
-            return self.rnn(layer.module_name)[layer.sublayer or 0].h
-        return self.call(layer.module_name).output
+        """The layer's clean unit values, batch-first (recurrent: ``(N, T, H)``), as its unit kind reads them."""
+        return layer.unit_kind.clean_activation(layer, self)
 
     def mean(self, layer: LayerInfo) -> torch.Tensor:
         """Per-unit mean over the samples, unit-first: ``(n_units, *rest)``."""

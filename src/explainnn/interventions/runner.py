@@ -423,7 +423,7 @@ class InterventionRunner:
     def _start_cache(clean: CleanPass, start: ModuleCall) -> StartCache:
         if is_stateful(start.module):
             return StartCache(start.module, rnn=clean.rnn(start.name), args=start.args, kwargs=start.kwargs)
-        return StartCache(start.module, start.args[0], start.output)
+        return StartCache(start.module, start.args[0], start.output, args=start.args, kwargs=start.kwargs)
 
     def _reproduces(self, clean: CleanPass, start: ModuleCall, prefix: "_Prefix") -> bool:
         try:

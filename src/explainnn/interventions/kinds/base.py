@@ -22,6 +22,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from explainnn.interventions.apply import EditPlan, StartCache
+    from explainnn.interventions.clean import CleanPass
     from explainnn.interventions.edits import EdgeEdits
     from explainnn.interventions.layers import LayerInfo
 
@@ -159,6 +160,12 @@ class UnitKind:
     def replace_output(self, layer: LayerInfo, output: Any, tensor: torch.Tensor) -> Any:
         """``output`` with the tensor of :meth:`output_tensor` replaced by ``tensor`` (states follow it)."""
         return tensor
+
+    def clean_activation(self, layer: LayerInfo, clean: CleanPass) -> torch.Tensor:
+        """The layer's unit values in the clean pass, batch-first (the tensor node edits and means act on)."""
+        output = clean.call(layer.module_name).output
+        assert isinstance(output, torch.Tensor)
+        return output
 
     def unit_values(self, layer: LayerInfo, output: Any) -> torch.Tensor:
         """``(N, units)``: one value per unit from the module's output (last step of a sequence)."""

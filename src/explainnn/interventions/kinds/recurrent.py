@@ -27,6 +27,7 @@ from explainnn.interventions.kinds.base import KindLayer, UnitKind, mix_rows
 
 if TYPE_CHECKING:
     from explainnn.interventions.apply import EditPlan, StartCache
+    from explainnn.interventions.clean import CleanPass
     from explainnn.interventions.layers import LayerInfo
 
 RECURRENT_TYPES: dict[type[nn.RNNBase], str] = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}
@@ -311,6 +312,9 @@ class RecurrentKind(UnitKind):
             h, c = state
             return tensor, (torch.cat([h[:-1], last[None]]), c)
         return tensor, torch.cat([state[:-1], last[None]])
+
+    def clean_activation(self, layer: LayerInfo, clean: CleanPass) -> torch.Tensor:
+        return clean.rnn(layer.module_name)[layer.sublayer or 0].h
 
     def unit_values(self, layer: LayerInfo, output: Any) -> torch.Tensor:
         hidden = _states(output[1])[0]
