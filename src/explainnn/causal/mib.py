@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from explainnn.causal.units import normalise
 from explainnn.errors import ConfigError, TooFewSamples, UserError
 from explainnn.interventions.hooks import ModelPatch
 
@@ -106,13 +107,6 @@ def cpr(fractions: Sequence[float], faithfulness: Sequence[float] | np.ndarray) 
 def cmd(fractions: Sequence[float], faithfulness: Sequence[float] | np.ndarray) -> float:
     """MIB's CMD: the area under ``|1 - f|`` (lower is better)."""
     return area_under(fractions, np.abs(1.0 - np.asarray(faithfulness, dtype=float)))
-
-
-def normalise(values: np.ndarray, full: float, ablated: float) -> np.ndarray:
-    """``(values - ablated) / (full - ablated)``; NaN when ablating every edge leaves ``F`` unchanged."""
-    span = full - ablated
-    values = np.asarray(values, dtype=float)
-    return (values - ablated) / span if span else np.full(values.shape, np.nan)
 
 
 # ----------------------------------------------------------------------------- the edge graph
@@ -212,7 +206,7 @@ class Samples:
         return len(self.index)
 
 
-def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+def _predicted(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     """The model's predicted classes (evaluation mode, restored afterwards)."""
     device = _device(model)
     out = []
@@ -239,7 +233,7 @@ def select_samples(model: nn.Module, inputs: torch.Tensor, target: int, n_sample
     """
     _check_ablation(ablation)
     inputs = torch.as_tensor(inputs)
-    predicted = predict(model, inputs)
+    predicted = _predicted(model, inputs)
     chosen = predicted == target
     if labels is not None:
         chosen &= np.asarray(torch.as_tensor(labels).cpu()) == target
@@ -255,7 +249,7 @@ def select_samples(model: nn.Module, inputs: torch.Tensor, target: int, n_sample
         if len(counterfactuals) != len(inputs):
             raise UserError(f"counterfactuals must have one row per input ({len(inputs)}); got {len(counterfactuals)}")
         samples.counterfactuals = counterfactuals[torch.as_tensor(index)]
-        samples.counterfactual_classes = predict(model, samples.counterfactuals)
+        samples.counterfactual_classes = _predicted(model, samples.counterfactuals)
         return samples
     other = predicted != target
     if labels is not None:
