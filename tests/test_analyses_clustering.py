@@ -120,7 +120,7 @@ def test_token_explanations_are_zero_at_padding():
 def _clustering_step(model, dataset, run_dir, *overrides, retrain=None):
     """The pipeline's clustering step on ``model`` and ``dataset`` alone (``retrain``: the model step's seed models)."""
     from explainnn.config import build_config
-    from explainnn.pipeline.clustering import cluster_explanations as clustering_step
+    from explainnn.pipeline.clustering import analyse_clusters as clustering_step
     from explainnn.pipeline.context import RunContext, SeedModels
 
     ctx = RunContext(build_config(overrides=["progress=false", "plots.dpi=40", *overrides]), run_dir,

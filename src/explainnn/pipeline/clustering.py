@@ -8,7 +8,7 @@ from explainnn.files import write_csv, write_json, write_npz
 from explainnn.pipeline.context import RunContext
 
 
-def cluster_explanations(ctx: RunContext, options: ClusteringConfig) -> ExplanationClusters:
+def analyse_clusters(ctx: RunContext, options: ClusteringConfig) -> ExplanationClusters:
     """:func:`~explainnn.analyses.clustering.explanation_clusters` of the test split, written to ``clustering/``.
 
     Every key of ``options`` but ``enabled`` is a keyword of ``explanation_clusters``;

@@ -21,7 +21,7 @@ from explainnn.files import write_csv
 from explainnn.pipeline.attribution import explain_classes
 from explainnn.pipeline.checks import ChecksOptions, check_graphs
 from explainnn.pipeline.circuit import CircuitReport, find_circuits
-from explainnn.pipeline.clustering import cluster_explanations
+from explainnn.pipeline.clustering import analyse_clusters
 from explainnn.pipeline.context import RunContext, SeedModels
 from explainnn.pipeline.data import load_data
 from explainnn.pipeline.discovery import discover_graphs
@@ -86,7 +86,7 @@ STEPS: tuple[Step, ...] = (
     Step("evaluation", evaluate_classes, "evaluation"),
     Step("views", draw_views, "analyses.views"),
     Step("text", analyse_text, "analyses.text"),
-    Step("clustering", cluster_explanations, "analyses.clustering"),
+    Step("clustering", analyse_clusters, "analyses.clustering"),
     Step("report", write_run_report, "report"),
 )
 STEP_NAMES = tuple(step.name for step in STEPS)
