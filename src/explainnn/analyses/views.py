@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -92,7 +92,9 @@ def plot_filters(
     16 input channels are drawn.
     """
     name, module = _conv_layer(conv_layers(model, example_input), layer)
-    weight = module.weight.detach().float().cpu().numpy()
+    parameter = module.weight
+    assert isinstance(parameter, torch.Tensor)
+    weight = parameter.detach().float().cpu().numpy()
     n_filters, n_inputs = weight.shape[:2]
     one_d = weight.ndim == 3
     if one_d:
@@ -118,7 +120,7 @@ def plot_filters(
         axis.set_visible(False)
     if shared and image is not None:
         figure.colorbar(image, ax=axes, shrink=0.8, ticks=[-limit, 0, limit], format="%.2g")
-    size = "x".join(str(s) for s in module.weight.shape[2:])
+    size = "x".join(str(s) for s in parameter.shape[2:])
     detail = "rows: input channels, " if one_d and n_inputs > 1 else ""
     more = f"; first {shown_filters} filters, {min(n_inputs, MAX_CHANNELS)} inputs shown" if (
         shown_filters < n_filters or n_inputs > MAX_CHANNELS) else ""
@@ -274,7 +276,7 @@ def maximize_activation(
                         "through an embedding, and an optimised embedding matches no token")
     shape = _shape(input_shape)
     single = isinstance(unit, (int, np.integer)) and not isinstance(unit, bool)
-    units = [unit] if single else list(unit)
+    units = [unit] if single else list(cast("Sequence[int]", unit))
     _check_options(steps=steps, lr=lr, l2=l2, tv=tv, jitter=jitter)
     low, high = _range(value_range)
     device = model_device(model)
@@ -329,7 +331,7 @@ def plot_maximization(
     graph: CausalGraph | None = None,
     value_range: tuple[float, float] | None = (0.0, 1.0),
     dpi: int = 120,
-    **options: object,
+    **options: Any,
 ) -> Figure:
     """A grid of the inputs that maximise ``units`` of ``layer``, each titled with the activation reached.
 
@@ -360,7 +362,7 @@ def draw_maximization(
     *,
     layer: str,
     activations: Sequence[float] | np.ndarray | None = None,
-    causal: Sequence[int] = (),
+    causal: Collection[int] = (),
     value_range: tuple[float, float] | None = (0.0, 1.0),
     note: str = "",
     dpi: int = 120,
@@ -511,6 +513,7 @@ def _representation_views(model: nn.Module, dataset: Dataset, layers: list[Layer
     if (maximize or projection != "none") and hidden is None:
         skipped.append(("maximisation and embedding", "the model has no hidden layer before its output"))
     elif maximize or projection != "none":
+        assert hidden is not None
         features = hidden_representations(model, x[torch.from_numpy(chosen)], hidden)
 
     maximization = embedding = None

@@ -257,10 +257,10 @@ def _recurrent_parts(model: nn.Module) -> tuple[RecurrentClassifier, nn.RNNBase]
             "(for feed-forward models such as lenet use deeplift or guided_backprop)"
         )
     module = model.recurrent
-    if module.bidirectional or getattr(module, "proj_size", 0) or not module.batch_first:
+    if module.bidirectional or module.proj_size or not module.batch_first:
         raise UserError(
             f"lrp supports unidirectional batch-first {model.cell_type} layers without projection; "
-            f"this one has bidirectional={module.bidirectional}, proj_size={getattr(module, 'proj_size', 0)}, "
+            f"this one has bidirectional={module.bidirectional}, proj_size={module.proj_size}, "
             f"batch_first={module.batch_first}"
         )
     return model, module
@@ -274,6 +274,7 @@ def _pooling_weights(model: RecurrentClassifier, outputs: Tensor, pad_mask: Tens
     if model.pooling == "mean":
         return weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
     attention = model.attention
+    assert attention is not None  # pooling == "attention"
     scores = outputs @ attention.weight.detach().to(outputs.dtype)[0] + attention.bias.detach().to(outputs.dtype)
     scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
     return torch.softmax(scores, dim=1) * weights
@@ -375,8 +376,10 @@ def lrp_tokens(model: nn.Module, tokens: Tensor, target: Tensor, *, epsilon: flo
     """LRP relevance of each token's embedding, summed over the embedding dimension."""
     pad = pad_index_of(model)
     pad_mask = tokens == pad
+    embedding = getattr(model, "embedding")  # checked by pad_index_of
+    assert isinstance(embedding, nn.Embedding)
     with torch.no_grad():
-        embeddings = model.embedding(tokens)
+        embeddings = embedding(tokens)
     relevance = lrp_relevance(model, embeddings, target, pad_mask=pad_mask, epsilon=epsilon,
                               bias_relevance=bias_relevance).inputs
     return relevance.sum(dim=-1).masked_fill(pad_mask, 0.0).float()

@@ -30,6 +30,8 @@ which perturbs float inputs and cannot handle token ids.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from captum.attr import InputXGradient, KernelShap, Occlusion, Saliency
 from torch import Tensor, nn
@@ -79,18 +81,25 @@ class EmbeddingSpaceModel(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        pad_index_of(model)
+        self._pad = pad_index_of(model)
         self.model = model
 
     @property
+    def embedding(self) -> nn.Embedding:
+        """The token model's ``nn.Embedding`` (checked by :func:`pad_index_of`)."""
+        embedding = self.model.embedding
+        assert isinstance(embedding, nn.Embedding)
+        return embedding
+
+    @property
     def pad_embedding(self) -> Tensor:
-        return self.model.embedding.weight[self.model.pad_index].detach()
+        return self.embedding.weight[self._pad].detach()
 
     def embed(self, tokens: Tensor) -> Tensor:
         """``(N, L)`` token ids -> ``(N, 1, L, E)`` float embeddings (detached)."""
-        weight = self.model.embedding.weight
+        weight = self.embedding.weight
         with torch.no_grad():
-            return self.model.embedding(torch.as_tensor(tokens, device=weight.device))[:, None].clone()
+            return self.embedding(torch.as_tensor(tokens, device=weight.device))[:, None].clone()
 
     def reference(self, embeddings: Tensor) -> Tensor:
         """The pad embedding at every position."""
@@ -99,14 +108,15 @@ class EmbeddingSpaceModel(nn.Module):
     def forward(self, embeddings: Tensor) -> Tensor:
         if embeddings.dim() == 4 and embeddings.shape[1] == 1:
             embeddings = embeddings[:, 0]
-        width = self.model.embedding.embedding_dim
+        width = self.embedding.embedding_dim
         if embeddings.dim() != 3 or embeddings.shape[-1] != width:
             raise DataError(
                 f"EmbeddingSpaceModel reads (N, 1, L, {width}) or (N, L, {width}) embeddings; "
                 f"got shape {tuple(embeddings.shape)}"
             )
         pad_mask = (embeddings == self.pad_embedding.to(embeddings.dtype)).all(dim=-1)
-        return self.model.forward_embedded(embeddings, pad_mask=pad_mask)
+        forward_embedded: Callable[..., Tensor] = getattr(self.model, "forward_embedded")
+        return forward_embedded(embeddings, pad_mask=pad_mask)
 
 
 def _target_logits(model: nn.Module, tokens: Tensor, target: Tensor, batch_size: int) -> Tensor:

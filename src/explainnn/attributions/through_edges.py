@@ -230,7 +230,8 @@ def _input_gradient(keep: Tensor):
     its input with exactly that derivative, so ``y + (t - t.detach())`` restores it (``t - t.detach()`` is 0).
     """
 
-    def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+        assert isinstance(module, (nn.Conv1d, nn.Conv2d))
         x = args[0]
         if not isinstance(x, Tensor) or not x.requires_grad or x.shape[0] != output.shape[0]:
             return output

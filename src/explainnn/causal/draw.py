@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import networkx as nx
 from matplotlib.axes import Axes
@@ -118,7 +118,7 @@ def _draw_layers(
                 y -= 1.0
             y -= 1.5
     shown = source.subgraph(pos)
-    axes_height_pt = ax.get_position().height * ax.figure.get_size_inches()[1] * 72.0
+    axes_height_pt = ax.get_position().height * _figure_height(ax) * 72.0
     spacing_pt = axes_height_pt / (tallest + 2.0)  # room per unit, leaving space for the layer names
     node_size = min(500.0, max(20.0, (0.8 * spacing_pt) ** 2))
     font_size = min(8.0, max(4.0, 0.45 * spacing_pt))
@@ -284,7 +284,15 @@ def _figure_size(graph: CausalGraph, max_units: int | None) -> tuple[float, floa
     return (max(4.0, 2.2 * len(columns)), min(40.0, max(3.0, 0.35 * tallest + 1.5)))
 
 
-def _is_finite(value: object) -> bool:
+def _figure_height(ax: Axes) -> float:
+    """The height in inches of the figure the axes are drawn on (a subfigure's root figure)."""
+    figure = ax.figure
+    root = figure if isinstance(figure, Figure) else figure.figure
+    assert isinstance(root, Figure)
+    return float(root.get_size_inches()[1])
+
+
+def _is_finite(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

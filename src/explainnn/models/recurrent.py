@@ -129,6 +129,7 @@ class RecurrentClassifier(nn.Module):
                     f"this {self.cell_type} token model reads (N, L) integer token ids; "
                     f"got a {x.dtype} tensor of shape {tuple(x.shape)}"
                 )
+            assert self.pad_index is not None  # set with the embedding
             return self.forward_embedded(self.embedding(x), pad_mask=x == self.pad_index)
         if x.dim() == 4:
             x = images_as_rows(x)

@@ -63,6 +63,11 @@ class ResNet18(nn.Module):
     Any input side works (the pooling is adaptive); 32x32 is the design size.
     """
 
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, in_channels: int = 3, n_classes: int = 10, width: int = 64) -> None:
         super().__init__()
         for label, value in (("in_channels", in_channels), ("n_classes", n_classes), ("width", width)):
