@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from explainnn.attributions import attribute
 from explainnn.causal import discover
 from explainnn.causal.edges import EdgeAblation, enumerate_edges
 from explainnn.errors import InterventionError
@@ -181,6 +182,7 @@ def test_guide_example_unit_kind(masked: dict[str, Any]):
     target = int(model(x).argmax(1).mode().values)
     graph = discover(model, x, target, n_samples=16, alpha=0.99, seed=0)
     assert {"0", "2"} <= set(graph.layers())
+    assert tuple(attribute(model, x[:4], target, "causal", graph=graph).shape) == (4, 6)
 
 
 def test_kind_of_prefers_the_latest_registration():
@@ -199,3 +201,11 @@ def test_kind_of_prefers_the_latest_registration():
     finally:
         unregister_kind(kind)
     assert isinstance(kind_of(Wide(2, 3)), LinearKind)
+
+
+def test_register_kind_needs_an_instance():
+    from explainnn.interventions.kinds import register_kind
+
+    with pytest.raises(TypeError, match="UnitKind instance"):
+        register_kind(LinearKind)  # the class, not an instance
+    assert len(registered_kinds()) == 4
