@@ -27,6 +27,7 @@ from explainnn.interventions.clean import CleanPass, clean_pass
 from explainnn.interventions.edits import path_entries
 from explainnn.interventions.fxsplit import GraphSplit
 from explainnn.interventions.hooks import ModelPatch
+from explainnn.interventions.kinds import kind_of
 from explainnn.interventions.layers import (
     HeldClean,
     LayerInfo,
@@ -343,10 +344,9 @@ class InterventionRunner:
         for call in clean.calls:
             if call.end > start.start or path:
                 per_row += _nbytes(call.output) // n
-        if is_stateful(start.module):
-            for layer in clean.rnn(module_name):
-                projected = 0 if layer.xproj is None else layer.xproj[0].numel()
-                per_row += (layer.h[0].numel() + projected) * layer.h.element_size()
+        kind = kind_of(start.module)
+        if kind is not None:
+            per_row += kind.cache_bytes_per_row(clean, start)
         return max(1, int(budget // (2 * per_row * n)))
 
     def _budget_bytes(self) -> float:
@@ -421,9 +421,9 @@ class InterventionRunner:
 
     @staticmethod
     def _start_cache(clean: CleanPass, start: ModuleCall) -> StartCache:
-        if is_stateful(start.module):
-            return StartCache(start.module, rnn=clean.rnn(start.name), args=start.args, kwargs=start.kwargs)
-        return StartCache(start.module, start.args[0], start.output, args=start.args, kwargs=start.kwargs)
+        kind = kind_of(start.module)
+        assert kind is not None, f"module '{start.name}' has no unit kind"
+        return kind.start_cache(clean, start)
 
     def _reproduces(self, clean: CleanPass, start: ModuleCall, prefix: "_Prefix") -> bool:
         try:

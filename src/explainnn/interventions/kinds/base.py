@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from explainnn.interventions.apply import EditPlan, StartCache
     from explainnn.interventions.clean import CleanPass
     from explainnn.interventions.edits import EdgeEdits
-    from explainnn.interventions.layers import LayerInfo
+    from explainnn.interventions.layers import LayerInfo, ModuleCall
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,17 @@ class UnitKind:
         edits as an affine map per unit and edge edits as deltas from :meth:`input_delta` on the module's input.
         ``cached`` holds the module's clean activations when the run starts at this module."""
         return None
+
+    def start_cache(self, clean: CleanPass, call: ModuleCall) -> StartCache:
+        """What a run that starts at this module reuses of the clean pass (prefix reuse): by default its clean
+        input and output, from which the edited output is computed without running anything before it."""
+        from explainnn.interventions.apply import StartCache
+
+        return StartCache(call.module, call.args[0], call.output, args=call.args, kwargs=call.kwargs)
+
+    def cache_bytes_per_row(self, clean: CleanPass, call: ModuleCall) -> int:
+        """Bytes per sample that :meth:`start_cache` holds beyond the module calls' outputs (memory budgets)."""
+        return 0
 
     def input_delta(self, layer: LayerInfo, x: torch.Tensor, edge: EdgeEdits, n_blocks: int,
                     shared: bool) -> torch.Tensor:

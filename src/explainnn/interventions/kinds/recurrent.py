@@ -28,7 +28,7 @@ from explainnn.interventions.kinds.base import KindLayer, UnitKind, mix_rows
 if TYPE_CHECKING:
     from explainnn.interventions.apply import EditPlan, StartCache
     from explainnn.interventions.clean import CleanPass
-    from explainnn.interventions.layers import LayerInfo
+    from explainnn.interventions.layers import LayerInfo, ModuleCall
 
 RECURRENT_TYPES: dict[type[nn.RNNBase], str] = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -342,6 +342,19 @@ class RecurrentKind(UnitKind):
             return run_module(module, args, kwargs, edits, plan.n_blocks, caches)
 
         return forward
+
+    def start_cache(self, clean: CleanPass, call: ModuleCall) -> StartCache:
+        """Every internal layer's clean states at every step: a run resumes at the first edited step."""
+        from explainnn.interventions.apply import StartCache
+
+        return StartCache(call.module, rnn=clean.rnn(call.name), args=call.args, kwargs=call.kwargs)
+
+    def cache_bytes_per_row(self, clean: CleanPass, call: ModuleCall) -> int:
+        total = 0
+        for layer in clean.rnn(call.name):
+            projected = 0 if layer.xproj is None else layer.xproj[0].numel()
+            total += (layer.h[0].numel() + projected) * layer.h.element_size()
+        return total
 
     # -- inputs and edges -------------------------------------------------------------------------------------
     def batch_first_input(self, layer: LayerInfo, inp: torch.Tensor) -> torch.Tensor:
