@@ -191,7 +191,7 @@ class CircuitConfig(_Section):
     eval_samples: int = Field(default=300, ge=2, le=100_000)
     curves: bool = True
     mib: bool = True
-    methods: list[EdgeMethod] = Field(default_factory=lambda: ["eap", "eap_ig", "random"])
+    methods: list[EdgeMethod] = Field(default_factory=lambda: list[EdgeMethod](["eap", "eap_ig", "random"]))
 
     @field_validator("methods")
     @classmethod

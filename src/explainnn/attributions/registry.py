@@ -184,7 +184,7 @@ def modality_of(model: nn.Module, inputs: torch.Tensor | np.ndarray, modality: s
         raise UserError(f"unknown modality '{modality}'; valid modalities: {', '.join(MODALITIES)}")
     shape, dtype = tuple(inputs.shape), inputs.dtype
     integer = not (torch.is_floating_point(inputs) if isinstance(inputs, torch.Tensor)
-                   else np.issubdtype(dtype, np.floating))
+                   else np.issubdtype(np.asarray(inputs).dtype, np.floating))
     declared = modality or getattr(model, "input_modality", None)
     if integer and len(shape) == 2:
         found = "tokens"

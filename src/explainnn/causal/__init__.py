@@ -127,7 +127,7 @@ def circuit(
     from explainnn.inputs import check_inputs
 
     inputs = check_inputs(model, inputs, labels=labels, target=target, what="circuit")
-    common = {"faithfulness": faithfulness, "labels": labels, "layers": layers, "seed": seed}
+    common: dict[str, Any] = {"faithfulness": faithfulness, "labels": labels, "layers": layers, "seed": seed}
     if level == "nodes":
         if ablation not in (None, "mean"):
             raise ConfigError(f"level 'nodes' ablates units by their mean (ablation 'mean'); ablation {ablation!r} "

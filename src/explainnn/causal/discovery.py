@@ -435,7 +435,7 @@ def _add_causes(graph: CausalGraph, parent: str, depth: int, candidates: list[_C
 
     ``targets(candidate)`` gives the (child, link, effect units) a kept candidate connects to.
     """
-    kind = "input" if parent == INPUT else "hidden"
+    kind: Literal["input", "hidden"] = "input" if parent == INPUT else "hidden"
     kept_units: set[int] = set()
     for candidate, record, keep in zip(candidates, records, kept):
         if not keep:
@@ -636,9 +636,10 @@ def _interventions(
 ) -> tuple[list, list[float]]:
     """One spec per candidate: its edges into the child's causal units, or the unit itself."""
     soft, beta, delta, rule = options.intervention == "soft", options.beta, options.delta, options.soft_rule
-    specs = []
+    specs: list[NodeIntervention | EdgeIntervention] = []
     for c in candidates:
         if c.child is not None:
+            assert c.link is not None
             if soft:
                 spec = soft_edge(c.child.name, c.unit, list(c.effects), beta, delta, generator, rule=rule)
                 specs.append(dataclasses.replace(spec, parent_layer=c.link.name))

@@ -145,7 +145,7 @@ def quantus_view(model: nn.Module, x: torch.Tensor, modality: str, masks: torch.
         return TabularRowsModel(model), x[:, None].cpu().numpy(), mask, {}
     if modality == "tokens":
         pad = getattr(model, "pad_index", pad_index)
-        words = x.ne(pad).any(dim=0)
+        words = x.ne(int(pad) if pad is not None else -1).any(dim=0)
         first = int(torch.nonzero(words).flatten()[0]) if bool(words.any()) else 0
         wrapper = EmbeddingSpaceModel(model)
         embedded = wrapper.embed(x[:, first:]).cpu().numpy()

@@ -28,10 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-import numpy as np
-
 from explainnn import files
-from explainnn.files import atomic_path, write_json
+from explainnn.files import write_json, write_npz
 
 if TYPE_CHECKING:
     from explainnn.evaluation.evaluate import EvaluationResults
@@ -90,9 +88,7 @@ def save_results(results: EvaluationResults, folder: str | Path) -> dict[str, Pa
     arrays = {"x": results.x, "y": results.y, "samples": results.samples}
     arrays.update({f"attribution_{name}": values for name, values in results.attributions.items()})
     path = folder / "attributions.npz"
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+    write_npz(path, arrays)
     written["attributions"] = path
     return written
 

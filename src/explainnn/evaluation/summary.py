@@ -33,7 +33,7 @@ def _grouped(scores: Iterable[ScoreRow]) -> dict[str, dict[str, dict[object, flo
     table: dict[str, dict[str, dict[object, float]]] = defaultdict(dict)
     for row in scores:
         metric, method = str(row["metric"]), str(row["method"])
-        value = row["value"]
+        value: Any = row["value"]
         table[metric].setdefault(method, {})[row["sample"]] = float("nan") if value in (None, "") else float(value)
     return table
 

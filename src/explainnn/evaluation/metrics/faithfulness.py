@@ -47,7 +47,7 @@ def faithfulness_correlation(batch: Batch, a: np.ndarray, *, rng: np.random.Rand
 
 def _state_key(rng: np.random.RandomState) -> tuple[bytes, int]:
     """A hashable fingerprint of ``rng``'s state (the same seed gives the same key)."""
-    state = rng.get_state()
+    state: Any = rng.get_state()
     return state[1].tobytes(), int(state[2])
 
 

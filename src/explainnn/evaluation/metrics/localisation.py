@@ -155,7 +155,8 @@ class RelevanceShareCosine(Metric[list[float]]):
     ) -> None:
         super().__init__(abs=abs, normalise=normalise, normalise_func=normalise_func,
                          normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
-                         aggregate_func=aggregate_func, default_plot_func=default_plot_func,
+                         aggregate_func=np.mean if aggregate_func is None else aggregate_func,
+                         default_plot_func=default_plot_func,
                          disable_warnings=disable_warnings, display_progressbar=display_progressbar, **kwargs)
         if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 2:
             raise ConfigError(f"RelevanceShareCosine n_blocks must be an integer >= 2; got {n_blocks!r}")

@@ -32,7 +32,7 @@ def _perturbed(batch: Batch, draw: Any, nr_samples: int, batch_size: int, rng: n
     """
     if isinstance(nr_samples, bool) or not isinstance(nr_samples, int) or nr_samples < 1:
         raise ConfigError(f"nr_samples must be a positive integer; got {nr_samples!r}")
-    state = rng.get_state()
+    state: Any = rng.get_state()
     cache_key = ("perturbed", *key, nr_samples, batch_size, state[1].tobytes(), int(state[2]))
     if cache_key not in batch.cache:
         x = batch.flat()
