@@ -2,7 +2,7 @@
 
     python scripts/run_notebook.py demonstration.ipynb      (or: make notebook)
 
-Outputs are kept (pictures included); the test ``tests/test_notebook.py`` bounds
+Outputs are kept (pictures included); the test ``tests/project/test_notebook.py`` bounds
 their size and executes the notebook again.
 """
 

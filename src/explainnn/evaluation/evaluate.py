@@ -19,8 +19,8 @@ Two engines compute the metrics (``engine``): ``fast``, the batched
 re-implementation in :mod:`explainnn.evaluation.fast` (the default; metrics it
 does not implement run with Quantus), and ``quantus``, Quantus itself. With the
 same seed both draw the same perturbations, and with ``definitions="quantus"``
-(the default) their scores are equal (``tests/test_fast_metrics.py``,
-``tests/test_definitions.py``); ``definitions="paper"`` has the fast engine
+(the default) their scores are equal (``tests/evaluation/test_fast_metrics.py``,
+``tests/evaluation/test_definitions.py``); ``definitions="paper"`` has the fast engine
 compute the papers' definitions where Quantus 0.6 departs from them (each
 metric's :attr:`~explainnn.evaluation.metrics.MetricSpec.paper`).
 

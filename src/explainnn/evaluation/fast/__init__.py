@@ -7,8 +7,8 @@ together (on CPU or CUDA) and explains perturbed copies a batch at a time. It
 takes the same options as the Quantus metric (``evaluation.options``) and, with
 the same seed, draws the same random numbers in the same order, so with
 ``evaluation.definitions: quantus`` (the default) its scores equal Quantus'
-(``tests/test_fast_metrics.py`` checks each metric, and
-``tests/test_definitions.py`` the default config's metrics end to end). With
+(``tests/evaluation/test_fast_metrics.py`` checks each metric, and
+``tests/evaluation/test_definitions.py`` the default config's metrics end to end). With
 ``definitions: paper`` it computes the papers' definitions where Quantus 0.6
 departs from them: IROF (per-image baseline and curve), Max/AvgSensitivity (no
 division by ``||a||``), RandomLogit (2-D SSIM of the maps), PointingGame and

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from explainnn.config import Config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from explainnn.progress import TerminalLines, show_log_lines
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "explainnn"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "explainnn"
 PRINTING = {
     "main.py": "the command line",
     "reports/__main__.py": "the command line that rebuilds a run's report (python -m explainnn.reports)",

@@ -184,7 +184,7 @@ def test_sequential_sweep_records_failures_and_goes_on(tmp_path, monkeypatch, ca
 
 @pytest.mark.parametrize("name", ["lenet_seeds.yaml", "architectures_mnist_maj.yaml"])
 def test_the_shipped_sweep_files_are_valid(name, monkeypatch):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(root)  # their paths are relative to the project folder
     sweep = load_sweep(root / "sweeps" / name)
     assert len(sweep.runs) >= 5 and sweep.output_dir == Path("output") / "sweeps" / Path(name).stem

@@ -13,7 +13,7 @@ from torch import nn
 from explainnn.config import build_config
 from explainnn.evaluation import METRICS, EvaluationInputs, evaluate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _metric_example() -> str:

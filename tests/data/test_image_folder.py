@@ -14,7 +14,7 @@ from explainnn.data import available_datasets, dataset_options, load_dataset, su
 from explainnn.data.image_folder import class_files
 from explainnn.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CIFAR = SHARED / "cifar10_images"
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 needs_cifar = pytest.mark.skipif(

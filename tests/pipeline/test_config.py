@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from explainnn.config import Config, build_config, dump_config, load_config, parse_override, read_yaml
 from explainnn.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _error(raw=None, overrides=()):

@@ -222,7 +222,7 @@ def _headline_script():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_headline.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce_headline.py"
     spec = importlib.util.spec_from_file_location("reproduce_headline", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

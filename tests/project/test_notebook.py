@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "demonstration.ipynb"
 MAX_COMMITTED_OUTPUT_BYTES = 2_500_000
 """The executed notebook is committed (a reader browsing the repository sees the pictures); this bounds its size."""

@@ -21,7 +21,7 @@ from explainnn.models import RecurrentClassifier, build_model
 from explainnn.torch_utils import seed_everything
 from explainnn.training import train_model
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 VOCAB = ["<pad>", "<unk>", "good", "bad", "movie", "plot"]
 
 

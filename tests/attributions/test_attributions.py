@@ -26,7 +26,7 @@ from explainnn.models import build_model
 from explainnn.torch_utils import seed_everything
 from explainnn.training import train_model
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 BATCH = 3
 FAST = {
     "integrated_gradients": {"n_steps": 8},

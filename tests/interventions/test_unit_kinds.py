@@ -26,7 +26,7 @@ from explainnn.interventions.kinds import (
     unregister_kind,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "explainnn"
 KINDS = SRC / "interventions" / "kinds"
 

@@ -13,7 +13,7 @@ from explainnn.data import DatasetInfo, load_dataset
 from explainnn.errors import ConfigError
 from explainnn.models import BasicBlock, ResNet18, build_model, model_parameters
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CIFAR = SHARED / "cifar10_images"
 needs_cifar = pytest.mark.skipif(
     not all((CIFAR / split / "truck").is_dir() for split in ("train", "test")),

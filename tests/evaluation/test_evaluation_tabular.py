@@ -28,7 +28,7 @@ from explainnn.evaluation import (
 from explainnn.evaluation.fast import Batch, run_metric
 
 FEATURES, CLASSES = 9, 3
-TOL = {"rtol": 1e-4, "atol": 1e-5}  # as tests/test_fast_metrics.py: both engines compute in float32
+TOL = {"rtol": 1e-4, "atol": 1e-5}  # as tests/evaluation/test_fast_metrics.py: both engines compute in float32
 METHODS = ["saliency", "gradient_x_input", "integrated_gradients", "smoothgrad", "occlusion", "kernel_shap"]
 CHEAP = {"FaithfulnessCorrelation": {"nr_runs": 8}, "LocalLipschitzEstimate": {"nr_samples": 3},
          "MaxSensitivity": {"nr_samples": 3}, "AvgSensitivity": {"nr_samples": 3}}

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from explainnn.config import PATH_KEYS, Config, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "src" / "explainnn" / "main.py"
 QUIET = ["progress=false", "discovery.enabled=false", "circuit.enabled=false", "attribution.enabled=false",
          "evaluation.enabled=false", "analyses.views.enabled=false", "analyses.clustering.enabled=false",

