@@ -14,8 +14,8 @@ from explainnn.causal import CausalGraph
 from explainnn.errors import UserError
 from explainnn.evaluation import compare, summarise
 from explainnn.evaluation.io import TABLES, write_table
+from explainnn.pipeline.report import rebuild_report as reports_main
 from explainnn.reports import collect, write_report
-from explainnn.reports.__main__ import main as reports_main
 
 TRAINING = {
     "model": {"name": "lenet", "params": {}},

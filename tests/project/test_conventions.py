@@ -12,7 +12,6 @@ from explainnn.progress import TerminalLines, show_log_lines
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "explainnn"
 PRINTING = {
     "main.py": "the command line",
-    "reports/__main__.py": "the command line that rebuilds a run's report (python -m explainnn.reports)",
 }
 """Modules outside ``pipeline/`` that may print: command-line entry points only."""
 CAPTURING = {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 from explainnn.config import dump_config
+from explainnn.errors import UserError
 from explainnn.pipeline.context import RunContext
 from explainnn.reports import write_report
 
@@ -16,3 +19,18 @@ def write_run_report(ctx: RunContext, options: bool = True) -> dict[str, Path]:
     ctx.echo(f"report      {written['html']} and {written['markdown'].name}")
     ctx.report = written
     return written
+
+
+def rebuild_report(argv: list[str] | None = None) -> int:
+    """``python -m explainnn.reports RUN_DIR``: rebuild the report of a finished run; exit code 2 on a user error."""
+    parser = argparse.ArgumentParser(prog="python -m explainnn.reports",
+                                     description="Rebuild the report of a finished run.")
+    parser.add_argument("run_dir", help="a run folder, e.g. output/mnist/lenet")
+    args = parser.parse_args(argv)
+    try:
+        paths = write_report(args.run_dir)
+    except UserError as exc:
+        print(f"explainnn: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {paths['html']} and {paths['markdown']}")
+    return 0
