@@ -378,6 +378,21 @@ def goals(s: dict) -> dict[str, Any]:
             "ratio": s["comparison"].get("ratio", math.nan) if nodes_valid(s) else math.nan}
 
 
+def shown_command(command: str) -> str:
+    """The command as the docs show it: without the options that only name this machine's folders."""
+    words = shlex.split(command)
+    kept, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        if word in ("--root", "--doc", "--output", "--models-dir"):
+            skip = True
+            continue
+        kept.append(word)
+    return " ".join(shlex.quote(w) for w in kept)
+
+
 def markdown(summaries: list[dict]) -> str:
     order = {name: i for i, name in enumerate(MODELS)}
     summaries = sorted(summaries, key=lambda s: (order.get(s["model"], 99), s["class"], s["ablation"] != "patch"))
@@ -392,7 +407,7 @@ def markdown(summaries: list[dict]) -> str:
     lines += ["## Runs", ""]
     commands: dict[tuple[str, str], list[dict]] = {}
     for s in summaries:
-        commands.setdefault((s["model"], s["run"]["command"]), []).append(s)
+        commands.setdefault((s["model"], shown_command(s["run"]["command"])), []).append(s)
     for (model, command), group in commands.items():
         run = group[0]["run"]
         which = ", ".join(f"class {s['class']} {s['ablation']}" for s in group)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuit_edges import MODELS, _default_root, machine, machine_line, setup, splits
+from circuit_edges import MODELS, _default_root, machine, machine_line, setup, shown_command, splits
 from explainnn.causal.edge_search import eap_ig_scores, find_edge_circuit, learn_edge_scores
 from explainnn.causal.mib import EdgeFaithfulness, build_evaluator, prefix_mask, ranking
 from explainnn.files import atomic_path, write_json
@@ -178,7 +178,7 @@ def markdown(summaries: list[dict]) -> str:
              "mean: the target logit).", "", "## Runs", ""]
     for s in summaries:
         run = s["run"]
-        lines.append(f"- **{s['model']}**, class {s['class']} {s['ablation']}: `{run['command']}`; {run['date']}; "
+        lines.append(f"- **{s['model']}**, class {s['class']} {s['ablation']}: `{shown_command(run['command'])}`; {run['date']}; "
                      f"{machine_line(run['machine'])}; {s['seconds']:.0f} s; settings {json.dumps(s['settings'])}.")
     lines += ["", "## Best f at each budget", "",
               "| model, class | ablation | edges | edge circuit (f circuit samples; held out) | budget | best f "
