@@ -164,7 +164,7 @@ SMALL_RUN = ["progress=false", "data.name=digits", "training.epochs=10", "traini
              "discovery.n_samples=20", "discovery.stability.betas=[0.0, 0.5]", "discovery.stability.repeats=2",
              "attribution.methods=[causal, saliency, integrated_gradients]", "attribution.n_samples=3",
              "evaluation.metrics=[Sparseness, RandomLogit]", "evaluation.options={}", "evaluation.n_samples=4",
-             "analyses.views.enabled=false", "analyses.clustering.enabled=false", "report=false"]
+             "analyses.views.enabled=false", "analyses.clustering.enabled=false", "report=false", "circuit.mib=false"]
 SAME_FILES = ["discovery/class_3/graph.json", "discovery/class_3/tests.csv", "discovery/class_3/edges.csv",
               "discovery/class_3/units.csv", "discovery/class_3/stability.csv", "attributions/class_3/attributions.npz",
               "evaluation/scores.csv", "evaluation/summary.csv"]

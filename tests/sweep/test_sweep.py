@@ -18,7 +18,7 @@ TINY = ["data.name=digits", "training.epochs=3", "training.lr=0.01", "training.a
         "discovery.n_samples=10", "discovery.layers=[fc2, fc1]", "discovery.stability.enabled=false",
         "attribution.enabled=false", "evaluation.enabled=false", "analyses.views.enabled=false",
         "analyses.clustering.enabled=true", "analyses.clustering.n_samples=30", "analyses.clustering.max_clusters=3",
-        "analyses.clustering.method=saliency", "plots.enabled=false", "report=true"]
+        "analyses.clustering.method=saliency", "plots.enabled=false", "report=true", "circuit.enabled=false"]
 GRID = {"seed": [0, 1], "discovery.target_class": [3, 7]}
 CHECKS = ("sufficiency", "necessity")
 COMPARED = ("label", "seed", "discovery.target_class", "status", "error", "test_accuracy", "train_accuracy",
