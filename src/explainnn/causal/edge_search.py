@@ -422,33 +422,21 @@ def prune_edges(evaluator: EdgeFaithfulness, mask: np.ndarray, scores: np.ndarra
     removed: list[int] = []
     pending: np.ndarray | None = None  # members to measure in the next partial pass; None: every member
     while True:
-        members = np.flatnonzero(mask) if pending is None else pending[mask[pending]]
         full_pass = pending is None
+        members = np.flatnonzero(mask) if pending is None else pending[mask[pending]]
         if not len(members):
             if full_pass:
                 return mask, value, removed, {}
             pending = None
             continue
-        singles = evaluator(np.stack([_without(mask, e) for e in members]))
-        order = np.lexsort((scores[members], -singles))
-        order = order[singles[order] >= level]
-        if not len(order):
+        before = value
+        mask, value, taken, singles, pending = _prune_pass(evaluator, mask, value, scores, level, points, members)
+        if not taken:
             if full_pass:
-                return mask, value, removed, {int(e): float(value - v) for e, v in zip(members, singles)}
+                return mask, value, removed, {int(e): float(before - v) for e, v in zip(members, singles)}
             pending = None
             continue
-        candidates = members[order]
-
-        def cut(count: int) -> np.ndarray:
-            trial = mask.copy()
-            trial[candidates[:count]] = False
-            return trial
-
-        high, f_high = _longest_run(evaluator, cut, len(candidates), float(singles[order[0]]), level, points)
-        mask = cut(high)
-        removed.extend(int(e) for e in candidates[:high])
-        value = f_high
-        pending = candidates[high:]
+        removed.extend(taken)
 
 
 def removal_effects(evaluator: EdgeFaithfulness, mask: np.ndarray, value: float) -> dict[int, float]:
@@ -491,7 +479,7 @@ def circuit_ranking(search: EdgeSearch, evaluator: EdgeFaithfulness | None = Non
         if mask.sum() <= 1:
             break
         level = search.faithfulness * k / shells
-        mask, value, removed = _prune_pass(evaluator, mask, value, search.scores, level, points)
+        mask, value, removed, _, _ = _prune_pass(evaluator, mask, value, search.scores, level, points)
         order.extend(removed)
     members = np.flatnonzero(mask)
     if len(members):
@@ -509,15 +497,18 @@ def circuit_ranking(search: EdgeSearch, evaluator: EdgeFaithfulness | None = Non
 
 
 def _prune_pass(evaluator: EdgeFaithfulness, mask: np.ndarray, value: float, scores: np.ndarray, level: float,
-                points: int) -> tuple[np.ndarray, float, list[int]]:
-    """One pass of :func:`prune_edges` at ``level`` (every single removal measured, the longest cheapest run that
-    keeps the level removed); returns the mask, its faithfulness and the removed edges in order."""
-    members = np.flatnonzero(mask)
+                points: int, members: np.ndarray | None = None
+                ) -> tuple[np.ndarray, float, list[int], np.ndarray, np.ndarray]:
+    """One pass of :func:`prune_edges` at ``level`` over ``members`` (default every member): each single removal
+    measured, the longest cheapest run that keeps the level removed. Returns the mask, its faithfulness, the
+    removed edges in order, the single-removal values of ``members`` and the removals that kept the level but
+    were not taken."""
+    members = np.flatnonzero(mask) if members is None else members
     singles = evaluator(np.stack([_without(mask, e) for e in members]))
     order = np.lexsort((scores[members], -singles))
     order = order[singles[order] >= level]
     if not len(order):
-        return mask, value, []
+        return mask, value, [], singles, np.zeros(0, dtype=np.int64)
     candidates = members[order]
 
     def cut(count: int) -> np.ndarray:
@@ -526,7 +517,7 @@ def _prune_pass(evaluator: EdgeFaithfulness, mask: np.ndarray, value: float, sco
         return trial
 
     count, f_count = _longest_run(evaluator, cut, len(candidates), float(singles[order[0]]), level, points)
-    return cut(count), f_count, [int(e) for e in candidates[:count]]
+    return cut(count), f_count, [int(e) for e in candidates[:count]], singles, candidates[count:]
 
 
 def _longest_run(evaluator: EdgeFaithfulness, cut, top: int, f_one: float, level: float,
