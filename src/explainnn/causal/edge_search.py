@@ -59,7 +59,8 @@ that reaches ``faithfulness + margin`` on the circuit samples (exact bisection),
 widened by ``headroom``, then exact pruning (:func:`prune_edges`: every single
 removal in one call, then the removals that keep the level, taken together in
 order of their cost, the longest run that stays at or above the level found by
-exact bisection; passes until no edge can go, so the circuit is 1-minimal). For the
+exact bisection; later passes re-measure only the removals still open, and a full
+pass ends the pruning when no edge can go, so the circuit is 1-minimal). For the
 rankings (``eap``, ``eap_ig``, ``random``) the circuit is the shortest prefix
 reaching the level; ``acdc`` returns ACDC's circuit at ``tau``; ``nodes`` the
 node circuit's induced edges. Same inputs and seed give the same circuit; the
