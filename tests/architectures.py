@@ -15,6 +15,17 @@
   max over time, concatenation, dropout, linear.
 * MLP with BatchNorm and Dropout; the research-style LeNet (functional ``relu``, one
   ``MaxPool2d`` module used twice).
+* ShuffleNetV2 units (Ma et al. 2018): channel split, a 1x1 / depthwise 3x3 / 1x1 branch,
+  concatenation and channel shuffle; the stride-2 unit with two branches.
+* SqueezeNet fire modules (Iandola et al. 2016): squeeze 1x1, expand 1x1 and 3x3, concatenated;
+  a 1x1 conv classifier before global pooling.
+* Squeeze-and-excitation inverted residuals: MobileNetV3 (hardswish, 1x1-conv SE with
+  hardsigmoid) and EfficientNet MBConv (SiLU, Linear SE with sigmoid), ``x * gate(fc(pool(x)))``.
+* GoogLeNet inception module (Szegedy et al. 2015): parallel 1x1, 1x1-3x3, 1x1-5x5 and
+  max-pool-1x1 branches, concatenated.
+* ResNeXt / RegNet bottleneck (Xie et al. 2017): 1x1, grouped 3x3, 1x1, residual.
+* ConvNeXt block (Liu et al. 2022): depthwise 7x7, permute to channels-last, LayerNorm,
+  Linear-GELU-Linear, layer scale parameter, permute back, residual.
 """
 
 from __future__ import annotations
@@ -270,6 +281,237 @@ class ResearchLeNet(nn.Module):
         return self.fc3(x)
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 unit (Ma et al. 2018): stride 1 splits the channels in half and transforms one half; stride 2
+    transforms the whole input on two branches; the halves are concatenated and the channels shuffled."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        branch_in = cin if stride > 1 else cin // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+            )
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(branch_in, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+            nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            kept, changed = x.chunk(2, dim=1)
+            out = torch.cat((kept, self.branch2(changed)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2ish(nn.Module):
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 6, 3, 1, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True))
+        self.stages = nn.Sequential(ShuffleUnit(6, 8, 2), ShuffleUnit(8, 8, 1))
+        self.conv5 = nn.Sequential(nn.Conv2d(8, 12, 1, bias=False), nn.BatchNorm2d(12), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(12, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv5(self.stages(self.conv1(x)))
+        return self.fc(out.mean((2, 3)))
+
+
+class Fire(nn.Module):
+    """SqueezeNet fire module (Iandola et al. 2016): squeeze 1x1, then expand 1x1 and 3x3, concatenated."""
+
+    def __init__(self, cin: int, squeeze: int, expand: int) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(cin, squeeze, 1)
+        self.expand1x1 = nn.Conv2d(squeeze, expand, 1)
+        self.expand3x3 = nn.Conv2d(squeeze, expand, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.squeeze(x))
+        return torch.cat([F.relu(self.expand1x1(x)), F.relu(self.expand3x3(x))], 1)
+
+
+class SqueezeNetish(nn.Module):
+    """Conv stem, max-pooling, two fire modules, and SqueezeNet's head: dropout, a 1x1 conv to the classes, ReLU,
+    global average pooling."""
+
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True),
+                                      nn.MaxPool2d(2, ceil_mode=True), Fire(8, 3, 4), Fire(8, 3, 5))
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(10, n_classes, 1), nn.ReLU(inplace=True),
+                                        nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): ``x * gate(fc2(act(fc1(pool(x)))))``; 1x1 convs (MobileNetV3, with
+    ``hardsigmoid``) or Linear layers (EfficientNet, with ``sigmoid``)."""
+
+    def __init__(self, channels: int, reduced: int, linear: bool, gate: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.linear = linear
+        layer = nn.Linear if linear else nn.Conv2d
+        self.fc1 = layer(channels, reduced) if linear else nn.Conv2d(channels, reduced, 1)
+        self.fc2 = layer(reduced, channels) if linear else nn.Conv2d(reduced, channels, 1)
+        self.gate = gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.linear:
+            scale = self.gate(self.fc2(F.silu(self.fc1(x.mean((2, 3))))))[:, :, None, None]
+        else:
+            scale = self.gate(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+        return x * scale
+
+
+class SEInvertedResidual(nn.Module):
+    """MobileNetV3 bneck / EfficientNet MBConv: 1x1 expansion, depthwise conv, squeeze-and-excitation, linear 1x1
+    projection, residual when the shapes match."""
+
+    def __init__(self, cin: int, hidden: int, cout: int, stride: int, efficientnet: bool) -> None:
+        super().__init__()
+        self.act: Callable[[torch.Tensor], torch.Tensor] = F.silu if efficientnet else F.hardswish
+        self.residual = stride == 1 and cin == cout
+        self.expand = nn.Conv2d(cin, hidden, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(hidden)
+        self.depthwise = nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False)
+        self.bn2 = nn.BatchNorm2d(hidden)
+        gate = torch.sigmoid if efficientnet else F.hardsigmoid
+        self.se = SqueezeExcite(hidden, max(2, hidden // 4), efficientnet, gate)
+        self.project = nn.Conv2d(hidden, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.expand(x)))
+        out = self.act(self.bn2(self.depthwise(out)))
+        out = self.bn3(self.project(self.se(out)))
+        return out + x if self.residual else out
+
+
+class SENetish(nn.Module):
+    """A MobileNetV3 block (hardswish, 1x1-conv SE with hardsigmoid) and an EfficientNet block (SiLU, Linear SE with
+    sigmoid)."""
+
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, 2, 1, bias=False), nn.BatchNorm2d(6), nn.Hardswish())
+        self.blocks = nn.Sequential(SEInvertedResidual(6, 12, 6, 1, False), SEInvertedResidual(6, 12, 8, 2, True))
+        self.fc = nn.Linear(8, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
+
+
+class Inception(nn.Module):
+    """GoogLeNet inception module (Szegedy et al. 2015): 1x1, 1x1-3x3, 1x1-5x5 and 3x3 max-pool-1x1 branches,
+    concatenated."""
+
+    def __init__(self, cin: int, c1: int, c3: tuple[int, int], c5: tuple[int, int], pool: int) -> None:
+        super().__init__()
+        self.branch1 = nn.Conv2d(cin, c1, 1)
+        self.branch3 = nn.Sequential(nn.Conv2d(cin, c3[0], 1), nn.ReLU(inplace=True), nn.Conv2d(c3[0], c3[1], 3, padding=1))
+        self.branch5 = nn.Sequential(nn.Conv2d(cin, c5[0], 1), nn.ReLU(inplace=True), nn.Conv2d(c5[0], c5[1], 5, padding=2))
+        self.branch_pool = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(cin, pool, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branches = (self.branch1, self.branch3, self.branch5, self.branch_pool)
+        return F.relu(torch.cat([branch(x) for branch in branches], 1))
+
+
+class GoogLeNetish(nn.Module):
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.inception = Inception(6, 3, (3, 4), (2, 3), 2)
+        self.fc = nn.Linear(12, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inception(F.max_pool2d(F.relu(self.stem(x)), 2))
+        return self.fc(F.dropout(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1), 0.4, self.training))
+
+
+class ResNeXtBlock(nn.Module):
+    """ResNeXt / RegNet bottleneck (Xie et al. 2017, Radosavovic et al. 2020): 1x1, grouped 3x3, 1x1, residual."""
+
+    def __init__(self, cin: int, width: int, cout: int, groups: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNeXtish(nn.Module):
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
+        self.blocks = nn.Sequential(ResNeXtBlock(8, 8, 8, 4, 1), ResNeXtBlock(8, 8, 12, 2, 2))
+        self.fc = nn.Linear(12, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block (Liu et al. 2022): depthwise 7x7, channels-last LayerNorm, Linear MLP with GELU, layer scale,
+    residual."""
+
+    def __init__(self, dim: int, layer_scale: float = 0.5) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.dwconv(x).permute(0, 2, 3, 1)
+        out = self.pwconv2(F.gelu(self.pwconv1(self.norm(out))))
+        return x + (self.gamma * out).permute(0, 3, 1, 2)
+
+
+class ConvNeXtish(nn.Module):
+    """Patchify stem (conv 2x2 stride 2) with a channels-first LayerNorm, two ConvNeXt blocks, pooled LayerNorm
+    head."""
+
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 2, 2)
+        self.stem_norm = nn.LayerNorm(6, eps=1e-6)
+        self.blocks = nn.Sequential(ConvNeXtBlock(6), ConvNeXtBlock(6))
+        self.norm = nn.LayerNorm(6, eps=1e-6)
+        self.head = nn.Linear(6, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stem_norm(self.stem(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        out = self.blocks(out)
+        return self.head(self.norm(out.mean((2, 3))))
+
+
 def _images(n: int, size: int = 8, channels: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -293,6 +535,12 @@ ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Te
     "textcnn": (TextCNN, _tokens),
     "bn_mlp": (BatchNormMLP, lambda n, seed=0: torch.randn(n, 6, generator=torch.Generator().manual_seed(seed))),
     "research_lenet": (ResearchLeNet, lambda n, seed=0: _images(n, 32, 1, seed)),
+    "shufflenetv2": (ShuffleNetV2ish, _images),
+    "squeezenet": (SqueezeNetish, _images),
+    "se_mbconv": (SENetish, _images),
+    "inception": (GoogLeNetish, _images),
+    "resnext": (ResNeXtish, _images),
+    "convnext": (ConvNeXtish, _images),
 }
 """name -> (model factory, inputs(n))."""
 

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from architectures import ARCHITECTURES, build
+from architectures import build
 from explainnn.attributions import attribute
 from explainnn.interventions import InterventionRunner, find_layers, reference_run
 from explainnn.models import LeNet
-from test_architectures import _specs
+from test_architectures import _names, _specs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 
 
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
+@pytest.mark.parametrize("name", _names("interventions"))
 def test_interventions_on_cuda_equal_the_cpu_oracle_without_falling_back(name: str) -> None:
     model, inputs = build(name)
     x = inputs(6)
