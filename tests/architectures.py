@@ -26,6 +26,10 @@
 * ResNeXt / RegNet bottleneck (Xie et al. 2017): 1x1, grouped 3x3, 1x1, residual.
 * ConvNeXt block (Liu et al. 2022): depthwise 7x7, permute to channels-last, LayerNorm,
   Linear-GELU-Linear, layer scale parameter, permute back, residual.
+* Attention pooling over a bidirectional GRU (Yang et al. 2016): softmax weights from a Linear
+  over the outputs, weighted sum.
+* Refused patterns (``REFUSED``): an LSTM with ``proj_size``; a recurrence written as a Python
+  loop over ``nn.GRUCell`` / ``nn.LSTMCell`` calls.
 """
 
 from __future__ import annotations
@@ -512,6 +516,56 @@ class ConvNeXtish(nn.Module):
         return self.head(self.norm(out.mean((2, 3))))
 
 
+class ProjectedLSTM(nn.Module):
+    """An LSTM with ``proj_size`` (Sak et al. 2014): ``h_t = W_hr (o_t * tanh(c_t))`` feeds the recurrence and the
+    head."""
+
+    def __init__(self, features: int = 4, hidden: int = 5, proj: int = 3, n_classes: int = 3) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, batch_first=True, proj_size=proj)
+        self.fc = nn.Linear(proj, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.lstm(x)[0][:, -1])
+
+
+class CellLoop(nn.Module):
+    """A recurrence written as a Python loop over steps: an ``nn.GRUCell`` (or ``LSTMCell``/``RNNCell``) called once
+    per step, as in hand-written seq2seq encoders; the head reads the final state."""
+
+    def __init__(self, cell: type[nn.RNNCellBase] = nn.GRUCell, features: int = 4, hidden: int = 5,
+                 n_classes: int = 3) -> None:
+        super().__init__()
+        self.cell = cell(features, hidden)
+        self.fc = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.new_zeros(x.shape[0], self.cell.hidden_size)
+        c = h
+        for t in range(x.shape[1]):
+            if isinstance(self.cell, nn.LSTMCell):
+                h, c = self.cell(x[:, t], (h, c))
+            else:
+                h = self.cell(x[:, t], h)
+        return self.fc(h)
+
+
+class AttentionBiGRU(nn.Module):
+    """Attention pooling over a bidirectional GRU (Yang et al. 2016): softmax weights from a Linear over the steps'
+    outputs, then the weighted sum of the outputs."""
+
+    def __init__(self, features: int = 4, hidden: int = 4, n_classes: int = 3) -> None:
+        super().__init__()
+        self.gru = nn.GRU(features, hidden, batch_first=True, bidirectional=True)
+        self.score = nn.Linear(2 * hidden, 1)
+        self.fc = nn.Linear(2 * hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.gru(x)[0]
+        weights = torch.softmax(self.score(out).squeeze(-1), dim=1)
+        return self.fc((weights.unsqueeze(-1) * out).sum(1))
+
+
 def _images(n: int, size: int = 8, channels: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -541,8 +595,31 @@ ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Te
     "inception": (GoogLeNetish, _images),
     "resnext": (ResNeXtish, _images),
     "convnext": (ConvNeXtish, _images),
+    "attention_bigru": (AttentionBiGRU, _sequences),
+    "lstm_proj": (ProjectedLSTM, _sequences),
+    "grucell_loop": (CellLoop, _sequences),
+    "lstmcell_loop": (lambda: CellLoop(nn.LSTMCell), _sequences),
 }
 """name -> (model factory, inputs(n))."""
+
+REFUSED: dict[str, tuple[str, str]] = {
+    "lstm_proj": (
+        r"module 'lstm': LSTMs with proj_size",
+        "the projection h = W_hr m mixes the cell's units: the units whose gates the weights feed (m) are not in "
+        "the module's output, and the per-step oracle (LSTMCell) and the edge-ablation unroll have no projection",
+    ),
+    "grucell_loop": (
+        r"module 'cell': GRUCell called in a Python loop",
+        "the steps are separate calls of one module from Python code: the engine edits and caches one call per "
+        "module, so an edit at step t cannot be carried through the later calls exactly",
+    ),
+    "lstmcell_loop": (
+        r"module 'cell': LSTMCell called in a Python loop",
+        "as grucell_loop, with the cell state carried between the calls",
+    ),
+}
+"""Patterns the engine refuses before any work: name -> (the refusal's pattern, why it is refused).
+``tests/interventions/test_patterns.py`` asserts the refusal at every entry point."""
 
 
 def build(name: str, seed: int = 0, scale: float = 2.0) -> tuple[nn.Module, Callable[[int], torch.Tensor]]:

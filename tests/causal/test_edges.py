@@ -90,7 +90,7 @@ def _model(name: str) -> tuple[nn.Module, callable]:
 
 MODELS = ["bn_mlp", "lenet", "grouped", "densenet", "textcnn", "rnn", "gru", "lstm", "bilstm_last", "bilstm_mean",
           "bilstm", "gru2", "resnet", "preact_resnet", "mobilenetv2", "attention_lstm", "shufflenetv2", "squeezenet",
-          "se_mbconv", "inception", "resnext", "convnext"]
+          "se_mbconv", "inception", "resnext", "convnext", "attention_bigru"]
 
 
 def _masks(n_edges: int, count: int, seed: int) -> torch.Tensor:
