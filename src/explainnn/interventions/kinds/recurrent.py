@@ -8,10 +8,18 @@ or writes keeps the top layer's final states in step with the sequence. Edits ar
 applied by re-running the module exactly from the first edited step
 (:mod:`explainnn.interventions.recurrent`), with the cell arithmetic below.
 
-Not yet covered (refused in one line before any work): ``proj_size`` (its units
-would be the projected ``h``, its recurrent edges run through ``weight_hr``) and
-cells (``nn.LSTMCell`` ...) called in a Python loop (a kind that matches the cell
-and counts its calls as steps).
+Not covered (refused in one line before any work):
+
+* ``proj_size``: the step computes ``m = o * tanh(c)`` (``H`` values, the units the
+  gate weights belong to) and outputs ``h = W_hr m`` (``P`` values), which feeds the
+  recurrence and the next layers. Exact support needs two layers per module: the
+  cell's ``H`` units, whose recurrent edges are the effective weight
+  ``W_hh @ W_hr`` (exact: the projection has no bias), and the projection's ``P``
+  units, linked to them through ``W_hr``; the per-step oracle and the edge-ablation
+  unroll then need the projected step too.
+* cells (``nn.LSTMCell`` ...) called in a Python loop: the steps are separate calls
+  of one module, and the engine edits and caches one call per module; it needs a
+  kind that matches the cell and counts its calls as steps.
 """
 
 from __future__ import annotations
@@ -183,7 +191,8 @@ class RecurrentKind(UnitKind):
 
     def unsupported_reason(self, module: nn.Module) -> str | None:
         if getattr(module, "proj_size", 0):
-            return "LSTMs with proj_size are not supported"
+            return ("LSTMs with proj_size are not supported (the projection h = W_hr (o * tanh(c)) mixes the cell's "
+                    "units); use proj_size=0")
         return None
 
     def units(self, module: nn.Module) -> tuple[int, int]:
