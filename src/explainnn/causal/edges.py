@@ -70,6 +70,15 @@ from explainnn.causal.edges_path import PathRegion, mix, select_blocks
 from explainnn.errors import InterventionError
 from explainnn.interventions.fxsplit import GraphSplit
 from explainnn.interventions.hooks import ModelPatch
+from explainnn.interventions.kinds.attention import (
+    HeadOutputs,
+    attention_output,
+    mha,
+    parse_call,
+    project,
+    projection_weights,
+    segments,
+)
 from explainnn.interventions.kinds.recurrent import (
     cell,
     format_output,
@@ -473,13 +482,20 @@ def _source(model: nn.Module, layers: list[LayerInfo], inputs: torch.Tensor, mea
                 continue
             if layer.unit_kind.reads_ids:
                 continue
-            x = call.args[0]
-            values[layer.name] = x.mean(0, keepdim=True) if mean else x
+            x = layer.unit_kind.ablation_input(layer, call.args, call.kwargs)
+            values[layer.name] = _mean_rows(x) if mean else x
         outputs = {}
         for parent in _path_parents(layers):
             output = trace[parent.module_name][0].output
             outputs[parent.module_name] = _mean_output(parent, output) if mean else output
     return _Source(values, states, outputs)
+
+
+def _mean_rows(value: Any) -> Any:
+    """The mean over the batch of a child input (a tuple of inputs: each), batch axis kept."""
+    if isinstance(value, tuple):
+        return tuple(_mean_rows(item) for item in value)
+    return value.mean(0, keepdim=True)
 
 
 def _zero_source(layers: list[LayerInfo]) -> _Source:
@@ -494,13 +510,18 @@ def _zero_source(layers: list[LayerInfo]) -> _Source:
     return _Source({layer.name: zero for layer in layers if not layer.unit_kind.stateful}, states, outputs)
 
 
-def _rows(value: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
-    """Rows of a per-sample source value; broadcast ones (mean, zero) are left as they are."""
+def _rows(value: Any, rows: slice | torch.Tensor) -> Any:
+    """Rows of a per-sample source value (a tuple of inputs: each); broadcast ones (mean, zero) are left as they are."""
+    if isinstance(value, tuple):
+        return tuple(_rows(item, rows) for item in value)
     return value if value.dim() == 0 or value.shape[0] == 1 else value[rows]
 
 
 def _rows_output(value: Any, rows: slice | torch.Tensor) -> Any:
-    """Rows of a source output (recurrent ``(seq, state)`` tuples: states on axis 1)."""
+    """Rows of a source output (recurrent ``(seq, state)`` tuples: states on axis 1; attention: its heads, the only
+    part an ablated attention output is read for)."""
+    if isinstance(value, HeadOutputs):
+        return HeadOutputs((None, None), None if value.heads is None else _rows(value.heads, rows))
     if isinstance(value, tuple):
         seq, state = value
         states = state if isinstance(state, tuple) else (state,)
@@ -696,6 +717,8 @@ class _Forward:
         return first, inverse, before
 
     def layer(self, layer: LayerInfo):
+        if layer.unit_kind.attention:
+            return self._attention(layer)
         module = layer.module
         table = self.tables.get(layer.name)
         x_abl = _rows(self.source.inputs[layer.name], self.rows) if table is not None else None
@@ -738,6 +761,104 @@ class _Forward:
             return y
 
         return forward
+
+    def record(self, layer: LayerInfo):
+        """A hook keeping the output of a layer without incoming edges (an embedding) that roots a path link."""
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            self.outputs[layer.module_name] = output
+
+        return hook
+
+    def _attention(self, layer: LayerInfo):
+        """An attention layer's forward: each head's q/k/v pre-activations mixed per edge (weights edges on its
+        projection rows, path edges by rerunning the shared path per head), then attention and the output
+        projection; every block is computed (the block classes are refined for the layers after it)."""
+        module = layer.module
+        table = self.tables.get(layer.name)
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            call = parse_call(module, args, kwargs)
+            projected = project(module, call)
+            if table is not None:
+                if not self._kept(table.positions):
+                    projected = self._attention_weights(layer, table, call, projected)
+                if table.path:
+                    projected = self._attention_paths(layer, table, call, projected)
+                self._split(table.positions)
+            y = attention_output(module, call, projected)
+            if layer.module_name in self.keep_outputs:
+                self.outputs[layer.module_name] = y
+            return y
+
+        return forward
+
+    def _attention_weights(self, layer: LayerInfo, table: _ChildTable, call: Any,
+                           projected: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``W x + b + (W * (M - 1))(x - x_abl)`` per q/k/v, ``M`` a head's edge masks over its rows."""
+        assert table.weight_index is not None
+        blocks, device = self.n_blocks, self.factor.device
+        factor = self.factor[:, table.weight_index.to(device)]  # (K, heads, in_features)
+        head_dim = mha(layer.module).head_dim
+        ablated = _rows(self.source.inputs[layer.name], self.rows)
+        out = []
+        for part, x, abl, weight, (features, rows) in zip(
+                projected, (call.query, call.key, call.value), _parts(ablated), projection_weights(layer.module),
+                segments(layer.module)):
+            per_row = factor[:, :, features].repeat_interleave(head_dim, 1).to(x.dtype)  # (K, E, width)
+            diff = x.unflatten(0, (blocks, -1)) - abl.to(x.dtype)
+            delta = torch.einsum("knlf,kef->knle", diff, weight * per_row)
+            out.append(part + delta.flatten(0, 1))
+        return out
+
+    def _attention_paths(self, layer: LayerInfo, table: _ChildTable, call: Any,
+                         projected: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each (mask, head) with a path edge not fully kept: its q/k/v rows read the child input rerun along the
+        shared path with the parents mixed for that head (a self-attention's one input)."""
+        if not call.self_attention:
+            raise InterventionError(
+                f"edge ablation cannot handle module '{layer.module_name}': path edges into attention need a "
+                "self-attention (query, key and value one tensor)")
+        found = self._path_rerun(table, call.query)
+        if found is None:
+            return projected
+        k_r, j_r, diff = found
+        module = mha(layer.module)
+        heads, head_dim = module.num_heads, module.head_dim
+        out = []
+        for part, weight, (features, _) in zip(projected, projection_weights(module), segments(module)):
+            shared = diff * table.path_features[features].to(diff.device, diff.dtype)  # type: ignore[index]
+            rows = weight.view(heads, head_dim, -1)[j_r]  # (R, d, width)
+            delta = torch.einsum("rnlf,rdf->rnld", shared, rows)
+            view = part.unflatten(0, (self.n_blocks, -1)).unflatten(-1, (heads, head_dim))
+            corr = torch.zeros_like(view)
+            corr[k_r, :, :, j_r] = delta
+            out.append((view + corr).flatten(-2).flatten(0, 1))
+        return out
+
+    def _path_rerun(self, table: _ChildTable, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(blocks, child units, rerun input - current input)`` of every (mask, child unit) pair with a path edge
+        not fully kept (every pair when differentiating), or ``None`` when there is none."""
+        layer, blocks, device = table.layer, self.n_blocks, self.factor.device
+        factors = [self.factor[:, pairs.to(device)] for _, pairs in table.path]  # (K, parent units, units)
+        if self.differentiable:
+            active = torch.ones(blocks, layer.n_units, dtype=torch.bool, device=device)
+        else:
+            active = torch.stack([(f != 0).any(1) for f in factors]).any(0)
+        k_r, j_r = torch.nonzero(active, as_tuple=True)
+        count = len(k_r)
+        if not count:
+            return None
+        path_factor = {parent.module_name: f[k_r, :, j_r] for (parent, _), f in zip(table.path, factors)}
+        roots = {}
+        for parent in table.roots:
+            current = select_blocks(parent, self.outputs[parent.module_name], k_r, blocks)
+            if parent.module_name in path_factor:
+                ablated = _rows_output(self.source.outputs[parent.module_name], self.rows)
+                current = mix(parent, current, ablated, path_factor[parent.module_name])
+            roots[parent.module_name] = current
+        region = self.regions[layer.name]
+        rerun = region.run(roots, self.frontiers[layer.name], self.inputs, count).unflatten(0, (count, -1))
+        return k_r, j_r, rerun - x.unflatten(0, (blocks, -1))[k_r]
 
     def _from_input(self, layer: LayerInfo, x: torch.Tensor, x_abl: torch.Tensor, keep: torch.Tensor,
                     count: int) -> torch.Tensor:
@@ -882,6 +1003,13 @@ class _Forward:
         return format_output(module, inputs, finals_h, finals_c if has_cell_state(module) else None)
 
 
+def _parts(ablated: Any) -> tuple[Any, Any, Any]:
+    """An attention layer's ablated query, key and value (one scalar zero for all three under zero ablation)."""
+    if isinstance(ablated, tuple):
+        return ablated[0], ablated[1], ablated[2]
+    return ablated, ablated, ablated
+
+
 def _is_chain(model: nn.Module, example: torch.Tensor) -> bool:
     """Whether the model's traced graph is one chain (every operation reads one value and is read once), so that
     its forward can run on one block of rows per class of masks, the blocks' row counts changing at each layer."""
@@ -976,7 +1104,8 @@ class EdgeAblation:
         self._patch: _Source | None = None
         self._row_bytes: dict[tuple, int] = {}
         self._cache = _Cache()
-        self.chain = not self.regions and not any(layer.unit_kind.stateful for layer in self.layers) and \
+        self.chain = not self.regions and \
+            not any(layer.unit_kind.stateful or layer.unit_kind.attention for layer in self.layers) and \
             _is_chain(model, example_input)
         self._compact_tables = [self.tables[layer.name] for layer in self.layers if layer.name in self.tables]
         self._row_bytes_segments: dict[tuple, np.ndarray] = {}
@@ -1153,6 +1282,8 @@ class EdgeAblation:
                         unrolled.setdefault(layer.module_name, []).append(layer)
                     elif not layer.unit_kind.reads_ids:
                         patch.replace_forward(layer.module, state.layer(layer))
+                    elif layer.module_name in state.keep_outputs:
+                        patch.forward_hook(layer.module, state.record(layer))
                 for group in unrolled.values():
                     patch.replace_forward(group[0].module, state.unrolled(group[0].module, group))
                 out = self.model(tiled)

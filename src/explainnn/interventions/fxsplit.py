@@ -14,13 +14,17 @@ hook path.
 
 from __future__ import annotations
 
+import functools
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
-from explainnn.interventions.layers import is_stateful, tile_output
+from explainnn.interventions.hooks import no_fast_path
+from explainnn.interventions.kinds import kind_of
+from explainnn.interventions.layers import tile_output
 
 
 class GraphSplit:
@@ -69,13 +73,14 @@ class GraphSplit:
         return live
 
     def region(self, roots: dict[str, Any], blockers: set[str], inputs: torch.Tensor, n_blocks: int,
-               capture: set[str]) -> dict[str, torch.Tensor]:
+               capture: set[str], whole: bool = False) -> dict[str, Any]:
         """First arguments of the ``capture`` modules when the ``roots`` modules output the given values.
 
         ``roots`` maps module names to their outputs on ``n_blocks * N`` rows;
         propagation stops at the ``blockers`` modules, whose outputs stay clean.
         Only the nodes in between run; capture modules that the roots do not reach
-        are left out of the result.
+        are left out of the result. With ``whole`` a captured value is the call's
+        ``(args, kwargs)`` (an attention module's query, key and value).
         """
         root_nodes = {self._node_of(name): value for name, value in roots.items()}
         live, reached = set(root_nodes), set()
@@ -94,11 +99,19 @@ class GraphSplit:
         values = self._frontiers[key][1]
         n = inputs.shape[0]
         env: dict[fx.Node, Any] = dict(root_nodes)
-        captured: dict[str, torch.Tensor] = {}
+        captured: dict[str, Any] = {}
         for node in self.nodes:
             if node in reached and node.target in capture and node.target not in captured and node.args \
-                    and node.args[0] in live:
-                captured[node.target] = env[node.args[0]]
+                    and any(arg in live for arg in node.all_input_nodes):
+                if whole:
+                    def value(arg: fx.Node) -> Any:
+                        if arg not in env:
+                            env[arg] = self._tiled(arg, values[arg], n, n_blocks)
+                        return env[arg]
+
+                    captured[node.target] = (fx.graph.map_arg(node.args, value), fx.graph.map_arg(node.kwargs, value))
+                elif node.args[0] in live:
+                    captured[node.target] = env[node.args[0]]
             if node not in live or node in root_nodes:
                 continue
             for arg in node.all_input_nodes:
@@ -177,7 +190,7 @@ class GraphSplit:
             return value
         if node.op == "call_module":
             module = self.graph_module.get_submodule(_name(node.target))
-            if is_stateful(module):
+            if kind_of(module) is not None and not isinstance(value, torch.Tensor):
                 return tile_output(value, module, n_blocks)
         return _tile_batch(value, n, n_blocks)
 
@@ -212,6 +225,8 @@ def _attr(module: nn.Module, target: str) -> Any:
 def _clone(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.clone()
+    if hasattr(value, "map_tensors"):
+        return value.map_tensors(_clone)
     if isinstance(value, (tuple, list)):
         return type(value)(_clone(item) for item in value)
     return value
@@ -241,14 +256,65 @@ def _structure(model: nn.Module) -> tuple:
     )
 
 
+class _Tracer(fx.Tracer):
+    """``torch.fx``'s tracer, entering ``nn.TransformerEncoder``/``nn.TransformerEncoderLayer`` (traced with the
+    fast path off, so their submodules are graph nodes) and keeping PyTorch's mask checks as graph calls."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, (nn.TransformerEncoder, nn.TransformerEncoderLayer)):
+            return False
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+        if isinstance(m, nn.TransformerEncoder):
+            forward = functools.partial(_encoder_forward, m)
+        return super().call_module(m, forward, args, kwargs)
+
+
+def _encoder_forward(module: nn.TransformerEncoder, src: Any, mask: Any = None, src_key_padding_mask: Any = None,
+                     is_causal: bool | None = None) -> Any:
+    """``nn.TransformerEncoder.forward`` without the fast path (the layers in turn, then the norm); a causal mask is
+    passed as the mask itself, which gives the same attention."""
+    output = src
+    for layer in module.layers:
+        output = layer(output, src_mask=mask, is_causal=False, src_key_padding_mask=src_key_padding_mask)
+    if module.norm is not None:
+        output = module.norm(output)
+    return output
+
+
+_MASK_HELPERS = ("_canonical_mask", "_none_or_dtype")
+"""``torch.nn.functional`` helpers that branch on a mask's dtype: graph calls while tracing."""
+
+
+def _graph_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` recorded as one graph call when it gets a traced value, run as it is otherwise."""
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        proxy = next((a for a in (*args, *kwargs.values()) if isinstance(a, fx.Proxy)), None)
+        if proxy is None:
+            return fn(*args, **kwargs)
+        return proxy.tracer.create_proxy("call_function", fn, args, kwargs)
+
+    return wrapped
+
+
 def _symbolic_trace(model: nn.Module) -> fx.GraphModule | None:
-    """``torch.fx.symbolic_trace(model)`` with one input, or ``None``; the model's attributes are left as they were."""
+    """``model`` traced by :class:`_Tracer` with one input, or ``None``; the model's attributes are left as they were."""
     saved = [(module, dict(module.__dict__)) for module in model.modules()]
+    helpers = {name: getattr(F, name) for name in _MASK_HELPERS if hasattr(F, name)}
     try:
-        traced = fx.symbolic_trace(model)
+        for name, helper in helpers.items():
+            setattr(F, name, _graph_call(helper))
+        with no_fast_path():
+            graph = _Tracer().trace(model)
+        traced = fx.GraphModule(model, graph, type(model).__name__)
     except Exception:  # noqa: BLE001 - any untraceable forward keeps the hook path
         return None
     finally:  # a forward that sets attributes must not leave tracing proxies behind
+        for name, helper in helpers.items():
+            setattr(F, name, helper)
         for module, attributes in saved:
             module.__dict__.clear()
             module.__dict__.update(attributes)

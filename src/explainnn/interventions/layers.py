@@ -145,8 +145,8 @@ def placement_reason(name: str, module: nn.Module) -> str | None:
 
     Layers (modules with a registered unit kind) and normalisations are placed. Any other module
     whose own parameters could mix units (a matrix, not a per-unit vector) is
-    refused, and so is a fused module (attention, transformer layers) that may
-    bypass its submodules' forwards; a layer inside one is refused too. ``name``
+    refused, and so is a fused module the engine does not enter (a transformer decoder layer); a layer inside one
+    is refused too. ``name``
     is the module's name in the model (``""`` for the model itself).
     """
     fused = fused_reason(module)
@@ -197,11 +197,20 @@ class ForwardTrace:
         return found
 
 
-def _detach_clone(value: Any) -> Any:
+def _detach_clone(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """A detached copy of a call's values; a tensor passed several times (a self-attention's query, key and value)
+    stays one tensor."""
+    memo = {} if memo is None else memo
     if isinstance(value, torch.Tensor):
-        return value.detach().clone()
+        if id(value) not in memo:
+            memo[id(value)] = value.detach().clone()
+        return memo[id(value)]
+    if hasattr(value, "map_tensors"):
+        return value.map_tensors(lambda item: _detach_clone(item, memo))
     if isinstance(value, (tuple, list)):
-        return type(value)(_detach_clone(item) for item in value)
+        return type(value)(_detach_clone(item, memo) for item in value)
+    if isinstance(value, dict):
+        return {key: _detach_clone(item, memo) for key, item in value.items()}
     return value
 
 
@@ -219,7 +228,8 @@ def trace_forward(model: nn.Module, inputs: torch.Tensor, keep: bool = False) ->
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             call = ModuleCall(name, module, counter[0])
             if keep:
-                call.args, call.kwargs = _detach_clone(args), _detach_clone(kwargs)
+                memo: dict[int, Any] = {}
+                call.args, call.kwargs = _detach_clone(args, memo), _detach_clone(kwargs, memo)
             else:
                 call.args = tuple(a.shape if isinstance(a, torch.Tensor) else None for a in args)
             counter[0] += 1
@@ -332,10 +342,10 @@ def _unplaced(model: nn.Module, calls: dict[str, list[ModuleCall]]) -> list[tupl
 
 
 def _inside_fused(name: str, refused: set[str]) -> str | None:
-    """The reason a layer inside a refused fused module (e.g. a TransformerEncoderLayer's linear1) is refused."""
+    """The reason a layer inside a refused module (e.g. a TransformerDecoderLayer's linear1) is refused."""
     for outer in refused:
         if name.startswith(outer + "."):
-            return f"it runs inside '{outer}', whose forward may bypass it with a fused kernel"
+            return f"it runs inside '{outer}', which the engine does not enter"
     return None
 
 
@@ -499,11 +509,12 @@ def _probe_region(graph: GraphSplit, example: torch.Tensor, clean: dict[str, lis
                                          float("nan"))
     blockers = {layer.module_name for layer in layers} - {source.module_name}
     captured = graph.region({source.module_name: marked}, blockers, example, len(units),
-                            {child.module_name for child in children})
+                            {child.module_name for child in children}, whole=True)
     seen: dict[str, torch.Tensor | None] = {}
     for child in children:
         if child.module_name in captured:
-            seen[child.name] = child.unit_kind.input_features(child, captured[child.module_name])
+            args, kwargs = captured[child.module_name]
+            seen[child.name] = child.unit_kind.call_features(child, args, kwargs)
         else:
             seen[child.name] = torch.zeros(len(units), child.in_features, dtype=torch.bool)
     return seen
@@ -514,16 +525,16 @@ def _probe_pass(model, inputs, held: HeldClean, children: list[LayerInfo], mark)
     seen: dict[str, torch.Tensor | None] = {child.name: None for child in children}
 
     def capture(child: LayerInfo):
-        def hook(module: nn.Module, args: tuple) -> None:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             if seen[child.name] is None and args and isinstance(args[0], torch.Tensor):
-                seen[child.name] = child.unit_kind.input_features(child, args[0])
+                seen[child.name] = child.unit_kind.call_features(child, args, kwargs)
 
         return hook
 
     with ModelPatch() as patch:
         held.install(patch, len(inputs), mark)
         for child in children:
-            patch.forward_pre_hook(child.module, capture(child))
+            patch.forward_pre_hook(child.module, capture(child), with_kwargs=True)
         model(inputs)
     return seen
 

@@ -7,19 +7,24 @@ sample by running the model with every layer's output replaced by its clean valu
 except the parent unit, which is scaled, and feeding the child input that results
 to an unedited copy of the child for the edge's children. Recurrent layers that need
 per-step edits are replaced by a step-by-step unroll built from PyTorch's own
-``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell``. This is the research code's
-method; tests and benchmarks check the batched engine against it, and users can
-too.
+``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell``. Attention modules are replaced
+by :class:`NaiveAttention`, a loop over the heads with edited weight copies and
+per-head edits. This is the research code's method; tests and benchmarks check the
+batched engine against it, and users can too. It runs with PyTorch's fused
+attention fast path off, as the engine does.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from explainnn.interventions.hooks import no_fast_path
+from explainnn.interventions.kinds.attention import HeadOutputs, feature_widths, parse_call
 from explainnn.interventions.kinds.recurrent import CELLS, rnn
 from explainnn.interventions.layers import LayerInfo, find_layers, resolve_layer
 from explainnn.interventions.runner import InterventionResult, InterventionRunner
@@ -210,6 +215,102 @@ class UnrolledRNN(nn.Module):
         return h
 
 
+class NaiveAttention(nn.Module):
+    """An ``nn.MultiheadAttention`` computed head by head, with edge edits on copies of its q/k/v weights and node
+    edits on each head's output before the output projection; it returns :class:`HeadOutputs`.
+
+    A path edge's children read their q, k and v from the child input :func:`path_input` gives for the sample the
+    copy is called on (``sample_box``). ``recorded`` keeps each call's heads (reference means).
+    """
+
+    def __init__(self, module: nn.Module, layer: LayerInfo | None = None, specs: Sequence[Intervention] = (),
+                 means: dict | None = None, path: tuple | None = None) -> None:
+        super().__init__()
+        assert isinstance(module, nn.MultiheadAttention)
+        self.source, self.layer, self.means = module, layer, means or {}
+        self.batch_first = module.batch_first
+        self.nodes = [s for s in specs if isinstance(s, NodeIntervention)]
+        self.path = path
+        embed, kdim, vdim = feature_widths(module)
+        if module._qkv_same_embed_dim:
+            w_q, w_k, w_v = module.in_proj_weight.detach().chunk(3)
+        else:
+            w_q, w_k, w_v = module.q_proj_weight.detach(), module.k_proj_weight.detach(), module.v_proj_weight.detach()
+        dense = torch.block_diag(w_q, w_k, w_v).clone()
+        for spec in specs:
+            if isinstance(spec, EdgeIntervention) and (path is None or spec not in path[0]):
+                assert layer is not None
+                rows, cols = _edge_weight_rows(layer, spec)
+                _edit_weight(dense, rows, cols, spec)
+        self.w_q = dense[:embed, :embed]
+        self.w_k = dense[embed:2 * embed, embed:embed + kdim]
+        self.w_v = dense[2 * embed:, embed + kdim:]
+        self.recorded: list[torch.Tensor] = []
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        module = self.source
+        call = parse_call(module, args, kwargs)
+        heads, d, embed = module.num_heads, module.head_dim, module.embed_dim
+        bias = module.in_proj_bias.detach() if module.in_proj_bias is not None else torch.zeros(3 * embed)
+        path_x = call.query
+        path_children: set[int] = set()
+        if self.path is not None:
+            specs, model, layers, sample_box = self.path
+            assert self.layer is not None
+            _, path_x = path_input(model, layers, sample_box[0], self.layer, specs)
+            if not module.batch_first:
+                path_x = path_x.transpose(0, 1)
+            kids = specs[0].children
+            path_children = set(range(heads) if kids is None else kids)
+        outs, probs = [], []
+        for h in range(heads):
+            rows = slice(h * d, (h + 1) * d)
+            q_in, k_in, v_in = call.query, call.key, call.value
+            if h in path_children:
+                q_in = k_in = v_in = path_x
+            q = q_in @ self.w_q[rows].T + bias[rows]
+            k = k_in @ self.w_k[rows].T + bias[embed:][rows]
+            v = v_in @ self.w_v[rows].T + bias[2 * embed:][rows]
+            scores = q @ k.transpose(1, 2) / math.sqrt(d)
+            if call.attn_mask is not None:
+                mask = call.attn_mask if call.attn_mask.dim() == 2 else call.attn_mask.view(-1, heads, *call.attn_mask.shape[1:])[:, h]
+                scores = scores.masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+            if call.key_padding_mask is not None:
+                pad = call.key_padding_mask[:, None, :]
+                scores = scores.masked_fill(pad, float("-inf")) if pad.dtype == torch.bool else scores + pad
+            p = torch.softmax(scores, -1)
+            z = p @ v
+            for spec in self.nodes:
+                if h in spec.units:
+                    mean = self.means[spec.layer][h] if spec.mode == "mean" else None
+                    if spec.steps is None:
+                        _set_unit(z, spec, mean)
+                    else:
+                        for step in spec.steps:
+                            _set_unit(z[:, step], spec, None if mean is None else mean[step])
+            outs.append(z)
+            probs.append(p)
+        z_all = torch.stack(outs, 2)  # (N, T, heads, d)
+        self.recorded.append(z_all)
+        out = z_all.flatten(2) @ module.out_proj.weight.detach().T
+        if module.out_proj.bias is not None:
+            out = out + module.out_proj.bias.detach()
+        if not module.batch_first:
+            out = out.transpose(0, 1)
+        weights = None
+        if call.need_weights:
+            stacked = torch.stack(probs, 1)
+            weights = stacked.mean(1) if call.average else stacked
+        return HeadOutputs((out, weights), z_all)
+
+
+def _naive_attention(copied: nn.Module) -> None:
+    """Every attention module of ``copied`` replaced by an unedited :class:`NaiveAttention` (heads in its output)."""
+    for name, module in list(copied.named_modules()):
+        if isinstance(module, nn.MultiheadAttention):
+            _set_module(copied, name, NaiveAttention(module))
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -255,6 +356,10 @@ def intervened_copy(model: nn.Module, layers: list[LayerInfo], specs: Sequence[I
         layer = infos[0]
         node_specs = [s for s in group if isinstance(s, NodeIntervention)]
         path_specs = [s for s in group if isinstance(s, EdgeIntervention) and _is_path(layer, s)]
+        if isinstance(module, nn.MultiheadAttention):
+            path = (path_specs, model, layers, sample_box) if path_specs else None
+            _set_module(copied, module_name, NaiveAttention(module, layer, group, means, path))
+            continue
         for spec in group:
             if isinstance(spec, EdgeIntervention) and spec not in path_specs:
                 _edit_plain_layer(module, layer, spec)
@@ -280,6 +385,7 @@ def path_input(model: nn.Module, layers: list[LayerInfo], sample: torch.Tensor, 
                specs: Sequence[EdgeIntervention]) -> tuple[torch.Tensor, torch.Tensor]:
     """The child's clean input and its input with the path edges' parent units scaled, for one sample."""
     copied = copy.deepcopy(model).eval()
+    _naive_attention(copied)
     names = {layer.module_name for layer in layers}
     recorded: dict[str, list] = {name: [] for name in names}
     seen: list[torch.Tensor] = []
@@ -348,6 +454,13 @@ def reference_means(model: nn.Module, layers: list[LayerInfo], names: set[str], 
                 samples.append(unrolled.recorded[layer.sublayer or 0][0])
             means[name] = torch.stack(samples).mean(0).T
             continue
+        if isinstance(copied.get_submodule(layer.module_name), nn.MultiheadAttention):
+            naive = NaiveAttention(copied.get_submodule(layer.module_name))
+            _set_module(copied, layer.module_name, naive)
+            for i in range(len(reference)):
+                copied(reference[i : i + 1])
+            means[name] = torch.stack([z[0] for z in naive.recorded]).mean(0).movedim(layer.unit_axis - 1, 0)
+            continue
         copied.get_submodule(layer.module_name).register_forward_hook(lambda m, a, o: samples.append(o[0]))
         for i in range(len(reference)):
             copied(reference[i : i + 1])
@@ -367,6 +480,12 @@ def reference_run(
 
     ``reference`` defines ``mode="mean"`` (default: ``inputs``), as in the runner.
     """
+    with no_fast_path():
+        return _reference_run(model, inputs, interventions, target, reference)
+
+
+def _reference_run(model: nn.Module, inputs: torch.Tensor, interventions: Sequence[InterventionSet],
+                   target: int | torch.Tensor | None, reference: torch.Tensor | None) -> InterventionResult:
     layers = find_layers(model, inputs[:1])
     rows = as_rows(interventions)
     clean_model = copy.deepcopy(model).eval()

@@ -2,7 +2,9 @@
 
 Built in: :class:`LinearKind` (``nn.Linear``), :class:`ConvKind` (``nn.Conv1d``/
 ``nn.Conv2d``, grouped and depthwise), :class:`EmbeddingKind` (``nn.Embedding``),
-:class:`RecurrentKind` (``nn.LSTM``/``nn.GRU``/``nn.RNN``); the modules between
+:class:`RecurrentKind` (``nn.LSTM``/``nn.GRU``/``nn.RNN``), :class:`AttentionKind`
+(``nn.MultiheadAttention``: one unit per head, its attention output before the output
+projection, positions as steps); the modules between
 layers are declared in :mod:`~explainnn.interventions.kinds.passthrough`.
 
 Adding a kind is one file (a :class:`UnitKind` subclass) and one call to
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from explainnn.interventions.kinds.attention import AttentionKind
 from explainnn.interventions.kinds.base import KindLayer, UnitKind
 from explainnn.interventions.kinds.conv import ConvKind
 from explainnn.interventions.kinds.embedding import EmbeddingKind
@@ -67,9 +70,10 @@ def kind_names() -> str:
     return ", ".join(cls.__name__ for kind in _KINDS for cls in kind.module_types)
 
 
-_KINDS.extend([LinearKind(), ConvKind(), EmbeddingKind(), RecurrentKind()])
+_KINDS.extend([LinearKind(), ConvKind(), EmbeddingKind(), RecurrentKind(), AttentionKind()])
 
 __all__ = [
+    "AttentionKind",
     "ConvKind",
     "EmbeddingKind",
     "KindLayer",

@@ -57,6 +57,9 @@ class UnitKind:
     """Whether the layer reads token ids (no incoming edges, no continuous input to optimise)."""
     spatial: ClassVar[bool] = False
     """Whether a unit is a channel over a spatial map (activation maps, per-location paths)."""
+    attention: ClassVar[bool] = False
+    """Whether the units are attention heads: their inputs are projected to queries, keys and values, attention runs
+    per head and an output projection follows (edge ablation reruns attention with the heads' masked projections)."""
 
     # -- matching and units -----------------------------------------------------------------------------------
     def matches(self, module: nn.Module) -> bool:
@@ -186,6 +189,16 @@ class UnitKind:
         """The module's input tensor with the batch on axis 0."""
         return inp
 
+    def call_features(self, layer: LayerInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        """``(rows, in_features)`` bool: which input features of a call are NaN (the NaN probe); by default those of
+        its first argument. A module that reads several inputs (attention: query, key, value) lays them side by side."""
+        return self.input_features(layer, args[0])
+
+    def ablation_input(self, layer: LayerInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """What an ablated edge into the layer carries, taken from one call: by default its first argument
+        (attention: the batch-first query, key and value)."""
+        return args[0]
+
     def input_features(self, layer: LayerInfo, inp: torch.Tensor) -> torch.Tensor:
         """``(rows, in_features)`` bool: which input features of each row are NaN (the NaN probe)."""
         nan = torch.isnan(self.batch_first_input(layer, inp)).movedim(self.input_feature_axis(layer), -1)
@@ -204,6 +217,12 @@ class UnitKind:
     def child_rows(self, layer: LayerInfo, child_mask: torch.Tensor) -> torch.Tensor:
         """Units ``(E, units)`` -> the weight rows they own ``(E, rows)``."""
         return child_mask
+
+    def exposing_forward(self, module: nn.Module) -> Callable[..., Any] | None:
+        """A forward equal to the module's that also returns the units when they are not in its output (attention
+        heads before the output projection), used while the engine hooks the module; ``None`` (the default) when
+        the output holds the units."""
+        return None
 
     def edited_forward(self, plan: EditPlan, layers: list[LayerInfo],
                        cached: StartCache | None) -> Callable[..., Any] | None:

@@ -3,9 +3,12 @@
 A pass-through module holds weights that act on each unit alone or normalise
 across units (BatchNorm, LayerNorm, GroupNorm, RMSNorm, PReLU): it is part of the
 weight-free path from one layer's units to the next layer's input features, which
-the NaN probe traces. A fused module (attention, transformer layers) may run a
-fused kernel on its submodules' weights, so hooks on them never fire: it and the
-layers inside it are refused in one line before any work.
+the NaN probe traces. ``nn.MultiheadAttention`` is a layer (its heads are units,
+:mod:`~explainnn.interventions.kinds.attention`) and ``nn.TransformerEncoderLayer``
+runs its submodules while the engine keeps PyTorch's fast path off
+(:func:`~explainnn.interventions.hooks.no_fast_path`). A fused module that remains
+(``nn.TransformerDecoderLayer``) is refused in one line before any work, and so are
+the layers inside it.
 """
 
 from __future__ import annotations
@@ -16,10 +19,8 @@ PASS_THROUGH_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.PReLU,
 )
 """Modules with weights that act on each unit alone or normalise across units, between layers (weight-free paths)."""
-FUSED_TYPES: tuple[type[nn.Module], ...] = (
-    nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
-)
-"""Modules whose forward may run a fused kernel on their submodules' weights (so hooks on them never fire)."""
+FUSED_TYPES: tuple[type[nn.Module], ...] = (nn.TransformerDecoderLayer,)
+"""Modules the engine does not enter (their cross-attention over a memory has no traced parent)."""
 
 
 def register_pass_through(module_type: type[nn.Module]) -> None:
@@ -36,8 +37,8 @@ def is_pass_through(module: nn.Module) -> bool:
 def fused_reason(module: nn.Module) -> str | None:
     """Why a fused module cannot be entered exactly, or ``None``."""
     if isinstance(module, FUSED_TYPES):
-        return (f"{type(module).__name__} runs attention and fused kernels that interventions cannot enter exactly; "
-                "attention heads are not units")
+        return (f"{type(module).__name__} is not supported (cross-attention over a memory input); build the model "
+                "from nn.TransformerEncoderLayer or nn.MultiheadAttention")
     return None
 
 
