@@ -24,16 +24,7 @@ from explainnn.interventions import (
 
 NAMES = list(ARCHITECTURES)
 
-GROUP_CROSSING_PATH = (
-    "a path edge whose parent unit reaches several channels (stem -> channels-last LayerNorm -> every channel) is "
-    "refused by a grouped conv when one of those channels lies outside a child's group; the edge exists through "
-    "the channels inside it (interventions/edits.py _same_group should mask such features, refusing only a child "
-    "that no feature reaches)"
-)
-KNOWN_GAPS = {
-    ("interventions", "convnext"): GROUP_CROSSING_PATH,
-    ("discovery", "convnext"): GROUP_CROSSING_PATH,
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 """(test, architecture) -> why that architecture fails it today (strict xfail: the fix makes it pass)."""
 
 

@@ -14,11 +14,9 @@ from torch import nn
 from architectures import REFUSED, CellLoop, build, seeded
 from explainnn.causal import EdgeAblation, discover, enumerate_edges
 from explainnn.errors import InterventionError
-from explainnn.interventions import EdgeIntervention as Edge
-from explainnn.interventions import InterventionRunner, find_layers, reference_run
+from explainnn.interventions import InterventionRunner, find_layers
 from explainnn.interventions import NodeIntervention as Node
 from explainnn.interventions.layers import unsupported_layers
-from test_architectures import _specs
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
@@ -65,28 +63,3 @@ def test_a_layer_after_a_refused_module_has_no_input_edges(name: str) -> None:
     model, x, _, _ = _refused(name)
     layers = {layer.name: layer for layer in find_layers(model, x[:1])}
     assert all(link.name != "input" for link in layers["fc"].parents)
-
-
-def test_convnext_interventions_off_the_group_crossing_path_edges_equal_the_oracle() -> None:
-    model, inputs = build("convnext")
-    x = inputs(3)
-    layers = {layer.name: layer for layer in find_layers(model, x[:1])}
-
-    def within_groups(spec) -> bool:
-        if not isinstance(spec, Edge):
-            return True
-        layer = layers[spec.layer]
-        groups = getattr(layer.module, "groups", 1)
-        if groups == 1:
-            return True
-        per_in, per_out = layer.in_features // groups, layer.n_units // groups
-        features = [f for p in spec.parents for f in layer.link(spec.parent_layer).unit_map[p]]
-        return all(f // per_in == c // per_out for f in features for c in spec.children)
-
-    specs = [spec for spec in _specs(list(layers.values())) if within_groups(spec)]
-    assert {spec.layer for spec in specs} == set(layers)
-    ours = InterventionRunner(model).run(x, specs)
-    naive = reference_run(model, x, specs)
-    for k, spec in enumerate(specs):
-        torch.testing.assert_close(ours.logits[k], naive.logits[k], atol=1e-5, rtol=1e-4, msg=lambda m: f"{spec}: {m}")
-    assert ((ours.logits - ours.clean_logits).abs().amax((1, 2)) > 1e-6).float().mean() > 0.5

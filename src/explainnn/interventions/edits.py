@@ -421,18 +421,23 @@ def _ungrouped(weight: torch.Tensor, groups: int, in_channels: int) -> torch.Ten
 
 
 def _same_group(layer, feats, feat_mask, children, groups, out_channels) -> torch.Tensor:
-    """``(E, F, C_out)``: whether a grouped conv has an edge from each feature to each child."""
+    """``(E, F, C_out)``: whether a grouped conv has an edge from each feature to each child.
+
+    A row's named children must each be reached by at least one of its features: a path edge from one parent
+    unit may reach several input channels (a channels-last LayerNorm before a depthwise conv mixes every
+    channel), and only the channels inside a child's group carry the edge to it."""
     per_in, per_out = layer.in_features // groups, out_channels // groups
     same = (feats // per_in)[:, :, None] == (torch.arange(out_channels) // per_out)[None, None, :]
     for row, kids in enumerate(children):
         if kids is not None:
             index = torch.tensor(kids)
-            bad = ~same[row][feat_mask[row]][:, index]
-            if bad.any():
-                f, c = torch.nonzero(bad)[0].tolist()
+            reached = same[row][feat_mask[row]][:, index].any(0)
+            if not reached.all():
+                c = int(torch.nonzero(~reached)[0])
+                channels = sorted({int(f) for f in feats[row][feat_mask[row]]})
                 raise InterventionError(
-                    f"layer '{layer.name}' has no edge from input channel {int(feats[row][feat_mask[row]][f])} to unit "
-                    f"{kids[c]} (groups={groups})"
+                    f"layer '{layer.name}' has no edge from input channel "
+                    f"{channels[0] if len(channels) == 1 else channels} to unit {kids[c]} (groups={groups})"
                 )
     return same
 
