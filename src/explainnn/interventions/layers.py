@@ -26,6 +26,7 @@ an output and read at an input. This module only asks the kinds.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -160,10 +161,70 @@ def placement_reason(name: str, module: nn.Module) -> str | None:
     mixing = [key for key, parameter in module.named_parameters(recurse=False)
               if sum(size > 1 for size in parameter.shape) > 1]
     if mixing:
+        mixing = [key for key in mixing if key not in added_constants(module)]
+    if mixing:
         kind = "the model's forward" if not name else f"a {type(module).__name__}"
         return (f"{kind} uses the weight(s) {', '.join(mixing)} directly, which discovery cannot place as units or "
                 f"edges; supported layers: {kind_names()} (and normalisations between them)")
     return None
+
+
+_RESHAPES = frozenset({"expand", "expand_as", "repeat", "view", "reshape", "unsqueeze", "squeeze", "flatten",
+                       "contiguous", "to", "type_as", "float", "double", "half", "permute", "transpose", "clone",
+                       "detach"})
+"""Tensor methods that move or copy a parameter's values without mixing them (followed to the parameter's use)."""
+_ADDS = frozenset({operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub, torch.cat,
+                   torch.concat, torch.stack})
+"""Functions by which a parameter enters the activations as a constant (added, or joined as extra tokens)."""
+
+
+def added_constants(module: nn.Module) -> frozenset[str]:
+    """Own parameters of ``module`` that its forward only adds to (or concatenates with) activations, or never reads.
+
+    A learned position embedding (``x + self.pos_embedding[:, :T]``) or a class token
+    (``torch.cat([self.cls_token.expand(N, -1, -1), x], 1)``) is a constant of the
+    computation, like a bias: it carries no units and no edge passes through it, so
+    interventions stay exact. Read from ``module``'s own forward traced by ``torch.fx``
+    one level deep (submodules are leaves); a parameter is a constant when every use,
+    after slicing, reshaping or expanding, is an addition, subtraction or
+    concatenation with an activation (a value computed from the forward's inputs).
+    A forward that does not trace gives none.
+    """
+    import torch.fx
+
+    class _OneLevel(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+            return True
+
+    try:
+        graph = _OneLevel().trace(module)
+    except Exception:  # noqa: BLE001 - any tracing failure: no parameter is known to be a constant
+        return frozenset()
+
+    from_inputs: set[torch.fx.Node] = set()  # nodes computed from the forward's inputs (activations)
+    for node in graph.nodes:
+        if node.op == "placeholder" or any(arg in from_inputs for arg in node.all_input_nodes):
+            from_inputs.add(node)
+
+    def additive(node: torch.fx.Node) -> bool:
+        for user in node.users:
+            joins = (user.op == "call_function" and user.target in _ADDS) or (
+                user.op == "call_method" and user.target in ("add", "add_", "sub", "sub_"))
+            if joins and user in from_inputs:  # added to an activation (not to another weight)
+                continue
+            if user.op == "call_function" and user.target is operator.getitem and user.args[0] is node:
+                if additive(user):
+                    continue
+                return False
+            if user.op == "call_method" and user.target in _RESHAPES and user.args[0] is node:
+                if additive(user):
+                    continue
+                return False
+            return False
+        return True
+
+    mixing = {str(node.target) for node in graph.nodes if node.op == "get_attr" and not additive(node)}
+    return frozenset(key for key, _ in module.named_parameters(recurse=False) if key not in mixing)
 
 
 def unsupported_reason(module: nn.Module) -> str | None:
