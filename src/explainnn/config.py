@@ -75,8 +75,13 @@ class ModelConfig(_Section):
         return _check_choice(value, sorted(MODELS))
 
 
+_TRAINING_HASH_NEUTRAL = {"optimizer": "adam", "schedule": "constant", "warmup": 0.0}
+"""Training options whose default trains exactly as before the option existed (left out of ``training_hash``)."""
+
+
 class TrainingConfig(_Section):
-    """Train-or-load policy and optimiser settings (Adam)."""
+    """Train-or-load policy and optimiser settings (Adam or AdamW, with an optional warmup and decay of the
+    learning rate)."""
 
     train: Literal["auto", "always", "never"] = "auto"
     epochs: int = Field(default=20, ge=1, le=10_000)
@@ -85,6 +90,9 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(default=0.0, ge=0)
     augment: bool = True
     grad_clip: float | None = Field(default=None, gt=0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup: float = Field(default=0.0, ge=0, lt=1)
 
 
 class StabilityConfig(_Section):
@@ -385,11 +393,17 @@ class Config(_Section):
 
     def training_hash(self) -> str:
         """A short hash of everything that determines the trained weights."""
+        training = self.training.model_dump(exclude={"train"})
+        # Options at the value that trains as before they existed leave the hash as it was, so checkpoints
+        # trained then still match their configs.
+        for key, unchanged in _TRAINING_HASH_NEUTRAL.items():
+            if training.get(key) == unchanged:
+                del training[key]
         keys = {
             "seed": self.seed,
             "data": self.data.model_dump(exclude={"root", "download"}),
             "model": self.model.model_dump(exclude={"checkpoint"}),
-            "training": self.training.model_dump(exclude={"train"}),
+            "training": training,
         }
         text = json.dumps(keys, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -27,6 +27,8 @@ from explainnn.progress import progress_bar
 from explainnn.torch_utils import resolve_device, seed_everything
 
 TRAIN_MODES = ("auto", "always", "never")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "linear", "cosine")
 MAX_SHIFT = 2
 """Largest translation (pixels) applied by ``augment=True``."""
 
@@ -77,6 +79,9 @@ def train_model(
     weight_decay: float = 0.0,
     augment: bool = False,
     grad_clip: float | None = None,
+    optimizer: str = "adam",
+    schedule: str = "constant",
+    warmup: float = 0.0,
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -86,19 +91,29 @@ def train_model(
     ``augment`` applies random translations of up to 2 pixels to image datasets
     and does nothing for sequences and tokens, so one training config serves
     every dataset; ``grad_clip`` clips the global gradient norm.
+
+    ``optimizer`` is ``adam`` (``weight_decay`` an L2 penalty added to the
+    gradient) or ``adamw`` (decoupled weight decay, Loshchilov & Hutter 2019, the
+    usual choice for transformers). The learning rate rises linearly from 0 to
+    ``lr`` over the first ``warmup`` fraction of the optimiser steps, then follows
+    ``schedule``: ``constant``, or a ``linear`` or ``cosine`` decay to 0 at the last
+    step. The defaults (Adam, constant, no warmup) train with ``lr`` throughout.
     """
     _check_train_options(dataset, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         grad_clip=grad_clip)
+                         grad_clip=grad_clip, optimizer=optimizer, schedule=schedule, warmup=warmup)
     n_train = len(dataset.x_train)
     started = time.perf_counter()
     device = resolve_device(device)
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(n_train / batch_size)
+    optimiser_class = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    optimiser = optimiser_class(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: lr_factor(step, steps, schedule, warmup))
     history: list[dict[str, float]] = []
     bar = progress_bar(
-        total=epochs * math.ceil(n_train / batch_size),
+        total=steps,
         desc=f"train {getattr(model, 'explainnn_spec', {}).get('name', type(model).__name__)}",
         unit="batch",
         enabled=progress,
@@ -114,7 +129,8 @@ def train_model(
                 inputs, targets = dataset.x_train[index], dataset.y_train[index]
                 if augment and dataset.info.modality == "image":
                     inputs = random_translate(inputs, MAX_SHIFT, generator)
-                loss, n_correct = _train_step(model, optimizer, inputs.to(device), targets.to(device), grad_clip)
+                loss, n_correct = _train_step(model, optimiser, inputs.to(device), targets.to(device), grad_clip)
+                scheduler.step()
                 loss_sum += loss * len(index)
                 correct += n_correct
                 seen = min(start + batch_size, n_train)
@@ -129,8 +145,22 @@ def train_model(
     return TrainResult(train_accuracy, test_accuracy, history, time.perf_counter() - started)
 
 
+def lr_factor(step: int, steps: int, schedule: str, warmup: float) -> float:
+    """The multiple of ``lr`` used at optimiser step ``step`` (0-based) of ``steps``: warmup, then ``schedule``."""
+    warm = warmup * steps
+    if step < warm:
+        return (step + 1) / (math.floor(warm) + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warm) / max(steps - warm, 1.0)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
 def _check_train_options(dataset: Dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
-                         grad_clip: float | None) -> None:
+                         grad_clip: float | None, optimizer: str = "adam", schedule: str = "constant",
+                         warmup: float = 0.0) -> None:
     """One-line errors for out-of-range training options and an empty training split."""
     _check_number("epochs", epochs, integer=True, minimum=1, inclusive=True)
     _check_number("batch_size", batch_size, integer=True, minimum=1, inclusive=True)
@@ -138,6 +168,13 @@ def _check_train_options(dataset: Dataset, *, epochs: int, batch_size: int, lr: 
     _check_number("weight_decay", weight_decay, inclusive=True)
     if grad_clip is not None:
         _check_number("grad_clip", grad_clip)
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer '{optimizer}'; valid optimizers: {', '.join(OPTIMIZERS)}")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule '{schedule}'; valid schedules: {', '.join(SCHEDULES)}")
+    _check_number("warmup", warmup, inclusive=True)
+    if warmup >= 1:
+        raise ConfigError(f"warmup must be a fraction of the training steps in [0, 1); got {warmup!r}")
     if len(dataset.x_train) == 0:
         raise DataError(f"dataset '{dataset.info.name}' has no training samples")
 

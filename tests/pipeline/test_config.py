@@ -129,7 +129,7 @@ def test_incompatible_combinations(raw, fragment):
 def test_unknown_dataset_and_model_list_the_registry():
     message = _error({"data": {"name": "mnsit"}})
     assert "data.name" in message and "did you mean 'mnist'" in message and "sst2" in message
-    message = _error({"model": {"name": "transformer"}})
+    message = _error({"model": {"name": "bert"}})
     assert "model.name" in message and "lenet" in message and "lstm" in message
 
 

@@ -19,6 +19,7 @@ from explainnn.errors import ConfigError
 from explainnn.models.lenet import LeNet
 from explainnn.models.recurrent import CELLS, POOLINGS, RecurrentClassifier, images_as_rows
 from explainnn.models.resnet import BasicBlock, ResNet18
+from explainnn.models.transformer import TEXT_POOLINGS, TextTransformer, VisionTransformer
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -181,12 +182,66 @@ def _recurrent_builder(cell: str) -> ModelBuilder:
 for _cell in CELLS:
     register_model(_cell)(_recurrent_builder(_cell))
 
+
+@register_model("transformer")
+def _build_transformer(
+    info: DatasetInfo,
+    d_model: int = 64,
+    num_heads: int = 4,
+    num_layers: int = 2,
+    dim_feedforward: int = 128,
+    dropout: float = 0.1,
+    pooling: str = "mean",
+) -> nn.Module:
+    """Transformer encoder on token ids (``TextTransformer``); pooling one of mean, cls."""
+    if info.modality != "tokens" or len(info.input_shape) != 1:
+        raise ConfigError(
+            f"model 'transformer' reads token ids (L,), but dataset '{info.name}' holds "
+            f"{info.modality} of shape {tuple(info.input_shape)}; use vit for images"
+        )
+    if info.vocab is None or info.pad_index is None:
+        raise ConfigError(
+            f"token dataset '{info.name}' has no vocabulary or pad index; "
+            "its loader must set info.vocab and info.pad_index"
+        )
+    return TextTransformer(
+        len(info.vocab), info.n_classes, info.input_shape[0], d_model=d_model, num_heads=num_heads,
+        num_layers=num_layers, dim_feedforward=dim_feedforward, dropout=dropout, pooling=pooling,
+        pad_index=info.pad_index,
+    )
+
+
+@register_model("vit")
+def _build_vit(
+    info: DatasetInfo,
+    patch_size: int = 4,
+    d_model: int = 64,
+    num_heads: int = 4,
+    num_layers: int = 4,
+    dim_feedforward: int = 128,
+    dropout: float = 0.1,
+) -> nn.Module:
+    """Vision Transformer (``VisionTransformer``): patch_size must divide the image's height and width."""
+    if info.modality != "image" or len(info.input_shape) != 3:
+        raise ConfigError(
+            f"model 'vit' needs image data (C, H, W), but dataset '{info.name}' holds "
+            f"{info.modality} of shape {tuple(info.input_shape)}; use transformer for token ids"
+        )
+    channels, height, width = info.input_shape
+    return VisionTransformer(
+        channels, (height, width), info.n_classes, patch_size=patch_size, d_model=d_model,
+        num_heads=num_heads, num_layers=num_layers, dim_feedforward=dim_feedforward, dropout=dropout,
+    )
+
 __all__ = [
     "MODELS",
     "BasicBlock",
     "LeNet",
     "RecurrentClassifier",
     "ResNet18",
+    "TEXT_POOLINGS",
+    "TextTransformer",
+    "VisionTransformer",
     "build_model",
     "images_as_rows",
     "model_parameters",
