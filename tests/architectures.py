@@ -28,8 +28,9 @@
   Linear-GELU-Linear, layer scale parameter, permute back, residual.
 * Attention pooling over a bidirectional GRU (Yang et al. 2016): softmax weights from a Linear
   over the outputs, weighted sum.
-* Refused patterns (``REFUSED``): an LSTM with ``proj_size``; a recurrence written as a Python
-  loop over ``nn.GRUCell`` / ``nn.LSTMCell`` calls.
+* An LSTM with ``proj_size`` (Sak et al. 2014), its projection read by the head.
+* Refused patterns (``REFUSED``): a recurrence written as a Python loop over ``nn.GRUCell`` /
+  ``nn.LSTMCell`` calls.
 """
 
 from __future__ import annotations
@@ -603,11 +604,6 @@ ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Te
 """name -> (model factory, inputs(n))."""
 
 REFUSED: dict[str, tuple[str, str]] = {
-    "lstm_proj": (
-        r"module 'lstm': LSTMs with proj_size",
-        "the projection h = W_hr m mixes the cell's units: the units whose gates the weights feed (m) are not in "
-        "the module's output, and the per-step oracle (LSTMCell) and the edge-ablation unroll have no projection",
-    ),
     "grucell_loop": (
         r"module 'cell': GRUCell called in a Python loop",
         "the steps are separate calls of one module from Python code: the engine edits and caches one call per "

@@ -14,7 +14,58 @@ from explainnn.causal import EdgeAblation, ablated_logits, enumerate_edges
 from explainnn.errors import InterventionError
 from explainnn.models.lenet import LeNet
 from explainnn.models.recurrent import RecurrentClassifier
-from test_edges_oracle import Oracle
+from test_edges_oracle import Oracle as PlainOracle
+from test_edges_oracle import _cell
+
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+
+
+class Oracle(PlainOracle):
+    """The hand-written oracle, with LSTMs that have ``proj_size`` written out per edge too: the cell's recurrent
+    edge ``i -> j`` is ``(W_hh W_hr)[j rows, i]`` times ``m_{t-1, i}`` (kept) or the source's (ablated), the
+    projection's edge ``i -> k`` is ``W_hr[k, i]`` times ``m_{t, i}`` or the source's."""
+
+    def _recurrent(self, group, values, source, record):
+        module = group[0].module
+        if not getattr(module, "proj_size", 0):
+            return super()._recurrent(group, values, source, record)
+        cell_layer, proj_layer = group
+
+        def forward(x, hx=None):
+            assert module.batch_first and hx is None
+            seq = x[0].numpy()
+            w_ih, w_hh, b_ih, b_hh, w_hr = (getattr(module, f"{name}_l0").detach().numpy() for name in
+                                            ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
+            w_eff = w_hh @ w_hr
+            length, hidden, width = seq.shape[0], module.hidden_size, module.proj_size
+            name = cell_layer.name
+            xa = np.zeros_like(seq) if source is None else source[name + "/x"].numpy()
+            prev_abl = np.zeros((length, hidden)) if source is None else source[name + "/prev"].numpy()
+            m_abl = np.zeros((length, hidden)) if source is None else source[name + "/m"].numpy()
+            m, c = np.zeros(hidden), np.zeros(hidden)
+            prevs, cells, out = [], [], np.zeros((length, width))
+            for t in range(length):
+                prevs.append(m.copy())
+                gi = self._gates_in(cell_layer, w_ih, b_ih, seq[t], xa[t], values, 0)
+                gh = b_hh.copy()
+                for row in range(4 * hidden):
+                    for i in range(hidden):
+                        keep = self._mask(values, name, i, name, row % hidden, True)
+                        gh[row] += keep * w_eff[row, i] * m[i] + (1 - keep) * w_eff[row, i] * prev_abl[t, i]
+                m, c = _cell("lstm", "tanh", gi, gh, None, c, hidden)
+                cells.append(m.copy())
+                for k in range(width):
+                    for i in range(hidden):
+                        keep = self._mask(values, name, i, proj_layer.name, k)
+                        out[t, k] += keep * w_hr[k, i] * m[i] + (1 - keep) * w_hr[k, i] * m_abl[t, i]
+            if record is not None:
+                record[name + "/x"] = torch.from_numpy(seq.copy())
+                record[name + "/prev"] = torch.from_numpy(np.stack(prevs))
+                record[name + "/m"] = torch.from_numpy(np.stack(cells))
+            h_n = torch.from_numpy(out[-1])[None, None]
+            return torch.from_numpy(out)[None], (h_n, torch.from_numpy(c)[None, None])
+
+        return forward
 
 
 class GroupedNet(nn.Module):
@@ -90,7 +141,7 @@ def _model(name: str) -> tuple[nn.Module, callable]:
 
 MODELS = ["bn_mlp", "lenet", "grouped", "densenet", "textcnn", "rnn", "gru", "lstm", "bilstm_last", "bilstm_mean",
           "bilstm", "gru2", "resnet", "preact_resnet", "mobilenetv2", "attention_lstm", "shufflenetv2", "squeezenet",
-          "se_mbconv", "inception", "resnext", "convnext", "attention_bigru"]
+          "se_mbconv", "inception", "resnext", "convnext", "attention_bigru", "lstm_proj"]
 
 
 def _masks(n_edges: int, count: int, seed: int) -> torch.Tensor:
@@ -325,7 +376,7 @@ def test_one_line_errors() -> None:
     class Projected(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.lstm = nn.LSTM(3, 4, proj_size=2, batch_first=True)
+            self.lstm = nn.LSTM(3, 4, num_layers=2, proj_size=2, batch_first=True)
             self.fc = nn.Linear(2, 2)
 
         def forward(self, x):

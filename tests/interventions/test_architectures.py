@@ -156,7 +156,7 @@ def test_unsupported_layers_stop_discovery_before_any_work():
     class Projected(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.rnn = nn.LSTM(3, 4, batch_first=True, proj_size=2)
+            self.rnn = nn.LSTM(3, 4, num_layers=2, batch_first=True, proj_size=2)
             self.fc = nn.Linear(2, 2)
 
         def forward(self, x):

@@ -210,11 +210,11 @@ def test_bidirectional_rnn_has_both_directions_units():
     assert layers[1].parent_map == tuple((i,) for i in range(8))
 
 
-def test_lstm_with_projections_is_rejected_by_name():
+def test_stacked_lstm_with_projections_is_rejected_by_name():
     class Projected(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.rnn = nn.LSTM(3, 4, batch_first=True, proj_size=2)
+            self.rnn = nn.LSTM(3, 4, num_layers=2, batch_first=True, proj_size=2)
             self.fc = nn.Linear(2, 2)
 
         def forward(self, x):

@@ -50,10 +50,15 @@ rows and copy each class's values to its blocks. Each masked Linear or conv
 layer is one (batched or grouped) product: ``W x_abl + b`` once, plus ``(W * M)
 (x - x_abl)`` per class.
 
+An LSTM with ``proj_size`` has the edges its unit kind defines: the cell's input and recurrent
+edges (``W_hh W_hr``, from ``m_{t-1}``) and the projection's edges from the cell
+(``W_hr``); an ablated recurrent edge carries the source's ``m_{t-1}``, an ablated
+projection edge its ``m_t``.
+
 Refused, in one line naming the module, before any work: a layer that runs more
-than once per forward pass, an LSTM with ``proj_size``, a path link into a
-recurrent layer or from the input, and path links in a model ``torch.fx`` cannot
-trace (the shared path is rerun from the traced graph).
+than once per forward pass, a path link into a recurrent layer or from the input,
+and path links in a model ``torch.fx`` cannot trace (the shared path is rerun from
+the traced graph).
 """
 
 from __future__ import annotations
@@ -84,6 +89,8 @@ from explainnn.interventions.kinds.recurrent import (
     format_output,
     gates,
     has_cell_state,
+    proj_size,
+    projection_weight,
     rnn,
     split_args,
     weights,
@@ -276,8 +283,8 @@ def enumerate_edges(model: nn.Module, example_input: torch.Tensor, *,
     ------
     InterventionError
         For models with a pattern edge ablation cannot compute exactly (a layer
-        run several times, an LSTM with ``proj_size``, a path link into a
-        recurrent layer or from the input), naming the module.
+        run several times, a path link into a recurrent layer or from the
+        input), naming the module.
     """
     all_layers = find_layers(model, example_input)
     _check_model(model, example_input, all_layers)
@@ -295,7 +302,7 @@ def enumerate_edges(model: nn.Module, example_input: torch.Tensor, *,
             kinds.extend([kind] * len(parents))
             p_units.append(parents)
             c_units.append(children)
-        if layer.unit_kind.stateful:
+        if layer.unit_kind.recurrent_edges(layer):
             parents, children = _recurrent_pairs(layer)
             p_layer.extend([layer.name] * len(parents))
             c_layer.extend([layer.name] * len(parents))
@@ -367,7 +374,7 @@ def _tables(model_layers: list[LayerInfo], edges: Edges) -> dict[str, _ChildTabl
             raise InterventionError(f"the edges name layer '{child}', which the model does not have")
         layer = known[child]
         positions = {name: np.asarray(pos, dtype=np.int64) for name, pos in by_parent.items()}
-        valid = {link.name for link in layer.parents} | ({WITHIN} if layer.unit_kind.stateful else set())
+        valid = {link.name for link in layer.parents} | ({WITHIN} if layer.unit_kind.recurrent_edges(layer) else set())
         for name in positions:
             if name not in valid:
                 raise InterventionError(f"'{name}' is not a parent of layer '{child}' in this model")
@@ -375,7 +382,7 @@ def _tables(model_layers: list[LayerInfo], edges: Edges) -> dict[str, _ChildTabl
         index = _feature_index(layer, edges, positions, keep)
         if any(link.via == "path" for link in layer.parents):
             _path_table(table, layer, known, edges, positions, keep)
-        if layer.unit_kind.stateful:
+        if layer.unit_kind.recurrent_edges(layer):
             hidden, n_gates = layer.n_units // layer.directions, gates(layer.module)
             rec = positions.get(WITHIN, np.zeros(0, dtype=np.int64))
             rec_table = _pair_table(layer.n_units, layer.n_units, edges.parent_unit[rec], edges.child_unit[rec], rec, keep)
@@ -417,10 +424,13 @@ def _path_table(table: _ChildTable, layer: LayerInfo, known: dict[str, LayerInfo
 
 @dataclass
 class _RecurrentSource:
-    """Per internal layer: the ablated input ``x`` and, per direction, ``h_{t-1}`` in that direction's step order."""
+    """Per internal layer: the ablated input ``x`` and, per direction, ``h_{t-1}`` in that direction's step order
+    (with ``proj_size``: the cell's ``m_{t-1}``, zero before step 0, and ``cells`` its ``m_t``, what the projection's
+    edges carry)."""
 
     x: list[torch.Tensor]
     prev: list[list[torch.Tensor]]
+    cells: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -436,6 +446,14 @@ def _recurrent_source(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str
     module = rnn(module)
     _, h0, _ = split_args(module, args, kwargs)
     caches = clean_cache(module, args, kwargs)
+    if proj_size(module):
+        cache = caches[0]
+        assert cache.m is not None
+        prev = torch.cat([torch.zeros_like(cache.m[:, :1]), cache.m[:, :-1]], 1)
+        if mean:
+            return _RecurrentSource([cache.x.mean(0, keepdim=True)], [[prev.mean(0, keepdim=True)]],
+                                    [cache.m.mean(0, keepdim=True)])
+        return _RecurrentSource([cache.x], [[prev]], [cache.m])
     hidden = module.hidden_size
     directions = 2 if module.bidirectional else 1
     xs, prevs = [], []
@@ -505,7 +523,7 @@ def _zero_source(layers: list[LayerInfo]) -> _Source:
         if layer.unit_kind.stateful and layer.module_name not in states:
             stack = rnn(layer.module).num_layers
             states[layer.module_name] = _RecurrentSource(
-                [zero] * stack, [[zero] * layer.directions for _ in range(stack)])
+                [zero] * stack, [[zero] * layer.directions for _ in range(stack)], [zero] * stack)
     outputs = {parent.module_name: zero for parent in _path_parents(layers)}
     return _Source({layer.name: zero for layer in layers if not layer.unit_kind.stateful}, states, outputs)
 
@@ -533,7 +551,8 @@ def _rows_output(value: Any, rows: slice | torch.Tensor) -> Any:
 def _select_rows(source: _Source, rows: torch.Tensor) -> _Source:
     """The per-sample source of the samples ``rows`` (an index into the source's batch)."""
     states = {name: _RecurrentSource([_rows(x, rows) for x in value.x],
-                                     [[_rows(p, rows) for p in prev] for prev in value.prev])
+                                     [[_rows(p, rows) for p in prev] for prev in value.prev],
+                                     [_rows(m, rows) for m in value.cells])
               for name, value in source.states.items()}
     return _Source({name: _rows(value, rows) for name, value in source.inputs.items()}, states,
                    {name: _rows_output(value, rows) for name, value in source.outputs.items()})
@@ -953,6 +972,8 @@ class _Forward:
         module = rnn(module)
         if module.training and module.dropout and module.num_layers > 1:  # pragma: no cover - eval mode is set
             raise InterventionError("recurrent dropout is random in training mode; call model.eval() first")
+        if proj_size(module):
+            return self._run_projected(module, source, tables, args, kwargs)
         x, h0, c0 = split_args(module, args, kwargs)
         blocks, hidden = self.n_blocks, module.hidden_size
         directions = 2 if module.bidirectional else 1
@@ -1001,6 +1022,53 @@ class _Forward:
                     finals_c.append(c.reshape(-1, hidden))
             inputs = torch.cat(outs, -1).flatten(0, 1)
         return format_output(module, inputs, finals_h, finals_c if has_cell_state(module) else None)
+
+
+    def _run_projected(self, module: nn.RNNBase, source: _RecurrentSource, tables: list[_ChildTable | None],
+                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """An LSTM with ``proj_size``: the cell's input and recurrent edges masked as any LSTM's (the recurrent ones on
+        ``W_hh W_hr``, read from ``m_{t-1}``: ``W_hh h_{t-1} + (W_hh W_hr * (M - 1))(m_{t-1} - m_abl_{t-1})``), then
+        the projection ``W_hr m_abl + (W_hr * M)(m - m_abl)`` per step; the state the next step reads is ``W_hr m``,
+        the paths through it being the cell's recurrent edges."""
+        x, h0, c0 = split_args(module, args, kwargs)
+        assert c0 is not None
+        blocks, hidden, device = self.n_blocks, module.hidden_size, self.factor.device
+        cell_table, proj_table = tables[0], tables[1]
+        w_ih, w_hh, b_ih, b_hh = weights(module, 0)
+        w_hr = projection_weight(module)
+        xp = F.linear(x, w_ih, b_ih).unflatten(0, (blocks, -1))  # (K, N, T, 4 H)
+        hh_factor = None
+        if cell_table is not None and not self._kept(cell_table.positions):
+            x_abl = _rows(source.x[0], self.rows).to(x.dtype)
+            ih_factor = self.factor[:, cell_table.ih[0].to(device)]
+            xp = xp + torch.einsum("kntf,kgf->kntg", x.unflatten(0, (blocks, -1)) - x_abl, w_ih * ih_factor)
+            hh_factor = ((w_hh @ w_hr) * self.factor[:, cell_table.hh[0].to(device)]).transpose(1, 2)
+        hr_factor = None
+        if proj_table is not None and not self._kept(proj_table.positions):
+            assert proj_table.weight_index is not None
+            hr_factor = (w_hr * self.factor[:, proj_table.weight_index.to(device)]).transpose(1, 2)
+        prev_abl = _rows(source.prev[0][0], self.rows).to(x.dtype)
+        m_abl = _rows(source.cells[0], self.rows).to(x.dtype)
+        h = h0[0].reshape(blocks, -1, h0.shape[-1])
+        c = c0[0].reshape(blocks, -1, hidden)
+        m = torch.zeros_like(c)
+        steps = []
+        for t in range(x.shape[1]):
+            hp = F.linear(h, w_hh, b_hh)
+            if hh_factor is not None:
+                before = prev_abl if prev_abl.dim() == 0 else prev_abl[:, t]
+                hp = hp + torch.bmm(m - before, hh_factor)
+            m, c_next = cell(module, xp[:, :, t], hp, h, c)
+            assert c_next is not None
+            c = c_next
+            h = F.linear(m, w_hr)
+            out = h
+            if hr_factor is not None:
+                now = m_abl if m_abl.dim() == 0 else m_abl[:, t]
+                out = h + torch.bmm(m - now, hr_factor)
+            steps.append(out)
+        seq = torch.stack(steps, 2).flatten(0, 1)
+        return format_output(module, seq, [steps[-1].reshape(-1, steps[-1].shape[-1])], [c.reshape(-1, hidden)])
 
 
 def _parts(ablated: Any) -> tuple[Any, Any, Any]:

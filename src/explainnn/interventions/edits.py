@@ -291,8 +291,9 @@ def _compile_edges(
     With ``path`` the rows are :class:`PathEntry` blocks and the coefficients are
     the weights themselves (applied to the change of the input features).
     """
-    if recurrent and not layer.unit_kind.stateful:
-        raise InterventionError(f"recurrent=True needs a recurrent layer; '{layer.name}' is a {layer.kind}")
+    if recurrent and not layer.unit_kind.recurrent_edges(layer):
+        what = f"a {layer.kind}" if not layer.unit_kind.stateful else "a layer without hidden-to-hidden edges"
+        raise InterventionError(f"recurrent=True needs a recurrent layer; '{layer.name}' is {what}")
     if path:
         features: list[list[int]] = [entry.features for _, entry, _ in rows]
         children: list[tuple[int, ...] | None] = [entry.children for _, entry, _ in rows]

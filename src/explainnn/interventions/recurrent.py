@@ -9,6 +9,9 @@ recomputing the prefix, and reuses the cached input projections of the first
 edited layer, whose inputs are unchanged. Bidirectional modules run each
 direction exactly (the backward one over reversed time) from the first step, on
 the clean inputs; their units are ``0..H-1`` forward and ``H..2H-1`` backward.
+An LSTM with ``proj_size`` runs :func:`run_projected`: the cell's units ``m``, then
+the projection ``h = W_hr m`` (the state the next step reads), each with its own
+edits (the unit kind of recurrent modules defines its edges).
 """
 
 from __future__ import annotations
@@ -22,10 +25,19 @@ from torch import nn
 
 from explainnn.errors import InterventionError
 from explainnn.interventions.edits import EdgeEdits, LayerEdits, NodeEdits, apply_nodes_step, linear_delta
-from explainnn.interventions.kinds.recurrent import cell, format_output, has_cell_state, rnn, split_args, weights
+from explainnn.interventions.kinds.recurrent import (
+    cell,
+    format_output,
+    has_cell_state,
+    proj_size,
+    projection_weight,
+    rnn,
+    split_args,
+    weights,
+)
 
 __all__ = ["LayerCache", "clean_cache", "direction_edits", "format_output", "run_layer", "run_module",
-           "split_args", "weights"]
+           "run_projected", "split_args", "weights"]
 
 
 @dataclass
@@ -39,6 +51,8 @@ class LayerCache:
     c: torch.Tensor | None
     h0: torch.Tensor
     c0: torch.Tensor | None
+    m: torch.Tensor | None = None
+    """With ``proj_size``: the cell's units ``m`` at every step (``h`` holds the projection, the state)."""
 
 
 def _active(edge: EdgeEdits | None, length: int) -> list[bool]:
@@ -128,6 +142,129 @@ def run_layer(
     return out.flatten(0, 1), h, c, cells_out
 
 
+def run_projected(
+    module: nn.Module,
+    xproj: torch.Tensor,
+    x: torch.Tensor,
+    shared: bool,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    m: torch.Tensor,
+    start: int,
+    n_blocks: int,
+    cell_edits: LayerEdits | None,
+    proj_edits: LayerEdits | None,
+    prefix: torch.Tensor | None = None,
+    keep: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Steps ``start..T-1`` of a one-layer LSTM with ``proj_size``.
+
+    As :func:`run_layer`; ``h`` ``(K, N, P)`` is the state before ``start`` (the
+    projection the recurrence reads), ``c`` ``(K, N, H)`` the cell state and ``m``
+    ``(K, N, H)`` the cell's units before ``start`` (zeros before step 0), which the
+    cell's recurrent edges read. Per step: the gates from ``W_ih x`` and ``W_hh h``
+    plus the cell's edge deltas, the cell's node edits on ``m``, then ``h = W_hr m``
+    with the projection's node edits (the state) and, for the output only, its edge
+    deltas. Returns the outputs ``(K * N, T, P)``, the last output ``h``, ``c`` and
+    (with ``keep``) every ``m`` and ``c`` ``(K * N, T, H)``.
+    """
+    module = rnn(module)
+    _, w_hh, _, b_hh = weights(module, 0)
+    w_hr = projection_weight(module)
+    length, hidden, width = x.shape[1], module.hidden_size, proj_size(module)
+    rows = x.shape[0] if not shared else x.shape[0] * n_blocks
+    k_rows = 1 if shared else n_blocks
+    edge_in = cell_edits.edge_in if cell_edits else None
+    edge_rec = cell_edits.edge_rec if cell_edits else None
+    node = cell_edits.node if cell_edits else None
+    proj_edge = proj_edits.edge_in if proj_edits else None
+    proj_node = proj_edits.node if proj_edits else None
+    in_active, rec_active = _active(edge_in, length), _active(edge_rec, length)
+    proj_active = _active(proj_edge, length)
+    node_steps = set(node.steps or ()) if node else set()
+    proj_steps = set(proj_node.steps or ()) if proj_node else set()
+    out = xproj.new_empty(n_blocks, rows // n_blocks, length, width)
+    if start:
+        assert prefix is not None
+        out[:, :, :start] = prefix[:, :start]
+    cells: list[torch.Tensor] = []
+    ms: list[torch.Tensor] = []
+    h_out = h
+    for t in range(start, length):
+        xp = xproj[:, t if shared else t - start].view(k_rows, -1, xproj.shape[-1])
+        if edge_in is not None and in_active[t]:
+            xp = _add_edge_delta(xp, x[:, t], edge_in, t, n_blocks, shared)
+        hp = F.linear(h, w_hh, b_hh)
+        if edge_rec is not None and rec_active[t]:
+            hp = _add_edge_delta(hp, m.reshape(-1, hidden), edge_rec, t, n_blocks, False)
+        m, c_next = cell(module, xp, hp, h, c)
+        assert c_next is not None
+        c = c_next
+        if node is not None and t in node_steps:
+            m = m.clone()
+            apply_nodes_step(m.view(-1, hidden), node, t, n_blocks)
+        h = F.linear(m, w_hr)
+        h_out = h
+        if proj_edge is not None and proj_active[t]:
+            h_out = _add_edge_delta(h, m.reshape(-1, hidden), proj_edge, t, n_blocks, False)
+        if proj_node is not None and t in proj_steps:
+            apply_nodes_step(h.view(-1, width), proj_node, t, n_blocks)
+            if h_out is not h:
+                apply_nodes_step(h_out.view(-1, width), proj_node, t, n_blocks)
+        out[:, :, t] = h_out
+        if keep:
+            cells.append(c)
+            ms.append(m)
+    if start == length:
+        h_out = h
+    m_out = torch.stack(ms, 2).flatten(0, 1) if keep else None
+    c_out = torch.stack(cells, 2).flatten(0, 1) if keep else None
+    return out.flatten(0, 1), h_out, c, m_out, c_out
+
+
+def _projected_cache(module: nn.RNNBase, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[LayerCache]:
+    x, h0, c0 = split_args(module, args, kwargs)
+    assert c0 is not None
+    w_ih, _, b_ih, _ = weights(module, 0)
+    xproj = F.linear(x, w_ih, b_ih)
+    m0 = x.new_zeros(1, x.shape[0], module.hidden_size)
+    h, _, _, m, c = run_projected(module, xproj, x, False, h0[0].unsqueeze(0), c0[0].unsqueeze(0), m0, 0, 1, None,
+                                  None, keep=True)
+    return [LayerCache(x, xproj, h, c, h0[0], c0[0], m)]
+
+
+def _run_projected_module(module: nn.RNNBase, args: tuple[Any, ...], kwargs: dict[str, Any],
+                          edits: dict[int, LayerEdits], n_blocks: int, cache: list[LayerCache] | None) -> Any:
+    """:func:`run_module` for an LSTM with ``proj_size``: edits ``0`` on the cell, ``1`` on the projection."""
+    cell_edits, proj_edits = edits.get(0), edits.get(1)
+    if cache is None:
+        x, h0, c0 = split_args(module, args, kwargs)
+        assert c0 is not None
+        if x.shape[0] % n_blocks:
+            raise InterventionError(f"{x.shape[0]} rows do not split into {n_blocks} intervention blocks")
+        w_ih, _, b_ih, _ = weights(module, 0)
+        rows = x.shape[0] // n_blocks
+        h = h0[0].view(n_blocks, rows, -1)
+        c = c0[0].view(n_blocks, rows, -1)
+        m = x.new_zeros(n_blocks, rows, module.hidden_size)
+        out, h, c, _, _ = run_projected(module, F.linear(x, w_ih, b_ih), x, False, h, c, m, 0, n_blocks, cell_edits,
+                                        proj_edits)
+        return format_output(module, out, [h.reshape(-1, h.shape[-1])], [c.reshape(-1, c.shape[-1])])
+    layer = cache[0]
+    assert layer.m is not None and layer.c is not None and layer.c0 is not None and layer.xproj is not None
+    length = layer.x.shape[1]
+    start = min(e.first_step for e in (cell_edits, proj_edits) if e is not None) if edits else length
+    if start == length:
+        return format_output(module, _tile(layer.h, n_blocks), [_tile(layer.h[:, -1], n_blocks)],
+                             [_tile(layer.c[:, -1], n_blocks)])
+    h = (layer.h[:, start - 1] if start else layer.h0).expand(n_blocks, -1, -1)
+    c = (layer.c[:, start - 1] if start else layer.c0).expand(n_blocks, -1, -1)
+    m = (layer.m[:, start - 1] if start else torch.zeros_like(layer.m[:, 0])).expand(n_blocks, -1, -1)
+    out, h, c, _, _ = run_projected(module, layer.xproj, layer.x, True, h, c, m, start, n_blocks, cell_edits,
+                                    proj_edits, layer.h)
+    return format_output(module, out, [h.reshape(-1, h.shape[-1])], [c.reshape(-1, c.shape[-1])])
+
+
 def _tile(t: torch.Tensor, n_blocks: int) -> torch.Tensor:
     """A fresh copy of ``t`` repeated ``n_blocks`` times along the batch axis."""
     return t.repeat(n_blocks, *([1] * (t.dim() - 1)))
@@ -140,6 +277,8 @@ def clean_cache(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     (they are re-run from the first step).
     """
     module = rnn(module)
+    if proj_size(module):
+        return _projected_cache(module, args, kwargs)
     if module.bidirectional:
         return _bidirectional_cache(module, args, kwargs)
     x, h0, c0 = split_args(module, args, kwargs)
@@ -204,6 +343,8 @@ def run_module(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     module = rnn(module)
     if module.training and module.dropout and module.num_layers > 1:
         raise InterventionError("recurrent dropout is random in training mode; call model.eval() first")
+    if proj_size(module):
+        return _run_projected_module(module, args, kwargs, edits, n_blocks, cache)
     if module.bidirectional:
         return _run_bidirectional(module, args, kwargs, edits, n_blocks)
     lstm = has_cell_state(module)

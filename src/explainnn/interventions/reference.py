@@ -160,9 +160,50 @@ class UnrolledRNN(nn.Module):
                     _edit_weight(cell.weight_hh if spec.within_layer else cell.weight_ih, rows, cols, spec)
         return cell.to(getattr(module, "weight_ih_l0").device)
 
+    def _edited(self, weight: torch.Tensor, index: int, step: int, length: int, recurrent: bool) -> torch.Tensor:
+        """A copy of ``weight`` with the edge specs of layer ``index`` (recurrent or not) active at ``step`` applied."""
+        weight = weight.detach().clone()
+        for spec in self.edges.get(index, []):
+            if spec.within_layer == recurrent and (spec.steps is None or step in [s % length for s in spec.steps]):
+                rows, cols = _edge_weight_rows(self.layers[index], spec)
+                _edit_weight(weight, rows, cols, spec)
+        return weight
+
+    def _projected(self, x: torch.Tensor, hx: Any) -> Any:
+        """An LSTM with ``proj_size``, written out per step: ``m = o * tanh(c)`` (the cell layer, edges on copies of
+        ``W_ih`` and of ``W_hh W_hr`` read from ``m`` one step earlier) and ``h = W_hr m`` (the projection layer:
+        its node edits set the state, its edge edits on a copy of ``W_hr`` reach the output only)."""
+        module = self.source
+        w_ih, w_hh, w_hr = (getattr(module, f"weight_{part}_l0").detach() for part in ("ih", "hh", "hr"))
+        b_ih, b_hh = ((getattr(module, f"bias_{part}_l0").detach() if module.bias else torch.zeros(()))
+                      for part in ("ih", "hh"))
+        w_eff = w_hh @ w_hr
+        rows, length, hidden = x.shape[0], x.shape[1], module.hidden_size
+        if hx is None:
+            h, c = x.new_zeros(rows, module.proj_size), x.new_zeros(rows, hidden)
+        else:
+            h, c = hx[0][0], hx[1][0]
+        m = x.new_zeros(rows, hidden)
+        outs, cells = [], []
+        for t in range(length):
+            rec = self._edited(w_eff, 0, t, length, True) - w_eff
+            pre = x[:, t] @ self._edited(w_ih, 0, t, length, False).T + b_ih + h @ w_hh.T + b_hh + m @ rec.T
+            i, f, g, o = pre.chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            m = self._edit_nodes(0, t, length, torch.sigmoid(o) * torch.tanh(c), 0)
+            h = self._edit_nodes(1, t, length, m @ w_hr.T, 0)
+            outs.append(self._edit_nodes(1, t, length, m @ self._edited(w_hr, 1, t, length, False).T, 0))
+            cells.append(m)
+        out = torch.stack(outs, 1)
+        self.recorded = [torch.stack(cells, 1), out]
+        out_layout = out if module.batch_first else out.transpose(0, 1)
+        return out_layout, (outs[-1][None], c[None])
+
     def forward(self, x: torch.Tensor, hx: Any = None) -> Any:
         module = self.source
         x = x if module.batch_first else x.transpose(0, 1)
+        if module.proj_size:
+            return self._projected(x, hx)
         lstm = isinstance(module, nn.LSTM)
         directions = 2 if module.bidirectional else 1
         shape = (module.num_layers * directions, x.shape[0], module.hidden_size)
@@ -345,7 +386,8 @@ def intervened_copy(model: nn.Module, layers: list[LayerInfo], specs: Sequence[I
             for spec in group:
                 target = nodes if isinstance(spec, NodeIntervention) else edges
                 target.setdefault(named[spec.layer].sublayer or 0, []).append(spec)
-            if nodes or any(s.steps is not None for specs_ in edges.values() for s in specs_):
+            if nodes or any(s.steps is not None for specs_ in edges.values() for s in specs_) or \
+                    bool(getattr(module, "proj_size", 0)):
                 _set_module(copied, module_name, UnrolledRNN(module, infos, edges, nodes, means))
             else:
                 with torch.no_grad():

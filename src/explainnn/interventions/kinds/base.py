@@ -107,6 +107,11 @@ class UnitKind:
         """Whether the layer's units are its module's output (all but the lower layers of a stacked module)."""
         return True
 
+    def recurrent_edges(self, layer: LayerInfo) -> bool:
+        """Whether the layer has hidden-to-hidden edges (its own units one step earlier into its units): every layer
+        of a :attr:`stateful` kind unless it says otherwise (an LSTM's projection layer reads no recurrence)."""
+        return self.stateful
+
     def directions(self, layer: LayerInfo) -> int:
         """2 for a layer with units of two directions (bidirectional recurrence), else 1."""
         return 1

@@ -8,18 +8,19 @@ or writes keeps the top layer's final states in step with the sequence. Edits ar
 applied by re-running the module exactly from the first edited step
 (:mod:`explainnn.interventions.recurrent`), with the cell arithmetic below.
 
-Not covered (refused in one line before any work):
-
-* ``proj_size``: the step computes ``m = o * tanh(c)`` (``H`` values, the units the
-  gate weights belong to) and outputs ``h = W_hr m`` (``P`` values), which feeds the
-  recurrence and the next layers. Exact support needs two layers per module: the
-  cell's ``H`` units, whose recurrent edges are the effective weight
-  ``W_hh @ W_hr`` (exact: the projection has no bias), and the projection's ``P``
-  units, linked to them through ``W_hr``; the per-step oracle and the edge-ablation
-  unroll then need the projected step too.
-* cells (``nn.LSTMCell`` ...) called in a Python loop: the steps are separate calls
-  of one module, and the engine edits and caches one call per module; it needs a
-  kind that matches the cell and counts its calls as steps.
+An LSTM with ``proj_size = P`` (Sak et al. 2014) computes ``m_t = o_t * tanh(c_t)``
+(``H`` values, the units the gate weights belong to) and outputs ``h_t = W_hr m_t``
+(``P`` values), which is also the state the next step reads. It holds two layers:
+the cell, ``<name>.cell`` (``H`` units ``m``, input-to-hidden edges ``W_ih``), and the
+projection, ``<name>`` (``P`` units ``h``, edges from the cell through ``W_hr`` at
+the same step, the module's output). The cell's hidden-to-hidden edge ``i -> j``
+is the path ``m_i(t-1) -> h(t-1) -> gates_j(t)``, weight ``(W_hh W_hr)[j, i]``
+(exact: the projection has no bias); a projection edge ``i -> k`` is the path
+``m_i(t) -> h_k(t) ->`` the layers after the module. The two edge sets split the
+paths out of a cell unit, so an edge edit never acts twice; a node edit sets the
+unit itself, which every reader sees (a projection unit also feeds the next step).
+At step 0 the recurrent edges carry nothing (the initial state ``h_0`` is no cell
+unit). Stacked or bidirectional LSTMs with ``proj_size`` are refused in one line.
 """
 
 from __future__ import annotations
@@ -56,6 +57,33 @@ def rnn(module: nn.Module) -> nn.RNNBase:
     if not isinstance(module, nn.RNNBase):
         raise InterventionError(f"{type(module).__name__} is not a recurrent layer")
     return module
+
+
+def proj_size(module: nn.Module) -> int:
+    """``P`` of an LSTM with ``proj_size``, else 0."""
+    return int(getattr(module, "proj_size", 0) or 0)
+
+
+def out_width(module: nn.Module) -> int:
+    """Features per direction of the module's output and of its ``h`` state (``P`` with a projection, else ``H``)."""
+    return proj_size(module) or rnn(module).hidden_size
+
+
+def projection_weight(module: nn.Module) -> torch.Tensor:
+    """``W_hr`` ``(P, H)`` of a one-layer LSTM with ``proj_size``."""
+    weight = getattr(module, "weight_hr_l0")
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def is_projection(layer: LayerInfo) -> bool:
+    """Whether ``layer`` is the projection layer of an LSTM with ``proj_size`` (its units are ``h = W_hr m``)."""
+    return bool(proj_size(layer.module)) and layer.sublayer == 1
+
+
+def internal_index(layer: LayerInfo) -> int:
+    """The internal layer (``weight_*_l<index>``) a recurrent layer belongs to."""
+    return 0 if proj_size(layer.module) else (layer.sublayer or 0)
 
 
 def has_cell_state(module: nn.Module) -> bool:
@@ -96,7 +124,8 @@ def split_args(module: nn.Module, args: tuple[Any, ...],
     lstm = has_cell_state(module)
     if hx is None:
         zeros = torch.zeros(shape, dtype=x.dtype, device=x.device)
-        return x, zeros, (zeros if lstm else None)
+        h_zeros = zeros[..., :proj_size(module)] if proj_size(module) else zeros
+        return x, h_zeros, (zeros if lstm else None)
     if lstm:
         return x, hx[0], hx[1]
     return x, hx, None
@@ -163,6 +192,12 @@ def _like(state: Any, parts: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> A
     return tuple(parts) if isinstance(state, tuple) else parts[0]
 
 
+def _holds_units(module: nn.Module, index: int) -> bool:
+    """Whether final state ``index`` (0: ``h``, 1: ``c``) is laid out by the output layer's units (with a projection
+    the cell state ``c`` belongs to the cell's units, which are not in the output)."""
+    return index == 0 or not proj_size(module)
+
+
 def mark_final_state(layer: LayerInfo, state: torch.Tensor, rows: torch.Tensor, units: torch.Tensor,
                      value: float | torch.Tensor, scale: bool = False) -> torch.Tensor:
     """In place on a recurrent final state ``(L * D, N, H)``: unit ``units[r]`` of row ``rows[r]`` of the top layer.
@@ -171,7 +206,7 @@ def mark_final_state(layer: LayerInfo, state: torch.Tensor, rows: torch.Tensor, 
     ``scale`` the entries are multiplied by ``value`` instead of set to it.
     """
     module = rnn(layer.module)
-    hidden = module.hidden_size
+    hidden = out_width(module)
     index = (module.num_layers - 1) * layer.directions + torch.div(units, hidden, rounding_mode="floor")
     col = units % hidden
     if scale:
@@ -190,9 +225,10 @@ class RecurrentKind(UnitKind):
         return cell_name(module)
 
     def unsupported_reason(self, module: nn.Module) -> str | None:
-        if getattr(module, "proj_size", 0):
-            return ("LSTMs with proj_size are not supported (the projection h = W_hr (o * tanh(c)) mixes the cell's "
-                    "units); use proj_size=0")
+        if proj_size(module) and (rnn(module).num_layers > 1 or rnn(module).bidirectional):
+            module = rnn(module)
+            return (f"LSTMs with proj_size are supported with one layer in one direction (num_layers="
+                    f"{module.num_layers}, bidirectional={module.bidirectional}); stack single-layer nn.LSTM modules")
         return None
 
     def units(self, module: nn.Module) -> tuple[int, int]:
@@ -204,6 +240,10 @@ class RecurrentKind(UnitKind):
         out_shape = output[0]
         steps = out_shape[1] if module.batch_first else out_shape[0]
         units, _ = self.units(module)
+        projected = proj_size(module)
+        if projected:
+            return [KindLayer(f"{name}.cell", units, module.input_size, (steps, units), 0),
+                    KindLayer(name, projected, units, (steps, projected), 1)]
         found = []
         for index in range(module.num_layers):
             label = name if module.num_layers == 1 else f"{name}.l{index}"
@@ -219,7 +259,13 @@ class RecurrentKind(UnitKind):
         return True
 
     def is_output(self, layer: LayerInfo) -> bool:
+        if proj_size(layer.module):
+            return is_projection(layer)
         return layer.sublayer is None or layer.sublayer == rnn(layer.module).num_layers - 1
+
+    def recurrent_edges(self, layer: LayerInfo) -> bool:
+        """The projection of an LSTM with ``proj_size`` has none: the recurrence is the cell's."""
+        return not is_projection(layer)
 
     def directions(self, layer: LayerInfo) -> int:
         return 2 if rnn(layer.module).bidirectional else 1
@@ -246,7 +292,8 @@ class RecurrentKind(UnitKind):
             out[r, :, units] = value
         else:
             out[:, r, units] = value
-        marked = [mark_final_state(layer, s.clone(), r, units, value) for s in _states(state)]
+        marked = [mark_final_state(layer, s.clone(), r, units, value) if _holds_units(layer.module, i) else s
+                  for i, s in enumerate(_states(state))]
         return out, _like(state, marked)
 
     def scale_units(self, layer: LayerInfo, out: Any, factors: torch.Tensor) -> Any:
@@ -259,10 +306,14 @@ class RecurrentKind(UnitKind):
             seq = (seq.unflatten(1, (blocks, -1)) * factors[None, :, None, :]).flatten(1, 2)
         scaled = []
         top = (module.num_layers - 1) * layer.directions
-        for s in _states(state):
+        width = out_width(module)
+        for i, s in enumerate(_states(state)):
+            if not _holds_units(module, i):
+                scaled.append(s)
+                continue
             s = s.clone()
             for d in range(layer.directions):
-                part = factors[:, d * module.hidden_size : (d + 1) * module.hidden_size]
+                part = factors[:, d * width : (d + 1) * width]
                 s[top + d] = (s[top + d].unflatten(0, (blocks, -1)) * part[:, None, :]).flatten(0, 1)
             scaled.append(s)
         return seq, _like(state, scaled)
@@ -272,10 +323,13 @@ class RecurrentKind(UnitKind):
         seq = seq.clone()
         seq[..., unit] *= factor
         module = rnn(layer.module)
-        hidden, directions = module.hidden_size, (2 if module.bidirectional else 1)
+        hidden, directions = out_width(module), (2 if module.bidirectional else 1)
         top = (module.num_layers - 1) * directions + unit // hidden
         scaled = []
-        for st in _states(state):
+        for i, st in enumerate(_states(state)):
+            if not _holds_units(module, i):
+                scaled.append(st)
+                continue
             st = st.clone()
             st[top, :, unit % hidden] *= factor
             scaled.append(st)
@@ -291,9 +345,12 @@ class RecurrentKind(UnitKind):
         states = _states(state)
         abl_states = _states(state_abl) if state_abl is not None else (None,) * len(states)
         mixed_states = []
-        hidden, directions = module.hidden_size, layer.directions
+        hidden, directions = out_width(module), layer.directions
         top = (module.num_layers - 1) * directions
-        for s, s_abl in zip(states, abl_states):
+        for i, (s, s_abl) in enumerate(zip(states, abl_states)):
+            if not _holds_units(module, i):
+                mixed_states.append(s)
+                continue
             parts = []
             for index in range(s.shape[0]):
                 direction = index - top
@@ -323,11 +380,18 @@ class RecurrentKind(UnitKind):
         return tensor, torch.cat([state[:-1], last[None]])
 
     def clean_activation(self, layer: LayerInfo, clean: CleanPass) -> torch.Tensor:
-        return clean.rnn(layer.module_name)[layer.sublayer or 0].h
+        cache = clean.rnn(layer.module_name)[internal_index(layer)]
+        if proj_size(layer.module) and not is_projection(layer):
+            assert cache.m is not None
+            return cache.m
+        return cache.h
 
     def unit_values(self, layer: LayerInfo, output: Any) -> torch.Tensor:
+        if proj_size(layer.module) and not is_projection(layer):
+            raise InterventionError(f"the cell units of layer '{layer.name}' (an LSTM with proj_size) are not in the "
+                                    "module's output; read the projection layer's units instead")
         hidden = _states(output[1])[0]
-        return hidden[layer.sublayer or 0]
+        return hidden[internal_index(layer)]
 
     # -- edits ------------------------------------------------------------------------------------------------
     def edited_forward(self, plan: EditPlan, layers: list[LayerInfo],
@@ -362,7 +426,8 @@ class RecurrentKind(UnitKind):
         total = 0
         for layer in clean.rnn(call.name):
             projected = 0 if layer.xproj is None else layer.xproj[0].numel()
-            total += (layer.h[0].numel() + projected) * layer.h.element_size()
+            cells = 0 if layer.m is None else layer.m[0].numel()
+            total += (layer.h[0].numel() + projected + cells) * layer.h.element_size()
         return total
 
     # -- inputs and edges -------------------------------------------------------------------------------------
@@ -374,9 +439,17 @@ class RecurrentKind(UnitKind):
 
         A bidirectional layer's recurrent weights are block-diagonal over the
         directions (``(D * G * H, D * H)``), so unit ``i`` of one direction has no
-        recurrent edge into the other.
+        recurrent edge into the other. With ``proj_size`` the cell's recurrent
+        weight is ``W_hh W_hr`` ``(4 H, H)`` and the projection's weight ``W_hr``
+        ``(P, H)``.
         """
         module = layer.module
+        if proj_size(module):
+            w_ih, w_hh, _, _ = weights(module, 0)
+            w_hr = projection_weight(module)
+            if is_projection(layer):  # (P, H): the cell's units into the projection; no recurrent edges
+                return w_hr.new_zeros(proj_size(module), proj_size(module)) if recurrent else w_hr.detach()
+            return (w_hh @ w_hr).detach() if recurrent else w_ih.detach()
         part = "hh" if recurrent else "ih"
         index = layer.sublayer or 0
         suffixes = ("", "_reverse") if layer.directions == 2 else ("",)
@@ -386,10 +459,14 @@ class RecurrentKind(UnitKind):
         return torch.cat(parts)
 
     def unit_rows(self, layer: LayerInfo, per_row: torch.Tensor) -> torch.Tensor:
+        if is_projection(layer):
+            return per_row
         hidden = rnn(layer.module).hidden_size
         return per_row.view(layer.directions, gates(layer.module), hidden, -1).any(1).flatten(0, 1)
 
     def child_rows(self, layer: LayerInfo, child_mask: torch.Tensor) -> torch.Tensor:
+        if is_projection(layer):
+            return child_mask
         hidden = rnn(layer.module).hidden_size
         per_direction = child_mask.unflatten(1, (layer.directions, hidden))
         return per_direction.repeat(1, 1, gates(layer.module)).flatten(1)
