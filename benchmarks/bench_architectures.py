@@ -9,18 +9,25 @@
      a time: ``explainnn.interventions.reference_run``), timed on a fixed subset of
      ``--naive-per-step`` candidates of every step and extrapolated to all candidates
      of the step (the naive time per candidate does not depend on which one it is).
+
+   The same three timings for ShuffleNetV2 x0.5 (channel split, shuffle and concat) and
+   MobileNetV3-Small (depthwise convs, squeeze-and-excitation gating, hardswish), full-size
+   definitions in ``benchmarks/zoo.py`` with CIFAR strides (``--only shufflenet`` /
+   ``--only mobilenetv3``), and for the text transformer of ``configs/transformer_sst2.yaml``
+   (units: attention heads and MLP neurons; ``--only transformer``) on SST-2 dev sentences.
 2. The research-style LeNet (functional ``relu``, one ``MaxPool2d`` used twice) against
    the package's ``LeNet`` (the same weights, so the same function and graph) and the
    naive loop, full-graph discovery of class 3; the LeNet is trained here for
    ``--lenet-epochs`` epochs on the offline MNIST digits and tested on MNIST t10k.
 
 Everything runs on ``--threads`` CPU threads (2 by default) in one process, so the ratios
-are measured side by side; ``--device cuda`` runs the ResNet part on a GPU instead (all
+are measured side by side; ``--device cuda`` runs the ResNet, ShuffleNet and MobileNet parts on a GPU instead (all
 three timings on the same GPU; the LeNet part stays on the CPU). Weights are seeded (random, eval-mode BatchNorm statistics
-made non-trivial) for the ResNet, whose inputs are real CIFAR-10 test images when the
+made non-trivial) for the CIFAR models, whose inputs are real CIFAR-10 test images when the
 shared data folder holds them (else uniform noise).
 
     python benchmarks/bench_architectures.py [--samples 100] [--width 64] [--threads 2] [--device cpu]
+    python benchmarks/bench_architectures.py --only shufflenet --samples 20
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ class TimedRunner:
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ZOO = ("resnet", "shufflenet", "mobilenetv3", "transformer")
+"""The models timed by :func:`bench_model` (``--only`` picks one)."""
 
 
 def _images(kind: str, n: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -96,7 +105,7 @@ def _target(model: torch.nn.Module, inputs: torch.Tensor) -> int:
 
 def _plain_forward(model: torch.nn.Module, inputs: torch.Tensor, rows: int, batch: int, cap: int | None) -> float:
     """Seconds of plain forward passes over ``rows`` rows (timed on at most ``cap`` rows, scaled linearly)."""
-    chunk = inputs.repeat((batch + len(inputs) - 1) // len(inputs), 1, 1, 1)[:batch]
+    chunk = inputs.repeat((batch + len(inputs) - 1) // len(inputs), *[1] * (inputs.dim() - 1))[:batch]
     timed = rows if cap is None else min(rows, cap)
     _sync(inputs.device)
     start = time.perf_counter()
@@ -125,10 +134,31 @@ def _naive_extrapolated(model: torch.nn.Module, steps: list, per_step: int) -> t
     return total, timed
 
 
-def bench_resnet(args: argparse.Namespace) -> None:
+def _zoo_model(name: str, width: int) -> tuple[str, torch.nn.Module, torch.Tensor | None]:
+    """The label and seeded model of ``name``, and its inputs when they are not CIFAR images."""
+    if name == "resnet":
+        return f"ResNet-18 (CIFAR variant, width {width}), 32x32", ResNet18(3, 10, width), None
+    from zoo import MobileNetV3Small, ShuffleNetV2
+
+    if name == "shufflenet":
+        return "ShuffleNetV2 x0.5 (CIFAR strides), 32x32", ShuffleNetV2(), None
+    if name == "mobilenetv3":
+        return "MobileNetV3-Small (CIFAR strides), 32x32", MobileNetV3Small(), None
+    from explainnn.data import load_dataset
+    from explainnn.models import build_model
+
+    dataset = load_dataset("sst2", str(SHARED), max_len=50)  # the settings of configs/transformer_sst2.yaml
+    model = build_model("transformer", dataset.info, d_model=64, num_heads=4, num_layers=2, dim_feedforward=128)
+    return ("text transformer (2 pre-norm blocks, 4 heads, d 64), SST-2 dev sentences", model,
+            dataset.x_test[:400])
+
+
+def bench_model(name: str, args: argparse.Namespace) -> None:
+    """Full-graph discovery of one model against a plain forward over the same rows and the naive loop."""
     device = torch.device(args.device)
-    model = seeded(ResNet18(3, 10, args.width), seed=0, scale=1.0).to(device)
-    inputs = _images("cifar", max(4 * args.samples, 200), (3, 32, 32)).to(device)
+    label, model, given = _zoo_model(name, args.width)
+    model = seeded(model, seed=0, scale=1.0).to(device)
+    inputs = (given if given is not None else _images("cifar", max(4 * args.samples, 200), (3, 32, 32))).to(device)
     target = _target(model, inputs)
     timed = TimedRunner(model)
     start = time.perf_counter()
@@ -143,8 +173,7 @@ def bench_resnet(args: argparse.Namespace) -> None:
     plain = _plain_forward(model, inputs[: args.samples], rows, args.batch, args.forward_rows)
     naive, timed_naive = _naive_extrapolated(model, steps, args.naive_per_step)
     layers = [name for name in graph.layers() if graph.units(name)]
-    print(f"ResNet-18 (CIFAR variant, width {args.width}), 32x32, edges, hard, {graph.metadata['n_samples']} samples, "
-          f"class {target}, on {device}")
+    print(f"{label}, edges, hard, {graph.metadata['n_samples']} samples, class {target}, on {device}")
     print(f"  graph: {len(layers)} layers with causal units of {len(graph.metadata['layers'])} analysed, "
           f"{graph.graph.number_of_nodes()} units, {graph.graph.number_of_edges()} edges; "
           f"{candidates} candidates in {len(steps)} steps = {rows} rows")
@@ -153,7 +182,7 @@ def bench_resnet(args: argparse.Namespace) -> None:
     how = "" if args.forward_rows is None or args.forward_rows >= rows else f" (timed on {args.forward_rows} rows, scaled)"
     print(f"  plain forward, same rows {plain:9.1f} s   discovery / forward = {ours / plain:.2f}x{how}")
     print(f"  naive loop (extrapolated from {timed_naive} timed candidates) {naive:9.1f} s   "
-          f"speed-up {naive / ours:.0f}x")
+          f"speed-up {naive / ours:.0f}x", flush=True)
 
 
 def _trained_lenet(epochs: int) -> tuple[LeNet, torch.Tensor, torch.Tensor]:
@@ -202,8 +231,8 @@ def main() -> None:
                         help="time the plain forward on this many rows and scale linearly (default: all rows)")
     parser.add_argument("--naive-per-step", type=int, default=2)
     parser.add_argument("--lenet-epochs", type=int, default=3, help="training epochs of the LeNet (offline MNIST)")
-    parser.add_argument("--only", choices=("resnet", "lenet"), default=None)
-    parser.add_argument("--device", default="cpu", help="device of the ResNet part (cpu or cuda)")
+    parser.add_argument("--only", choices=("lenet", *ZOO), default=None)
+    parser.add_argument("--device", default="cpu", help="device of the CIFAR models (cpu or cuda)")
     parser.add_argument("--root", type=Path, default=None, help="the shared data folder (CIFAR-10 JPEGs, MNIST)")
     args = parser.parse_args()
     if args.root is not None:
@@ -214,8 +243,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     if args.only in (None, "lenet"):
         bench_lenets(args)
-    if args.only in (None, "resnet"):
-        bench_resnet(args)
+    for name in ZOO:
+        if args.only in (None, name):
+            bench_model(name, args)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,26 @@ def _encoder(d_model: int, num_heads: int, num_layers: int, dim_feedforward: int
     return nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
 
 
+# The input checks are leaves of a torch.fx trace (``torch.fx.wrap``): they run on real tensors when the traced
+# graph runs, so the forwards trace and the engine's prefix reuse (interventions/fxsplit.py) applies to them.
+@torch.fx.wrap
+def _token_ids(x: Tensor, max_len: int) -> Tensor:
+    if x.dim() != 2 or x.is_floating_point() or x.shape[1] > max_len:
+        raise DataError(
+            f"this transformer reads (N, L) integer token ids with L <= {max_len}; "
+            f"got a {x.dtype} tensor of shape {tuple(x.shape)}"
+        )
+    return x
+
+
+@torch.fx.wrap
+def _images(x: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    if x.dim() != 4 or tuple(x.shape[1:]) != shape:
+        raise DataError(f"this vision transformer reads (N, {shape[0]}, {shape[1]}, {shape[2]}) images; "
+                        f"got shape {tuple(x.shape)}")
+    return x
+
+
 class TextTransformer(nn.Module):
     """A transformer encoder over token ids with masked ``mean`` or ``cls`` pooling.
 
@@ -115,11 +135,7 @@ class TextTransformer(nn.Module):
             nn.init.normal_(self.cls_token, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 2 or x.is_floating_point() or x.shape[1] > self.max_len:
-            raise DataError(
-                f"this transformer reads (N, L) integer token ids with L <= {self.max_len}; "
-                f"got a {x.dtype} tensor of shape {tuple(x.shape)}"
-            )
+        x = _token_ids(x, self.max_len)
         return self.forward_embedded(self.embedding(x), pad_mask=x == self.pad_index)
 
     def forward_embedded(self, embeddings: Tensor, pad_mask: Tensor | None = None) -> Tensor:
@@ -196,12 +212,7 @@ class VisionTransformer(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or tuple(x.shape[1:]) != (self.in_channels, *self.image_size):
-            height, width = self.image_size
-            raise DataError(
-                f"this vision transformer reads (N, {self.in_channels}, {height}, {width}) images; "
-                f"got shape {tuple(x.shape)}"
-            )
+        x = _images(x, (self.in_channels, *self.image_size))
         patches = self.patch_embedding(x).flatten(2).transpose(1, 2)  # (N, patches, d_model)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         hidden = torch.cat([cls, patches], dim=1) + self.position
