@@ -28,9 +28,9 @@
   Linear-GELU-Linear, layer scale parameter, permute back, residual.
 * Attention pooling over a bidirectional GRU (Yang et al. 2016): softmax weights from a Linear
   over the outputs, weighted sum.
-* An LSTM with ``proj_size`` (Sak et al. 2014), its projection read by the head.
-* Refused patterns (``REFUSED``): a recurrence written as a Python loop over ``nn.GRUCell`` /
-  ``nn.LSTMCell`` calls.
+* An LSTM with ``proj_size`` (Sak et al. 2014), its projection read by the head; a recurrence
+  written as a Python loop over ``nn.GRUCell`` / ``nn.LSTMCell`` / ``nn.RNNCell`` calls.
+* Refused patterns (``REFUSED``): a transformer decoder layer (cross-attention over a memory).
 """
 
 from __future__ import annotations
@@ -551,6 +551,18 @@ class CellLoop(nn.Module):
         return self.fc(h)
 
 
+class DecoderHead(nn.Module):
+    """A transformer decoder layer reading the sequence as its own memory, and a linear head on the last position."""
+
+    def __init__(self, features: int = 4, n_classes: int = 3) -> None:
+        super().__init__()
+        self.decoder = nn.TransformerDecoderLayer(features, 2, dim_feedforward=8, dropout=0.0, batch_first=True)
+        self.fc = nn.Linear(features, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.decoder(x, x)[:, -1])
+
+
 class AttentionBiGRU(nn.Module):
     """Attention pooling over a bidirectional GRU (Yang et al. 2016): softmax weights from a Linear over the steps'
     outputs, then the weighted sum of the outputs."""
@@ -600,18 +612,15 @@ ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Te
     "lstm_proj": (ProjectedLSTM, _sequences),
     "grucell_loop": (CellLoop, _sequences),
     "lstmcell_loop": (lambda: CellLoop(nn.LSTMCell), _sequences),
+    "rnncell_loop": (lambda: CellLoop(nn.RNNCell), _sequences),
+    "transformer_decoder": (DecoderHead, _sequences),
 }
 """name -> (model factory, inputs(n))."""
 
 REFUSED: dict[str, tuple[str, str]] = {
-    "grucell_loop": (
-        r"module 'cell': GRUCell called in a Python loop",
-        "the steps are separate calls of one module from Python code: the engine edits and caches one call per "
-        "module, so an edit at step t cannot be carried through the later calls exactly",
-    ),
-    "lstmcell_loop": (
-        r"module 'cell': LSTMCell called in a Python loop",
-        "as grucell_loop, with the cell state carried between the calls",
+    "transformer_decoder": (
+        r"module 'decoder': TransformerDecoderLayer is not supported",
+        "its cross-attention reads a memory input that has no traced parent",
     ),
 }
 """Patterns the engine refuses before any work: name -> (the refusal's pattern, why it is refused).

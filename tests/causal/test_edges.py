@@ -27,6 +27,8 @@ class Oracle(PlainOracle):
 
     def _recurrent(self, group, values, source, record):
         module = group[0].module
+        if isinstance(module, nn.RNNCellBase):
+            return self._cell_loop(group[0], values, source, record)
         if not getattr(module, "proj_size", 0):
             return super()._recurrent(group, values, source, record)
         cell_layer, proj_layer = group
@@ -64,6 +66,33 @@ class Oracle(PlainOracle):
                 record[name + "/m"] = torch.from_numpy(np.stack(cells))
             h_n = torch.from_numpy(out[-1])[None, None]
             return torch.from_numpy(out)[None], (h_n, torch.from_numpy(c)[None, None])
+
+        return forward
+
+    def _cell_loop(self, layer, values, source, record):
+        """A cell called once per step: call ``t`` with its input and recurrent edges written out per edge, reading the
+        call's ``x_t`` and received ``h_{t-1}`` (or the source's)."""
+        module = layer.module
+        kind = type(module).__name__.lower().removesuffix("cell")
+        w_ih, w_hh, b_ih, b_hh = (getattr(module, name).detach().numpy() for name in
+                                  ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        hidden, count = module.hidden_size, [0]
+
+        def forward(x, hx=None):
+            t = count[0]
+            count[0] += 1
+            h, c = (hx if isinstance(hx, tuple) else (hx, None)) if hx is not None else (torch.zeros(1, hidden), None)
+            h_np, c_np = h[0].numpy(), (np.zeros(hidden) if c is None else c[0].numpy())
+            xa = np.zeros(x.shape[1]) if source is None else source[f"{layer.name}/x{t}"].numpy()[0]
+            h_abl = np.zeros(hidden) if source is None else source[f"{layer.name}/prev{t}"].numpy()[0]
+            if record is not None:
+                record[f"{layer.name}/x{t}"] = x.clone()
+                record[f"{layer.name}/prev{t}"] = h.clone()
+            gi = self._gates_in(layer, w_ih, b_ih, x[0].numpy(), xa, values, 0)
+            gh = self._gates_hidden(layer, w_hh, b_hh, h_np, h_abl, values, 0)
+            h_new, c_new = _cell(kind, getattr(module, "nonlinearity", "tanh"), gi, gh, h_np, c_np, hidden)
+            out = torch.from_numpy(h_new)[None]
+            return (out, torch.from_numpy(c_new)[None]) if isinstance(module, nn.LSTMCell) else out
 
         return forward
 
@@ -141,7 +170,8 @@ def _model(name: str) -> tuple[nn.Module, callable]:
 
 MODELS = ["bn_mlp", "lenet", "grouped", "densenet", "textcnn", "rnn", "gru", "lstm", "bilstm_last", "bilstm_mean",
           "bilstm", "gru2", "resnet", "preact_resnet", "mobilenetv2", "attention_lstm", "shufflenetv2", "squeezenet",
-          "se_mbconv", "inception", "resnext", "convnext", "attention_bigru", "lstm_proj"]
+          "se_mbconv", "inception", "resnext", "convnext", "attention_bigru", "lstm_proj",
+          "grucell_loop", "lstmcell_loop", "rnncell_loop"]
 
 
 def _masks(n_edges: int, count: int, seed: int) -> torch.Tensor:

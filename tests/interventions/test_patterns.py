@@ -1,7 +1,7 @@
 """The architecture patterns of tests/architectures.py beyond what the parametrized tests check.
 
 Refused patterns (``REFUSED``) are refused in one line naming the module and the op, before any work, at
-every entry point. ConvNeXt's interventions equal the oracle on every spec but the group-crossing path edges
+every entry point, and leave no link through the refused module. ConvNeXt's interventions equal the oracle on every spec but the group-crossing path edges
 (a strict xfail in test_architectures.py).
 """
 
@@ -33,7 +33,8 @@ def test_refused_patterns_stop_every_entry_point_in_one_line(name: str) -> None:
     """A pattern in REFUSED cannot be intervened on exactly (REFUSED says why): discovery, edge enumeration and edge
     ablation refuse the model, the runner the module, in one line."""
     model, x, pattern, module = _refused(name)
-    assert [skipped for skipped, _ in unsupported_layers(model, x[:1])] == [module]
+    skipped = [skipped for skipped, _ in unsupported_layers(model, x[:1])]
+    assert skipped[0] == module and all(other.startswith(module + ".") for other in skipped[1:])
     assert module not in {layer.module_name for layer in find_layers(model, x[:1])}
     target = int(model(x).argmax(-1).mode().values)
     calls = {
@@ -48,22 +49,48 @@ def test_refused_patterns_stop_every_entry_point_in_one_line(name: str) -> None:
         assert "\n" not in str(caught.value), label
 
 
-def test_rnn_cell_loop_is_refused_like_the_gru_and_lstm_cells() -> None:
-    model = seeded(CellLoop(nn.RNNCell), 0, 2.0)
-    with pytest.raises(InterventionError, match=r"module 'cell': RNNCell called in a Python loop"):
-        enumerate_edges(model, torch.randn(1, 5, 4))
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "the NaN probe's input pass sees the input reach the head through the refused module and links it to the "
-    "input one-to-one (via weights), so the runner edits the head's weights on the refused module's outputs as "
-    "if they were input features; layers.py should leave the input link out (or the runner refuse the model) "
-    "when a refused module lies between the input and a layer"))
 @pytest.mark.parametrize("name", list(REFUSED))
 def test_a_layer_after_a_refused_module_has_no_input_edges(name: str) -> None:
+    """The NaN probe holds refused modules at their clean outputs, as it holds layers: the input reaches the head
+    only through the refused module, so the head has no input link and an edge from the input is refused."""
     model, x, _, _ = _refused(name)
     layers = {layer.name: layer for layer in find_layers(model, x[:1])}
     assert all(link.name != "input" for link in layers["fc"].parents)
+    with pytest.raises(InterventionError, match="layer 'fc' has no traced parent"):
+        InterventionRunner(model).run(x, [Edge("fc", 0, [1], parent_layer="input")])
+
+
+# -- a cell called once per step in a Python loop ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", [nn.GRUCell, nn.LSTMCell, nn.RNNCell])
+def test_a_cell_loop_is_one_recurrent_layer_whose_steps_are_the_calls(cell: type[nn.RNNCellBase]) -> None:
+    model = seeded(CellLoop(cell), 0, 2.0)
+    x = torch.randn(6, 5, 4, generator=torch.Generator().manual_seed(1))
+    layer = {layer.name: layer for layer in find_layers(model, x[:1])}["cell"]
+    assert (layer.n_units, layer.output_shape, layer.calls) == (5, (5, 5), 1)  # the calls are its steps
+    assert [(link.name, link.via) for link in layer.parents] == [("input", "weights")]
+    edges = enumerate_edges(model, x[:1])
+    assert sum(kind == "recurrent" for kind in edges.kind) == 25
+    specs = [
+        Node("cell", [1], steps=[3]),
+        Node("cell", [0, 4], "mean", steps=[1, -1]),
+        Edge("cell", 2, [0, 3], steps=[2]),
+        Edge("cell", [1, 2], [4], 0.5, "scale", steps=[4], recurrent=True),
+        [Node("cell", [2], "constant", 1.0, steps=[0]), Edge("cell", 0, [1], recurrent=True, steps=[2, 3]),
+         Node("fc", [0])],
+    ]
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    ours = InterventionRunner(model).run(x, specs)
+    naive = reference_run(model, x, specs)
+    torch.testing.assert_close(ours.logits, naive.logits, atol=1e-5, rtol=1e-4)
+    assert bool(((ours.logits - ours.clean_logits).abs().amax((1, 2)) > 1e-5).all())
+    with torch.no_grad(), intervene(model, specs[4], x[:1]):
+        inside = model(x)
+        again = model(x)
+    torch.testing.assert_close(inside, ours.logits[4], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(again, inside)
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in before.items())
 
 
 # -- nn.LSTM(proj_size=P) ----------------------------------------------------------------------------------------

@@ -91,14 +91,19 @@ def _target(model: nn.Module, x: torch.Tensor) -> int:
 
 
 @pytest.mark.parametrize("cell", [nn.RNNCell, nn.GRUCell, nn.LSTMCell])
-def test_a_cell_called_in_a_loop_is_refused_before_discovery(cell):
+def test_a_cell_called_in_a_loop_is_one_recurrent_layer(cell):
+    """The calls of the cell are the steps of one layer: discovery walks it and an edit at one step equals the naive
+    oracle, which runs the model with each call hooked."""
+    from explainnn.interventions import reference_run
+
+    torch.manual_seed(0)
     model, x = CellLoop(cell).eval(), torch.randn(30, 4, 3)
-    with pytest.raises(InterventionError) as error:
-        discover(model, x, _target(model, x), n_samples=10)
-    message = _one_line(error)
-    assert "module 'cell'" in message and cell.__name__ in message and "nn.GRU" in message
-    with pytest.raises(InterventionError, match="cannot intervene on module 'cell'"):
-        InterventionRunner(model).run(x, [NodeIntervention("cell", 0)])
+    graph = discover(model, x, _target(model, x), n_samples=10)
+    assert "cell" in graph.metadata["layers"]
+    specs = [NodeIntervention("cell", [0, 1, 2], steps=[2])]
+    result = InterventionRunner(model).run(x[:5], specs)
+    torch.testing.assert_close(result.logits, reference_run(model, x[:5], specs).logits, atol=1e-5, rtol=1e-4)
+    assert float((result.logits - result.clean_logits).abs().max()) > 1e-4
 
 
 def test_a_transformer_encoder_is_entered_and_its_linears_are_intervened_on():

@@ -84,6 +84,7 @@ from explainnn.interventions.kinds.attention import (
     projection_weights,
     segments,
 )
+from explainnn.interventions.kinds.cell_loop import call_state, cell_weights
 from explainnn.interventions.kinds.recurrent import (
     cell,
     format_output,
@@ -471,6 +472,16 @@ def _recurrent_source(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str
     return _RecurrentSource(xs, prevs)
 
 
+def _steps_source(calls: list[Any], mean: bool) -> _RecurrentSource:
+    """A cell called once per step: every call's input ``x_t`` and the state ``h_{t-1}`` it received, ``(N, T, .)``."""
+    parts = [call_state(call.module, call.args, call.kwargs) for call in calls]
+    x = torch.stack([part[0] for part in parts], 1)
+    prev = torch.stack([part[1] for part in parts], 1)
+    if mean:
+        return _RecurrentSource([x.mean(0, keepdim=True)], [[prev.mean(0, keepdim=True)]])
+    return _RecurrentSource([x], [[prev]])
+
+
 def _mean_output(layer: LayerInfo, value: Any) -> Any:
     return layer.unit_kind.mean_output(layer, value)
 
@@ -494,6 +505,9 @@ def _source(model: nn.Module, layers: list[LayerInfo], inputs: torch.Tensor, mea
         states: dict[str, _RecurrentSource] = {}
         for layer in layers:
             call = trace[layer.module_name][0]
+            if layer.unit_kind.calls_are_steps:
+                states[layer.module_name] = _steps_source(trace[layer.module_name], mean)
+                continue
             if layer.unit_kind.stateful:
                 if layer.module_name not in states:
                     states[layer.module_name] = _recurrent_source(layer.module, call.args, call.kwargs, mean)
@@ -520,7 +534,9 @@ def _zero_source(layers: list[LayerInfo]) -> _Source:
     zero = torch.zeros(())
     states: dict[str, _RecurrentSource] = {}
     for layer in layers:
-        if layer.unit_kind.stateful and layer.module_name not in states:
+        if layer.unit_kind.calls_are_steps:
+            states[layer.module_name] = _RecurrentSource([zero], [[zero]])
+        elif layer.unit_kind.stateful and layer.module_name not in states:
             stack = rnn(layer.module).num_layers
             states[layer.module_name] = _RecurrentSource(
                 [zero] * stack, [[zero] * layer.directions for _ in range(stack)], [zero] * stack)
@@ -955,6 +971,8 @@ class _Forward:
     def unrolled(self, module: nn.Module, layers: list[LayerInfo]) -> Callable[..., Any]:
         source = self.source.states[layers[0].module_name]
         tables = [self.tables.get(layer.name) for layer in layers]
+        if layers[0].unit_kind.calls_are_steps:
+            return self._steps(layers[0], source, tables[0])
 
         def forward(*args: object, **kwargs: object) -> Any:
             out = self._run_recurrent(module, source, tables, args, kwargs)
@@ -1023,6 +1041,40 @@ class _Forward:
             inputs = torch.cat(outs, -1).flatten(0, 1)
         return format_output(module, inputs, finals_h, finals_c if has_cell_state(module) else None)
 
+
+    def _steps(self, layer: LayerInfo, source: _RecurrentSource, table: _ChildTable | None) -> Callable[..., Any]:
+        """A cell called once per step: call ``t`` masked as a recurrent layer's step ``t``, its input edges on
+        ``x_t - x_abl_t`` and its recurrent edges on ``h_{t-1} - h_abl_{t-1}`` (the state the call receives)."""
+        module, length, device = layer.module, layer.output_shape[0], self.factor.device
+        w_ih, w_hh, b_ih, b_hh = cell_weights(module)
+        count = [0]
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            step = count[0] % length
+            count[0] += 1
+            blocks = self.n_blocks
+            x, h, c = call_state(module, args, kwargs)
+            xp = F.linear(x, w_ih, b_ih).unflatten(0, (blocks, -1))
+            hp = F.linear(h, w_hh, b_hh).unflatten(0, (blocks, -1))
+            if table is not None and not self._kept(table.positions):
+                x_abl = _rows(source.x[0], self.rows).to(x.dtype)
+                h_abl = _rows(source.prev[0][0], self.rows).to(x.dtype)
+                x_abl = x_abl if x_abl.dim() == 0 else x_abl[:, step]
+                h_abl = h_abl if h_abl.dim() == 0 else h_abl[:, step]
+                ih = (w_ih * self.factor[:, table.ih[0].to(device)]).transpose(1, 2)
+                hh = (w_hh * self.factor[:, table.hh[0].to(device)]).transpose(1, 2)
+                xp = xp + torch.bmm(x.unflatten(0, (blocks, -1)) - x_abl, ih)
+                hp = hp + torch.bmm(h.unflatten(0, (blocks, -1)) - h_abl, hh)
+            state = h.unflatten(0, (blocks, -1))
+            h_new, c_new = cell(module, xp, hp.clone(), state, None if c is None else c.unflatten(0, (blocks, -1)))
+            out = h_new.flatten(0, 1) if c_new is None else (h_new.flatten(0, 1), c_new.flatten(0, 1))
+            if step == length - 1 and table is not None:  # every block was computed; later layers share classes
+                self._split(table.positions)
+            if layer.module_name in self.keep_outputs:
+                self.outputs[layer.module_name] = out
+            return out
+
+        return forward
 
     def _run_projected(self, module: nn.RNNBase, source: _RecurrentSource, tables: list[_ChildTable | None],
                        args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -151,6 +151,8 @@ class StartCache:
     rnn: list[LayerCache] | None = None
     args: tuple = ()
     kwargs: dict | None = None
+    calls: tuple = ()
+    """Every clean call of a module called once per step (``UnitKind.calls_are_steps``)."""
 
     def tiled_args(self, n_blocks: int) -> tuple:
         """The clean call's ``(x, hx)`` of a recurrent module repeated over ``n_blocks`` (bidirectional re-runs)."""

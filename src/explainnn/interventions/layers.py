@@ -72,7 +72,9 @@ class LayerInfo:
     ``unit_kind`` says what its units are (layout, parent maps, how edits apply);
     ``kind`` is its name for people (``linear``, ``conv2d``, ``lstm``, ...).
     ``output_shape`` is per sample and batch-first; recurrent layers report
-    ``(T, hidden)`` (bidirectional: ``(T, 2 hidden)``). ``parents`` lists every
+    ``(T, hidden)`` (bidirectional: ``(T, 2 hidden)``). ``calls`` counts how often the
+    layer runs per forward pass (a cell called once per step runs once: its calls are
+    its steps). ``parents`` lists every
     parent link, nearest first; ``parent`` and ``parent_map`` are those of the first
     (the primary parent): a layer name, ``"input"``, or ``None`` with the reason in
     ``note``. ``parent_map[i]`` lists the input features of this layer (the columns
@@ -381,12 +383,14 @@ def _find_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[LayerInf
         if reason:
             skipped.append((name, reason))
             continue
-        for found in kind.layers(name, module, calls[0].output):
+        traced = [call.output for call in calls] if kind.calls_are_steps else calls[0].output
+        for found in kind.layers(name, module, traced):
             layers.append(
                 LayerInfo(found.name, name, module, kind, found.n_units, found.in_features, found.output_shape,
-                          len(layers), None, None, sublayer=found.sublayer, calls=len(calls))
+                          len(layers), None, None, sublayer=found.sublayer,
+                          calls=1 if kind.calls_are_steps else len(calls))
             )
-    return _link_parents(model, example, layers), skipped
+    return _link_parents(model, example, layers, {name for name, _ in skipped}), skipped
 
 
 def _unplaced(model: nn.Module, calls: dict[str, list[ModuleCall]]) -> list[tuple[str, str]]:
@@ -400,6 +404,11 @@ def _unplaced(model: nn.Module, calls: dict[str, list[ModuleCall]]) -> list[tupl
         if reason:
             found.append((name or type(model).__name__, reason))
     return found
+
+
+def _outermost(names: set[str]) -> set[str]:
+    """The names in ``names`` not inside another one (a refused module's refused layers are held with it)."""
+    return {name for name in names if not any(name.startswith(other + ".") for other in names)}
 
 
 def _inside_fused(name: str, refused: set[str]) -> str | None:
@@ -451,9 +460,11 @@ class HeldClean:
     Modules called several times return the clean output of the matching call.
     """
 
-    def __init__(self, by_name: dict[str, list[ModuleCall]], layers: list[LayerInfo]) -> None:
+    def __init__(self, by_name: dict[str, list[ModuleCall]], layers: list[LayerInfo],
+                 others: dict[str, nn.Module] | None = None) -> None:
         self.by_name = by_name
         self.modules = {layer.module_name: layer.module for layer in layers}
+        self.modules.update(others or {})
 
     def install(self, patch: ModelPatch, n_blocks: int, edit: dict[str, Any] | None = None) -> None:
         for name, module in self.modules.items():
@@ -472,10 +483,13 @@ class HeldClean:
         return forward
 
 
-def _link_parents(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo]) -> list[LayerInfo]:
+def _link_parents(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo],
+                  refused: set[str] | None = None) -> list[LayerInfo]:
+    """``layers`` with their parent links from the NaN probe; the ``refused`` modules (ones that run but cannot be
+    intervened on) are held at their clean outputs like the layers, so no unit or input is linked through them."""
     children = [layer for layer in layers if not layer.unit_kind.reads_ids and not layer.sublayer]
     try:
-        reach = _probe_all(model, example, layers, children)
+        reach = _probe_all(model, example, layers, children, refused or set())
     except Exception:  # noqa: BLE001 - a model that cannot take NaN falls back to the chain by dims
         reach = None
     linked: list[LayerInfo] = []
@@ -518,11 +532,14 @@ def _sources(layers: list[LayerInfo]) -> list[LayerInfo]:
     return [layer for layer in layers if layer.is_output]
 
 
-def _probe_all(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo],
-               children: list[LayerInfo]) -> dict[str, dict[str, list[set[int]]]]:
-    """``reach[child][source]``: per source unit, the child's input features its NaN reaches."""
+def _probe_all(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo], children: list[LayerInfo],
+               refused: set[str] | None = None) -> dict[str, dict[str, list[set[int]]]]:
+    """``reach[child][source]``: per source unit, the child's input features its NaN reaches (``refused`` modules
+    held clean)."""
     clean = trace_forward(model, example, keep=True).by_name()
-    held = HeldClean(clean, layers)
+    modules = dict(model.named_modules())
+    held_refused = {name: modules[name] for name in _outermost(refused or set()) if name in modules and name in clean}
+    held = HeldClean(clean, layers, held_refused)
     reach: dict[str, dict[str, list[set[int]]]] = {child.name: {} for child in children}
     if example.is_floating_point():
         seen = _probe_pass(model, torch.full_like(example, float("nan")), held, children, None)
@@ -535,7 +552,7 @@ def _probe_all(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo],
         for first in range(0, source.n_units, PROBE_ROWS):
             units = torch.arange(first, min(first + PROBE_ROWS, source.n_units), device=example.device)
             if graph is not None:
-                seen = _probe_region(graph, example, clean, layers, source, units, children)
+                seen = _probe_region(graph, example, clean, layers, source, units, children, set(held_refused))
             else:
                 mark = {source.module_name: _marker(source, units)}
                 seen = _probe_pass(model, _rows(example, len(units)), held, children, mark)
@@ -563,12 +580,13 @@ def _graph(model: nn.Module, example: torch.Tensor, layers: list[LayerInfo]) -> 
 
 
 def _probe_region(graph: GraphSplit, example: torch.Tensor, clean: dict[str, list[ModuleCall]], layers: list[LayerInfo],
-                  source: LayerInfo, units: torch.Tensor, children: list[LayerInfo]) -> dict[str, torch.Tensor | None]:
+                  source: LayerInfo, units: torch.Tensor, children: list[LayerInfo],
+                  refused: set[str] | None = None) -> dict[str, torch.Tensor | None]:
     """The probe through the fx graph: only the weight-free region after ``source`` runs."""
     call = clean[source.module_name][0]
     marked = source.unit_kind.mark_units(source, tile_output(call.output, source.module, len(units)), units,
                                          float("nan"))
-    blockers = {layer.module_name for layer in layers} - {source.module_name}
+    blockers = ({layer.module_name for layer in layers} | (refused or set())) - {source.module_name}
     captured = graph.region({source.module_name: marked}, blockers, example, len(units),
                             {child.module_name for child in children}, whole=True)
     seen: dict[str, torch.Tensor | None] = {}

@@ -36,7 +36,7 @@ from explainnn.interventions.kinds.recurrent import (
     weights,
 )
 
-__all__ = ["LayerCache", "clean_cache", "direction_edits", "format_output", "run_layer", "run_module",
+__all__ = ["LayerCache", "add_step_delta", "clean_cache", "direction_edits", "format_output", "run_layer", "run_module",
            "run_projected", "split_args", "weights"]
 
 
@@ -82,6 +82,15 @@ def _add_edge_delta(
     if edge.steps is not None:
         delta = delta * edge.steps[:, step, None, None]
     return _with_delta(base, edge, delta, n_blocks)
+
+
+def add_step_delta(base: torch.Tensor, parents: torch.Tensor, edge: EdgeEdits, step: int,
+                   n_blocks: int) -> torch.Tensor:
+    """``base`` ``(K, N, G)`` plus the deltas of ``edge`` at ``step`` read from per-row ``parents`` ``(K * N, F)``
+    (a new tensor; ``base`` itself when no entry acts at ``step``)."""
+    if edge.steps is not None and not bool(edge.steps[:, step].ne(0).any()):
+        return base
+    return _add_edge_delta(base, parents, edge, step, n_blocks, False)
 
 
 def run_layer(

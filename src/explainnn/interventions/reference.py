@@ -7,7 +7,9 @@ sample by running the model with every layer's output replaced by its clean valu
 except the parent unit, which is scaled, and feeding the child input that results
 to an unedited copy of the child for the edge's children. Recurrent layers that need
 per-step edits are replaced by a step-by-step unroll built from PyTorch's own
-``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell``. Attention modules are replaced
+``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell`` (an LSTM with ``proj_size`` written
+out per step); a cell called in a Python loop by :class:`NaiveCellLoop`, which runs
+each call with an edited copy of the cell. Attention modules are replaced
 by :class:`NaiveAttention`, a loop over the heads with edited weight copies and
 per-head edits. This is the research code's method; tests and benchmarks check the
 batched engine against it, and users can too. It runs with PyTorch's fused
@@ -256,6 +258,45 @@ class UnrolledRNN(nn.Module):
         return h
 
 
+class NaiveCellLoop:
+    """A forward hook on a cell called once per step in a Python loop (the cell stays in place, so the loop's code
+    that reads it still works): call ``t`` (of ``T`` per forward pass) returns the output of a copy of the cell with
+    step ``t``'s edges written into its ``W_ih`` / ``W_hh``, with step ``t``'s node edits on ``h``. ``recorded``
+    keeps every call's ``h`` (reference means)."""
+
+    def __init__(self, module: nn.Module, layer: LayerInfo, specs: Sequence[Intervention] = (),
+                 means: dict | None = None) -> None:
+        assert isinstance(module, nn.RNNCellBase)
+        self.source, self.layer, self.specs, self.means = module, layer, list(specs), means or {}
+        self.length = layer.output_shape[0]
+        self.count = 0
+        self.recorded: list[torch.Tensor] = []
+
+    def _at(self, spec: Intervention, step: int) -> bool:
+        return spec.steps is None or step in [s % self.length for s in spec.steps]
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        step = self.count % self.length
+        self.count += 1
+        edited = copy.deepcopy(self.source)
+        for hook in list(edited._forward_hooks):
+            del edited._forward_hooks[hook]
+        with torch.no_grad():
+            for spec in self.specs:
+                if isinstance(spec, EdgeIntervention) and self._at(spec, step):
+                    rows, cols = _edge_weight_rows(self.layer, spec)
+                    _edit_weight(edited.weight_hh if spec.within_layer else edited.weight_ih, rows, cols, spec)
+        out = edited(*args)
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        for spec in self.specs:
+            if isinstance(spec, NodeIntervention) and self._at(spec, step):
+                for unit in spec.units:
+                    mean = self.means[self.layer.name][unit][step] if spec.mode == "mean" else None
+                    _set_unit(h[:, unit], spec, mean)
+        self.recorded.append(h)
+        return (h, out[1]) if isinstance(out, tuple) else h
+
+
 class NaiveAttention(nn.Module):
     """An ``nn.MultiheadAttention`` computed head by head, with edge edits on copies of its q/k/v weights and node
     edits on each head's output before the output projection; it returns :class:`HeadOutputs`.
@@ -380,6 +421,9 @@ def intervened_copy(model: nn.Module, layers: list[LayerInfo], specs: Sequence[I
         module = modules[module_name]
         infos = _module_layers(layers, module_name)
         named = {info.name: info for info in infos}
+        if isinstance(module, nn.RNNCellBase):
+            module.register_forward_hook(NaiveCellLoop(module, infos[0], group, means))
+            continue
         if infos[0].unit_kind.stateful:
             edges: dict[int, list] = {}
             nodes: dict[int, list] = {}
@@ -487,6 +531,15 @@ def reference_means(model: nn.Module, layers: list[LayerInfo], names: set[str], 
         layer = resolve_layer(layers, model, name)
         copied = copy.deepcopy(model).eval()
         samples = []
+        if isinstance(copied.get_submodule(layer.module_name), nn.RNNCellBase):
+            loop = NaiveCellLoop(copied.get_submodule(layer.module_name), layer)
+            copied.get_submodule(layer.module_name).register_forward_hook(loop)
+            for i in range(len(reference)):
+                loop.recorded = []
+                copied(reference[i : i + 1])
+                samples.append(torch.cat(loop.recorded))
+            means[name] = torch.stack(samples).mean(0).T
+            continue
         if layer.unit_kind.stateful:
             module = copied.get_submodule(layer.module_name)
             unrolled = UnrolledRNN(module, _module_layers(layers, layer.module_name), {}, {}, {})

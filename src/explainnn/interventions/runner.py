@@ -384,7 +384,7 @@ class InterventionRunner:
                     live = index in prefix.live
                     patch.replace_forward(call.module, _cached(call, n_blocks) if live else _placeholder(call, n_blocks))
             if plan is None:
-                patch.replace_forward(start.module, _cached(start, n_blocks))
+                patch.replace_forward(start.module, _cached_calls(clean.by_name[start.name], n_blocks))
             else:
                 plan.install(patch, self._start_cache(clean, start) if prefix is not None else None)
             out = self.model(inputs)
@@ -411,7 +411,7 @@ class InterventionRunner:
         """One run over ``n_blocks * N`` rows of only the graph downstream of ``start``."""
         with ModelPatch() as patch:
             if plan is None:
-                patch.replace_forward(start.module, _cached(start, n_blocks))
+                patch.replace_forward(start.module, _cached_calls(clean.by_name[start.name], n_blocks))
             else:
                 plan.install(patch, self._start_cache(clean, start))
             out = graph.run(start.name, clean.inputs, n_blocks)
@@ -525,6 +525,18 @@ def _put(logits: torch.Tensor, rows: list[int], out: torch.Tensor) -> None:
         logits[rows[0] : rows[0] + len(rows)] = out
     else:
         logits[rows] = out
+
+
+def _cached_calls(calls: list[ModuleCall], n_blocks: int):
+    """A forward serving a module's clean calls in order (a cell called once per step returns each step's output)."""
+    count = [0]
+
+    def forward(*args: object, **kwargs: object) -> Any:
+        call = calls[min(count[0], len(calls) - 1)]
+        count[0] += 1
+        return _tile_output(call, n_blocks)
+
+    return forward
 
 
 def _cached(call: ModuleCall, n_blocks: int):

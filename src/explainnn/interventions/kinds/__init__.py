@@ -2,7 +2,9 @@
 
 Built in: :class:`LinearKind` (``nn.Linear``), :class:`ConvKind` (``nn.Conv1d``/
 ``nn.Conv2d``, grouped and depthwise), :class:`EmbeddingKind` (``nn.Embedding``),
-:class:`RecurrentKind` (``nn.LSTM``/``nn.GRU``/``nn.RNN``), :class:`AttentionKind`
+:class:`RecurrentKind` (``nn.LSTM``/``nn.GRU``/``nn.RNN``, with ``proj_size`` a cell and a
+projection layer), :class:`CellLoopKind` (``nn.LSTMCell``/``nn.GRUCell``/``nn.RNNCell``
+called once per step in a Python loop: the calls are the steps), :class:`AttentionKind`
 (``nn.MultiheadAttention``: one unit per head, its attention output before the output
 projection, positions as steps); the modules between
 layers are declared in :mod:`~explainnn.interventions.kinds.passthrough`.
@@ -20,6 +22,7 @@ from torch import nn
 
 from explainnn.interventions.kinds.attention import AttentionKind
 from explainnn.interventions.kinds.base import KindLayer, UnitKind
+from explainnn.interventions.kinds.cell_loop import CellLoopKind
 from explainnn.interventions.kinds.conv import ConvKind
 from explainnn.interventions.kinds.embedding import EmbeddingKind
 from explainnn.interventions.kinds.linear import LinearKind
@@ -70,10 +73,11 @@ def kind_names() -> str:
     return ", ".join(cls.__name__ for kind in _KINDS for cls in kind.module_types)
 
 
-_KINDS.extend([LinearKind(), ConvKind(), EmbeddingKind(), RecurrentKind(), AttentionKind()])
+_KINDS.extend([LinearKind(), ConvKind(), EmbeddingKind(), RecurrentKind(), CellLoopKind(), AttentionKind()])
 
 __all__ = [
     "AttentionKind",
+    "CellLoopKind",
     "ConvKind",
     "EmbeddingKind",
     "KindLayer",

@@ -57,6 +57,10 @@ class UnitKind:
     """Whether the layer reads token ids (no incoming edges, no continuous input to optimise)."""
     spatial: ClassVar[bool] = False
     """Whether a unit is a channel over a spatial map (activation maps, per-location paths)."""
+    calls_are_steps: ClassVar[bool] = False
+    """Whether the module is called once per step (a cell in a Python loop): its calls in a forward pass are the
+    steps of one layer that runs once (``LayerInfo.calls == 1``), and :meth:`layers` gets every call's output
+    shapes."""
     attention: ClassVar[bool] = False
     """Whether the units are attention heads: their inputs are projected to queries, keys and values, attention runs
     per head and an output projection follows (edge ablation reruns attention with the heads' masked projections)."""

@@ -42,9 +42,11 @@ def fused_reason(module: nn.Module) -> str | None:
     return None
 
 
+
 def cell_loop_reason(module: nn.Module) -> str | None:
-    """Why a recurrent cell (called in a Python loop) is refused, or ``None``."""
+    """Why a recurrent cell is refused when no unit kind matches it (the built-in ``CellLoopKind`` makes the calls
+    of a cell the steps of one layer), or ``None``."""
     if isinstance(module, nn.RNNCellBase):
-        return (f"{type(module).__name__} called in a Python loop is not a supported recurrent layer; write the "
-                "recurrence with nn.RNN/nn.GRU/nn.LSTM")
+        return (f"{type(module).__name__} called in a Python loop is not a supported recurrent layer without a unit "
+                "kind for it; register CellLoopKind or write the recurrence with nn.RNN/nn.GRU/nn.LSTM")
     return None

@@ -44,11 +44,15 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 CELLS: dict[type[nn.RNNBase], type[nn.RNNCellBase]] = {nn.LSTM: nn.LSTMCell, nn.GRU: nn.GRUCell, nn.RNN: nn.RNNCell}
 
 
+CELL_TYPES: dict[type[nn.RNNCellBase], str] = {nn.LSTMCell: "lstm", nn.GRUCell: "gru", nn.RNNCell: "rnn"}
+
+
 def cell_name(module: nn.Module) -> str:
-    """``lstm``, ``gru`` or ``rnn``."""
-    for cls, name in RECURRENT_TYPES.items():
-        if isinstance(module, cls):
-            return name
+    """``lstm``, ``gru`` or ``rnn`` (of a recurrent module or of a cell)."""
+    for types in (RECURRENT_TYPES, CELL_TYPES):
+        for cls, name in types.items():
+            if isinstance(module, cls):
+                return name
     raise InterventionError(f"{type(module).__name__} is not a recurrent layer")
 
 
@@ -143,13 +147,15 @@ def format_output(module: nn.Module, out: torch.Tensor, h_n: list[torch.Tensor],
 
 def cell(module: nn.Module, xp: torch.Tensor, hp: torch.Tensor, h: torch.Tensor,
          c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One step of the module's cell in ``(K, N, ...)`` layout; ``xp`` may broadcast over ``K``.
+    """One step of the module's cell (a recurrent module's or a cell module's) in ``(K, N, ...)`` layout; ``xp`` may
+    broadcast over ``K``.
 
     ``hp`` (the hidden projection) is a fresh tensor owned by the step. Without
     autograd the gate math runs in place in it, as PyTorch's own cells do.
     """
     inplace = not torch.is_grad_enabled()
-    if isinstance(module, nn.LSTM):
+    name = cell_name(module)
+    if name == "lstm":
         assert c is not None
         if inplace:
             i, f, g, o = hp.add_(xp).unsafe_chunk(4, -1)
@@ -158,7 +164,7 @@ def cell(module: nn.Module, xp: torch.Tensor, hp: torch.Tensor, h: torch.Tensor,
         i, f, g, o = (hp + xp).unsafe_chunk(4, -1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
-    if isinstance(module, nn.GRU):
+    if name == "gru":
         i_r, i_z, i_n = xp.unsafe_chunk(3, -1)
         h_r, h_z, h_n = hp.unsafe_chunk(3, -1)
         if inplace:
