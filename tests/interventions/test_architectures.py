@@ -22,6 +22,8 @@ from explainnn.interventions import (
     NodeIntervention as Node,
 )
 
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+
 NAMES = list(ARCHITECTURES)
 
 KNOWN_GAPS: dict[tuple[str, str], str] = {}

@@ -208,4 +208,4 @@ def test_register_kind_needs_an_instance():
 
     with pytest.raises(TypeError, match="UnitKind instance"):
         register_kind(LinearKind)  # the class, not an instance
-    assert len(registered_kinds()) == 5
+    assert len(registered_kinds()) == 6
