@@ -93,7 +93,8 @@ def machine(device: str) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    text = f"{torch.get_num_threads()} torch threads of a {os.cpu_count()}-core machine ({cpu})"
+    threads = torch.get_num_threads()
+    text = f"{threads} torch thread{'' if threads == 1 else 's'} of a {os.cpu_count()}-core machine ({cpu})"
     if device != "cpu" and torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name()}"
     return text
