@@ -28,6 +28,9 @@
   Linear-GELU-Linear, layer scale parameter, permute back, residual.
 * Attention pooling over a bidirectional GRU (Yang et al. 2016): softmax weights from a Linear
   over the outputs, weighted sum.
+* A text transformer (token and position embeddings, ``nn.TransformerEncoder``, mean pooling) and a
+  Vision Transformer (strided-conv patch embedding, class token, added position embedding): attention
+  heads and MLP neurons as units.
 * An LSTM with ``proj_size`` (Sak et al. 2014), its projection read by the head; a recurrence
   written as a Python loop over ``nn.GRUCell`` / ``nn.LSTMCell`` / ``nn.RNNCell`` calls.
 * Refused patterns (``REFUSED``): a transformer decoder layer (cross-attention over a memory).
@@ -579,6 +582,42 @@ class AttentionBiGRU(nn.Module):
         return self.fc((weights.unsqueeze(-1) * out).sum(1))
 
 
+class TextTransformerish(nn.Module):
+    """A transformer encoder over token ids (Vaswani et al. 2017): token and position embeddings, two post-norm
+    ``nn.TransformerEncoderLayer`` blocks (2 heads), mean pooling, linear; units are heads and MLP neurons."""
+
+    def __init__(self, vocab: int = 30, width: int = 8, n_classes: int = 3) -> None:
+        super().__init__()
+        self.embedding, self.position = nn.Embedding(vocab, width), nn.Embedding(16, width)
+        layer = nn.TransformerEncoderLayer(width, 2, 2 * width, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.fc = nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        return self.fc(self.encoder(self.embedding(x) + self.position(positions)).mean(1))
+
+
+class ViTish(nn.Module):
+    """Vision Transformer (Dosovitskiy et al. 2021): patch embedding by a strided conv, class token, added position
+    embedding, one pre-norm GELU encoder block, LayerNorm, the class token's output to a linear head."""
+
+    def __init__(self, width: int = 8, n_classes: int = 3) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, width, 4, 4)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embedding = nn.Parameter(torch.zeros(1, 5, width))
+        layer = nn.TransformerEncoderLayer(width, 2, 2 * width, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], 1) + self.pos_embedding
+        return self.head(self.norm(self.encoder(tokens))[:, 0])
+
+
 def _images(n: int, size: int = 8, channels: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -614,6 +653,8 @@ ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Te
     "lstmcell_loop": (lambda: CellLoop(nn.LSTMCell), _sequences),
     "rnncell_loop": (lambda: CellLoop(nn.RNNCell), _sequences),
     "transformer_decoder": (DecoderHead, _sequences),
+    "text_transformer": (TextTransformerish, _tokens),
+    "vit": (ViTish, _images),
 }
 """name -> (model factory, inputs(n))."""
 

@@ -143,6 +143,25 @@ class AttentionLSTM(nn.Module):
         return self.fc((out * weights.unsqueeze(-1)).sum(1))
 
 
+class CrossAttention(nn.Module):
+    """Attention with its own input per role (``kdim`` and ``vdim`` apart from ``embed_dim``): the query, the key and
+    the value from three Linears of the steps, a causal mask, the last key padded, mean pool, Linear. Its heads'
+    incoming edges are weights edges through each role's projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query, self.key, self.value = nn.Linear(3, 4), nn.Linear(3, 3), nn.Linear(3, 5)
+        self.attn = nn.MultiheadAttention(4, 2, kdim=3, vdim=5, batch_first=True)
+        self.fc = nn.Linear(4, 2)
+        self.register_buffer("causal", torch.ones(4, 4, dtype=torch.bool).triu(1))
+        self.register_buffer("padded", torch.arange(4) == 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding = (x[:, :, 0] != x[:, :, 0]) | self.padded
+        out = self.attn(self.query(x), self.key(x), self.value(x), key_padding_mask=padding, attn_mask=self.causal)[0]
+        return self.fc(torch.relu(out).mean(1))
+
+
 def _images(n: int, side: int, channels: int, seed: int) -> torch.Tensor:
     return torch.rand(n, channels, side, side, generator=torch.Generator().manual_seed(seed))
 
@@ -164,6 +183,8 @@ def _model(name: str) -> tuple[nn.Module, callable]:
         return seeded(BiStackedLSTM(name.split("_")[1]), 4, 2.0), lambda n, seed=0: _seq(n, 3, 3, seed)
     if name == "attention_lstm":
         return seeded(AttentionLSTM(), 5, 2.0), lambda n, seed=0: _seq(n, 4, 3, seed)
+    if name == "cross_attention":
+        return seeded(CrossAttention(), 6, 2.0), lambda n, seed=0: _seq(n, 4, 3, seed)
     model, inputs = build(name)
     return model, inputs
 
@@ -171,7 +192,7 @@ def _model(name: str) -> tuple[nn.Module, callable]:
 MODELS = ["bn_mlp", "lenet", "grouped", "densenet", "textcnn", "rnn", "gru", "lstm", "bilstm_last", "bilstm_mean",
           "bilstm", "gru2", "resnet", "preact_resnet", "mobilenetv2", "attention_lstm", "shufflenetv2", "squeezenet",
           "se_mbconv", "inception", "resnext", "convnext", "attention_bigru", "lstm_proj",
-          "grucell_loop", "lstmcell_loop", "rnncell_loop"]
+          "grucell_loop", "lstmcell_loop", "rnncell_loop", "text_transformer", "vit", "cross_attention"]
 
 
 def _masks(n_edges: int, count: int, seed: int) -> torch.Tensor:
@@ -279,7 +300,7 @@ def _shared_masks(edges, count: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("ablation", ["patch", "mean", "zero"])
 @pytest.mark.parametrize("name", ["lenet", "research_lenet", "grouped", "bn_mlp", "resnet", "gru2", "bilstm_mean",
-                                  "attention_lstm"])
+                                  "attention_lstm", "text_transformer", "vit", "cross_attention"])
 def test_masks_sharing_layers_equal_the_oracle(name: str, ablation: str) -> None:
     """Blocks that agree on the layers run so far share their values; every block still equals the oracle."""
     model, inputs = _model(name)

@@ -6,11 +6,22 @@ parent unit ``i`` with mask ``m``, the features ``i`` feeds contribute
 by step with the gates written out. Path links (features shared by several
 parents) are recomputed per child unit by running the model's weight-free code
 between the parents and the child with each parent's output mixed for that unit.
+
+``nn.MultiheadAttention`` layers are written out head by head: a head's value is
+its attention output before the output projection, ``(T, d)``. Head ``h`` reads
+its own input: its q, k and v rows (``h d .. (h + 1) d`` of each projection) sum
+the edges into ``h`` as above over the query's, the key's and the value's
+features side by side, and a path link's features come from the model's
+weight-free code rerun with each parent mixed for ``h``; then ``h`` attends.
+The module's output is the output projection of all heads, and a path link out
+of the heads mixes them head by head (current or ablated) per child unit.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 from typing import Any
 
 import numpy as np
@@ -67,11 +78,14 @@ class Oracle:
     def _forward(self, x: torch.Tensor, values: dict, source: dict | None, record: dict | None) -> torch.Tensor:
         self._x = x
         self._current: dict[str, Any] = {}
+        self._weights: dict[str, Any] = {}
         with ModelPatch() as patch, torch.no_grad():
             recurrent: dict[str, list[LayerInfo]] = {}
             for layer in self.layers:
                 if layer.unit_kind.stateful:
                     recurrent.setdefault(layer.module_name, []).append(layer)
+                elif isinstance(layer.module, nn.MultiheadAttention):
+                    patch.replace_forward(layer.module, self._attention(layer, values, source, record))
                 elif not layer.unit_kind.reads_ids:
                     patch.replace_forward(layer.module, self._layer(layer, values, source, record))
                 else:
@@ -82,8 +96,8 @@ class Oracle:
             return self.model(x)
 
     def _kept(self, layer: LayerInfo, forward, record: dict | None):
-        def wrapped(*args: Any) -> Any:
-            out = forward(*args)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            out = forward(*args, **kwargs)
             self._current[layer.module_name] = out
             if record is not None:
                 record[layer.module_name + "/out"] = out
@@ -92,7 +106,8 @@ class Oracle:
         return wrapped
 
     def _plain(self, layer: LayerInfo, record: dict | None):
-        return self._kept(layer, lambda *args: type(layer.module).forward(layer.module, *args), record)
+        return self._kept(layer, lambda *args, **kwargs: type(layer.module).forward(layer.module, *args, **kwargs),
+                          record)
 
     def _mask(self, values: dict, parent: str, i: int, child: str, j: int, recurrent: bool = False) -> float:
         return values.get((parent, i, child, j, recurrent), 1.0)
@@ -131,7 +146,10 @@ class Oracle:
                 if link.via == "path":
                     ablated = self._ablated(source, parent.module_name + "/out", current)
                     units = [self._mask(values, link.name, i, layer.name, j) for i in range(link.n_units)]
-                    current = _mix_units(parent, current, ablated, units)
+                    if isinstance(parent.module, nn.MultiheadAttention):
+                        current = _mix_heads(current, ablated, units)
+                    else:
+                        current = _mix_units(parent, current, ablated, units)
                 outputs[parent.module_name] = current
             out[j] = self._rerun(layer, outputs)
         return out
@@ -140,17 +158,25 @@ class Oracle:
         """The model's forward from the input with the parents' outputs given, stopped at the child's input."""
         captured = []
 
-        def capture(module: nn.Module, args: tuple) -> None:
-            captured.append(args[0].clone())
+        def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if isinstance(module, nn.MultiheadAttention):
+                call = _bind(module, args, kwargs)
+                assert call["query"] is call["key"] and call["query"] is call["value"], "path edges need self-attention"
+                captured.append(_batch_first(module, call["query"]).clone())
+            else:
+                captured.append(args[0].clone())
             raise _Stop
 
         with ModelPatch() as patch:
             for info in self.layers:
                 if info.module_name in outputs:
-                    patch.replace_forward(info.module, lambda *a, value=outputs[info.module_name]: value)
+                    value = outputs[info.module_name]
+                    if isinstance(info.module, nn.MultiheadAttention):
+                        value = _project_heads(info.module, value), self._weights.get(info.module_name)
+                    patch.replace_forward(info.module, lambda *a, value=value, **k: value)
                 else:
-                    patch.replace_forward(info.module, lambda *a, m=info.module: type(m).forward(m, *a))
-            patch.forward_pre_hook(child.module, capture)
+                    patch.replace_forward(info.module, lambda *a, m=info.module, **k: type(m).forward(m, *a, **k))
+            patch.forward_pre_hook(child.module, capture, with_kwargs=True)
             try:
                 self.model(self._x)
             except _Stop:
@@ -236,6 +262,79 @@ class Oracle:
                 total = total + module.bias[j]
             outs.append(total)
         return torch.cat(outs, 1)
+
+    # -- attention heads -------------------------------------------------------------------------------------
+    def _attention(self, layer: LayerInfo, values: dict, source: dict | None, record: dict | None):
+        """The module's forward written out head by head; its value for path links is the heads ``(1, T, H, d)``."""
+        module = layer.module
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            call = _bind(module, args, kwargs)
+            inputs = tuple(_batch_first(module, call[name]) for name in ("query", "key", "value"))
+            if record is not None:
+                record[layer.name] = tuple(t.clone() for t in inputs)
+            ablated = self._ablated(source, layer.name, inputs)
+            shared = self._path_inputs(layer, values, source)
+            heads, probs = [], []
+            for h in range(module.num_heads):
+                q, k, v = self._head_projections(layer, h, inputs, ablated, values, shared)
+                z, p = _attend(module, h, q, k, v, call)
+                heads.append(z)
+                probs.append(p)
+            heads_t = torch.stack(heads, 2)
+            weights = None
+            if call["need_weights"]:
+                weights = torch.stack(probs, 1)
+                weights = weights.mean(1) if call["average_attn_weights"] else weights
+            self._current[layer.module_name] = heads_t
+            self._weights[layer.module_name] = weights
+            if record is not None:
+                record[layer.module_name + "/out"] = heads_t
+            return _project_heads(module, heads_t), weights
+
+        return forward
+
+    def _head_projections(self, layer: LayerInfo, h: int, inputs: tuple, ablated: tuple, values: dict,
+                          shared: dict[int, torch.Tensor] | None) -> list[torch.Tensor]:
+        """Head ``h``'s q, k and v ``(1, L, d)``: its rows of each projection, summed edge by edge over the layer's
+        input features (the query's, the key's and the value's side by side)."""
+        module = layer.module
+        d, embed = module.head_dim, module.embed_dim
+        if module._qkv_same_embed_dim:
+            weights = list(module.in_proj_weight.chunk(3))
+        else:
+            weights = [module.q_proj_weight, module.k_proj_weight, module.v_proj_weight]
+        biases = [None] * 3 if module.in_proj_bias is None else list(module.in_proj_bias.chunk(3))
+        widths = (embed, module.kdim, module.vdim)
+        starts = (0, widths[0], widths[0] + widths[1])
+        path = set(self._shared(layer))
+        covered = {f for link in layer.parents for f in sum(link.unit_map, ())}
+        out = []
+        for part in range(3):
+            rows = slice(h * d, (h + 1) * d)
+            w = weights[part][rows]
+            x, xa = inputs[part][0], ablated[part][0].expand_as(inputs[part][0])
+            local = range(starts[part], starts[part] + widths[part])
+            pre = torch.zeros(x.shape[0], d, dtype=x.dtype)
+            if biases[part] is not None:
+                pre += biases[part][rows]
+            rest = [f - starts[part] for f in local if f not in covered]
+            if rest:
+                pre += x[:, rest] @ w[:, rest].T
+            for link in layer.parents:
+                if link.via == "path":
+                    continue
+                for i, features in enumerate(link.unit_map):
+                    f = [g - starts[part] for g in features if g in local]
+                    if f:
+                        m = self._mask(values, link.name, i, layer.name, h)
+                        pre += m * (x[:, f] @ w[:, f].T) + (1 - m) * (xa[:, f] @ w[:, f].T)
+            f = [g - starts[part] for g in local if g in path]
+            if f:
+                assert shared is not None
+                pre += shared[h][0][:, f] @ w[:, f].T
+            out.append(pre[None])
+        return out
 
     def _recurrent(self, group: list[LayerInfo], values: dict, source: dict | None, record: dict | None):
         module = group[0].module
@@ -363,6 +462,55 @@ def _mix_units(layer: LayerInfo, current: Any, ablated: Any, masks: list[float])
         index[axis] = u
         out[tuple(index)] = m * current[tuple(index)] + (1 - m) * ablated.expand_as(current)[tuple(index)]
     return out
+
+
+_MHA_SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
+
+
+def _bind(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The attention call's arguments by name, PyTorch's defaults filled in."""
+    bound = _MHA_SIGNATURE.bind(module, *args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _batch_first(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    assert t.dim() == 3, "batched attention input"
+    return t if module.batch_first else t.transpose(0, 1)
+
+
+def _attend(module: nn.Module, h: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            call: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head ``h`` of one sample: ``softmax(q k^T / sqrt(d) + masks) v`` ``(1, T, d)`` and its probabilities."""
+    assert not call["is_causal"] or call["attn_mask"] is not None
+    scores = q @ k.transpose(1, 2) / math.sqrt(module.head_dim)
+    mask = call["attn_mask"]
+    if mask is not None:
+        mask = mask[h] if mask.dim() == 3 else mask
+        scores = scores + _additive(mask, scores)
+    padding = call["key_padding_mask"]
+    if padding is not None:
+        scores = scores + _additive(padding, scores)[:, None, :]
+    probs = torch.softmax(scores, -1)
+    return probs @ v, probs
+
+
+def _additive(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=like.dtype).masked_fill(mask, float("-inf"))
+    return mask.to(like.dtype)
+
+
+def _project_heads(module: nn.Module, heads: torch.Tensor) -> torch.Tensor:
+    """The module's output (its layout) from the heads ``(1, T, H, d)``: the output projection."""
+    out = F.linear(heads.flatten(2), module.out_proj.weight, module.out_proj.bias)
+    return out if module.batch_first else out.transpose(0, 1)
+
+
+def _mix_heads(current: torch.Tensor, ablated: torch.Tensor, masks: list[float]) -> torch.Tensor:
+    """``m * current + (1 - m) * ablated`` head by head (heads ``(1, T, H, d)``)."""
+    ablated = ablated.expand_as(current)
+    return torch.stack([m * current[:, :, h] + (1 - m) * ablated[:, :, h] for h, m in enumerate(masks)], 2)
 
 
 def _double(x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from explainnn.interventions import (
 from explainnn.interventions import (
     NodeIntervention as Node,
 )
+from explainnn.interventions.kinds import kind_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
@@ -96,10 +97,21 @@ def _edge_exists(layer, link, unit: int, child: int) -> bool:
 def test_every_weight_layer_on_a_path_to_the_output_is_linked(name):
     model, inputs = build(name)
     layers = find_layers(model, inputs(1))
-    weights = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.LSTM, nn.GRU, nn.RNN, nn.RNNCellBase, nn.Embedding)
+    weights = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.LSTM, nn.GRU, nn.RNN, nn.RNNCellBase, nn.Embedding,
+               nn.MultiheadAttention)
     modules = {n for n, m in model.named_modules() if isinstance(m, weights)}
-    assert {layer.module_name for layer in layers} == modules
+    assert {layer.module_name for layer in layers} == modules - _inside_a_layer(model)
     assert _reaching_output(layers) == {layer.name for layer in layers}
+
+
+def _inside_a_layer(model: nn.Module) -> set[str]:
+    """The modules owned by a module that a registered kind matches (an attention's ``out_proj`` is part of its
+    heads' layer): they are no layers of their own."""
+    inside = set()
+    for owner, module in model.named_modules():
+        if kind_of(module) is not None:
+            inside.update(f"{owner}.{name}" if owner else name for name, _ in module.named_modules() if name)
+    return inside
 
 
 @pytest.mark.parametrize("name", _names("interventions"))
