@@ -16,6 +16,7 @@ from torch import nn
 
 from explainnn.causal import discover
 from explainnn.causal.discovery import DiscoveryResult
+from explainnn.errors import InterventionError
 from explainnn.interventions import EdgeIntervention, InterventionRunner, NodeIntervention
 from explainnn.interventions.layers import find_layers
 from explainnn.interventions.reference import reference_run
@@ -202,3 +203,24 @@ def test_a_decoder_layer_is_refused_in_one_line():
     with pytest.raises(InterventionError) as error:
         discover(model, x, 0, n_samples=2)
     assert "\n" not in str(error.value) and "TransformerDecoderLayer" in str(error.value)
+
+
+class SequenceFirstCrossAttention(nn.Module):
+    """Query, key and value from separate Linears, transposed to a sequence-first ``nn.MultiheadAttention``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(3, 4)
+        self.attn, self.fc = nn.MultiheadAttention(4, 2), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (layer(x).transpose(0, 1) for layer in (self.q, self.k, self.v))
+        return self.fc(self.attn(q, k, v, need_weights=False)[0].mean(0))
+
+
+def test_a_layer_graph_that_cannot_be_probed_around_heads_is_refused_in_one_line() -> None:
+    """Without the NaN probe the parents of heads would be guessed by dims; the engine refuses instead."""
+
+    with pytest.raises(InterventionError) as error:
+        find_layers(SequenceFirstCrossAttention().eval(), torch.randn(4, 5, 3))
+    assert "attention module 'attn'" in str(error.value) and "\n" not in str(error.value)

@@ -206,8 +206,9 @@ def _check_model(model: nn.Module, example_input: torch.Tensor, layers: list[Lay
             parent = by_name.get(link.name)
             if parent is not None and parent.unit_kind.batch_axis(parent.module) != 0:
                 raise InterventionError(
-                    f"edge ablation cannot handle module '{layer.module_name}': its recurrent parent "
-                    f"'{parent.module_name}' reaches it along a shared path and is not batch_first"
+                    f"edge ablation cannot handle module '{layer.module_name}': its parent "
+                    f"'{parent.module_name}' reaches it along a shared path and is not batch_first (pass "
+                    "batch_first=True)"
                 )
 
 

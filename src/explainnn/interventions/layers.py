@@ -490,7 +490,14 @@ def _link_parents(model: nn.Module, example: torch.Tensor, layers: list[LayerInf
     children = [layer for layer in layers if not layer.unit_kind.reads_ids and not layer.sublayer]
     try:
         reach = _probe_all(model, example, layers, children, refused or set())
-    except Exception:  # noqa: BLE001 - a model that cannot take NaN falls back to the chain by dims
+    except Exception as error:  # noqa: BLE001 - a model that cannot take NaN falls back to the chain by dims
+        attention = next((layer for layer in layers if layer.unit_kind.attention), None)
+        if attention is not None:  # heads never sit in a plain chain: guessing their parents would be wrong
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InterventionError(
+                f"cannot trace the layers around attention module '{attention.module_name}': the NaN probe failed "
+                f"({reason}); sequence-first attention with a key or value other than its query is not supported"
+            ) from error
         reach = None
     linked: list[LayerInfo] = []
     for index, layer in enumerate(layers):
