@@ -89,7 +89,8 @@ def test_bad_config_files(tmp_path, monkeypatch, capsys, config_file, fragment):
         (["training.lr=-1"], "training.lr: must be > 0"),                                  # out of range
         (["discovery.alpha=2"], "discovery.alpha: must be < 1"),
         (["data.name=mnsit"], "did you mean 'mnist'"),                                     # unknown names
-        (["model.name=transformer"], "model.name"),
+        (["model.name=bert"], "model.name"),
+        (["model.name=transformer"], "use vit for images"),                               # model and data disagree
         (["attribution.methods=[saliency, integrated_gradient]"], "did you mean 'integrated_gradients'"),
         (["evaluation.metrics=[IROFF]", "evaluation.options={}"], "not a valid metric"),
         (["discovery.intervention=medium"], "discovery.intervention: 'medium'"),
