@@ -917,40 +917,24 @@ class _Forward:
     def _path_correction(self, table: _ChildTable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``y`` plus, per (mask, child unit), the child's weights on the change of its shared input features
         when its parents on path links are mixed for that unit and the weight-free path is rerun."""
-        layer, blocks, device = table.layer, self.n_blocks, self.factor.device
-        factors = [self.factor[:, pairs.to(device)] for _, pairs in table.path]  # (K, parent units, units)
-        if self.differentiable:
-            active = torch.ones(blocks, layer.n_units, dtype=torch.bool, device=device)
-        else:
-            active = torch.stack([(f != 0).any(1) for f in factors]).any(0)
-        k_r, j_r = torch.nonzero(active, as_tuple=True)
-        count = len(k_r)
-        if not count:
+        found = self._path_rerun(table, x)
+        if found is None:
             return y
-        path_factor = {parent.module_name: f[k_r, :, j_r] for (parent, _), f in zip(table.path, factors)}
-        roots = {}
-        for parent in table.roots:
-            current = select_blocks(parent, self.outputs[parent.module_name], k_r, blocks)
-            if parent.module_name in path_factor:
-                ablated = _rows_output(self.source.outputs[parent.module_name], self.rows)
-                current = mix(parent, current, ablated, path_factor[parent.module_name])
-            roots[parent.module_name] = current
-        region = self.regions[layer.name]
-        rerun = region.run(roots, self.frontiers[layer.name], self.inputs, count).unflatten(0, (count, -1))
+        k_r, j_r, change = found
+        layer, blocks, device, count = table.layer, self.n_blocks, self.factor.device, len(k_r)
         assert table.path_features is not None
         shared = table.path_features.to(device)
-        current_x = x.unflatten(0, (blocks, -1))[k_r]
         module = layer.module
         if not layer.unit_kind.spatial:
             weight = layer.unit_kind.edge_weight(layer)
-            diff = (rerun - current_x) * shared.to(x.dtype)
+            diff = change * shared.to(x.dtype)
             delta = (diff * weight[j_r].view(count, *([1] * (diff.dim() - 2)), -1)).sum(-1)  # (R, N, ...)
             corr = delta.new_zeros(blocks, layer.n_units, *delta.shape[1:])
             corr = corr.index_put((k_r, j_r), delta, accumulate=True)
             return y + corr.movedim(1, -1).flatten(0, 1)
         assert isinstance(module, (nn.Conv1d, nn.Conv2d))
         weight = module.weight
-        diff = (rerun - current_x) * shared.to(x.dtype).view(1, 1, -1, *([1] * (x.dim() - 2)))
+        diff = change * shared.to(x.dtype).view(1, 1, -1, *([1] * (x.dim() - 2)))
         groups = module.groups
         per_in, per_out = layer.in_features // groups, layer.n_units // groups
         if groups > 1:
